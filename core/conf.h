@@ -1,0 +1,151 @@
+/*
+ * The configuration model: what conf.d says once it is parsed and the
+ * environment has been applied.  conf.c reads files into this model; the
+ * runtime modules only ever see the structs below.
+ *
+ * conf.d is a directory of *.json files read in name order.  Each file is a
+ * JSON object whose top-level keys are sections ("server", "admin", "log",
+ * "database", "auth", "usersync", "cors", "limits") or "plugin" (a plugin
+ * manifest, one per file).  A section may appear in only one file; an
+ * unknown section or key is an error that names the file and the key.
+ */
+#ifndef KEEL_CORE_CONF_H
+#define KEEL_CORE_CONF_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include <jansson.h>
+
+#include <keel/common.h>
+
+enum keel__auth_level { KEEL__AUTH_PUBLIC = 0, KEEL__AUTH_USER = 1, KEEL__AUTH_ADMIN = 2 };
+enum keel__listener { KEEL__LISTENER_MAIN = 0, KEEL__LISTENER_ADMIN = 1 };
+
+/* One route of a plugin manifest. */
+struct keel__manifest_route {
+    char *method;          /* upper case */
+    char *path;            /* template */
+    int auth;              /* enum keel__auth_level */
+    int listener;          /* enum keel__listener */
+    unsigned fallback_status; /* default 200 */
+    json_t *fallback;      /* body for a user when the plugin is down; owned */
+};
+
+/* A plugin manifest: everything the core knows without loading the .so. */
+struct keel__manifest {
+    char *name;
+    char *source;   /* the conf.d file it came from */
+    char *file;     /* absolute path of the .so (resolved against plugin_dir) */
+    bool enabled;
+    json_t *config; /* "config" object handed to init; owned, never NULL */
+    struct keel__manifest_route *routes;
+    size_t nroutes;
+};
+
+struct keel__key_conf {
+    char *kid;
+    char *alg;  /* "RS256" | "ES256" */
+    char *pem;  /* PEM text (read from "pem" or "pem_file") */
+};
+
+struct keel__conf {
+    char *dir; /* the conf.d directory */
+
+    struct {
+        char *host; /* default 127.0.0.1 */
+        int port;   /* default 8080 */
+        int threads;              /* 0 = 4 x online CPUs */
+        int connection_timeout_s; /* idle connection timeout, default 30 */
+        int shutdown_timeout_s;   /* SIGTERM drain deadline, default 10 */
+        char *plugin_dir;         /* default PKGLIBDIR */
+    } server;
+
+    struct {
+        char *host; /* default 127.0.0.1 */
+        int port;   /* default 8081 */
+        char *token; /* required when host is not loopback */
+    } admin;
+
+    struct {
+        int level;        /* KEEL_LOG_*, default info */
+        char *access_log; /* "-" = stderr, path, or NULL = off */
+        char *access_format; /* "text" | "json" */
+    } log;
+
+    struct {
+        char *url; /* libpq URI or conninfo; NULL = no database */
+        int pool_size;            /* default 8 */
+        int pool_wait_ms;         /* default 2000 */
+        int connect_timeout_s;    /* default 3 */
+        int statement_timeout_ms; /* default 5000 */
+        int lock_timeout_ms;      /* default 2000 */
+        int breaker_failures;     /* consecutive unavailable failures, default 3 */
+        int breaker_open_ms;      /* time open before a half-open probe, default 2000 */
+        char *migrations_dir;     /* default DATADIR/keel/migrations */
+    } database;
+
+    struct {
+        char *jwt_secret; /* HS256 shared secret; NULL = HS256 disabled */
+        char *jwt_kid;    /* optional kid of the HS256 key */
+        struct keel__key_conf *keys;
+        size_t nkeys;
+        char *issuer;      /* NULL = not checked */
+        char *audience;    /* default "authenticated" */
+        int leeway_s;      /* default 30 */
+        int max_token_bytes; /* default 8192 */
+    } auth;
+
+    struct {
+        int ttl_s;          /* default 300 */
+        int max_entries;    /* default 10000 */
+        long initial_credits; /* default 0 */
+    } usersync;
+
+    struct {
+        char **origins; /* "*" allows any */
+        size_t norigins;
+        char *methods;  /* default "GET, POST, PUT, PATCH, DELETE, OPTIONS" */
+        char *headers;  /* default "Authorization, Content-Type" */
+        int max_age;    /* default 600 */
+        bool credentials;
+    } cors;
+
+    struct {
+        long max_body_bytes;   /* default 1 MiB */
+        int max_json_depth;    /* default 32 */
+        long max_header_bytes; /* default 16 KiB (MHD connection memory) */
+        int max_connections;   /* default 1024 */
+        int max_per_ip;        /* default 0 = unlimited */
+        int rate_per_user;     /* requests per second, 0 = off */
+        int rate_burst;
+    } limits;
+
+    struct keel__manifest *plugins;
+    size_t nplugins;
+};
+
+/*
+ * Reads every *.json file of dir.  On success *out is a new model the caller
+ * frees with keel__conf_free().  On failure returns KEEL_ECONFIG and writes a
+ * message naming the file and key into err.
+ */
+int keel__conf_load(const char *dir, struct keel__conf **out, char *err, size_t errlen) KEEL_WARN_UNUSED;
+
+/* Applies KEEL_LISTEN, KEEL_ADMIN_LISTEN, KEEL_DATABASE_URL, KEEL_JWT_SECRET,
+ * KEEL_PLUGIN_DIR, KEEL_LOG_LEVEL.  Returns KEEL_ECONFIG naming the variable. */
+int keel__conf_apply_env(struct keel__conf *conf, char *err, size_t errlen) KEEL_WARN_UNUSED;
+
+/* Parses one manifest object (the value of "plugin").  source names the file
+ * for messages; plugin_dir resolves a relative "file".  Used by the loader on
+ * reload too. */
+int keel__manifest_parse(const json_t *obj, const char *source, const char *plugin_dir,
+                         struct keel__manifest *out, char *err, size_t errlen) KEEL_WARN_UNUSED;
+void keel__manifest_clear(struct keel__manifest *m);
+
+/* Splits "host:port" ("[::1]:8080", ":8080", "8080" also accepted). */
+int keel__parse_listen(const char *spec, char **host, int *port) KEEL_WARN_UNUSED;
+
+void keel__conf_free(struct keel__conf *conf);
+
+#endif

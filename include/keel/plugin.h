@@ -1,0 +1,202 @@
+/*
+ * The keel plugin ABI.  This header is the only thing a route plugin sees of
+ * the host: a plugin exports one symbol, keel_plugin_entry(), that returns a
+ * const descriptor; the host hands the plugin a table of function pointers at
+ * init.  Plugins never link against core symbols.
+ *
+ * Versioning (see docs/plugin-guide.md):
+ *  - KEEL_ABI_MAJOR changes when anything existing changes layout or meaning;
+ *    a host refuses a plugin of another major.
+ *  - KEEL_ABI_MINOR grows when members are appended to keel_host or to
+ *    keel_plugin.  A plugin lists the capabilities it cannot run without in
+ *    `requires`; a host lacking one refuses the plugin and names it.  Optional
+ *    capabilities are tested at run time with KEEL_HOST_HAS().
+ */
+#ifndef KEEL_PLUGIN_H
+#define KEEL_PLUGIN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <jansson.h>
+
+#include <keel/common.h>
+#include <keel/error.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define KEEL_ABI_MAJOR 1
+#define KEEL_ABI_MINOR 0
+
+/* "KEEL" in ASCII; the first member of every descriptor. */
+#define KEEL_PLUGIN_MAGIC 0x4b45454cu
+
+/* The one symbol a plugin exports. */
+#define KEEL_PLUGIN_ENTRY_SYMBOL "keel_plugin_entry"
+
+/* One HTTP request as the host sees it.  Opaque; use the accessors. */
+typedef struct keel_request keel_request;
+/* A database result owned by the request that produced it. */
+typedef struct keel_db_result keel_db_result;
+/* A database transaction in progress; valid only inside its callback. */
+typedef struct keel_db_tx keel_db_tx;
+
+enum keel_log_level {
+    KEEL_LOG_ERROR = 0,
+    KEEL_LOG_WARN = 1,
+    KEEL_LOG_INFO = 2,
+    KEEL_LOG_DEBUG = 3
+};
+
+/* Fields of the authenticated user, read with keel_host.req_user(). */
+enum keel_user_field {
+    KEEL_USER_ID = 0,          /* local users.id (uuid); NULL if not synced */
+    KEEL_USER_SUPABASE_ID = 1, /* the token's sub */
+    KEEL_USER_EMAIL = 2,
+    KEEL_USER_FULL_NAME = 3,
+    KEEL_USER_ROLE = 4,   /* local role: user, admin, ... */
+    KEEL_USER_STATUS = 5, /* active, pending, ... */
+    KEEL_USER_TIER = 6,   /* subscription tier */
+    KEEL_USER_SYNCED = 7  /* "1" when read from the users table, else "0" */
+};
+
+/*
+ * A route handler.  It runs on a server thread once the request is complete
+ * and authorised, and must queue exactly one response through the host
+ * (respond_json / respond_error) before returning.  It returns 0, or a
+ * negative KEEL_E* code; a handler that fails without responding gets a
+ * generic JSON 500 from the host and an error log line.
+ */
+typedef int (*keel_handler_fn)(keel_request *req, void *state);
+
+/* One entry of a plugin's route table; the table ends with a NULL method. */
+typedef struct keel_route {
+    const char *method;     /* "GET", "POST", ... */
+    const char *path;       /* template, e.g. "/api/v1/x/{username}" */
+    keel_handler_fn handler;
+} keel_route;
+
+/* Callback run inside one database transaction; see db_transaction. */
+typedef int (*keel_db_tx_fn)(keel_db_tx *tx, void *arg);
+
+/*
+ * The host API table.  Members are only ever appended; `size` tells how many
+ * exist in the running host.  Everything returned as `const char *` is owned
+ * by the host and valid until the request completes.
+ */
+typedef struct keel_host {
+    uint32_t size; /* sizeof(keel_host) in the running host */
+    uint16_t abi_major;
+    uint16_t abi_minor;
+
+    /* --- ABI 1.0: logging ------------------------------------------------ */
+    /* Logs one line tagged with the plugin name (and request id if req). */
+    void (*log)(keel_request *req, int level, const char *fmt, ...) KEEL_PRINTF(3, 4);
+
+    /* --- ABI 1.0: request accessors ------------------------------------- */
+    const char *(*req_method)(const keel_request *req);
+    const char *(*req_path)(const keel_request *req);
+    /* A `{name}` segment of the matched template, percent-decoded. */
+    const char *(*req_param)(const keel_request *req, const char *name);
+    /* A query-string argument, or NULL. */
+    const char *(*req_query)(const keel_request *req, const char *name);
+    /* A request header (case-insensitive name), or NULL. */
+    const char *(*req_header)(const keel_request *req, const char *name);
+    /* The request body (NUL-terminated; *len excludes the NUL), or NULL. */
+    const char *(*req_body)(const keel_request *req, size_t *len);
+    /* Request-lifetime memory, freed when the request completes. */
+    void *(*req_alloc)(keel_request *req, size_t size);
+    /* Runs fn(arg) when the request completes, in reverse order of adding. */
+    int (*req_on_cleanup)(keel_request *req, void (*fn)(void *), void *arg);
+
+    /* --- ABI 1.0: responses --------------------------------------------- */
+    /* Queues `body` with `status`.  Always takes ownership of body. */
+    int (*respond_json)(keel_request *req, unsigned status, json_t *body);
+    /* Queues {"detail": detail} with `status`. */
+    int (*respond_error)(keel_request *req, unsigned status, const char *detail);
+    /* Adds a response header to the response that will be queued. */
+    int (*set_header)(keel_request *req, const char *name, const char *value);
+    /*
+     * Parses the body as a JSON object under the host's size and depth
+     * limits.  On failure it has already queued 400/413/415 and returns a
+     * negative code; the handler just returns.  *out is owned by the request.
+     */
+    int (*req_json_body)(keel_request *req, json_t **out);
+
+    /* --- ABI 1.0: the authenticated user -------------------------------- */
+    /* A field of the request's user, or NULL (public routes, unknown). */
+    const char *(*req_user)(const keel_request *req, int field);
+
+    /* --- ABI 1.0: database ---------------------------------------------- */
+    /*
+     * Runs one parameterised statement on a pooled connection.  The result
+     * belongs to the request.  Returns 0, KEEL_EDB_UNAVAILABLE (answer the
+     * degraded body or 503), KEEL_EDB_CONFLICT, KEEL_EDB_BADREQ or
+     * KEEL_EDB_BUG.  Parameters are text; NULL entries are SQL NULL.
+     */
+    int (*db_query)(keel_request *req, const char *sql, int nparams,
+                    const char *const *params, keel_db_result **out);
+    /*
+     * Runs fn inside one transaction on one connection: COMMIT when fn
+     * returns 0, ROLLBACK otherwise (and on any database error).  Returns
+     * fn's code or a KEEL_EDB_* code.  Serialization failures and deadlocks
+     * are retried up to a small bound before KEEL_EDB_CONFLICT is returned,
+     * so fn must have no effect outside the database.
+     */
+    int (*db_transaction)(keel_request *req, keel_db_tx_fn fn, void *arg);
+    /* db_query inside a transaction. */
+    int (*db_tx_query)(keel_db_tx *tx, const char *sql, int nparams,
+                       const char *const *params, keel_db_result **out);
+    int (*db_rows)(const keel_db_result *res);
+    /* Column index by name, or -1. */
+    int (*db_column)(const keel_db_result *res, const char *name);
+    /* Text value, or NULL for SQL NULL or out of range. */
+    const char *(*db_value)(const keel_db_result *res, int row, int col);
+    /* The message of the request's last database failure, or "". */
+    const char *(*db_last_error)(const keel_request *req);
+    /* Number of rows a command affected (UPDATE/INSERT/DELETE). */
+    long (*db_affected)(const keel_db_result *res);
+} keel_host;
+
+/* True when the running host's table has member `m` and it is set. */
+#define KEEL_HOST_HAS(host, m)                                                  \
+    ((host)->size >= offsetof(keel_host, m) + sizeof((host)->m) && (host)->m != NULL)
+
+/* The descriptor a plugin's entry symbol returns. */
+typedef struct keel_plugin {
+    uint32_t magic;       /* KEEL_PLUGIN_MAGIC */
+    uint16_t abi_major;   /* KEEL_ABI_MAJOR the plugin was built with */
+    uint16_t abi_minor;   /* KEEL_ABI_MINOR the plugin was built with */
+    uint32_t struct_size; /* sizeof(keel_plugin) the plugin was built with */
+    const char *name;     /* must equal the manifest's name */
+    const char *version;
+    /*
+     * Called once per generation before any route runs.  `config` is the
+     * manifest's "config" object (or an empty object), borrowed for the
+     * duration of the call.  Returns 0 or a negative code; *state is passed
+     * to every handler and to fini.
+     */
+    int (*init)(const keel_host *host, const json_t *config, void **state);
+    /* Called once when the generation is retired and no request holds it. */
+    void (*fini)(void *state);
+    const keel_route *routes; /* ends with an entry whose method is NULL */
+    /* Capability names the plugin cannot run without; NULL-terminated. */
+    const char *const *requires;
+    void *spare[8]; /* zero; reserved for appended members */
+} keel_plugin;
+
+/* Fills the fixed header of a descriptor. */
+#define KEEL_PLUGIN_HEADER                                                      \
+    .magic = KEEL_PLUGIN_MAGIC, .abi_major = KEEL_ABI_MAJOR,                   \
+    .abi_minor = KEEL_ABI_MINOR, .struct_size = sizeof(keel_plugin)
+
+/* The entry point every plugin defines. */
+KEEL_EXPORT const keel_plugin *keel_plugin_entry(void);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* KEEL_PLUGIN_H */
