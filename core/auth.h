@@ -61,8 +61,8 @@ int keel__auth_add_pem(keel__auth *a, const char *kid, const char *alg, const ch
                        char *err, size_t errlen) KEEL_WARN_UNUSED;
 
 /*
- * Splits an Authorization header value.  Returns 0 and points *token/*len at
- * the token for "Bearer <token>" (scheme case-insensitive, surrounding blanks
+ * Splits an Authorization header value.  Returns 0 and points *token and *len
+ * at the token for "Bearer <token>" (scheme case-insensitive, surrounding blanks
  * ignored); KEEL_EAUTH for a missing header, another scheme or an empty token.
  */
 int keel__auth_bearer(const char *header, const char **token, size_t *len);
@@ -70,7 +70,10 @@ int keel__auth_bearer(const char *header, const char **token, size_t *len);
 /*
  * Verifies token (not NUL-terminated necessarily: len bytes) at time now.
  * On KEEL__TOKEN_OK, *claims is filled and must be released with
- * keel__claims_clear().  Otherwise *why points at a static message.
+ * keel__claims_clear().  Otherwise *why points at a static message that is
+ * safe to show the client, and *claims is left cleared.  Returns a
+ * keel__token_status, or KEEL_ENOMEM when memory ran out (status name
+ * "invalid_token").  Safe to call from many threads on one const keel__auth.
  */
 int keel__auth_verify(const keel__auth *a, const char *token, size_t len, time_t now,
                       struct keel__claims *claims, const char **why);

@@ -26,6 +26,10 @@ void keel__breaker_free(keel__breaker *b);
  * open_ms, exactly one caller gets true (the probe) and the state becomes
  * half_open.  now_ms is a monotonic clock in milliseconds. */
 bool keel__breaker_allow(keel__breaker *b, int64_t now_ms);
+/* Like keel__breaker_allow() but false while closed: true only for the
+ * caller that claims the half-open probe.  For a background prober that
+ * must not touch the network while things are fine. */
+bool keel__breaker_try_probe(keel__breaker *b, int64_t now_ms);
 void keel__breaker_success(keel__breaker *b);
 /* Records an *unavailable* failure (other failures are not the breaker's). */
 void keel__breaker_failure(keel__breaker *b, int64_t now_ms);

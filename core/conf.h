@@ -8,6 +8,16 @@
  * "database", "auth", "usersync", "cors", "limits") or "plugin" (a plugin
  * manifest, one per file).  A section may appear in only one file; an
  * unknown section or key is an error that names the file and the key.
+ * Other files, and names starting with '.', are skipped.
+ *
+ * Every member below has a default, so an empty conf.d is valid.  Nullable
+ * strings ("NULL = ...") may be written as JSON null.  Every char * is owned
+ * by the model and freed by keel__conf_free().
+ *
+ * Plugin files are resolved once the whole directory has been read, against
+ * the final server.plugin_dir; keel__conf_apply_env() resolves them again
+ * when KEEL_PLUGIN_DIR changes it.  To make that possible each manifest keeps
+ * "file" as written (file_spec) next to the resolved path (file).
  */
 #ifndef KEEL_CORE_CONF_H
 #define KEEL_CORE_CONF_H
@@ -28,8 +38,10 @@ struct keel__manifest_route {
     char *path;            /* template */
     int auth;              /* enum keel__auth_level */
     int listener;          /* enum keel__listener */
-    unsigned fallback_status; /* default 200 */
-    json_t *fallback;      /* body for a user when the plugin is down; owned */
+    unsigned fallback_status; /* default 200; 503 when the route has no "fallback" */
+    json_t *fallback;      /* body for a user when the plugin is down; owned, never
+                              NULL ({"detail":"Service unavailable"} by default) */
+    json_t *fallback_headers; /* object of string values to add, owned; NULL = none */
 };
 
 /* A plugin manifest: everything the core knows without loading the .so. */
@@ -37,6 +49,7 @@ struct keel__manifest {
     char *name;
     char *source;   /* the conf.d file it came from */
     char *file;     /* absolute path of the .so (resolved against plugin_dir) */
+    char *file_spec; /* "file" as written in the manifest */
     bool enabled;
     json_t *config; /* "config" object handed to init; owned, never NULL */
     struct keel__manifest_route *routes;
@@ -58,7 +71,7 @@ struct keel__conf {
         int threads;              /* 0 = 4 x online CPUs */
         int connection_timeout_s; /* idle connection timeout, default 30 */
         int shutdown_timeout_s;   /* SIGTERM drain deadline, default 10 */
-        char *plugin_dir;         /* default PKGLIBDIR */
+        char *plugin_dir;         /* default KEEL_PLUGINDIR (the install's lib/keel) */
     } server;
 
     struct {
@@ -69,8 +82,8 @@ struct keel__conf {
 
     struct {
         int level;        /* KEEL_LOG_*, default info */
-        char *access_log; /* "-" = stderr, path, or NULL = off */
-        char *access_format; /* "text" | "json" */
+        char *access_log; /* "-" = stderr, path, or NULL = off (the default) */
+        char *access_format; /* "text" (default) | "json" */
     } log;
 
     struct {
@@ -82,12 +95,17 @@ struct keel__conf {
         int lock_timeout_ms;      /* default 2000 */
         int breaker_failures;     /* consecutive unavailable failures, default 3 */
         int breaker_open_ms;      /* time open before a half-open probe, default 2000 */
-        char *migrations_dir;     /* default DATADIR/keel/migrations */
+        char *migrations_dir;     /* default KEEL_DATADIR "/migrations" */
     } database;
 
     struct {
-        char *jwt_secret; /* HS256 shared secret; NULL = HS256 disabled */
+        /* HS256 shared secret; NULL = HS256 disabled.  The file may give it as
+         * "jwt_secret" or as "jwt_secret_file" (a path relative to conf.d, at
+         * most 64 KiB, trailing CR/LF removed); KEEL_JWT_SECRET overrides. */
+        char *jwt_secret;
         char *jwt_kid;    /* optional kid of the HS256 key */
+        /* "keys": [{"kid","alg","pem" | "pem_file"}]; pem_file is relative to
+         * conf.d, at most 64 KiB.  kids are unique. */
         struct keel__key_conf *keys;
         size_t nkeys;
         char *issuer;      /* NULL = not checked */
@@ -103,12 +121,12 @@ struct keel__conf {
     } usersync;
 
     struct {
-        char **origins; /* "*" allows any */
+        char **origins; /* "*" allows any; else "scheme://host[:port]"; default none */
         size_t norigins;
         char *methods;  /* default "GET, POST, PUT, PATCH, DELETE, OPTIONS" */
         char *headers;  /* default "Authorization, Content-Type" */
         int max_age;    /* default 600 */
-        bool credentials;
+        bool credentials; /* default false */
     } cors;
 
     struct {
@@ -118,7 +136,7 @@ struct keel__conf {
         int max_connections;   /* default 1024 */
         int max_per_ip;        /* default 0 = unlimited */
         int rate_per_user;     /* requests per second, 0 = off */
-        int rate_burst;
+        int rate_burst;        /* default 0 = same as rate_per_user */
     } limits;
 
     struct keel__manifest *plugins;
@@ -127,23 +145,42 @@ struct keel__conf {
 
 /*
  * Reads every *.json file of dir.  On success *out is a new model the caller
- * frees with keel__conf_free().  On failure returns KEEL_ECONFIG and writes a
- * message naming the file and key into err.
+ * frees with keel__conf_free().  On failure returns KEEL_ECONFIG (or
+ * KEEL_ENOMEM) and writes a message naming the file and key into err, e.g.
+ * "conf.d/10-server.json: server.port: expected an integer 1-65535"; *out is
+ * then NULL.
  */
 int keel__conf_load(const char *dir, struct keel__conf **out, char *err, size_t errlen) KEEL_WARN_UNUSED;
 
-/* Applies KEEL_LISTEN, KEEL_ADMIN_LISTEN, KEEL_DATABASE_URL, KEEL_JWT_SECRET,
- * KEEL_PLUGIN_DIR, KEEL_LOG_LEVEL.  Returns KEEL_ECONFIG naming the variable. */
+/*
+ * Applies KEEL_LISTEN, KEEL_ADMIN_LISTEN, KEEL_DATABASE_URL, KEEL_JWT_SECRET,
+ * KEEL_PLUGIN_DIR, KEEL_LOG_LEVEL.  Unset or empty variables change nothing.
+ * A listen value without a host (":8080", "8080") keeps the configured host.
+ * Then runs the checks that need the final values: an admin listener on a
+ * non-loopback host needs admin.token.  Returns KEEL_ECONFIG naming the
+ * variable (or the key); every variable is checked before any is applied,
+ * so on a bad variable conf is unchanged.
+ */
 int keel__conf_apply_env(struct keel__conf *conf, char *err, size_t errlen) KEEL_WARN_UNUSED;
 
-/* Parses one manifest object (the value of "plugin").  source names the file
- * for messages; plugin_dir resolves a relative "file".  Used by the loader on
- * reload too. */
+/*
+ * Parses one manifest object (the value of "plugin").  source names the file
+ * for messages; plugin_dir resolves a relative "file" (a relative plugin_dir
+ * is taken from the working directory).  Checks the routes strictly,
+ * including conflicts between routes of the same manifest.  Used by the
+ * loader on reload too.  obj is not modified or stolen; on success *out owns
+ * copies and is released with keel__manifest_clear(); on failure *out is
+ * left empty (zeroed) and err says "SOURCE: plugin.KEY: why".
+ */
 int keel__manifest_parse(const json_t *obj, const char *source, const char *plugin_dir,
                          struct keel__manifest *out, char *err, size_t errlen) KEEL_WARN_UNUSED;
 void keel__manifest_clear(struct keel__manifest *m);
 
-/* Splits "host:port" ("[::1]:8080", ":8080", "8080" also accepted). */
+/*
+ * Splits "host:port" ("[::1]:8080", ":8080", "8080" also accepted).  *host
+ * is a malloc'd copy (brackets removed), or NULL when spec names no host.
+ * Returns KEEL_EINVAL for a malformed spec or a port outside 1-65535.
+ */
 int keel__parse_listen(const char *spec, char **host, int *port) KEEL_WARN_UNUSED;
 
 void keel__conf_free(struct keel__conf *conf);

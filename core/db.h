@@ -59,6 +59,11 @@ void keel__db_release(keel__db *db, keel__db_conn *conn);
 int keel__db_exec(keel__db *db, keel__db_conn *conn, const char *sql, int nparams,
                   const char *const *params, PGresult **out, char *err, size_t errlen) KEEL_WARN_UNUSED;
 
+/* The libpq connection behind conn, for diagnostics and tests (e.g.
+ * PQtransactionStatus).  Statements sent on it directly bypass the error
+ * classification, the breaker and the broken-connection bookkeeping. */
+PGconn *keel__db_conn_pg(keel__db_conn *conn);
+
 /* Maps a SQLSTATE (NULL for a connection-level failure) to a KEEL_EDB_* code. */
 int keel__db_classify(const char *sqlstate);
 

@@ -77,6 +77,9 @@ keel_request *keel__request_new(struct MHD_Connection *conn, int listener, const
 /* Runs cleanups in reverse order, drops the table reference, frees everything. */
 void keel__request_free(keel_request *req);
 
+/* Nanoseconds since the request arrived (monotonic). */
+int64_t keel__request_elapsed_ns(const keel_request *req);
+
 /* Request-lifetime allocation (zeroed).  NULL only when memory runs out. */
 void *keel__req_alloc(keel_request *req, size_t size);
 /* Matches the usersync allocator signature: ctx is the request. */

@@ -1,0 +1,196 @@
+#include "config.h"
+
+#include "request.h"
+
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "log.h"
+#include "server.h"
+#include "table.h"
+
+/* Arena blocks: requests mostly need a few hundred bytes (principal strings,
+ * decoded parameters), so the first block is small and later blocks double. */
+struct keel__arena_block {
+    struct keel__arena_block *next;
+    size_t size;
+    size_t used;
+    max_align_t data[];
+};
+
+struct keel__cleanup {
+    void (*fn)(void *);
+    void *arg;
+    struct keel__cleanup *next;
+};
+
+#define ARENA_FIRST_BLOCK 2048
+
+static atomic_ullong next_request_id = 1;
+
+static int64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+keel_request *keel__request_new(struct MHD_Connection *conn, int listener, const char *method,
+                                const char *url)
+{
+    keel_request *req = calloc(1, sizeof *req);
+    if (req == NULL)
+        return NULL;
+    req->conn = conn;
+    req->listener = listener;
+    req->method = method;
+    req->path = url;
+    req->id = atomic_fetch_add_explicit(&next_request_id, 1, memory_order_relaxed);
+    req->start_ns = now_ns();
+    return req;
+}
+
+int64_t keel__request_elapsed_ns(const keel_request *req)
+{
+    return now_ns() - req->start_ns;
+}
+
+void keel__request_free(keel_request *req)
+{
+    if (req == NULL)
+        return;
+    /* Cleanups first: they may still read arena memory. */
+    struct keel__cleanup *c = req->cleanups;
+    while (c != NULL) {
+        struct keel__cleanup *next = c->next;
+        c->fn(c->arg);
+        c = next;
+    }
+    if (req->json_body != NULL)
+        json_decref(req->json_body);
+    if (req->table != NULL)
+        keel__table_release(req->table, req->route);
+    struct keel__header *h = req->headers;
+    while (h != NULL) {
+        struct keel__header *next = h->next;
+        free(h);
+        h = next;
+    }
+    free(req->body);
+    struct keel__arena_block *b = req->arena;
+    while (b != NULL) {
+        struct keel__arena_block *next = b->next;
+        free(b);
+        b = next;
+    }
+    free(req);
+}
+
+void *keel__req_alloc(keel_request *req, size_t size)
+{
+    const size_t align = sizeof(max_align_t);
+    size = (size + align - 1) & ~(align - 1);
+    if (size == 0)
+        size = align;
+    struct keel__arena_block *b = req->arena;
+    if (b == NULL || b->size - b->used < size) {
+        size_t want = b == NULL ? ARENA_FIRST_BLOCK : b->size * 2;
+        while (want < size)
+            want *= 2;
+        struct keel__arena_block *nb = malloc(sizeof *nb + want);
+        if (nb == NULL)
+            return NULL;
+        nb->size = want;
+        nb->used = 0;
+        nb->next = b;
+        req->arena = nb;
+        b = nb;
+    }
+    void *p = (char *)b->data + b->used;
+    b->used += size;
+    memset(p, 0, size);
+    return p;
+}
+
+void *keel__req_alloc_ctx(void *ctx, size_t size)
+{
+    return keel__req_alloc(ctx, size);
+}
+
+char *keel__req_strdup(keel_request *req, const char *s)
+{
+    if (s == NULL)
+        return NULL;
+    size_t n = strlen(s);
+    char *d = keel__req_alloc(req, n + 1);
+    if (d != NULL)
+        memcpy(d, s, n + 1);
+    return d;
+}
+
+int keel__req_on_cleanup(keel_request *req, void (*fn)(void *), void *arg)
+{
+    struct keel__cleanup *c = keel__req_alloc(req, sizeof *c);
+    if (c == NULL)
+        return KEEL_ENOMEM;
+    c->fn = fn;
+    c->arg = arg;
+    c->next = req->cleanups;
+    req->cleanups = c;
+    return 0;
+}
+
+int keel__req_add_header(keel_request *req, const char *name, const char *value)
+{
+    size_t nl = strlen(name), vl = strlen(value);
+    /* One allocation holds the node and both strings. */
+    struct keel__header *h = malloc(sizeof *h + nl + vl + 2);
+    if (h == NULL)
+        return KEEL_ENOMEM;
+    h->name = (char *)(h + 1);
+    memcpy(h->name, name, nl + 1);
+    h->value = h->name + nl + 1;
+    memcpy(h->value, value, vl + 1);
+    h->next = req->headers;
+    req->headers = h;
+    return 0;
+}
+
+int keel__respond(keel_request *req, unsigned status, const char *body, size_t len)
+{
+    if (req->responded)
+        return KEEL_ERESPONDED;
+    struct MHD_Response *resp =
+        MHD_create_response_from_buffer(len, (void *)body, MHD_RESPMEM_MUST_COPY);
+    if (resp == NULL)
+        return KEEL_ENOMEM;
+    MHD_add_response_header(resp, "Content-Type", "application/json");
+    for (const struct keel__header *h = req->headers; h != NULL; h = h->next)
+        MHD_add_response_header(resp, h->name, h->value);
+    keel__cors_headers(req, resp);
+    enum MHD_Result r = MHD_queue_response(req->conn, status, resp);
+    MHD_destroy_response(resp);
+    req->responded = true;
+    req->status = status;
+    return r == MHD_YES ? 0 : KEEL_EIO;
+}
+
+int keel__respond_json(keel_request *req, unsigned status, json_t *body)
+{
+    if (body == NULL)
+        return keel__respond_detail(req, 500, "Internal Server Error");
+    char *text = json_dumps(body, JSON_COMPACT);
+    json_decref(body);
+    if (text == NULL)
+        return keel__respond(req, 500, "{\"detail\":\"Internal Server Error\"}", 34);
+    int rc = keel__respond(req, status, text, strlen(text));
+    free(text);
+    return rc;
+}
+
+int keel__respond_detail(keel_request *req, unsigned status, const char *detail)
+{
+    return keel__respond_json(req, status, json_pack("{s:s}", "detail", detail));
+}

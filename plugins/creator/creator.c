@@ -1,0 +1,391 @@
+/*
+ * The creator plugin: descriptor, configuration, and the helpers every route
+ * shares (validation, database values to JSON, degraded answers).
+ *
+ * Configuration ("config" of conf.d/60-creator.json):
+ *   unlock_cost  credits charged per unlock       1..1000000, default 25
+ *   unlock_days  days an unlock lasts             1..3650,    default 30
+ *   max_posts    posts in a full search answer    1..1000,    default 50
+ * A value of the wrong type or out of range fails init (the routes are then
+ * served by their manifest fallbacks and the reason is logged).
+ */
+#include "config.h"
+
+#include "creator.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <limits.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+const keel_host *creator_host;
+
+#define CREATOR_USERNAME_MAX 30
+
+/* ------------------------------------------------------------ database rows */
+
+const char *creator_col(const keel_db_result *res, int row, const char *name)
+{
+    int col = creator_host->db_column(res, name);
+
+    if (col < 0)
+        return NULL;
+    return creator_host->db_value(res, row, col);
+}
+
+bool creator_parse_ll(const char *s, long long *out)
+{
+    const char *p = s;
+    char *end = NULL;
+    long long v;
+
+    if (s == NULL)
+        return false;
+    /* strtoll skips leading blanks; a query argument " 5" is not an integer. */
+    if (*p == '+' || *p == '-')
+        p++;
+    if (!isdigit((unsigned char)*p))
+        return false;
+    errno = 0;
+    v = strtoll(s, &end, 10);
+    if (errno != 0 || end == s || *end != '\0')
+        return false;
+    *out = v;
+    return true;
+}
+
+json_t *creator_json_text(const char *v)
+{
+    json_t *j;
+
+    if (v == NULL)
+        return json_null();
+    /* A SQL_ASCII database can hold bytes that are not UTF-8; jansson refuses
+     * them, and null is better than dropping the whole answer. */
+    j = json_string(v);
+    return j != NULL ? j : json_null();
+}
+
+json_t *creator_json_int(const char *v)
+{
+    long long n;
+
+    if (!creator_parse_ll(v, &n))
+        return json_null();
+    return json_integer((json_int_t)n);
+}
+
+json_t *creator_json_real(const char *v)
+{
+    char *end = NULL;
+    double d;
+
+    if (v == NULL || *v == '\0')
+        return json_null();
+    errno = 0;
+    d = strtod(v, &end);
+    if (errno != 0 || *end != '\0' || !isfinite(d))
+        return json_null();
+    return json_real(d);
+}
+
+json_t *creator_json_bool(const char *v)
+{
+    if (v == NULL)
+        return json_null();
+    return json_boolean(v[0] == 't');
+}
+
+json_t *creator_json_doc(const char *v)
+{
+    json_t *j;
+
+    if (v == NULL)
+        return json_null();
+    j = json_loads(v, JSON_DECODE_ANY, NULL);
+    return j != NULL ? j : json_null();
+}
+
+json_t *creator_profile_base(const keel_db_result *res, int row)
+{
+    json_t *p = json_object();
+
+    if (p == NULL)
+        return NULL;
+    json_object_set_new(p, "id", creator_json_text(creator_col(res, row, "id")));
+    json_object_set_new(p, "username", creator_json_text(creator_col(res, row, "username")));
+    json_object_set_new(p, "full_name", creator_json_text(creator_col(res, row, "full_name")));
+    json_object_set_new(p, "biography", creator_json_text(creator_col(res, row, "biography")));
+    json_object_set_new(p, "followers_count",
+                        creator_json_int(creator_col(res, row, "followers_count")));
+    json_object_set_new(p, "following_count",
+                        creator_json_int(creator_col(res, row, "following_count")));
+    json_object_set_new(p, "posts_count", creator_json_int(creator_col(res, row, "posts_count")));
+    json_object_set_new(p, "is_verified", creator_json_bool(creator_col(res, row, "is_verified")));
+    json_object_set_new(p, "is_private", creator_json_bool(creator_col(res, row, "is_private")));
+    json_object_set_new(p, "profile_pic_url",
+                        creator_json_text(creator_col(res, row, "profile_pic_url")));
+    return p;
+}
+
+json_t *creator_post_json(const keel_db_result *res, int row)
+{
+    json_t *p = json_object();
+    json_t *ai = json_object();
+
+    if (p == NULL || ai == NULL) {
+        json_decref(p);
+        json_decref(ai);
+        return NULL;
+    }
+    json_object_set_new(p, "id", creator_json_text(creator_col(res, row, "id")));
+    json_object_set_new(p, "shortcode", creator_json_text(creator_col(res, row, "shortcode")));
+    json_object_set_new(p, "caption", creator_json_text(creator_col(res, row, "caption")));
+    json_object_set_new(p, "likes_count", creator_json_int(creator_col(res, row, "likes_count")));
+    json_object_set_new(p, "comments_count",
+                        creator_json_int(creator_col(res, row, "comments_count")));
+    json_object_set_new(p, "engagement_rate",
+                        creator_json_real(creator_col(res, row, "engagement_rate")));
+    json_object_set_new(p, "display_url", creator_json_text(creator_col(res, row, "display_url")));
+    json_object_set_new(p, "taken_at", creator_json_text(creator_col(res, row, "taken_at")));
+    /* The object is always present (fields null when not analysed) so a
+     * client can read post.ai_analysis.x without a guard. */
+    json_object_set_new(ai, "content_category",
+                        creator_json_text(creator_col(res, row, "ai_content_category")));
+    json_object_set_new(ai, "sentiment", creator_json_text(creator_col(res, row, "ai_sentiment")));
+    json_object_set_new(ai, "sentiment_score",
+                        creator_json_real(creator_col(res, row, "ai_sentiment_score")));
+    json_object_set_new(ai, "language_code",
+                        creator_json_text(creator_col(res, row, "ai_language_code")));
+    json_object_set_new(p, "ai_analysis", ai);
+    return p;
+}
+
+json_t *creator_pagination(long long page, long long page_size, long long total)
+{
+    long long pages = total > 0 ? total / page_size + (total % page_size != 0) : 0;
+
+    return json_pack("{s:I,s:I,s:I,s:I,s:b,s:b}", "page", (json_int_t)page, "page_size",
+                     (json_int_t)page_size, "total", (json_int_t)total, "total_pages",
+                     (json_int_t)pages, "has_next", page < pages, "has_previous", page > 1);
+}
+
+/* ------------------------------------------------------------- validation */
+
+void creator_add_error(json_t *errors, const char *kind, const char *name, const char *msg,
+                       const char *type)
+{
+    json_array_append_new(errors, json_pack("{s:[s,s],s:s,s:s}", "loc", kind, name, "msg", msg,
+                                            "type", type));
+}
+
+int creator_reject(keel_request *req, json_t *errors)
+{
+    return creator_respond(req, 422, json_pack("{s:o}", "detail", errors));
+}
+
+const char *creator_username(keel_request *req, const char *raw, json_t *errors,
+                             const char *loc_kind, const char *loc_name)
+{
+    size_t len = raw != NULL ? strlen(raw) : 0;
+    char *out;
+
+    if (len == 0 || len > CREATOR_USERNAME_MAX) {
+        creator_add_error(errors, loc_kind, loc_name,
+                          "username must be 1-30 characters long", "value_error");
+        return NULL;
+    }
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)raw[i];
+
+        /* ASCII only: isalnum() would accept locale letters above 0x7f. */
+        bool ok = (c < 0x80 && isalnum(c)) || c == '.' || c == '_';
+
+        if (!ok) {
+            creator_add_error(errors, loc_kind, loc_name,
+                              "username may contain only letters, digits, '.' and '_'",
+                              "value_error");
+            return NULL;
+        }
+    }
+    out = creator_host->req_alloc(req, len + 1);
+    if (out == NULL) {
+        creator_add_error(errors, loc_kind, loc_name, "out of memory", "value_error");
+        return NULL;
+    }
+    for (size_t i = 0; i < len; i++)
+        out[i] = (char)tolower((unsigned char)raw[i]);
+    out[len] = '\0';
+    return out;
+}
+
+/* One ?name=N argument; returns false (and records why) when invalid. */
+static bool page_arg(keel_request *req, const char *name, long long min, long long max,
+                     long long *value, json_t *errors)
+{
+    const char *raw = creator_host->req_query(req, name);
+    char msg[80];
+    long long v;
+
+    if (raw == NULL)
+        return true;
+    if (!creator_parse_ll(raw, &v)) {
+        creator_add_error(errors, "query", name, "value is not a valid integer",
+                          "type_error.integer");
+        return false;
+    }
+    if (v < min) {
+        snprintf(msg, sizeof msg, "ensure this value is greater than or equal to %lld", min);
+        creator_add_error(errors, "query", name, msg, "value_error.number.not_ge");
+        return false;
+    }
+    if (v > max) {
+        snprintf(msg, sizeof msg, "ensure this value is less than or equal to %lld", max);
+        creator_add_error(errors, "query", name, msg, "value_error.number.not_le");
+        return false;
+    }
+    *value = v;
+    return true;
+}
+
+void creator_page_args(keel_request *req, long long default_size, long long *page,
+                       long long *page_size, json_t *errors)
+{
+    *page = 1;
+    *page_size = default_size;
+    page_arg(req, "page", 1, LLONG_MAX, page, errors);
+    page_arg(req, "page_size", 1, 100, page_size, errors);
+}
+
+/* ------------------------------------------------------------ failure answers */
+
+const char *creator_user_id(keel_request *req)
+{
+    const char *id = creator_host->req_user(req, KEEL_USER_ID);
+
+    return id != NULL && *id != '\0' ? id : NULL;
+}
+
+void creator_log_db(keel_request *req, int rc, const char *what)
+{
+    const char *detail = creator_host->db_last_error(req);
+
+    creator_host->log(req, rc == KEEL_EDB_UNAVAILABLE ? KEEL_LOG_WARN : KEEL_LOG_ERROR,
+                      "%s: %s%s%s", what, keel_strerror(rc),
+                      detail != NULL && *detail != '\0' ? ": " : "",
+                      detail != NULL ? detail : "");
+}
+
+int creator_respond(keel_request *req, unsigned status, json_t *body)
+{
+    if (body == NULL)
+        return creator_host->respond_error(req, 500, "Out of memory");
+    return creator_host->respond_json(req, status, body);
+}
+
+int creator_degraded(keel_request *req, json_t *body)
+{
+    creator_host->set_header(req, CREATOR_DEGRADED_HEADER, "database");
+    return creator_respond(req, 200, body);
+}
+
+int creator_unavailable(keel_request *req)
+{
+    creator_host->set_header(req, "Retry-After", "5");
+    return creator_host->respond_error(req, 503, CREATOR_WRITE_UNAVAILABLE);
+}
+
+/* -------------------------------------------------------------- descriptor */
+
+/* Reads one integer setting of the manifest's "config". */
+static int conf_int(const json_t *config, const char *key, long long min, long long max,
+                    long long *value)
+{
+    const json_t *v = json_object_get(config, key);
+
+    if (v == NULL)
+        return 0;
+    if (!json_is_integer(v) || json_integer_value(v) < min || json_integer_value(v) > max) {
+        creator_host->log(NULL, KEEL_LOG_ERROR, "config.%s: expected an integer %lld-%lld", key,
+                          min, max);
+        return KEEL_ECONFIG;
+    }
+    *value = (long long)json_integer_value(v);
+    return 0;
+}
+
+static int creator_init(const keel_host *host, const json_t *config, void **state)
+{
+    struct creator_conf *conf;
+    const char *key;
+    json_t *value;
+    int rc;
+
+    /* Every member used here exists in ABI 1.0; the check guards against a
+     * host that fills the table only partially. */
+    if (!KEEL_HOST_HAS(host, db_affected) || !KEEL_HOST_HAS(host, log) ||
+        !KEEL_HOST_HAS(host, db_transaction) || !KEEL_HOST_HAS(host, req_json_body))
+        return KEEL_EUNSUPPORTED;
+    creator_host = host;
+
+    conf = calloc(1, sizeof *conf);
+    if (conf == NULL)
+        return KEEL_ENOMEM;
+    conf->unlock_cost = 25;
+    conf->unlock_days = 30;
+    conf->max_posts = 50;
+    if (config != NULL) {
+        if ((rc = conf_int(config, "unlock_cost", 1, 1000000, &conf->unlock_cost)) != 0 ||
+            (rc = conf_int(config, "unlock_days", 1, 3650, &conf->unlock_days)) != 0 ||
+            (rc = conf_int(config, "max_posts", 1, 1000, &conf->max_posts)) != 0) {
+            free(conf);
+            return rc;
+        }
+        json_object_foreach((json_t *)config, key, value) {
+            if (strcmp(key, "unlock_cost") != 0 && strcmp(key, "unlock_days") != 0 &&
+                strcmp(key, "max_posts") != 0)
+                host->log(NULL, KEEL_LOG_WARN, "config.%s: unknown key ignored", key);
+        }
+    }
+    host->log(NULL, KEEL_LOG_INFO, "creator ready: unlock_cost=%lld unlock_days=%lld max_posts=%lld",
+              conf->unlock_cost, conf->unlock_days, conf->max_posts);
+    *state = conf;
+    return 0;
+}
+
+static void creator_fini(void *state)
+{
+    free(state);
+}
+
+static const keel_route creator_routes[] = {
+    {"GET", "/api/v1/simple/creator/system/stats", creator_stats},
+    {"GET", "/api/v1/simple/creator/unlocked", creator_unlocked},
+    {"GET", "/api/v1/simple/creator/{username}", creator_profile},
+    {"GET", "/api/v1/simple/creator/{username}/status", creator_status},
+    {"GET", "/api/v1/simple/creator/{username}/posts", creator_posts},
+    {"POST", "/api/v1/simple/creator/search/{username}", creator_search},
+    {"POST", "/api/v1/simple/creator/unlock/{username}", creator_unlock},
+    {"POST", "/api/v1/discovery/unlock-profile", creator_discovery_unlock},
+    {"GET", "/api/v1/jobs/{job_id}/status", creator_job_status},
+    {"POST", "/admin/import", creator_admin_import},
+    {"POST", "/admin/credits", creator_admin_credits},
+    {NULL, NULL, NULL},
+};
+
+static const keel_plugin creator_plugin = {
+    KEEL_PLUGIN_HEADER,
+    .name = "creator",
+    .version = "1.0.0",
+    .init = creator_init,
+    .fini = creator_fini,
+    .routes = creator_routes,
+    .requires = NULL,
+};
+
+KEEL_EXPORT const keel_plugin *keel_plugin_entry(void)
+{
+    return &creator_plugin;
+}

@@ -1,0 +1,125 @@
+/*
+ * The creator plugin's internal interface: the route handlers of CONTRACT
+ * sections 4-6 (creator API, job status, admin import and credits) and the
+ * helpers they share.  Nothing here is exported from the shared object; the
+ * only exported symbol is keel_plugin_entry() in creator.c.
+ *
+ * Every handler talks to the host through creator_host (set once by init)
+ * and follows the same failure rules:
+ *  - a database that is unavailable (or a caller whose local user id is
+ *    unknown because the user sync failed) turns a read into 200 with the
+ *    route's degraded body and `X-Keel-Degraded: database`, and a write into
+ *    503 with `Retry-After: 5`;
+ *  - any other database failure is logged at error level with context and
+ *    handled the same way, so the plugin never answers 500 for the database.
+ */
+#ifndef KEEL_PLUGINS_CREATOR_CREATOR_H
+#define KEEL_PLUGINS_CREATOR_CREATOR_H
+
+#include <stdbool.h>
+
+#include <jansson.h>
+
+#include <keel/plugin.h>
+
+/* The plugin's configuration, one copy per generation (the handler state). */
+struct creator_conf {
+    long long unlock_cost; /* credits per unlock, default 25 */
+    long long unlock_days; /* days an unlock lasts, default 30 */
+    long long max_posts;   /* posts embedded in a full search answer, default 50 */
+};
+
+/* The host table, set by init before any handler runs. */
+extern const keel_host *creator_host;
+
+/* The degraded-read header and the 503 write answer (see the file comment). */
+#define CREATOR_DEGRADED_HEADER "X-Keel-Degraded"
+#define CREATOR_DB_ERROR "Database connectivity issues"
+#define CREATOR_WRITE_UNAVAILABLE "Service temporarily unavailable - database connectivity issues"
+
+/* ISO 8601 UTC rendering of a timestamptz column inside SQL text. */
+#define CREATOR_ISO(col) "to_char((" col ") AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')"
+
+/* --- database rows -> JSON ----------------------------------------------- */
+
+/* The text of column `name` in `row`, or NULL (SQL NULL or no such column). */
+const char *creator_col(const keel_db_result *res, int row, const char *name);
+/* Parses a whole decimal integer; false on anything else. */
+bool creator_parse_ll(const char *s, long long *out);
+/* JSON of a database text value; SQL NULL (or invalid UTF-8) -> null. */
+json_t *creator_json_text(const char *v);
+/* JSON integer of a bigint column; NULL or unparsable -> null. */
+json_t *creator_json_int(const char *v);
+/* JSON real of a double precision column; NULL, NaN or infinite -> null. */
+json_t *creator_json_real(const char *v);
+/* JSON boolean of a boolean column ('t'); NULL -> null. */
+json_t *creator_json_bool(const char *v);
+/* JSON value of a json/jsonb column's text; NULL or unparsable -> null. */
+json_t *creator_json_doc(const char *v);
+
+/* The base profile fields of CONTRACT section 4 from a row with the columns
+ * id, username, full_name, biography, followers_count, following_count,
+ * posts_count, is_verified, is_private, profile_pic_url.  New reference. */
+json_t *creator_profile_base(const keel_db_result *res, int row);
+/* One post as in the search answer (columns of CREATOR_POST_COLUMNS). */
+json_t *creator_post_json(const keel_db_result *res, int row);
+/* The select list creator_post_json() reads, for table alias "po". */
+#define CREATOR_POST_COLUMNS                                                        \
+    "po.id, po.shortcode, po.caption, po.likes_count, po.comments_count, "          \
+    "po.engagement_rate, po.display_url, " CREATOR_ISO("po.taken_at") " AS taken_at, " \
+    "po.ai_content_category, po.ai_sentiment, po.ai_sentiment_score, po.ai_language_code"
+/* The select list creator_profile_base() reads, for table alias "p". */
+#define CREATOR_PROFILE_COLUMNS                                                     \
+    "p.id, p.username, p.full_name, p.biography, p.followers_count, "               \
+    "p.following_count, p.posts_count, p.is_verified, p.is_private, p.profile_pic_url"
+
+/* {"page","page_size","total","total_pages","has_next","has_previous"}. */
+json_t *creator_pagination(long long page, long long page_size, long long total);
+
+/* --- request validation -------------------------------------------------- */
+
+/*
+ * Validates a username (1-30 of [A-Za-z0-9._]) and returns a lowercased copy
+ * in request memory.  On failure returns NULL and appends a 422 error entry
+ * with loc [loc_kind, loc_name] to errors (a JSON array).
+ */
+const char *creator_username(keel_request *req, const char *raw, json_t *errors,
+                             const char *loc_kind, const char *loc_name);
+/* Reads ?page (>= 1, default 1) and ?page_size (1-100, default
+ * default_size), appending a 422 entry per bad argument to errors. */
+void creator_page_args(keel_request *req, long long default_size, long long *page,
+                       long long *page_size, json_t *errors);
+/* Appends {"loc":[kind,name],"msg":msg,"type":type} to errors. */
+void creator_add_error(json_t *errors, const char *kind, const char *name, const char *msg,
+                       const char *type);
+/* Answers 422 {"detail": errors}; takes ownership of errors. */
+int creator_reject(keel_request *req, json_t *errors);
+
+/* --- failure answers ----------------------------------------------------- */
+
+/* The caller's local user id, or NULL when the user sync failed. */
+const char *creator_user_id(keel_request *req);
+/* Logs a database failure of `what` (error level, warn when unavailable). */
+void creator_log_db(keel_request *req, int rc, const char *what);
+/* Answers 200 with body (stolen) and X-Keel-Degraded: database. */
+int creator_degraded(keel_request *req, json_t *body);
+/* Answers 503 {"detail": ...} with Retry-After: 5. */
+int creator_unavailable(keel_request *req);
+/* Answers a JSON body (stolen), or 500 when building it ran out of memory. */
+int creator_respond(keel_request *req, unsigned status, json_t *body);
+
+/* --- route handlers ------------------------------------------------------ */
+
+int creator_stats(keel_request *req, void *state);
+int creator_unlocked(keel_request *req, void *state);
+int creator_profile(keel_request *req, void *state);
+int creator_status(keel_request *req, void *state);
+int creator_posts(keel_request *req, void *state);
+int creator_job_status(keel_request *req, void *state);
+int creator_search(keel_request *req, void *state);
+int creator_unlock(keel_request *req, void *state);
+int creator_discovery_unlock(keel_request *req, void *state);
+int creator_admin_import(keel_request *req, void *state);
+int creator_admin_credits(keel_request *req, void *state);
+
+#endif /* KEEL_PLUGINS_CREATOR_CREATOR_H */

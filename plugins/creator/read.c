@@ -1,0 +1,445 @@
+/*
+ * The creator plugin's read routes: system stats, the unlocked list, a
+ * profile, its status, its posts, and a search job's status.
+ *
+ * Reads never fail with 5xx because of the database: when it is unavailable
+ * (or the caller's local user id is unknown) each route answers 200 with its
+ * degraded body and X-Keel-Degraded: database.  The degraded bodies of stats
+ * and unlocked are fixed by CONTRACT section 4.  The others are this
+ * plugin's choice: the route's usual top-level keys ("profile": null,
+ * "posts": [], "status": "unknown" where a value cannot be known) plus
+ * "success": false, "error": "Database connectivity issues" and a "message".
+ */
+#include "config.h"
+
+#include "creator.h"
+
+#include <limits.h>
+#include <stdio.h>
+#include <string.h>
+
+/* ------------------------------------------------------------- system stats */
+
+/* "66.7%": one decimal rounded half up in integer arithmetic, "0%" if empty. */
+static json_t *stats_section(long long total, long long ai)
+{
+    char rate[32];
+
+    if (total < 0)
+        total = 0;
+    if (ai < 0)
+        ai = 0;
+    if (total == 0) {
+        snprintf(rate, sizeof rate, "0%%");
+    } else {
+        long long tenths = (ai * 1000 + total / 2) / total;
+
+        snprintf(rate, sizeof rate, "%lld.%lld%%", tenths / 10, tenths % 10);
+    }
+    return json_pack("{s:I,s:I,s:s}", "total", (json_int_t)total, "with_ai_analysis",
+                     (json_int_t)ai, "ai_completion_rate", rate);
+}
+
+static int stats_degraded(keel_request *req)
+{
+    return creator_degraded(
+        req, json_pack("{s:b,s:{s:o,s:o,s:{s:s,s:s}},s:s,s:s}", "success", 0, "stats", "profiles",
+                       stats_section(0, 0), "posts", stats_section(0, 0), "system", "status",
+                       "degraded", "ai_system", "unavailable", "error", CREATOR_DB_ERROR, "message",
+                       "System statistics partially unavailable - system will retry automatically"));
+}
+
+int creator_stats(keel_request *req, void *state)
+{
+    long long counts[2][2] = {{0, 0}, {0, 0}}; /* [profiles|posts][total|ai] */
+    keel_db_result *res = NULL;
+    int rc;
+
+    if (creator_user_id(req) == NULL)
+        return stats_degraded(req);
+    /* Two rows kept current by triggers: no COUNT over the big tables. */
+    rc = creator_host->db_query(req,
+                                "SELECT name, total, ai_analyzed FROM stats_counters"
+                                " WHERE name IN ('profiles', 'posts')",
+                                0, NULL, &res);
+    if (rc != 0) {
+        creator_log_db(req, rc, "system stats");
+        return stats_degraded(req);
+    }
+    for (int i = 0; i < creator_host->db_rows(res); i++) {
+        const char *name = creator_col(res, i, "name");
+        int which = name != NULL && strcmp(name, "posts") == 0;
+        long long v;
+
+        if (creator_parse_ll(creator_col(res, i, "total"), &v))
+            counts[which][0] = v;
+        if (creator_parse_ll(creator_col(res, i, "ai_analyzed"), &v))
+            counts[which][1] = v;
+    }
+    return creator_respond(
+        req, 200,
+        json_pack("{s:b,s:{s:o,s:o,s:{s:s,s:s}},s:s}", "success", 1, "stats", "profiles",
+                  stats_section(counts[0][0], counts[0][1]), "posts",
+                  stats_section(counts[1][0], counts[1][1]), "system", "status", "operational",
+                  "ai_system", "active", "message", "System statistics retrieved successfully"));
+}
+
+/* ------------------------------------------------------------ unlocked list */
+
+static int unlocked_degraded(keel_request *req)
+{
+    return creator_degraded(
+        req, json_pack("{s:b,s:[],s:s,s:s}", "success", 0, "profiles", "error", CREATOR_DB_ERROR,
+                       "message",
+                       "Unable to retrieve unlocked profiles - database connection issues"));
+}
+
+/* OFFSET for a page, saturating instead of overflowing for absurd pages. */
+static long long page_offset(long long page, long long page_size)
+{
+    if (page - 1 > LLONG_MAX / page_size)
+        return LLONG_MAX;
+    return (page - 1) * page_size;
+}
+
+static json_t *unlocked_entry(const keel_db_result *res, int row)
+{
+    json_t *e = json_object();
+    json_t *ai = json_object();
+
+    if (e == NULL || ai == NULL) {
+        json_decref(e);
+        json_decref(ai);
+        return NULL;
+    }
+    json_object_set_new(e, "profile_id", creator_json_text(creator_col(res, row, "id")));
+    json_object_set_new(e, "username", creator_json_text(creator_col(res, row, "username")));
+    json_object_set_new(e, "full_name", creator_json_text(creator_col(res, row, "full_name")));
+    json_object_set_new(e, "followers_count",
+                        creator_json_int(creator_col(res, row, "followers_count")));
+    json_object_set_new(e, "following_count",
+                        creator_json_int(creator_col(res, row, "following_count")));
+    json_object_set_new(e, "posts_count", creator_json_int(creator_col(res, row, "posts_count")));
+    json_object_set_new(e, "profile_pic_url",
+                        creator_json_text(creator_col(res, row, "profile_pic_url")));
+    json_object_set_new(e, "is_verified", creator_json_bool(creator_col(res, row, "is_verified")));
+    json_object_set_new(e, "engagement_rate",
+                        creator_json_real(creator_col(res, row, "engagement_rate")));
+    json_object_set_new(e, "unlocked_at", creator_json_text(creator_col(res, row, "unlocked_at")));
+    json_object_set_new(e, "expires_at", creator_json_text(creator_col(res, row, "expires_at")));
+    json_object_set_new(e, "days_remaining",
+                        creator_json_int(creator_col(res, row, "days_remaining")));
+    json_object_set_new(ai, "primary_content_type",
+                        creator_json_text(creator_col(res, row, "ai_primary_content_type")));
+    json_object_set_new(ai, "avg_sentiment_score",
+                        creator_json_real(creator_col(res, row, "ai_avg_sentiment_score")));
+    json_object_set_new(e, "ai_analysis", ai);
+    return e;
+}
+
+int creator_unlocked(keel_request *req, void *state)
+{
+    json_t *errors = json_array();
+    json_t *profiles, *body;
+    keel_db_result *res = NULL;
+    long long page, page_size, total = 0;
+    char limit[24], offset[24], message[64];
+    const char *uid;
+    int rc;
+
+    if (errors == NULL)
+        return creator_respond(req, 500, NULL);
+    creator_page_args(req, 10, &page, &page_size, errors);
+    if (json_array_size(errors) > 0)
+        return creator_reject(req, errors);
+    json_decref(errors);
+
+    if ((uid = creator_user_id(req)) == NULL)
+        return unlocked_degraded(req);
+
+    /* The total counts every unexpired grant, not just this page; the
+     * (user_id, expires_at) index answers it without touching profiles. */
+    rc = creator_host->db_query(req,
+                                "SELECT count(*) AS n FROM user_profile_access"
+                                " WHERE user_id = $1 AND expires_at > now()",
+                                1, (const char *const[]){uid}, &res);
+    if (rc != 0) {
+        creator_log_db(req, rc, "unlocked list count");
+        return unlocked_degraded(req);
+    }
+    if (!creator_parse_ll(creator_col(res, 0, "n"), &total))
+        total = 0;
+
+    snprintf(limit, sizeof limit, "%lld", page_size);
+    snprintf(offset, sizeof offset, "%lld", page_offset(page, page_size));
+    /* Walks (user_id, granted_at DESC, id DESC) in order and stops after
+     * LIMIT + OFFSET rows; no sort of the caller's whole history. */
+    rc = creator_host->db_query(
+        req,
+        "SELECT p.id, p.username, p.full_name, p.followers_count, p.following_count,"
+        "       p.posts_count, p.profile_pic_url, p.is_verified, p.engagement_rate,"
+        "       p.ai_primary_content_type, p.ai_avg_sentiment_score,"
+        "       " CREATOR_ISO("a.granted_at") " AS unlocked_at,"
+        "       " CREATOR_ISO("a.expires_at") " AS expires_at,"
+        "       ceil(extract(epoch FROM a.expires_at - now()) / 86400)::bigint AS days_remaining"
+        "  FROM user_profile_access a JOIN profiles p ON p.id = a.profile_id"
+        " WHERE a.user_id = $1 AND a.expires_at > now()"
+        " ORDER BY a.granted_at DESC, a.id DESC"
+        " LIMIT $2 OFFSET $3",
+        3, (const char *const[]){uid, limit, offset}, &res);
+    if (rc != 0) {
+        creator_log_db(req, rc, "unlocked list");
+        return unlocked_degraded(req);
+    }
+    profiles = json_array();
+    for (int i = 0; profiles != NULL && i < creator_host->db_rows(res); i++)
+        json_array_append_new(profiles, unlocked_entry(res, i));
+    snprintf(message, sizeof message, "Found %lld unlocked profiles", total);
+    body = json_pack("{s:b,s:o,s:o,s:s}", "success", 1, "profiles", profiles, "pagination",
+                     creator_pagination(page, page_size, total), "message", message);
+    return creator_respond(req, 200, body);
+}
+
+/* ------------------------------------------------------------------ profile */
+
+static int profile_degraded(keel_request *req)
+{
+    return creator_degraded(
+        req, json_pack("{s:b,s:n,s:s,s:s}", "success", 0, "profile", "error", CREATOR_DB_ERROR,
+                       "message", "Profile data temporarily unavailable - database connection issues"));
+}
+
+int creator_profile(keel_request *req, void *state)
+{
+    json_t *errors = json_array();
+    keel_db_result *res = NULL;
+    const char *username;
+    int rc;
+
+    if (errors == NULL)
+        return creator_respond(req, 500, NULL);
+    username = creator_username(req, creator_host->req_param(req, "username"), errors, "path",
+                                "username");
+    if (username == NULL)
+        return creator_reject(req, errors);
+    json_decref(errors);
+
+    if (creator_user_id(req) == NULL)
+        return profile_degraded(req);
+    rc = creator_host->db_query(req,
+                                "SELECT " CREATOR_PROFILE_COLUMNS
+                                "  FROM profiles p WHERE p.username = $1",
+                                1, (const char *const[]){username}, &res);
+    if (rc != 0) {
+        creator_log_db(req, rc, "profile");
+        return profile_degraded(req);
+    }
+    if (creator_host->db_rows(res) == 0)
+        return creator_host->respond_error(req, 404, "Profile not found");
+    return creator_respond(req, 200,
+                           json_pack("{s:b,s:o,s:s}", "success", 1, "profile",
+                                     creator_profile_base(res, 0), "message", "Profile data loaded"));
+}
+
+/* ------------------------------------------------------------------- status */
+
+static int status_degraded(keel_request *req, const char *username)
+{
+    return creator_degraded(
+        req, json_pack("{s:b,s:s,s:s,s:b,s:b,s:s,s:s,s:s}", "success", 0, "username", username,
+                       "status", "unknown", "profile_ready", 0, "analysis_complete", 0,
+                       "data_source", "none", "error", CREATOR_DB_ERROR, "message",
+                       "Profile status temporarily unavailable - database connection issues"));
+}
+
+/*
+ * A stored profile is "complete" whether or not the AI has analysed it yet;
+ * analysis_complete tells the two apart, so a client polling for the data
+ * stops once the data is there.  Without a stored profile, the caller's own
+ * open search job (if any) gives "queued" or "processing".
+ */
+int creator_status(keel_request *req, void *state)
+{
+    json_t *errors = json_array();
+    keel_db_result *res = NULL;
+    const char *username, *uid, *ai, *job;
+    bool stored, analysed;
+    int rc;
+
+    if (errors == NULL)
+        return creator_respond(req, 500, NULL);
+    username = creator_username(req, creator_host->req_param(req, "username"), errors, "path",
+                                "username");
+    if (username == NULL)
+        return creator_reject(req, errors);
+    json_decref(errors);
+
+    if ((uid = creator_user_id(req)) == NULL)
+        return status_degraded(req, username);
+    rc = creator_host->db_query(
+        req,
+        "SELECT (SELECT ai_analyzed FROM profiles WHERE username = $2) AS ai_analyzed,"
+        "       (SELECT status FROM search_jobs"
+        "         WHERE user_id = $1 AND username = $2"
+        "           AND status IN ('queued', 'processing')) AS job_status",
+        2, (const char *const[]){uid, username}, &res);
+    if (rc != 0) {
+        creator_log_db(req, rc, "profile status");
+        return status_degraded(req, username);
+    }
+    ai = creator_col(res, 0, "ai_analyzed");
+    job = creator_col(res, 0, "job_status");
+    /* ai_analyzed is NOT NULL, so NULL means no row; search_jobs_open allows
+     * at most one open job per user and name, so job_status is one value. */
+    stored = ai != NULL;
+    analysed = stored && ai[0] == 't';
+    return creator_respond(
+        req, 200,
+        json_pack("{s:b,s:s,s:s,s:b,s:b,s:s}", "success", 1, "username", username, "status",
+                  stored ? "complete" : job != NULL ? job : "not_found", "profile_ready", stored,
+                  "analysis_complete", analysed, "data_source", stored ? "database" : "none"));
+}
+
+/* -------------------------------------------------------------------- posts */
+
+static int posts_degraded(keel_request *req, const char *username)
+{
+    return creator_degraded(
+        req, json_pack("{s:b,s:s,s:[],s:s,s:s}", "success", 0, "username", username, "posts",
+                       "error", CREATOR_DB_ERROR, "message",
+                       "Posts temporarily unavailable - database connection issues"));
+}
+
+int creator_posts(keel_request *req, void *state)
+{
+    const struct creator_conf *conf = state;
+    json_t *errors = json_array();
+    json_t *posts;
+    keel_db_result *res = NULL;
+    long long page, page_size, total = 0;
+    char limit[24], offset[24], message[64];
+    const char *username, *uid, *profile_id, *unlocked;
+    int rc;
+
+    if (errors == NULL)
+        return creator_respond(req, 500, NULL);
+    username = creator_username(req, creator_host->req_param(req, "username"), errors, "path",
+                                "username");
+    creator_page_args(req, 20, &page, &page_size, errors);
+    if (json_array_size(errors) > 0)
+        return creator_reject(req, errors);
+    json_decref(errors);
+
+    if ((uid = creator_user_id(req)) == NULL)
+        return posts_degraded(req, username);
+    rc = creator_host->db_query(
+        req,
+        "SELECT p.id, EXISTS (SELECT 1 FROM user_profile_access a"
+        "                      WHERE a.user_id = $1 AND a.profile_id = p.id"
+        "                        AND a.expires_at > now()) AS unlocked,"
+        "       (SELECT count(*) FROM posts po WHERE po.profile_id = p.id) AS total"
+        "  FROM profiles p WHERE p.username = $2",
+        2, (const char *const[]){uid, username}, &res);
+    if (rc != 0) {
+        creator_log_db(req, rc, "posts access");
+        return posts_degraded(req, username);
+    }
+    if (creator_host->db_rows(res) == 0)
+        return creator_host->respond_error(req, 404, "Profile not found");
+    unlocked = creator_col(res, 0, "unlocked");
+    if (unlocked == NULL || unlocked[0] != 't')
+        return creator_respond(req, 403,
+                               json_pack("{s:b,s:b,s:I}", "success", 0, "unlock_required", 1,
+                                         "unlock_cost", (json_int_t)conf->unlock_cost));
+    profile_id = creator_col(res, 0, "id");
+    if (!creator_parse_ll(creator_col(res, 0, "total"), &total))
+        total = 0;
+
+    snprintf(limit, sizeof limit, "%lld", page_size);
+    snprintf(offset, sizeof offset, "%lld", page_offset(page, page_size));
+    /* The order is exactly the posts_profile_taken index's. */
+    rc = creator_host->db_query(req,
+                                "SELECT " CREATOR_POST_COLUMNS
+                                "  FROM posts po WHERE po.profile_id = $1"
+                                " ORDER BY po.taken_at DESC NULLS LAST, po.id"
+                                " LIMIT $2 OFFSET $3",
+                                3, (const char *const[]){profile_id, limit, offset}, &res);
+    if (rc != 0) {
+        creator_log_db(req, rc, "posts list");
+        return posts_degraded(req, username);
+    }
+    posts = json_array();
+    for (int i = 0; posts != NULL && i < creator_host->db_rows(res); i++)
+        json_array_append_new(posts, creator_post_json(res, i));
+    snprintf(message, sizeof message, "Found %lld posts", total);
+    return creator_respond(req, 200,
+                           json_pack("{s:b,s:s,s:o,s:o,s:s}", "success", 1, "username", username,
+                                     "posts", posts, "pagination",
+                                     creator_pagination(page, page_size, total), "message",
+                                     message));
+}
+
+/* --------------------------------------------------------------- job status */
+
+static bool is_uuid(const char *s)
+{
+    static const char hex[] = "0123456789abcdefABCDEF";
+
+    if (s == NULL || strlen(s) != 36)
+        return false;
+    for (int i = 0; i < 36; i++) {
+        if (i == 8 || i == 13 || i == 18 || i == 23) {
+            if (s[i] != '-')
+                return false;
+        } else if (strchr(hex, s[i]) == NULL) {
+            return false;
+        }
+    }
+    return true;
+}
+
+static int job_degraded(keel_request *req, const char *job_id)
+{
+    return creator_degraded(
+        req, json_pack("{s:b,s:s,s:s,s:s,s:s}", "success", 0, "job_id", job_id, "status",
+                       "unknown", "error", CREATOR_DB_ERROR, "message",
+                       "Job status temporarily unavailable - database connection issues"));
+}
+
+int creator_job_status(keel_request *req, void *state)
+{
+    const char *job_id = creator_host->req_param(req, "job_id");
+    keel_db_result *res = NULL;
+    const char *uid;
+    int rc;
+
+    if (!is_uuid(job_id)) {
+        json_t *errors = json_array();
+
+        creator_add_error(errors, "path", "job_id", "value is not a valid uuid", "type_error.uuid");
+        return creator_reject(req, errors);
+    }
+    if ((uid = creator_user_id(req)) == NULL)
+        return job_degraded(req, job_id);
+    /* The primary key finds the row; user_id makes another user's job look
+     * exactly like a missing one. */
+    rc = creator_host->db_query(req,
+                                "SELECT id, status, username,"
+                                "       " CREATOR_ISO("created_at") " AS created_at,"
+                                "       " CREATOR_ISO("updated_at") " AS updated_at"
+                                "  FROM search_jobs WHERE id = $1 AND user_id = $2",
+                                2, (const char *const[]){job_id, uid}, &res);
+    if (rc != 0) {
+        creator_log_db(req, rc, "job status");
+        return job_degraded(req, job_id);
+    }
+    if (creator_host->db_rows(res) == 0)
+        return creator_host->respond_error(req, 404, "Job not found");
+    return creator_respond(
+        req, 200,
+        json_pack("{s:o,s:o,s:o,s:o,s:o}", "job_id", creator_json_text(creator_col(res, 0, "id")),
+                  "status", creator_json_text(creator_col(res, 0, "status")), "username",
+                  creator_json_text(creator_col(res, 0, "username")), "created_at",
+                  creator_json_text(creator_col(res, 0, "created_at")), "updated_at",
+                  creator_json_text(creator_col(res, 0, "updated_at"))));
+}

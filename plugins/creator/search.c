@@ -1,0 +1,186 @@
+/*
+ * POST /api/v1/simple/creator/search/{username}: full analytics for a stored
+ * profile the caller has unlocked, a preview for a stored one they have not,
+ * and a search job (202) for a profile that is not stored yet.
+ *
+ * Finding out which case applies is a read, so a database failure there
+ * answers the degraded 200 body.  Creating the job is a write, so a failure
+ * there answers 503 with Retry-After.
+ */
+#include "config.h"
+
+#include "creator.h"
+
+#include <stdio.h>
+
+#define SEARCH_JOB_ATTEMPTS 3
+
+static int search_degraded(keel_request *req, const char *username)
+{
+    return creator_degraded(
+        req, json_pack("{s:b,s:s,s:n,s:s,s:s}", "success", 0, "username", username, "profile",
+                       "error", CREATOR_DB_ERROR, "message",
+                       "Creator search temporarily unavailable - database connection issues"));
+}
+
+/* The profile of the full answer: base fields, rates and the AI summary. */
+static json_t *full_profile(const keel_db_result *res)
+{
+    json_t *p = creator_profile_base(res, 0);
+    json_t *ai = json_object();
+
+    if (p == NULL || ai == NULL) {
+        json_decref(p);
+        json_decref(ai);
+        return NULL;
+    }
+    json_object_set_new(p, "engagement_rate", creator_json_real(creator_col(res, 0, "engagement_rate")));
+    json_object_set_new(p, "avg_likes", creator_json_real(creator_col(res, 0, "avg_likes")));
+    json_object_set_new(p, "avg_comments", creator_json_real(creator_col(res, 0, "avg_comments")));
+    json_object_set_new(ai, "primary_content_type",
+                        creator_json_text(creator_col(res, 0, "ai_primary_content_type")));
+    json_object_set_new(ai, "content_distribution",
+                        creator_json_doc(creator_col(res, 0, "ai_content_distribution")));
+    json_object_set_new(ai, "language_distribution",
+                        creator_json_doc(creator_col(res, 0, "ai_language_distribution")));
+    json_object_set_new(ai, "avg_sentiment_score",
+                        creator_json_real(creator_col(res, 0, "ai_avg_sentiment_score")));
+    json_object_set_new(ai, "content_quality_score",
+                        creator_json_real(creator_col(res, 0, "ai_content_quality_score")));
+    json_object_set_new(p, "ai_analysis", ai);
+    return p;
+}
+
+static int search_full(keel_request *req, const struct creator_conf *conf, const char *username,
+                       const keel_db_result *profile)
+{
+    const char *profile_id = creator_col(profile, 0, "id");
+    keel_db_result *res = NULL;
+    char limit[24];
+    json_t *posts;
+    int rc;
+
+    snprintf(limit, sizeof limit, "%lld", conf->max_posts);
+    rc = creator_host->db_query(req,
+                                "SELECT " CREATOR_POST_COLUMNS
+                                "  FROM posts po WHERE po.profile_id = $1"
+                                " ORDER BY po.taken_at DESC NULLS LAST, po.id LIMIT $2",
+                                2, (const char *const[]){profile_id, limit}, &res);
+    if (rc != 0) {
+        creator_log_db(req, rc, "search posts");
+        return search_degraded(req, username);
+    }
+    posts = json_array();
+    for (int i = 0; posts != NULL && i < creator_host->db_rows(res); i++)
+        json_array_append_new(posts, creator_post_json(res, i));
+    return creator_respond(req, 200,
+                           json_pack("{s:b,s:o,s:o,s:b,s:b,s:b,s:s}", "success", 1, "profile",
+                                     full_profile(profile), "posts", posts, "unlocked", 1,
+                                     "unlock_required", 0, "preview_mode", 0, "message",
+                                     "Full analytics loaded"));
+}
+
+static int search_preview(keel_request *req, const struct creator_conf *conf, const char *username,
+                          const keel_db_result *profile)
+{
+    char endpoint[96];
+
+    snprintf(endpoint, sizeof endpoint, "/api/v1/simple/creator/unlock/%s", username);
+    return creator_respond(
+        req, 200,
+        json_pack("{s:b,s:o,s:b,s:b,s:I,s:b,s:s,s:s}", "success", 1, "profile",
+                  creator_profile_base(profile, 0), "unlocked", 0, "unlock_required", 1,
+                  "unlock_cost", (json_int_t)conf->unlock_cost, "preview_mode", 1,
+                  "unlock_endpoint", endpoint, "message",
+                  "Profile preview - unlock to see full analytics"));
+}
+
+/*
+ * Queues a search job, or finds the caller's open one.  The partial unique
+ * index search_jobs_open makes the INSERT a no-op while a job is open; the
+ * SELECT then finds it.  If that job completed in between (an import ran),
+ * nothing is found and the INSERT is tried again.
+ */
+static int search_queue(keel_request *req, const char *uid, const char *username)
+{
+    keel_db_result *res = NULL;
+    const char *const params[] = {uid, username};
+    char polling[96];
+    const char *id;
+    int rc;
+
+    for (int attempt = 0; attempt < SEARCH_JOB_ATTEMPTS; attempt++) {
+        rc = creator_host->db_query(req,
+                                    "INSERT INTO search_jobs (user_id, username) VALUES ($1, $2)"
+                                    " ON CONFLICT (user_id, username)"
+                                    "   WHERE status IN ('queued', 'processing') DO NOTHING"
+                                    " RETURNING id, status",
+                                    2, params, &res);
+        if (rc == 0 && creator_host->db_rows(res) == 0)
+            rc = creator_host->db_query(req,
+                                        "SELECT id, status FROM search_jobs"
+                                        " WHERE user_id = $1 AND username = $2"
+                                        "   AND status IN ('queued', 'processing')",
+                                        2, params, &res);
+        if (rc != 0) {
+            creator_log_db(req, rc, "search job");
+            return creator_unavailable(req);
+        }
+        if (creator_host->db_rows(res) > 0)
+            break;
+    }
+    id = creator_host->db_rows(res) > 0 ? creator_col(res, 0, "id") : NULL;
+    if (id == NULL) {
+        creator_host->log(req, KEEL_LOG_ERROR, "search job for %s: no open job after %d attempts",
+                          username, SEARCH_JOB_ATTEMPTS);
+        return creator_unavailable(req);
+    }
+    snprintf(polling, sizeof polling, "/api/v1/jobs/%s/status", id);
+    return creator_respond(
+        req, 202,
+        json_pack("{s:b,s:s,s:o,s:s,s:s,s:s}", "success", 1, "job_id", id, "status",
+                  creator_json_text(creator_col(res, 0, "status")), "username", username,
+                  "message", "Profile not in the database yet - search queued", "polling_url",
+                  polling));
+}
+
+int creator_search(keel_request *req, void *state)
+{
+    const struct creator_conf *conf = state;
+    json_t *errors = json_array();
+    keel_db_result *res = NULL;
+    const char *username, *uid, *unlocked;
+    int rc;
+
+    if (errors == NULL)
+        return creator_respond(req, 500, NULL);
+    username = creator_username(req, creator_host->req_param(req, "username"), errors, "path",
+                                "username");
+    if (username == NULL)
+        return creator_reject(req, errors);
+    json_decref(errors);
+
+    if ((uid = creator_user_id(req)) == NULL)
+        return search_degraded(req, username);
+    rc = creator_host->db_query(
+        req,
+        "SELECT " CREATOR_PROFILE_COLUMNS ","
+        "       p.engagement_rate, p.avg_likes, p.avg_comments, p.ai_primary_content_type,"
+        "       p.ai_content_distribution, p.ai_language_distribution,"
+        "       p.ai_avg_sentiment_score, p.ai_content_quality_score,"
+        "       EXISTS (SELECT 1 FROM user_profile_access a"
+        "                WHERE a.user_id = $1 AND a.profile_id = p.id"
+        "                  AND a.expires_at > now()) AS unlocked"
+        "  FROM profiles p WHERE p.username = $2",
+        2, (const char *const[]){uid, username}, &res);
+    if (rc != 0) {
+        creator_log_db(req, rc, "search lookup");
+        return search_degraded(req, username);
+    }
+    if (creator_host->db_rows(res) == 0)
+        return search_queue(req, uid, username);
+    unlocked = creator_col(res, 0, "unlocked");
+    if (unlocked != NULL && unlocked[0] == 't')
+        return search_full(req, conf, username, res);
+    return search_preview(req, conf, username, res);
+}
