@@ -53,6 +53,9 @@ struct keel__db_conn {
     int slot;
     /* Known unusable: release closes it instead of pooling it. */
     bool broken;
+    /* The server sent a FATAL while no statement was running: it ended
+     * the session and the socket is about to close. */
+    bool doomed;
     /* A statement succeeded since this checkout began; after that a lost
      * connection is never retried transparently (see keel__db_exec). */
     bool checkout_ok;
@@ -210,12 +213,20 @@ static void stmt_clear(keel__db_conn *c)
 
 /* ------------------------------------------------------------ connections */
 
-/* Server notices go to the log instead of libpq's default, stderr. */
+/* Server notices go to the log instead of libpq's default, stderr.  An
+ * error that arrives while no statement runs is passed here as well: that is
+ * the server saying why it is about to close the connection. */
 static void notice_receiver(void *arg, const PGresult *res)
 {
+    keel__db_conn *c = arg;
     const char *severity = PQresultErrorField(res, PG_DIAG_SEVERITY_NONLOCALIZED);
     char buf[512];
     const char *msg = one_line(PQresultErrorMessage(res), buf, sizeof buf);
+    if (severity != NULL && (strcmp(severity, "FATAL") == 0 || strcmp(severity, "PANIC") == 0)) {
+        c->doomed = true;
+        keel__log(KEEL_LOG_INFO, "db", "server ended an idle connection: %s", msg);
+        return;
+    }
     bool warning = severity != NULL && strcmp(severity, "WARNING") == 0;
     keel__log(warning ? KEEL_LOG_WARN : KEEL_LOG_DEBUG, "db", "server notice: %s", msg);
 }
@@ -229,6 +240,7 @@ static void conn_close(keel__db *db, keel__db_conn *c)
     }
     stmt_clear(c);
     c->broken = false;
+    c->doomed = false;
 }
 
 /* Opens c's connection; the pool mutex must not be held (this is network
@@ -247,9 +259,10 @@ static int conn_open(keel__db *db, keel__db_conn *c, char *err, size_t errlen)
         set_err(err, errlen, "database unavailable: cannot connect: %s", buf);
         return KEEL_EDB_UNAVAILABLE;
     }
-    PQsetNoticeReceiver(pg, notice_receiver, NULL);
+    PQsetNoticeReceiver(pg, notice_receiver, c);
     c->pg = pg;
     c->broken = false;
+    c->doomed = false;
     c->checkout_ok = false;
     stmt_clear(c);
     keel__breaker_success(db->breaker);
@@ -259,17 +272,16 @@ static int conn_open(keel__db *db, keel__db_conn *c, char *err, size_t errlen)
 /*
  * Whether an idle connection is still usable, found without a round trip.
  * When the server ends a session (pg_terminate_backend, a fast shutdown, a
- * crash restart) it sends a FATAL message and closes the socket.  libpq 15
- * drops that message unread and, if a statement is sent next, reports only
- * "server closed the connection unexpectedly" with no SQLSTATE, which
- * cannot be told apart from a statement lost mid-flight.  Reading what is
- * waiting on the socket first lets libpq see the EOF while nothing has been
- * sent, when replacing the connection is certainly safe.
+ * crash restart) it sends a FATAL message and closes the socket; both wait
+ * unread on our side until a statement is sent.  Reading and parsing what
+ * is there now (PQconsumeInput only buffers; PQisBusy parses) hands the
+ * FATAL to notice_receiver or lets libpq see the EOF, while nothing has
+ * been sent and replacing the connection is certainly safe.
  */
 static bool conn_alive(keel__db_conn *c)
 {
     for (int round = 0; round < 4; round++) {
-        if (PQstatus(c->pg) != CONNECTION_OK)
+        if (c->doomed || PQstatus(c->pg) != CONNECTION_OK)
             return false;
         struct pollfd p = {.fd = PQsocket(c->pg), .events = POLLIN};
         int r = poll(&p, 1, 0);
@@ -279,11 +291,11 @@ static bool conn_alive(keel__db_conn *c)
             return r == 0;
         if (PQconsumeInput(c->pg) == 0)
             return false;
-        /* The FATAL message alone leaves libpq's status OK; look again
-         * for the EOF behind it.  Something harmless (a ParameterStatus,
-         * say) leaves the connection usable. */
+        (void)PQisBusy(c->pg);
+        /* Something harmless (a ParameterStatus, say) leaves the
+         * connection usable; look again in case more arrived. */
     }
-    return PQstatus(c->pg) == CONNECTION_OK;
+    return !c->doomed && PQstatus(c->pg) == CONNECTION_OK;
 }
 
 /* ------------------------------------------------------------ pool */
@@ -527,7 +539,7 @@ void keel__db_release(keel__db *db, keel__db_conn *c)
     if (c == NULL)
         return;
     bool keep = false;
-    if (c->pg != NULL && !c->broken && PQstatus(c->pg) == CONNECTION_OK) {
+    if (c->pg != NULL && !c->broken && !c->doomed && PQstatus(c->pg) == CONNECTION_OK) {
         switch (PQtransactionStatus(c->pg)) {
         case PQTRANS_IDLE:
             keep = true;
@@ -603,6 +615,39 @@ static int failed(keel__db_conn *c, PGresult *res, const char *sql, struct attem
     return code;
 }
 
+/*
+ * Waits for the result of what was just sent.  Like PQexec, except that it
+ * keeps the *first* error: when the server ends the session mid-statement,
+ * libpq 15 yields its FATAL (SQLSTATE 57P01) and then, on the EOF behind
+ * it, a generic "server closed the connection" result with no SQLSTATE.
+ * PQexec returns the last one and the proof that the statement was aborted
+ * would be lost.  NULL when the send itself failed.
+ */
+static PGresult *wait_result(PGconn *pg, int sent)
+{
+    if (!sent)
+        return NULL;
+    PGresult *keep = NULL, *r;
+    while ((r = PQgetResult(pg)) != NULL) {
+        if (keep == NULL || (PQresultStatus(keep) != PGRES_FATAL_ERROR && PQresultStatus(r) == PGRES_FATAL_ERROR)) {
+            PQclear(keep);
+            keep = r;
+        } else {
+            PQclear(r);
+        }
+        /* As PQexec does: after a lost connection nothing more comes. */
+        if (PQstatus(pg) == CONNECTION_BAD)
+            break;
+    }
+    return keep;
+}
+
+static bool result_ok(const PGresult *res)
+{
+    ExecStatusType st = PQresultStatus(res);
+    return res != NULL && (st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK);
+}
+
 static int run_once(keel__db_conn *c, const char *sql, uint64_t h, int nparams, const char *const *params,
                     PGresult **out, struct attempt *a, char *err, size_t errlen)
 {
@@ -615,7 +660,7 @@ static int run_once(keel__db_conn *c, const char *sql, uint64_t h, int nparams, 
             name = e->name;
     } else if (c->nstmts < STMT_CACHE_MAX && strlen(sql) <= STMT_SQL_MAX) {
         snprintf(fresh, sizeof fresh, "keel_%u", c->next_stmt++);
-        PGresult *res = PQprepare(c->pg, fresh, sql, nparams, NULL);
+        PGresult *res = wait_result(c->pg, PQsendPrepare(c->pg, fresh, sql, nparams, NULL));
         if (PQresultStatus(res) != PGRES_COMMAND_OK) {
             /* Parsing executes nothing, so whatever went wrong, the
              * statement did not run. */
@@ -635,10 +680,12 @@ static int run_once(keel__db_conn *c, const char *sql, uint64_t h, int nparams, 
         }
     }
 
-    PGresult *res = name ? PQexecPrepared(c->pg, name, nparams, params, NULL, NULL, 0)
-                         : PQexecParams(c->pg, sql, nparams, NULL, params, NULL, NULL, 0);
-    ExecStatusType st = PQresultStatus(res);
-    if (st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK) {
+    int sent = name ? PQsendQueryPrepared(c->pg, name, nparams, params, NULL, NULL, 0)
+                    : PQsendQueryParams(c->pg, sql, nparams, NULL, params, NULL, NULL, 0);
+    /* A statement libpq could not send did not run. */
+    a->before_execution = !sent;
+    PGresult *res = wait_result(c->pg, sent);
+    if (result_ok(res)) {
         *out = res;
         return 0;
     }

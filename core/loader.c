@@ -57,14 +57,6 @@ static void *now_sym(lt_user_data data, lt_module module, const char *name)
     return dlsym(module, name);
 }
 
-static lt_dlvtable now_vtable = {
-    .name = "keel_now",
-    .sym_prefix = NULL,
-    .module_open = now_open,
-    .module_close = now_close,
-    .find_sym = now_sym,
-    .priority = LT_DLLOADER_PREPEND,
-};
 
 int keel__loader_init(void)
 {
@@ -75,7 +67,18 @@ int keel__loader_init(void)
     /* Without the stock loaders a failure of ours is final instead of being
      * retried lazily by the next loader in the chain. */
     lt_dlloader_remove("lt_dlopen");
-    if (lt_dlloader_add(&now_vtable) != 0) {
+    /* lt_dlexit() frees the vtables of the loaders it removes, so ours must
+     * come from the heap. */
+    lt_dlvtable *vt = calloc(1, sizeof *vt);
+    if (vt == NULL)
+        return KEEL_ENOMEM;
+    vt->name = "keel_now";
+    vt->module_open = now_open;
+    vt->module_close = now_close;
+    vt->find_sym = now_sym;
+    vt->priority = LT_DLLOADER_PREPEND;
+    if (lt_dlloader_add(vt) != 0) {
+        free(vt);
         log_error("libltdl: cannot add loader: %s", lt_dlerror());
         return KEEL_ELOAD;
     }

@@ -118,8 +118,12 @@ static json_t *substitute_reason(const json_t *v, const char *reason)
         if (buf == NULL)
             return NULL;
         snprintf(buf, n, "%.*s%s%s", (int)(at - s), s, reason, at + 9);
-        json_t *r = substitute_reason(json_string(buf), reason);
+        json_t *once = json_string(buf);
         free(buf);
+        if (once == NULL)
+            return NULL;
+        json_t *r = substitute_reason(once, reason);
+        json_decref(once);
         return r;
     }
     if (json_is_object(v)) {

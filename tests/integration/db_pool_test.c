@@ -655,10 +655,14 @@ static void test_terminated_backends(const char *conninfo, PGconn *admin)
           (unsigned long long)after.connects);
     CHECK(keel__db_up(db), "breaker closed");
 
-    /* 2. Killed while checked out, before the first statement: exec retries
-     * on a fresh connection, for a cached and for a new statement. */
+    /* 2. Killed while checked out, before the checkout's first statement:
+     * exec replaces the connection and runs the statement, cached or not. */
     for (int i = 0; i < N; i++)
+        keel__db_release(db, c[i]);
+    for (int i = 0; i < N; i++) {
+        CHECK(keel__db_acquire(db, &c[i], err, sizeof err) == 0, "%s", err);
         pids[i] = PQbackendPID(keel__db_conn_pg(c[i]));
+    }
     terminate(admin, pids, N);
     for (int i = 0; i < N; i++) {
         const char *sql = i % 2 ? "SELECT 1" : "SELECT 'not prepared yet'";

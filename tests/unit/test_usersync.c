@@ -601,6 +601,8 @@ static void test_db_evict_and_changes(void **state)
     assert_string_equal(p.email, email3);
     keel__usersync_stats(us, &st);
     assert_int_equal(st.misses, 5);
+    /* The new entry replaced the old one for the same user. */
+    assert_int_equal(st.entries, 2);
     char *stored = db_text("SELECT email FROM users WHERE supabase_user_id = $1", sub2);
     assert_string_equal(stored, email3);
     free(stored);
@@ -738,6 +740,8 @@ static char *race_first_request(keel__db *db, const struct keel__claims *c, long
     keel__usersync_stats(us, &st);
     assert_int_equal(st.hits + st.misses, THREADS);
     assert_int_equal(st.sync_failures, 0);
+    /* However many threads missed at once, the user is cached once. */
+    assert_int_equal(st.entries, 1);
     keel__usersync_free(us);
     return strdup(r[0].user_id);
 }
