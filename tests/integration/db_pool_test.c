@@ -40,8 +40,9 @@
 #include "log.h"
 
 static int checks;
-static const char *pgdata, *pgbin;
+static const char *pgdata, *pgbin, *root_url;
 static bool server_stopped;
+static char scratch[2][64]; /* databases this run created */
 
 #define CHECK(cond, ...)                                                                                   \
     do {                                                                                                   \
@@ -118,41 +119,63 @@ static char *conninfo_for(const char *base, const char *dbname)
 
 /* ------------------------------------------------------------ server control */
 
-static void pg_ctl(const char *action)
+/* Runs pg_ctl ACTION; its exit status (-1 when it could not run).  No
+ * CHECK here: the exit handler calls this too. */
+static int pg_ctl_run(const char *action)
 {
     char ctl[1024];
     snprintf(ctl, sizeof ctl, "%s/pg_ctl", pgbin);
     struct stat st;
-    CHECK(stat(pgdata, &st) == 0, "stat %s: %s", pgdata, strerror(errno));
+    if (stat(pgdata, &st) != 0)
+        return -1;
     char logfile[1100];
     snprintf(logfile, sizeof logfile, "%s/../db_pool_test.log", pgdata);
     pid_t pid = fork();
-    CHECK(pid >= 0, "fork: %s", strerror(errno));
+    if (pid < 0)
+        return -1;
     if (pid == 0) {
         if (geteuid() == 0 && st.st_uid != 0) {
             /* pg_ctl refuses to run as root. */
             struct passwd *pw = getpwuid(st.st_uid);
             if (pw != NULL)
-                execl("/usr/sbin/runuser", "runuser", "-u", pw->pw_name, "--", ctl, action, "-D", pgdata, "-w", "-m",
-                      "fast", "-l", logfile, (char *)NULL);
+                execl("/usr/sbin/runuser", "runuser", "-u", pw->pw_name, "--", ctl, action, "-s", "-D", pgdata, "-w",
+                      "-m", "fast", "-l", logfile, (char *)NULL);
             _exit(127);
         }
-        execl(ctl, "pg_ctl", action, "-D", pgdata, "-w", "-m", "fast", "-l", logfile, (char *)NULL);
+        execl(ctl, "pg_ctl", action, "-s", "-D", pgdata, "-w", "-m", "fast", "-l", logfile, (char *)NULL);
         _exit(127);
     }
     int status;
-    CHECK(waitpid(pid, &status, 0) == pid, "waitpid");
-    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0, "pg_ctl %s failed (status %d)", action, status);
+    if (waitpid(pid, &status, 0) != pid || !WIFEXITED(status))
+        return -1;
+    return WEXITSTATUS(status);
+}
+
+static void pg_ctl(const char *action)
+{
+    int rc = pg_ctl_run(action);
+    CHECK(rc == 0, "pg_ctl %s -D %s failed (%d)", action, pgdata, rc);
     server_stopped = strcmp(action, "stop") == 0;
 }
 
-/* Never leave the server down because a check failed half-way. */
-static void restart_on_exit(void)
+/* Never leave the server down or scratch databases behind, also when a
+ * check failed half-way. */
+static void cleanup_on_exit(void)
 {
     if (server_stopped) {
         server_stopped = false;
-        pg_ctl("start");
+        if (pg_ctl_run("start") != 0)
+            fprintf(stderr, "could not restart the server in %s\n", pgdata);
     }
+    PGconn *pg = PQconnectdb(root_url);
+    for (int i = 0; i < 2 && PQstatus(pg) == CONNECTION_OK; i++) {
+        if (scratch[i][0] == '\0')
+            continue;
+        char sql[128];
+        snprintf(sql, sizeof sql, "DROP DATABASE IF EXISTS %s WITH (FORCE)", scratch[i]);
+        PQclear(PQexec(pg, sql));
+    }
+    PQfinish(pg);
 }
 
 /* ------------------------------------------------------------ pool helpers */
@@ -479,7 +502,8 @@ struct holder {
     pthread_mutex_t *mu;
     pthread_cond_t *cv;
     bool *release;
-    int rc;
+    int acquire_rc; /* written before the barrier */
+    int exec_rc;    /* read only after join */
 };
 
 static void *holder_thread(void *arg)
@@ -487,11 +511,11 @@ static void *holder_thread(void *arg)
     struct holder *h = arg;
     keel__db_conn *c;
     char err[256];
-    h->rc = keel__db_acquire(h->db, &c, err, sizeof err);
+    h->acquire_rc = keel__db_acquire(h->db, &c, err, sizeof err);
     pthread_barrier_wait(h->held);
-    if (h->rc != 0)
+    if (h->acquire_rc != 0)
         return NULL;
-    h->rc = exec_on(h->db, c, "SELECT pg_sleep(0.3)", err, sizeof err);
+    h->exec_rc = exec_on(h->db, c, "SELECT pg_sleep(0.3)", err, sizeof err);
     pthread_mutex_lock(h->mu);
     while (!*h->release)
         pthread_cond_wait(h->cv, h->mu);
@@ -533,7 +557,7 @@ static void test_wait_bound(const char *conninfo)
     }
     pthread_barrier_wait(&held);
     for (int i = 0; i < HOLDERS; i++)
-        CHECK(h[i].rc == 0, "holder %d could not acquire", i);
+        CHECK(h[i].acquire_rc == 0, "holder %d could not acquire", i);
 
     /* Every connection is held until we say so: each waiter must give up. */
     struct waiter w[WAITERS];
@@ -559,7 +583,7 @@ static void test_wait_bound(const char *conninfo)
     pthread_mutex_unlock(&mu);
     for (int i = 0; i < HOLDERS; i++) {
         pthread_join(ht[i], NULL);
-        CHECK(h[i].rc == 0, "holder %d's pg_sleep failed", i);
+        CHECK(h[i].exec_rc == 0, "holder %d's pg_sleep failed", i);
     }
     char err[256];
     CHECK(pool_query(db, "SELECT 1", NULL, err, sizeof err) == 0, "%s", err);
@@ -881,18 +905,19 @@ int main(void)
     char dir[2048];
     snprintf(dir, sizeof dir, "%s/db/migrations", srcdir ? srcdir : ".");
     keel__log_set_level(getenv("KEEL_TEST_VERBOSE") ? KEEL_LOG_DEBUG : KEEL_LOG_ERROR);
-    atexit(restart_on_exit);
+    root_url = url;
 
-    char name[64], name_b[64], sql[160];
-    snprintf(name, sizeof name, "keel_pool_test_%ld", (long)getpid());
-    snprintf(name_b, sizeof name_b, "keel_pool_test_%ld_b", (long)getpid());
+    char sql[160];
     PGconn *root = plain_connect(url);
-    snprintf(sql, sizeof sql, "CREATE DATABASE %s", name);
-    plain_exec(root, sql);
-    snprintf(sql, sizeof sql, "CREATE DATABASE %s", name_b);
-    plain_exec(root, sql);
-    char *conninfo = conninfo_for(url, name);
-    char *conninfo_b = conninfo_for(url, name_b);
+    for (int i = 0; i < 2; i++) {
+        snprintf(scratch[i], sizeof scratch[i], "keel_pool_test_%ld_%d", (long)getpid(), i);
+        snprintf(sql, sizeof sql, "CREATE DATABASE %s", scratch[i]);
+        plain_exec(root, sql);
+    }
+    PQfinish(root);
+    atexit(cleanup_on_exit);
+    char *conninfo = conninfo_for(url, scratch[0]);
+    char *conninfo_b = conninfo_for(url, scratch[1]);
 
     test_bad_config();
     test_migrations(conninfo, dir);
@@ -909,19 +934,11 @@ int main(void)
     test_timeouts(conninfo, admin);
     PQfinish(admin);
 
-    if (pgdata != NULL && pgbin != NULL) {
-        PQfinish(root);
+    if (pgdata != NULL && pgbin != NULL)
         test_server_down(conninfo);
-        root = plain_connect(url);
-    } else {
+    else
         printf("skip - server stop/start (KEEL_TEST_PGDATA and KEEL_TEST_PGBIN not set)\n");
-    }
 
-    snprintf(sql, sizeof sql, "DROP DATABASE %s WITH (FORCE)", name);
-    plain_exec(root, sql);
-    snprintf(sql, sizeof sql, "DROP DATABASE %s WITH (FORCE)", name_b);
-    plain_exec(root, sql);
-    PQfinish(root);
     free(conninfo);
     free(conninfo_b);
     printf("all %d checks passed\n", checks);
