@@ -573,7 +573,12 @@ static int import_one(keel_request *req, const char *text, size_t len, long line
     if (rc != 0) {
         const char *detail = creator_host->db_last_error(req);
 
-        creator_log_db(req, rc, "import line");
+        /* Input the database refuses (a date out of range) is the line's
+         * fault, not the server's: a warning, not an error. */
+        if (rc == KEEL_EDB_BADREQ)
+            creator_host->log(req, KEEL_LOG_WARN, "import line %ld rejected: %s", lineno, detail);
+        else
+            creator_log_db(req, rc, "import line");
         snprintf(l->err, sizeof l->err, "database rejected the line: %s",
                  detail != NULL && *detail != '\0' ? detail : keel_strerror(rc));
         return 0;

@@ -569,7 +569,7 @@ def test_unlock_charges_once_and_refuses_without_credits():
         # An expired grant is renewed in place and charged again.
         k.db.query("UPDATE user_profile_access SET expires_at = now() - interval '1 minute',"
                    " granted_at = now() - interval '31 days' WHERE user_id = %s", u.id)
-        assert u.post(BASE + "/%s/posts" % a).status == 403
+        assert u.get(BASE + "/%s/posts" % a).status == 403
         u.set_balance(40)
         r = u.post(BASE + "/unlock/" + a)
         assert r.status == 200, r
@@ -694,9 +694,9 @@ def test_admin_import_reports_each_line_and_completes_jobs():
         row = k.db.query("SELECT followers_count, ai_analyzed, ai_primary_content_type,"
                          " avg_likes, avg_comments FROM profiles WHERE username = %s", good)
         assert row == [("500", "t", "travel", "20", "5")], row
-        posts = k.db.query("SELECT shortcode, likes_count, engagement_rate, ai_analyzed,"
-                           " ai_language_code, to_char(taken_at AT TIME ZONE 'UTC',"
-                           " 'YYYY-MM-DD HH24:MI:SS') FROM posts po JOIN profiles p"
+        posts = k.db.query("SELECT po.shortcode, po.likes_count, po.engagement_rate,"
+                           " po.ai_analyzed, po.ai_language_code, to_char(po.taken_at AT TIME"
+                           " ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS') FROM posts po JOIN profiles p"
                            " ON p.id = po.profile_id WHERE p.username = %s ORDER BY 1", good)
         assert posts == [(good + "_a", "40", "10", "t", "de", "2024-05-06 05:08:09"),
                          (good + "_b", "0", "0", "f", None, "2024-05-07 00:00:00")], posts
@@ -710,7 +710,7 @@ def test_admin_import_reports_each_line_and_completes_jobs():
         assert body["jobs_completed"] == 0
         row = k.db.query("SELECT followers_count, full_name, ai_analyzed FROM profiles"
                          " WHERE username = %s", good)
-        assert row == [("1000", "Name " + good, "t")], row
+        assert row == [("1000", "Name " + good.upper(), "t")], row
         assert k.db.scalar("SELECT count(*) FROM profiles WHERE username = %s", good) == "1"
 
         r = k.admin_post("/admin/import", body=b"", headers={"Content-Type": "application/x-ndjson"})

@@ -794,6 +794,94 @@ static void test_db_concurrent_first_requests(void **state)
     keel__db_free(db);
 }
 
+struct blocked_resolve {
+    keel__usersync *us;
+    const struct keel__claims *claims;
+    struct keel__principal p;
+    struct arena a;
+    int rc;
+};
+
+static void *blocked_resolve_main(void *arg)
+{
+    struct blocked_resolve *b = arg;
+    b->rc = keel__usersync_resolve(b->us, b->claims, NOW, arena_alloc, &b->a, &b->p);
+    return NULL;
+}
+
+/*
+ * A legacy row for the same email is being inserted while the user's first
+ * request syncs: the sync's insert waits on the email index, fails with a
+ * unique violation once the other transaction commits, and the single retry
+ * then links that row.  The test waits until the sync really is blocked.
+ */
+static void test_db_retry_after_email_race(void **state)
+{
+    if (!need_db()) {
+        skip();
+        return;
+    }
+    keel__db *db = pool_open(2);
+    struct keel__usersync_conf conf = {.ttl_s = 300, .max_entries = 100};
+    struct blocked_resolve b = {0};
+    struct keel__claims c;
+    struct keel__usersync_stats st;
+    char sub[37], email[128];
+    pthread_t tid;
+
+    assert_int_equal(keel__usersync_new(&conf, db, &b.us), 0);
+    make_sub(sub, 7, 1);
+    make_email(email, sizeof email, "blocked", 1);
+    claims_make(&c, sub, email, NULL, NULL);
+    b.claims = &c;
+
+    PGconn *other = PQconnectdb(db_url);
+    assert_int_equal(PQstatus(other), CONNECTION_OK);
+    PGresult *r = PQexec(other, "BEGIN");
+    assert_int_equal(PQresultStatus(r), PGRES_COMMAND_OK);
+    PQclear(r);
+    const char *params[1] = {email};
+    r = PQexecParams(other, "INSERT INTO users (email) VALUES ($1) RETURNING id", 1, NULL, params,
+                     NULL, NULL, 0);
+    assert_int_equal(PQresultStatus(r), PGRES_TUPLES_OK);
+    char *legacy_id = strdup(PQgetvalue(r, 0, 0));
+    PQclear(r);
+
+    int fd = log_quiet();
+    assert_int_equal(pthread_create(&tid, NULL, blocked_resolve_main, &b), 0);
+    bool blocked = false;
+    for (int i = 0; i < 3000 && !blocked; i++) {
+        blocked = db_long("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                          " AND query LIKE 'WITH known AS%' AND query LIKE $1",
+                          "%users%") > 0;
+        if (!blocked)
+            usleep(10000);
+    }
+    r = PQexec(other, "COMMIT");
+    assert_int_equal(PQresultStatus(r), PGRES_COMMAND_OK);
+    PQclear(r);
+    PQfinish(other);
+    pthread_join(tid, NULL);
+    log_restore(fd);
+    if (!blocked)
+        fail_msg("the sync never waited on the uncommitted legacy row");
+
+    assert_int_equal(b.rc, 0);
+    assert_true(b.p.synced);
+    assert_string_equal(b.p.user_id, legacy_id);
+    keel__usersync_stats(b.us, &st);
+    assert_int_equal(st.sync_failures, 0);
+    assert_int_equal(db_long("SELECT count(*) FROM users WHERE lower(email) = lower($1)", email),
+                     1);
+    assert_int_equal(db_long(SQL_ROWS_FOR_SUB, sub), 1);
+
+    free(legacy_id);
+    claims_release(&c);
+    arena_done(&b.a);
+    keel__usersync_free(b.us);
+    keel__db_free(db);
+}
+
 #define HAMMER_USERS 200
 #define HAMMER_OPS 400
 
@@ -966,6 +1054,7 @@ int main(void)
         cmocka_unit_test(test_db_evict_and_changes),
         cmocka_unit_test(test_db_lru_eviction),
         cmocka_unit_test(test_db_concurrent_first_requests),
+        cmocka_unit_test(test_db_retry_after_email_race),
         cmocka_unit_test(test_db_hammer_threads),
     };
     int failed = cmocka_run_group_tests_name("usersync", local, NULL, NULL);
