@@ -265,6 +265,7 @@ static const struct field cors_fields[] = {
 
 static const struct field limits_fields[] = {
     LONG(limits, max_body_bytes, 1, 1073741824),
+    LONG(limits, max_admin_body_bytes, 1, 1073741824),
     INT(limits, max_json_depth, 1, 1024),
     LONG(limits, max_header_bytes, 1024, 1048576),
     INT(limits, max_connections, 1, 1000000),
@@ -921,6 +922,7 @@ static int set_defaults(struct keel__conf *conf)
     conf->cors.max_age = 600;
     conf->cors.credentials = false;
     conf->limits.max_body_bytes = 1024L * 1024;
+    conf->limits.max_admin_body_bytes = 256L * 1024 * 1024;
     conf->limits.max_json_depth = 32;
     conf->limits.max_header_bytes = 16L * 1024;
     conf->limits.max_connections = 1024;

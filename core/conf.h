@@ -131,6 +131,7 @@ struct keel__conf {
 
     struct {
         long max_body_bytes;   /* default 1 MiB */
+        long max_admin_body_bytes; /* admin listener (imports), default 256 MiB */
         int max_json_depth;    /* default 32 */
         long max_header_bytes; /* default 16 KiB (MHD connection memory) */
         int max_connections;   /* default 1024 */

@@ -101,7 +101,10 @@ static char *decode_query(keel_request *req, const char *raw)
 
 static const char *host_req_query(const keel_request *req, const char *name)
 {
-    const char *raw = MHD_lookup_connection_value(req->conn, MHD_GET_ARGUMENT_KIND, name);
+    const char *raw = req->conn != NULL
+                          ? MHD_lookup_connection_value(req->conn, MHD_GET_ARGUMENT_KIND, name)
+                          : keel__synthetic_lookup(req->synthetic ? req->synthetic->query : NULL,
+                                                   name);
     if (raw == NULL)
         return NULL;
     /* The accessor is const for plugins; the arena is request-owned scratch. */
@@ -110,6 +113,8 @@ static const char *host_req_query(const keel_request *req, const char *name)
 
 static const char *host_req_header(const keel_request *req, const char *name)
 {
+    if (req->conn == NULL) /* a synthetic request (keel-plugin-check) */
+        return keel__synthetic_lookup(req->synthetic ? req->synthetic->headers : NULL, name);
     return MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND, name);
 }
 

@@ -66,7 +66,13 @@ int keel__loader_init(void)
     }
     /* Without the stock loaders a failure of ours is final instead of being
      * retried lazily by the next loader in the chain. */
-    lt_dlloader_remove("lt_dlopen");
+    lt_dlvtable *stock = lt_dlloader_remove("lt_dlopen");
+    if (stock != NULL) {
+        /* Removed loaders belong to the caller now. */
+        if (stock->dlloader_exit != NULL)
+            stock->dlloader_exit(stock->dlloader_data);
+        free(stock);
+    }
     /* lt_dlexit() frees the vtables of the loaders it removes, so ours must
      * come from the heap. */
     lt_dlvtable *vt = calloc(1, sizeof *vt);

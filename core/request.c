@@ -5,6 +5,7 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 
 #include "log.h"
@@ -158,8 +159,43 @@ int keel__req_add_header(keel_request *req, const char *name, const char *value)
     return 0;
 }
 
+const char *keel__synthetic_lookup(const char *const *table, const char *name)
+{
+    if (table == NULL || name == NULL)
+        return NULL;
+    for (size_t i = 0; table[i] != NULL && table[i + 1] != NULL; i += 2)
+        if (strcasecmp(table[i], name) == 0)
+            return table[i + 1];
+    return NULL;
+}
+
+/* keel__respond() for a request without a connection: records the first
+ * response for keel-plugin-check and counts every attempt. */
+static int respond_synthetic(keel_request *req, unsigned status, const char *body, size_t len)
+{
+    struct keel__synthetic *syn = req->synthetic;
+    if (syn == NULL)
+        return KEEL_EINVAL;
+    syn->responses++;
+    if (req->responded)
+        return KEEL_ERESPONDED;
+    char *copy = keel__req_alloc(req, len + 1);
+    if (copy == NULL)
+        return KEEL_ENOMEM;
+    if (len > 0)
+        memcpy(copy, body, len);
+    syn->body = copy;
+    syn->body_len = len;
+    syn->status = status;
+    req->responded = true;
+    req->status = status;
+    return 0;
+}
+
 int keel__respond(keel_request *req, unsigned status, const char *body, size_t len)
 {
+    if (req->conn == NULL)
+        return respond_synthetic(req, status, body, len);
     if (req->responded)
         return KEEL_ERESPONDED;
     struct MHD_Response *resp =

@@ -33,8 +33,35 @@ struct keel__header {
     struct keel__header *next;
 };
 
+/*
+ * A test seam for keel-plugin-check (tools/keel-plugin-check.c), which drives
+ * plugin handlers through the real host API without libmicrohttpd.  A request
+ * whose conn is NULL and whose synthetic points here reads its headers and
+ * query arguments from these tables, and keel__respond() records the
+ * response here instead of queueing it on a connection.  Requests from the
+ * server always have a connection and a NULL synthetic, so their path only
+ * gains one pointer test.  The tables and this struct are owned by the
+ * caller and must outlive the request; the recorded body lives in the
+ * request's arena, so read it before keel__request_free().
+ */
+struct keel__synthetic {
+    /* "name", "value", "name", "value", ..., NULL; names are compared
+     * without regard to case, like libmicrohttpd does.  Query values are
+     * raw (percent-encoded), as they would appear in the URL. */
+    const char *const *headers;
+    const char *const *query;
+    unsigned responses; /* every attempt to respond, including refused repeats */
+    unsigned status;    /* of the response that was recorded */
+    char *body;         /* NUL-terminated copy of its body, or NULL */
+    size_t body_len;
+};
+
+/* The value of name in a synthetic name/value table, or NULL. */
+const char *keel__synthetic_lookup(const char *const *table, const char *name);
+
 struct keel_request {
-    struct MHD_Connection *conn;
+    struct MHD_Connection *conn; /* NULL only for synthetic requests */
+    struct keel__synthetic *synthetic; /* see struct keel__synthetic; NULL normally */
     int listener; /* enum keel__listener */
     const char *method;
     const char *path; /* without query string */

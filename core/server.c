@@ -257,9 +257,13 @@ static void finish(keel_request *req)
     dispatch(req);
 }
 
-static long body_cap(void)
+/* The admin listener takes bulk imports, so it has its own, larger cap. */
+static long body_cap_for(int listener)
 {
-    return keel__rt.conf ? keel__rt.conf->limits.max_body_bytes : 1048576;
+    if (keel__rt.conf == NULL)
+        return 1048576;
+    return listener == KEEL__LISTENER_ADMIN ? keel__rt.conf->limits.max_admin_body_bytes
+                                            : keel__rt.conf->limits.max_body_bytes;
 }
 
 /* First call: the headers are in.  Refuse what must be refused before the
@@ -285,9 +289,9 @@ static bool begin(keel_request *req)
             keel__respond_detail(req, 400, "Invalid Content-Length");
             return true;
         }
-        if (n > (unsigned long long)body_cap()) {
+        if (n > (unsigned long long)body_cap_for(req->listener)) {
             char msg[96];
-            snprintf(msg, sizeof msg, "Request body too large (limit %ld bytes)", body_cap());
+            snprintf(msg, sizeof msg, "Request body too large (limit %ld bytes)", body_cap_for(req->listener));
             keel__respond_detail(req, 413, msg);
             return true;
         }
@@ -305,7 +309,7 @@ static void append_body(keel_request *req, const char *data, size_t len)
 {
     if (req->body_too_large)
         return;
-    size_t cap = (size_t)body_cap();
+    size_t cap = (size_t)body_cap_for(req->listener);
     if (req->body_len + len > cap) {
         req->body_too_large = true;
         free(req->body);

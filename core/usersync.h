@@ -36,9 +36,17 @@ struct keel__principal {
 
 typedef struct keel__usersync keel__usersync;
 
+/*
+ * ttl_s or max_entries 0 turns the cache off (every lookup is a miss that
+ * syncs).  A cache of fewer than 32 entries is a single shard, so its LRU
+ * order is exact; larger ones use up to 64 shards.  An entry only answers for
+ * the email it was synced with: a token carrying a new email is a miss.
+ * initial_credits is put in the wallet created on a user's first sync (and
+ * recorded as a 'grant' transaction when positive).
+ */
 struct keel__usersync_conf {
     int ttl_s;
-    int max_entries;
+    int max_entries; /* at most 16777216 */
     long initial_credits;
 };
 

@@ -622,7 +622,9 @@ static char *uptime_text(const json_t *v)
     return xasprintf("%llds", sec);
 }
 
-/* "N label, N label, ..." from an object's fields, "-" for missing ones. */
+/* "N label, N label, ..." from an object's fields.  Fields the server does
+ * not send are left out (older and newer servers differ); "-" if none is
+ * there at all. */
 static char *counts_text(const json_t *obj, const char *const *keys, const char *const *labels,
                          size_t n)
 {
@@ -630,11 +632,17 @@ static char *counts_text(const json_t *obj, const char *const *keys, const char 
         return value_text(obj);
     char *out = xstrdup("");
     for (size_t i = 0; i < n; i++) {
+        if (json_object_get(obj, keys[i]) == NULL)
+            continue;
         char *v = field_text(obj, keys[i]);
-        char *next = xasprintf("%s%s%s %s", out, i ? ", " : "", v, labels[i]);
+        char *next = xasprintf("%s%s%s %s", out, *out ? ", " : "", v, labels[i]);
         free(v);
         free(out);
         out = next;
+    }
+    if (*out == '\0') {
+        free(out);
+        out = xstrdup("-");
     }
     return out;
 }
@@ -657,7 +665,7 @@ static int cmd_status(const struct ctl *ctl)
     static const char *const pool_keys[] = {"size", "in_use", "idle", "waits"};
     static const char *const pool_labels[] = {"size", "in use", "idle", "waits"};
     static const char *const plugin_keys[] = {"loaded", "fallback"};
-    static const char *const sync_keys[] = {"hits", "misses", "entries"};
+    static const char *const sync_keys[] = {"hits", "misses", "evictions", "entries"};
     const json_t *pool = json_is_object(db) ? json_object_get(db, "pool") : NULL;
 
     /* The pool line reads "size 8, in use 2, ...": label first. */
@@ -687,7 +695,7 @@ static int cmd_status(const struct ctl *ctl)
         {"breaker", field_text(db, "breaker")},
         {"db_pool", pool_text},
         {"plugins", counts_text(json_object_get(j, "plugins"), plugin_keys, plugin_keys, 2)},
-        {"usersync", counts_text(json_object_get(j, "usersync"), sync_keys, sync_keys, 3)},
+        {"usersync", counts_text(json_object_get(j, "usersync"), sync_keys, sync_keys, 4)},
     };
     size_t n = sizeof lines / sizeof lines[0];
     size_t width = 0;

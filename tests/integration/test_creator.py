@@ -720,6 +720,9 @@ def test_admin_import_reports_each_line_and_completes_jobs():
 def test_admin_credits():
     with Keeld() as k:
         u = User(k)
+        # Whatever sign-up credits are configured, start without a wallet row
+        # so the first call creates it.
+        k.db.query("DELETE FROM credit_wallets WHERE user_id = %s", u.id)
         r = k.admin_post("/admin/credits", body={"email": u.email, "amount": 40,
                                                  "reason": "welcome"})
         assert r.status == 200, r
