@@ -360,6 +360,43 @@ static int load_one(struct keel__slot *s, const struct keel__manifest *m,
     return keel__generation_load(m, number, reg.host, gen, err) == 0 ? 0 : -1;
 }
 
+/*
+ * Checks manifest m of slot s against the routes that serve now: the core's
+ * and every other plugin's current manifest (stubs included).  A reload must
+ * never take a route away from a plugin that keeps it, so a conflict is
+ * blamed on the manifest being reloaded, before anything is loaded.  Other
+ * plugins reloaded in the same run are judged by what they serve now too;
+ * moving a route between two plugins therefore takes two reloads (remove,
+ * then add).  Returns KEEL_EROUTES with the router's message naming both
+ * plugins, or 0 (also when the check itself cannot run: the commit-time
+ * build still catches conflicts).
+ */
+static int routes_precheck(const struct keel__slot *s, const struct keel__manifest *m, char *err,
+                           size_t errlen)
+{
+    struct slot_view *views = calloc(reg.nslots + 1, sizeof *views);
+    if (views == NULL)
+        return 0;
+    size_t n = 0;
+    for (size_t i = 0; i < reg.nslots; i++) {
+        struct keel__slot *o = reg.slots[i];
+        if (o == s || o->excluded)
+            continue;
+        views[n++] = (struct slot_view){o, &o->manifest, o->gen, o->reason};
+    }
+    /* The candidate comes last, so a conflict is detected at (and reported
+     * for) its routes. */
+    views[n++] = (struct slot_view){(struct keel__slot *)s, m, NULL, KEEL__REASON_NONE};
+    long bad;
+    struct keel__table *t = build_table(views, n, &bad, err, errlen);
+    free(views);
+    if (t != NULL) {
+        table_destroy(t);
+        return 0;
+    }
+    return bad == (long)n - 1 ? KEEL_EROUTES : 0;
+}
+
 static void print_summary(void)
 {
     keel__log(KEEL_LOG_INFO, "core", "%-12s %-9s %-8s %-14s %-4s %s", "PLUGIN", "VERSION", "STATE",
@@ -594,6 +631,16 @@ json_t *keel__plugins_reload(const char *only, bool *unknown)
             p->failed = true;
             p->stage = KEEL__STAGE_MANIFEST;
             snprintf(p->error, sizeof p->error, "out of memory");
+            continue;
+        }
+        if (routes_precheck(s, &p->manifest, p->error, sizeof p->error) != 0) {
+            /* Whatever the plugin served before (generation or stubs) stays. */
+            p->failed = true;
+            p->stage = KEEL__STAGE_ROUTES;
+            p->reason = KEEL__REASON_LOAD_FAILED;
+            keel__log(KEEL_LOG_ERROR, s->name, "reload of %s refused: path=%s stage=routes: %s; %s",
+                      s->name, p->manifest.file, p->error,
+                      s->gen ? "previous generation keeps serving" : "its previous state stays");
             continue;
         }
         struct keel__load_error le;

@@ -205,17 +205,14 @@ SELECT format('profiles %s..%s: %s new', lo, hi, count(*)) FROM ins
 $$;
 
 ------------------------------------------------------------------ posts
--- Shortcodes: 11 characters like Instagram's, from an invertible scramble
--- (odd multiplier modulo 2^48, then an xor) of the post's global index, so
--- they look random and can never collide.
+-- Shortcodes: 11 characters of URL-safe base64, like Instagram's, which
+-- encode a media id that grows with time.  Here the id grows with the
+-- post's global index (spaced by a prime so neighbours differ in more than
+-- the last character): unique by construction, and new keys land near the
+-- previous ones in the unique index instead of on random pages.
 CREATE FUNCTION pg_temp.shortcode(g bigint) RETURNS text
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
-AS $$
-    SELECT 'C' || pg_temp.pick(ARRAY['x','y','z','A','B','D','P','Q'], pg_temp.u(g, 40))
-               || pg_temp.pick(ARRAY['a','k','M','r','T','w','9','4'], pg_temp.u(g, 41))
-               || translate(encode(substring(int8send(((g * 25214903917) & 281474976710655) # 40986769158220)
-                                             FROM 3 FOR 6), 'base64'), '+/', '-_')
-$$;
+AS $$ SELECT rtrim(translate(encode(int8send(3141592653589793 * 512 + g * 104729), 'base64'), '+/', '-_'), '=') $$;
 
 CREATE FUNCTION pg_temp.demo_posts(lo bigint, hi bigint, per int) RETURNS text
 LANGUAGE sql
@@ -229,9 +226,12 @@ WITH profile AS MATERIALIZED (
            pg_temp.ai(i) AS ai,
            pg_temp.language(i) AS lang
     FROM generate_series(lo, hi) AS i
+), expanded AS (
+    -- In the select list, the series keeps each profile's posts together
+    -- and in order, so ids and index keys arrive ascending.
+    SELECT profile.*, generate_series(1, per) AS j FROM profile
 ), src AS (
-    SELECT profile.*, j, (i - 1) * per + j AS g
-    FROM profile, generate_series(1, per) AS j
+    SELECT *, (i - 1) * per + j AS g FROM expanded
 ), scored AS (
     SELECT *,
            -- Likes scatter around the profile's average (a few posts go viral).
