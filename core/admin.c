@@ -104,6 +104,9 @@ static int route_status(keel_request *req)
     snprintf(listen, sizeof listen, "%s:%d", c->server.host, c->server.port);
     snprintf(admin, sizeof admin, "%s:%d", c->admin.host, c->admin.port);
     long loaded = 0, fallback = 0;
+    /* {"<plugin>": generation serving, 0 for stubs}, from the same snapshot
+     * as the counts, so `keelctl status` shows what each plugin runs. */
+    json_t *generations = json_object();
     if (req->table != NULL && req->table->health != NULL) {
         const char *k;
         json_t *v;
@@ -113,19 +116,24 @@ static int route_status(keel_request *req)
                 loaded++;
             else
                 fallback++;
+            json_int_t number = 0;
+            for (size_t i = 0; i < req->table->ngens; i++)
+                if (strcmp(req->table->gens[i]->name, k) == 0)
+                    number = (json_int_t)req->table->gens[i]->number;
+            json_object_set_new(generations, k, json_integer(number));
         }
     }
     json_t *body = json_pack(
         "{s:s, s:o, s:I, s:s, s:s, s:I, s:I, s:{s:s, s:s, s:{s:i, s:i, s:i, s:I}}, "
-        "s:{s:I, s:I}, s:{s:I, s:I, s:I, s:I}}",
+        "s:{s:I, s:I}, s:o, s:{s:I, s:I, s:I, s:I}}",
         "version", PACKAGE_VERSION, "started_at", iso_now_from(keel__rt.started_at), "uptime_s",
         (json_int_t)(time(NULL) - keel__rt.started_at), "listen", listen, "admin_listen", admin,
         "requests_total", (json_int_t)keel__server_requests_total(), "in_flight",
         (json_int_t)keel__server_in_flight(), "database", "state", db_up() ? "up" : "down",
         "breaker", keel__breaker_state_name(ds.breaker_state), "pool", "size", ds.size, "in_use",
         ds.in_use, "idle", ds.idle, "waits", (json_int_t)ds.waits, "plugins", "loaded",
-        (json_int_t)loaded, "fallback", (json_int_t)fallback, "usersync", "hits",
-        (json_int_t)us.hits, "misses", (json_int_t)us.misses, "evictions",
+        (json_int_t)loaded, "fallback", (json_int_t)fallback, "generations", generations,
+        "usersync", "hits", (json_int_t)us.hits, "misses", (json_int_t)us.misses, "evictions",
         (json_int_t)us.evictions, "entries", (json_int_t)us.entries);
     return keel__respond_json(req, 200, body);
 }

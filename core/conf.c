@@ -268,6 +268,8 @@ static const struct field limits_fields[] = {
     LONG(limits, max_admin_body_bytes, 1, 1073741824),
     INT(limits, max_json_depth, 1, 1024),
     LONG(limits, max_header_bytes, 1024, 1048576),
+    INT(limits, max_uri_bytes, 256, 1048576),
+    LONG(limits, max_drain_bytes, 0, 1073741824),
     INT(limits, max_connections, 1, 1000000),
     INT(limits, max_per_ip, 0, 1000000),
     INT(limits, rate_per_user, 0, 1000000),
@@ -925,6 +927,8 @@ static int set_defaults(struct keel__conf *conf)
     conf->limits.max_admin_body_bytes = 256L * 1024 * 1024;
     conf->limits.max_json_depth = 32;
     conf->limits.max_header_bytes = 16L * 1024;
+    conf->limits.max_uri_bytes = 8192;
+    conf->limits.max_drain_bytes = 32L * 1024 * 1024;
     conf->limits.max_connections = 1024;
     conf->limits.max_per_ip = 0;
     conf->limits.rate_per_user = 0;

@@ -133,7 +133,12 @@ struct keel__conf {
         long max_body_bytes;   /* default 1 MiB */
         long max_admin_body_bytes; /* admin listener (imports), default 256 MiB */
         int max_json_depth;    /* default 32 */
-        long max_header_bytes; /* default 16 KiB (MHD connection memory) */
+        long max_header_bytes; /* request headers, default 16 KiB: 431 past it */
+        int max_uri_bytes;     /* path and query string, default 8 KiB: 414 past it */
+        /* An oversized chunked body is read and thrown away for up to this
+         * many more bytes so the client still gets its 413; past that the
+         * connection is closed.  Default 32 MiB. */
+        long max_drain_bytes;
         int max_connections;   /* default 1024 */
         int max_per_ip;        /* default 0 = unlimited */
         int rate_per_user;     /* requests per second, 0 = off */

@@ -161,37 +161,53 @@ static int host_set_header(keel_request *req, const char *name, const char *valu
     return keel__req_add_header(req, name, value);
 }
 
-static int json_depth(const json_t *v, int limit)
+/* True when containers nest more than limit levels deep.  Recursion is
+ * bounded by limit (at most 1024 by configuration) and by jansson's own
+ * parser depth limit, whichever is lower. */
+static bool nests_deeper(const json_t *v, int limit)
 {
-    if (limit < 0)
-        return -1;
-    int deepest = 0;
+    if (!json_is_object(v) && !json_is_array(v))
+        return false;
+    if (limit <= 0)
+        return true;
     if (json_is_object(v)) {
         const char *k;
         json_t *x;
-        json_object_foreach((json_t *)v, k, x)
-        {
-            int d = json_depth(x, limit - 1);
-            if (d < 0)
-                return -1;
-            if (d > deepest)
-                deepest = d;
-        }
-        return deepest + 1;
+        json_object_foreach((json_t *)v, k, x) if (nests_deeper(x, limit - 1)) return true;
+        return false;
     }
-    if (json_is_array(v)) {
-        size_t i;
-        json_t *x;
-        json_array_foreach(v, i, x)
-        {
-            int d = json_depth(x, limit - 1);
-            if (d < 0)
-                return -1;
-            if (d > deepest)
-                deepest = d;
-        }
-        return deepest + 1;
+    size_t i;
+    json_t *x;
+    json_array_foreach(v, i, x) if (nests_deeper(x, limit - 1)) return true;
+    return false;
+}
+
+int keel__json_body_parse(const char *body, size_t len, int max_depth, json_t **out, char *msg,
+                          size_t msglen)
+{
+    *out = NULL;
+    if (body == NULL || len == 0) {
+        snprintf(msg, msglen, "Request body is empty");
+        return KEEL_EINVAL;
     }
+    json_error_t jerr;
+    json_t *v = json_loadb(body, len, JSON_REJECT_DUPLICATES, &jerr);
+    if (v == NULL) {
+        snprintf(msg, msglen, "Malformed JSON body at line %d column %d: %s", jerr.line,
+                 jerr.column, jerr.text);
+        return KEEL_EINVAL;
+    }
+    if (nests_deeper(v, max_depth)) {
+        json_decref(v);
+        snprintf(msg, msglen, "JSON body nests deeper than %d levels", max_depth);
+        return KEEL_EINVAL;
+    }
+    if (!json_is_object(v)) {
+        json_decref(v);
+        snprintf(msg, msglen, "Request body must be a JSON object");
+        return KEEL_EINVAL;
+    }
+    *out = v;
     return 0;
 }
 
@@ -222,30 +238,11 @@ static int host_req_json_body(keel_request *req, json_t **out)
         keel__respond_detail(req, 413, "Request body too large");
         return KEEL_ETOOBIG;
     }
-    if (req->body == NULL || req->body_len == 0) {
-        keel__respond_detail(req, 400, "Request body is empty");
-        return KEEL_EINVAL;
-    }
-    json_error_t jerr;
-    json_t *v = json_loadb(req->body, req->body_len, JSON_REJECT_DUPLICATES, &jerr);
-    if (v == NULL) {
-        char msg[256];
-        snprintf(msg, sizeof msg, "Malformed JSON body at line %d column %d: %s", jerr.line,
-                 jerr.column, jerr.text);
-        keel__respond_detail(req, 400, msg);
-        return KEEL_EINVAL;
-    }
     int max_depth = keel__rt.conf ? keel__rt.conf->limits.max_json_depth : 32;
-    if (json_depth(v, max_depth) < 0) {
-        json_decref(v);
-        char msg[96];
-        snprintf(msg, sizeof msg, "JSON body nests deeper than %d levels", max_depth);
+    char msg[256];
+    json_t *v;
+    if (keel__json_body_parse(req->body, req->body_len, max_depth, &v, msg, sizeof msg) != 0) {
         keel__respond_detail(req, 400, msg);
-        return KEEL_EINVAL;
-    }
-    if (!json_is_object(v)) {
-        json_decref(v);
-        keel__respond_detail(req, 400, "Request body must be a JSON object");
         return KEEL_EINVAL;
     }
     req->json_body = v;

@@ -4,6 +4,7 @@
 #include <getopt.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -129,13 +130,15 @@ static int check_schema(const struct keel__conf *c)
     return 0;
 }
 
-static volatile sig_atomic_t ticker_stop;
+/* Written by main, read by the ticker thread: an atomic, since volatile
+ * orders nothing between threads. */
+static atomic_int ticker_stop;
 
 /* Lets the breaker close again after an outage even when no request comes. */
 static void *db_ticker(void *arg)
 {
     (void)arg;
-    while (!ticker_stop) {
+    while (!atomic_load(&ticker_stop)) {
         struct timespec ts = {0, 250 * 1000 * 1000};
         nanosleep(&ts, NULL);
         if (keel__rt.db != NULL)
@@ -326,7 +329,7 @@ int main(int argc, char **argv)
 
 out:
     if (ticker_up) {
-        ticker_stop = 1;
+        atomic_store(&ticker_stop, 1);
         pthread_join(ticker, NULL);
     }
     if (plugins_up)

@@ -191,6 +191,13 @@ static void render_routes(struct text *t)
                      "route=\"%s\",le=\"%g\"} %llu\n",
                      ln, m->method, p, bucket_bounds[i], cum);
             }
+            /* Requests complete while this renders, and an observation bumps
+             * its bucket before the count: reading the count after the
+             * buckets and never below them keeps +Inf (= _count) at least
+             * the last finite bucket, as scrapers require. */
+            count = atomic_load_explicit(&m->count, memory_order_relaxed);
+            if (count < cum)
+                count = cum;
             emit(t,
                  "keel_http_request_duration_seconds_bucket{listener=\"%s\",method=\"%s\","
                  "route=\"%s\",le=\"+Inf\"} %llu\n",

@@ -24,7 +24,7 @@
  */
 
 /* An arbitrary constant ("keelmig" in ASCII) naming keel's advisory lock. */
-#define MIGRATE_LOCK_SQL "SELECT pg_advisory_xact_lock(30521821325404519)"
+#define MIGRATE_LOCK_SQL "SELECT pg_advisory_xact_lock(30229308793252199)"
 #define MIGRATION_MAX_BYTES (16 * 1024 * 1024)
 #define MIGRATIONS_MAX 9999
 #define MIGRATION_NAME_MAX 128

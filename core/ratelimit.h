@@ -9,9 +9,9 @@
  * most max_keys buckets; a shard that is full drops its least recently used
  * bucket.  Dropping a bucket forgives that key (it starts again with a full
  * burst), so the bound trades exactness for memory only when more distinct
- * users than max_keys are active at once.  A bucket that has refilled to the
- * full burst is worth nothing, so those are the ones dropped first in
- * practice: the least recently used bucket is also the fullest.
+ * users than max_keys are active at once.  The least recently used bucket
+ * is the one that has had the longest to refill, so it is usually full
+ * already and dropping it changes nothing.
  */
 #ifndef KEEL_CORE_RATELIMIT_H
 #define KEEL_CORE_RATELIMIT_H

@@ -20,7 +20,9 @@
 
 #include "hostapi.h"
 #include "log.h"
+#include "deadline.h"
 #include "metrics.h"
+#include "ratelimit.h"
 #include "table.h"
 
 struct keel__runtime keel__rt;
@@ -41,6 +43,17 @@ static atomic_long in_flight;
 static atomic_ullong requests_total;
 static int access_fd = -1;
 static bool access_json;
+/* Per-user rate limiting (NULL when limits.rate_per_user is 0) and the
+ * request deadlines of the main listener (core/deadline.h). */
+static keel__ratelimit *ratelimit;
+static keel__deadlines *deadlines;
+
+static int64_t monotonic_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
 
 long keel__server_in_flight(void)
 {
@@ -150,6 +163,19 @@ static bool authorize(keel_request *req, const struct keel__route *route)
         respond_unauthorized(req, st, why);
         return false;
     }
+    /* Rate limiting comes before the user sync so that a refused request
+     * costs no database work; it is keyed by the verified subject, so one
+     * user's flood does not touch anyone else's bucket. */
+    unsigned wait_s = 0;
+    if (ratelimit != NULL &&
+        keel__ratelimit_take(ratelimit, claims.sub, monotonic_ns(), &wait_s) == KEEL_EBUSY) {
+        keel__claims_clear(&claims);
+        char retry[16];
+        snprintf(retry, sizeof retry, "%u", wait_s);
+        keel__req_add_header(req, "Retry-After", retry);
+        keel__respond_detail(req, 429, "Rate limit exceeded");
+        return false;
+    }
     int rc = keel__usersync_resolve(keel__rt.usersync, &claims, (int64_t)time(NULL),
                                     keel__req_alloc_ctx, req, &req->principal);
     keel__claims_clear(&claims);
@@ -205,6 +231,8 @@ static void dispatch(keel_request *req)
         keel__respond_detail(req, 500, "Internal Server Error");
 }
 
+static long body_cap_for(int listener);
+
 /* Called once the whole request (headers and body) has arrived. */
 static void finish(keel_request *req)
 {
@@ -249,7 +277,10 @@ static void finish(keel_request *req)
     keel__route_begin(req->route);
 
     if (req->body_too_large) {
-        keel__respond_detail(req, 413, "Request body too large");
+        char msg[96];
+        snprintf(msg, sizeof msg, "Request body too large (limit %ld bytes)",
+                 body_cap_for(req->listener));
+        keel__respond_detail(req, 413, msg);
         return;
     }
     if (!authorize(req, req->route))
@@ -266,8 +297,38 @@ static long body_cap_for(int listener)
                                             : keel__rt.conf->limits.max_body_bytes;
 }
 
+/* What begin() learns from one pass over the request's headers and query. */
+struct header_scan {
+    size_t header_bytes; /* as sent: "Name: value\r\n" each */
+    size_t query_bytes;  /* "k=v&" each */
+    unsigned content_lengths, transfer_encodings;
+};
+
+static enum MHD_Result scan_header(void *cls, enum MHD_ValueKind kind, const char *key,
+                                   const char *value)
+{
+    (void)kind;
+    struct header_scan *s = cls;
+    s->header_bytes += strlen(key) + (value != NULL ? strlen(value) : 0) + 4;
+    if (strcasecmp(key, "Content-Length") == 0)
+        s->content_lengths++;
+    else if (strcasecmp(key, "Transfer-Encoding") == 0)
+        s->transfer_encodings++;
+    return MHD_YES;
+}
+
+static enum MHD_Result scan_query(void *cls, enum MHD_ValueKind kind, const char *key,
+                                  const char *value)
+{
+    (void)kind;
+    struct header_scan *s = cls;
+    s->query_bytes += strlen(key) + (value != NULL ? strlen(value) + 1 : 0) + 1;
+    return MHD_YES;
+}
+
 /* First call: the headers are in.  Refuse what must be refused before the
- * body is read. */
+ * body is read.  Responses queued here make libmicrohttpd answer at once and
+ * close the connection without reading the body. */
 static bool begin(keel_request *req)
 {
     req->table = keel__table_acquire();
@@ -275,10 +336,47 @@ static bool begin(keel_request *req)
     if (req->match_scratch == NULL)
         return false;
 
+    /* Header and URI limits.  libmicrohttpd's connection memory is sized
+     * above these (start_daemon), so requests between keel's limit and that
+     * ceiling get keel's JSON answer; only beyond it does libmicrohttpd
+     * answer 431/414 with its own HTML body. */
+    const struct keel__conf *c = keel__rt.conf;
+    struct header_scan scan = {0};
+    MHD_get_connection_values(req->conn, MHD_HEADER_KIND, scan_header, &scan);
+    MHD_get_connection_values(req->conn, MHD_GET_ARGUMENT_KIND, scan_query, &scan);
+    if (c != NULL && scan.header_bytes > (size_t)c->limits.max_header_bytes) {
+        char msg[96];
+        snprintf(msg, sizeof msg, "Request headers too large (limit %ld bytes)",
+                 c->limits.max_header_bytes);
+        keel__respond_detail(req, 431, msg);
+        return true;
+    }
+    if (c != NULL && strlen(req->path) + scan.query_bytes > (size_t)c->limits.max_uri_bytes) {
+        char msg[96];
+        snprintf(msg, sizeof msg, "URI too long (limit %d bytes)", c->limits.max_uri_bytes);
+        keel__respond_detail(req, 414, msg);
+        return true;
+    }
+
+    /* Framing: exactly one way to find the end of the body, or the request
+     * is refused before a byte of it is read (no request smuggling through
+     * disagreeing lengths). */
+    if (scan.content_lengths > 1 || scan.transfer_encodings > 1) {
+        keel__respond_detail(req, 400,
+                             "Request has more than one Content-Length or Transfer-Encoding");
+        return true;
+    }
     const char *cl = MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND, "Content-Length");
     const char *te = MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND, "Transfer-Encoding");
     if (cl != NULL && te != NULL) {
         keel__respond_detail(req, 400, "Request has both Content-Length and Transfer-Encoding");
+        return true;
+    }
+    /* libmicrohttpd decodes only "chunked"; with any other coding it would
+     * read the body until the client closes, so refuse it here (RFC 9112
+     * 6.1: 501 for a transfer coding the server does not understand). */
+    if (te != NULL && strcasecmp(te, "chunked") != 0) {
+        keel__respond_detail(req, 501, "Transfer-Encoding not supported (only chunked)");
         return true;
     }
     if (cl != NULL) {
@@ -305,18 +403,32 @@ static bool begin(keel_request *req)
     return true;
 }
 
-static void append_body(keel_request *req, const char *data, size_t len)
+/*
+ * Stores a piece of the body.  A declared Content-Length over the cap never
+ * gets here (begin() answered 413).  A chunked body is counted as it comes:
+ * libmicrohttpd 0.9.75 takes no response while a body is being read
+ * (MHD_queue_response fails until the request is complete), so once the
+ * count passes the cap keel stops storing, reads on and throws away up to
+ * limits.max_drain_bytes more, and answers 413 when the body ends.  Returns
+ * false when the body goes on past that: the connection is then closed
+ * without an answer.  body_len keeps counting after the cap so the drain is
+ * bounded.
+ */
+static bool append_body(keel_request *req, const char *data, size_t len)
 {
-    if (req->body_too_large)
-        return;
     size_t cap = (size_t)body_cap_for(req->listener);
+    size_t drain = keel__rt.conf ? (size_t)keel__rt.conf->limits.max_drain_bytes : 0;
+    if (req->body_too_large) {
+        req->body_len += len;
+        return req->body_len <= cap + drain;
+    }
     if (req->body_len + len > cap) {
         req->body_too_large = true;
         free(req->body);
         req->body = NULL;
-        req->body_len = 0;
+        req->body_len += len;
         req->body_cap = 0;
-        return;
+        return req->body_len <= cap + drain;
     }
     if (req->body_len + len > req->body_cap) {
         size_t want = req->body_cap ? req->body_cap * 2 : 4096;
@@ -325,16 +437,15 @@ static void append_body(keel_request *req, const char *data, size_t len)
         if (want > cap)
             want = cap;
         char *grown = realloc(req->body, want + 1);
-        if (grown == NULL) {
-            req->body_too_large = true;
-            return;
-        }
+        if (grown == NULL)
+            return false;
         req->body = grown;
         req->body_cap = want;
     }
     memcpy(req->body + req->body_len, data, len);
     req->body_len += len;
     req->body[req->body_len] = '\0';
+    return true;
 }
 
 static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const char *url,
@@ -354,11 +465,18 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
         return begin(req) ? MHD_YES : MHD_NO;
     }
     if (*upload_data_size != 0) {
-        if (!req->responded)
-            append_body(req, upload_data, *upload_data_size);
+        if (!req->responded && !append_body(req, upload_data, *upload_data_size)) {
+            keel__log(KEEL_LOG_INFO, "core",
+                      "req=%llu %s %s: body still coming after %zu bytes (cap plus drain "
+                      "limit); closing the connection",
+                      (unsigned long long)req->id, req->method, req->path, req->body_len);
+            return MHD_NO;
+        }
         *upload_data_size = 0;
         return MHD_YES;
     }
+    /* The request is complete: the handler's time is not the client's. */
+    keel__deadlines_received(conn);
     if (!req->responded)
         finish(req);
     return MHD_YES;
@@ -366,52 +484,85 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
 
 /* ------------------------------------------------------------ completion */
 
+/* Writes one access log line.  A single write() on an O_APPEND descriptor
+ * keeps lines from concurrent requests whole. */
+static void access_write(const char *line, size_t len)
+{
+    ssize_t w = write(access_fd, line, len);
+    (void)w;
+}
+
 static void access_log(const keel_request *req, unsigned status, int64_t ns)
 {
     if (access_fd < 0)
         return;
-    char ts[32];
+    /* ISO 8601 UTC with milliseconds, the same in both formats. */
+    char ts[40];
     struct timespec now;
     clock_gettime(CLOCK_REALTIME, &now);
     struct tm tm;
     gmtime_r(&now.tv_sec, &tm);
-    strftime(ts, sizeof ts, "%Y-%m-%dT%H:%M:%S", &tm);
+    size_t tl = strftime(ts, sizeof ts, "%Y-%m-%dT%H:%M:%S", &tm);
+    snprintf(ts + tl, sizeof ts - tl, ".%03ldZ", now.tv_nsec / 1000000);
     const struct keel__route *r = req->route;
     const char *plugin = r && r->plugin ? r->plugin : (r ? "core" : "-");
     unsigned long long gen = r && r->gen ? (unsigned long long)r->gen->number : 0;
     const char *user = req->has_principal && req->principal.user_id ? req->principal.user_id
                        : req->has_principal                         ? req->principal.supabase_id
                                                                     : "-";
-    char line[2048];
-    int n;
+    if (user == NULL)
+        user = "-";
     if (access_json) {
         json_t *o = json_pack("{s:s, s:s, s:s, s:i, s:f, s:s, s:I, s:s, s:s}", "time", ts,
                               "method", req->method, "path", req->path, "status", (int)status,
                               "latency_ms", (double)ns / 1e6, "plugin", plugin, "generation",
-                              (json_int_t)gen, "user", user ? user : "-", "listener",
+                              (json_int_t)gen, "user", user, "listener",
                               listeners[req->listener].name);
-        char *s = o ? json_dumps(o, JSON_COMPACT) : NULL;
+        /* Nine significant digits keep nanosecond latencies without the
+         * binary noise of a full double. */
+        char *s = o ? json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(9)) : NULL;
         json_decref(o);
-        n = snprintf(line, sizeof line, "%s\n", s ? s : "{}");
-        free(s);
-    } else {
-        n = snprintf(line, sizeof line, "%s.%03ldZ %s %s %s %u %.3fms plugin=%s gen=%llu user=%s\n",
-                     ts, now.tv_nsec / 1000000, listeners[req->listener].name, req->method,
-                     req->path, status, (double)ns / 1e6, plugin, gen, user ? user : "-");
+        if (s == NULL)
+            return;
+        /* The line is as long as the request's path (bounded by the
+         * listener's header memory limit), so it is sized, not truncated. */
+        size_t len = strlen(s);
+        char *line = realloc(s, len + 2);
+        if (line == NULL) {
+            free(s);
+            return;
+        }
+        line[len] = '\n';
+        access_write(line, len + 1);
+        free(line);
+        return;
     }
-    if (n > (int)sizeof line - 1)
-        n = (int)sizeof line - 1;
-    if (n > 0) {
-        ssize_t w = write(access_fd, line, (size_t)n);
-        (void)w;
+#define ACCESS_TEXT(buf, size)                                                                     \
+    snprintf(buf, size, "%s %s %s %s %u %.3fms plugin=%s gen=%llu user=%s\n", ts,                   \
+             listeners[req->listener].name, req->method, req->path, status, (double)ns / 1e6,      \
+             plugin, gen, user)
+    char stack[1024];
+    char *line = stack;
+    int n = ACCESS_TEXT(stack, sizeof stack);
+    if (n < 0)
+        return;
+    if ((size_t)n >= sizeof stack) {
+        /* A long path: format again into a buffer that fits the line. */
+        line = malloc((size_t)n + 1);
+        if (line == NULL)
+            return;
+        ACCESS_TEXT(line, (size_t)n + 1);
     }
+#undef ACCESS_TEXT
+    access_write(line, (size_t)n);
+    if (line != stack)
+        free(line);
 }
 
 static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
                          enum MHD_RequestTerminationCode toe)
 {
     (void)cls;
-    (void)conn;
     keel_request *req = *con_cls;
     if (req == NULL)
         return;
@@ -426,6 +577,8 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     access_log(req, status, ns);
     keel__request_free(req);
     atomic_fetch_sub(&in_flight, 1);
+    /* A kept-alive connection now waits for its next request, on a clock. */
+    keel__deadlines_rearm(conn);
 }
 
 /* ------------------------------------------------------------ daemons */
@@ -485,7 +638,7 @@ static int start_daemon(struct listener *l, const char *host, int port, unsigned
 #endif
     if (ai->ai_family == AF_INET6)
         flags |= MHD_USE_IPv6;
-    struct MHD_OptionItem opts[12];
+    struct MHD_OptionItem opts[16];
     size_t n = 0;
     /* The logger must come first or MHD prints early messages itself. */
     opts[n++] = (struct MHD_OptionItem){MHD_OPTION_EXTERNAL_LOGGER, (intptr_t)mhd_log, NULL};
@@ -502,9 +655,17 @@ static int start_daemon(struct listener *l, const char *host, int port, unsigned
     if (c->limits.max_per_ip > 0)
         opts[n++] = (struct MHD_OptionItem){MHD_OPTION_PER_IP_CONNECTION_LIMIT,
                                             (intptr_t)(unsigned)c->limits.max_per_ip, NULL};
-    if (c->limits.max_header_bytes > 0)
-        opts[n++] = (struct MHD_OptionItem){MHD_OPTION_CONNECTION_MEMORY_LIMIT,
-                                            (intptr_t)(size_t)c->limits.max_header_bytes, NULL};
+    /* libmicrohttpd keeps the request line and headers in this per-connection
+     * memory and answers 431/414 itself (HTML body) when they do not fit.
+     * Twice keel's own limits (at least MHD's default of 32 KiB) leaves room
+     * for begin() to answer requests past those limits with JSON. */
+    size_t mem = 2 * ((size_t)c->limits.max_header_bytes + (size_t)c->limits.max_uri_bytes);
+    if (mem < 32 * 1024)
+        mem = 32 * 1024;
+    opts[n++] = (struct MHD_OptionItem){MHD_OPTION_CONNECTION_MEMORY_LIMIT, (intptr_t)mem, NULL};
+    if (l->index == KEEL__LISTENER_MAIN && deadlines != NULL)
+        opts[n++] = (struct MHD_OptionItem){MHD_OPTION_NOTIFY_CONNECTION,
+                                            (intptr_t)keel__deadlines_notify, deadlines};
     opts[n++] = (struct MHD_OptionItem){MHD_OPTION_END, 0, NULL};
 
     l->daemon = MHD_start_daemon(flags, (uint16_t)port, NULL, NULL, on_access, l,
@@ -540,14 +701,34 @@ int keel__server_start(void)
 {
     const struct keel__conf *c = keel__rt.conf;
     open_access_log();
+    if (c->limits.rate_per_user > 0) {
+        struct keel__ratelimit_conf rc_conf = {.rate = (unsigned)c->limits.rate_per_user,
+                                               .burst = (unsigned)c->limits.rate_burst};
+        if (keel__ratelimit_new(&rc_conf, &ratelimit) != 0) {
+            log_error("cannot set up rate limiting");
+            return KEEL_ENOMEM;
+        }
+        log_info("rate limit: %d request(s)/s per user, burst %d", c->limits.rate_per_user,
+                 c->limits.rate_burst > 0 ? c->limits.rate_burst : c->limits.rate_per_user);
+    }
+    /* The bound on receiving a request is the connection timeout: what
+     * libmicrohttpd applies to silence, keel applies to slowness. */
+    if (keel__deadlines_start(c->server.connection_timeout_s, &deadlines) != 0)
+        log_warn("request deadlines are off: slow clients are bounded only by inactivity");
     int rc = start_daemon(&listeners[0], c->server.host, c->server.port, (unsigned)keel__rt.threads);
-    if (rc != 0)
-        return rc;
-    /* The admin listener serves a handful of ops requests: two threads. */
-    rc = start_daemon(&listeners[1], c->admin.host, c->admin.port, 2);
+    if (rc == 0) {
+        /* The admin listener serves a handful of ops requests: two threads. */
+        rc = start_daemon(&listeners[1], c->admin.host, c->admin.port, 2);
+        if (rc != 0) {
+            MHD_stop_daemon(listeners[0].daemon);
+            listeners[0].daemon = NULL;
+        }
+    }
     if (rc != 0) {
-        MHD_stop_daemon(listeners[0].daemon);
-        listeners[0].daemon = NULL;
+        keel__deadlines_stop(deadlines);
+        deadlines = NULL;
+        keel__ratelimit_free(ratelimit);
+        ratelimit = NULL;
         return rc;
     }
     if (!listeners[1].loopback && (c->admin.token == NULL || *c->admin.token == '\0'))
@@ -587,6 +768,10 @@ void keel__server_stop(int timeout_s)
             MHD_stop_daemon(listeners[i].daemon);
         listeners[i].daemon = NULL;
     }
+    keel__deadlines_stop(deadlines);
+    deadlines = NULL;
+    keel__ratelimit_free(ratelimit);
+    ratelimit = NULL;
     if (access_fd > 2)
         close(access_fd);
     access_fd = -1;

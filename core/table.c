@@ -695,13 +695,20 @@ json_t *keel__plugins_reload(const char *only, bool *unknown)
     for (size_t i = 0; saved != NULL && i < npend; i++) {
         struct pending *p = &pend[i];
         struct keel__slot *s = p->slot;
-        if (p->failed)
+        if (p->failed || !s->excluded)
             continue;
-        if (s->excluded && !saved[i].excluded) {
-            /* This plugin's new routes conflicted: restore what it had. */
-            p->failed = true;
-            p->stage = KEEL__STAGE_ROUTES;
-            snprintf(p->error, sizeof p->error, "%s", s->error);
+        /* This plugin's new routes conflicted. */
+        p->failed = true;
+        p->stage = KEEL__STAGE_ROUTES;
+        snprintf(p->error, sizeof p->error, "%s", s->error);
+        if (saved[i].excluded) {
+            /* It had no routes before either: it stays out, with the
+             * conflict as its error, and what it had is dropped. */
+            keel__generation_unref(saved[i].gen);
+            saved[i].gen = NULL;
+            keel__manifest_clear(&saved[i].manifest);
+        } else {
+            /* Restore what it had. */
             p->manifest = s->manifest;
             s->manifest = saved[i].manifest;
             memset(&saved[i].manifest, 0, sizeof saved[i].manifest);

@@ -24,6 +24,7 @@
 #include <keel/common.h>
 
 #include "http_client.h"
+#include "newplugin.h"
 
 #ifndef PACKAGE_VERSION
 #define PACKAGE_VERSION "unknown"
@@ -84,6 +85,8 @@ static void print_help(void)
           "                              add AMOUNT (> 0) credits to a user's wallet\n"
           "  evict USER                  drop a user (email or Supabase id) from the\n"
           "                              user-sync cache\n"
+          "  new-plugin NAME DIR         write a plugin project (source, manifest, Makefile,\n"
+          "                              test script) into DIR; needs no server\n"
           "\n"
           "Options:\n"
           "  --admin URL    admin listener, http://host:port[/prefix]\n"
@@ -1032,6 +1035,14 @@ int main(int argc, char **argv)
     }
     if (optind >= argc)
         return usage_error("no command given");
+    /* The only command that does not talk to a server. */
+    if (strcmp(argv[optind], "new-plugin") == 0) {
+        int n = argc - optind - 1, rc;
+        if ((rc = need_args("new-plugin", n, 2, 2, "NAME DIR")) != EXIT_OK)
+            return rc;
+        rc = newplugin_create(argv[optind + 1], argv[optind + 2]);
+        return rc == 0 ? EXIT_OK : EXIT_USAGE;
+    }
 
     struct ctl ctl = {.json = json};
     char err[512];

@@ -195,7 +195,8 @@ WITH src AS (
                FROM d) END,
            CASE WHEN ai THEN round((4.5 + 5.4 * pg_temp.u(i, 25))::numeric, 1) END,
            CASE WHEN ai THEN now() - make_interval(secs => pg_temp.u(i, 26) * 60 * 86400) END,
-           now() - make_interval(secs => (30 + pg_temp.u(i, 27) * 700) * 86400),
+           -- Created before any analysis (last 60 days) or update (last 30).
+           now() - make_interval(secs => (60 + pg_temp.u(i, 27) * 700) * 86400),
            now() - make_interval(secs => pg_temp.u(i, 28) * 30 * 86400)
     FROM src
     ON CONFLICT DO NOTHING
@@ -240,7 +241,9 @@ WITH profile AS MATERIALIZED (
            -- Post topics follow the profile's niche four times out of five.
            CASE WHEN pg_temp.u(g, 44) < 0.8 THEN niche ELSE floor(pg_temp.u(g, 45) * 8)::int END AS topic,
            round((0.35 + 0.6 * (pg_temp.u(g, 46) + pg_temp.u(g, 47) - 1))::numeric, 3) AS sentiment,
-           pg_temp.shortcode(g) AS shortcode
+           pg_temp.shortcode(g) AS shortcode,
+           -- Spread over the last year; a profile's posts are not in index order.
+           now() - make_interval(secs => pg_temp.u(g, 51) * 365 * 86400) AS taken_at
     FROM src
 ), ins AS (
     INSERT INTO posts (id, profile_id, shortcode, caption, likes_count, comments_count, engagement_rate,
@@ -272,8 +275,7 @@ WITH profile AS MATERIALIZED (
            floor(likes * (0.005 + 0.035 * pg_temp.u(g, 50)))::bigint,
            round(((likes * (1.005 + 0.035 * pg_temp.u(g, 50))) * 100.0 / greatest(followers, 1))::numeric, 2),
            'https://cdn.example.com/posts/' || shortcode || '.jpg',
-           -- Spread over the last year; a profile's posts are not in index order.
-           now() - make_interval(secs => pg_temp.u(g, 51) * 365 * 86400),
+           taken_at,
            ai,
            CASE WHEN ai THEN pg_temp.niche_name(topic) END,
            CASE WHEN ai THEN CASE WHEN sentiment > 0.25 THEN 'positive'
@@ -281,7 +283,8 @@ WITH profile AS MATERIALIZED (
            CASE WHEN ai THEN sentiment END,
            CASE WHEN ai THEN CASE WHEN pg_temp.u(g, 52) < 0.85 THEN lang
                                   ELSE CASE WHEN lang = 'en' THEN 'es' ELSE 'en' END END END,
-           now() - make_interval(secs => pg_temp.u(g, 53) * 30 * 86400)
+           -- Stored some time after it was posted.
+           taken_at + (now() - taken_at) * pg_temp.u(g, 53)
     FROM scored
     ON CONFLICT DO NOTHING
     RETURNING 1

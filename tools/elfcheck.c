@@ -140,14 +140,49 @@ static bool is_linker_symbol(const char *name)
     return strcmp(name, "_init") == 0 || strcmp(name, "_fini") == 0;
 }
 
+static bool has_prefix(const char *s, const char *prefix)
+{
+    return strncmp(s, prefix, strlen(prefix)) == 0;
+}
+
+/* An undefined reference into a sanitizer runtime. */
+static bool is_sanitizer_symbol(const char *name)
+{
+    return has_prefix(name, "__asan_") || has_prefix(name, "__tsan_") ||
+           has_prefix(name, "__msan_") || has_prefix(name, "__hwasan_");
+}
+
+/* Constructors and destructors the toolchain adds by itself: crtbegin's, and
+ * a sanitizer's per-module ones (GCC names them _sub_I_00099_N, priority 99
+ * being the one reserved for sanitizers; clang asan.module_ctor). */
+static bool is_allowed_init(const char *name, bool sanitized)
+{
+    static const char *const sanitizer_prefixes[] = {
+        "_sub_I_00099_",   "_sub_D_00099_",    "_GLOBAL__sub_I_00099_", "_GLOBAL__sub_D_00099_",
+        "asan.module_ctor", "asan.module_dtor", "tsan.module_ctor",      "tsan.module_dtor",
+        "msan.module_ctor", "hwasan.module_ctor",
+    };
+    if (strcmp(name, "frame_dummy") == 0 || strcmp(name, "__do_global_dtors_aux") == 0)
+        return true;
+    if (!sanitized)
+        return false;
+    for (size_t i = 0; i < sizeof sanitizer_prefixes / sizeof sanitizer_prefixes[0]; i++)
+        if (has_prefix(name, sanitizer_prefixes[i]))
+            return true;
+    return false;
+}
+
 static void classify_symbol(const Elf64_Sym *s, const char *name, struct elfcheck_result *out)
 {
     unsigned bind = ELF64_ST_BIND(s->st_info);
     unsigned type = ELF64_ST_TYPE(s->st_info);
     unsigned vis = ELF64_ST_VISIBILITY(s->st_other);
 
-    if (s->st_shndx == SHN_UNDEF)
+    if (s->st_shndx == SHN_UNDEF) {
+        if (is_sanitizer_symbol(name))
+            out->sanitized = true;
         return;
+    }
     if (bind == STB_GNU_UNIQUE) {
         keep_name(out->unique, &out->nunique, name);
         return;
@@ -163,51 +198,187 @@ static void classify_symbol(const Elf64_Sym *s, const char *name, struct elfchec
         out->entry_exported = true;
         return;
     }
-    if (is_linker_symbol(name))
+    /* ASan's ODR indicators shadow exported globals, which are reported
+     * under their own names. */
+    if (is_linker_symbol(name) || has_prefix(name, "__odr_asan"))
         return;
     keep_name(out->extra, &out->nextra, name);
 }
 
-static int scan_dynsym(const struct image *im, const Elf64_Ehdr *eh, struct elfcheck_result *out,
-                       char *err, size_t errlen)
+/* A symbol table section (.dynsym or .symtab) with its string table, checked
+ * to lie inside the file. */
+struct symtab {
+    bool present;
+    uint64_t off, count;
+    uint64_t stroff, strsize;
+};
+
+static Elf64_Shdr section(const struct image *im, const Elf64_Ehdr *eh, unsigned i)
+{
+    Elf64_Shdr sh;
+    memcpy(&sh, im->data + eh->e_shoff + (uint64_t)i * sizeof sh, sizeof sh);
+    return sh;
+}
+
+static int load_symtab(const struct image *im, const Elf64_Ehdr *eh, const Elf64_Shdr *sh,
+                       struct symtab *t, char *err, size_t errlen)
+{
+    if (sh->sh_link >= eh->e_shnum || sh->sh_entsize != sizeof(Elf64_Sym) ||
+        !in_bounds(im, sh->sh_offset, sh->sh_size)) {
+        snprintf(err, errlen, "a symbol table is malformed");
+        return KEEL_EINVAL;
+    }
+    Elf64_Shdr strsh = section(im, eh, sh->sh_link);
+    if (!in_bounds(im, strsh.sh_offset, strsh.sh_size) || strsh.sh_size == 0) {
+        snprintf(err, errlen, "a string table lies outside the file");
+        return KEEL_EINVAL;
+    }
+    t->present = true;
+    t->off = sh->sh_offset;
+    t->count = sh->sh_size / sizeof(Elf64_Sym);
+    t->stroff = strsh.sh_offset;
+    t->strsize = strsh.sh_size;
+    return 0;
+}
+
+/* Reads symbol k; *name is NULL when its name lies outside the string table. */
+static Elf64_Sym read_symbol(const struct image *im, const struct symtab *t, uint64_t k,
+                             const char **name)
+{
+    Elf64_Sym s;
+    memcpy(&s, im->data + t->off + k * sizeof s, sizeof s);
+    const char *strtab = (const char *)im->data + t->stroff;
+    *name = s.st_name < t->strsize &&
+                    memchr(strtab + s.st_name, '\0', t->strsize - s.st_name) != NULL
+                ? strtab + s.st_name
+                : NULL;
+    return s;
+}
+
+/* The name of the function defined at addr, or NULL. */
+static const char *function_at(const struct image *im, const struct symtab *t, uint64_t addr)
+{
+    for (uint64_t k = 1; t->present && k < t->count; k++) {
+        const char *name;
+        Elf64_Sym s = read_symbol(im, t, k, &name);
+        if (name != NULL && *name != '\0' && ELF64_ST_TYPE(s.st_info) == STT_FUNC &&
+            s.st_shndx != SHN_UNDEF && s.st_value == addr)
+            return name;
+    }
+    return NULL;
+}
+
+/* Where the pointer stored at addr will point once relocated: the addend of
+ * its RELA relocation (relative, or symbol + addend), else what the file
+ * holds there (REL and RELR keep the value in place). */
+static uint64_t relocated_value(const struct image *im, const Elf64_Ehdr *eh,
+                                const struct symtab *dynsym, uint64_t addr, uint64_t in_place)
+{
+    for (unsigned i = 0; i < eh->e_shnum; i++) {
+        Elf64_Shdr sh = section(im, eh, i);
+        if (sh.sh_type != SHT_RELA || sh.sh_entsize != sizeof(Elf64_Rela) ||
+            !in_bounds(im, sh.sh_offset, sh.sh_size))
+            continue;
+        for (uint64_t off = 0; off + sizeof(Elf64_Rela) <= sh.sh_size; off += sizeof(Elf64_Rela)) {
+            Elf64_Rela r;
+            memcpy(&r, im->data + sh.sh_offset + off, sizeof r);
+            if (r.r_offset != addr)
+                continue;
+            uint64_t sym = ELF64_R_SYM(r.r_info);
+            if (sym == 0)
+                return (uint64_t)r.r_addend;
+            if (dynsym->present && sym < dynsym->count) {
+                const char *name;
+                Elf64_Sym s = read_symbol(im, dynsym, sym, &name);
+                return s.st_value + (uint64_t)r.r_addend;
+            }
+            return in_place;
+        }
+    }
+    return in_place;
+}
+
+/* Names the entries of one .init_array/.fini_array section; entries that
+ * are neither the toolchain's nor named go into names/count.  Returns false
+ * when some entry could not be named. */
+static bool scan_array(const struct image *im, const Elf64_Ehdr *eh, const Elf64_Shdr *sh,
+                       const struct symtab *symtab, const struct symtab *dynsym, bool sanitized,
+                       char names[][ELFCHECK_NAME_LEN], size_t *count)
+{
+    bool all_named = true;
+    for (uint64_t k = 0; k < sh->sh_size / sizeof(Elf64_Addr); k++) {
+        uint64_t in_place = 0;
+        uint64_t foff = sh->sh_offset + k * sizeof(Elf64_Addr);
+        if (sh->sh_type != SHT_NOBITS && in_bounds(im, foff, sizeof(Elf64_Addr)))
+            memcpy(&in_place, im->data + foff, sizeof in_place);
+        uint64_t target =
+            relocated_value(im, eh, dynsym, sh->sh_addr + k * sizeof(Elf64_Addr), in_place);
+        const char *name = function_at(im, symtab, target);
+        if (name == NULL)
+            name = function_at(im, dynsym, target);
+        if (name == NULL) {
+            all_named = false;
+            continue;
+        }
+        if (!is_allowed_init(name, sanitized))
+            keep_name(names, count, name);
+    }
+    return all_named;
+}
+
+static int scan_sections(const struct image *im, const Elf64_Ehdr *eh,
+                         struct elfcheck_result *out, char *err, size_t errlen)
 {
     if (eh->e_shnum == 0)
-        return 0; /* stripped of section headers: out->has_dynsym stays false */
+        return 0; /* stripped of section headers: nothing below can be checked */
     if (eh->e_shentsize != sizeof(Elf64_Shdr) ||
         !in_bounds(im, eh->e_shoff, (uint64_t)eh->e_shnum * sizeof(Elf64_Shdr))) {
         snprintf(err, errlen, "section headers lie outside the file");
         return KEEL_EINVAL;
     }
+    struct symtab dynsym = {0}, symtab = {0};
     for (unsigned i = 0; i < eh->e_shnum; i++) {
-        Elf64_Shdr sh, strsh;
-        memcpy(&sh, im->data + eh->e_shoff + (uint64_t)i * sizeof sh, sizeof sh);
-        if (sh.sh_type != SHT_DYNSYM)
-            continue;
-        if (sh.sh_link >= eh->e_shnum || sh.sh_entsize != sizeof(Elf64_Sym) ||
-            !in_bounds(im, sh.sh_offset, sh.sh_size)) {
-            snprintf(err, errlen, ".dynsym is malformed");
+        Elf64_Shdr sh = section(im, eh, i);
+        int rc = 0;
+        if (sh.sh_type == SHT_DYNSYM && !dynsym.present)
+            rc = load_symtab(im, eh, &sh, &dynsym, err, errlen);
+        else if (sh.sh_type == SHT_SYMTAB && !symtab.present)
+            rc = load_symtab(im, eh, &sh, &symtab, err, errlen);
+        if (rc != 0)
+            return rc;
+    }
+
+    out->has_dynsym = dynsym.present;
+    /* Entry 0 is the reserved null symbol. */
+    for (uint64_t k = 1; k < dynsym.count; k++) {
+        const char *name;
+        Elf64_Sym s = read_symbol(im, &dynsym, k, &name);
+        if (name == NULL) {
+            snprintf(err, errlen, ".dynsym entry %llu has a name outside .dynstr",
+                     (unsigned long long)k);
             return KEEL_EINVAL;
         }
-        memcpy(&strsh, im->data + eh->e_shoff + (uint64_t)sh.sh_link * sizeof strsh, sizeof strsh);
-        if (!in_bounds(im, strsh.sh_offset, strsh.sh_size) || strsh.sh_size == 0) {
-            snprintf(err, errlen, ".dynstr lies outside the file");
-            return KEEL_EINVAL;
-        }
-        const char *strtab = (const char *)im->data + strsh.sh_offset;
-        out->has_dynsym = true;
-        /* Entry 0 is the reserved null symbol. */
-        for (uint64_t k = 1; k < sh.sh_size / sizeof(Elf64_Sym); k++) {
-            Elf64_Sym s;
-            memcpy(&s, im->data + sh.sh_offset + k * sizeof s, sizeof s);
-            if (s.st_name >= strsh.sh_size ||
-                memchr(strtab + s.st_name, '\0', strsh.sh_size - s.st_name) == NULL) {
-                snprintf(err, errlen, ".dynsym entry %llu has a name outside .dynstr",
-                         (unsigned long long)k);
-                return KEEL_EINVAL;
-            }
-            classify_symbol(&s, strtab + s.st_name, out);
+        classify_symbol(&s, name, out);
+    }
+
+    /* Constructors and destructors by name (needs the sanitizer verdict
+     * from .dynsym above). */
+    bool named = symtab.present || dynsym.present;
+    size_t seen_init = 0, seen_fini = 0;
+    for (unsigned i = 0; i < eh->e_shnum; i++) {
+        Elf64_Shdr sh = section(im, eh, i);
+        if (sh.sh_type == SHT_INIT_ARRAY) {
+            seen_init += sh.sh_size / sizeof(Elf64_Addr);
+            named &= scan_array(im, eh, &sh, &symtab, &dynsym, out->sanitized, out->ctors,
+                                &out->nctors);
+        } else if (sh.sh_type == SHT_FINI_ARRAY) {
+            seen_fini += sh.sh_size / sizeof(Elf64_Addr);
+            named &= scan_array(im, eh, &sh, &symtab, &dynsym, out->sanitized, out->dtors,
+                                &out->ndtors);
         }
     }
+    /* The sections must account for what the dynamic section announces. */
+    out->names_known = named && seen_init == out->init_array && seen_fini == out->fini_array;
     return 0;
 }
 
@@ -238,7 +409,7 @@ int elfcheck_file(const char *path, struct elfcheck_result *out, char *err, size
     if (rc == 0)
         rc = scan_program_headers(&im, &eh, out, err, errlen);
     if (rc == 0)
-        rc = scan_dynsym(&im, &eh, out, err, errlen);
+        rc = scan_sections(&im, &eh, out, err, errlen);
     munmap(map, im.len);
     return rc;
 }

@@ -6,14 +6,19 @@
  * the ones below:
  *  - exports: defined GLOBAL/WEAK symbols of .dynsym that are functions or
  *    data (FUNC, OBJECT, IFUNC, TLS, COMMON) with default or protected
- *    visibility, other than keel_plugin_entry and the linker's _init/_fini;
+ *    visibility, other than keel_plugin_entry, the linker's _init/_fini and
+ *    ASan's ODR indicators (__odr_asan.*, which shadow exported globals);
  *  - STB_GNU_UNIQUE symbols (the dynamic linker never unloads an object that
  *    defines one);
  *  - DF_1_NODELETE in DT_FLAGS_1 (linked with -z nodelete);
  *  - a PT_TLS segment or DF_STATIC_TLS (thread-local storage);
- *  - DT_INIT_ARRAYSZ / DT_FINI_ARRAYSZ: the compiler's crtbegin contributes
- *    one entry each (frame_dummy, __do_global_dtors_aux); any more are
- *    constructors or destructors of the plugin or of what it linked in.
+ *  - constructors and destructors: the entries of .init_array/.fini_array.
+ *    Each entry is resolved (through its relocation) to a function of
+ *    .symtab; the compiler's own (frame_dummy, __do_global_dtors_aux) and,
+ *    in an object built with a sanitizer, the sanitizer's module
+ *    constructors are allowed, any other is reported by name.  Without a
+ *    symbol table the rule falls back to the count: DT_INIT_ARRAYSZ / 8
+ *    (or DT_FINI_ARRAYSZ / 8) above 1 means constructors (destructors).
  * Only 64-bit objects of the host's byte order are read, which is what
  * dlopen() on this host could load anyway.
  */
@@ -41,6 +46,12 @@ struct elfcheck_result {
     size_t fini_array;     /* entries of .fini_array */
     bool bind_now;         /* DT_BIND_NOW, DF_BIND_NOW or DF_1_NOW */
     bool has_dynsym;       /* a .dynsym section was found */
+    bool sanitized;        /* it calls a sanitizer runtime (__asan_*, __tsan_*, ...) */
+    bool names_known;      /* every array entry was resolved to a function name */
+    size_t nctors;         /* constructors other than the allowed ones */
+    char ctors[ELFCHECK_MAX_NAMES][ELFCHECK_NAME_LEN];
+    size_t ndtors;         /* destructors other than the allowed ones */
+    char dtors[ELFCHECK_MAX_NAMES][ELFCHECK_NAME_LEN];
 };
 
 /*

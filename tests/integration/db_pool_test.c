@@ -171,7 +171,7 @@ static void cleanup_on_exit(void)
     for (int i = 0; i < 2 && PQstatus(pg) == CONNECTION_OK; i++) {
         if (scratch[i][0] == '\0')
             continue;
-        char sql[128];
+        char sql[256];
         snprintf(sql, sizeof sql, "DROP DATABASE IF EXISTS %s WITH (FORCE)", scratch[i]);
         PQclear(PQexec(pg, sql));
     }

@@ -552,8 +552,11 @@ class Keeld:
         return self
 
     def wait_ready(self, timeout=15):
-        """Waits until GET /health answers with any status."""
+        """Waits until GET /health answers with any status and the admin
+        listener, which starts just after the main one, accepts connections
+        (a bare connect, so no request shows up in its logs or metrics)."""
         deadline = time.monotonic() + scaled(timeout)
+        main_up = False
         while True:
             code = self.proc.poll()
             if code is not None:
@@ -561,7 +564,10 @@ class Keeld:
                 raise KeeldStartError("keeld exited with status %d during start-up; log:\n%s"
                                       % (code, self.log_tail()))
             try:
-                http("GET", self.url("/health"), timeout=1)
+                if not main_up:
+                    http("GET", self.url("/health"), timeout=1)
+                    main_up = True
+                socket.create_connection(("127.0.0.1", self.admin_port), timeout=1).close()
                 return
             except (OSError, httpclient.HTTPException):
                 pass
@@ -718,7 +724,8 @@ class Keeld:
     def sanitizer_report(self):
         """Text of an ASan/UBSan/LSan or valgrind error report, or None."""
         text = self.log_text()
-        m = re.search(r"^.*(ERROR: (Address|Leak|Thread)Sanitizer|runtime error:).*$", text, re.M)
+        m = re.search(r"^.*(ERROR: (Address|Leak|Thread)Sanitizer|WARNING: ThreadSanitizer"
+                      r"|runtime error:).*$", text, re.M)
         if m:
             return text[m.start():m.start() + 6000]
         if VALGRIND and os.path.exists(self.valgrind_log):

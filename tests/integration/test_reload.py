@@ -390,6 +390,15 @@ def test_refused_reloads_keep_the_previous_generation_serving():
         assert "undefined symbol" in res["testplug"]["error"], res
         assert hello_version(k, token) == "1"
 
+        # A conf.d that does not parse changes nothing: stage manifest.
+        good = k.read_conf("70-testplug.json")
+        k.write_conf("70-testplug.json", '{"plugin": {"name": "testplug",')
+        body, res = reload(k, "testplug")
+        assert res["testplug"]["ok"] is False and res["testplug"]["stage"] == "manifest", res
+        assert "70-testplug.json" in res["testplug"]["error"], res
+        assert hello_version(k, token) == "1"
+        k.write_conf("70-testplug.json", good)
+
         # keelctl prints the failure and exits non-zero.
         deploy(built_plugin("abi_future"), path)
         c = k.keelctl("reload", "testplug")
@@ -410,7 +419,7 @@ def test_refused_reloads_keep_the_previous_generation_serving():
         c = k.keelctl("reload", "nosuchplugin")
         assert c.returncode != 0 and "nosuchplugin" in c.stdout, c.stdout
 
-        assert metric_value(k, "keel_reloads_total", {"result": "failed"}) == 5
+        assert metric_value(k, "keel_reloads_total", {"result": "failed"}) == 6
         # Failed loads leave nothing mapped behind.
         wait_generations_settle(k)
         assert len(mapped_copies(k.pid, "testplug")) == 1, maps_text(k.pid)
@@ -527,6 +536,19 @@ def test_disable_and_enable_through_conf_d():
         assert p["state"] == "loaded" and p["enabled"] is True and p["generation"] >= 2, p
         assert k.get("/health").json()["plugins"]["testplug"] == "loaded"
         assert metric_value(k, "keel_plugin_up", {"plugin": "testplug"}) == 1
+
+
+def test_plugin_added_to_conf_d_is_loaded_by_reload():
+    token = keeltest.user_token()
+    with Keeld() as k:
+        assert k.get(HELLO, token=token).status == 404
+        deploy(V2, plugin_path(k))
+        k.write_conf("70-testplug.json", testplug_manifest(plugin_path(k)))
+        body, res = reload(k, "testplug")
+        assert body["ok"] is True and res["testplug"]["generation"] == 1, body
+        assert hello_version(k, token) == "2"
+        assert k.get("/health").json()["plugins"]["testplug"] == "loaded"
+        assert plugins_of(k)["testplug"]["state"] == "loaded"
 
 
 # ------------------------------------------------------------------ route conflicts
@@ -872,6 +894,23 @@ def test_metrics_are_valid_prometheus_text_with_every_family():
         assert reloads == {"ok": 1, "failed": 1}, reloads
 
 
+def test_metrics_stay_valid_while_requests_complete():
+    # Each scrape renders counters that requests on other threads are
+    # bumping; every scrape must still be a consistent exposition.
+    token = keeltest.user_token()
+    with Keeld(with_testplug(V1)) as k:
+        load = Load(k, token, threads=8).start()
+        try:
+            load.wait_done(20)
+            for _ in range(300):
+                r = k.admin_get("/metrics")
+                assert r.status == 200, r
+                parse_prometheus(r.text)
+        finally:
+            load.stop()
+        assert load.failures == [], load.failures[:10]
+
+
 def test_prometheus_parser_rejects_what_scrapers_reject():
     good = ("# HELP a_total A.\n# TYPE a_total counter\na_total{x=\"q\\\"\\\\\\n\"} 1\n"
             "# TYPE h histogram\nh_bucket{le=\"1\"} 1\nh_bucket{le=\"+Inf\"} 2\n"
@@ -1025,7 +1064,8 @@ def _access_lines(path, n):
 
 
 def _traffic(k, token):
-    """Four requests: public core route, user plugin route, 404, admin."""
+    """Five requests: public core route, /auth/me, user plugin route, 404,
+    admin; returns the user's id."""
     assert k.get("/health").status == 200
     me = k.get("/api/v1/auth/me", token=token)
     assert me.status == 200, me
@@ -1044,10 +1084,11 @@ def test_access_log_json_to_a_file():
     with Keeld(mut) as k:
         user_id = _traffic(k, token)
         path = os.path.join(k.dir, "access.json")
-        lines = _access_lines(path, 5)
-        time.sleep(0.2)
-        lines = _access_lines(path, 5)
-        assert len(lines) == 5, lines
+        # Keeld's readiness probe (GET /health) and the five requests above.
+        lines = _access_lines(path, 6)
+        time.sleep(0.2)  # room for a duplicate line to show up
+        lines = _access_lines(path, 6)
+        assert len(lines) == 6, lines
         recs = [json.loads(l) for l in lines]
         for rec in recs:
             for key in ("time", "method", "path", "status", "latency_ms", "plugin",
@@ -1084,10 +1125,10 @@ def test_access_log_text_to_a_file():
         long_path = "/api/v1/" + "x" * 3000
         assert k.get(long_path).status == 404
         path = os.path.join(k.dir, "access.log")
-        lines = _access_lines(path, 6)
-        time.sleep(0.2)
-        lines = _access_lines(path, 6)
-        assert len(lines) == 6, lines
+        lines = _access_lines(path, 7)
+        time.sleep(0.2)  # room for a duplicate line to show up
+        lines = _access_lines(path, 7)
+        assert len(lines) == 7, lines
         pat = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z) (main|admin) ([A-Z]+) (\S+) "
                          r"(\d{3}) (\d+\.\d{3})ms plugin=(\S+) gen=(\d+) user=(\S+)")
         recs = []

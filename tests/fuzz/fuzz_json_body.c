@@ -1,0 +1,88 @@
+/*
+ * Fuzzes request-body validation (keel__json_body_parse, the pure part of
+ * the host API's req_json_body): strict JSON with duplicate keys refused,
+ * the nesting limit (32, the default limits.max_json_depth), and the
+ * object-only rule.  A body that is accepted must be an object that nests
+ * no deeper than the limit and serialises back to JSON that parses again.
+ */
+#include "config.h"
+
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <jansson.h>
+
+#include <keel/error.h>
+
+#include "fuzz_common.h"
+#include "hostapi.h"
+
+#define MAX_DEPTH 32
+
+int LLVMFuzzerInitialize(int *argc, char ***argv)
+{
+    (void)argc;
+    (void)argv;
+    fuzz_quiet_logs();
+    return 0;
+}
+
+static int depth(const json_t *v)
+{
+    int deepest = 0;
+    if (json_is_object(v)) {
+        const char *k;
+        json_t *x;
+        json_object_foreach((json_t *)v, k, x)
+        {
+            int d = depth(x);
+            if (d > deepest)
+                deepest = d;
+        }
+        return deepest + 1;
+    }
+    if (json_is_array(v)) {
+        size_t i;
+        json_t *x;
+        json_array_foreach(v, i, x)
+        {
+            int d = depth(x);
+            if (d > deepest)
+                deepest = d;
+        }
+        return deepest + 1;
+    }
+    return 0;
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    /* An exact-size copy, so reading past the body is caught. */
+    char *body = malloc(size ? size : 1);
+    if (body == NULL)
+        abort();
+    memcpy(body, data, size);
+    json_t *v = NULL;
+    char msg[256] = "";
+    int rc = keel__json_body_parse(size ? body : NULL, size, MAX_DEPTH, &v, msg, sizeof msg);
+    if (rc == 0) {
+        if (!json_is_object(v) || depth(v) > MAX_DEPTH)
+            abort();
+        char *text = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
+        if (text == NULL)
+            abort();
+        json_t *again = json_loads(text, JSON_REJECT_DUPLICATES, NULL);
+        if (again == NULL || !json_equal(v, again))
+            abort();
+        json_decref(again);
+        free(text);
+        json_decref(v);
+    } else {
+        if (rc != KEEL_EINVAL || v != NULL || msg[0] == '\0')
+            abort();
+    }
+    free(body);
+    return 0;
+}
