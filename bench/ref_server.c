@@ -7,9 +7,11 @@
  * (routing, authentication, JSON, metrics, logging) shows as the distance
  * between keeld and this server on the same CPU.
  *
- *   ref_server [--host 127.0.0.1] --port N [--threads N]
+ *   ref_server [--host 127.0.0.1] --port N [--threads N] [--memory-limit BYTES]
  *
- * --threads defaults to keeld's default, 4 per online CPU.  The server runs
+ * --threads defaults to keeld's default, 4 per online CPU; --memory-limit to
+ * the per-connection memory keeld gives libmicrohttpd with its default
+ * limits (twice max_header_bytes plus max_uri_bytes).  The server runs
  * until SIGINT or SIGTERM.  Built by bench/run with gcc and pkg-config; it is
  * not part of keel and is never installed.
  */
@@ -81,6 +83,7 @@ int main(int argc, char **argv)
     long port = 0;
     long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
     long threads = 4 * (ncpu > 0 ? ncpu : 1);
+    long memory = 2 * (16384 + 8192);
 
     for (int i = 1; i < argc; i++) {
         if (i + 1 < argc && strcmp(argv[i], "--host") == 0)
@@ -89,8 +92,11 @@ int main(int argc, char **argv)
             port = parse_long(argv[++i], "port", 1, 65535);
         else if (i + 1 < argc && strcmp(argv[i], "--threads") == 0)
             threads = parse_long(argv[++i], "threads", 1, 1024);
+        else if (i + 1 < argc && strcmp(argv[i], "--memory-limit") == 0)
+            memory = parse_long(argv[++i], "memory limit", 4096, 64L * 1024 * 1024);
         else {
-            fprintf(stderr, "usage: ref_server [--host ADDR] --port N [--threads N]\n");
+            fprintf(stderr, "usage: ref_server [--host ADDR] --port N [--threads N] "
+                            "[--memory-limit BYTES]\n");
             return 2;
         }
     }
@@ -117,8 +123,7 @@ int main(int argc, char **argv)
     pthread_sigmask(SIG_BLOCK, &stop, NULL);
 
     /* keeld's main listener: core/server.c start_daemon() with the defaults
-     * of conf.d/10-server.json (timeout 30 s, 1024 connections, 16 KiB of
-     * header memory per connection). */
+     * of conf.d/10-server.json (timeout 30 s, 1024 connections). */
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ITC | MHD_USE_ERROR_LOG;
 #ifdef __linux__
     flags |= MHD_USE_EPOLL;
@@ -128,21 +133,22 @@ int main(int argc, char **argv)
     struct MHD_OptionItem opts[] = {
         {MHD_OPTION_SOCK_ADDR, 0, &sa},
         {MHD_OPTION_CONNECTION_TIMEOUT, 30, NULL},
-        {MHD_OPTION_THREAD_POOL_SIZE, threads > 1 ? threads : 0, NULL},
         {MHD_OPTION_CONNECTION_LIMIT, 1024, NULL},
-        {MHD_OPTION_CONNECTION_MEMORY_LIMIT, 16384, NULL},
+        {MHD_OPTION_CONNECTION_MEMORY_LIMIT, (intptr_t)memory, NULL},
+        /* Last, so that one thread (no pool, as keeld does) can end the list here. */
+        {MHD_OPTION_THREAD_POOL_SIZE, (intptr_t)threads, NULL},
         {MHD_OPTION_END, 0, NULL},
     };
     if (threads <= 1)
-        opts[2].option = MHD_OPTION_END;
+        opts[4].option = MHD_OPTION_END;
     struct MHD_Daemon *d = MHD_start_daemon(flags, (uint16_t)port, NULL, NULL, on_access, NULL,
                                             MHD_OPTION_ARRAY, opts, MHD_OPTION_END);
     if (d == NULL) {
         fprintf(stderr, "ref_server: cannot listen on %s:%ld\n", host, port);
         return 1;
     }
-    fprintf(stderr, "ref_server: listening on %s:%ld with %ld thread%s\n", host, port, threads,
-            threads == 1 ? "" : "s");
+    fprintf(stderr, "ref_server: listening on %s:%ld with %ld thread%s, %ld bytes per connection\n",
+            host, port, threads, threads == 1 ? "" : "s", memory);
 
     int sig = 0;
     sigwait(&stop, &sig);

@@ -801,3 +801,12 @@ void keel__db_stats(const keel__db *db, struct keel__db_stats *out)
     out->breaker_to_half_open = keel__breaker_transitions(db->breaker, KEEL__BREAKER_HALF_OPEN);
     out->breaker_to_closed = keel__breaker_transitions(db->breaker, KEEL__BREAKER_CLOSED);
 }
+
+void keel__db_note_unreachable(keel__db *db)
+{
+    /* A failed start-up check is proof enough: open the breaker now instead
+     * of after `threshold` failed requests, so /health says "down" from the
+     * first request and the ticker's probes close it when the server is back. */
+    for (int i = 0; i < 1000 && keel__breaker_state(db->breaker) == KEEL__BREAKER_CLOSED; i++)
+        keel__breaker_failure(db->breaker, keel__now_ms());
+}

@@ -73,6 +73,9 @@ bool keel__db_up(const keel__db *db);
  * by a background timer so the breaker closes without traffic. */
 void keel__db_tick(keel__db *db);
 
+/* Opens the breaker at once (start-up found the server unreachable). */
+void keel__db_note_unreachable(keel__db *db);
+
 struct keel__db_stats {
     int size, in_use, idle;
     uint64_t waits, wait_timeouts, connects, connect_failures, discarded;

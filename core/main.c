@@ -116,6 +116,8 @@ static int check_schema(const struct keel__conf *c)
                                     sizeof err);
     if (rc == KEEL_EDB_UNAVAILABLE) {
         log_warn("database unreachable at start-up (%s); serving degraded until it is back", err);
+        if (keel__rt.db != NULL)
+            keel__db_note_unreachable(keel__rt.db);
         return 0;
     }
     if (rc != 0) {
