@@ -769,7 +769,8 @@ int keel__db_exec(keel__db *db, keel__db_conn *c, const char *sql, int nparams, 
 
 bool keel__db_up(const keel__db *db)
 {
-    return keel__breaker_state(db->breaker) != KEEL__BREAKER_OPEN;
+    /* Half-open is still down: requests are refused until the probe succeeds. */
+    return keel__breaker_state(db->breaker) == KEEL__BREAKER_CLOSED;
 }
 
 void keel__db_tick(keel__db *db)

@@ -67,7 +67,8 @@ PGconn *keel__db_conn_pg(keel__db_conn *conn);
 /* Maps a SQLSTATE (NULL for a connection-level failure) to a KEEL_EDB_* code. */
 int keel__db_classify(const char *sqlstate);
 
-/* True while the breaker is closed (or half-open).  Never touches the network. */
+/* True while the breaker is closed (half-open still counts as down).  Never
+ * touches the network. */
 bool keel__db_up(const keel__db *db);
 /* Runs one half-open probe now if the breaker is open and due (PQping); used
  * by a background timer so the breaker closes without traffic. */

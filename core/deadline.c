@@ -30,6 +30,7 @@ struct watch {
     MHD_socket fd;
     int64_t bound_ns;
     atomic_llong deadline;
+    bool gone_once; /* the sweeper saw the client gone once (sweeper only) */
     char peer[INET6_ADDRSTRLEN];
 };
 
@@ -65,22 +66,55 @@ static void describe_peer(struct MHD_Connection *conn, char *out, size_t outlen)
         inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, out, (socklen_t)outlen);
 }
 
+/* True when the client has closed its end (or reset it) and libmicrohttpd
+ * has already read everything before that.  Peeking consumes nothing, so
+ * it cannot disturb the worker that owns the socket. */
+static bool peer_gone(MHD_socket fd)
+{
+    char c;
+    ssize_t r = recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+    if (r == 0)
+        return true;
+    return r < 0 && (errno == ECONNRESET || errno == ENOTCONN || errno == EPIPE);
+}
+
 static void sweep(keel__deadlines *d)
 {
     int64_t now = now_ns();
-    unsigned n = 0;
+    unsigned n = 0, gone = 0;
     char last[INET6_ADDRSTRLEN] = "";
     for (struct watch *w = d->head; w != NULL; w = w->next) {
         long long dl = atomic_load_explicit(&w->deadline, memory_order_relaxed);
-        if (dl == 0 || dl > now)
+        if (dl == 0) {
+            w->gone_once = false;
             continue;
+        }
+        bool late = dl <= now;
+        if (!late) {
+            /* A client may half-close right after a complete request; the
+             * worker then reaches the final call within microseconds.  So
+             * a client counts as gone only when two sweeps in a row find
+             * it gone with the request still incomplete. */
+            bool gone_now = peer_gone(w->fd);
+            bool confirmed = gone_now && w->gone_once;
+            w->gone_once = gone_now;
+            if (!confirmed)
+                continue;
+        }
         /* Once is enough: MHD reports the connection closed soon after. */
         atomic_store_explicit(&w->deadline, 0, memory_order_relaxed);
         if (shutdown(w->fd, SHUT_RDWR) != 0 && errno != ENOTCONN)
             continue;
+        if (!late) {
+            gone++;
+            continue;
+        }
         n++;
         memcpy(last, w->peer, sizeof last);
     }
+    if (gone > 0)
+        keel__log(KEEL_LOG_DEBUG, "core", "closed %u connection(s) whose client left mid-request",
+                  gone);
     if (n > 0) {
         atomic_fetch_add_explicit(&d->closed, n, memory_order_relaxed);
         keel__log(KEEL_LOG_INFO, "core",

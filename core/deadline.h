@@ -17,6 +17,14 @@
  * No HTTP answer is sent: before the request is complete libmicrohttpd
  * accepts no response, and a client that drips bytes is not waiting for one.
  *
+ * The sweeper also closes receiving connections whose client has gone.
+ * libmicrohttpd 0.9.75 in epoll mode misses the end of a connection when
+ * the client's last bytes (headers and part of a body) and its FIN arrive
+ * together: it reads the bytes, never sees the EOF, and the request stays
+ * "in flight" until a timeout, holding its route-table snapshot and
+ * delaying a graceful stop.  A peek at the socket (MSG_PEEK, nothing
+ * consumed) finds those within two sweeps (half a second).
+ *
  * Shutting down a socket libmicrohttpd owns is safe because the sweeper
  * holds the registry lock while it does so, and a connection leaves the
  * registry (in the CLOSED notification, under the same lock) before

@@ -192,16 +192,28 @@ static int respond_synthetic(keel_request *req, unsigned status, const char *bod
     return 0;
 }
 
-int keel__respond(keel_request *req, unsigned status, const char *body, size_t len)
+/*
+ * Queues body as the response.  With MHD_RESPMEM_MUST_FREE the body is a
+ * malloc'd buffer that this function owns from the call on, whatever the
+ * outcome: libmicrohttpd frees it once the response is sent, so a JSON body
+ * is handed over instead of being copied once more (a malloc, a copy and a
+ * free per request on every JSON route).
+ */
+static int queue_response(keel_request *req, unsigned status, char *body, size_t len,
+                          enum MHD_ResponseMemoryMode mode)
 {
-    if (req->conn == NULL)
-        return respond_synthetic(req, status, body, len);
-    if (req->responded)
-        return KEEL_ERESPONDED;
-    struct MHD_Response *resp =
-        MHD_create_response_from_buffer(len, (void *)body, MHD_RESPMEM_MUST_COPY);
-    if (resp == NULL)
+    if (req->conn == NULL || req->responded) {
+        int rc = req->conn == NULL ? respond_synthetic(req, status, body, len) : KEEL_ERESPONDED;
+        if (mode == MHD_RESPMEM_MUST_FREE)
+            free(body);
+        return rc;
+    }
+    struct MHD_Response *resp = MHD_create_response_from_buffer(len, body, mode);
+    if (resp == NULL) {
+        if (mode == MHD_RESPMEM_MUST_FREE)
+            free(body);
         return KEEL_ENOMEM;
+    }
     MHD_add_response_header(resp, "Content-Type", "application/json");
     for (const struct keel__header *h = req->headers; h != NULL; h = h->next)
         MHD_add_response_header(resp, h->name, h->value);
@@ -213,17 +225,22 @@ int keel__respond(keel_request *req, unsigned status, const char *body, size_t l
     return r == MHD_YES ? 0 : KEEL_EIO;
 }
 
+int keel__respond(keel_request *req, unsigned status, const char *body, size_t len)
+{
+    return queue_response(req, status, (char *)body, len, MHD_RESPMEM_MUST_COPY);
+}
+
 int keel__respond_json(keel_request *req, unsigned status, json_t *body)
 {
     if (body == NULL)
         return keel__respond_detail(req, 500, "Internal Server Error");
+    /* json_dumps() allocates with malloc: keel never changes jansson's
+     * allocator, so libmicrohttpd's free() matches. */
     char *text = json_dumps(body, JSON_COMPACT);
     json_decref(body);
     if (text == NULL)
         return keel__respond(req, 500, "{\"detail\":\"Internal Server Error\"}", 34);
-    int rc = keel__respond(req, status, text, strlen(text));
-    free(text);
-    return rc;
+    return queue_response(req, status, text, strlen(text), MHD_RESPMEM_MUST_FREE);
 }
 
 int keel__respond_detail(keel_request *req, unsigned status, const char *detail)

@@ -386,6 +386,48 @@ static int hexval(unsigned char c)
     return -1;
 }
 
+/* True when s[0..n) is well-formed UTF-8 (RFC 3629: no overlong forms, no
+ * surrogates, nothing past U+10FFFF).  Path parameters reach plugins as C
+ * strings that they put into JSON, which must be valid UTF-8. */
+static bool utf8_valid(const unsigned char *s, size_t n)
+{
+    size_t i = 0;
+    while (i < n) {
+        unsigned char c = s[i];
+        size_t more;
+        unsigned lo = 0x80, hi = 0xBF; /* allowed range of the second byte */
+        if (c < 0x80) {
+            i++;
+            continue;
+        } else if (c >= 0xC2 && c <= 0xDF) {
+            more = 1;
+        } else if (c >= 0xE0 && c <= 0xEF) {
+            more = 2;
+            if (c == 0xE0)
+                lo = 0xA0; /* overlong */
+            else if (c == 0xED)
+                hi = 0x9F; /* surrogates */
+        } else if (c >= 0xF0 && c <= 0xF4) {
+            more = 3;
+            if (c == 0xF0)
+                lo = 0x90; /* overlong */
+            else if (c == 0xF4)
+                hi = 0x8F; /* past U+10FFFF */
+        } else {
+            return false;
+        }
+        if (n - i <= more)
+            return false;
+        if (s[i + 1] < lo || s[i + 1] > hi)
+            return false;
+        for (size_t k = 2; k <= more; k++)
+            if (s[i + k] < 0x80 || s[i + k] > 0xBF)
+                return false;
+        i += more + 1;
+    }
+    return true;
+}
+
 /* The state of one lookup; lives on the caller's stack. */
 struct search {
     const char *segs[KEEL__ROUTER_MAX_SEGMENTS];
@@ -462,6 +504,8 @@ static bool split_path(const char *path, struct search *s, char *scratch, size_t
         }
         out[len] = '\0';
         if ((len == 1 && out[0] == '.') || (len == 2 && out[0] == '.' && out[1] == '.'))
+            return false;
+        if (!utf8_valid((const unsigned char *)out, len))
             return false;
         s->segs[s->nsegs++] = out;
         used += len + 1;

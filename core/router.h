@@ -77,7 +77,8 @@ enum keel__match_result { KEEL__MATCH_OK = 0, KEEL__MATCH_NOT_FOUND = 1, KEEL__M
  * order GET, HEAD, POST, PUT, PATCH, DELETE, always ending with OPTIONS;
  * truncated to allowlen); KEEL__MATCH_NOT_FOUND otherwise, also for paths
  * with empty segments, "." or ".." segments (also when percent-encoded), a
- * decoded NUL or '/', a malformed %-escape, or more than
+ * decoded NUL or '/', a segment that does not decode to valid UTF-8 (so
+ * parameters are always valid UTF-8), a malformed %-escape, or more than
  * KEEL__ROUTER_MAX_SEGMENTS segments.  Takes no lock and allocates nothing;
  * allow may be NULL.
  */

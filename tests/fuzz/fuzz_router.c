@@ -8,7 +8,8 @@
  * wire).  Besides memory safety it checks the router's documented promises:
  * strlen(path) + 1 bytes of scratch always suffice (a larger buffer gives
  * the same answer), a match yields at most KEEL__ROUTER_MAX_PARAMS
- * parameters, none of them empty, ".", "..", or containing '/', and the
+ * parameters, none of them empty, ".", "..", containing '/' or not valid
+ * UTF-8, and the
  * Allow list of a 405 ends with OPTIONS.
  */
 #include "config.h"
@@ -84,6 +85,43 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     return 0;
 }
 
+/* An oracle written apart from the router's: decodes code points and checks
+ * each one's range and shortest form. */
+static bool valid_utf8(const char *str)
+{
+    const unsigned char *s = (const unsigned char *)str;
+    while (*s) {
+        unsigned cp;
+        int n;
+        if (*s < 0x80) {
+            s++;
+            continue;
+        }
+        if ((*s & 0xE0) == 0xC0) {
+            cp = *s & 0x1F;
+            n = 1;
+        } else if ((*s & 0xF0) == 0xE0) {
+            cp = *s & 0x0F;
+            n = 2;
+        } else if ((*s & 0xF8) == 0xF0) {
+            cp = *s & 0x07;
+            n = 3;
+        } else {
+            return false;
+        }
+        for (int i = 1; i <= n; i++) {
+            if ((s[i] & 0xC0) != 0x80)
+                return false;
+            cp = cp << 6 | (s[i] & 0x3F);
+        }
+        static const unsigned min[4] = {0, 0x80, 0x800, 0x10000};
+        if (cp < min[n] || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF))
+            return false;
+        s += n + 1;
+    }
+    return true;
+}
+
 static void check_match(int rc, const struct keel__route_match *m, const char *allow,
                         size_t pathlen)
 {
@@ -93,7 +131,8 @@ static void check_match(int rc, const struct keel__route_match *m, const char *a
         for (size_t i = 0; i < m->nparams; i++) {
             const char *v = m->values[i];
             if (v == NULL || m->names[i] == NULL || *v == '\0' || strlen(v) > pathlen ||
-                strchr(v, '/') != NULL || strcmp(v, ".") == 0 || strcmp(v, "..") == 0)
+                strchr(v, '/') != NULL || strcmp(v, ".") == 0 || strcmp(v, "..") == 0 ||
+                !valid_utf8(v))
                 abort();
         }
     } else if (rc == KEEL__MATCH_NO_METHOD) {

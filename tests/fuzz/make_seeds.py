@@ -103,7 +103,9 @@ def router_seeds():
         "/api/v1/simple/creator/search/natgeo", "/api/v1/simple/creator/unlock/natgeo",
         "/api/v1/discovery/unlock-profile", "/api/v1/jobs/123e4567-e89b-12d3-a456-426614174000/status",
         "/", "//", "/api//v1", "/api/v1/simple/creator/", "/" + "/a" * 40, "/x" * 33,
-        "/api/v1/simple/creator/" + "%41" * 100,
+        "/api/v1/simple/creator/" + "%41" * 100, "/api/v1/example/echo/%ff%fe",
+        "/api/v1/example/echo/%C0%AF", "/api/v1/example/echo/%ED%A0%80",
+        "/api/v1/simple/creator/%F0%9F%98%80", "/api/v1/example/echo/caf\xe9",
     ]
     for m in ["GET", "POST", "DELETE", "OPTIONS", "HEAD", "\x01"]:
         for p in paths:

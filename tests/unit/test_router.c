@@ -192,6 +192,10 @@ static void test_rejections(void **state)
         "/u/%2e",    "/u/..%2Fx",   "/u/%",       "/u/a%4",    "/u/a%zz",    "/u/a%g0",
         "/u/",       "/u//x",       "//u/a",      "/u/a/",     "/u/../u/a",  "u/a",
         "",          "/u/./x",      "/u/%2E./x",
+        /* Not UTF-8: a lone continuation byte, a truncated sequence, an
+         * overlong '/', a surrogate, past U+10FFFF, raw Latin-1. */
+        "/u/%80",    "/u/a%C3",     "/u/%C0%AF",  "/u/%ED%A0%80", "/u/%F4%90%80%80",
+        "/u/caf\xe9", "/u/%ff%fe",
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         if (lookup(r, "GET", bad[i], &l) != KEEL__MATCH_NOT_FOUND)
