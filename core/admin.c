@@ -13,16 +13,6 @@
 #include "metrics.h"
 #include "server.h"
 
-static json_t *iso_now_from(int64_t t)
-{
-    char buf[32];
-    time_t tt = (time_t)t;
-    struct tm tm;
-    gmtime_r(&tt, &tm);
-    strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
-    return json_string(buf);
-}
-
 static bool db_up(void)
 {
     return keel__rt.db != NULL && keel__db_up(keel__rt.db);
@@ -126,7 +116,7 @@ static int route_status(keel_request *req)
     json_t *body = json_pack(
         "{s:s, s:o, s:I, s:s, s:s, s:I, s:I, s:{s:s, s:s, s:{s:i, s:i, s:i, s:I}}, "
         "s:{s:I, s:I}, s:o, s:{s:I, s:I, s:I, s:I}}",
-        "version", PACKAGE_VERSION, "started_at", iso_now_from(keel__rt.started_at), "uptime_s",
+        "version", PACKAGE_VERSION, "started_at", keel__json_time(keel__rt.started_at), "uptime_s",
         (json_int_t)(time(NULL) - keel__rt.started_at), "listen", listen, "admin_listen", admin,
         "requests_total", (json_int_t)keel__server_requests_total(), "in_flight",
         (json_int_t)keel__server_in_flight(), "database", "state", db_up() ? "up" : "down",

@@ -6,7 +6,6 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <limits.h>
 #include <netinet/in.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -20,7 +19,6 @@
 #include <keel/plugin.h>
 
 #include "log.h"
-#include "router.h"
 
 /* Makefile.am passes the install paths; unit tests built by hand may not. */
 #ifndef KEEL_PLUGINDIR
@@ -35,12 +33,9 @@
 /* Bounds on arrays read from conf.d, so a typo cannot ask for huge tables. */
 #define MAX_KEYS 64
 #define MAX_ORIGINS 256
-#define MAX_ROUTES 512
-#define MAX_FALLBACK_HEADERS 32
 #define MAX_KID_LEN 256
 
-KEEL_PRINTF(3, 4)
-static int fail(char *err, size_t errlen, const char *fmt, ...)
+int keel__conf_fail(char *err, size_t errlen, const char *fmt, ...)
 {
     va_list ap;
     if (err != NULL && errlen > 0) {
@@ -51,7 +46,7 @@ static int fail(char *err, size_t errlen, const char *fmt, ...)
     return KEEL_ECONFIG;
 }
 
-static int nomem(char *err, size_t errlen)
+int keel__conf_nomem(char *err, size_t errlen)
 {
     if (err != NULL && errlen > 0)
         snprintf(err, errlen, "out of memory");
@@ -69,8 +64,7 @@ static int set_string(char **slot, const char *s)
     return 0;
 }
 
-/* a + "/" + b, without doubling a trailing slash of a.  NULL on ENOMEM. */
-static char *path_join(const char *a, const char *b)
+char *keel__path_join(const char *a, const char *b)
 {
     size_t la = strlen(a), lb = strlen(b);
     while (la > 1 && a[la - 1] == '/')
@@ -85,6 +79,28 @@ static char *path_join(const char *a, const char *b)
     memcpy(p + n, b, lb);
     p[n + lb] = '\0';
     return p;
+}
+
+bool keel__conf_is_text(const json_t *v)
+{
+    return json_is_string(v) && strlen(json_string_value(v)) == json_string_length(v);
+}
+
+const char *keel__conf_unknown_key(const json_t *obj, const char *const *allowed)
+{
+    const char *key;
+    json_t *value;
+
+    /* jansson has no const iteration; the loop only reads. */
+    json_object_foreach((json_t *)obj, key, value)
+    {
+        size_t i = 0;
+        while (allowed[i] != NULL && strcmp(allowed[i], key) != 0)
+            i++;
+        if (allowed[i] == NULL)
+            return key;
+    }
+    return NULL;
 }
 
 /*
@@ -296,10 +312,10 @@ static int apply_field(struct parse_ctx *c, const char *section, const struct fi
             *slot = NULL;
             return 0;
         }
-        if (!json_is_string(v) || json_string_length(v) == 0 ||
-            strlen(json_string_value(v)) != json_string_length(v)) {
-            return fail(c->err, c->errlen, "%s: %s.%s: expected a non-empty string%s", c->file,
-                        section, f->key, (f->flags & F_NULLABLE) ? " or null" : "");
+        if (!keel__conf_is_text(v) || json_string_length(v) == 0) {
+            return keel__conf_fail(c->err, c->errlen, "%s: %s.%s: expected a non-empty string%s",
+                                   c->file, section, f->key,
+                                   (f->flags & F_NULLABLE) ? " or null" : "");
         }
         const char *s = json_string_value(v);
         if (f->choices) {
@@ -315,18 +331,18 @@ static int apply_field(struct parse_ctx *c, const char *section, const struct fi
                     if (w > 0 && (size_t)w < sizeof list - used)
                         used += (size_t)w;
                 }
-                return fail(c->err, c->errlen, "%s: %s.%s: expected one of %s", c->file, section,
-                            f->key, list);
+                return keel__conf_fail(c->err, c->errlen, "%s: %s.%s: expected one of %s", c->file,
+                                       section, f->key, list);
             }
         }
-        return set_string(slot, s) < 0 ? nomem(c->err, c->errlen) : 0;
+        return set_string(slot, s) < 0 ? keel__conf_nomem(c->err, c->errlen) : 0;
     }
     case FT_INT:
     case FT_LONG: {
         if (!json_is_integer(v) || json_integer_value(v) < f->min ||
             json_integer_value(v) > f->max) {
-            return fail(c->err, c->errlen, "%s: %s.%s: expected an integer %lld-%lld", c->file,
-                        section, f->key, f->min, f->max);
+            return keel__conf_fail(c->err, c->errlen, "%s: %s.%s: expected an integer %lld-%lld",
+                                   c->file, section, f->key, f->min, f->max);
         }
         if (f->type == FT_INT)
             *(int *)(base + f->offset) = (int)json_integer_value(v);
@@ -336,14 +352,15 @@ static int apply_field(struct parse_ctx *c, const char *section, const struct fi
     }
     case FT_BOOL:
         if (!json_is_boolean(v))
-            return fail(c->err, c->errlen, "%s: %s.%s: expected true or false", c->file, section,
-                        f->key);
+            return keel__conf_fail(c->err, c->errlen, "%s: %s.%s: expected true or false", c->file,
+                                   section, f->key);
         *(bool *)(base + f->offset) = json_is_true(v);
         return 0;
     case FT_CUSTOM:
         return f->parse(c, section, f->key, v);
     }
-    return fail(c->err, c->errlen, "%s: %s.%s: internal error", c->file, section, f->key);
+    return keel__conf_fail(c->err, c->errlen, "%s: %s.%s: internal error", c->file, section,
+                           f->key);
 }
 
 static int apply_section(struct parse_ctx *c, const struct section *sec, json_t *obj)
@@ -352,7 +369,7 @@ static int apply_section(struct parse_ctx *c, const struct section *sec, json_t 
     json_t *value;
 
     if (!json_is_object(obj))
-        return fail(c->err, c->errlen, "%s: %s: expected an object", c->file, sec->name);
+        return keel__conf_fail(c->err, c->errlen, "%s: %s: expected an object", c->file, sec->name);
     c->section = obj;
     json_object_foreach(obj, key, value)
     {
@@ -360,7 +377,8 @@ static int apply_section(struct parse_ctx *c, const struct section *sec, json_t 
         while (f->key && strcmp(f->key, key) != 0)
             f++;
         if (f->key == NULL)
-            return fail(c->err, c->errlen, "%s: %s.%s: unknown key", c->file, sec->name, key);
+            return keel__conf_fail(c->err, c->errlen, "%s: %s.%s: unknown key", c->file, sec->name,
+                                   key);
         int rc = apply_field(c, sec->name, f, value);
         if (rc < 0)
             return rc;
@@ -372,8 +390,10 @@ static int parse_log_level(struct parse_ctx *c, const char *section, const char 
 {
     int level = json_is_string(v) ? keel__log_parse_level(json_string_value(v)) : -1;
     if (level < 0)
-        return fail(c->err, c->errlen, "%s: %s.%s: expected one of \"error\", \"warn\", \"info\", "
-                    "\"debug\"", c->file, section, key);
+        return keel__conf_fail(c->err, c->errlen,
+                               "%s: %s.%s: expected one of \"error\", \"warn\", \"info\", "
+                               "\"debug\"",
+                               c->file, section, key);
     c->conf->log.level = level;
     return 0;
 }
@@ -381,7 +401,7 @@ static int parse_log_level(struct parse_ctx *c, const char *section, const char 
 /* Resolves a path written in conf.d: relative paths are relative to conf.d. */
 static char *conf_path(const struct keel__conf *conf, const char *p)
 {
-    return p[0] == '/' ? strdup(p) : path_join(conf->dir, p);
+    return p[0] == '/' ? strdup(p) : keel__path_join(conf->dir, p);
 }
 
 static int parse_secret_file(struct parse_ctx *c, const char *section, const char *key, json_t *v)
@@ -390,17 +410,19 @@ static int parse_secret_file(struct parse_ctx *c, const char *section, const cha
     char *text = NULL;
 
     if (json_object_get(c->section, "jwt_secret") != NULL)
-        return fail(c->err, c->errlen, "%s: %s.%s: give either jwt_secret or jwt_secret_file",
-                    c->file, section, key);
+        return keel__conf_fail(c->err, c->errlen,
+                               "%s: %s.%s: give either jwt_secret or jwt_secret_file", c->file,
+                               section, key);
     if (!json_is_string(v) || json_string_length(v) == 0)
-        return fail(c->err, c->errlen, "%s: %s.%s: expected a file name", c->file, section, key);
+        return keel__conf_fail(c->err, c->errlen, "%s: %s.%s: expected a file name", c->file,
+                               section, key);
     char *path = conf_path(c->conf, json_string_value(v));
     if (path == NULL)
-        return nomem(c->err, c->errlen);
+        return keel__conf_nomem(c->err, c->errlen);
     int rc = read_small_file(path, SMALL_FILE_MAX, &text, why, sizeof why);
     free(path);
     if (rc < 0)
-        return fail(c->err, c->errlen, "%s: %s.%s: %s", c->file, section, key, why);
+        return keel__conf_fail(c->err, c->errlen, "%s: %s.%s: %s", c->file, section, key, why);
     /* Files written with echo or an editor end with a newline that is not
      * part of the secret. */
     size_t len = strlen(text);
@@ -408,8 +430,8 @@ static int parse_secret_file(struct parse_ctx *c, const char *section, const cha
         text[--len] = '\0';
     if (len == 0) {
         free(text);
-        return fail(c->err, c->errlen, "%s: %s.%s: the secret file is empty", c->file, section,
-                    key);
+        return keel__conf_fail(c->err, c->errlen, "%s: %s.%s: the secret file is empty", c->file,
+                               section, key);
     }
     free(c->conf->auth.jwt_secret);
     c->conf->auth.jwt_secret = text;
@@ -430,65 +452,66 @@ static void free_keys(struct keel__conf *conf)
 
 static int parse_one_key(struct parse_ctx *c, size_t i, json_t *obj, struct keel__key_conf *k)
 {
+    static const char *const keys[] = {"kid", "alg", "pem", "pem_file", NULL};
     const char *name;
-    json_t *value;
     char why[512];
 
     if (!json_is_object(obj))
-        return fail(c->err, c->errlen, "%s: auth.keys[%zu]: expected an object with kid, alg and "
-                    "pem or pem_file", c->file, i);
-    json_object_foreach(obj, name, value)
-    {
-        if (strcmp(name, "kid") != 0 && strcmp(name, "alg") != 0 && strcmp(name, "pem") != 0 &&
-            strcmp(name, "pem_file") != 0)
-            return fail(c->err, c->errlen, "%s: auth.keys[%zu].%s: unknown key", c->file, i,
-                        name);
-    }
+        return keel__conf_fail(c->err, c->errlen,
+                               "%s: auth.keys[%zu]: expected an object with kid, alg and "
+                               "pem or pem_file",
+                               c->file, i);
+    if ((name = keel__conf_unknown_key(obj, keys)) != NULL)
+        return keel__conf_fail(c->err, c->errlen, "%s: auth.keys[%zu].%s: unknown key", c->file, i,
+                               name);
     json_t *kid = json_object_get(obj, "kid");
     json_t *alg = json_object_get(obj, "alg");
     json_t *pem = json_object_get(obj, "pem");
     json_t *pem_file = json_object_get(obj, "pem_file");
 
-    if (!json_is_string(kid) || json_string_length(kid) == 0 ||
-        json_string_length(kid) > MAX_KID_LEN ||
-        strlen(json_string_value(kid)) != json_string_length(kid))
-        return fail(c->err, c->errlen, "%s: auth.keys[%zu].kid: expected a non-empty string",
-                    c->file, i);
+    if (!keel__conf_is_text(kid) || json_string_length(kid) == 0 ||
+        json_string_length(kid) > MAX_KID_LEN)
+        return keel__conf_fail(c->err, c->errlen,
+                               "%s: auth.keys[%zu].kid: expected a non-empty string", c->file, i);
     if (!json_is_string(alg) || (strcmp(json_string_value(alg), "RS256") != 0 &&
                                  strcmp(json_string_value(alg), "ES256") != 0))
-        return fail(c->err, c->errlen, "%s: auth.keys[%zu].alg: expected \"RS256\" or \"ES256\"",
-                    c->file, i);
+        return keel__conf_fail(c->err, c->errlen,
+                               "%s: auth.keys[%zu].alg: expected \"RS256\" or \"ES256\"", c->file,
+                               i);
     if ((pem == NULL) == (pem_file == NULL))
-        return fail(c->err, c->errlen, "%s: auth.keys[%zu]: give exactly one of pem and pem_file",
-                    c->file, i);
+        return keel__conf_fail(c->err, c->errlen,
+                               "%s: auth.keys[%zu]: give exactly one of pem and pem_file", c->file,
+                               i);
 
     k->kid = strdup(json_string_value(kid));
     k->alg = strdup(json_string_value(alg));
     if (k->kid == NULL || k->alg == NULL)
-        return nomem(c->err, c->errlen);
+        return keel__conf_nomem(c->err, c->errlen);
     if (pem != NULL) {
-        if (!json_is_string(pem) || strlen(json_string_value(pem)) != json_string_length(pem))
-            return fail(c->err, c->errlen, "%s: auth.keys[%zu].pem: expected a string", c->file,
-                        i);
+        if (!keel__conf_is_text(pem))
+            return keel__conf_fail(c->err, c->errlen, "%s: auth.keys[%zu].pem: expected a string",
+                                   c->file, i);
         k->pem = strdup(json_string_value(pem));
         if (k->pem == NULL)
-            return nomem(c->err, c->errlen);
+            return keel__conf_nomem(c->err, c->errlen);
     } else {
         if (!json_is_string(pem_file) || json_string_length(pem_file) == 0)
-            return fail(c->err, c->errlen, "%s: auth.keys[%zu].pem_file: expected a file name",
-                        c->file, i);
+            return keel__conf_fail(c->err, c->errlen,
+                                   "%s: auth.keys[%zu].pem_file: expected a file name", c->file, i);
         char *path = conf_path(c->conf, json_string_value(pem_file));
         if (path == NULL)
-            return nomem(c->err, c->errlen);
+            return keel__conf_nomem(c->err, c->errlen);
         int rc = read_small_file(path, SMALL_FILE_MAX, &k->pem, why, sizeof why);
         free(path);
         if (rc < 0)
-            return fail(c->err, c->errlen, "%s: auth.keys[%zu].pem_file: %s", c->file, i, why);
+            return keel__conf_fail(c->err, c->errlen, "%s: auth.keys[%zu].pem_file: %s", c->file, i,
+                                   why);
     }
     /* The auth module parses the key; this only catches a wrong file early. */
     if (strstr(k->pem, "-----BEGIN ") == NULL)
-        return fail(c->err, c->errlen, "%s: auth.keys[%zu].%s: not a PEM text (no -----BEGIN line)",
-                    c->file, i, pem ? "pem" : "pem_file");
+        return keel__conf_fail(c->err, c->errlen,
+                               "%s: auth.keys[%zu].%s: not a PEM text (no -----BEGIN line)",
+                               c->file, i, pem ? "pem" : "pem_file");
     return 0;
 }
 
@@ -497,15 +520,16 @@ static int parse_keys(struct parse_ctx *c, const char *section, const char *key,
     struct keel__conf *conf = c->conf;
 
     if (!json_is_array(v) || json_array_size(v) > MAX_KEYS)
-        return fail(c->err, c->errlen, "%s: %s.%s: expected an array of at most %d key objects",
-                    c->file, section, key, MAX_KEYS);
+        return keel__conf_fail(c->err, c->errlen,
+                               "%s: %s.%s: expected an array of at most %d key objects", c->file,
+                               section, key, MAX_KEYS);
     free_keys(conf);
     size_t n = json_array_size(v);
     if (n == 0)
         return 0;
     conf->auth.keys = calloc(n, sizeof *conf->auth.keys);
     if (conf->auth.keys == NULL)
-        return nomem(c->err, c->errlen);
+        return keel__conf_nomem(c->err, c->errlen);
     for (size_t i = 0; i < n; i++) {
         /* Count the entry first so free_keys() releases a half-filled one. */
         conf->auth.nkeys = i + 1;
@@ -514,8 +538,10 @@ static int parse_keys(struct parse_ctx *c, const char *section, const char *key,
             return rc;
         for (size_t j = 0; j < i; j++) {
             if (strcmp(conf->auth.keys[j].kid, conf->auth.keys[i].kid) == 0)
-                return fail(c->err, c->errlen, "%s: auth.keys[%zu].kid: \"%s\" is also the kid of "
-                            "auth.keys[%zu]", c->file, i, conf->auth.keys[i].kid, j);
+                return keel__conf_fail(c->err, c->errlen,
+                                       "%s: auth.keys[%zu].kid: \"%s\" is also the kid of "
+                                       "auth.keys[%zu]",
+                                       c->file, i, conf->auth.keys[i].kid, j);
         }
     }
     return 0;
@@ -557,346 +583,29 @@ static int parse_origins(struct parse_ctx *c, const char *section, const char *k
     struct keel__conf *conf = c->conf;
 
     if (!json_is_array(v) || json_array_size(v) > MAX_ORIGINS)
-        return fail(c->err, c->errlen, "%s: %s.%s: expected an array of at most %d strings",
-                    c->file, section, key, MAX_ORIGINS);
+        return keel__conf_fail(c->err, c->errlen,
+                               "%s: %s.%s: expected an array of at most %d strings", c->file,
+                               section, key, MAX_ORIGINS);
     free_origins(conf);
     size_t n = json_array_size(v);
     if (n == 0)
         return 0;
     conf->cors.origins = calloc(n, sizeof *conf->cors.origins);
     if (conf->cors.origins == NULL)
-        return nomem(c->err, c->errlen);
+        return keel__conf_nomem(c->err, c->errlen);
     for (size_t i = 0; i < n; i++) {
         json_t *o = json_array_get(v, i);
-        if (!json_is_string(o) || strlen(json_string_value(o)) != json_string_length(o) ||
-            !valid_origin(json_string_value(o)))
-            return fail(c->err, c->errlen, "%s: %s.%s[%zu]: expected \"*\" or an origin like "
-                        "\"https://example.com:8443\" (no path, no trailing slash)",
-                        c->file, section, key, i);
+        if (!keel__conf_is_text(o) || !valid_origin(json_string_value(o)))
+            return keel__conf_fail(c->err, c->errlen,
+                                   "%s: %s.%s[%zu]: expected \"*\" or an origin like "
+                                   "\"https://example.com:8443\" (no path, no trailing slash)",
+                                   c->file, section, key, i);
         conf->cors.origins[i] = strdup(json_string_value(o));
         if (conf->cors.origins[i] == NULL)
-            return nomem(c->err, c->errlen);
+            return keel__conf_nomem(c->err, c->errlen);
         conf->cors.norigins = i + 1;
     }
     return 0;
-}
-
-/* --------------------------------------------------------------- manifests */
-
-void keel__manifest_clear(struct keel__manifest *m)
-{
-    if (m == NULL)
-        return;
-    free(m->name);
-    free(m->source);
-    free(m->file);
-    free(m->file_spec);
-    json_decref(m->config);
-    for (size_t i = 0; i < m->nroutes; i++) {
-        struct keel__manifest_route *r = &m->routes[i];
-        free(r->method);
-        free(r->path);
-        json_decref(r->fallback);
-        json_decref(r->fallback_headers);
-    }
-    free(m->routes);
-    memset(m, 0, sizeof *m);
-}
-
-static bool valid_plugin_name(const char *s)
-{
-    size_t n = strlen(s);
-    if (n == 0 || n > 64)
-        return false;
-    for (size_t i = 0; i < n; i++) {
-        char ch = s[i];
-        if (!((ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9') || ch == '_' || ch == '-'))
-            return false;
-    }
-    return true;
-}
-
-/* An HTTP header name is an RFC 9110 token. */
-static bool valid_header_name(const char *s)
-{
-    if (*s == '\0' || strlen(s) > 128)
-        return false;
-    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-        if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
-              strchr("!#$%&'*+-.^_`|~", *p) != NULL))
-            return false;
-    }
-    return true;
-}
-
-/* Header values may not smuggle in another header or a control character. */
-static bool valid_header_value(const char *s, size_t len)
-{
-    if (len > 1024 || strlen(s) != len)
-        return false;
-    for (size_t i = 0; i < len; i++) {
-        unsigned char ch = (unsigned char)s[i];
-        if ((ch < 0x20 && ch != '\t') || ch == 0x7f)
-            return false;
-    }
-    return true;
-}
-
-/* Makes a plugin's file absolute: absolute as written, else under plugin_dir
- * (itself taken from the working directory when relative). */
-static char *resolve_plugin_file(const char *spec, const char *plugin_dir)
-{
-    if (spec[0] == '/')
-        return strdup(spec);
-    if (plugin_dir == NULL || plugin_dir[0] == '\0')
-        plugin_dir = KEEL_PLUGINDIR;
-    if (plugin_dir[0] == '/')
-        return path_join(plugin_dir, spec);
-
-    char cwd[PATH_MAX];
-    if (getcwd(cwd, sizeof cwd) == NULL)
-        return path_join(plugin_dir, spec); /* best effort: stays relative */
-    char *dir = path_join(cwd, plugin_dir);
-    if (dir == NULL)
-        return NULL;
-    char *p = path_join(dir, spec);
-    free(dir);
-    return p;
-}
-
-static int parse_fallback(const json_t *fb, const char *source, size_t i,
-                          struct keel__manifest_route *r, char *err, size_t errlen)
-{
-    const char *key;
-    json_t *value;
-
-    if (!json_is_object(fb))
-        return fail(err, errlen, "%s: plugin.routes[%zu].fallback: expected an object with "
-                    "status, headers and body", source, i);
-    /* jansson has no const iteration; the loop only reads. */
-    json_object_foreach((json_t *)fb, key, value)
-    {
-        if (strcmp(key, "status") != 0 && strcmp(key, "headers") != 0 && strcmp(key, "body") != 0)
-            return fail(err, errlen, "%s: plugin.routes[%zu].fallback.%s: unknown key", source, i,
-                        key);
-    }
-    json_t *status = json_object_get(fb, "status");
-    json_t *headers = json_object_get(fb, "headers");
-    json_t *body = json_object_get(fb, "body");
-
-    r->fallback_status = 200;
-    if (status != NULL) {
-        if (!json_is_integer(status) || json_integer_value(status) < 100 ||
-            json_integer_value(status) > 599)
-            return fail(err, errlen, "%s: plugin.routes[%zu].fallback.status: expected an "
-                        "integer 100-599", source, i);
-        r->fallback_status = (unsigned)json_integer_value(status);
-    }
-    if (headers != NULL) {
-        if (!json_is_object(headers) || json_object_size(headers) > MAX_FALLBACK_HEADERS)
-            return fail(err, errlen, "%s: plugin.routes[%zu].fallback.headers: expected an "
-                        "object of at most %d strings", source, i, MAX_FALLBACK_HEADERS);
-        json_object_foreach(headers, key, value)
-        {
-            if (!valid_header_name(key))
-                return fail(err, errlen, "%s: plugin.routes[%zu].fallback.headers.%s: not a "
-                            "valid header name", source, i, key);
-            if (!json_is_string(value) ||
-                !valid_header_value(json_string_value(value), json_string_length(value)))
-                return fail(err, errlen, "%s: plugin.routes[%zu].fallback.headers.%s: expected "
-                            "a string without control characters", source, i, key);
-        }
-        r->fallback_headers = json_deep_copy(headers);
-        if (r->fallback_headers == NULL)
-            return nomem(err, errlen);
-    }
-    if (body != NULL) {
-        r->fallback = json_deep_copy(body);
-        if (r->fallback == NULL)
-            return nomem(err, errlen);
-    }
-    return 0;
-}
-
-static int parse_route(const json_t *obj, const char *source, size_t i,
-                       struct keel__manifest_route *r, char *err, size_t errlen)
-{
-    static const char *const methods[] = {"GET", "POST", "PUT", "PATCH", "DELETE"};
-    const char *key;
-    json_t *value;
-    char why[256];
-
-    if (!json_is_object(obj))
-        return fail(err, errlen, "%s: plugin.routes[%zu]: expected an object", source, i);
-    json_object_foreach((json_t *)obj, key, value)
-    {
-        if (strcmp(key, "method") != 0 && strcmp(key, "path") != 0 && strcmp(key, "auth") != 0 &&
-            strcmp(key, "listener") != 0 && strcmp(key, "fallback") != 0)
-            return fail(err, errlen, "%s: plugin.routes[%zu].%s: unknown key", source, i, key);
-    }
-
-    json_t *method = json_object_get(obj, "method");
-    size_t mi = 0;
-    if (json_is_string(method))
-        while (mi < 5 && strcmp(methods[mi], json_string_value(method)) != 0)
-            mi++;
-    if (!json_is_string(method) || mi == 5)
-        return fail(err, errlen, "%s: plugin.routes[%zu].method: expected one of GET, POST, PUT, "
-                    "PATCH, DELETE", source, i);
-
-    json_t *path = json_object_get(obj, "path");
-    if (!json_is_string(path) || strlen(json_string_value(path)) != json_string_length(path))
-        return fail(err, errlen, "%s: plugin.routes[%zu].path: expected a path template such as "
-                    "\"/api/v1/x/{name}\"", source, i);
-    if (keel__router_check_template(json_string_value(path), why, sizeof why) < 0)
-        return fail(err, errlen, "%s: plugin.routes[%zu].path: %s", source, i, why);
-
-    json_t *auth = json_object_get(obj, "auth");
-    const char *a = json_is_string(auth) ? json_string_value(auth) : "";
-    if (strcmp(a, "public") == 0)
-        r->auth = KEEL__AUTH_PUBLIC;
-    else if (strcmp(a, "user") == 0)
-        r->auth = KEEL__AUTH_USER;
-    else if (strcmp(a, "admin") == 0)
-        r->auth = KEEL__AUTH_ADMIN;
-    else
-        return fail(err, errlen, "%s: plugin.routes[%zu].auth: expected \"public\", \"user\" or "
-                    "\"admin\"", source, i);
-
-    json_t *listener = json_object_get(obj, "listener");
-    const char *l = listener == NULL           ? "main"
-                    : json_is_string(listener) ? json_string_value(listener)
-                                               : "";
-    if (strcmp(l, "main") == 0)
-        r->listener = KEEL__LISTENER_MAIN;
-    else if (strcmp(l, "admin") == 0)
-        r->listener = KEEL__LISTENER_ADMIN;
-    else
-        return fail(err, errlen, "%s: plugin.routes[%zu].listener: expected \"main\" or \"admin\"",
-                    source, i);
-
-    r->method = strdup(methods[mi]);
-    r->path = strdup(json_string_value(path));
-    if (r->method == NULL || r->path == NULL)
-        return nomem(err, errlen);
-
-    json_t *fb = json_object_get(obj, "fallback");
-    if (fb != NULL) {
-        int rc = parse_fallback(fb, source, i, r, err, errlen);
-        if (rc < 0)
-            return rc;
-    } else {
-        r->fallback_status = 503;
-    }
-    if (r->fallback == NULL) {
-        r->fallback = json_pack("{s:s}", "detail", "Service unavailable");
-        if (r->fallback == NULL)
-            return nomem(err, errlen);
-    }
-    return 0;
-}
-
-/* Two routes of one manifest may not claim the same method and shape. */
-static int check_route_conflicts(const struct keel__manifest *m, const char *source, char *err,
-                                 size_t errlen)
-{
-    keel__router *routers[2] = {keel__router_new(), keel__router_new()};
-    char why[512];
-    int rc = 0;
-
-    if (routers[0] == NULL || routers[1] == NULL) {
-        rc = nomem(err, errlen);
-        goto out;
-    }
-    for (size_t i = 0; i < m->nroutes; i++) {
-        const struct keel__manifest_route *r = &m->routes[i];
-        int arc = keel__router_add(routers[r->listener], r->method, r->path, m->name, NULL, why,
-                                   sizeof why);
-        if (arc == KEEL_ENOMEM) {
-            rc = nomem(err, errlen);
-            goto out;
-        }
-        if (arc < 0) {
-            rc = fail(err, errlen, "%s: plugin.routes[%zu]: %s", source, i, why);
-            goto out;
-        }
-    }
-out:
-    keel__router_free(routers[0]);
-    keel__router_free(routers[1]);
-    return rc;
-}
-
-static int manifest_parse(const json_t *obj, const char *source, const char *plugin_dir,
-                          struct keel__manifest *out, char *err, size_t errlen)
-{
-    const char *key;
-    json_t *value;
-
-    if (!json_is_object(obj))
-        return fail(err, errlen, "%s: plugin: expected an object", source);
-    json_object_foreach((json_t *)obj, key, value)
-    {
-        if (strcmp(key, "name") != 0 && strcmp(key, "enabled") != 0 && strcmp(key, "file") != 0 &&
-            strcmp(key, "config") != 0 && strcmp(key, "routes") != 0)
-            return fail(err, errlen, "%s: plugin.%s: unknown key", source, key);
-    }
-
-    json_t *name = json_object_get(obj, "name");
-    if (!json_is_string(name) || strlen(json_string_value(name)) != json_string_length(name) ||
-        !valid_plugin_name(json_string_value(name)))
-        return fail(err, errlen, "%s: plugin.name: expected 1-64 characters of [a-z0-9_-]", source);
-    json_t *file = json_object_get(obj, "file");
-    if (!json_is_string(file) || json_string_length(file) == 0 ||
-        strlen(json_string_value(file)) != json_string_length(file))
-        return fail(err, errlen, "%s: plugin.file: expected the file name of the plugin's .so",
-                    source);
-    json_t *enabled = json_object_get(obj, "enabled");
-    if (enabled != NULL && !json_is_boolean(enabled))
-        return fail(err, errlen, "%s: plugin.enabled: expected true or false", source);
-    json_t *config = json_object_get(obj, "config");
-    if (config != NULL && !json_is_object(config))
-        return fail(err, errlen, "%s: plugin.config: expected an object", source);
-    json_t *routes = json_object_get(obj, "routes");
-    if (routes != NULL && (!json_is_array(routes) || json_array_size(routes) > MAX_ROUTES))
-        return fail(err, errlen, "%s: plugin.routes: expected an array of at most %d routes",
-                    source, MAX_ROUTES);
-
-    out->name = strdup(json_string_value(name));
-    out->source = strdup(source);
-    out->file_spec = strdup(json_string_value(file));
-    out->enabled = enabled == NULL || json_is_true(enabled);
-    out->config = config ? json_deep_copy(config) : json_object();
-    if (out->name == NULL || out->source == NULL || out->file_spec == NULL || out->config == NULL)
-        return nomem(err, errlen);
-    out->file = resolve_plugin_file(out->file_spec, plugin_dir);
-    if (out->file == NULL)
-        return nomem(err, errlen);
-
-    size_t n = routes ? json_array_size(routes) : 0;
-    if (n > 0) {
-        out->routes = calloc(n, sizeof *out->routes);
-        if (out->routes == NULL)
-            return nomem(err, errlen);
-    }
-    for (size_t i = 0; i < n; i++) {
-        /* Counted before parsing so that a failure frees the partial route. */
-        out->nroutes = i + 1;
-        int rc = parse_route(json_array_get(routes, i), source, i, &out->routes[i], err, errlen);
-        if (rc < 0)
-            return rc;
-    }
-    return check_route_conflicts(out, source, err, errlen);
-}
-
-int keel__manifest_parse(const json_t *obj, const char *source, const char *plugin_dir,
-                         struct keel__manifest *out, char *err, size_t errlen)
-{
-    memset(out, 0, sizeof *out);
-    int rc = manifest_parse(obj, source ? source : "(manifest)", plugin_dir, out, err, errlen);
-    if (rc < 0)
-        keel__manifest_clear(out);
-    return rc;
 }
 
 /* ------------------------------------------------------------------ loading */
@@ -982,12 +691,13 @@ static int load_file(struct load_state *st, const char *path, char *err, size_t 
 
     json_t *root = json_load_file(path, JSON_REJECT_DUPLICATES, &je);
     if (root == NULL && je.line > 0)
-        return fail(err, errlen, "%s: line %d, column %d: %s", path, je.line, je.column, je.text);
+        return keel__conf_fail(err, errlen, "%s: line %d, column %d: %s", path, je.line, je.column,
+                               je.text);
     if (root == NULL)
-        return fail(err, errlen, "%s: %s", path, je.text);
+        return keel__conf_fail(err, errlen, "%s: %s", path, je.text);
     if (!json_is_object(root)) {
         json_decref(root);
-        return fail(err, errlen, "%s: expected a JSON object of sections", path);
+        return keel__conf_fail(err, errlen, "%s: expected a JSON object of sections", path);
     }
 
     struct parse_ctx c = {.conf = st->conf, .file = path, .err = err, .errlen = errlen};
@@ -997,13 +707,13 @@ static int load_file(struct load_state *st, const char *path, char *err, size_t 
             struct pending_plugin *grown =
                 realloc(st->pending, (st->npending + 1) * sizeof *st->pending);
             if (grown == NULL) {
-                rc = nomem(err, errlen);
+                rc = keel__conf_nomem(err, errlen);
                 break;
             }
             st->pending = grown;
             grown[st->npending].source = strdup(path);
             if (grown[st->npending].source == NULL) {
-                rc = nomem(err, errlen);
+                rc = keel__conf_nomem(err, errlen);
                 break;
             }
             grown[st->npending].obj = json_incref(value);
@@ -1014,12 +724,12 @@ static int load_file(struct load_state *st, const char *path, char *err, size_t 
         while (s < NSECTIONS && strcmp(sections[s].name, key) != 0)
             s++;
         if (s == NSECTIONS) {
-            rc = fail(err, errlen, "%s: %s: unknown section", path, key);
+            rc = keel__conf_fail(err, errlen, "%s: %s: unknown section", path, key);
             break;
         }
         if (st->seen[s] != NULL) {
-            rc = fail(err, errlen, "%s: section \"%s\" is already defined in %s", path, key,
-                      st->seen[s]);
+            rc = keel__conf_fail(err, errlen, "%s: section \"%s\" is already defined in %s", path,
+                                 key, st->seen[s]);
             break;
         }
         st->seen[s] = path;
@@ -1039,7 +749,7 @@ static int load_plugins(struct load_state *st, char *err, size_t errlen)
         return 0;
     conf->plugins = calloc(st->npending, sizeof *conf->plugins);
     if (conf->plugins == NULL)
-        return nomem(err, errlen);
+        return keel__conf_nomem(err, errlen);
     for (size_t i = 0; i < st->npending; i++) {
         struct keel__manifest *m = &conf->plugins[conf->nplugins];
         int rc = keel__manifest_parse(st->pending[i].obj, st->pending[i].source,
@@ -1049,8 +759,8 @@ static int load_plugins(struct load_state *st, char *err, size_t errlen)
         conf->nplugins++;
         for (size_t j = 0; j + 1 < conf->nplugins; j++) {
             if (strcmp(conf->plugins[j].name, m->name) == 0)
-                return fail(err, errlen, "%s: plugin \"%s\" is already defined in %s", m->source,
-                            m->name, conf->plugins[j].source);
+                return keel__conf_fail(err, errlen, "%s: plugin \"%s\" is already defined in %s",
+                                       m->source, m->name, conf->plugins[j].source);
         }
     }
     return 0;
@@ -1064,35 +774,35 @@ int keel__conf_load(const char *dir, struct keel__conf **out, char *err, size_t 
 
     *out = NULL;
     if (dir == NULL || dir[0] == '\0')
-        return fail(err, errlen, "no configuration directory given");
+        return keel__conf_fail(err, errlen, "no configuration directory given");
     st.conf = calloc(1, sizeof *st.conf);
     if (st.conf == NULL)
-        return nomem(err, errlen);
+        return keel__conf_nomem(err, errlen);
     rc = set_defaults(st.conf);
     if (rc == 0)
         rc = set_string(&st.conf->dir, dir);
     if (rc < 0) {
-        rc = nomem(err, errlen);
+        rc = keel__conf_nomem(err, errlen);
         goto out;
     }
 
     n = scandir(dir, &names, json_file_filter, name_order);
     if (n < 0) {
-        rc = fail(err, errlen, "%s: cannot read the configuration directory: %s", dir,
-                  strerror(errno));
+        rc = keel__conf_fail(err, errlen, "%s: cannot read the configuration directory: %s", dir,
+                             strerror(errno));
         n = 0;
         goto out;
     }
     st.files = calloc((size_t)n + 1, sizeof *st.files);
     if (st.files == NULL) {
-        rc = nomem(err, errlen);
+        rc = keel__conf_nomem(err, errlen);
         goto out;
     }
     for (int i = 0; i < n; i++) {
         struct stat sb;
-        char *path = path_join(dir, names[i]->d_name);
+        char *path = keel__path_join(dir, names[i]->d_name);
         if (path == NULL) {
-            rc = nomem(err, errlen);
+            rc = keel__conf_nomem(err, errlen);
             goto out;
         }
         st.files[st.nfiles++] = path;
@@ -1247,10 +957,34 @@ static const char *env(const char *name)
     return (v != NULL && v[0] != '\0') ? v : NULL;
 }
 
+/* Parses the listen address in variable `name`, if it is set. */
+static int env_listen(const char *name, char **host, int *port, char *err, size_t errlen)
+{
+    const char *value = env(name);
+    int rc = value != NULL ? keel__parse_listen(value, host, port) : 0;
+
+    if (rc == KEEL_ENOMEM)
+        return keel__conf_nomem(err, errlen);
+    if (rc < 0)
+        return keel__conf_fail(err, errlen,
+                               "%s: expected host:port, [ipv6]:port or :port with a "
+                               "port 1-65535, got \"%s\"",
+                               name, value);
+    return 0;
+}
+
+/* Moves *value, when there is one, into *slot and frees what *slot held. */
+static void move_string(char **slot, char **value)
+{
+    if (*value == NULL)
+        return;
+    free(*slot);
+    *slot = *value;
+    *value = NULL;
+}
+
 int keel__conf_apply_env(struct keel__conf *conf, char *err, size_t errlen)
 {
-    const char *listen = env("KEEL_LISTEN");
-    const char *admin_listen = env("KEEL_ADMIN_LISTEN");
     const char *url = env("KEEL_DATABASE_URL");
     const char *secret = env("KEEL_JWT_SECRET");
     const char *plugin_dir = env("KEEL_PLUGIN_DIR");
@@ -1261,92 +995,59 @@ int keel__conf_apply_env(struct keel__conf *conf, char *err, size_t errlen)
     int port = 0, admin_port = 0, level = -1, rc = 0;
 
     /* Check and copy everything first, so that a bad variable changes nothing. */
-    if (listen != NULL && (rc = keel__parse_listen(listen, &host, &port)) < 0) {
-        if (rc == KEEL_ENOMEM)
-            rc = nomem(err, errlen);
-        else
-            rc = fail(err, errlen, "KEEL_LISTEN: expected host:port, [ipv6]:port or :port with a "
-                      "port 1-65535, got \"%s\"", listen);
+    if ((rc = env_listen("KEEL_LISTEN", &host, &port, err, errlen)) < 0 ||
+        (rc = env_listen("KEEL_ADMIN_LISTEN", &admin_host, &admin_port, err, errlen)) < 0)
         goto out;
-    }
-    if (admin_listen != NULL &&
-        (rc = keel__parse_listen(admin_listen, &admin_host, &admin_port)) < 0) {
-        if (rc == KEEL_ENOMEM)
-            rc = nomem(err, errlen);
-        else
-            rc = fail(err, errlen, "KEEL_ADMIN_LISTEN: expected host:port, [ipv6]:port or :port "
-                      "with a port 1-65535, got \"%s\"", admin_listen);
-        goto out;
-    }
     if (level_name != NULL && (level = keel__log_parse_level(level_name)) < 0) {
-        rc = fail(err, errlen, "KEEL_LOG_LEVEL: expected error, warn, info or debug, got \"%s\"",
-                  level_name);
+        rc = keel__conf_fail(err, errlen,
+                             "KEEL_LOG_LEVEL: expected error, warn, info or debug, got \"%s\"",
+                             level_name);
         goto out;
     }
     const char *final_admin = admin_host ? admin_host : conf->admin.host;
     if (!is_loopback(final_admin) && conf->admin.token == NULL) {
-        rc = fail(err, errlen, "%s: the admin listener on %s is not loopback-only, so admin.token "
-                  "is required", admin_host ? "KEEL_ADMIN_LISTEN" : "admin.host", final_admin);
+        rc = keel__conf_fail(err, errlen,
+                             "%s: the admin listener on %s is not loopback-only, so admin.token "
+                             "is required",
+                             admin_host ? "KEEL_ADMIN_LISTEN" : "admin.host", final_admin);
         goto out;
     }
     if ((url != NULL && (url_copy = strdup(url)) == NULL) ||
         (secret != NULL && (secret_copy = strdup(secret)) == NULL) ||
         (plugin_dir != NULL && (dir_copy = strdup(plugin_dir)) == NULL)) {
-        rc = nomem(err, errlen);
+        rc = keel__conf_nomem(err, errlen);
         goto out;
     }
     if (dir_copy != NULL && conf->nplugins > 0) {
         files = calloc(conf->nplugins, sizeof *files);
         if (files == NULL) {
-            rc = nomem(err, errlen);
+            rc = keel__conf_nomem(err, errlen);
             goto out;
         }
         for (size_t i = 0; i < conf->nplugins; i++) {
-            files[i] = resolve_plugin_file(conf->plugins[i].file_spec, dir_copy);
+            files[i] = keel__manifest_resolve_file(conf->plugins[i].file_spec, dir_copy);
             if (files[i] == NULL) {
-                rc = nomem(err, errlen);
+                rc = keel__conf_nomem(err, errlen);
                 goto out;
             }
         }
     }
 
     /* Nothing below can fail. */
-    if (host != NULL) {
-        free(conf->server.host);
-        conf->server.host = host;
-        host = NULL;
-    }
+    move_string(&conf->server.host, &host);
     if (port != 0)
         conf->server.port = port;
-    if (admin_host != NULL) {
-        free(conf->admin.host);
-        conf->admin.host = admin_host;
-        admin_host = NULL;
-    }
+    move_string(&conf->admin.host, &admin_host);
     if (admin_port != 0)
         conf->admin.port = admin_port;
     if (level >= 0)
         conf->log.level = level;
-    if (url_copy != NULL) {
-        free(conf->database.url);
-        conf->database.url = url_copy;
-        url_copy = NULL;
-    }
-    if (secret_copy != NULL) {
-        free(conf->auth.jwt_secret);
-        conf->auth.jwt_secret = secret_copy;
-        secret_copy = NULL;
-    }
-    if (dir_copy != NULL) {
-        free(conf->server.plugin_dir);
-        conf->server.plugin_dir = dir_copy;
-        dir_copy = NULL;
-        for (size_t i = 0; files != NULL && i < conf->nplugins; i++) {
-            free(conf->plugins[i].file);
-            conf->plugins[i].file = files[i];
-            files[i] = NULL;
-        }
-    }
+    move_string(&conf->database.url, &url_copy);
+    move_string(&conf->auth.jwt_secret, &secret_copy);
+    move_string(&conf->server.plugin_dir, &dir_copy);
+    /* files is set only when KEEL_PLUGIN_DIR is, so these match plugin_dir. */
+    for (size_t i = 0; files != NULL && i < conf->nplugins; i++)
+        move_string(&conf->plugins[i].file, &files[i]);
 
 out:
     free(host);

@@ -69,7 +69,9 @@ struct keel__conf {
         char *host; /* default 127.0.0.1 */
         int port;   /* default 8080 */
         int threads;              /* 0 = 4 x online CPUs */
-        int connection_timeout_s; /* idle connection timeout, default 30 */
+        /* Default 30.  Bounds silence on a connection (libmicrohttpd) and the
+         * time a request may take to arrive in full (core/deadline.h). */
+        int connection_timeout_s;
         int shutdown_timeout_s;   /* SIGTERM drain deadline, default 10 */
         char *plugin_dir;         /* default KEEL_PLUGINDIR (the install's lib/keel) */
     } server;
@@ -183,6 +185,13 @@ int keel__manifest_parse(const json_t *obj, const char *source, const char *plug
 void keel__manifest_clear(struct keel__manifest *m);
 
 /*
+ * Makes a plugin's "file" absolute: as written when absolute, else under
+ * plugin_dir (KEEL_PLUGINDIR when NULL or empty; itself taken from the
+ * working directory when relative).  malloc'd; NULL when out of memory.
+ */
+char *keel__manifest_resolve_file(const char *spec, const char *plugin_dir);
+
+/*
  * Splits "host:port" ("[::1]:8080", ":8080", "8080" also accepted).  *host
  * is a malloc'd copy (brackets removed), or NULL when spec names no host.
  * Returns KEEL_EINVAL for a malformed spec or a port outside 1-65535.
@@ -190,5 +199,21 @@ void keel__manifest_clear(struct keel__manifest *m);
 int keel__parse_listen(const char *spec, char **host, int *port) KEEL_WARN_UNUSED;
 
 void keel__conf_free(struct keel__conf *conf);
+
+/*
+ * The parser's own helpers, shared by conf.c and manifest.c (manifests are
+ * parsed in a file of their own); nothing else should need them.
+ */
+
+/* Formats a message into err (when err is not NULL) and returns KEEL_ECONFIG. */
+int keel__conf_fail(char *err, size_t errlen, const char *fmt, ...) KEEL_PRINTF(3, 4);
+/* Writes "out of memory" into err and returns KEEL_ENOMEM. */
+int keel__conf_nomem(char *err, size_t errlen);
+/* True for a JSON string without an embedded NUL (which C would cut short). */
+bool keel__conf_is_text(const json_t *v);
+/* The first key of obj that is not in allowed (NULL-terminated), or NULL. */
+const char *keel__conf_unknown_key(const json_t *obj, const char *const *allowed);
+/* a + "/" + b without doubling a trailing slash of a; malloc'd, NULL on ENOMEM. */
+char *keel__path_join(const char *a, const char *b);
 
 #endif

@@ -5,7 +5,6 @@
 #include <errno.h>
 #include <poll.h>
 #include <pthread.h>
-#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -100,18 +99,6 @@ struct keel__db {
     _Atomic uint64_t connect_failures;
     _Atomic uint64_t discarded;
 };
-
-static void set_err(char *err, size_t errlen, const char *fmt, ...) KEEL_PRINTF(3, 4);
-
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (err == NULL || errlen == 0)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
 
 /* Copies a libpq message into buf as one line: libpq ends its messages with
  * a newline and splits hints over several lines, which would break the
@@ -256,7 +243,7 @@ static int conn_open(keel__db *db, keel__db_conn *c, char *err, size_t errlen)
         count(&db->connect_failures);
         keel__breaker_failure(db->breaker, keel__now_ms());
         keel__log(KEEL_LOG_WARN, "db", "cannot connect to the database: %s", buf);
-        set_err(err, errlen, "database unavailable: cannot connect: %s", buf);
+        keel__set_err(err, errlen, "database unavailable: cannot connect: %s", buf);
         return KEEL_EDB_UNAVAILABLE;
     }
     PQsetNoticeReceiver(pg, notice_receiver, c);
@@ -299,6 +286,19 @@ static bool conn_alive(keel__db_conn *c)
 }
 
 /* ------------------------------------------------------------ pool */
+
+/* Frees the pool's own memory: what keel__db_new() allocated, once no
+ * connection is open any more. */
+static void pool_release(keel__db *db)
+{
+    keel__breaker_free(db->breaker);
+    free(db->options);
+    free(db->empty);
+    free(db->idle);
+    free(db->conns);
+    free(db->conninfo);
+    free(db);
+}
 
 int keel__db_new(const struct keel__db_conf *conf, keel__db **out)
 {
@@ -412,15 +412,8 @@ int keel__db_new(const struct keel__db_conf *conf, keel__db **out)
 
 fail:
     PQconninfoFree(parsed);
-    if (db != NULL) {
-        keel__breaker_free(db->breaker);
-        free(db->options);
-        free(db->empty);
-        free(db->idle);
-        free(db->conns);
-        free(db->conninfo);
-        free(db);
-    }
+    if (db != NULL)
+        pool_release(db);
     return rc;
 }
 
@@ -435,13 +428,7 @@ void keel__db_free(keel__db *db)
         conn_close(db, &db->conns[i]);
     pthread_mutex_destroy(&db->mu);
     pthread_cond_destroy(&db->cv);
-    keel__breaker_free(db->breaker);
-    free(db->options);
-    free(db->empty);
-    free(db->idle);
-    free(db->conns);
-    free(db->conninfo);
-    free(db);
+    pool_release(db);
 }
 
 static struct timespec deadline_after(int ms)
@@ -482,8 +469,9 @@ int keel__db_acquire(keel__db *db, keel__db_conn **out, char *err, size_t errlen
     /* The breaker is asked first so that, while it is open, a caller is
      * turned away without waiting for a slot or touching the network. */
     if (!keel__breaker_allow(db->breaker, keel__now_ms())) {
-        set_err(err, errlen, "database unavailable: circuit breaker %s after repeated failures",
-                keel__breaker_state_name(keel__breaker_state(db->breaker)));
+        keel__set_err(err, errlen,
+                      "database unavailable: circuit breaker %s after repeated failures",
+                      keel__breaker_state_name(keel__breaker_state(db->breaker)));
         return KEEL_EDB_UNAVAILABLE;
     }
 
@@ -496,9 +484,10 @@ int keel__db_acquire(keel__db *db, keel__db_conn **out, char *err, size_t errlen
             if (rc == ETIMEDOUT && db->nidle == 0 && db->nempty == 0) {
                 pthread_mutex_unlock(&db->mu);
                 count(&db->wait_timeouts);
-                set_err(err, errlen,
-                        "database unavailable: no connection became free within %d ms (all %d in use)",
-                        db->wait_ms, db->size);
+                keel__set_err(
+                    err, errlen,
+                    "database unavailable: no connection became free within %d ms (all %d in use)",
+                    db->wait_ms, db->size);
                 return KEEL_EDB_UNAVAILABLE;
             }
         }
@@ -602,9 +591,9 @@ static int failed(keel__db_conn *c, PGresult *res, const char *sql, struct attem
      * it selects *) fails it with this message; the statement did not run. */
     a->plan_changed = sqlstate_is(sqlstate, "0A000") && strstr(primary, "cached plan") != NULL;
     if (sqlstate != NULL)
-        set_err(err, errlen, "%s (SQLSTATE %s)", primary, sqlstate);
+        keel__set_err(err, errlen, "%s (SQLSTATE %s)", primary, sqlstate);
     else
-        set_err(err, errlen, "%s", primary);
+        keel__set_err(err, errlen, "%s", primary);
 
     char sqlbuf[SQL_LOG_MAX + 1];
     one_line(sql, sqlbuf, sizeof sqlbuf);
@@ -715,11 +704,12 @@ int keel__db_exec(keel__db *db, keel__db_conn *c, const char *sql, int nparams, 
 {
     *out = NULL;
     if (c == NULL || sql == NULL || nparams < 0 || nparams > MAX_PARAMS || (nparams > 0 && params == NULL)) {
-        set_err(err, errlen, "invalid arguments to keel__db_exec");
+        keel__set_err(err, errlen, "invalid arguments to keel__db_exec");
         return KEEL_EINVAL;
     }
     if (c->pg == NULL || c->broken) {
-        set_err(err, errlen, "database unavailable: the connection was lost earlier in this request");
+        keel__set_err(err, errlen,
+                      "database unavailable: the connection was lost earlier in this request");
         return KEEL_EDB_UNAVAILABLE;
     }
 

@@ -78,3 +78,13 @@ void keel__log(int level, const char *tag, const char *fmt, ...)
     keel__vlog(level, tag, fmt, ap);
     va_end(ap);
 }
+
+void keel__set_err(char *err, size_t errlen, const char *fmt, ...)
+{
+    if (err == NULL || errlen == 0)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+}

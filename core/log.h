@@ -3,6 +3,7 @@
 #define KEEL_CORE_LOG_H
 
 #include <stdarg.h>
+#include <stddef.h>
 
 #include <keel/common.h>
 #include <keel/plugin.h>
@@ -18,6 +19,11 @@ void keel__log_set_fd(int fd);
 /* Writes one line: "<ISO time> <level> [<tag>] <message>\n".  tag may be NULL. */
 void keel__log(int level, const char *tag, const char *fmt, ...) KEEL_PRINTF(3, 4);
 void keel__vlog(int level, const char *tag, const char *fmt, va_list ap) KEEL_PRINTF(3, 0);
+
+/* Formats a one-line message into a caller's err buffer (for functions that
+ * report failures through err/errlen); does nothing when err is NULL or
+ * errlen is 0. */
+void keel__set_err(char *err, size_t errlen, const char *fmt, ...) KEEL_PRINTF(3, 4);
 
 #define log_error(...) keel__log(KEEL_LOG_ERROR, "core", __VA_ARGS__)
 #define log_warn(...) keel__log(KEEL_LOG_WARN, "core", __VA_ARGS__)

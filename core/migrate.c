@@ -4,7 +4,6 @@
 
 #include <dirent.h>
 #include <errno.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -34,18 +33,6 @@ struct migration {
     char file[MIGRATION_NAME_MAX];
     char name[MIGRATION_NAME_MAX]; /* the file name without "NNNN_" and ".sql" */
 };
-
-static void set_err(char *err, size_t errlen, const char *fmt, ...) KEEL_PRINTF(3, 4);
-
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (err == NULL || errlen == 0)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
 
 static void chomp(char *s)
 {
@@ -81,7 +68,7 @@ static int list_migrations(const char *dir, struct migration **out, int *count, 
     *count = 0;
     DIR *d = opendir(dir);
     if (d == NULL) {
-        set_err(err, errlen, "cannot open migrations directory %s: %s", dir, strerror(errno));
+        keel__set_err(err, errlen, "cannot open migrations directory %s: %s", dir, strerror(errno));
         return KEEL_EIO;
     }
     struct migration *list = NULL;
@@ -91,7 +78,7 @@ static int list_migrations(const char *dir, struct migration **out, int *count, 
         if (!migration_file_name(de->d_name))
             continue;
         if (n == MIGRATIONS_MAX) {
-            set_err(err, errlen, "more than %d migrations in %s", MIGRATIONS_MAX, dir);
+            keel__set_err(err, errlen, "more than %d migrations in %s", MIGRATIONS_MAX, dir);
             rc = KEEL_ETOOBIG;
             goto out;
         }
@@ -116,8 +103,8 @@ static int list_migrations(const char *dir, struct migration **out, int *count, 
     qsort(list, (size_t)n, sizeof *list, by_file);
     for (int i = 1; i < n; i++) {
         if (list[i].version == list[i - 1].version) {
-            set_err(err, errlen, "migrations %s and %s share version %d", list[i - 1].file, list[i].file,
-                    list[i].version);
+            keel__set_err(err, errlen, "migrations %s and %s share version %d", list[i - 1].file,
+                          list[i].file, list[i].version);
             rc = KEEL_ECONFIG;
             goto out;
         }
@@ -139,18 +126,19 @@ static int read_file(const char *dir, const char *file, char **out, char *err, s
     *out = NULL;
     char path[4096];
     if (snprintf(path, sizeof path, "%s/%s", dir, file) >= (int)sizeof path) {
-        set_err(err, errlen, "path too long: %s/%s", dir, file);
+        keel__set_err(err, errlen, "path too long: %s/%s", dir, file);
         return KEEL_ETOOBIG;
     }
     FILE *f = fopen(path, "rb");
     if (f == NULL) {
-        set_err(err, errlen, "cannot open %s: %s", path, strerror(errno));
+        keel__set_err(err, errlen, "cannot open %s: %s", path, strerror(errno));
         return KEEL_EIO;
     }
     struct stat st;
     if (fstat(fileno(f), &st) != 0 || st.st_size > MIGRATION_MAX_BYTES) {
         fclose(f);
-        set_err(err, errlen, "%s: unreadable or larger than %d bytes", path, MIGRATION_MAX_BYTES);
+        keel__set_err(err, errlen, "%s: unreadable or larger than %d bytes", path,
+                      MIGRATION_MAX_BYTES);
         return KEEL_ETOOBIG;
     }
     size_t size = (size_t)st.st_size;
@@ -164,7 +152,7 @@ static int read_file(const char *dir, const char *file, char **out, char *err, s
     text[got] = '\0';
     if (got != size || strlen(text) != got) {
         free(text);
-        set_err(err, errlen, "%s: short read or NUL byte in the file", path);
+        keel__set_err(err, errlen, "%s: short read or NUL byte in the file", path);
         return KEEL_EIO;
     }
     *out = text;
@@ -189,7 +177,7 @@ static PGconn *migrate_connect(const char *conninfo, char *err, size_t errlen)
         char msg[512];
         snprintf(msg, sizeof msg, "%s", pg ? PQerrorMessage(pg) : "out of memory");
         chomp(msg);
-        set_err(err, errlen, "cannot connect to the database: %s", msg);
+        keel__set_err(err, errlen, "cannot connect to the database: %s", msg);
         PQfinish(pg);
         return NULL;
     }
@@ -230,7 +218,8 @@ static int sql_failure(PGconn *pg, PGresult *res, const char *what, const char *
         if (p > 0)
             snprintf(where, sizeof where, " at line %d", line_of(text, p));
     }
-    set_err(err, errlen, "%s: %s%s (SQLSTATE %s)", what, primary, where, sqlstate ? sqlstate : "none");
+    keel__set_err(err, errlen, "%s: %s%s (SQLSTATE %s)", what, primary, where,
+                  sqlstate ? sqlstate : "none");
     bool unavailable = PQstatus(pg) != CONNECTION_OK || keel__db_classify(sqlstate) == KEEL_EDB_UNAVAILABLE;
     PQclear(res);
     return unavailable ? KEEL_EDB_UNAVAILABLE : KEEL_EDB_BUG;
@@ -315,7 +304,9 @@ static int apply_one(PGconn *pg, const char *dir, const struct migration *m, boo
     }
     PQclear(res);
     if (PQtransactionStatus(pg) != PQTRANS_INTRANS) {
-        set_err(err, errlen, "%s: the file ends the transaction itself (remove its BEGIN/COMMIT)", m->file);
+        keel__set_err(err, errlen,
+                      "%s: the file ends the transaction itself (remove its BEGIN/COMMIT)",
+                      m->file);
         rc = KEEL_ECONFIG;
         goto out;
     }

@@ -756,13 +756,18 @@ int keel__server_start(void)
 
 void keel__server_stop(int timeout_s)
 {
-    /* Stop accepting first, then let in-flight requests finish. */
+    /* Stop accepting first, then let in-flight requests finish.  The
+     * workers drop the quiesced socket from their epoll sets on their own
+     * time, so it is only shut down here (new connections are refused) and
+     * closed once the daemons have stopped: closing it now would let its
+     * number be reused under a worker's epoll_ctl. */
+    MHD_socket quiesced[2] = {MHD_INVALID_SOCKET, MHD_INVALID_SOCKET};
     for (size_t i = 0; i < 2; i++) {
         if (listeners[i].daemon == NULL)
             continue;
-        MHD_socket fd = MHD_quiesce_daemon(listeners[i].daemon);
-        if (fd != MHD_INVALID_SOCKET)
-            close(fd);
+        quiesced[i] = MHD_quiesce_daemon(listeners[i].daemon);
+        if (quiesced[i] != MHD_INVALID_SOCKET)
+            shutdown(quiesced[i], SHUT_RDWR);
     }
     struct timespec start, now;
     clock_gettime(CLOCK_MONOTONIC, &start);
@@ -783,6 +788,8 @@ void keel__server_stop(int timeout_s)
         if (listeners[i].daemon != NULL)
             MHD_stop_daemon(listeners[i].daemon);
         listeners[i].daemon = NULL;
+        if (quiesced[i] != MHD_INVALID_SOCKET)
+            close(quiesced[i]);
     }
     keel__deadlines_stop(deadlines);
     deadlines = NULL;

@@ -761,7 +761,7 @@ json_t *keel__plugins_reload(const char *only, bool *unknown)
 
 /* ------------------------------------------------------------ reporting */
 
-static json_t *iso_time(int64_t t)
+json_t *keel__json_time(int64_t t)
 {
     if (t <= 0)
         return json_null();
@@ -787,7 +787,7 @@ json_t *keel__plugins_describe(void)
         if (s->has_last_reload)
             last = json_pack("{s:b, s:s, s:s?, s:o}", "ok", s->last_ok, "stage",
                              keel__stage_name(s->last_stage), "error",
-                             s->last_ok ? NULL : s->last_error, "at", iso_time(s->last_at));
+                             s->last_ok ? NULL : s->last_error, "at", keel__json_time(s->last_at));
         json_array_append_new(
             list,
             json_pack("{s:s, s:s?, s:s, s:s?, s:I, s:s?, s:s, s:o, s:I, s:I, s:I, s:o, s:b, s:I, "
@@ -796,7 +796,7 @@ json_t *keel__plugins_describe(void)
                       g ? "loaded" : "fallback", "reason", g ? NULL : keel__reason_name(s->reason),
                       "generation", (json_int_t)(g ? g->number : 0), "abi", g ? abi : NULL,
                       "file", s->manifest.file ? s->manifest.file : "", "loaded_at",
-                      iso_time(g ? g->loaded_at : 0), "in_flight",
+                      keel__json_time(g ? g->loaded_at : 0), "in_flight",
                       (json_int_t)(g ? atomic_load(&g->in_flight) : 0), "requests",
                       (json_int_t)atomic_load(&s->requests), "reloads", (json_int_t)s->reloads,
                       "last_reload", last, "enabled", s->manifest.enabled, "routes",

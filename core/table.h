@@ -91,6 +91,10 @@ json_t *keel__plugins_reload(const char *only, bool *unknown);
 /* The plugin list for GET /admin/plugins (new reference). */
 json_t *keel__plugins_describe(void);
 
+/* A Unix time as the admin API shows it, "2025-01-31T17:58:01Z", or null for
+ * 0 (never).  New reference. */
+json_t *keel__json_time(int64_t t);
+
 /* True when every plugin loaded (the --check verdict). */
 bool keel__plugins_all_loaded(void);
 

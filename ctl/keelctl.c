@@ -25,18 +25,11 @@
 
 #include "http_client.h"
 #include "newplugin.h"
+#include "output.h"
 
 #ifndef PACKAGE_VERSION
 #define PACKAGE_VERSION "unknown"
 #endif
-
-/* Exit codes, part of keelctl's interface (scripts test them). */
-enum {
-    EXIT_OK = 0,
-    EXIT_SERVER_FAILED = 1, /* the server answered and reported a failure */
-    EXIT_USAGE = 2,         /* bad command line or unusable local input */
-    EXIT_UNREACHABLE = 3,   /* no usable HTTP answer from the admin listener */
-};
 
 #define DEFAULT_ADMIN_URL "http://127.0.0.1:8081"
 #define MAX_IMPORT_BYTES ((size_t)256 * 1024 * 1024)
@@ -99,176 +92,6 @@ static void print_help(void)
           "Exit status: 0 success; 1 the server reported a failure; 2 usage error;\n"
           "3 the admin listener could not be reached or gave no usable answer.\n",
           stdout);
-}
-
-/* --------------------------------------------------------------- text output */
-
-/* Server-supplied text goes to a terminal: replace control characters so a
- * hostile or confused server cannot move the cursor or retitle the window. */
-static void sanitize(char *s)
-{
-    for (; *s; s++)
-        if ((unsigned char)*s < 0x20 || *s == 0x7f)
-            *s = '?';
-}
-
-/* Columns a UTF-8 string occupies, counting one per code point. */
-static size_t display_width(const char *s)
-{
-    size_t w = 0;
-    for (; *s; s++)
-        if (((unsigned char)*s & 0xC0) != 0x80)
-            w++;
-    return w;
-}
-
-static char *xstrdup(const char *s)
-{
-    char *p = strdup(s);
-    if (p == NULL) {
-        fail("out of memory");
-        exit(EXIT_UNREACHABLE);
-    }
-    return p;
-}
-
-static char *KEEL_PRINTF(1, 2) xasprintf(const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(NULL, 0, fmt, ap);
-    va_end(ap);
-    char *s = n >= 0 ? malloc((size_t)n + 1) : NULL;
-    if (s == NULL) {
-        fail("out of memory");
-        exit(EXIT_UNREACHABLE);
-    }
-    va_start(ap, fmt);
-    vsnprintf(s, (size_t)n + 1, fmt, ap);
-    va_end(ap);
-    return s;
-}
-
-/* A printable copy of a JSON value: "-" for missing, null and empty strings;
- * yes/no for booleans; compact JSON for arrays and objects. */
-static char *value_text(const json_t *v)
-{
-    char *s;
-    if (v == NULL || json_is_null(v))
-        s = xstrdup("-");
-    else if (json_is_string(v))
-        s = xstrdup(json_string_length(v) ? json_string_value(v) : "-");
-    else if (json_is_integer(v))
-        s = xasprintf("%" JSON_INTEGER_FORMAT, json_integer_value(v));
-    else if (json_is_real(v))
-        s = xasprintf("%.15g", json_real_value(v));
-    else if (json_is_boolean(v))
-        s = xstrdup(json_is_true(v) ? "yes" : "no");
-    else {
-        s = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
-        if (s == NULL)
-            s = xstrdup("?");
-    }
-    sanitize(s);
-    return s;
-}
-
-static char *field_text(const json_t *obj, const char *key)
-{
-    return value_text(json_is_object(obj) ? json_object_get(obj, key) : NULL);
-}
-
-/* An ISO 8601 time without its fractional seconds: the table has no room
- * for them and nobody reads them there ("...T17:58:01.123456Z" becomes
- * "...T17:58:01Z").  Anything else is shown as it is. */
-static char *time_text(const json_t *obj, const char *key)
-{
-    char *s = field_text(obj, key);
-    char *t = strchr(s, 'T');
-    if (t != NULL && strlen(t) > 9 && t[3] == ':' && t[6] == ':' && t[9] == '.') {
-        char *frac = t + 9;
-        size_t digits = strspn(frac + 1, "0123456789");
-        memmove(frac, frac + 1 + digits, strlen(frac + 1 + digits) + 1);
-    }
-    return s;
-}
-
-/* Prints a value straight to stdout, sanitized. */
-static void put_value(FILE *out, const json_t *v)
-{
-    char *s = value_text(v);
-    fputs(s, out);
-    free(s);
-}
-
-/* An aligned text table.  Cells are owned strings; right-aligned columns
- * are for numbers. */
-struct table {
-    size_t ncols;
-    const char *const *headers;
-    const bool *right;
-    char **cells; /* nrows * ncols */
-    size_t nrows;
-};
-
-static void table_add(struct table *t, char **row)
-{
-    char **cells = realloc(t->cells, (t->nrows + 1) * t->ncols * sizeof *cells);
-    if (cells == NULL) {
-        fail("out of memory");
-        exit(EXIT_UNREACHABLE);
-    }
-    t->cells = cells;
-    memcpy(cells + t->nrows * t->ncols, row, t->ncols * sizeof *row);
-    t->nrows++;
-}
-
-static void print_cell(FILE *out, const char *s, size_t width, bool right, bool last)
-{
-    size_t w = display_width(s);
-    size_t pad = width > w ? width - w : 0;
-    if (right)
-        fprintf(out, "%*s", (int)pad, "");
-    fputs(s, out);
-    /* No trailing blanks on the last column. */
-    if (!right && !last)
-        fprintf(out, "%*s", (int)pad, "");
-}
-
-static void table_print(FILE *out, const struct table *t)
-{
-    size_t *width = calloc(t->ncols, sizeof *width);
-    if (width == NULL) {
-        fail("out of memory");
-        exit(EXIT_UNREACHABLE);
-    }
-    for (size_t c = 0; c < t->ncols; c++) {
-        width[c] = display_width(t->headers[c]);
-        for (size_t r = 0; r < t->nrows; r++) {
-            size_t w = display_width(t->cells[r * t->ncols + c]);
-            if (w > width[c])
-                width[c] = w;
-        }
-    }
-    for (size_t r = 0; r <= t->nrows; r++) {
-        for (size_t c = 0; c < t->ncols; c++) {
-            const char *s = r == 0 ? t->headers[c] : t->cells[(r - 1) * t->ncols + c];
-            if (c > 0)
-                fputs("  ", out);
-            print_cell(out, s, width[c], t->right[c], c + 1 == t->ncols);
-        }
-        fputc('\n', out);
-    }
-    free(width);
-}
-
-static void table_free(struct table *t)
-{
-    for (size_t i = 0; i < t->nrows * t->ncols; i++)
-        free(t->cells[i]);
-    free(t->cells);
-    t->cells = NULL;
-    t->nrows = 0;
 }
 
 /* ------------------------------------------------------------ the requests */
@@ -339,8 +162,7 @@ static int report_http_error(const struct ctl *ctl, const struct reply *r)
         fail("%s", s);
         free(s);
     } else {
-        char *reason = xstrdup(r->http.reason ? r->http.reason : "");
-        sanitize(reason);
+        char *reason = sanitized_copy(r->http.reason ? r->http.reason : "");
         fail("%s answered %d %s", ctl->url.text, r->http.status, reason);
         free(reason);
     }
@@ -350,9 +172,12 @@ static int report_http_error(const struct ctl *ctl, const struct reply *r)
     return EXIT_SERVER_FAILED;
 }
 
-/* For a 2xx answer: insists on a JSON object body. */
-static int need_object(const struct ctl *ctl, const struct reply *r)
+/* What every command asks of an answer: a 2xx status (else the error is
+ * reported) and a JSON object body.  EXIT_OK or EXIT_SERVER_FAILED. */
+static int check_answer(const struct ctl *ctl, const struct reply *r)
 {
+    if (!is_success(r))
+        return report_http_error(ctl, r);
     if (json_is_object(r->json))
         return EXIT_OK;
     fail("%s answered %d without the expected JSON object", ctl->url.text, r->http.status);
@@ -362,12 +187,7 @@ static int need_object(const struct ctl *ctl, const struct reply *r)
 /* Percent-encodes s for use in a query string. */
 static char *url_encode(const char *s)
 {
-    size_t len = strlen(s);
-    char *out = malloc(len * 3 + 1);
-    if (out == NULL) {
-        fail("out of memory");
-        exit(EXIT_UNREACHABLE);
-    }
+    char *out = xmalloc(strlen(s) * 3 + 1);
     static const char hex[] = "0123456789ABCDEF";
     char *o = out;
     for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
@@ -405,6 +225,21 @@ static int post_json(const struct ctl *ctl, const char *target, json_t *body, st
 
 /* ----------------------------------------------------------------- plugins */
 
+/* " at STAGE: ERROR" of a failed reload, each part when the server sent it. */
+static void print_failure(const json_t *reload)
+{
+    const json_t *stage = json_object_get(reload, "stage");
+    if (json_is_string(stage)) {
+        fputs(" at ", stdout);
+        put_value(stdout, stage);
+    }
+    const json_t *error = json_object_get(reload, "error");
+    if (json_is_string(error)) {
+        fputs(": ", stdout);
+        put_value(stdout, error);
+    }
+}
+
 static char *last_reload_text(const json_t *lr)
 {
     if (!json_is_object(lr))
@@ -426,11 +261,7 @@ static int cmd_plugins(const struct ctl *ctl)
     int rc = call(ctl, "GET", "/admin/plugins", NULL, NULL, 0, 0, &r);
     if (rc != EXIT_OK)
         return rc;
-    if (!is_success(&r)) {
-        rc = report_http_error(ctl, &r);
-        goto out;
-    }
-    if ((rc = need_object(ctl, &r)) != EXIT_OK || ctl->json)
+    if ((rc = check_answer(ctl, &r)) != EXIT_OK || ctl->json)
         goto out;
     const json_t *plugins = json_object_get(r.json, "plugins");
     if (!json_is_array(plugins)) {
@@ -492,16 +323,7 @@ static int cmd_plugins(const struct ctl *ctl)
         const json_t *lr = json_object_get(p, "last_reload");
         if (json_is_object(lr) && !json_is_true(json_object_get(lr, "ok"))) {
             fprintf(stdout, "%*s  last reload failed", (int)name_width, "");
-            const json_t *stage = json_object_get(lr, "stage");
-            if (json_is_string(stage)) {
-                fputs(" at ", stdout);
-                put_value(stdout, stage);
-            }
-            const json_t *error = json_object_get(lr, "error");
-            if (json_is_string(error)) {
-                fputs(": ", stdout);
-                put_value(stdout, error);
-            }
+            print_failure(lr);
             const json_t *at = json_object_get(lr, "at");
             if (json_is_string(at)) {
                 fputs(" (", stdout);
@@ -534,11 +356,7 @@ static int cmd_reload(const struct ctl *ctl, const char *plugin)
     free(target);
     if (rc != EXIT_OK)
         return rc;
-    if (!is_success(&r)) {
-        rc = report_http_error(ctl, &r);
-        goto out;
-    }
-    if ((rc = need_object(ctl, &r)) != EXIT_OK)
+    if ((rc = check_answer(ctl, &r)) != EXIT_OK)
         goto out;
 
     const json_t *results = json_object_get(r.json, "results");
@@ -574,16 +392,7 @@ static int cmd_reload(const struct ctl *ctl, const char *plugin)
             }
         } else {
             fputs("  FAILED", stdout);
-            const json_t *stage = json_object_get(res, "stage");
-            if (json_is_string(stage)) {
-                fputs(" at ", stdout);
-                put_value(stdout, stage);
-            }
-            const json_t *error = json_object_get(res, "error");
-            if (json_is_string(error)) {
-                fputs(": ", stdout);
-                put_value(stdout, error);
-            }
+            print_failure(res);
             /* A failed reload leaves the previous generation serving. */
             if (json_is_integer(gen) && json_integer_value(gen) > 0) {
                 fputs(" (generation ", stdout);
@@ -650,17 +459,25 @@ static char *counts_text(const json_t *obj, const char *const *keys, const char 
     return out;
 }
 
+/* The /admin/status members cmd_status() shows on lines of their own. */
+static bool status_key_known(const char *key)
+{
+    static const char *const known[] = {"version", "started_at", "uptime_s", "listen",
+                                        "admin_listen", "requests_total", "in_flight",
+                                        "database", "plugins", "usersync"};
+    for (size_t i = 0; i < sizeof known / sizeof known[0]; i++)
+        if (strcmp(key, known[i]) == 0)
+            return true;
+    return false;
+}
+
 static int cmd_status(const struct ctl *ctl)
 {
     struct reply r;
     int rc = call(ctl, "GET", "/admin/status", NULL, NULL, 0, 0, &r);
     if (rc != EXIT_OK)
         return rc;
-    if (!is_success(&r)) {
-        rc = report_http_error(ctl, &r);
-        goto out;
-    }
-    if ((rc = need_object(ctl, &r)) != EXIT_OK || ctl->json)
+    if ((rc = check_answer(ctl, &r)) != EXIT_OK || ctl->json)
         goto out;
 
     const json_t *j = r.json;
@@ -707,17 +524,10 @@ static int cmd_status(const struct ctl *ctl)
             width = strlen(lines[i].key);
 
     /* Keys this version does not know about still get shown, generically. */
-    static const char *const known[] = {"version", "started_at", "uptime_s", "listen",
-                                        "admin_listen", "requests_total", "in_flight",
-                                        "database", "plugins", "usersync"};
     const char *key;
     const json_t *v;
     json_object_foreach((json_t *)j, key, v) {
-        bool is_known = false;
-        for (size_t i = 0; i < sizeof known / sizeof known[0]; i++)
-            if (strcmp(key, known[i]) == 0)
-                is_known = true;
-        if (!is_known && strlen(key) > width)
+        if (!status_key_known(key) && strlen(key) > width)
             width = strlen(key);
     }
 
@@ -726,14 +536,9 @@ static int cmd_status(const struct ctl *ctl)
         free(lines[i].value);
     }
     json_object_foreach((json_t *)j, key, v) {
-        bool is_known = false;
-        for (size_t i = 0; i < sizeof known / sizeof known[0]; i++)
-            if (strcmp(key, known[i]) == 0)
-                is_known = true;
-        if (is_known)
+        if (status_key_known(key))
             continue;
-        char *k = xstrdup(key);
-        sanitize(k);
+        char *k = sanitized_copy(key);
         char *s = value_text(v);
         fprintf(stdout, "%-*s  %s\n", (int)width, k, s);
         free(k);
@@ -834,11 +639,7 @@ static int cmd_import(const struct ctl *ctl, const char *path)
     free(data);
     if (rc != EXIT_OK)
         return rc;
-    if (!is_success(&r)) {
-        rc = report_http_error(ctl, &r);
-        goto out;
-    }
-    if ((rc = need_object(ctl, &r)) != EXIT_OK)
+    if ((rc = check_answer(ctl, &r)) != EXIT_OK)
         goto out;
 
     const json_t *j = r.json;
@@ -901,18 +702,13 @@ static int cmd_credits(const struct ctl *ctl, const char *email, const char *amo
     if (rc != EXIT_OK)
         return rc;
     if (r.http.status == 404) {
-        char *e = xstrdup(email);
-        sanitize(e);
+        char *e = sanitized_copy(email);
         fail("no user with email %s", e);
         free(e);
         rc = EXIT_SERVER_FAILED;
         goto out;
     }
-    if (!is_success(&r)) {
-        rc = report_http_error(ctl, &r);
-        goto out;
-    }
-    if ((rc = need_object(ctl, &r)) != EXIT_OK)
+    if ((rc = check_answer(ctl, &r)) != EXIT_OK)
         goto out;
     if (json_is_false(json_object_get(r.json, "success"))) {
         const json_t *msg = json_object_get(r.json, "detail");
@@ -931,8 +727,7 @@ static int cmd_credits(const struct ctl *ctl, const char *email, const char *amo
         char *m = value_text(json_is_string(mail) ? mail : NULL);
         if (!json_is_string(mail)) {
             free(m);
-            m = xstrdup(email);
-            sanitize(m);
+            m = sanitized_copy(email);
         }
         char *bal = field_text(r.json, "balance");
         printf("added %s credits to %s; balance %s\n", a, m, bal);
@@ -955,14 +750,9 @@ static int cmd_evict(const struct ctl *ctl, const char *user)
     int rc = post_json(ctl, "/admin/usersync/evict", json_pack("{s:s}", "user", user), &r);
     if (rc != EXIT_OK)
         return rc;
-    if (!is_success(&r)) {
-        rc = report_http_error(ctl, &r);
+    if ((rc = check_answer(ctl, &r)) != EXIT_OK || ctl->json)
         goto out;
-    }
-    if ((rc = need_object(ctl, &r)) != EXIT_OK || ctl->json)
-        goto out;
-    char *u = xstrdup(user);
-    sanitize(u);
+    char *u = sanitized_copy(user);
     long long n = int_field(r.json, "evicted", -1);
     if (n == 0)
         printf("no cache entry for %s\n", u);

@@ -108,59 +108,79 @@ json_t *creator_json_doc(const char *v)
     return j != NULL ? j : json_null();
 }
 
+json_t *creator_set_columns(json_t *obj, const keel_db_result *res, int row,
+                            const struct creator_column *cols)
+{
+    for (; obj != NULL && cols->key != NULL; cols++) {
+        if (json_object_set_new(obj, cols->key,
+                                cols->convert(creator_col(res, row, cols->column))) != 0) {
+            json_decref(obj);
+            return NULL;
+        }
+    }
+    return obj;
+}
+
+json_t *creator_with_ai(json_t *obj, json_t *ai)
+{
+    if (obj == NULL || ai == NULL) {
+        json_decref(obj);
+        json_decref(ai);
+        return NULL;
+    }
+    /* json_object_set_new() releases ai even when it fails. */
+    if (json_object_set_new(obj, "ai_analysis", ai) != 0) {
+        json_decref(obj);
+        return NULL;
+    }
+    return obj;
+}
+
+static const struct creator_column profile_columns[] = {
+    {"id", "id", creator_json_text},
+    {"username", "username", creator_json_text},
+    {"full_name", "full_name", creator_json_text},
+    {"biography", "biography", creator_json_text},
+    {"followers_count", "followers_count", creator_json_int},
+    {"following_count", "following_count", creator_json_int},
+    {"posts_count", "posts_count", creator_json_int},
+    {"is_verified", "is_verified", creator_json_bool},
+    {"is_private", "is_private", creator_json_bool},
+    {"profile_pic_url", "profile_pic_url", creator_json_text},
+    {NULL, NULL, NULL},
+};
+
+static const struct creator_column post_columns[] = {
+    {"id", "id", creator_json_text},
+    {"shortcode", "shortcode", creator_json_text},
+    {"caption", "caption", creator_json_text},
+    {"likes_count", "likes_count", creator_json_int},
+    {"comments_count", "comments_count", creator_json_int},
+    {"engagement_rate", "engagement_rate", creator_json_real},
+    {"display_url", "display_url", creator_json_text},
+    {"taken_at", "taken_at", creator_json_text},
+    {NULL, NULL, NULL},
+};
+
+static const struct creator_column post_ai_columns[] = {
+    {"content_category", "ai_content_category", creator_json_text},
+    {"sentiment", "ai_sentiment", creator_json_text},
+    {"sentiment_score", "ai_sentiment_score", creator_json_real},
+    {"language_code", "ai_language_code", creator_json_text},
+    {NULL, NULL, NULL},
+};
+
 json_t *creator_profile_base(const keel_db_result *res, int row)
 {
-    json_t *p = json_object();
-
-    if (p == NULL)
-        return NULL;
-    json_object_set_new(p, "id", creator_json_text(creator_col(res, row, "id")));
-    json_object_set_new(p, "username", creator_json_text(creator_col(res, row, "username")));
-    json_object_set_new(p, "full_name", creator_json_text(creator_col(res, row, "full_name")));
-    json_object_set_new(p, "biography", creator_json_text(creator_col(res, row, "biography")));
-    json_object_set_new(p, "followers_count",
-                        creator_json_int(creator_col(res, row, "followers_count")));
-    json_object_set_new(p, "following_count",
-                        creator_json_int(creator_col(res, row, "following_count")));
-    json_object_set_new(p, "posts_count", creator_json_int(creator_col(res, row, "posts_count")));
-    json_object_set_new(p, "is_verified", creator_json_bool(creator_col(res, row, "is_verified")));
-    json_object_set_new(p, "is_private", creator_json_bool(creator_col(res, row, "is_private")));
-    json_object_set_new(p, "profile_pic_url",
-                        creator_json_text(creator_col(res, row, "profile_pic_url")));
-    return p;
+    return creator_set_columns(json_object(), res, row, profile_columns);
 }
 
 json_t *creator_post_json(const keel_db_result *res, int row)
 {
-    json_t *p = json_object();
-    json_t *ai = json_object();
-
-    if (p == NULL || ai == NULL) {
-        json_decref(p);
-        json_decref(ai);
-        return NULL;
-    }
-    json_object_set_new(p, "id", creator_json_text(creator_col(res, row, "id")));
-    json_object_set_new(p, "shortcode", creator_json_text(creator_col(res, row, "shortcode")));
-    json_object_set_new(p, "caption", creator_json_text(creator_col(res, row, "caption")));
-    json_object_set_new(p, "likes_count", creator_json_int(creator_col(res, row, "likes_count")));
-    json_object_set_new(p, "comments_count",
-                        creator_json_int(creator_col(res, row, "comments_count")));
-    json_object_set_new(p, "engagement_rate",
-                        creator_json_real(creator_col(res, row, "engagement_rate")));
-    json_object_set_new(p, "display_url", creator_json_text(creator_col(res, row, "display_url")));
-    json_object_set_new(p, "taken_at", creator_json_text(creator_col(res, row, "taken_at")));
     /* The object is always present (fields null when not analysed) so a
      * client can read post.ai_analysis.x without a guard. */
-    json_object_set_new(ai, "content_category",
-                        creator_json_text(creator_col(res, row, "ai_content_category")));
-    json_object_set_new(ai, "sentiment", creator_json_text(creator_col(res, row, "ai_sentiment")));
-    json_object_set_new(ai, "sentiment_score",
-                        creator_json_real(creator_col(res, row, "ai_sentiment_score")));
-    json_object_set_new(ai, "language_code",
-                        creator_json_text(creator_col(res, row, "ai_language_code")));
-    json_object_set_new(p, "ai_analysis", ai);
-    return p;
+    return creator_with_ai(creator_set_columns(json_object(), res, row, post_columns),
+                           creator_set_columns(json_object(), res, row, post_ai_columns));
 }
 
 json_t *creator_pagination(long long page, long long page_size, long long total)
@@ -219,6 +239,25 @@ const char *creator_username(keel_request *req, const char *raw, json_t *errors,
         out[i] = (char)tolower((unsigned char)raw[i]);
     out[len] = '\0';
     return out;
+}
+
+const char *creator_path_username(keel_request *req, int *rc)
+{
+    json_t *errors = json_array();
+    const char *username;
+
+    if (errors == NULL) {
+        *rc = creator_respond(req, 500, NULL);
+        return NULL;
+    }
+    username = creator_username(req, creator_host->req_param(req, "username"), errors, "path",
+                                "username");
+    if (username == NULL) {
+        *rc = creator_reject(req, errors);
+        return NULL;
+    }
+    json_decref(errors);
+    return username;
 }
 
 /* One ?name=N argument; returns false (and records why) when invalid. */
@@ -285,8 +324,20 @@ int creator_respond(keel_request *req, unsigned status, json_t *body)
     return creator_host->respond_json(req, status, body);
 }
 
-int creator_degraded(keel_request *req, json_t *body)
+int creator_degraded(keel_request *req, json_t *fields, const char *message)
 {
+    json_t *body = fields != NULL ? json_pack("{s:b}", "success", 0) : NULL;
+
+    /* Members in the order every degraded body reads: "success" first,
+     * the route's own, then "error" and "message". */
+    if (body != NULL &&
+        (json_object_update(body, fields) != 0 ||
+         json_object_update_new(body, json_pack("{s:s,s:s}", "error", CREATOR_DB_ERROR, "message",
+                                                message)) != 0)) {
+        json_decref(body);
+        body = NULL;
+    }
+    json_decref(fields);
     creator_host->set_header(req, CREATOR_DEGRADED_HEADER, "database");
     return creator_respond(req, 200, body);
 }

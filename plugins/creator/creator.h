@@ -57,6 +57,24 @@ json_t *creator_json_bool(const char *v);
 /* JSON value of a json/jsonb column's text; NULL or unparsable -> null. */
 json_t *creator_json_doc(const char *v);
 
+/* One JSON member read from a result column: key = convert(text of column). */
+struct creator_column {
+    const char *key;
+    const char *column;
+    json_t *(*convert)(const char *v);
+};
+/*
+ * Sets the members of cols (a table ending in an entry whose key is NULL) on
+ * obj from `row`, in table order.  Returns obj, or NULL when obj is NULL or
+ * memory runs out (obj is then released), so the result of json_object()
+ * can be passed straight in.
+ */
+json_t *creator_set_columns(json_t *obj, const keel_db_result *res, int row,
+                            const struct creator_column *cols);
+/* Adds ai as obj's "ai_analysis" member.  Takes both references; returns
+ * obj, or NULL (both released) when either is NULL or memory runs out. */
+json_t *creator_with_ai(json_t *obj, json_t *ai);
+
 /* The base profile fields of CONTRACT section 4 from a row with the columns
  * id, username, full_name, biography, followers_count, following_count,
  * posts_count, is_verified, is_private, profile_pic_url.  New reference. */
@@ -85,6 +103,10 @@ json_t *creator_pagination(long long page, long long page_size, long long total)
  */
 const char *creator_username(keel_request *req, const char *raw, json_t *errors,
                              const char *loc_kind, const char *loc_name);
+/* The {username} path parameter checked by creator_username().  When it is
+ * invalid, answers 422 (or 500 without memory), stores what the handler
+ * returns in *rc and returns NULL. */
+const char *creator_path_username(keel_request *req, int *rc);
 /* Reads ?page (>= 1, default 1) and ?page_size (1-100, default
  * default_size), appending a 422 entry per bad argument to errors. */
 void creator_page_args(keel_request *req, long long default_size, long long *page,
@@ -101,8 +123,10 @@ int creator_reject(keel_request *req, json_t *errors);
 const char *creator_user_id(keel_request *req);
 /* Logs a database failure of `what` (error level, warn when unavailable). */
 void creator_log_db(keel_request *req, int rc, const char *what);
-/* Answers 200 with body (stolen) and X-Keel-Degraded: database. */
-int creator_degraded(keel_request *req, json_t *body);
+/* Answers a read's degraded body with 200 and X-Keel-Degraded: database:
+ * {"success": false, <fields>, "error": CREATOR_DB_ERROR, "message": message}.
+ * fields is the route's own members (an object, stolen; NULL answers 500). */
+int creator_degraded(keel_request *req, json_t *fields, const char *message);
 /* Answers 503 {"detail": ...} with Retry-After: 5. */
 int creator_unavailable(keel_request *req);
 /* Answers a JSON body (stolen), or 500 when building it ran out of memory. */

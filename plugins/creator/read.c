@@ -43,10 +43,10 @@ static json_t *stats_section(long long total, long long ai)
 static int stats_degraded(keel_request *req)
 {
     return creator_degraded(
-        req, json_pack("{s:b,s:{s:o,s:o,s:{s:s,s:s}},s:s,s:s}", "success", 0, "stats", "profiles",
-                       stats_section(0, 0), "posts", stats_section(0, 0), "system", "status",
-                       "degraded", "ai_system", "unavailable", "error", CREATOR_DB_ERROR, "message",
-                       "System statistics partially unavailable - system will retry automatically"));
+        req,
+        json_pack("{s:{s:o,s:o,s:{s:s,s:s}}}", "stats", "profiles", stats_section(0, 0), "posts",
+                  stats_section(0, 0), "system", "status", "degraded", "ai_system", "unavailable"),
+        "System statistics partially unavailable - system will retry automatically");
 }
 
 int creator_stats(keel_request *req, void *state)
@@ -88,10 +88,8 @@ int creator_stats(keel_request *req, void *state)
 
 static int unlocked_degraded(keel_request *req)
 {
-    return creator_degraded(
-        req, json_pack("{s:b,s:[],s:s,s:s}", "success", 0, "profiles", "error", CREATOR_DB_ERROR,
-                       "message",
-                       "Unable to retrieve unlocked profiles - database connection issues"));
+    return creator_degraded(req, json_pack("{s:[]}", "profiles"),
+                            "Unable to retrieve unlocked profiles - database connection issues");
 }
 
 /* OFFSET for a page, saturating instead of overflowing for absurd pages. */
@@ -102,39 +100,32 @@ static long long page_offset(long long page, long long page_size)
     return (page - 1) * page_size;
 }
 
+static const struct creator_column unlocked_columns[] = {
+    {"profile_id", "id", creator_json_text},
+    {"username", "username", creator_json_text},
+    {"full_name", "full_name", creator_json_text},
+    {"followers_count", "followers_count", creator_json_int},
+    {"following_count", "following_count", creator_json_int},
+    {"posts_count", "posts_count", creator_json_int},
+    {"profile_pic_url", "profile_pic_url", creator_json_text},
+    {"is_verified", "is_verified", creator_json_bool},
+    {"engagement_rate", "engagement_rate", creator_json_real},
+    {"unlocked_at", "unlocked_at", creator_json_text},
+    {"expires_at", "expires_at", creator_json_text},
+    {"days_remaining", "days_remaining", creator_json_int},
+    {NULL, NULL, NULL},
+};
+
+static const struct creator_column unlocked_ai_columns[] = {
+    {"primary_content_type", "ai_primary_content_type", creator_json_text},
+    {"avg_sentiment_score", "ai_avg_sentiment_score", creator_json_real},
+    {NULL, NULL, NULL},
+};
+
 static json_t *unlocked_entry(const keel_db_result *res, int row)
 {
-    json_t *e = json_object();
-    json_t *ai = json_object();
-
-    if (e == NULL || ai == NULL) {
-        json_decref(e);
-        json_decref(ai);
-        return NULL;
-    }
-    json_object_set_new(e, "profile_id", creator_json_text(creator_col(res, row, "id")));
-    json_object_set_new(e, "username", creator_json_text(creator_col(res, row, "username")));
-    json_object_set_new(e, "full_name", creator_json_text(creator_col(res, row, "full_name")));
-    json_object_set_new(e, "followers_count",
-                        creator_json_int(creator_col(res, row, "followers_count")));
-    json_object_set_new(e, "following_count",
-                        creator_json_int(creator_col(res, row, "following_count")));
-    json_object_set_new(e, "posts_count", creator_json_int(creator_col(res, row, "posts_count")));
-    json_object_set_new(e, "profile_pic_url",
-                        creator_json_text(creator_col(res, row, "profile_pic_url")));
-    json_object_set_new(e, "is_verified", creator_json_bool(creator_col(res, row, "is_verified")));
-    json_object_set_new(e, "engagement_rate",
-                        creator_json_real(creator_col(res, row, "engagement_rate")));
-    json_object_set_new(e, "unlocked_at", creator_json_text(creator_col(res, row, "unlocked_at")));
-    json_object_set_new(e, "expires_at", creator_json_text(creator_col(res, row, "expires_at")));
-    json_object_set_new(e, "days_remaining",
-                        creator_json_int(creator_col(res, row, "days_remaining")));
-    json_object_set_new(ai, "primary_content_type",
-                        creator_json_text(creator_col(res, row, "ai_primary_content_type")));
-    json_object_set_new(ai, "avg_sentiment_score",
-                        creator_json_real(creator_col(res, row, "ai_avg_sentiment_score")));
-    json_object_set_new(e, "ai_analysis", ai);
-    return e;
+    return creator_with_ai(creator_set_columns(json_object(), res, row, unlocked_columns),
+                           creator_set_columns(json_object(), res, row, unlocked_ai_columns));
 }
 
 int creator_unlocked(keel_request *req, void *state)
@@ -204,25 +195,18 @@ int creator_unlocked(keel_request *req, void *state)
 
 static int profile_degraded(keel_request *req)
 {
-    return creator_degraded(
-        req, json_pack("{s:b,s:n,s:s,s:s}", "success", 0, "profile", "error", CREATOR_DB_ERROR,
-                       "message", "Profile data temporarily unavailable - database connection issues"));
+    return creator_degraded(req, json_pack("{s:n}", "profile"),
+                            "Profile data temporarily unavailable - database connection issues");
 }
 
 int creator_profile(keel_request *req, void *state)
 {
-    json_t *errors = json_array();
     keel_db_result *res = NULL;
     const char *username;
     int rc;
 
-    if (errors == NULL)
-        return creator_respond(req, 500, NULL);
-    username = creator_username(req, creator_host->req_param(req, "username"), errors, "path",
-                                "username");
-    if (username == NULL)
-        return creator_reject(req, errors);
-    json_decref(errors);
+    if ((username = creator_path_username(req, &rc)) == NULL)
+        return rc;
 
     if (creator_user_id(req) == NULL)
         return profile_degraded(req);
@@ -246,10 +230,10 @@ int creator_profile(keel_request *req, void *state)
 static int status_degraded(keel_request *req, const char *username)
 {
     return creator_degraded(
-        req, json_pack("{s:b,s:s,s:s,s:b,s:b,s:s,s:s,s:s}", "success", 0, "username", username,
-                       "status", "unknown", "profile_ready", 0, "analysis_complete", 0,
-                       "data_source", "none", "error", CREATOR_DB_ERROR, "message",
-                       "Profile status temporarily unavailable - database connection issues"));
+        req,
+        json_pack("{s:s,s:s,s:b,s:b,s:s}", "username", username, "status", "unknown",
+                  "profile_ready", 0, "analysis_complete", 0, "data_source", "none"),
+        "Profile status temporarily unavailable - database connection issues");
 }
 
 /*
@@ -260,19 +244,13 @@ static int status_degraded(keel_request *req, const char *username)
  */
 int creator_status(keel_request *req, void *state)
 {
-    json_t *errors = json_array();
     keel_db_result *res = NULL;
     const char *username, *uid, *ai, *job;
     bool stored, analysed;
     int rc;
 
-    if (errors == NULL)
-        return creator_respond(req, 500, NULL);
-    username = creator_username(req, creator_host->req_param(req, "username"), errors, "path",
-                                "username");
-    if (username == NULL)
-        return creator_reject(req, errors);
-    json_decref(errors);
+    if ((username = creator_path_username(req, &rc)) == NULL)
+        return rc;
 
     if ((uid = creator_user_id(req)) == NULL)
         return status_degraded(req, username);
@@ -304,10 +282,8 @@ int creator_status(keel_request *req, void *state)
 
 static int posts_degraded(keel_request *req, const char *username)
 {
-    return creator_degraded(
-        req, json_pack("{s:b,s:s,s:[],s:s,s:s}", "success", 0, "username", username, "posts",
-                       "error", CREATOR_DB_ERROR, "message",
-                       "Posts temporarily unavailable - database connection issues"));
+    return creator_degraded(req, json_pack("{s:s,s:[]}", "username", username, "posts"),
+                            "Posts temporarily unavailable - database connection issues");
 }
 
 int creator_posts(keel_request *req, void *state)
@@ -398,12 +374,19 @@ static bool is_uuid(const char *s)
     return true;
 }
 
+static const struct creator_column job_columns[] = {
+    {"job_id", "id", creator_json_text},
+    {"status", "status", creator_json_text},
+    {"username", "username", creator_json_text},
+    {"created_at", "created_at", creator_json_text},
+    {"updated_at", "updated_at", creator_json_text},
+    {NULL, NULL, NULL},
+};
+
 static int job_degraded(keel_request *req, const char *job_id)
 {
-    return creator_degraded(
-        req, json_pack("{s:b,s:s,s:s,s:s,s:s}", "success", 0, "job_id", job_id, "status",
-                       "unknown", "error", CREATOR_DB_ERROR, "message",
-                       "Job status temporarily unavailable - database connection issues"));
+    return creator_degraded(req, json_pack("{s:s,s:s}", "job_id", job_id, "status", "unknown"),
+                            "Job status temporarily unavailable - database connection issues");
 }
 
 int creator_job_status(keel_request *req, void *state)
@@ -435,11 +418,5 @@ int creator_job_status(keel_request *req, void *state)
     }
     if (creator_host->db_rows(res) == 0)
         return creator_host->respond_error(req, 404, "Job not found");
-    return creator_respond(
-        req, 200,
-        json_pack("{s:o,s:o,s:o,s:o,s:o}", "job_id", creator_json_text(creator_col(res, 0, "id")),
-                  "status", creator_json_text(creator_col(res, 0, "status")), "username",
-                  creator_json_text(creator_col(res, 0, "username")), "created_at",
-                  creator_json_text(creator_col(res, 0, "created_at")), "updated_at",
-                  creator_json_text(creator_col(res, 0, "updated_at"))));
+    return creator_respond(req, 200, creator_set_columns(json_object(), res, 0, job_columns));
 }

@@ -17,38 +17,32 @@
 
 static int search_degraded(keel_request *req, const char *username)
 {
-    return creator_degraded(
-        req, json_pack("{s:b,s:s,s:n,s:s,s:s}", "success", 0, "username", username, "profile",
-                       "error", CREATOR_DB_ERROR, "message",
-                       "Creator search temporarily unavailable - database connection issues"));
+    return creator_degraded(req, json_pack("{s:s,s:n}", "username", username, "profile"),
+                            "Creator search temporarily unavailable - database connection issues");
 }
+
+/* What the full answer's profile has besides the base fields. */
+static const struct creator_column rate_columns[] = {
+    {"engagement_rate", "engagement_rate", creator_json_real},
+    {"avg_likes", "avg_likes", creator_json_real},
+    {"avg_comments", "avg_comments", creator_json_real},
+    {NULL, NULL, NULL},
+};
+
+static const struct creator_column full_ai_columns[] = {
+    {"primary_content_type", "ai_primary_content_type", creator_json_text},
+    {"content_distribution", "ai_content_distribution", creator_json_doc},
+    {"language_distribution", "ai_language_distribution", creator_json_doc},
+    {"avg_sentiment_score", "ai_avg_sentiment_score", creator_json_real},
+    {"content_quality_score", "ai_content_quality_score", creator_json_real},
+    {NULL, NULL, NULL},
+};
 
 /* The profile of the full answer: base fields, rates and the AI summary. */
 static json_t *full_profile(const keel_db_result *res)
 {
-    json_t *p = creator_profile_base(res, 0);
-    json_t *ai = json_object();
-
-    if (p == NULL || ai == NULL) {
-        json_decref(p);
-        json_decref(ai);
-        return NULL;
-    }
-    json_object_set_new(p, "engagement_rate", creator_json_real(creator_col(res, 0, "engagement_rate")));
-    json_object_set_new(p, "avg_likes", creator_json_real(creator_col(res, 0, "avg_likes")));
-    json_object_set_new(p, "avg_comments", creator_json_real(creator_col(res, 0, "avg_comments")));
-    json_object_set_new(ai, "primary_content_type",
-                        creator_json_text(creator_col(res, 0, "ai_primary_content_type")));
-    json_object_set_new(ai, "content_distribution",
-                        creator_json_doc(creator_col(res, 0, "ai_content_distribution")));
-    json_object_set_new(ai, "language_distribution",
-                        creator_json_doc(creator_col(res, 0, "ai_language_distribution")));
-    json_object_set_new(ai, "avg_sentiment_score",
-                        creator_json_real(creator_col(res, 0, "ai_avg_sentiment_score")));
-    json_object_set_new(ai, "content_quality_score",
-                        creator_json_real(creator_col(res, 0, "ai_content_quality_score")));
-    json_object_set_new(p, "ai_analysis", ai);
-    return p;
+    return creator_with_ai(creator_set_columns(creator_profile_base(res, 0), res, 0, rate_columns),
+                           creator_set_columns(json_object(), res, 0, full_ai_columns));
 }
 
 static int search_full(keel_request *req, const struct creator_conf *conf, const char *username,
@@ -147,18 +141,12 @@ static int search_queue(keel_request *req, const char *uid, const char *username
 int creator_search(keel_request *req, void *state)
 {
     const struct creator_conf *conf = state;
-    json_t *errors = json_array();
     keel_db_result *res = NULL;
     const char *username, *uid, *unlocked;
     int rc;
 
-    if (errors == NULL)
-        return creator_respond(req, 500, NULL);
-    username = creator_username(req, creator_host->req_param(req, "username"), errors, "path",
-                                "username");
-    if (username == NULL)
-        return creator_reject(req, errors);
-    json_decref(errors);
+    if ((username = creator_path_username(req, &rc)) == NULL)
+        return rc;
 
     if ((uid = creator_user_id(req)) == NULL)
         return search_degraded(req, username);

@@ -169,16 +169,11 @@ static int unlock_profile(keel_request *req, const struct creator_conf *conf, co
 
 int creator_unlock(keel_request *req, void *state)
 {
-    json_t *errors = json_array();
     const char *username;
+    int rc;
 
-    if (errors == NULL)
-        return creator_respond(req, 500, NULL);
-    username = creator_username(req, creator_host->req_param(req, "username"), errors, "path",
-                                "username");
-    if (username == NULL)
-        return creator_reject(req, errors);
-    json_decref(errors);
+    if ((username = creator_path_username(req, &rc)) == NULL)
+        return rc;
     return unlock_profile(req, state, username);
 }
 

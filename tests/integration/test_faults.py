@@ -9,6 +9,7 @@ how fast something happened, only that it happened and what was answered.
 
 import random
 import secrets
+import select
 import socket
 import subprocess
 import threading
@@ -215,6 +216,8 @@ def test_sigkill_during_concurrent_unlocks_loses_no_paid_unlock():
             balance = int(query("SELECT balance FROM credit_wallets WHERE user_id = %s",
                                 u.id)[0][0])
             assert balance == 20 * COST - grants * COST, (balance, grants)
+    print("SIGKILL with %d unlock streams in flight: %d answers before the kill, %d of them 200, "
+          "all stored; ledgers balance" % (len(threads), len(results), len(ok)))
 
 
 # ---------------------------------------------------------------- PostgreSQL down
@@ -286,6 +289,10 @@ def test_postgres_stopped_and_crashed_under_load():
                         assert retry is not None and int(retry) >= 1, (how, path, body)
                 degraded = [o for o in out if o[4] == "database"]
                 assert degraded, "%s: no degraded answer while PostgreSQL was down" % how
+                print("PostgreSQL %s under load: %d answers (%d degraded 200, %d 503 with "
+                      "Retry-After), 0 errors, 0 500s" % (
+                          "stopped" if how == "stop" else "killed (SIGKILL)", len(out),
+                          len(degraded), sum(1 for o in out if o[2] == 503)))
                 assert k.pid == pid and k.alive()
                 # Writes work again: a fresh profile is bought and recorded.
                 fresh = add_profiles(query, 1)[0]
@@ -450,6 +457,48 @@ def test_slow_drip_connections_are_closed_at_the_request_deadline():
         s.close()
 
 
+def test_connection_limits():
+    """max_per_ip: libmicrohttpd accepts the excess connection and closes it
+    at once (no request was read, so there is nothing to answer).
+    max_connections: the excess waits in the kernel's listen queue and is
+    served as soon as a slot frees."""
+    request = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+    for limit in ({"max_per_ip": 4}, {"max_connections": 4}):
+        with Keeld(server_conf(connection_timeout_s=300, **limit)) as k:
+            held = [socket.create_connection(("127.0.0.1", k.port), timeout=10)
+                    for _ in range(4)]
+            # Each held connection is in use: a request on it is answered.
+            for s in held:
+                s.sendall(request)
+                assert s.recv(4096).startswith(b"HTTP/1.1 200"), limit
+            extra = socket.create_connection(("127.0.0.1", k.port),
+                                             timeout=keeltest.scaled(10))
+            extra.sendall(request)
+            if "max_per_ip" in limit:
+                try:
+                    got = extra.recv(4096)
+                except ConnectionResetError:
+                    got = b""
+                assert got == b"", got
+                extra.close()
+            else:
+                ready, _, _ = select.select([extra], [], [], 1.0)
+                assert not ready, "a connection past max_connections was served"
+            for s in held:
+                s.close()
+            if "max_connections" in limit:
+                got = extra.recv(4096)
+                assert got.startswith(b"HTTP/1.1 200"), got
+                extra.close()
+
+            def served():
+                try:
+                    return k.get("/health", timeout=3).status == 200
+                except OSError:
+                    return False
+            assert wait_for(served, attempts=40), limit
+
+
 # ---------------------------------------------------------------- clients leaving
 
 def test_client_leaving_mid_request_returns_its_pool_connection():
@@ -483,3 +532,72 @@ def test_client_leaving_mid_request_returns_its_pool_connection():
         r = u.unlock(k, profile)
         assert r.status == 200 and r.json()["credits_spent"] == 0, r
         assert k.get("/health").status == 200
+
+
+# ---------------------------------------------------------------- load held
+
+def _wrk(url, token, seconds, connections):
+    """Runs wrk against url; returns (requests, errors, non_2xx, text)."""
+    import re
+    import shutil
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        return None
+    p = subprocess.run([wrk, "-t2", "-c%d" % connections, "-d%ds" % seconds,
+                        "--timeout", "%ds" % int(keeltest.scaled(10)),
+                        "-H", "Authorization: Bearer " + token, url],
+                       capture_output=True, text=True, timeout=seconds + keeltest.scaled(60))
+    assert p.returncode == 0, p.stderr
+    text = p.stdout
+    requests = int(re.search(r"(\d+) requests in", text).group(1))
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
+    errors = sum(int(x) for x in m.groups()) if m else 0
+    m = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    non_2xx = int(m.group(1)) if m else 0
+    return requests, errors, non_2xx, text
+
+
+def test_load_held_through_slow_drip_and_a_database_restart():
+    """wrk on an authenticated read while 300 slow-drip clients hold
+    connections and PostgreSQL is stopped and started: every request is
+    answered 200 (degraded while the database is down), none fails.  Prints
+    the figures docs/reliability.md quotes."""
+    pg = PrivatePostgres()
+    try:
+        url = pg.create_keel_db("keel")
+
+        def query(sql, *params):
+            return pg.query(sql, *params, dbname="keel")
+
+        with Keeld(server_conf(connection_timeout_s=300),
+                   env={"KEEL_DATABASE_URL": url}) as k:
+            u = User(k, query)
+            drip = Drippers(k.port, 300)
+            result = {}
+            try:
+                def flip():
+                    time.sleep(2)
+                    pg.stop("fast")
+                    time.sleep(2)
+                    pg.start()
+                flipper = threading.Thread(target=flip)
+                flipper.start()
+                result["wrk"] = _wrk(k.url(BASE + "/system/stats"), u.token, 8, 32)
+                flipper.join(keeltest.scaled(120))
+                alive = drip.alive()
+            finally:
+                drip.close()
+            if result["wrk"] is None:
+                print("wrk not installed: load figures skipped")
+                return
+            requests, errors, non_2xx, text = result["wrk"]
+            print("load held: %d requests in 8 s (%.0f/s) on %s with 32 connections, "
+                  "%d slow-drip clients connected, PostgreSQL stopped and started; "
+                  "%d socket errors, %d non-2xx" % (requests, requests / 8.0,
+                                                    BASE + "/system/stats", alive, errors,
+                                                    non_2xx))
+            assert requests > 0 and errors == 0 and non_2xx == 0, text
+            assert alive == 300, alive
+            assert wait_for(lambda: _healthy(k, u), attempts=120)
+    finally:
+        pg.cleanup()
