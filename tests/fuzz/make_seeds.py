@@ -181,7 +181,52 @@ def json_body_seeds():
         write("fuzz_json_body", "{\"a\":" + "[" * (depth - 1) + "]" * (depth - 1) + "}")
 
 
+def import_seeds():
+    def line(username="natgeo", **extra):
+        d = {"username": username, "full_name": "Nat Geo", "biography": "bio",
+             "followers_count": 1000, "following_count": 12, "posts_count": 2,
+             "is_verified": True, "is_private": False,
+             "profile_pic_url": "https://cdn.test/p.jpg", "engagement_rate": 3.5,
+             "ai": {"primary_content_type": "travel", "avg_sentiment_score": 0.5,
+                    "content_distribution": {"travel": 0.75, "food": 0.25},
+                    "language_distribution": {"en": 1.0}, "content_quality_score": 7.5},
+             "posts": [{"shortcode": "Abc_1-x", "caption": "hi", "likes_count": 10,
+                        "comments_count": 2, "display_url": "https://cdn.test/1.jpg",
+                        "taken_at": "2024-05-01T12:00:00Z",
+                        "ai": {"content_category": "travel", "sentiment": "positive",
+                               "sentiment_score": 0.8, "language_code": "en"}}]}
+        for k, v in extra.items():
+            if v is None:
+                d.pop(k, None)
+            else:
+                d[k] = v
+        return compact(d)
+    write("fuzz_import", line() + "\n")
+    write("fuzz_import", line() + "\r\n\n   \n" + line("second") + "\n" + '{"username":"min"}')
+    for extra in [dict(username="Bad Name"), dict(username="x" * 31), dict(username=""),
+                  dict(username=7), dict(username=None), dict(followers_count=-1),
+                  dict(followers_count=1.5), dict(followers_count="10"),
+                  dict(followers_count=2 ** 63), dict(is_verified="yes"),
+                  dict(engagement_rate="high"), dict(ai=[]), dict(ai=None),
+                  dict(ai={"content_distribution": [1]}), dict(posts={}),
+                  dict(posts=[{"shortcode": "a"}, {"shortcode": "a"}]),
+                  dict(posts=[{"shortcode": "bad code"}]), dict(posts=[{"caption": "no code"}]),
+                  dict(posts=[{"shortcode": "d1", "taken_at": "2024-13-45T99:00:00Z"}]),
+                  dict(posts=[{"shortcode": "d2", "taken_at": 1714560000}]),
+                  dict(posts=[{"shortcode": "d3", "taken_at": "2024-05-01"}]),
+                  dict(posts=[{"shortcode": "d4", "taken_at": "2024-05-01T12:00:00+02:00"}]),
+                  dict(posts=[{"shortcode": "d5", "ai": {"sentiment_score": "x"}}]),
+                  dict(posts=[1, 2]), dict(unknown_key={"nested": [1, 2]}),
+                  dict(full_name="caf\u00e9 \ud83d\ude00")]:
+        write("fuzz_import", line(**extra) + "\n")
+    write("fuzz_import", '{"username":"a","username":"b"}\n')
+    write("fuzz_import", "[1,2,3]\nnull\n\"text\"\n{\n")
+    write("fuzz_import", b'{"username":"ok","full_name":"\xff"}\n')
+    write("fuzz_import", '{"username":"nul","full_name":"a\\u0000b"}\n')
+
+
 def main():
+    import_seeds()
     token_seeds()
     router_seeds()
     manifest_seeds()
