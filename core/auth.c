@@ -18,6 +18,7 @@
 #include <keel/error.h>
 
 #include "log.h"
+#include "tokencache.h"
 
 #define AUTH_DEFAULT_MAX_TOKEN 8192
 #define AUTH_DEFAULT_AUDIENCE "authenticated"
@@ -47,6 +48,7 @@ struct keel__auth {
     size_t max_token_bytes;
     struct auth_key *keys;
     size_t nkeys;
+    keel__tokencache *verified; /* tokens that passed; see tokencache.h */
 };
 
 /* The three segments of a compact JWS, pointing into the caller's token. */
@@ -73,7 +75,8 @@ int keel__auth_new(const struct keel__auth_conf *conf, keel__auth **out)
     a->leeway_s = conf ? conf->leeway_s : 30;
     a->max_token_bytes = conf && conf->max_token_bytes ? conf->max_token_bytes
                                                        : AUTH_DEFAULT_MAX_TOKEN;
-    if (a->audience == NULL || (conf && conf->issuer && a->issuer == NULL)) {
+    a->verified = keel__tokencache_new();
+    if (a->audience == NULL || a->verified == NULL || (conf && conf->issuer && a->issuer == NULL)) {
         keel__auth_free(a);
         return KEEL_ENOMEM;
     }
@@ -91,6 +94,7 @@ void keel__auth_free(keel__auth *a)
         free(a->keys[i].material);
     }
     free(a->keys);
+    keel__tokencache_free(a->verified);
     free(a->audience);
     free(a->issuer);
     free(a);
@@ -638,6 +642,9 @@ int keel__auth_verify(const keel__auth *a, const char *token, size_t len, time_t
                                                             : "Token is too large";
         return KEEL__TOKEN_MALFORMED;
     }
+    if (keel__tokencache_get(a->verified, token, len, now, a->leeway_s, claims))
+        return KEEL__TOKEN_OK;
+
     struct jws_parts parts;
     if (!split_token(token, len, &parts) || parts.seglen[0] == 0 || parts.seglen[1] == 0) {
         *why = "Token must have three segments";
@@ -695,6 +702,8 @@ int keel__auth_verify(const keel__auth *a, const char *token, size_t len, time_t
         goto done;
 
     status = check_claims(a, payload, now, claims, why);
+    if (status == KEEL__TOKEN_OK)
+        keel__tokencache_put(a->verified, token, len, now, claims);
 
 done:
     if (status != KEEL__TOKEN_OK)

@@ -60,6 +60,8 @@ static void table_destroy(struct keel__table *t)
     free(t->routes);
     if (t->health != NULL)
         json_decref(t->health);
+    free(t->health_body[0]);
+    free(t->health_body[1]);
     for (size_t i = 0; i < t->ngens; i++)
         keel__generation_unref(t->gens[i]);
     free(t->gens);
@@ -259,6 +261,16 @@ static struct keel__table *build_table(const struct slot_view *views, size_t nvi
         json_object_set_new(t->health, views[v].slot->name, json_string(loaded ? "loaded" : "fallback"));
         if (!loaded)
             t->all_loaded = false;
+    }
+    /* /health answers one of two bodies (database down or up) per snapshot,
+     * serialised here once instead of on every request. */
+    for (int up = 0; up < 2; up++) {
+        json_t *b = json_pack("{s:s, s:s, s:O}", "status", up && t->all_loaded ? "ok" : "degraded",
+                              "database", up ? "up" : "down", "plugins", t->health);
+        t->health_body[up] = b ? json_dumps(b, JSON_COMPACT) : NULL;
+        json_decref(b);
+        if (t->health_body[up] == NULL)
+            goto fail;
     }
     atomic_store(&t->refs, 1);
     t->serial = ++reg.serial;

@@ -66,6 +66,7 @@ struct keel__table {
     struct keel__generation **gens; /* one reference each */
     size_t ngens;
     json_t *health;  /* {"<plugin>":"loaded"|"fallback"}, immutable */
+    char *health_body[2]; /* the /health body with the database down [0] or up [1] */
     bool all_loaded;
 };
 

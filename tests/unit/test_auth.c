@@ -290,6 +290,48 @@ static void test_expired(void **state)
     expect_status(hs256(HS_HEADER, p), KEEL__TOKEN_EXPIRED, "Token has expired");
 }
 
+/* A token that verified is remembered; the cached answer must be the one a
+ * full verification gives: same claims, still refused once exp passes, never
+ * returned for an earlier clock, and a tampered token is not a hit. */
+static void test_verified_token_cache(void **state)
+{
+    char p[512];
+    user_payload(p, sizeof p, 40, "\"user_metadata\":{\"full_name\":\"Ana\"}");
+    char *tok = hs256(HS_HEADER, p);
+    struct keel__claims c;
+    const char *why = NULL;
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(keel__auth_verify(fx.auth, tok, strlen(tok), NOW, &c, &why),
+                         KEEL__TOKEN_OK);
+        assert_string_equal(c.sub, SUB);
+        assert_string_equal(c.email, "ana@example.com");
+        assert_string_equal(json_string_value(json_object_get(c.user_metadata, "full_name")),
+                            "Ana");
+        keel__claims_clear(&c);
+    }
+    /* exp is NOW+40, leeway 30: at NOW+71 the cached entry must not answer. */
+    assert_int_equal(keel__auth_verify(fx.auth, tok, strlen(tok), NOW + 71, &c, &why),
+                     KEEL__TOKEN_EXPIRED);
+    keel__claims_clear(&c);
+    size_t n = strlen(tok);
+    tok[n - 2] = tok[n - 2] == 'A' ? 'B' : 'A';
+    assert_int_equal(keel__auth_verify(fx.auth, tok, n, NOW, &c, &why), KEEL__TOKEN_INVALID);
+    keel__claims_clear(&c);
+    free(tok);
+
+    /* A token not yet valid at NOW verifies later and must not be served
+     * from the cache for the earlier clock. */
+    user_payload(p, sizeof p, 3600, "\"nbf\":1700000100");
+    tok = hs256(HS_HEADER, p);
+    assert_int_equal(keel__auth_verify(fx.auth, tok, strlen(tok), NOW + 200, &c, &why),
+                     KEEL__TOKEN_OK);
+    keel__claims_clear(&c);
+    assert_int_equal(keel__auth_verify(fx.auth, tok, strlen(tok), NOW, &c, &why),
+                     KEEL__TOKEN_INVALID);
+    keel__claims_clear(&c);
+    free(tok);
+}
+
 static void test_expired_within_leeway(void **state)
 {
     char p[512];
@@ -851,6 +893,7 @@ int main(void)
         cmocka_unit_test(test_optional_claims_absent),
         cmocka_unit_test(test_expired),
         cmocka_unit_test(test_expired_within_leeway),
+        cmocka_unit_test(test_verified_token_cache),
         cmocka_unit_test(test_nbf),
         cmocka_unit_test(test_iat_future),
         cmocka_unit_test(test_wrong_aud),
