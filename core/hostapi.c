@@ -195,6 +195,12 @@ int keel__json_body_parse(const char *body, size_t len, int max_depth, json_t **
     if (v == NULL) {
         snprintf(msg, msglen, "Malformed JSON body at line %d column %d: %s", jerr.line,
                  jerr.column, jerr.text);
+        /* jansson quotes the input near the error, which may be invalid
+         * UTF-8; the message goes into a JSON answer, so such bytes (and
+         * control characters) become '?'. */
+        for (char *c = msg; *c != '\0'; c++)
+            if ((unsigned char)*c >= 0x80 || (unsigned char)*c < 0x20)
+                *c = '?';
         return KEEL_EINVAL;
     }
     if (nests_deeper(v, max_depth)) {

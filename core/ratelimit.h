@@ -28,9 +28,9 @@ typedef struct keel__ratelimit keel__ratelimit;
 #define KEEL__RATELIMIT_MAX_KEY 63
 
 struct keel__ratelimit_conf {
-    unsigned rate;     /* tokens per second, >= 1 */
-    unsigned burst;    /* bucket size; 0 = rate */
-    size_t max_keys;   /* buckets kept at most; 0 = 65536 */
+    unsigned rate;   /* tokens per second, >= 1 */
+    unsigned burst;  /* bucket size; 0 = rate */
+    size_t max_keys; /* buckets kept at most; 0 = 65536 */
 };
 
 /* Returns 0 and a new limiter, KEEL_EINVAL for rate 0, or KEEL_ENOMEM. */

@@ -555,6 +555,12 @@ static int import_one(keel_request *req, const char *text, size_t len, long line
     doc = json_loadb(text, len, JSON_REJECT_DUPLICATES, &jerr);
     if (doc == NULL) {
         snprintf(l->err, sizeof l->err, "invalid JSON at column %d: %s", jerr.column, jerr.text);
+        /* jansson quotes the offending input, which may be invalid UTF-8;
+         * the report is JSON, so such bytes become '?' (otherwise the
+         * line's result could not be built and would go missing). */
+        for (char *c = l->err; *c != '\0'; c++)
+            if ((unsigned char)*c >= 0x80 || (unsigned char)*c < 0x20)
+                *c = '?';
         return 0;
     }
     if (!import_validate(req, l, doc)) {

@@ -3,7 +3,8 @@
  * the host API's req_json_body): strict JSON with duplicate keys refused,
  * the nesting limit (32, the default limits.max_json_depth), and the
  * object-only rule.  A body that is accepted must be an object that nests
- * no deeper than the limit and serialises back to JSON that parses again.
+ * no deeper than the limit and serialises back to JSON that parses again;
+ * a refusal's message must be valid UTF-8, since it is sent as JSON.
  */
 #include "config.h"
 
@@ -82,6 +83,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     } else {
         if (rc != KEEL_EINVAL || v != NULL || msg[0] == '\0')
             abort();
+        /* The message is sent as {"detail": msg}: it must be a valid JSON
+         * string (jansson refuses invalid UTF-8). */
+        json_t *detail = json_string(msg);
+        if (detail == NULL)
+            abort();
+        json_decref(detail);
     }
     free(body);
     return 0;

@@ -55,10 +55,8 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     (void)argc;
     (void)argv;
     fuzz_quiet_logs();
-    struct keel__auth_conf c = {.audience = "authenticated",
-                                .issuer = NULL,
-                                .leeway_s = 30,
-                                .max_token_bytes = 8192};
+    struct keel__auth_conf c = {
+        .audience = "authenticated", .issuer = NULL, .leeway_s = 30, .max_token_bytes = 8192};
     char err[256];
     if (keel__auth_new(&c, &auth) != 0 ||
         keel__auth_add_hs256(auth, NULL, (const unsigned char *)SECRET, strlen(SECRET)) != 0)

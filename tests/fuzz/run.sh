@@ -85,8 +85,11 @@ cmd_run() {
 		[ "$runs" != 0 ] && args+=(-runs="$runs")
 		local log="$out/logs/$h.log" rc=0 start end
 		start=$(date +%s)
-		# stdin is /dev/null: the conf harness may name files like /dev/stdin.
-		(cd "$out" && "./$h" "${args[@]}" "$dir" "$seeds" </dev/null >"$log" 2>&1) || rc=$?
+		# The conf harness may name any file as a key file: stdin is /dev/null
+		# and setsid drops the controlling terminal, so /dev/stdin and
+		# /dev/tty cannot block it.
+		(cd "$out" && setsid -w "./$h" "${args[@]}" "$dir" "$seeds" </dev/null >"$log" 2>&1) ||
+			rc=$?
 		end=$(date +%s)
 		[ -n "$tmp" ] && rm -rf "$tmp"
 		local execs corpus

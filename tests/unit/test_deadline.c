@@ -52,7 +52,8 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
         return MHD_YES;
     }
     keel__deadlines_received(conn);
-    struct MHD_Response *r = MHD_create_response_from_buffer(2, (void *)"ok", MHD_RESPMEM_PERSISTENT);
+    struct MHD_Response *r = MHD_create_response_from_buffer(2, (void *)"ok",
+                                                             MHD_RESPMEM_PERSISTENT);
     enum MHD_Result q = MHD_queue_response(conn, 200, r);
     MHD_destroy_response(r);
     return q;
