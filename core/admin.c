@@ -55,12 +55,12 @@ static int route_me(keel_request *req)
     }
     if (degraded)
         keel__req_add_header(req, "X-Keel-Degraded", "database");
-    return keel__respond_json(
-        req, 200,
-        json_pack("{s:s?, s:s?, s:s?, s:s?, s:s?, s:s?, s:{s:I}}", "id",
-                  p->user_id ? p->user_id : p->supabase_id, "email", p->email, "full_name",
-                  p->full_name, "role", p->role, "status", p->status, "subscription_tier", p->tier,
-                  "credits", "balance", balance));
+    return keel__respond_json(req, 200,
+                              json_pack("{s:s?, s:s?, s:s?, s:s?, s:s?, s:s?, s:{s:I}}", "id",
+                                        p->user_id ? p->user_id : p->supabase_id, "email", p->email,
+                                        "full_name", p->full_name, "role", p->role, "status",
+                                        p->status, "subscription_tier", p->tier, "credits",
+                                        "balance", balance));
 }
 
 static int route_plugins(keel_request *req)
@@ -137,8 +137,8 @@ static int route_metrics(keel_request *req)
         free(text);
         return KEEL_ERESPONDED;
     }
-    struct MHD_Response *resp =
-        MHD_create_response_from_buffer(strlen(text), text, MHD_RESPMEM_MUST_FREE);
+    struct MHD_Response *resp = MHD_create_response_from_buffer(strlen(text), text,
+                                                                MHD_RESPMEM_MUST_FREE);
     if (resp == NULL) {
         free(text);
         return KEEL_ENOMEM;
@@ -165,8 +165,8 @@ static int route_evict(keel_request *req)
             json_pack("{s:[{s:[s,s], s:s, s:s}]}", "detail", "loc", "body", "user", "msg",
                       "Field required: an email or a Supabase user id", "type", "missing"));
     int n = keel__rt.usersync ? keel__usersync_evict(keel__rt.usersync, user) : 0;
-    keel__log(KEEL_LOG_INFO, "admin", "evicted %d sync-cache entr%s for %s", n, n == 1 ? "y" : "ies",
-              user);
+    keel__log(KEEL_LOG_INFO, "admin", "evicted %d sync-cache entr%s for %s", n,
+              n == 1 ? "y" : "ies", user);
     return keel__respond_json(req, 200, json_pack("{s:i}", "evicted", n));
 }
 

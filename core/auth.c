@@ -107,8 +107,8 @@ static bool kid_is_valid(const char *kid, size_t len)
         return false;
     for (size_t i = 0; i < len; i++) {
         unsigned char c = (unsigned char)kid[i];
-        bool ok = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') ||
-                  (c >= '0' && c <= '9') || c == '.' || c == '_' || c == '-';
+        bool ok = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+                  c == '.' || c == '_' || c == '-';
         if (!ok)
             return false;
     }
@@ -165,8 +165,7 @@ fail:
     return rc;
 }
 
-int keel__auth_add_hs256(keel__auth *a, const char *kid, const unsigned char *secret,
-                         size_t len)
+int keel__auth_add_hs256(keel__auth *a, const char *kid, const unsigned char *secret, size_t len)
 {
     if (a == NULL || secret == NULL || len == 0 || len > AUTH_MAX_SECRET)
         return KEEL_EINVAL;
@@ -235,8 +234,8 @@ static int check_pem(const char *pem, size_t len, jwt_alg_t alg, char *err, size
     return rc;
 }
 
-int keel__auth_add_pem(keel__auth *a, const char *kid, const char *alg, const char *pem,
-                       char *err, size_t errlen)
+int keel__auth_add_pem(keel__auth *a, const char *kid, const char *alg, const char *pem, char *err,
+                       size_t errlen)
 {
     if (err != NULL && errlen > 0)
         err[0] = '\0';
@@ -454,8 +453,7 @@ static int select_key(const keel__auth *a, const json_t *header, const struct au
     /* libjwt refuses any other typ after keel has already chosen a key;
      * saying so here gives the client the real reason. */
     const json_t *typ = json_object_get(header, "typ");
-    if (typ != NULL &&
-        (!json_is_string(typ) || strcasecmp(json_string_value(typ), "JWT") != 0)) {
+    if (typ != NULL && (!json_is_string(typ) || strcasecmp(json_string_value(typ), "JWT") != 0)) {
         *why = "Token type not allowed";
         return KEEL__TOKEN_INVALID;
     }

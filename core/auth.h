@@ -32,9 +32,9 @@ enum keel__token_status {
 
 /* The verified claims a request's principal is built from. */
 struct keel__claims {
-    char sub[37];  /* canonical lower-case UUID */
-    char *email;   /* may be "" when absent; owned */
-    char *role;    /* the token's role claim ("authenticated"); owned */
+    char sub[37]; /* canonical lower-case UUID */
+    char *email;  /* may be "" when absent; owned */
+    char *role;   /* the token's role claim ("authenticated"); owned */
     int64_t exp;
     json_t *user_metadata; /* owned reference, or NULL */
 };
@@ -57,8 +57,8 @@ int keel__auth_add_hs256(keel__auth *a, const char *kid, const unsigned char *se
  * The PEM is checked with OpenSSL now, so a bad key fails at start-up with a
  * message in err.
  */
-int keel__auth_add_pem(keel__auth *a, const char *kid, const char *alg, const char *pem,
-                       char *err, size_t errlen) KEEL_WARN_UNUSED;
+int keel__auth_add_pem(keel__auth *a, const char *kid, const char *alg, const char *pem, char *err,
+                       size_t errlen) KEEL_WARN_UNUSED;
 
 /*
  * Splits an Authorization header value.  Returns 0 and points *token and *len

@@ -141,16 +141,17 @@ void keel__breaker_failure(keel__breaker *b, int64_t now_ms)
             break;
         if (transition(b, w, KEEL__BREAKER_OPEN, now_ms + b->open_ms)) {
             atomic_store(&b->failures, 0);
-            keel__log(KEEL_LOG_WARN, "breaker",
-                      "circuit breaker open after %d consecutive failures; refusing calls for %d ms",
-                      n, b->open_ms);
+            keel__log(
+                KEEL_LOG_WARN, "breaker",
+                "circuit breaker open after %d consecutive failures; refusing calls for %d ms", n,
+                b->open_ms);
         }
         break;
     }
     case KEEL__BREAKER_HALF_OPEN:
         if (transition(b, w, KEEL__BREAKER_OPEN, now_ms + b->open_ms))
-            keel__log(KEEL_LOG_WARN, "breaker", "circuit breaker probe failed; open for another %d ms",
-                      b->open_ms);
+            keel__log(KEEL_LOG_WARN, "breaker",
+                      "circuit breaker probe failed; open for another %d ms", b->open_ms);
         break;
     default:
         break;

@@ -15,7 +15,11 @@
 
 #include <keel/common.h>
 
-enum keel__breaker_state { KEEL__BREAKER_CLOSED = 0, KEEL__BREAKER_OPEN = 1, KEEL__BREAKER_HALF_OPEN = 2 };
+enum keel__breaker_state {
+    KEEL__BREAKER_CLOSED = 0,
+    KEEL__BREAKER_OPEN = 1,
+    KEEL__BREAKER_HALF_OPEN = 2
+};
 
 typedef struct keel__breaker keel__breaker;
 

@@ -196,16 +196,30 @@ struct section {
 
 /* JSON key = C member name, so the tables name each member once. */
 #define OFF(sec, name) offsetof(struct keel__conf, sec.name)
-#define STRING(sec, name, fl)                                                                 \
-    {.key = #name, .type = FT_STRING, .offset = OFF(sec, name), .flags = (fl)}
-#define CHOICE(sec, name, list)                                                               \
-    {.key = #name, .type = FT_STRING, .offset = OFF(sec, name), .choices = (list)}
-#define INT(sec, name, lo, hi)                                                                \
-    {.key = #name, .type = FT_INT, .offset = OFF(sec, name), .min = (lo), .max = (hi)}
-#define LONG(sec, name, lo, hi)                                                               \
-    {.key = #name, .type = FT_LONG, .offset = OFF(sec, name), .min = (lo), .max = (hi)}
-#define BOOL(sec, name) {.key = #name, .type = FT_BOOL, .offset = OFF(sec, name)}
-#define CUSTOM(name, fn) {.key = (name), .type = FT_CUSTOM, .parse = (fn)}
+#define STRING(sec, name, fl)                                                                      \
+    {                                                                                              \
+        .key = #name, .type = FT_STRING, .offset = OFF(sec, name), .flags = (fl)                   \
+    }
+#define CHOICE(sec, name, list)                                                                    \
+    {                                                                                              \
+        .key = #name, .type = FT_STRING, .offset = OFF(sec, name), .choices = (list)               \
+    }
+#define INT(sec, name, lo, hi)                                                                     \
+    {                                                                                              \
+        .key = #name, .type = FT_INT, .offset = OFF(sec, name), .min = (lo), .max = (hi)           \
+    }
+#define LONG(sec, name, lo, hi)                                                                    \
+    {                                                                                              \
+        .key = #name, .type = FT_LONG, .offset = OFF(sec, name), .min = (lo), .max = (hi)          \
+    }
+#define BOOL(sec, name)                                                                            \
+    {                                                                                              \
+        .key = #name, .type = FT_BOOL, .offset = OFF(sec, name)                                    \
+    }
+#define CUSTOM(name, fn)                                                                           \
+    {                                                                                              \
+        .key = (name), .type = FT_CUSTOM, .parse = (fn)                                            \
+    }
 
 static int parse_log_level(struct parse_ctx *c, const char *section, const char *key, json_t *v);
 static int parse_secret_file(struct parse_ctx *c, const char *section, const char *key, json_t *v);
@@ -271,12 +285,8 @@ static const struct field usersync_fields[] = {
 };
 
 static const struct field cors_fields[] = {
-    CUSTOM("origins", parse_origins),
-    STRING(cors, methods, 0),
-    STRING(cors, headers, 0),
-    INT(cors, max_age, 0, 86400),
-    BOOL(cors, credentials),
-    {0},
+    CUSTOM("origins", parse_origins), STRING(cors, methods, 0), STRING(cors, headers, 0),
+    INT(cors, max_age, 0, 86400),     BOOL(cors, credentials),  {0},
 };
 
 static const struct field limits_fields[] = {
@@ -294,8 +304,8 @@ static const struct field limits_fields[] = {
 };
 
 static const struct section sections[] = {
-    {"server", server_fields},     {"admin", admin_fields}, {"log", log_fields},
-    {"database", database_fields}, {"auth", auth_fields},   {"usersync", usersync_fields},
+    {"server", server_fields},     {"admin", admin_fields},   {"log", log_fields},
+    {"database", database_fields}, {"auth", auth_fields},     {"usersync", usersync_fields},
     {"cors", cors_fields},         {"limits", limits_fields},
 };
 #define NSECTIONS (sizeof sections / sizeof sections[0])
@@ -704,8 +714,8 @@ static int load_file(struct load_state *st, const char *path, char *err, size_t 
     json_object_foreach(root, key, value)
     {
         if (strcmp(key, "plugin") == 0) {
-            struct pending_plugin *grown =
-                realloc(st->pending, (st->npending + 1) * sizeof *st->pending);
+            struct pending_plugin *grown = realloc(st->pending,
+                                                   (st->npending + 1) * sizeof *st->pending);
             if (grown == NULL) {
                 rc = keel__conf_nomem(err, errlen);
                 break;

@@ -34,12 +34,12 @@ enum keel__listener { KEEL__LISTENER_MAIN = 0, KEEL__LISTENER_ADMIN = 1 };
 
 /* One route of a plugin manifest. */
 struct keel__manifest_route {
-    char *method;          /* upper case */
-    char *path;            /* template */
-    int auth;              /* enum keel__auth_level */
-    int listener;          /* enum keel__listener */
+    char *method;             /* upper case */
+    char *path;               /* template */
+    int auth;                 /* enum keel__auth_level */
+    int listener;             /* enum keel__listener */
     unsigned fallback_status; /* default 200; 503 when the route has no "fallback" */
-    json_t *fallback;      /* body for a user when the plugin is down; owned, never
+    json_t *fallback;         /* body for a user when the plugin is down; owned, never
                               NULL ({"detail":"Service unavailable"} by default) */
     json_t *fallback_headers; /* object of string values to add, owned; NULL = none */
 };
@@ -47,8 +47,8 @@ struct keel__manifest_route {
 /* A plugin manifest: everything the core knows without loading the .so. */
 struct keel__manifest {
     char *name;
-    char *source;   /* the conf.d file it came from */
-    char *file;     /* absolute path of the .so (resolved against plugin_dir) */
+    char *source;    /* the conf.d file it came from */
+    char *file;      /* absolute path of the .so (resolved against plugin_dir) */
     char *file_spec; /* "file" as written in the manifest */
     bool enabled;
     json_t *config; /* "config" object handed to init; owned, never NULL */
@@ -58,38 +58,38 @@ struct keel__manifest {
 
 struct keel__key_conf {
     char *kid;
-    char *alg;  /* "RS256" | "ES256" */
-    char *pem;  /* PEM text (read from "pem" or "pem_file") */
+    char *alg; /* "RS256" | "ES256" */
+    char *pem; /* PEM text (read from "pem" or "pem_file") */
 };
 
 struct keel__conf {
     char *dir; /* the conf.d directory */
 
     struct {
-        char *host; /* default 127.0.0.1 */
-        int port;   /* default 8080 */
-        int threads;              /* 0 = 4 x online CPUs */
+        char *host;  /* default 127.0.0.1 */
+        int port;    /* default 8080 */
+        int threads; /* 0 = 4 x online CPUs */
         /* Default 30.  Bounds silence on a connection (libmicrohttpd) and the
          * time a request may take to arrive in full (core/deadline.h). */
         int connection_timeout_s;
-        int shutdown_timeout_s;   /* SIGTERM drain deadline, default 10 */
-        char *plugin_dir;         /* default KEEL_PLUGINDIR (the install's lib/keel) */
+        int shutdown_timeout_s; /* SIGTERM drain deadline, default 10 */
+        char *plugin_dir;       /* default KEEL_PLUGINDIR (the install's lib/keel) */
     } server;
 
     struct {
-        char *host; /* default 127.0.0.1 */
-        int port;   /* default 8081 */
+        char *host;  /* default 127.0.0.1 */
+        int port;    /* default 8081 */
         char *token; /* required when host is not loopback */
     } admin;
 
     struct {
-        int level;        /* KEEL_LOG_*, default info */
-        char *access_log; /* "-" = stderr, path, or NULL = off (the default) */
+        int level;           /* KEEL_LOG_*, default info */
+        char *access_log;    /* "-" = stderr, path, or NULL = off (the default) */
         char *access_format; /* "text" (default) | "json" */
     } log;
 
     struct {
-        char *url; /* libpq URI or conninfo; NULL = no database */
+        char *url;                /* libpq URI or conninfo; NULL = no database */
         int pool_size;            /* default 8 */
         int pool_wait_ms;         /* default 2000 */
         int connect_timeout_s;    /* default 3 */
@@ -105,46 +105,46 @@ struct keel__conf {
          * "jwt_secret" or as "jwt_secret_file" (a path relative to conf.d, at
          * most 64 KiB, trailing CR/LF removed); KEEL_JWT_SECRET overrides. */
         char *jwt_secret;
-        char *jwt_kid;    /* optional kid of the HS256 key */
+        char *jwt_kid; /* optional kid of the HS256 key */
         /* "keys": [{"kid","alg","pem" | "pem_file"}]; pem_file is relative to
          * conf.d, at most 64 KiB.  kids are unique. */
         struct keel__key_conf *keys;
         size_t nkeys;
-        char *issuer;      /* NULL = not checked */
-        char *audience;    /* default "authenticated" */
-        int leeway_s;      /* default 30 */
+        char *issuer;        /* NULL = not checked */
+        char *audience;      /* default "authenticated" */
+        int leeway_s;        /* default 30 */
         int max_token_bytes; /* default 8192 */
     } auth;
 
     struct {
-        int ttl_s;          /* default 300 */
-        int max_entries;    /* default 10000 */
+        int ttl_s;            /* default 300 */
+        int max_entries;      /* default 10000 */
         long initial_credits; /* default 0 */
     } usersync;
 
     struct {
         char **origins; /* "*" allows any; else "scheme://host[:port]"; default none */
         size_t norigins;
-        char *methods;  /* default "GET, POST, PUT, PATCH, DELETE, OPTIONS" */
-        char *headers;  /* default "Authorization, Content-Type" */
-        int max_age;    /* default 600 */
+        char *methods;    /* default "GET, POST, PUT, PATCH, DELETE, OPTIONS" */
+        char *headers;    /* default "Authorization, Content-Type" */
+        int max_age;      /* default 600 */
         bool credentials; /* default false */
     } cors;
 
     struct {
-        long max_body_bytes;   /* default 1 MiB */
+        long max_body_bytes;       /* default 1 MiB */
         long max_admin_body_bytes; /* admin listener (imports), default 256 MiB */
-        int max_json_depth;    /* default 32 */
-        long max_header_bytes; /* request headers, default 16 KiB: 431 past it */
-        int max_uri_bytes;     /* path and query string, default 8 KiB: 414 past it */
+        int max_json_depth;        /* default 32 */
+        long max_header_bytes;     /* request headers, default 16 KiB: 431 past it */
+        int max_uri_bytes;         /* path and query string, default 8 KiB: 414 past it */
         /* An oversized chunked body is read and thrown away for up to this
          * many more bytes so the client still gets its 413; past that the
          * connection is closed.  Default 32 MiB. */
         long max_drain_bytes;
-        int max_connections;   /* default 1024 */
-        int max_per_ip;        /* default 0 = unlimited */
-        int rate_per_user;     /* requests per second, 0 = off */
-        int rate_burst;        /* default 0 = same as rate_per_user */
+        int max_connections; /* default 1024 */
+        int max_per_ip;      /* default 0 = unlimited */
+        int rate_per_user;   /* requests per second, 0 = off */
+        int rate_burst;      /* default 0 = same as rate_per_user */
     } limits;
 
     struct keel__manifest *plugins;
@@ -158,7 +158,8 @@ struct keel__conf {
  * "conf.d/10-server.json: server.port: expected an integer 1-65535"; *out is
  * then NULL.
  */
-int keel__conf_load(const char *dir, struct keel__conf **out, char *err, size_t errlen) KEEL_WARN_UNUSED;
+int keel__conf_load(const char *dir, struct keel__conf **out, char *err,
+                    size_t errlen) KEEL_WARN_UNUSED;
 
 /*
  * Applies KEEL_LISTEN, KEEL_ADMIN_LISTEN, KEEL_DATABASE_URL, KEEL_JWT_SECRET,

@@ -63,8 +63,18 @@ struct keel__db_conn {
     struct stmt_entry stmts[STMT_TABLE_SIZE];
 };
 
-enum { KW_APP, KW_KA, KW_KA_IDLE, KW_KA_INTERVAL, KW_KA_COUNT, KW_DBNAME, KW_CONNECT_TIMEOUT,
-       KW_TCP_USER_TIMEOUT, KW_OPTIONS, KW_END };
+enum {
+    KW_APP,
+    KW_KA,
+    KW_KA_IDLE,
+    KW_KA_INTERVAL,
+    KW_KA_COUNT,
+    KW_DBNAME,
+    KW_CONNECT_TIMEOUT,
+    KW_TCP_USER_TIMEOUT,
+    KW_OPTIONS,
+    KW_END
+};
 
 struct keel__db {
     char *conninfo;
@@ -346,9 +356,10 @@ int keel__db_new(const struct keel__db_conf *conf, keel__db **out)
     if (db->conninfo == NULL || db->conns == NULL || db->idle == NULL || db->empty == NULL ||
         db->breaker == NULL || db->options == NULL)
         goto fail;
-    snprintf(db->options, olen,
-             "%s%s-c statement_timeout=%d -c lock_timeout=%d -c idle_in_transaction_session_timeout=%d",
-             user_options ? user_options : "", user_options ? " " : "", stmt_ms, lock_ms, idle_tx_ms);
+    snprintf(
+        db->options, olen,
+        "%s%s-c statement_timeout=%d -c lock_timeout=%d -c idle_in_transaction_session_timeout=%d",
+        user_options ? user_options : "", user_options ? " " : "", stmt_ms, lock_ms, idle_tx_ms);
     snprintf(db->connect_timeout, sizeof db->connect_timeout, "%d",
              conf->connect_timeout_s > 0 ? conf->connect_timeout_s : 0);
     snprintf(db->tcp_user_timeout, sizeof db->tcp_user_timeout, "%d", TCP_USER_TIMEOUT_MS);
@@ -537,7 +548,8 @@ void keel__db_release(keel__db *db, keel__db_conn *c)
         case PQTRANS_INERROR:
             keep = conn_rollback(c);
             if (!keep)
-                keel__log(KEEL_LOG_WARN, "db", "rollback on release failed; closing the connection");
+                keel__log(KEEL_LOG_WARN, "db",
+                          "rollback on release failed; closing the connection");
             break;
         default:
             /* A command still running, or a state libpq cannot tell:
@@ -597,7 +609,9 @@ static int failed(keel__db_conn *c, PGresult *res, const char *sql, struct attem
 
     char sqlbuf[SQL_LOG_MAX + 1];
     one_line(sql, sqlbuf, sizeof sqlbuf);
-    int level = code == KEEL_EDB_BUG ? KEEL_LOG_ERROR : code == KEEL_EDB_UNAVAILABLE ? KEEL_LOG_WARN : KEEL_LOG_DEBUG;
+    int level = code == KEEL_EDB_BUG           ? KEEL_LOG_ERROR
+                : code == KEEL_EDB_UNAVAILABLE ? KEEL_LOG_WARN
+                                               : KEEL_LOG_DEBUG;
     keel__log(level, "db", "%s: %s [SQLSTATE %s] in: %s", keel_strerror(code), primary,
               sqlstate ? sqlstate : "none", sqlbuf);
     PQclear(res);
@@ -618,7 +632,8 @@ static PGresult *wait_result(PGconn *pg, int sent)
         return NULL;
     PGresult *keep = NULL, *r;
     while ((r = PQgetResult(pg)) != NULL) {
-        if (keep == NULL || (PQresultStatus(keep) != PGRES_FATAL_ERROR && PQresultStatus(r) == PGRES_FATAL_ERROR)) {
+        if (keep == NULL ||
+            (PQresultStatus(keep) != PGRES_FATAL_ERROR && PQresultStatus(r) == PGRES_FATAL_ERROR)) {
             PQclear(keep);
             keep = r;
         } else {
@@ -637,8 +652,9 @@ static bool result_ok(const PGresult *res)
     return res != NULL && (st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK);
 }
 
-static int run_once(keel__db_conn *c, const char *sql, uint64_t h, int nparams, const char *const *params,
-                    PGresult **out, struct attempt *a, char *err, size_t errlen)
+static int run_once(keel__db_conn *c, const char *sql, uint64_t h, int nparams,
+                    const char *const *params, PGresult **out, struct attempt *a, char *err,
+                    size_t errlen)
 {
     *a = (struct attempt){0};
     struct stmt_entry *e = stmt_slot(c, sql, h);
@@ -699,11 +715,12 @@ static int run_once(keel__db_conn *c, const char *sql, uint64_t h, int nparams, 
  * checkout succeeded, the caller's work is already partly gone with the
  * session, so only the caller can decide to start over.
  */
-int keel__db_exec(keel__db *db, keel__db_conn *c, const char *sql, int nparams, const char *const *params,
-                  PGresult **out, char *err, size_t errlen)
+int keel__db_exec(keel__db *db, keel__db_conn *c, const char *sql, int nparams,
+                  const char *const *params, PGresult **out, char *err, size_t errlen)
 {
     *out = NULL;
-    if (c == NULL || sql == NULL || nparams < 0 || nparams > MAX_PARAMS || (nparams > 0 && params == NULL)) {
+    if (c == NULL || sql == NULL || nparams < 0 || nparams > MAX_PARAMS ||
+        (nparams > 0 && params == NULL)) {
         keel__set_err(err, errlen, "invalid arguments to keel__db_exec");
         return KEEL_EINVAL;
     }
@@ -731,7 +748,8 @@ int keel__db_exec(keel__db *db, keel__db_conn *c, const char *sql, int nparams, 
     rc = run_once(c, sql, h, nparams, params, out, &a, err, errlen);
     if (rc != 0 && outside_tx) {
         if (c->broken && a.before_execution && !c->checkout_ok) {
-            keel__log(KEEL_LOG_INFO, "db", "connection lost before the statement ran; reconnecting and retrying once");
+            keel__log(KEEL_LOG_INFO, "db",
+                      "connection lost before the statement ran; reconnecting and retrying once");
             conn_close(db, c);
             rc = conn_open(db, c, err, errlen);
             if (rc != 0)

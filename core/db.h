@@ -25,7 +25,7 @@ typedef struct keel__db keel__db;
 typedef struct keel__db_conn keel__db_conn;
 
 struct keel__db_conf {
-    const char *conninfo;     /* libpq URI or key=value string */
+    const char *conninfo; /* libpq URI or key=value string */
     int pool_size;
     int wait_ms;
     int connect_timeout_s;
@@ -57,7 +57,8 @@ void keel__db_release(keel__db *db, keel__db_conn *conn);
  * breaker, and marks a broken connection so release replaces it.
  */
 int keel__db_exec(keel__db *db, keel__db_conn *conn, const char *sql, int nparams,
-                  const char *const *params, PGresult **out, char *err, size_t errlen) KEEL_WARN_UNUSED;
+                  const char *const *params, PGresult **out, char *err,
+                  size_t errlen) KEEL_WARN_UNUSED;
 
 /* The libpq connection behind conn, for diagnostics and tests (e.g.
  * PQtransactionStatus).  Statements sent on it directly bypass the error

@@ -57,7 +57,6 @@ static void *now_sym(lt_user_data data, lt_module module, const char *name)
     return dlsym(module, name);
 }
 
-
 int keel__loader_init(void)
 {
     if (lt_dlinit() != 0) {
@@ -115,8 +114,8 @@ const char *keel__stage_name(int stage)
 
 const char *keel__reason_name(int reason)
 {
-    static const char *const names[] = {"none",     "not_installed", "abi_mismatch",
-                                        "init_failed", "disabled",   "load_failed"};
+    static const char *const names[] = {"none",        "not_installed", "abi_mismatch",
+                                        "init_failed", "disabled",      "load_failed"};
     return reason >= 0 && reason <= KEEL__REASON_LOAD_FAILED ? names[reason] : "load_failed";
 }
 
@@ -136,6 +135,8 @@ static const struct {
 
 int keel__abi_check(const keel_plugin *d, const char *expected_name, char *err, size_t errlen)
 {
+    /* Format arguments as unsigned: the macros are int, the fields uint16_t. */
+    const unsigned host_major = KEEL_ABI_MAJOR, host_minor = KEEL_ABI_MINOR;
     if (d == NULL) {
         snprintf(err, errlen, "%s() returned NULL", KEEL_PLUGIN_ENTRY_SYMBOL);
         return KEEL_EABI;
@@ -146,14 +147,15 @@ int keel__abi_check(const keel_plugin *d, const char *expected_name, char *err, 
         return KEEL_EABI;
     }
     if (d->abi_major != KEEL_ABI_MAJOR) {
-        snprintf(err, errlen,
-                 "built for ABI %u.%u, host has %u.%u; rebuild the plugin against keel %u.x headers",
-                 d->abi_major, d->abi_minor, KEEL_ABI_MAJOR, KEEL_ABI_MINOR, KEEL_ABI_MAJOR);
+        snprintf(
+            err, errlen,
+            "built for ABI %u.%u, host has %u.%u; rebuild the plugin against keel %u.x headers",
+            (unsigned)d->abi_major, (unsigned)d->abi_minor, host_major, host_minor, host_major);
         return KEEL_EABI;
     }
     if (d->struct_size < offsetof(keel_plugin, spare)) {
         snprintf(err, errlen, "descriptor is %u bytes, ABI %u.0 needs at least %zu", d->struct_size,
-                 KEEL_ABI_MAJOR, offsetof(keel_plugin, spare));
+                 host_major, offsetof(keel_plugin, spare));
         return KEEL_EABI;
     }
     for (const char *const *r = d->requires; r != NULL && *r != NULL; r++) {
@@ -166,8 +168,8 @@ int keel__abi_check(const keel_plugin *d, const char *expected_name, char *err, 
             snprintf(err, errlen,
                      "needs capability \"%s\" which this host (ABI %u.%u) lacks; the plugin was "
                      "built for ABI %u.%u: upgrade keeld or rebuild against ABI %u.%u headers",
-                     *r, KEEL_ABI_MAJOR, KEEL_ABI_MINOR, d->abi_major, d->abi_minor,
-                     KEEL_ABI_MAJOR, KEEL_ABI_MINOR);
+                     *r, host_major, host_minor, (unsigned)d->abi_major, (unsigned)d->abi_minor,
+                     host_major, host_minor);
             return KEEL_EABI;
         }
     }
@@ -329,8 +331,8 @@ int keel__generation_load(const struct keel__manifest *m, uint64_t number, const
         g->copy_path = NULL;
         generation_destroy(g);
         fail(err, KEEL__STAGE_DLOPEN,
-             e == ENOENT ? KEEL__REASON_NOT_INSTALLED : KEEL__REASON_LOAD_FAILED, "%s: %s",
-             m->file, strerror(e));
+             e == ENOENT ? KEEL__REASON_NOT_INSTALLED : KEEL__REASON_LOAD_FAILED, "%s: %s", m->file,
+             strerror(e));
         return KEEL_ELOAD;
     }
     int crc = copy_file(m->file, g->copy_path);

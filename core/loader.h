@@ -75,7 +75,8 @@ void keel__loader_shutdown(void);
  * loader's message, and nothing is left loaded.
  */
 int keel__generation_load(const struct keel__manifest *m, uint64_t number, const keel_host *host,
-                          struct keel__generation **out, struct keel__load_error *err) KEEL_WARN_UNUSED;
+                          struct keel__generation **out,
+                          struct keel__load_error *err) KEEL_WARN_UNUSED;
 
 void keel__generation_ref(struct keel__generation *g);
 /* Drops a reference; the last one finalises and unloads the generation. */

@@ -162,9 +162,8 @@ static void print_check_report(void)
         const char *reason = json_string_value(json_object_get(p, "reason"));
         const char *version = json_string_value(json_object_get(p, "version"));
         const char *stage = json_string_value(json_object_get(p, "stage"));
-        printf("%-12s %-9s %-9s %-14s %-8s %s\n",
-               json_string_value(json_object_get(p, "name")), version ? version : "-", state,
-               reason ? reason : "-", stage ? stage : "-",
+        printf("%-12s %-9s %-9s %-14s %-8s %s\n", json_string_value(json_object_get(p, "name")),
+               version ? version : "-", state, reason ? reason : "-", stage ? stage : "-",
                json_string_value(json_object_get(p, "file")));
         const char *error = json_string_value(json_object_get(p, "error"));
         if (error != NULL && *error != '\0')
@@ -195,9 +194,12 @@ int main(int argc, char **argv)
     const char *confdir = KEEL_SYSCONFDIR "/conf.d";
     bool check = false, migrate = false;
     static const struct option longopts[] = {
-        {"config-dir", required_argument, NULL, 'c'}, {"check", no_argument, NULL, 't'},
-        {"migrate", no_argument, NULL, 'm'},          {"version", no_argument, NULL, 'V'},
-        {"help", no_argument, NULL, 'h'},             {NULL, 0, NULL, 0},
+        {"config-dir", required_argument, NULL, 'c'},
+        {"check", no_argument, NULL, 't'},
+        {"migrate", no_argument, NULL, 'm'},
+        {"version", no_argument, NULL, 'V'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
     };
     int opt;
     while ((opt = getopt_long(argc, argv, "c:tmVh", longopts, NULL)) != -1) {
@@ -212,7 +214,8 @@ int main(int argc, char **argv)
             migrate = true;
             break;
         case 'V':
-            printf("keeld %s (plugin ABI %d.%d)\n", PACKAGE_VERSION, KEEL_ABI_MAJOR, KEEL_ABI_MINOR);
+            printf("keeld %s (plugin ABI %d.%d)\n", PACKAGE_VERSION, KEEL_ABI_MAJOR,
+                   KEEL_ABI_MINOR);
             return 0;
         case 'h':
             usage(stdout);
@@ -240,7 +243,8 @@ int main(int argc, char **argv)
     keel__rt.conf = conf;
     keel__rt.started_at = (int64_t)time(NULL);
     long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
-    keel__rt.threads = conf->server.threads > 0 ? conf->server.threads : (int)(4 * (ncpu > 0 ? ncpu : 1));
+    keel__rt.threads = conf->server.threads > 0 ? conf->server.threads
+                                                : (int)(4 * (ncpu > 0 ? ncpu : 1));
 
     if (migrate) {
         if (conf->database.url == NULL) {

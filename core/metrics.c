@@ -21,7 +21,7 @@
 
 #define NSTATUS 500 /* 100..599 */
 static const double bucket_bounds[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
-                                       0.1,    0.25,  0.5,    1.0,   2.5,   5.0,   10.0};
+                                       0.1,    0.25,  0.5,    1.0,   2.5,  5.0,   10.0};
 #define NBUCKETS (sizeof bucket_bounds / sizeof bucket_bounds[0])
 
 struct keel__route_metrics {
@@ -202,11 +202,12 @@ static void render_routes(struct text *t)
                  "keel_http_request_duration_seconds_bucket{listener=\"%s\",method=\"%s\","
                  "route=\"%s\",le=\"+Inf\"} %llu\n",
                  ln, m->method, p, count);
-            emit(t,
-                 "keel_http_request_duration_seconds_sum{listener=\"%s\",method=\"%s\",route=\"%s\"} "
-                 "%.9f\n",
-                 ln, m->method, p,
-                 (double)atomic_load_explicit(&m->sum_ns, memory_order_relaxed) / 1e9);
+            emit(
+                t,
+                "keel_http_request_duration_seconds_sum{listener=\"%s\",method=\"%s\",route=\"%s\"} "
+                "%.9f\n",
+                ln, m->method, p,
+                (double)atomic_load_explicit(&m->sum_ns, memory_order_relaxed) / 1e9);
             emit(t,
                  "keel_http_request_duration_seconds_count{listener=\"%s\",method=\"%s\","
                  "route=\"%s\"} %llu\n",
@@ -241,14 +242,16 @@ static void render_plugins(struct text *t)
                 v = strcmp(json_string_value(json_object_get(p, "state")), "loaded") == 0;
             else
                 v = (long long)json_integer_value(json_object_get(p, keys[f]));
-            emit(t, "%s{plugin=\"%s\"} %lld\n", fams[f][0], esc(name ? name : "", nm, sizeof nm), v);
+            emit(t, "%s{plugin=\"%s\"} %lld\n", fams[f][0], esc(name ? name : "", nm, sizeof nm),
+                 v);
         }
     }
     json_decref(d);
     emit(t,
          "# HELP keel_reloads_total Plugin reloads by result.\n# TYPE keel_reloads_total counter\n"
          "keel_reloads_total{result=\"ok\"} %llu\nkeel_reloads_total{result=\"failed\"} %llu\n",
-         (unsigned long long)atomic_load(&reloads_ok), (unsigned long long)atomic_load(&reloads_failed));
+         (unsigned long long)atomic_load(&reloads_ok),
+         (unsigned long long)atomic_load(&reloads_failed));
     emit(t,
          "# HELP keel_plugin_generations_mapped Plugin generations currently loaded in memory.\n"
          "# TYPE keel_plugin_generations_mapped gauge\nkeel_plugin_generations_mapped %ld\n",
@@ -275,9 +278,8 @@ static void render_db(struct text *t)
          "# TYPE keel_db_connects_total counter\n"
          "keel_db_connects_total{result=\"ok\"} %llu\n"
          "keel_db_connects_total{result=\"failed\"} %llu\n",
-         s.in_use, s.idle, s.size, (unsigned long long)s.waits,
-         (unsigned long long)s.wait_timeouts, (unsigned long long)s.connects,
-         (unsigned long long)s.connect_failures);
+         s.in_use, s.idle, s.size, (unsigned long long)s.waits, (unsigned long long)s.wait_timeouts,
+         (unsigned long long)s.connects, (unsigned long long)s.connect_failures);
     emit(t, "# HELP keel_db_breaker_state Circuit breaker state (1 = current).\n"
             "# TYPE keel_db_breaker_state gauge\n");
     static const int states[] = {KEEL__BREAKER_CLOSED, KEEL__BREAKER_OPEN, KEEL__BREAKER_HALF_OPEN};

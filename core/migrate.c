@@ -62,7 +62,8 @@ static int by_file(const void *a, const void *b)
 }
 
 /* Lists dir's migrations in order; *out is the caller's to free. */
-static int list_migrations(const char *dir, struct migration **out, int *count, char *err, size_t errlen)
+static int list_migrations(const char *dir, struct migration **out, int *count, char *err,
+                           size_t errlen)
 {
     *out = NULL;
     *count = 0;
@@ -97,8 +98,8 @@ static int list_migrations(const char *dir, struct migration **out, int *count, 
         memcpy(m->file, de->d_name, len + 1);
         memcpy(m->name, de->d_name + 5, len - 9);
         m->name[len - 9] = '\0';
-        m->version = (de->d_name[0] - '0') * 1000 + (de->d_name[1] - '0') * 100 + (de->d_name[2] - '0') * 10 +
-                     (de->d_name[3] - '0');
+        m->version = (de->d_name[0] - '0') * 1000 + (de->d_name[1] - '0') * 100 +
+                     (de->d_name[2] - '0') * 10 + (de->d_name[3] - '0');
     }
     qsort(list, (size_t)n, sizeof *list, by_file);
     for (int i = 1; i < n; i++) {
@@ -220,7 +221,8 @@ static int sql_failure(PGconn *pg, PGresult *res, const char *what, const char *
     }
     keel__set_err(err, errlen, "%s: %s%s (SQLSTATE %s)", what, primary, where,
                   sqlstate ? sqlstate : "none");
-    bool unavailable = PQstatus(pg) != CONNECTION_OK || keel__db_classify(sqlstate) == KEEL_EDB_UNAVAILABLE;
+    bool unavailable = PQstatus(pg) != CONNECTION_OK ||
+                       keel__db_classify(sqlstate) == KEEL_EDB_UNAVAILABLE;
     PQclear(res);
     return unavailable ? KEEL_EDB_UNAVAILABLE : KEEL_EDB_BUG;
 }
@@ -265,7 +267,8 @@ static int ensure_table(PGconn *pg, char *err, size_t errlen)
 }
 
 /* Applies one migration unless it is recorded already; *did says which. */
-static int apply_one(PGconn *pg, const char *dir, const struct migration *m, bool *did, char *err, size_t errlen)
+static int apply_one(PGconn *pg, const char *dir, const struct migration *m, bool *did, char *err,
+                     size_t errlen)
 {
     *did = false;
     char version[16];
@@ -279,8 +282,8 @@ static int apply_one(PGconn *pg, const char *dir, const struct migration *m, boo
     if (rc != 0)
         goto out;
 
-    PGresult *res = PQexecParams(pg, "SELECT 1 FROM schema_migrations WHERE version = $1", 1, NULL, params,
-                                 NULL, NULL, 0);
+    PGresult *res = PQexecParams(pg, "SELECT 1 FROM schema_migrations WHERE version = $1", 1, NULL,
+                                 params, NULL, NULL, 0);
     if (PQresultStatus(res) != PGRES_TUPLES_OK) {
         rc = sql_failure(pg, res, m->file, NULL, err, errlen);
         goto out;
@@ -310,8 +313,8 @@ static int apply_one(PGconn *pg, const char *dir, const struct migration *m, boo
         rc = KEEL_ECONFIG;
         goto out;
     }
-    res = PQexecParams(pg, "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", 2, NULL, params,
-                       NULL, NULL, 0);
+    res = PQexecParams(pg, "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", 2, NULL,
+                       params, NULL, NULL, 0);
     if (PQresultStatus(res) != PGRES_COMMAND_OK) {
         rc = sql_failure(pg, res, m->file, NULL, err, errlen);
         goto out;
@@ -343,11 +346,14 @@ static void check_recorded(PGconn *pg, const struct migration *list, int n)
                 if (list[i].version == v)
                     m = &list[i];
             if (m == NULL)
-                keel__log(KEEL_LOG_WARN, "migrate",
-                          "database has migration %ld (%s) that this keel does not know; is it newer?", v, name);
+                keel__log(
+                    KEEL_LOG_WARN, "migrate",
+                    "database has migration %ld (%s) that this keel does not know; is it newer?", v,
+                    name);
             else if (strcmp(m->name, name) != 0)
-                keel__log(KEEL_LOG_WARN, "migrate", "migration %ld is recorded as \"%s\" but the file is %s", v,
-                          name, m->file);
+                keel__log(KEEL_LOG_WARN, "migrate",
+                          "migration %ld is recorded as \"%s\" but the file is %s", v, name,
+                          m->file);
         }
     }
     PQclear(res);
@@ -383,7 +389,8 @@ int keel__db_migrate(const char *conninfo, const char *dir, int *applied, char *
     return rc;
 }
 
-int keel__db_schema_behind(const char *conninfo, const char *dir, int *behind, char *err, size_t errlen)
+int keel__db_schema_behind(const char *conninfo, const char *dir, int *behind, char *err,
+                           size_t errlen)
 {
     *behind = 0;
     struct migration *list;

@@ -33,7 +33,7 @@ struct route {
 };
 
 struct node {
-    char *literal; /* NULL for the root and for parameter nodes */
+    char *literal;          /* NULL for the root and for parameter nodes */
     struct node **children; /* literal children, sorted by strcmp */
     size_t nchildren;
     struct node *param; /* the one "{...}" child; names live in routes */
@@ -277,8 +277,8 @@ static struct node *add_literal_child(struct node *n, const char *seg, size_t le
     return c;
 }
 
-static struct route *route_new(int method, const char *tmpl, const struct tseg *segs,
-                               size_t nsegs, const char *owner, void *data)
+static struct route *route_new(int method, const char *tmpl, const struct tseg *segs, size_t nsegs,
+                               const char *owner, void *data)
 {
     struct route *rt = calloc(1, sizeof *rt);
     if (rt == NULL)
@@ -537,8 +537,8 @@ static void format_allow(unsigned mask, char *allow, size_t allowlen)
 }
 
 int keel__router_match(const keel__router *r, const char *method, const char *path,
-                       struct keel__route_match *m, char *scratch, size_t scratchlen,
-                       char *allow, size_t allowlen)
+                       struct keel__route_match *m, char *scratch, size_t scratchlen, char *allow,
+                       size_t allowlen)
 {
     struct search s;
 

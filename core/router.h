@@ -65,7 +65,11 @@ void keel__router_free(keel__router *r);
 int keel__router_add(keel__router *r, const char *method, const char *path_template,
                      const char *owner, void *data, char *err, size_t errlen) KEEL_WARN_UNUSED;
 
-enum keel__match_result { KEEL__MATCH_OK = 0, KEEL__MATCH_NOT_FOUND = 1, KEEL__MATCH_NO_METHOD = 2 };
+enum keel__match_result {
+    KEEL__MATCH_OK = 0,
+    KEEL__MATCH_NOT_FOUND = 1,
+    KEEL__MATCH_NO_METHOD = 2
+};
 
 /*
  * Looks up method + path (path without query string, still percent-encoded).
@@ -83,14 +87,15 @@ enum keel__match_result { KEEL__MATCH_OK = 0, KEEL__MATCH_NOT_FOUND = 1, KEEL__M
  * allow may be NULL.
  */
 int keel__router_match(const keel__router *r, const char *method, const char *path,
-                       struct keel__route_match *m, char *scratch, size_t scratchlen,
-                       char *allow, size_t allowlen);
+                       struct keel__route_match *m, char *scratch, size_t scratchlen, char *allow,
+                       size_t allowlen);
 
 /*
  * Checks a template without adding it: 0, or KEEL_EINVAL with the reason in
  * err.  conf.c validates manifests with it.
  */
-int keel__router_check_template(const char *path_template, char *err, size_t errlen) KEEL_WARN_UNUSED;
+int keel__router_check_template(const char *path_template, char *err,
+                                size_t errlen) KEEL_WARN_UNUSED;
 
 /* Calls fn for every route, in the order they were added (for listings). */
 void keel__router_each(const keel__router *r,

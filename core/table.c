@@ -132,7 +132,8 @@ static json_t *substitute_reason(const json_t *v, const char *reason)
         json_t *o = json_object();
         const char *k;
         json_t *x;
-        json_object_foreach((json_t *)v, k, x) json_object_set_new(o, k, substitute_reason(x, reason));
+        json_object_foreach((json_t *)v, k, x)
+            json_object_set_new(o, k, substitute_reason(x, reason));
         return o;
     }
     if (json_is_array(v)) {
@@ -210,7 +211,8 @@ static struct keel__table *build_table(const struct slot_view *views, size_t nvi
         r->path_template = c->path;
         r->core_handler = c->handler;
         r->metrics = keel__metrics_route(c->listener, c->method, c->path, NULL);
-        if (keel__router_add(t->routers[c->listener], c->method, c->path, "core", r, err, errlen) != 0)
+        if (keel__router_add(t->routers[c->listener], c->method, c->path, "core", r, err, errlen) !=
+            0)
             goto fail;
     }
     for (size_t v = 0; v < nviews; v++) {
@@ -243,8 +245,8 @@ static struct keel__table *build_table(const struct slot_view *views, size_t nvi
                 if (mr->fallback_headers != NULL)
                     r->stub_headers = json_incref(mr->fallback_headers);
             }
-            if (keel__router_add(t->routers[mr->listener], mr->method, mr->path, r->plugin, r,
-                                 err, errlen) != 0) {
+            if (keel__router_add(t->routers[mr->listener], mr->method, mr->path, r->plugin, r, err,
+                                 errlen) != 0) {
                 *conflict_index = (long)v;
                 goto fail;
             }
@@ -258,7 +260,8 @@ static struct keel__table *build_table(const struct slot_view *views, size_t nvi
     t->all_loaded = true;
     for (size_t v = 0; v < nviews; v++) {
         bool loaded = views[v].gen != NULL && views[v].manifest != NULL;
-        json_object_set_new(t->health, views[v].slot->name, json_string(loaded ? "loaded" : "fallback"));
+        json_object_set_new(t->health, views[v].slot->name,
+                            json_string(loaded ? "loaded" : "fallback"));
         if (!loaded)
             t->all_loaded = false;
     }
@@ -365,7 +368,8 @@ static int load_one(struct keel__slot *s, const struct keel__manifest *m,
         memset(err, 0, sizeof *err);
         err->stage = KEEL__STAGE_MANIFEST;
         err->reason = KEEL__REASON_DISABLED;
-        snprintf(err->message, sizeof err->message, "disabled in %s", m->source ? m->source : "conf.d");
+        snprintf(err->message, sizeof err->message, "disabled in %s",
+                 m->source ? m->source : "conf.d");
         return 1;
     }
     uint64_t number = s->next_number++;
@@ -594,9 +598,8 @@ json_t *keel__plugins_reload(const char *only, bool *unknown)
                 continue;
             named = true;
             note_reload(s, false, KEEL__STAGE_MANIFEST, err);
-            json_array_append_new(results,
-                                  result_json(s->name, false, KEEL__STAGE_MANIFEST, err,
-                                              s->gen ? s->gen->number : 0));
+            json_array_append_new(results, result_json(s->name, false, KEEL__STAGE_MANIFEST, err,
+                                                       s->gen ? s->gen->number : 0));
         }
         keel__log(KEEL_LOG_ERROR, "core", "reload refused: %s", err);
         keel__conf_free(conf);
@@ -666,9 +669,8 @@ json_t *keel__plugins_reload(const char *only, bool *unknown)
             /* A plugin that never loaded moves to its new manifest's stubs;
              * one that is serving keeps its previous generation. */
             p->failed = s->gen != NULL;
-            keel__log(KEEL_LOG_ERROR, s->name,
-                      "reload of %s failed: path=%s stage=%s: %s; %s", s->name, p->manifest.file,
-                      keel__stage_name(le.stage), le.message,
+            keel__log(KEEL_LOG_ERROR, s->name, "reload of %s failed: path=%s stage=%s: %s; %s",
+                      s->name, p->manifest.file, keel__stage_name(le.stage), le.message,
                       s->gen ? "previous generation keeps serving" : "fallback stubs keep serving");
         }
     }
@@ -806,8 +808,8 @@ json_t *keel__plugins_describe(void)
                       "s:s?, s:s?}",
                       "name", s->name, "version", g ? g->desc->version : NULL, "state",
                       g ? "loaded" : "fallback", "reason", g ? NULL : keel__reason_name(s->reason),
-                      "generation", (json_int_t)(g ? g->number : 0), "abi", g ? abi : NULL,
-                      "file", s->manifest.file ? s->manifest.file : "", "loaded_at",
+                      "generation", (json_int_t)(g ? g->number : 0), "abi", g ? abi : NULL, "file",
+                      s->manifest.file ? s->manifest.file : "", "loaded_at",
                       keel__json_time(g ? g->loaded_at : 0), "in_flight",
                       (json_int_t)(g ? atomic_load(&g->in_flight) : 0), "requests",
                       (json_int_t)atomic_load(&s->requests), "reloads", (json_int_t)s->reloads,

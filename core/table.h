@@ -65,7 +65,7 @@ struct keel__table {
     size_t nroutes;
     struct keel__generation **gens; /* one reference each */
     size_t ngens;
-    json_t *health;  /* {"<plugin>":"loaded"|"fallback"}, immutable */
+    json_t *health;       /* {"<plugin>":"loaded"|"fallback"}, immutable */
     char *health_body[2]; /* the /health body with the database down [0] or up [1] */
     bool all_loaded;
 };

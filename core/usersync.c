@@ -236,8 +236,8 @@ static const char *claims_full_name(const struct keel__claims *c)
     return NULL;
 }
 
-static struct entry *entry_new(const char *const v[F_COUNT], const char *token_email,
-                               uint64_t hash, int64_t now, int ttl_s)
+static struct entry *entry_new(const char *const v[F_COUNT], const char *token_email, uint64_t hash,
+                               int64_t now, int ttl_s)
 {
     size_t plen = fields_size(v);
     size_t elen = strlen(token_email) + 1;
@@ -411,8 +411,7 @@ void keel__usersync_free(keel__usersync *us)
  * filled, or KEEL_ENOMEM.  On a miss an expired entry is dropped and *gen is
  * the shard's generation, for cache_put.
  */
-static bool cache_lookup(struct shard *sh, uint64_t hash,
-                         const struct keel__claims *c, int64_t now,
+static bool cache_lookup(struct shard *sh, uint64_t hash, const struct keel__claims *c, int64_t now,
                          void *(*alloc)(void *ctx, size_t size), void *ctx,
                          struct keel__principal *p, int *rc, uint64_t *gen)
 {
@@ -509,8 +508,8 @@ static int sync_user(keel__usersync *us, const struct keel__claims *c, const cha
     if (rc == KEEL_EDB_CONFLICT) {
         /* Lost a race on a unique email; the winner is committed now, so the
          * second run sees it and takes the path that does not collide. */
-        keel__log(KEEL_LOG_DEBUG, TAG, "sync of %s conflicted, retrying once: %s",
-                  claims_who(c), err);
+        keel__log(KEEL_LOG_DEBUG, TAG, "sync of %s conflicted, retrying once: %s", claims_who(c),
+                  err);
         rc = keel__db_exec(us->db, conn, sync_sql, 4, params, &res, err, errlen);
     }
     keel__db_release(us->db, conn);

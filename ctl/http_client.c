@@ -127,8 +127,10 @@ int http_url_parse(struct http_url *url, const char *text, char *err, size_t err
         return KEEL_EINVAL;
     }
     if (memchr(p, '@', (size_t)(auth_end - p)) != NULL) {
-        set_err(err, errlen, "%s: user information in the admin URL is not supported "
-                             "(use --token)", text);
+        set_err(err, errlen,
+                "%s: user information in the admin URL is not supported "
+                "(use --token)",
+                text);
         return KEEL_EINVAL;
     }
 
@@ -193,8 +195,7 @@ int http_url_parse(struct http_url *url, const char *text, char *err, size_t err
         }
     }
     snprintf(url->port, sizeof url->port, "%ld", port);
-    snprintf(url->authority, sizeof url->authority, v6 ? "[%s]:%s" : "%s:%s", url->host,
-             url->port);
+    snprintf(url->authority, sizeof url->authority, v6 ? "[%s]:%s" : "%s:%s", url->host, url->port);
 
     /* Keep the prefix without trailing slashes so that prefix + "/admin/..."
      * never produces "//". */
@@ -249,8 +250,7 @@ static int wait_fd(int fd, short events, int timeout_ms)
  * the socket, or -1 with errno set. */
 static int connect_one(const struct addrinfo *ai, int timeout_ms)
 {
-    int fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK,
-                    ai->ai_protocol);
+    int fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK, ai->ai_protocol);
     if (fd < 0)
         return -1;
     if (connect(fd, ai->ai_addr, ai->ai_addrlen) == 0)
@@ -281,8 +281,7 @@ fail:;
     return -1;
 }
 
-static int open_connection(const struct http_url *url, int timeout_ms, char *err,
-                           size_t errlen)
+static int open_connection(const struct http_url *url, int timeout_ms, char *err, size_t errlen)
 {
     struct addrinfo hints = {0};
     hints.ai_family = AF_UNSPEC;
@@ -375,7 +374,7 @@ enum chunk_state { CHUNK_SIZE, CHUNK_DATA, CHUNK_DATA_END, CHUNK_TRAILER, CHUNK_
  * last byte is in, without waiting for the server to close. */
 struct parser {
     struct http_response *resp;
-    struct buf head;  /* bytes of the status line and headers */
+    struct buf head; /* bytes of the status line and headers */
     bool head_done;
     struct buf body;
     enum framing framing;
@@ -507,8 +506,8 @@ static int parse_head(struct parser *ps, char *head, size_t len)
         *vend = '\0';
         if (resp->nheaders == MAX_HEADERS)
             return malformed(ps, "too many header fields");
-        struct http_header_field *h =
-            realloc(resp->headers, (resp->nheaders + 1) * sizeof *resp->headers);
+        struct http_header_field *h = realloc(resp->headers,
+                                              (resp->nheaders + 1) * sizeof *resp->headers);
         if (h == NULL)
             return KEEL_ENOMEM;
         resp->headers = h;
@@ -531,8 +530,10 @@ static int parse_head(struct parser *ps, char *head, size_t len)
             /* We never send TE or Accept-Encoding, so chunked is the only
              * coding a conforming server may use. */
             if (strcasecmp(value, "chunked") != 0) {
-                set_err(ps->err, ps->errlen, "response from %s uses Transfer-Encoding '%s', "
-                        "which keelctl does not support", ps->url_text, value);
+                set_err(ps->err, ps->errlen,
+                        "response from %s uses Transfer-Encoding '%s', "
+                        "which keelctl does not support",
+                        ps->url_text, value);
                 return KEEL_EUNSUPPORTED;
             }
             chunked = true;
@@ -772,13 +773,13 @@ static int build_head(struct buf *out, const struct http_url *url, const struct 
     int rc = 0;
     bool has_body = req->body_len > 0 || strcmp(req->method, "POST") == 0 ||
                     strcmp(req->method, "PUT") == 0 || strcmp(req->method, "PATCH") == 0;
-#define ADD(...)                                                                        \
-    do {                                                                                \
-        int n_ = snprintf(line, sizeof line, __VA_ARGS__);                              \
-        if (n_ < 0 || (size_t)n_ >= sizeof line)                                        \
-            return KEEL_EINVAL;                                                         \
-        if ((rc = buf_append(out, line, (size_t)n_)) < 0)                               \
-            return rc;                                                                  \
+#define ADD(...)                                                                                   \
+    do {                                                                                           \
+        int n_ = snprintf(line, sizeof line, __VA_ARGS__);                                         \
+        if (n_ < 0 || (size_t)n_ >= sizeof line)                                                   \
+            return KEEL_EINVAL;                                                                    \
+        if ((rc = buf_append(out, line, (size_t)n_)) < 0)                                          \
+            return rc;                                                                             \
     } while (0)
     if ((rc = buf_append(out, req->method, strlen(req->method))) < 0 ||
         (rc = buf_append(out, " ", 1)) < 0 ||
@@ -868,8 +869,7 @@ int http_request_perform(const struct http_url *url, const struct http_request *
                             io_ms / 1000, url->text);
                     rc = KEEL_ETIMEOUT;
                 } else if (r < 0) {
-                    set_err(err, errlen, "error waiting for %s: %s", url->text,
-                            strerror(errno));
+                    set_err(err, errlen, "error waiting for %s: %s", url->text, strerror(errno));
                     rc = KEEL_EIO;
                 }
                 continue;

@@ -22,11 +22,11 @@
 
 /* A parsed "http://host[:port][/prefix]" URL.  Plain storage, nothing to free. */
 struct http_url {
-    char text[2048];      /* normalised form: http://authority/prefix */
-    char host[256];       /* what getaddrinfo gets: no IPv6 brackets */
-    char authority[300];  /* what the Host header gets: [v6]:port */
-    char port[6];         /* decimal, default 80 */
-    char prefix[1024];    /* "" or "/a/b" with no trailing slash */
+    char text[2048];     /* normalised form: http://authority/prefix */
+    char host[256];      /* what getaddrinfo gets: no IPv6 brackets */
+    char authority[300]; /* what the Host header gets: [v6]:port */
+    char port[6];        /* decimal, default 80 */
+    char prefix[1024];   /* "" or "/a/b" with no trailing slash */
 };
 
 /* One request.  Nothing here is owned by the client. */
@@ -64,8 +64,8 @@ struct http_response {
  * http.  https://, user info, queries and fragments are refused with a message
  * in err.  Returns 0, KEEL_EUNSUPPORTED (https) or KEEL_EINVAL.
  */
-int http_url_parse(struct http_url *url, const char *text, char *err, size_t errlen)
-    KEEL_WARN_UNUSED;
+int http_url_parse(struct http_url *url, const char *text, char *err,
+                   size_t errlen) KEEL_WARN_UNUSED;
 
 /*
  * Sends req to url and reads the whole response into resp (which need not be
@@ -77,8 +77,7 @@ int http_url_parse(struct http_url *url, const char *text, char *err, size_t err
  * do not speak), KEEL_ENOMEM.
  */
 int http_request_perform(const struct http_url *url, const struct http_request *req,
-                         struct http_response *resp, char *err, size_t errlen)
-    KEEL_WARN_UNUSED;
+                         struct http_response *resp, char *err, size_t errlen) KEEL_WARN_UNUSED;
 
 /* The value of the first header called name (case-insensitive), or NULL. */
 const char *http_response_header(const struct http_response *resp, const char *name);

@@ -167,8 +167,7 @@ static int report_http_error(const struct ctl *ctl, const struct reply *r)
         free(reason);
     }
     if (r->http.status == 401 || r->http.status == 403)
-        fputs("keelctl: (the admin listener wants a token: --token or KEEL_ADMIN_TOKEN)\n",
-              stderr);
+        fputs("keelctl: (the admin listener wants a token: --token or KEEL_ADMIN_TOKEN)\n", stderr);
     return EXIT_SERVER_FAILED;
 }
 
@@ -274,21 +273,22 @@ static int cmd_plugins(const struct ctl *ctl)
         goto out;
     }
 
-    static const char *const headers[] = {"NAME",      "VERSION",  "STATE",   "REASON",
-                                          "GEN",       "ABI",      "IN-FLIGHT", "REQUESTS",
-                                          "RELOADS",   "LAST-RELOAD", "LOADED-AT"};
+    static const char *const headers[] = {"NAME",    "VERSION",     "STATE",     "REASON",
+                                          "GEN",     "ABI",         "IN-FLIGHT", "REQUESTS",
+                                          "RELOADS", "LAST-RELOAD", "LOADED-AT"};
     static const bool right[] = {false, false, false, false, true, false,
                                  true,  true,  true,  false, false};
     struct table t = {.ncols = 11, .headers = headers, .right = right};
     size_t i;
     const json_t *p;
-    json_array_foreach(plugins, i, p) {
+    json_array_foreach(plugins, i, p)
+    {
         char *row[11] = {
-            field_text(p, "name"),         field_text(p, "version"),
-            field_text(p, "state"),        field_text(p, "reason"),
-            field_text(p, "generation"),   field_text(p, "abi"),
-            field_text(p, "in_flight"),    field_text(p, "requests"),
-            field_text(p, "reloads"),      last_reload_text(json_object_get(p, "last_reload")),
+            field_text(p, "name"),       field_text(p, "version"),
+            field_text(p, "state"),      field_text(p, "reason"),
+            field_text(p, "generation"), field_text(p, "abi"),
+            field_text(p, "in_flight"),  field_text(p, "requests"),
+            field_text(p, "reloads"),    last_reload_text(json_object_get(p, "last_reload")),
             time_text(p, "loaded_at"),
         };
         table_add(&t, row);
@@ -304,7 +304,8 @@ static int cmd_plugins(const struct ctl *ctl)
         if (w > name_width)
             name_width = w;
     }
-    json_array_foreach(plugins, i, p) {
+    json_array_foreach(plugins, i, p)
+    {
         const char *name = t.cells[i * t.ncols];
         char *file = field_text(p, "file");
         print_cell(stdout, name, name_width, false, false);
@@ -364,7 +365,8 @@ static int cmd_reload(const struct ctl *ctl, const char *plugin)
     size_t i;
     const json_t *res;
     size_t name_width = 0;
-    json_array_foreach(results, i, res) {
+    json_array_foreach(results, i, res)
+    {
         if (!json_is_true(json_object_get(res, "ok")))
             any_failed = true;
         char *name = field_text(res, "plugin");
@@ -379,7 +381,8 @@ static int cmd_reload(const struct ctl *ctl, const char *plugin)
     }
     if (json_array_size(results) == 0)
         puts("no plugins to reload");
-    json_array_foreach(results, i, res) {
+    json_array_foreach(results, i, res)
+    {
         char *name = field_text(res, "plugin");
         print_cell(stdout, name, name_width, false, false);
         free(name);
@@ -462,9 +465,9 @@ static char *counts_text(const json_t *obj, const char *const *keys, const char 
 /* The /admin/status members cmd_status() shows on lines of their own. */
 static bool status_key_known(const char *key)
 {
-    static const char *const known[] = {"version", "started_at", "uptime_s", "listen",
-                                        "admin_listen", "requests_total", "in_flight",
-                                        "database", "plugins", "usersync"};
+    static const char *const known[] = {"version",      "started_at",     "uptime_s",  "listen",
+                                        "admin_listen", "requests_total", "in_flight", "database",
+                                        "plugins",      "usersync"};
     for (size_t i = 0; i < sizeof known / sizeof known[0]; i++)
         if (strcmp(key, known[i]) == 0)
             return true;
@@ -526,7 +529,8 @@ static int cmd_status(const struct ctl *ctl)
     /* Keys this version does not know about still get shown, generically. */
     const char *key;
     const json_t *v;
-    json_object_foreach((json_t *)j, key, v) {
+    json_object_foreach((json_t *)j, key, v)
+    {
         if (!status_key_known(key) && strlen(key) > width)
             width = strlen(key);
     }
@@ -535,7 +539,8 @@ static int cmd_status(const struct ctl *ctl)
         fprintf(stdout, "%-*s  %s\n", (int)width, lines[i].key, lines[i].value);
         free(lines[i].value);
     }
-    json_object_foreach((json_t *)j, key, v) {
+    json_object_foreach((json_t *)j, key, v)
+    {
         if (status_key_known(key))
             continue;
         char *k = sanitized_copy(key);
@@ -650,15 +655,16 @@ static int cmd_import(const struct ctl *ctl, const char *path)
         char *imported = field_text(j, "imported");
         char *nfailed = field_text(j, "failed");
         char *jobs = field_text(j, "jobs_completed");
-        printf("imported %s of %s lines, %s failed; %s search job%s completed\n", imported,
-               lines, nfailed, jobs, int_field(j, "jobs_completed", 0) == 1 ? "" : "s");
+        printf("imported %s of %s lines, %s failed; %s search job%s completed\n", imported, lines,
+               nfailed, jobs, int_field(j, "jobs_completed", 0) == 1 ? "" : "s");
         free(lines);
         free(imported);
         free(nfailed);
         free(jobs);
         size_t i;
         const json_t *res;
-        json_array_foreach(json_object_get(j, "results"), i, res) {
+        json_array_foreach(json_object_get(j, "results"), i, res)
+        {
             if (json_is_true(json_object_get(res, "ok")))
                 continue;
             char *line = field_text(res, "line");
@@ -692,8 +698,8 @@ static int cmd_credits(const struct ctl *ctl, const char *email, const char *amo
     errno = 0;
     long long amount = strtoll(amount_text, &end, 10);
     if (errno != 0 || end == amount_text || *end != '\0' || amount <= 0 || amount > INT_MAX)
-        return usage_error("credits: AMOUNT must be a whole number from 1 to %d, not '%s'",
-                           INT_MAX, amount_text);
+        return usage_error("credits: AMOUNT must be a whole number from 1 to %d, not '%s'", INT_MAX,
+                           amount_text);
 
     json_t *body = json_pack("{s:s, s:I, s:s}", "email", email, "amount", (json_int_t)amount,
                              "reason", reason != NULL ? reason : "keelctl credits");
@@ -787,12 +793,9 @@ static int need_args(const char *cmd, int have, int min, int max, const char *sy
 int main(int argc, char **argv)
 {
     static const struct option options[] = {
-        {"admin", required_argument, NULL, 'a'},
-        {"token", required_argument, NULL, 't'},
-        {"json", no_argument, NULL, 'j'},
-        {"help", no_argument, NULL, 'h'},
-        {"version", no_argument, NULL, 'V'},
-        {NULL, 0, NULL, 0},
+        {"admin", required_argument, NULL, 'a'}, {"token", required_argument, NULL, 't'},
+        {"json", no_argument, NULL, 'j'},        {"help", no_argument, NULL, 'h'},
+        {"version", no_argument, NULL, 'V'},     {NULL, 0, NULL, 0},
     };
     const char *admin = getenv("KEEL_ADMIN_URL");
     const char *token = getenv("KEEL_ADMIN_TOKEN");

@@ -263,7 +263,8 @@ static const char tmpl_test_sh[] =
     "fi\n"
     "exit \"$failed\"\n";
 
-struct template {
+struct template
+{
     const char *file; /* "@NAME@" expanded */
     mode_t mode;
     const char *text;

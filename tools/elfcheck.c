@@ -158,8 +158,8 @@ static bool is_sanitizer_symbol(const char *name)
 static bool is_allowed_init(const char *name, bool sanitized)
 {
     static const char *const sanitizer_prefixes[] = {
-        "_sub_I_00099_",   "_sub_D_00099_",    "_GLOBAL__sub_I_00099_", "_GLOBAL__sub_D_00099_",
-        "asan.module_ctor", "asan.module_dtor", "tsan.module_ctor",      "tsan.module_dtor",
+        "_sub_I_00099_",    "_sub_D_00099_",      "_GLOBAL__sub_I_00099_", "_GLOBAL__sub_D_00099_",
+        "asan.module_ctor", "asan.module_dtor",   "tsan.module_ctor",      "tsan.module_dtor",
         "msan.module_ctor", "hwasan.module_ctor",
     };
     if (strcmp(name, "frame_dummy") == 0 || strcmp(name, "__do_global_dtors_aux") == 0)
@@ -311,8 +311,8 @@ static bool scan_array(const struct image *im, const Elf64_Ehdr *eh, const Elf64
         uint64_t foff = sh->sh_offset + k * sizeof(Elf64_Addr);
         if (sh->sh_type != SHT_NOBITS && in_bounds(im, foff, sizeof(Elf64_Addr)))
             memcpy(&in_place, im->data + foff, sizeof in_place);
-        uint64_t target =
-            relocated_value(im, eh, dynsym, sh->sh_addr + k * sizeof(Elf64_Addr), in_place);
+        uint64_t target = relocated_value(im, eh, dynsym, sh->sh_addr + k * sizeof(Elf64_Addr),
+                                          in_place);
         const char *name = function_at(im, symtab, target);
         if (name == NULL)
             name = function_at(im, dynsym, target);
@@ -326,8 +326,8 @@ static bool scan_array(const struct image *im, const Elf64_Ehdr *eh, const Elf64
     return all_named;
 }
 
-static int scan_sections(const struct image *im, const Elf64_Ehdr *eh,
-                         struct elfcheck_result *out, char *err, size_t errlen)
+static int scan_sections(const struct image *im, const Elf64_Ehdr *eh, struct elfcheck_result *out,
+                         char *err, size_t errlen)
 {
     if (eh->e_shnum == 0)
         return 0; /* stripped of section headers: nothing below can be checked */

@@ -35,22 +35,22 @@
 #define ELFCHECK_NAME_LEN 128
 
 struct elfcheck_result {
-    bool entry_exported;   /* keel_plugin_entry is a defined, visible function */
-    size_t nextra;         /* other exported symbols */
+    bool entry_exported; /* keel_plugin_entry is a defined, visible function */
+    size_t nextra;       /* other exported symbols */
     char extra[ELFCHECK_MAX_NAMES][ELFCHECK_NAME_LEN];
-    size_t nunique;        /* STB_GNU_UNIQUE symbols */
+    size_t nunique; /* STB_GNU_UNIQUE symbols */
     char unique[ELFCHECK_MAX_NAMES][ELFCHECK_NAME_LEN];
-    bool nodelete;         /* DF_1_NODELETE */
-    bool tls;              /* PT_TLS or DF_STATIC_TLS */
-    size_t init_array;     /* entries of .init_array (DT_INIT_ARRAYSZ / 8) */
-    size_t fini_array;     /* entries of .fini_array */
-    bool bind_now;         /* DT_BIND_NOW, DF_BIND_NOW or DF_1_NOW */
-    bool has_dynsym;       /* a .dynsym section was found */
-    bool sanitized;        /* it calls a sanitizer runtime (__asan_*, __tsan_*, ...) */
-    bool names_known;      /* every array entry was resolved to a function name */
-    size_t nctors;         /* constructors other than the allowed ones */
+    bool nodelete;     /* DF_1_NODELETE */
+    bool tls;          /* PT_TLS or DF_STATIC_TLS */
+    size_t init_array; /* entries of .init_array (DT_INIT_ARRAYSZ / 8) */
+    size_t fini_array; /* entries of .fini_array */
+    bool bind_now;     /* DT_BIND_NOW, DF_BIND_NOW or DF_1_NOW */
+    bool has_dynsym;   /* a .dynsym section was found */
+    bool sanitized;    /* it calls a sanitizer runtime (__asan_*, __tsan_*, ...) */
+    bool names_known;  /* every array entry was resolved to a function name */
+    size_t nctors;     /* constructors other than the allowed ones */
     char ctors[ELFCHECK_MAX_NAMES][ELFCHECK_NAME_LEN];
-    size_t ndtors;         /* destructors other than the allowed ones */
+    size_t ndtors; /* destructors other than the allowed ones */
     char dtors[ELFCHECK_MAX_NAMES][ELFCHECK_NAME_LEN];
 };
 

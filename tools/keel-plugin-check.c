@@ -78,14 +78,14 @@ struct finding {
 };
 
 struct check {
-    const char *plugin;   /* absolute path of the .so */
+    const char *plugin; /* absolute path of the .so */
     const char *manifest_path;
     long iterations;
     struct finding *findings;
     size_t nfindings;
-    bool stop;            /* further cycles would add nothing (or do harm) */
-    bool kept_loaded;     /* a generation was left mapped on purpose */
-    char name[65];        /* from the descriptor */
+    bool stop;        /* further cycles would add nothing (or do harm) */
+    bool kept_loaded; /* a generation was left mapped on purpose */
+    char name[65];    /* from the descriptor */
     char version[65];
     unsigned abi_major, abi_minor;
 };
@@ -299,7 +299,7 @@ static void static_checks(struct check *c)
     }
 
     printf("exports:    %s\n", r.nextra == 0 && r.entry_exported ? KEEL_PLUGIN_ENTRY_SYMBOL " only"
-                                                                : "see problems below");
+                                                                 : "see problems below");
     printf("unloading:  .init_array %zu, .fini_array %zu%s, TLS %s, NODELETE %s, unique "
            "symbols %zu, bind now %s\n",
            r.init_array, r.fini_array, r.sanitized ? " (sanitizer build)" : "",
@@ -437,7 +437,8 @@ static int build_manifest(struct check *c, json_t *routes, struct keel__manifest
     m->file = file;
     printf("manifest:   %s (%zu route%s%s)\n",
            c->manifest_path ? c->manifest_path : "made from the route table", m->nroutes,
-           m->nroutes == 1 ? "" : "s", c->manifest_path ? "" : ", all public; requests carry a user");
+           m->nroutes == 1 ? "" : "s",
+           c->manifest_path ? "" : ", all public; requests carry a user");
     return 0;
 }
 
@@ -508,8 +509,8 @@ static int set_principal(keel_request *req, int auth)
     p->status = keel__req_strdup(req, "active");
     p->tier = keel__req_strdup(req, "free");
     p->synced = true;
-    if (p->user_id == NULL || p->supabase_id == NULL || p->email == NULL ||
-        p->full_name == NULL || p->role == NULL || p->status == NULL || p->tier == NULL)
+    if (p->user_id == NULL || p->supabase_id == NULL || p->email == NULL || p->full_name == NULL ||
+        p->role == NULL || p->status == NULL || p->tier == NULL)
         return KEEL_ENOMEM;
     req->has_principal = true;
     return 0;
@@ -594,11 +595,11 @@ static void run_route(struct check *c, struct keel__generation *g,
                              ? json_loadb(syn.body, syn.body_len, JSON_DECODE_ANY, &jerr)
                              : NULL;
         if (syn.body_len == 0)
-            finding(c, "response: %s %s: the response body is empty (JSON expected)",
-                    mr->method, mr->path);
+            finding(c, "response: %s %s: the response body is empty (JSON expected)", mr->method,
+                    mr->path);
         else if (parsed == NULL)
-            finding(c, "response: %s %s: the response body is not JSON: %s", mr->method,
-                    mr->path, jerr.text);
+            finding(c, "response: %s %s: the response body is not JSON: %s", mr->method, mr->path,
+                    jerr.text);
         json_decref(parsed);
         if (syn.status == 500)
             finding(c,
@@ -757,12 +758,9 @@ static int report(struct check *c)
 int main(int argc, char **argv)
 {
     static const struct option options[] = {
-        {"manifest", required_argument, NULL, 'm'},
-        {"iterations", required_argument, NULL, 'n'},
-        {"log-level", required_argument, NULL, 'l'},
-        {"help", no_argument, NULL, 'h'},
-        {"version", no_argument, NULL, 'V'},
-        {NULL, 0, NULL, 0},
+        {"manifest", required_argument, NULL, 'm'},  {"iterations", required_argument, NULL, 'n'},
+        {"log-level", required_argument, NULL, 'l'}, {"help", no_argument, NULL, 'h'},
+        {"version", no_argument, NULL, 'V'},         {NULL, 0, NULL, 0},
     };
     struct check c = {.iterations = DEFAULT_ITERATIONS};
     int level = KEEL_LOG_ERROR;

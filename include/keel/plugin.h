@@ -73,8 +73,8 @@ typedef int (*keel_handler_fn)(keel_request *req, void *state);
 
 /* One entry of a plugin's route table; the table ends with a NULL method. */
 typedef struct keel_route {
-    const char *method;     /* "GET", "POST", ... */
-    const char *path;       /* template, e.g. "/api/v1/x/{username}" */
+    const char *method; /* "GET", "POST", ... */
+    const char *path;   /* template, e.g. "/api/v1/x/{username}" */
     keel_handler_fn handler;
 } keel_route;
 
@@ -136,8 +136,8 @@ typedef struct keel_host {
      * degraded body or 503), KEEL_EDB_CONFLICT, KEEL_EDB_BADREQ or
      * KEEL_EDB_BUG.  Parameters are text; NULL entries are SQL NULL.
      */
-    int (*db_query)(keel_request *req, const char *sql, int nparams,
-                    const char *const *params, keel_db_result **out);
+    int (*db_query)(keel_request *req, const char *sql, int nparams, const char *const *params,
+                    keel_db_result **out);
     /*
      * Runs fn inside one transaction on one connection: COMMIT when fn
      * returns 0, ROLLBACK otherwise (and on any database error).  Returns
@@ -147,8 +147,8 @@ typedef struct keel_host {
      */
     int (*db_transaction)(keel_request *req, keel_db_tx_fn fn, void *arg);
     /* db_query inside a transaction. */
-    int (*db_tx_query)(keel_db_tx *tx, const char *sql, int nparams,
-                       const char *const *params, keel_db_result **out);
+    int (*db_tx_query)(keel_db_tx *tx, const char *sql, int nparams, const char *const *params,
+                       keel_db_result **out);
     int (*db_rows)(const keel_db_result *res);
     /* Column index by name, or -1. */
     int (*db_column)(const keel_db_result *res, const char *name);
@@ -161,7 +161,7 @@ typedef struct keel_host {
 } keel_host;
 
 /* True when the running host's table has member `m` and it is set. */
-#define KEEL_HOST_HAS(host, m)                                                  \
+#define KEEL_HOST_HAS(host, m)                                                                     \
     ((host)->size >= offsetof(keel_host, m) + sizeof((host)->m) && (host)->m != NULL)
 
 /* The descriptor a plugin's entry symbol returns. */
@@ -188,9 +188,9 @@ typedef struct keel_plugin {
 } keel_plugin;
 
 /* Fills the fixed header of a descriptor. */
-#define KEEL_PLUGIN_HEADER                                                      \
-    .magic = KEEL_PLUGIN_MAGIC, .abi_major = KEEL_ABI_MAJOR,                   \
-    .abi_minor = KEEL_ABI_MINOR, .struct_size = sizeof(keel_plugin)
+#define KEEL_PLUGIN_HEADER                                                                         \
+    .magic = KEEL_PLUGIN_MAGIC, .abi_major = KEEL_ABI_MAJOR, .abi_minor = KEEL_ABI_MINOR,          \
+    .struct_size = sizeof(keel_plugin)
 
 /* The entry point every plugin defines. */
 KEEL_EXPORT const keel_plugin *keel_plugin_entry(void);

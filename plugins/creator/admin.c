@@ -167,8 +167,8 @@ static bool read_taken_at(const json_t *post, const char *prefix, char buf[64], 
     len = strlen(s);
     if (len != json_string_length(v) || len < 10 || len > 40)
         goto bad;
-    if (!two_digits(s) || !two_digits(s + 2) || s[4] != '-' || !two_digits(s + 5) ||
-        s[7] != '-' || !two_digits(s + 8))
+    if (!two_digits(s) || !two_digits(s + 2) || s[4] != '-' || !two_digits(s + 5) || s[7] != '-' ||
+        !two_digits(s + 8))
         goto bad;
     p = s + 10;
     if (*p == '\0') {
@@ -206,8 +206,8 @@ static bool read_taken_at(const json_t *post, const char *prefix, char buf[64], 
     *out = buf;
     return true;
 bad:
-    snprintf(err, IMPORT_ERROR_MAX,
-             "%staken_at: expected an ISO 8601 timestamp or Unix seconds", prefix);
+    snprintf(err, IMPORT_ERROR_MAX, "%staken_at: expected an ISO 8601 timestamp or Unix seconds",
+             prefix);
     return false;
 }
 
@@ -230,18 +230,32 @@ static bool valid_shortcode(const char *s)
 /* --------------------------------------------------------------- one line */
 
 enum profile_param {
-    P_USERNAME, P_FULL_NAME, P_BIOGRAPHY, P_FOLLOWERS, P_FOLLOWING, P_POSTS_COUNT,
-    P_VERIFIED, P_PRIVATE, P_PIC_URL, P_ENGAGEMENT, P_AI, P_AI_TYPE, P_AI_SENTIMENT,
-    P_AI_CONTENT, P_AI_LANGUAGE, P_AI_QUALITY, P_COUNT
+    P_USERNAME,
+    P_FULL_NAME,
+    P_BIOGRAPHY,
+    P_FOLLOWERS,
+    P_FOLLOWING,
+    P_POSTS_COUNT,
+    P_VERIFIED,
+    P_PRIVATE,
+    P_PIC_URL,
+    P_ENGAGEMENT,
+    P_AI,
+    P_AI_TYPE,
+    P_AI_SENTIMENT,
+    P_AI_CONTENT,
+    P_AI_LANGUAGE,
+    P_AI_QUALITY,
+    P_COUNT
 };
 
 struct import_line {
     const char *params[P_COUNT];
     char followers[24], following[24], posts_count[24];
     char engagement[40], ai_sentiment[40], ai_quality[40];
-    char *ai_content;  /* malloc'd JSON text */
-    char *ai_language; /* malloc'd JSON text */
-    char *posts;       /* malloc'd JSON array for json_to_recordset, or NULL */
+    char *ai_content;    /* malloc'd JSON text */
+    char *ai_language;   /* malloc'd JSON text */
+    char *posts;         /* malloc'd JSON array for json_to_recordset, or NULL */
     long jobs_completed; /* out */
     char err[IMPORT_ERROR_MAX];
 };
@@ -341,11 +355,10 @@ static bool import_validate(keel_request *req, struct import_line *l, const json
         ok = false;
     } else if (json_string_length(json_object_get(doc, "username")) !=
                    strlen(json_string_value(json_object_get(doc, "username"))) ||
-               (p[P_USERNAME] = creator_username(
-                    req, json_string_value(json_object_get(doc, "username")), errors, "body",
-                    "username")) == NULL) {
-        snprintf(l->err, sizeof l->err,
-                 "username: must be 1-30 of letters, digits, '.' and '_'");
+               (p[P_USERNAME] =
+                    creator_username(req, json_string_value(json_object_get(doc, "username")),
+                                     errors, "body", "username")) == NULL) {
+        snprintf(l->err, sizeof l->err, "username: must be 1-30 of letters, digits, '.' and '_'");
         ok = false;
     }
     json_decref(errors);
@@ -399,7 +412,8 @@ static bool import_validate(keel_request *req, struct import_line *l, const json
     ok = seen != NULL && rows != NULL;
     if (!ok)
         snprintf(l->err, sizeof l->err, "out of memory");
-    json_array_foreach(posts, i, post) {
+    json_array_foreach(posts, i, post)
+    {
         if (!ok || !(ok = import_post(l, post, i, seen, rows)))
             break;
     }
@@ -642,13 +656,14 @@ int creator_admin_import(keel_request *req, void *state)
                                                      "ok", 0, "error", l->err));
         }
     }
-    creator_host->log(req, KEEL_LOG_INFO, "import: %ld lines, %ld imported, %ld failed, %ld jobs completed",
-                      lines, imported, failed, jobs);
+    creator_host->log(req, KEEL_LOG_INFO,
+                      "import: %ld lines, %ld imported, %ld failed, %ld jobs completed", lines,
+                      imported, failed, jobs);
     return creator_respond(req, 200,
                            json_pack("{s:b,s:I,s:I,s:I,s:I,s:o}", "ok", failed == 0, "lines",
-                                     (json_int_t)lines, "imported", (json_int_t)imported,
-                                     "failed", (json_int_t)failed, "jobs_completed",
-                                     (json_int_t)jobs, "results", results));
+                                     (json_int_t)lines, "imported", (json_int_t)imported, "failed",
+                                     (json_int_t)failed, "jobs_completed", (json_int_t)jobs,
+                                     "results", results));
 }
 
 /* ------------------------------------------------------------------ credits */
@@ -760,8 +775,8 @@ int creator_admin_credits(keel_request *req, void *state)
     if (v != NULL && !json_is_null(v)) {
         if (!json_is_string(v) || json_string_length(v) > CREDITS_REASON_MAX ||
             json_string_length(v) != strlen(json_string_value(v)))
-            creator_add_error(errors, "body", "reason", "expected a string of at most 500 characters",
-                              "value_error");
+            creator_add_error(errors, "body", "reason",
+                              "expected a string of at most 500 characters", "value_error");
         else if (json_string_length(v) > 0)
             c.reason = json_string_value(v);
     }

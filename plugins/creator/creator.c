@@ -189,7 +189,7 @@ json_t *creator_pagination(long long page, long long page_size, long long total)
 
     return json_pack("{s:I,s:I,s:I,s:I,s:b,s:b}", "page", (json_int_t)page, "page_size",
                      (json_int_t)page_size, "total", (json_int_t)total, "total_pages",
-                     (json_int_t)pages, "has_next", page < pages, "has_previous", page > 1);
+                     (json_int_t)pages, "has_next", page<pages, "has_previous", page> 1);
 }
 
 /* ------------------------------------------------------------- validation */
@@ -213,8 +213,8 @@ const char *creator_username(keel_request *req, const char *raw, json_t *errors,
     char *out;
 
     if (len == 0 || len > CREATOR_USERNAME_MAX) {
-        creator_add_error(errors, loc_kind, loc_name,
-                          "username must be 1-30 characters long", "value_error");
+        creator_add_error(errors, loc_kind, loc_name, "username must be 1-30 characters long",
+                          "value_error");
         return NULL;
     }
     for (size_t i = 0; i < len; i++) {
@@ -313,8 +313,7 @@ void creator_log_db(keel_request *req, int rc, const char *what)
 
     creator_host->log(req, rc == KEEL_EDB_UNAVAILABLE ? KEEL_LOG_WARN : KEEL_LOG_ERROR,
                       "%s: %s%s%s", what, keel_strerror(rc),
-                      detail != NULL && *detail != '\0' ? ": " : "",
-                      detail != NULL ? detail : "");
+                      detail != NULL && *detail != '\0' ? ": " : "", detail != NULL ? detail : "");
 }
 
 int creator_respond(keel_request *req, unsigned status, json_t *body)
@@ -394,14 +393,16 @@ static int creator_init(const keel_host *host, const json_t *config, void **stat
             free(conf);
             return rc;
         }
-        json_object_foreach((json_t *)config, key, value) {
+        json_object_foreach((json_t *)config, key, value)
+        {
             if (strcmp(key, "unlock_cost") != 0 && strcmp(key, "unlock_days") != 0 &&
                 strcmp(key, "max_posts") != 0)
                 host->log(NULL, KEEL_LOG_WARN, "config.%s: unknown key ignored", key);
         }
     }
-    host->log(NULL, KEEL_LOG_INFO, "creator ready: unlock_cost=%lld unlock_days=%lld max_posts=%lld",
-              conf->unlock_cost, conf->unlock_days, conf->max_posts);
+    host->log(NULL, KEEL_LOG_INFO,
+              "creator ready: unlock_cost=%lld unlock_days=%lld max_posts=%lld", conf->unlock_cost,
+              conf->unlock_days, conf->max_posts);
     *state = conf;
     return 0;
 }
@@ -427,13 +428,8 @@ static const keel_route creator_routes[] = {
 };
 
 static const keel_plugin creator_plugin = {
-    KEEL_PLUGIN_HEADER,
-    .name = "creator",
-    .version = "1.0.0",
-    .init = creator_init,
-    .fini = creator_fini,
-    .routes = creator_routes,
-    .requires = NULL,
+    KEEL_PLUGIN_HEADER,   .name = "creator",        .version = "1.0.0", .init = creator_init,
+    .fini = creator_fini, .routes = creator_routes, .requires = NULL,
 };
 
 KEEL_EXPORT const keel_plugin *keel_plugin_entry(void)

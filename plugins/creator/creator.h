@@ -82,13 +82,14 @@ json_t *creator_profile_base(const keel_db_result *res, int row);
 /* One post as in the search answer (columns of CREATOR_POST_COLUMNS). */
 json_t *creator_post_json(const keel_db_result *res, int row);
 /* The select list creator_post_json() reads, for table alias "po". */
-#define CREATOR_POST_COLUMNS                                                        \
-    "po.id, po.shortcode, po.caption, po.likes_count, po.comments_count, "          \
-    "po.engagement_rate, po.display_url, " CREATOR_ISO("po.taken_at") " AS taken_at, " \
-    "po.ai_content_category, po.ai_sentiment, po.ai_sentiment_score, po.ai_language_code"
+#define CREATOR_POST_COLUMNS                                                                       \
+    "po.id, po.shortcode, po.caption, po.likes_count, po.comments_count, "                         \
+    "po.engagement_rate, po.display_url, " CREATOR_ISO(                                            \
+        "po.taken_at") " AS taken_at, "                                                            \
+                       "po.ai_content_category, po.ai_sentiment, po.ai_sentiment_score, po.ai_language_code"
 /* The select list creator_profile_base() reads, for table alias "p". */
-#define CREATOR_PROFILE_COLUMNS                                                     \
-    "p.id, p.username, p.full_name, p.biography, p.followers_count, "               \
+#define CREATOR_PROFILE_COLUMNS                                                                    \
+    "p.id, p.username, p.full_name, p.biography, p.followers_count, "                              \
     "p.following_count, p.posts_count, p.is_verified, p.is_private, p.profile_pic_url"
 
 /* {"page","page_size","total","total_pages","has_next","has_previous"}. */

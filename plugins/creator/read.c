@@ -76,12 +76,12 @@ int creator_stats(keel_request *req, void *state)
         if (creator_parse_ll(creator_col(res, i, "ai_analyzed"), &v))
             counts[which][1] = v;
     }
-    return creator_respond(
-        req, 200,
-        json_pack("{s:b,s:{s:o,s:o,s:{s:s,s:s}},s:s}", "success", 1, "stats", "profiles",
-                  stats_section(counts[0][0], counts[0][1]), "posts",
-                  stats_section(counts[1][0], counts[1][1]), "system", "status", "operational",
-                  "ai_system", "active", "message", "System statistics retrieved successfully"));
+    return creator_respond(req, 200,
+                           json_pack("{s:b,s:{s:o,s:o,s:{s:s,s:s}},s:s}", "success", 1, "stats",
+                                     "profiles", stats_section(counts[0][0], counts[0][1]), "posts",
+                                     stats_section(counts[1][0], counts[1][1]), "system", "status",
+                                     "operational", "ai_system", "active", "message",
+                                     "System statistics retrieved successfully"));
 }
 
 /* ------------------------------------------------------------ unlocked list */
@@ -170,13 +170,15 @@ int creator_unlocked(keel_request *req, void *state)
         "SELECT p.id, p.username, p.full_name, p.followers_count, p.following_count,"
         "       p.posts_count, p.profile_pic_url, p.is_verified, p.engagement_rate,"
         "       p.ai_primary_content_type, p.ai_avg_sentiment_score,"
-        "       " CREATOR_ISO("a.granted_at") " AS unlocked_at,"
-        "       " CREATOR_ISO("a.expires_at") " AS expires_at,"
-        "       ceil(extract(epoch FROM a.expires_at - now()) / 86400)::bigint AS days_remaining"
-        "  FROM user_profile_access a JOIN profiles p ON p.id = a.profile_id"
-        " WHERE a.user_id = $1 AND a.expires_at > now()"
-        " ORDER BY a.granted_at DESC, a.id DESC"
-        " LIMIT $2 OFFSET $3",
+        "       " CREATOR_ISO(
+            "a.granted_at") " AS unlocked_at,"
+                            "       " CREATOR_ISO(
+                                "a.expires_at") " AS expires_at,"
+                                                "       ceil(extract(epoch FROM a.expires_at - now()) / 86400)::bigint AS days_remaining"
+                                                "  FROM user_profile_access a JOIN profiles p ON p.id = a.profile_id"
+                                                " WHERE a.user_id = $1 AND a.expires_at > now()"
+                                                " ORDER BY a.granted_at DESC, a.id DESC"
+                                                " LIMIT $2 OFFSET $3",
         3, (const char *const[]){uid, limit, offset}, &res);
     if (rc != 0) {
         creator_log_db(req, rc, "unlocked list");
@@ -222,18 +224,19 @@ int creator_profile(keel_request *req, void *state)
         return creator_host->respond_error(req, 404, "Profile not found");
     return creator_respond(req, 200,
                            json_pack("{s:b,s:o,s:s}", "success", 1, "profile",
-                                     creator_profile_base(res, 0), "message", "Profile data loaded"));
+                                     creator_profile_base(res, 0), "message",
+                                     "Profile data loaded"));
 }
 
 /* ------------------------------------------------------------------- status */
 
 static int status_degraded(keel_request *req, const char *username)
 {
-    return creator_degraded(
-        req,
-        json_pack("{s:s,s:s,s:b,s:b,s:s}", "username", username, "status", "unknown",
-                  "profile_ready", 0, "analysis_complete", 0, "data_source", "none"),
-        "Profile status temporarily unavailable - database connection issues");
+    return creator_degraded(req,
+                            json_pack("{s:s,s:s,s:b,s:b,s:s}", "username", username, "status",
+                                      "unknown", "profile_ready", 0, "analysis_complete", 0,
+                                      "data_source", "none"),
+                            "Profile status temporarily unavailable - database connection issues");
 }
 
 /*
@@ -271,11 +274,14 @@ int creator_status(keel_request *req, void *state)
      * at most one open job per user and name, so job_status is one value. */
     stored = ai != NULL;
     analysed = stored && ai[0] == 't';
-    return creator_respond(
-        req, 200,
-        json_pack("{s:b,s:s,s:s,s:b,s:b,s:s}", "success", 1, "username", username, "status",
-                  stored ? "complete" : job != NULL ? job : "not_found", "profile_ready", stored,
-                  "analysis_complete", analysed, "data_source", stored ? "database" : "none"));
+    return creator_respond(req, 200,
+                           json_pack("{s:b,s:s,s:s,s:b,s:b,s:s}", "success", 1, "username",
+                                     username, "status",
+                                     stored        ? "complete"
+                                     : job != NULL ? job
+                                                   : "not_found",
+                                     "profile_ready", stored, "analysis_complete", analysed,
+                                     "data_source", stored ? "database" : "none"));
 }
 
 /* -------------------------------------------------------------------- posts */
@@ -348,11 +354,10 @@ int creator_posts(keel_request *req, void *state)
     for (int i = 0; posts != NULL && i < creator_host->db_rows(res); i++)
         json_array_append_new(posts, creator_post_json(res, i));
     snprintf(message, sizeof message, "Found %lld posts", total);
-    return creator_respond(req, 200,
-                           json_pack("{s:b,s:s,s:o,s:o,s:s}", "success", 1, "username", username,
-                                     "posts", posts, "pagination",
-                                     creator_pagination(page, page_size, total), "message",
-                                     message));
+    return creator_respond(
+        req, 200,
+        json_pack("{s:b,s:s,s:o,s:o,s:s}", "success", 1, "username", username, "posts", posts,
+                  "pagination", creator_pagination(page, page_size, total), "message", message));
 }
 
 /* --------------------------------------------------------------- job status */
@@ -406,12 +411,15 @@ int creator_job_status(keel_request *req, void *state)
         return job_degraded(req, job_id);
     /* The primary key finds the row; user_id makes another user's job look
      * exactly like a missing one. */
-    rc = creator_host->db_query(req,
-                                "SELECT id, status, username,"
-                                "       " CREATOR_ISO("created_at") " AS created_at,"
-                                "       " CREATOR_ISO("updated_at") " AS updated_at"
-                                "  FROM search_jobs WHERE id = $1 AND user_id = $2",
-                                2, (const char *const[]){job_id, uid}, &res);
+    rc = creator_host->db_query(
+        req,
+        "SELECT id, status, username,"
+        "       " CREATOR_ISO(
+            "created_at") " AS created_at,"
+                          "       " CREATOR_ISO(
+                              "updated_at") " AS updated_at"
+                                            "  FROM search_jobs WHERE id = $1 AND user_id = $2",
+        2, (const char *const[]){job_id, uid}, &res);
     if (rc != 0) {
         creator_log_db(req, rc, "job status");
         return job_degraded(req, job_id);

@@ -80,13 +80,13 @@ static int search_preview(keel_request *req, const struct creator_conf *conf, co
     char endpoint[96];
 
     snprintf(endpoint, sizeof endpoint, "/api/v1/simple/creator/unlock/%s", username);
-    return creator_respond(
-        req, 200,
-        json_pack("{s:b,s:o,s:b,s:b,s:I,s:b,s:s,s:s}", "success", 1, "profile",
-                  creator_profile_base(profile, 0), "unlocked", 0, "unlock_required", 1,
-                  "unlock_cost", (json_int_t)conf->unlock_cost, "preview_mode", 1,
-                  "unlock_endpoint", endpoint, "message",
-                  "Profile preview - unlock to see full analytics"));
+    return creator_respond(req, 200,
+                           json_pack("{s:b,s:o,s:b,s:b,s:I,s:b,s:s,s:s}", "success", 1, "profile",
+                                     creator_profile_base(profile, 0), "unlocked", 0,
+                                     "unlock_required", 1, "unlock_cost",
+                                     (json_int_t)conf->unlock_cost, "preview_mode", 1,
+                                     "unlock_endpoint", endpoint, "message",
+                                     "Profile preview - unlock to see full analytics"));
 }
 
 /*
@@ -133,9 +133,8 @@ static int search_queue(keel_request *req, const char *uid, const char *username
     return creator_respond(
         req, 202,
         json_pack("{s:b,s:s,s:o,s:s,s:s,s:s}", "success", 1, "job_id", id, "status",
-                  creator_json_text(creator_col(res, 0, "status")), "username", username,
-                  "message", "Profile not in the database yet - search queued", "polling_url",
-                  polling));
+                  creator_json_text(creator_col(res, 0, "status")), "username", username, "message",
+                  "Profile not in the database yet - search queued", "polling_url", polling));
 }
 
 int creator_search(keel_request *req, void *state)

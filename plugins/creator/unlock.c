@@ -77,11 +77,13 @@ static int unlock_in_tx(keel_db_tx *tx, void *arg)
 
     /* Read after the lock: in READ COMMITTED this statement sees a grant
      * committed by the unlock we waited for. */
-    rc = h->db_tx_query(tx,
-                        "SELECT " CREATOR_ISO("expires_at") " AS expires_at"
-                        "  FROM user_profile_access"
-                        " WHERE user_id = $1 AND profile_id = $2 AND expires_at > now()",
-                        2, (const char *const[]){u->user_id, profile_id}, &res);
+    rc = h->db_tx_query(
+        tx,
+        "SELECT " CREATOR_ISO(
+            "expires_at") " AS expires_at"
+                          "  FROM user_profile_access"
+                          " WHERE user_id = $1 AND profile_id = $2 AND expires_at > now()",
+        2, (const char *const[]){u->user_id, profile_id}, &res);
     if (rc != 0)
         return rc;
     if (h->db_rows(res) > 0) {
@@ -155,11 +157,10 @@ static int unlock_profile(keel_request *req, const struct creator_conf *conf, co
     case UNLOCK_NOT_FOUND:
         return creator_host->respond_error(req, 404, "Profile not found");
     case UNLOCK_INSUFFICIENT:
-        return creator_respond(req, 402,
-                               json_pack("{s:{s:s,s:I,s:I}}", "detail", "error",
-                                         "insufficient_credits", "required",
-                                         (json_int_t)conf->unlock_cost, "balance",
-                                         (json_int_t)u.balance));
+        return creator_respond(
+            req, 402,
+            json_pack("{s:{s:s,s:I,s:I}}", "detail", "error", "insufficient_credits", "required",
+                      (json_int_t)conf->unlock_cost, "balance", (json_int_t)u.balance));
     default:
         snprintf(what, sizeof what, "unlock %s", username);
         creator_log_db(req, rc, what);

@@ -35,21 +35,20 @@ static void example_fini(void *s)
 static int example_hello(keel_request *req, void *s)
 {
     const struct example_state *st = s;
-    return host->respond_json(req, 200,
-                              json_pack("{s:s, s:s}", "plugin", "example", "message", st->greeting));
+    return host->respond_json(
+        req, 200, json_pack("{s:s, s:s}", "plugin", "example", "message", st->greeting));
 }
 
 /* GET /api/v1/example/whoami (user) */
 static int example_whoami(keel_request *req, void *s)
 {
     (void)s;
-    return host->respond_json(
-        req, 200,
-        json_pack("{s:s, s:s?, s:s?, s:s?, s:b}", "plugin", "example", "email",
-                  host->req_user(req, KEEL_USER_EMAIL), "supabase_id",
-                  host->req_user(req, KEEL_USER_SUPABASE_ID), "role",
-                  host->req_user(req, KEEL_USER_ROLE), "synced",
-                  strcmp(host->req_user(req, KEEL_USER_SYNCED), "1") == 0));
+    return host->respond_json(req, 200,
+                              json_pack("{s:s, s:s?, s:s?, s:s?, s:b}", "plugin", "example",
+                                        "email", host->req_user(req, KEEL_USER_EMAIL),
+                                        "supabase_id", host->req_user(req, KEEL_USER_SUPABASE_ID),
+                                        "role", host->req_user(req, KEEL_USER_ROLE), "synced",
+                                        strcmp(host->req_user(req, KEEL_USER_SYNCED), "1") == 0));
 }
 
 /* GET /api/v1/example/echo/{word} (public): shows path parameters. */
@@ -69,12 +68,8 @@ static const keel_route example_routes[] = {
 static const char *const example_requires[] = {"log", "request", "response", "user", NULL};
 
 static const keel_plugin example_plugin = {
-    KEEL_PLUGIN_HEADER,
-    .name = "example",
-    .version = "1.0.0",
-    .init = example_init,
-    .fini = example_fini,
-    .routes = example_routes,
+    KEEL_PLUGIN_HEADER,           .name = "example",    .version = "1.0.0",
+    .init = example_init,         .fini = example_fini, .routes = example_routes,
     .requires = example_requires,
 };
 

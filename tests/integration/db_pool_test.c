@@ -44,15 +44,15 @@ static const char *pgdata, *pgbin, *root_url;
 static bool server_stopped;
 static char scratch[2][64]; /* databases this run created */
 
-#define CHECK(cond, ...)                                                                                   \
-    do {                                                                                                   \
-        checks++;                                                                                          \
-        if (!(cond)) {                                                                                     \
-            fprintf(stderr, "FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond);                                \
-            fprintf(stderr, __VA_ARGS__);                                                                  \
-            fputc('\n', stderr);                                                                           \
-            exit(1);                                                                                       \
-        }                                                                                                  \
+#define CHECK(cond, ...)                                                                           \
+    do {                                                                                           \
+        checks++;                                                                                  \
+        if (!(cond)) {                                                                             \
+            fprintf(stderr, "FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond);                        \
+            fprintf(stderr, __VA_ARGS__);                                                          \
+            fputc('\n', stderr);                                                                   \
+            exit(1);                                                                               \
+        }                                                                                          \
     } while (0)
 
 static void sleep_ms(int ms)
@@ -74,15 +74,16 @@ static PGconn *plain_connect(const char *conninfo)
 static void plain_exec(PGconn *pg, const char *sql)
 {
     PGresult *r = PQexec(pg, sql);
-    CHECK(PQresultStatus(r) == PGRES_COMMAND_OK || PQresultStatus(r) == PGRES_TUPLES_OK, "%s: %s", sql,
-          PQresultErrorMessage(r));
+    CHECK(PQresultStatus(r) == PGRES_COMMAND_OK || PQresultStatus(r) == PGRES_TUPLES_OK, "%s: %s",
+          sql, PQresultErrorMessage(r));
     PQclear(r);
 }
 
 static long plain_long(PGconn *pg, const char *sql)
 {
     PGresult *r = PQexec(pg, sql);
-    CHECK(PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1, "%s: %s", sql, PQresultErrorMessage(r));
+    CHECK(PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1, "%s: %s", sql,
+          PQresultErrorMessage(r));
     long v = strtol(PQgetvalue(r, 0, 0), NULL, 10);
     PQclear(r);
     return v;
@@ -138,11 +139,12 @@ static int pg_ctl_run(const char *action)
             /* pg_ctl refuses to run as root. */
             struct passwd *pw = getpwuid(st.st_uid);
             if (pw != NULL)
-                execl("/usr/sbin/runuser", "runuser", "-u", pw->pw_name, "--", ctl, action, "-s", "-D", pgdata, "-w",
-                      "-m", "fast", "-l", logfile, (char *)NULL);
+                execl("/usr/sbin/runuser", "runuser", "-u", pw->pw_name, "--", ctl, action, "-s",
+                      "-D", pgdata, "-w", "-m", "fast", "-l", logfile, (char *)NULL);
             _exit(127);
         }
-        execl(ctl, "pg_ctl", action, "-s", "-D", pgdata, "-w", "-m", "fast", "-l", logfile, (char *)NULL);
+        execl(ctl, "pg_ctl", action, "-s", "-D", pgdata, "-w", "-m", "fast", "-l", logfile,
+              (char *)NULL);
         _exit(127);
     }
     int status;
@@ -180,8 +182,8 @@ static void cleanup_on_exit(void)
 
 /* ------------------------------------------------------------ pool helpers */
 
-static keel__db *pool_new(const char *conninfo, int size, int wait_ms, int stmt_ms, int lock_ms, int failures,
-                          int open_ms)
+static keel__db *pool_new(const char *conninfo, int size, int wait_ms, int stmt_ms, int lock_ms,
+                          int failures, int open_ms)
 {
     struct keel__db_conf conf = {
         .conninfo = conninfo,
@@ -255,7 +257,8 @@ static void test_migrations(const char *conninfo, const char *dir)
     CHECK(behind >= 1, "a fresh database is behind by every file, got %d", behind);
 
     /* Two migrators at once: the advisory lock makes each file apply once. */
-    struct migrate_job jobs[2] = {{.conninfo = conninfo, .dir = dir}, {.conninfo = conninfo, .dir = dir}};
+    struct migrate_job jobs[2] = {{.conninfo = conninfo, .dir = dir},
+                                  {.conninfo = conninfo, .dir = dir}};
     pthread_t t[2];
     for (int i = 0; i < 2; i++)
         CHECK(pthread_create(&t[i], NULL, migrate_thread, &jobs[i]) == 0, "pthread_create");
@@ -263,8 +266,8 @@ static void test_migrations(const char *conninfo, const char *dir)
         pthread_join(t[i], NULL);
     CHECK(jobs[0].rc == 0, "migrate: %s", jobs[0].err);
     CHECK(jobs[1].rc == 0, "migrate: %s", jobs[1].err);
-    CHECK(jobs[0].applied + jobs[1].applied == behind, "applied %d + %d, expected %d", jobs[0].applied,
-          jobs[1].applied, behind);
+    CHECK(jobs[0].applied + jobs[1].applied == behind, "applied %d + %d, expected %d",
+          jobs[0].applied, jobs[1].applied, behind);
 
     int applied = -1;
     CHECK(keel__db_migrate(conninfo, dir, &applied, err, sizeof err) == 0, "%s", err);
@@ -273,7 +276,9 @@ static void test_migrations(const char *conninfo, const char *dir)
     CHECK(behind == 0, "behind %d after migrating", behind);
 
     PGconn *pg = plain_connect(conninfo);
-    CHECK(plain_long(pg, "SELECT count(*) FROM schema_migrations WHERE version = 1 AND name = 'init'") == 1,
+    CHECK(plain_long(
+              pg, "SELECT count(*) FROM schema_migrations WHERE version = 1 AND name = 'init'") ==
+              1,
           "0001 recorded");
     CHECK(plain_long(pg, "SELECT count(*) FROM stats_counters") == 2, "0001 applied");
     PQfinish(pg);
@@ -295,7 +300,8 @@ static void test_failed_migration(const char *conninfo)
     char dir[] = "/tmp/keel-migrations-XXXXXX";
     CHECK(mkdtemp(dir) != NULL, "mkdtemp");
     write_file(dir, "0001_first.sql", "CREATE TABLE first_t (id int);\n");
-    write_file(dir, "0002_broken.sql", "CREATE TABLE second_t (id int);\n-- a comment\nCREATE TABLEX oops;\n");
+    write_file(dir, "0002_broken.sql",
+               "CREATE TABLE second_t (id int);\n-- a comment\nCREATE TABLEX oops;\n");
     write_file(dir, "0003_never.sql", "CREATE TABLE third_t (id int);\n");
     write_file(dir, "README.md", "not a migration\n");
     write_file(dir, "4_bad_name.sql", "not a migration either\n");
@@ -313,7 +319,8 @@ static void test_failed_migration(const char *conninfo)
     CHECK(behind == 2, "behind %d", behind);
 
     PGconn *pg = plain_connect(conninfo);
-    CHECK(plain_long(pg, "SELECT count(*) FROM pg_tables WHERE tablename = 'first_t'") == 1, "first applied");
+    CHECK(plain_long(pg, "SELECT count(*) FROM pg_tables WHERE tablename = 'first_t'") == 1,
+          "first applied");
     CHECK(plain_long(pg, "SELECT count(*) FROM pg_tables WHERE tablename = 'second_t'") == 0,
           "the broken file rolled back whole");
     CHECK(plain_long(pg, "SELECT count(*) FROM schema_migrations") == 1, "one row recorded");
@@ -326,7 +333,8 @@ static void test_failed_migration(const char *conninfo)
     CHECK(rc == KEEL_ECONFIG && strstr(err, "0002_broken.sql") != NULL, "got %d: %s", rc, err);
 
     char path[1024];
-    const char *names[] = {"0001_first.sql", "0002_broken.sql", "0003_never.sql", "README.md", "4_bad_name.sql"};
+    const char *names[] = {"0001_first.sql", "0002_broken.sql", "0003_never.sql", "README.md",
+                           "4_bad_name.sql"};
     for (size_t i = 0; i < sizeof names / sizeof *names; i++) {
         snprintf(path, sizeof path, "%s/%s", dir, names[i]);
         unlink(path);
@@ -343,7 +351,8 @@ static void test_failed_migration(const char *conninfo)
 static void test_classify(keel__db *db)
 {
     CHECK(keel__db_classify(NULL) == KEEL_EDB_UNAVAILABLE, "NULL");
-    const char *unavailable[] = {"08006", "08001", "57P01", "57P02", "57P03", "53300", "53200", "57014", "55P03"};
+    const char *unavailable[] = {"08006", "08001", "57P01", "57P02", "57P03",
+                                 "53300", "53200", "57014", "55P03"};
     for (size_t i = 0; i < sizeof unavailable / sizeof *unavailable; i++)
         CHECK(keel__db_classify(unavailable[i]) == KEEL_EDB_UNAVAILABLE, "%s", unavailable[i]);
     const char *conflict[] = {"23505", "23503", "23514", "40001", "40P01"};
@@ -360,7 +369,8 @@ static void test_classify(keel__db *db)
     char err[512];
     keel__db_conn *c;
     CHECK(keel__db_acquire(db, &c, err, sizeof err) == 0, "%s", err);
-    CHECK(exec_on(db, c, "CREATE TEMP TABLE uniq (k int PRIMARY KEY)", err, sizeof err) == 0, "%s", err);
+    CHECK(exec_on(db, c, "CREATE TEMP TABLE uniq (k int PRIMARY KEY)", err, sizeof err) == 0, "%s",
+          err);
     CHECK(exec_on(db, c, "INSERT INTO uniq VALUES (1)", err, sizeof err) == 0, "%s", err);
     int rc = exec_on(db, c, "INSERT INTO uniq VALUES (1)", err, sizeof err);
     CHECK(rc == KEEL_EDB_CONFLICT && strstr(err, "23505") != NULL, "duplicate key: %d %s", rc, err);
@@ -398,7 +408,8 @@ static void test_statement_cache(keel__db *db)
         char v[16];
         snprintf(v, sizeof v, "%d", i);
         const char *const p[] = {v};
-        CHECK(keel__db_exec(db, c, "SELECT $1::int * 2", 1, p, &res, err, sizeof err) == 0, "%s", err);
+        CHECK(keel__db_exec(db, c, "SELECT $1::int * 2", 1, p, &res, err, sizeof err) == 0, "%s",
+              err);
         CHECK(strtol(PQgetvalue(res, 0, 0), NULL, 10) == i * 2, "value");
         PQclear(res);
     }
@@ -452,7 +463,8 @@ static void *worker_thread(void *arg)
         int rc = keel__db_acquire(w->db, &c, err, sizeof err);
         if (rc == 0) {
             PGresult *res;
-            rc = keel__db_exec(w->db, c, "SELECT $1::int * 1000 + $2::int", 2, p, &res, err, sizeof err);
+            rc = keel__db_exec(w->db, c, "SELECT $1::int * 1000 + $2::int", 2, p, &res, err,
+                               sizeof err);
             if (rc == 0) {
                 if (strtol(PQgetvalue(res, 0, 0), NULL, 10) != w->id * 1000 + i)
                     rc = -999;
@@ -489,11 +501,13 @@ static void test_many_threads(const char *conninfo)
     CHECK(ok == THREADS * ITER, "%d of %d succeeded", ok, THREADS * ITER);
     struct keel__db_stats s = stats_of(db);
     CHECK(s.in_use == 0 && s.idle == 4 && s.size == 4, "in_use %d idle %d", s.in_use, s.idle);
-    CHECK(s.connects == 4 && s.connect_failures == 0 && s.discarded == 0, "connects %llu failures %llu",
-          (unsigned long long)s.connects, (unsigned long long)s.connect_failures);
+    CHECK(s.connects == 4 && s.connect_failures == 0 && s.discarded == 0,
+          "connects %llu failures %llu", (unsigned long long)s.connects,
+          (unsigned long long)s.connect_failures);
     CHECK(s.wait_timeouts == 0, "no wait timed out");
     keel__db_free(db);
-    printf("ok - %d threads x %d queries on a pool of 4 (%llu waits)\n", THREADS, ITER, (unsigned long long)s.waits);
+    printf("ok - %d threads x %d queries on a pool of 4 (%llu waits)\n", THREADS, ITER,
+           (unsigned long long)s.waits);
 }
 
 struct holder {
@@ -568,7 +582,8 @@ static void test_wait_bound(const char *conninfo)
     for (int i = 0; i < WAITERS; i++) {
         pthread_join(wt[i], NULL);
         CHECK(w[i].rc == KEEL_EDB_UNAVAILABLE, "waiter %d got %d", i, w[i].rc);
-        CHECK(strstr(w[i].err, "no connection became free within 50 ms") != NULL, "message: %s", w[i].err);
+        CHECK(strstr(w[i].err, "no connection became free within 50 ms") != NULL, "message: %s",
+              w[i].err);
     }
     struct keel__db_stats s = stats_of(db);
     CHECK(s.wait_timeouts == WAITERS && s.waits == WAITERS, "waits %llu timeouts %llu",
@@ -675,8 +690,8 @@ static void test_terminated_backends(const char *conninfo, PGconn *admin)
     }
     struct keel__db_stats after = stats_of(db);
     CHECK(after.connects == before.connects + N && after.discarded == before.discarded + N,
-          "each dead connection replaced once: connects %llu->%llu", (unsigned long long)before.connects,
-          (unsigned long long)after.connects);
+          "each dead connection replaced once: connects %llu->%llu",
+          (unsigned long long)before.connects, (unsigned long long)after.connects);
     CHECK(keel__db_up(db), "breaker closed");
 
     /* 2. Killed while checked out, before the checkout's first statement:
@@ -706,7 +721,8 @@ static void test_terminated_backends(const char *conninfo, PGconn *admin)
     int rc = exec_on(db, c[0], "SELECT 1", err, sizeof err);
     CHECK(rc == KEEL_EDB_UNAVAILABLE, "got %d: %s", rc, err);
     rc = exec_on(db, c[0], "SELECT 1", err, sizeof err);
-    CHECK(rc == KEEL_EDB_UNAVAILABLE && strstr(err, "lost earlier") != NULL, "stays failed: %d %s", rc, err);
+    CHECK(rc == KEEL_EDB_UNAVAILABLE && strstr(err, "lost earlier") != NULL, "stays failed: %d %s",
+          rc, err);
     before = stats_of(db);
     keel__db_release(db, c[0]);
     after = stats_of(db);
@@ -721,7 +737,8 @@ static void test_terminated_backends(const char *conninfo, PGconn *admin)
     pthread_t kt;
     CHECK(pthread_create(&kt, NULL, killer_thread, &k) == 0, "pthread_create");
     char sql[160];
-    snprintf(sql, sizeof sql, "SELECT pg_sleep(CASE WHEN pg_backend_pid() = %d THEN 60 ELSE 0 END)", k.pid);
+    snprintf(sql, sizeof sql, "SELECT pg_sleep(CASE WHEN pg_backend_pid() = %d THEN 60 ELSE 0 END)",
+             k.pid);
     rc = exec_on(db, c[0], sql, err, sizeof err);
     pthread_join(kt, NULL);
     CHECK(k.killed, "the killer found the statement running");
@@ -748,7 +765,8 @@ static void test_timeouts(const char *conninfo, PGconn *admin)
     CHECK(keel__db_acquire(db, &c, err, sizeof err) == 0, "%s", err);
     int pid = PQbackendPID(keel__db_conn_pg(c));
     int rc = exec_on(db, c, "SELECT pg_sleep(5)", err, sizeof err);
-    CHECK(rc == KEEL_EDB_UNAVAILABLE && strstr(err, "57014") != NULL, "statement timeout: %d %s", rc, err);
+    CHECK(rc == KEEL_EDB_UNAVAILABLE && strstr(err, "57014") != NULL, "statement timeout: %d %s",
+          rc, err);
     CHECK(PQtransactionStatus(keel__db_conn_pg(c)) == PQTRANS_IDLE, "idle after the timeout");
     CHECK(exec_on(db, c, "SELECT 1", err, sizeof err) == 0, "same connection works: %s", err);
     keel__db_release(db, c);
@@ -771,9 +789,12 @@ static void test_timeouts(const char *conninfo, PGconn *admin)
     /* An open transaction left behind is rolled back too, its effects gone. */
     CHECK(keel__db_acquire(db, &c, err, sizeof err) == 0, "%s", err);
     CHECK(exec_on(db, c, "BEGIN", err, sizeof err) == 0, "%s", err);
-    CHECK(exec_on(db, c, "INSERT INTO stats_counters (name) VALUES ('left-open')", err, sizeof err) == 0, "%s", err);
+    CHECK(exec_on(db, c, "INSERT INTO stats_counters (name) VALUES ('left-open')", err,
+                  sizeof err) == 0,
+          "%s", err);
     keel__db_release(db, c);
-    CHECK(plain_long(admin, "SELECT count(*) FROM stats_counters WHERE name = 'left-open'") == 0, "rolled back");
+    CHECK(plain_long(admin, "SELECT count(*) FROM stats_counters WHERE name = 'left-open'") == 0,
+          "rolled back");
     struct keel__db_stats after = stats_of(db);
     CHECK(after.discarded == before.discarded, "nothing discarded");
 
@@ -781,8 +802,10 @@ static void test_timeouts(const char *conninfo, PGconn *admin)
     plain_exec(admin, "BEGIN");
     plain_exec(admin, "SELECT * FROM stats_counters WHERE name = 'posts' FOR UPDATE");
     CHECK(keel__db_acquire(db, &c, err, sizeof err) == 0, "%s", err);
-    rc = exec_on(db, c, "UPDATE stats_counters SET total = total WHERE name = 'posts'", err, sizeof err);
-    CHECK(rc == KEEL_EDB_UNAVAILABLE && strstr(err, "55P03") != NULL, "lock timeout: %d %s", rc, err);
+    rc = exec_on(db, c, "UPDATE stats_counters SET total = total WHERE name = 'posts'", err,
+                 sizeof err);
+    CHECK(rc == KEEL_EDB_UNAVAILABLE && strstr(err, "55P03") != NULL, "lock timeout: %d %s", rc,
+          err);
     keel__db_release(db, c);
     plain_exec(admin, "ROLLBACK");
 
@@ -820,17 +843,19 @@ static void test_server_down(const char *conninfo)
     }
     CHECK(calls == THRESHOLD, "opened after %d calls", calls);
     struct keel__db_stats s = stats_of(db);
-    CHECK(s.breaker_state == KEEL__BREAKER_OPEN && s.breaker_to_open == 1, "state %d", s.breaker_state);
+    CHECK(s.breaker_state == KEEL__BREAKER_OPEN && s.breaker_to_open == 1, "state %d",
+          s.breaker_state);
 
     /* While open: refused without a connection attempt. */
     uint64_t connects = s.connects;
     for (int i = 0; i < 100; i++) {
         int rc = keel__db_acquire(db, &c[0], err, sizeof err);
-        CHECK(rc == KEEL_EDB_UNAVAILABLE && strstr(err, "circuit breaker open") != NULL, "%d %s", rc, err);
+        CHECK(rc == KEEL_EDB_UNAVAILABLE && strstr(err, "circuit breaker open") != NULL, "%d %s",
+              rc, err);
     }
     s = stats_of(db);
-    CHECK(s.connects == connects, "no connect attempt while open: %llu -> %llu", (unsigned long long)connects,
-          (unsigned long long)s.connects);
+    CHECK(s.connects == connects, "no connect attempt while open: %llu -> %llu",
+          (unsigned long long)connects, (unsigned long long)s.connects);
     CHECK(s.breaker_state == KEEL__BREAKER_OPEN && !keel__db_up(db), "still open");
 
     /* The timer's probe against a stopped server reopens it. */
@@ -840,8 +865,10 @@ static void test_server_down(const char *conninfo)
         sleep_ms(50);
     }
     s = stats_of(db);
-    CHECK(s.breaker_to_half_open == half + 1 && s.breaker_state == KEEL__BREAKER_OPEN && s.breaker_to_open == 2,
-          "failed probe reopens: half %llu state %d", (unsigned long long)s.breaker_to_half_open, s.breaker_state);
+    CHECK(s.breaker_to_half_open == half + 1 && s.breaker_state == KEEL__BREAKER_OPEN &&
+              s.breaker_to_open == 2,
+          "failed probe reopens: half %llu state %d", (unsigned long long)s.breaker_to_half_open,
+          s.breaker_state);
     CHECK(s.connects == connects, "the probe is a ping, not a pool connection");
 
     pg_ctl("start");
@@ -886,7 +913,8 @@ static void test_bad_config(void)
     CHECK(keel__db_new(&conf, &db) == 0, "lazy");
     char err[256];
     keel__db_conn *c;
-    CHECK(keel__db_acquire(db, &c, err, sizeof err) == KEEL_EDB_UNAVAILABLE && strstr(err, "cannot connect"),
+    CHECK(keel__db_acquire(db, &c, err, sizeof err) == KEEL_EDB_UNAVAILABLE &&
+              strstr(err, "cannot connect"),
           "%s", err);
     keel__db_free(db);
     printf("ok - configuration is checked, connections are lazy\n");

@@ -32,11 +32,8 @@ static const keel_route exports_extra_routes[] = {
 };
 
 static const keel_plugin exports_extra_plugin = {
-    KEEL_PLUGIN_HEADER,
-    .name = "exports_extra",
-    .version = "1.0.0",
-    .init = exports_extra_init,
-    .routes = exports_extra_routes,
+    KEEL_PLUGIN_HEADER,         .name = "exports_extra",        .version = "1.0.0",
+    .init = exports_extra_init, .routes = exports_extra_routes,
 };
 
 const keel_plugin *keel_plugin_entry(void)

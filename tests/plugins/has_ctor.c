@@ -34,11 +34,8 @@ static const keel_route has_ctor_routes[] = {
 };
 
 static const keel_plugin has_ctor_plugin = {
-    KEEL_PLUGIN_HEADER,
-    .name = "has_ctor",
-    .version = "1.0.0",
-    .init = has_ctor_init,
-    .routes = has_ctor_routes,
+    KEEL_PLUGIN_HEADER,    .name = "has_ctor",        .version = "1.0.0",
+    .init = has_ctor_init, .routes = has_ctor_routes,
 };
 
 const keel_plugin *keel_plugin_entry(void)

@@ -23,11 +23,8 @@ static const keel_route fail_routes[] = {
 };
 
 static const keel_plugin fail_plugin = {
-    KEEL_PLUGIN_HEADER,
-    .name = "testplug",
-    .version = "0.0.1",
-    .init = fail_init,
-    .routes = fail_routes,
+    KEEL_PLUGIN_HEADER, .name = "testplug",    .version = "0.0.1",
+    .init = fail_init,  .routes = fail_routes,
 };
 
 const keel_plugin *keel_plugin_entry(void)

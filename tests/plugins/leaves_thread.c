@@ -44,11 +44,8 @@ static const keel_route leaves_thread_routes[] = {
 };
 
 static const keel_plugin leaves_thread_plugin = {
-    KEEL_PLUGIN_HEADER,
-    .name = "leaves_thread",
-    .version = "1.0.0",
-    .init = leaves_thread_init,
-    .routes = leaves_thread_routes,
+    KEEL_PLUGIN_HEADER,         .name = "leaves_thread",        .version = "1.0.0",
+    .init = leaves_thread_init, .routes = leaves_thread_routes,
 };
 
 const keel_plugin *keel_plugin_entry(void)

@@ -37,11 +37,8 @@ static const keel_route no_response_routes[] = {
 };
 
 static const keel_plugin no_response_plugin = {
-    KEEL_PLUGIN_HEADER,
-    .name = "no_response",
-    .version = "1.0.0",
-    .init = no_response_init,
-    .routes = no_response_routes,
+    KEEL_PLUGIN_HEADER,       .name = "no_response",        .version = "1.0.0",
+    .init = no_response_init, .routes = no_response_routes,
 };
 
 const keel_plugin *keel_plugin_entry(void)

@@ -27,11 +27,8 @@ static const keel_route nodelete_routes[] = {
 };
 
 static const keel_plugin nodelete_plugin = {
-    KEEL_PLUGIN_HEADER,
-    .name = "nodelete",
-    .version = "1.0.0",
-    .init = nodelete_init,
-    .routes = nodelete_routes,
+    KEEL_PLUGIN_HEADER,    .name = "nodelete",        .version = "1.0.0",
+    .init = nodelete_init, .routes = nodelete_routes,
 };
 
 const keel_plugin *keel_plugin_entry(void)

@@ -30,11 +30,8 @@ static const keel_route uses_tls_routes[] = {
 };
 
 static const keel_plugin uses_tls_plugin = {
-    KEEL_PLUGIN_HEADER,
-    .name = "uses_tls",
-    .version = "1.0.0",
-    .init = uses_tls_init,
-    .routes = uses_tls_routes,
+    KEEL_PLUGIN_HEADER,    .name = "uses_tls",        .version = "1.0.0",
+    .init = uses_tls_init, .routes = uses_tls_routes,
 };
 
 const keel_plugin *keel_plugin_entry(void)

@@ -23,8 +23,8 @@ static int v_init(const keel_host *h, const json_t *config, void **state)
 static int v_hello(keel_request *req, void *s)
 {
     (void)s;
-    return host->respond_json(req, 200, json_pack("{s:s, s:s}", "plugin", "testplug", "version",
-                                                  VERSIONED_VERSION));
+    return host->respond_json(
+        req, 200, json_pack("{s:s, s:s}", "plugin", "testplug", "version", VERSIONED_VERSION));
 }
 
 static int v_slow(keel_request *req, void *s)
@@ -38,8 +38,8 @@ static int v_slow(keel_request *req, void *s)
         n = 500;
     struct timespec ts = {n / 1000, (n % 1000) * 1000000L};
     nanosleep(&ts, NULL);
-    return host->respond_json(req, 200, json_pack("{s:s, s:s}", "plugin", "testplug", "version",
-                                                  VERSIONED_VERSION));
+    return host->respond_json(
+        req, 200, json_pack("{s:s, s:s}", "plugin", "testplug", "version", VERSIONED_VERSION));
 }
 
 static const keel_route v_routes[] = {
@@ -49,11 +49,8 @@ static const keel_route v_routes[] = {
 };
 
 static const keel_plugin v_plugin = {
-    KEEL_PLUGIN_HEADER,
-    .name = "testplug",
-    .version = VERSIONED_VERSION ".0.0",
-    .init = v_init,
-    .routes = v_routes,
+    KEEL_PLUGIN_HEADER, .name = "testplug", .version = VERSIONED_VERSION ".0.0",
+    .init = v_init,     .routes = v_routes,
 };
 
 const keel_plugin *keel_plugin_entry(void)

@@ -133,7 +133,8 @@ static void *race_thread(void *arg)
     /* Each thread asks many times so that the race is actually contended
      * rather than decided by which thread was created first. */
     for (int i = 0; i < 1000; i++) {
-        bool ok = r->use_try_probe ? keel__breaker_try_probe(r->b, r->now) : keel__breaker_allow(r->b, r->now);
+        bool ok = r->use_try_probe ? keel__breaker_try_probe(r->b, r->now)
+                                   : keel__breaker_allow(r->b, r->now);
         if (ok)
             r->won++;
     }

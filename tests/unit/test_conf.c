@@ -298,8 +298,9 @@ static void test_unknown_key_and_section(void **state)
     write_file(f, "10-server.json", "{\"serve\":{}}");
     load_fails_with(f, "10-server.json", "serve: unknown section");
 
-    write_file(f, "10-server.json", "{\"auth\":{\"keys\":[{\"kid\":\"a\",\"alg\":\"RS256\","
-                                    "\"pem\":\"-----BEGIN X\",\"extra\":1}]}}");
+    write_file(f, "10-server.json",
+               "{\"auth\":{\"keys\":[{\"kid\":\"a\",\"alg\":\"RS256\","
+               "\"pem\":\"-----BEGIN X\",\"extra\":1}]}}");
     load_fails_with(f, "10-server.json", "auth.keys[0].extra: unknown key");
 
     write_file(f, "10-server.json", "[1,2]");
@@ -452,9 +453,8 @@ static void test_manifest(void **state)
     assert_null(m->routes[0].fallback_headers);
 
     assert_int_equal(m->routes[1].fallback_status, 503);
-    assert_string_equal(json_string_value(json_object_get(m->routes[1].fallback_headers,
-                                                          "Retry-After")),
-                        "30");
+    assert_string_equal(
+        json_string_value(json_object_get(m->routes[1].fallback_headers, "Retry-After")), "30");
 
     /* No fallback: 503 with the default body. */
     assert_int_equal(m->routes[2].auth, KEEL__AUTH_ADMIN);
@@ -542,11 +542,12 @@ static void test_manifest_errors(void **state)
     }
 
     /* Same path and method on different listeners, or other methods: fine. */
-    write_file(f, "60-x.json", "{\"plugin\":{\"name\":\"x\",\"file\":\"x.so\",\"routes\":["
-                               "{\"method\":\"GET\",\"path\":\"/a\",\"auth\":\"user\"},"
-                               "{\"method\":\"POST\",\"path\":\"/a\",\"auth\":\"user\"},"
-                               "{\"method\":\"GET\",\"path\":\"/a\",\"auth\":\"admin\","
-                               "\"listener\":\"admin\"}]}}");
+    write_file(f, "60-x.json",
+               "{\"plugin\":{\"name\":\"x\",\"file\":\"x.so\",\"routes\":["
+               "{\"method\":\"GET\",\"path\":\"/a\",\"auth\":\"user\"},"
+               "{\"method\":\"POST\",\"path\":\"/a\",\"auth\":\"user\"},"
+               "{\"method\":\"GET\",\"path\":\"/a\",\"auth\":\"admin\","
+               "\"listener\":\"admin\"}]}}");
     load_ok(f);
     assert_int_equal(f->conf->plugins[0].nroutes, 3);
 }
@@ -625,10 +626,10 @@ static void test_parse_listen(void **state)
     assert_null(host);
     assert_int_equal(port, 9);
 
-    static const char *const bad[] = {"",          "host",      "host:",     "host:0",
-                                      "host:65536", "host:80x", "::1:8080",  "[::1]",
-                                      "[::1]8080", "[]:80",     "[nothost]:80", "a b:80",
-                                      "host:-1",   "host:+80",  "host:000080", NULL};
+    static const char *const bad[] = {"",           "host",     "host:",        "host:0",
+                                      "host:65536", "host:80x", "::1:8080",     "[::1]",
+                                      "[::1]8080",  "[]:80",    "[nothost]:80", "a b:80",
+                                      "host:-1",    "host:+80", "host:000080",  NULL};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         host = (char *)1;
         if (keel__parse_listen(bad[i], &host, &port) != KEEL_EINVAL)
@@ -640,8 +641,9 @@ static void test_parse_listen(void **state)
 static void test_env(void **state)
 {
     struct fixture *f = *state;
-    write_file(f, "10-server.json", "{\"database\":{\"url\":\"postgresql://file\"},"
-                                    "\"auth\":{\"jwt_secret\":\"from-file\"}}");
+    write_file(f, "10-server.json",
+               "{\"database\":{\"url\":\"postgresql://file\"},"
+               "\"auth\":{\"jwt_secret\":\"from-file\"}}");
     write_file(f, "60-p.json", "{\"plugin\":{\"name\":\"p\",\"file\":\"p.so\"}}");
     load_ok(f);
     struct keel__conf *c = f->conf;
@@ -752,8 +754,9 @@ static void test_pem_and_secret_files(void **state)
     assert_non_null(strstr(f->conf->auth.keys[1].pem, "\nrsa\n"));
 
     /* Missing file. */
-    write_file(f, "30-auth.json", "{\"auth\":{\"keys\":[{\"kid\":\"k\",\"alg\":\"ES256\","
-                                  "\"pem_file\":\"keys/none.pem\"}]}}");
+    write_file(f, "30-auth.json",
+               "{\"auth\":{\"keys\":[{\"kid\":\"k\",\"alg\":\"ES256\","
+               "\"pem_file\":\"keys/none.pem\"}]}}");
     load_fails_containing(f, "30-auth.json: auth.keys[0].pem_file: cannot open ", "none.pem");
 
     /* Over the 64 KiB cap. */
@@ -765,20 +768,23 @@ static void test_pem_and_secret_files(void **state)
     blob[big] = '\0';
     write_file(f, "keys/big.pem", blob);
     free(blob);
-    write_file(f, "30-auth.json", "{\"auth\":{\"keys\":[{\"kid\":\"k\",\"alg\":\"ES256\","
-                                  "\"pem_file\":\"keys/big.pem\"}]}}");
+    write_file(f, "30-auth.json",
+               "{\"auth\":{\"keys\":[{\"kid\":\"k\",\"alg\":\"ES256\","
+               "\"pem_file\":\"keys/big.pem\"}]}}");
     load_fails_containing(f, "30-auth.json: auth.keys[0].pem_file: ",
                           "big.pem is larger than 65536 bytes");
 
     /* A directory is not a key file. */
-    write_file(f, "30-auth.json", "{\"auth\":{\"keys\":[{\"kid\":\"k\",\"alg\":\"ES256\","
-                                  "\"pem_file\":\"keys\"}]}}");
+    write_file(f, "30-auth.json",
+               "{\"auth\":{\"keys\":[{\"kid\":\"k\",\"alg\":\"ES256\","
+               "\"pem_file\":\"keys\"}]}}");
     load_fails_containing(f, "auth.keys[0].pem_file: ", "is not a regular file");
 
     /* A file that is not PEM. */
     write_file(f, "keys/junk.pem", "hello\n");
-    write_file(f, "30-auth.json", "{\"auth\":{\"keys\":[{\"kid\":\"k\",\"alg\":\"ES256\","
-                                  "\"pem_file\":\"keys/junk.pem\"}]}}");
+    write_file(f, "30-auth.json",
+               "{\"auth\":{\"keys\":[{\"kid\":\"k\",\"alg\":\"ES256\","
+               "\"pem_file\":\"keys/junk.pem\"}]}}");
     load_fails_with(f, "30-auth.json",
                     "auth.keys[0].pem_file: not a PEM text (no -----BEGIN line)");
 

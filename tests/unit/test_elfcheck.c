@@ -90,7 +90,8 @@ static void test_constructor_tls_and_nodelete_are_seen(void **s)
 /* Writes len bytes to a new temporary file; the caller unlinks it. */
 static void write_temp(char *path, size_t pathlen, const void *data, size_t len)
 {
-    snprintf(path, pathlen, "%s/keel-elfcheck-XXXXXX", getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
+    snprintf(path, pathlen, "%s/keel-elfcheck-XXXXXX",
+             getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
     int fd = mkstemp(path);
     assert_true(fd >= 0);
     assert_int_equal(write(fd, data, len), (ssize_t)len);

@@ -428,10 +428,8 @@ static void test_db_sync_then_hit_then_expiry(void **state)
     char *user_id = strdup(p.user_id);
 
     assert_int_equal(db_long(SQL_ROWS_FOR_SUB, sub), 1);
-    assert_int_equal(db_long("SELECT count(*) FROM credit_wallets WHERE user_id = $1", user_id),
-                     1);
-    assert_int_equal(db_long("SELECT balance FROM credit_wallets WHERE user_id = $1", user_id),
-                     25);
+    assert_int_equal(db_long("SELECT count(*) FROM credit_wallets WHERE user_id = $1", user_id), 1);
+    assert_int_equal(db_long("SELECT balance FROM credit_wallets WHERE user_id = $1", user_id), 25);
     assert_int_equal(db_long("SELECT count(*) FROM credit_transactions"
                              " WHERE user_id = $1 AND kind = 'grant' AND amount = 25",
                              user_id),
@@ -457,9 +455,8 @@ static void test_db_sync_then_hit_then_expiry(void **state)
     assert_string_equal(p.user_id, user_id);
     assert_int_equal(db_long(SQL_UPDATES, sub), updates + 1);
     assert_int_equal(db_long(SQL_ROWS_FOR_SUB, sub), 1);
-    assert_int_equal(db_long("SELECT count(*) FROM credit_transactions WHERE user_id = $1",
-                             user_id),
-                     1);
+    assert_int_equal(
+        db_long("SELECT count(*) FROM credit_transactions WHERE user_id = $1", user_id), 1);
     keel__usersync_stats(us, &st);
     assert_int_equal(st.hits, 1);
     assert_int_equal(st.misses, 2);
@@ -715,7 +712,8 @@ static void *race_main(void *arg)
  * they all agreed on (caller frees). */
 static char *race_first_request(keel__db *db, const struct keel__claims *c, long credits)
 {
-    struct keel__usersync_conf conf = {.ttl_s = 300, .max_entries = 1000,
+    struct keel__usersync_conf conf = {.ttl_s = 300,
+                                       .max_entries = 1000,
                                        .initial_credits = credits};
     keel__usersync *us = NULL;
     pthread_barrier_t start;
@@ -766,8 +764,7 @@ static void test_db_concurrent_first_requests(void **state)
     assert_int_equal(db_long("SELECT count(*) FROM users WHERE lower(email) = lower($1)", email),
                      1);
     assert_int_equal(db_long("SELECT count(*) FROM credit_wallets WHERE user_id = $1", id), 1);
-    assert_int_equal(db_long("SELECT count(*) FROM credit_transactions WHERE user_id = $1", id),
-                     1);
+    assert_int_equal(db_long("SELECT count(*) FROM credit_transactions WHERE user_id = $1", id), 1);
     free(id);
     claims_release(&c);
 
@@ -784,8 +781,7 @@ static void test_db_concurrent_first_requests(void **state)
                      1);
     assert_int_equal(db_long(SQL_ROWS_FOR_SUB, sub), 1);
     assert_int_equal(db_long("SELECT count(*) FROM credit_wallets WHERE user_id = $1", id), 1);
-    assert_int_equal(db_long("SELECT count(*) FROM credit_transactions WHERE user_id = $1", id),
-                     0);
+    assert_int_equal(db_long("SELECT count(*) FROM credit_transactions WHERE user_id = $1", id), 0);
     free(id);
     free(old_id);
     claims_release(&c);
@@ -967,8 +963,7 @@ static void test_db_hammer_threads(void **state)
         make_email(email, sizeof email, "hammer", u);
         claims_make(&claims[u], sub, email, "full_name", "Hammer");
         if (u % 2 == 0) {
-            assert_int_equal(keel__usersync_resolve(us, &claims[u], NOW, arena_alloc, &a, &p),
-                             0);
+            assert_int_equal(keel__usersync_resolve(us, &claims[u], NOW, arena_alloc, &a, &p), 0);
             assert_true(p.synced);
             snprintf(ids[u], sizeof ids[u], "%s", p.user_id);
         }
@@ -981,8 +976,8 @@ static void test_db_hammer_threads(void **state)
         struct keel__usersync_conf oc = {.ttl_s = 300, .max_entries = 0};
         assert_int_equal(keel__usersync_new(&oc, db, &other), 0);
         for (unsigned u = 1; u < HAMMER_USERS; u += 2) {
-            assert_int_equal(
-                keel__usersync_resolve(other, &claims[u], NOW, arena_alloc, &a, &p), 0);
+            assert_int_equal(keel__usersync_resolve(other, &claims[u], NOW, arena_alloc, &a, &p),
+                             0);
             assert_true(p.synced);
             snprintf(ids[u], sizeof ids[u], "%s", p.user_id);
         }
@@ -994,7 +989,10 @@ static void test_db_hammer_threads(void **state)
 
     pthread_barrier_init(&start, NULL, THREADS);
     for (int i = 0; i < THREADS; i++) {
-        h[i] = (struct hammer){.us = us, .claims = claims, .ids = ids, .start = &start,
+        h[i] = (struct hammer){.us = us,
+                               .claims = claims,
+                               .ids = ids,
+                               .start = &start,
                                .seed = run_id ^ (unsigned)(i * 2654435761u)};
         assert_int_equal(pthread_create(&tid[i], NULL, hammer_main, &h[i]), 0);
     }
@@ -1008,8 +1006,7 @@ static void test_db_hammer_threads(void **state)
 
     for (int i = 0; i < THREADS; i++) {
         if (h[i].wrong != 0)
-            fail_msg("thread %d: %lu wrong principals, first: %s", i, h[i].wrong,
-                     h[i].first_error);
+            fail_msg("thread %d: %lu wrong principals, first: %s", i, h[i].wrong, h[i].first_error);
         assert_int_equal(h[i].failed, 0);
         assert_int_equal(h[i].unsynced, 0);
     }
