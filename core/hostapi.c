@@ -317,8 +317,8 @@ static int run_on(keel_request *req, keel__db_conn *conn, const char *sql, int n
     return own_result(req, pg, out);
 }
 
-static int host_db_query(keel_request *req, const char *sql, int nparams,
-                         const char *const *params, keel_db_result **out)
+static int host_db_query(keel_request *req, const char *sql, int nparams, const char *const *params,
+                         keel_db_result **out)
 {
     if (out != NULL)
         *out = NULL;
@@ -335,8 +335,8 @@ static int host_db_query(keel_request *req, const char *sql, int nparams,
     return rc;
 }
 
-static int host_db_tx_query(keel_db_tx *tx, const char *sql, int nparams,
-                            const char *const *params, keel_db_result **out)
+static int host_db_tx_query(keel_db_tx *tx, const char *sql, int nparams, const char *const *params,
+                            keel_db_result **out)
 {
     if (out != NULL)
         *out = NULL;

@@ -60,9 +60,9 @@ struct keel__synthetic {
 const char *keel__synthetic_lookup(const char *const *table, const char *name);
 
 struct keel_request {
-    struct MHD_Connection *conn; /* NULL only for synthetic requests */
+    struct MHD_Connection *conn;       /* NULL only for synthetic requests */
     struct keel__synthetic *synthetic; /* see struct keel__synthetic; NULL normally */
-    int listener; /* enum keel__listener */
+    int listener;                      /* enum keel__listener */
     const char *method;
     const char *path; /* without query string */
     uint64_t id;

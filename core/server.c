@@ -236,8 +236,7 @@ static long body_cap_for(int listener);
 /* Called once the whole request (headers and body) has arrived. */
 static void finish(keel_request *req)
 {
-    req->origin = allowed_origin(
-        MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND, "Origin"));
+    req->origin = allowed_origin(MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND, "Origin"));
 
     char allow[256];
     struct keel__route_match m;
@@ -389,7 +388,8 @@ static bool begin(keel_request *req)
         }
         if (n > (unsigned long long)body_cap_for(req->listener)) {
             char msg[96];
-            snprintf(msg, sizeof msg, "Request body too large (limit %ld bytes)", body_cap_for(req->listener));
+            snprintf(msg, sizeof msg, "Request body too large (limit %ld bytes)",
+                     body_cap_for(req->listener));
             keel__respond_detail(req, 413, msg);
             return true;
         }
@@ -525,11 +525,10 @@ static void access_log(const keel_request *req, unsigned status, int64_t ns)
     if (user == NULL)
         user = "-";
     if (access_json) {
-        json_t *o = json_pack("{s:s, s:s, s:s, s:i, s:f, s:s, s:I, s:s, s:s}", "time", ts,
-                              "method", req->method, "path", req->path, "status", (int)status,
-                              "latency_ms", (double)ns / 1e6, "plugin", plugin, "generation",
-                              (json_int_t)gen, "user", user, "listener",
-                              listeners[req->listener].name);
+        json_t *o = json_pack("{s:s, s:s, s:s, s:i, s:f, s:s, s:I, s:s, s:s}", "time", ts, "method",
+                              req->method, "path", req->path, "status", (int)status, "latency_ms",
+                              (double)ns / 1e6, "plugin", plugin, "generation", (json_int_t)gen,
+                              "user", user, "listener", listeners[req->listener].name);
         /* Nine significant digits keep nanosecond latencies without the
          * binary noise of a full double. */
         char *s = o ? json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(9)) : NULL;
@@ -634,7 +633,8 @@ static bool is_loopback(const struct sockaddr *sa)
 
 static int start_daemon(struct listener *l, const char *host, int port, unsigned threads)
 {
-    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
+    struct addrinfo hints = {.ai_family = AF_UNSPEC,
+                             .ai_socktype = SOCK_STREAM,
                              .ai_flags = AI_PASSIVE};
     struct addrinfo *ai = NULL;
     char portstr[16];
@@ -684,8 +684,8 @@ static int start_daemon(struct listener *l, const char *host, int port, unsigned
                                             (intptr_t)keel__deadlines_notify, deadlines};
     opts[n++] = (struct MHD_OptionItem){MHD_OPTION_END, 0, NULL};
 
-    l->daemon = MHD_start_daemon(flags, (uint16_t)port, NULL, NULL, on_access, l,
-                                 MHD_OPTION_ARRAY, opts, MHD_OPTION_END);
+    l->daemon = MHD_start_daemon(flags, (uint16_t)port, NULL, NULL, on_access, l, MHD_OPTION_ARRAY,
+                                 opts, MHD_OPTION_END);
     freeaddrinfo(ai);
     if (l->daemon == NULL) {
         log_error("%s listener: cannot listen on %s:%d (address in use or not permitted)", l->name,
@@ -731,7 +731,8 @@ int keel__server_start(void)
      * libmicrohttpd applies to silence, keel applies to slowness. */
     if (keel__deadlines_start(c->server.connection_timeout_s, &deadlines) != 0)
         log_warn("request deadlines are off: slow clients are bounded only by inactivity");
-    int rc = start_daemon(&listeners[0], c->server.host, c->server.port, (unsigned)keel__rt.threads);
+    int rc = start_daemon(&listeners[0], c->server.host, c->server.port,
+                          (unsigned)keel__rt.threads);
     if (rc == 0) {
         /* The admin listener serves a handful of ops requests: two threads. */
         rc = start_daemon(&listeners[1], c->admin.host, c->admin.port, 2);
@@ -777,8 +778,8 @@ void keel__server_stop(int timeout_s)
             break;
         clock_gettime(CLOCK_MONOTONIC, &now);
         if (now.tv_sec - start.tv_sec >= timeout_s) {
-            log_warn("shutdown deadline of %d s passed with %ld request(s) still running", timeout_s,
-                     n);
+            log_warn("shutdown deadline of %d s passed with %ld request(s) still running",
+                     timeout_s, n);
             break;
         }
         struct timespec ts = {0, 20 * 1000 * 1000};
