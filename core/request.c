@@ -236,7 +236,9 @@ int keel__respond_json(keel_request *req, unsigned status, json_t *body)
         return keel__respond_detail(req, 500, "Internal Server Error");
     /* json_dumps() allocates with malloc: keel never changes jansson's
      * allocator, so libmicrohttpd's free() matches. */
-    char *text = json_dumps(body, JSON_COMPACT);
+    /* 15 significant digits print the stored rates and scores as written
+     * (7.86, not 7.8600000000000003), as the service keel replaces did. */
+    char *text = json_dumps(body, JSON_COMPACT | JSON_REAL_PRECISION(15));
     json_decref(body);
     if (text == NULL)
         return keel__respond(req, 500, "{\"detail\":\"Internal Server Error\"}", 34);
