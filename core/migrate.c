@@ -359,20 +359,33 @@ static void check_recorded(PGconn *pg, const struct migration *list, int n)
     PQclear(res);
 }
 
+/* Lists the migration files of dir and connects; on success the caller owns
+ * both *list and *pg. */
+static int open_migrations(const char *conninfo, const char *dir, struct migration **list, int *n,
+                           PGconn **pg, char *err, size_t errlen)
+{
+    int rc = list_migrations(dir, list, n, err, errlen);
+    if (rc != 0)
+        return rc;
+    *pg = migrate_connect(conninfo, err, errlen);
+    if (*pg == NULL) {
+        free(*list);
+        *list = NULL;
+        return KEEL_EDB_UNAVAILABLE;
+    }
+    return 0;
+}
+
 int keel__db_migrate(const char *conninfo, const char *dir, int *applied, char *err, size_t errlen)
 {
     if (applied != NULL)
         *applied = 0;
     struct migration *list;
     int n;
-    int rc = list_migrations(dir, &list, &n, err, errlen);
+    PGconn *pg;
+    int rc = open_migrations(conninfo, dir, &list, &n, &pg, err, errlen);
     if (rc != 0)
         return rc;
-    PGconn *pg = migrate_connect(conninfo, err, errlen);
-    if (pg == NULL) {
-        free(list);
-        return KEEL_EDB_UNAVAILABLE;
-    }
     rc = ensure_table(pg, err, errlen);
     for (int i = 0; rc == 0 && i < n; i++) {
         bool did;
@@ -395,14 +408,10 @@ int keel__db_schema_behind(const char *conninfo, const char *dir, int *behind, c
     *behind = 0;
     struct migration *list;
     int n;
-    int rc = list_migrations(dir, &list, &n, err, errlen);
+    PGconn *pg;
+    int rc = open_migrations(conninfo, dir, &list, &n, &pg, err, errlen);
     if (rc != 0)
         return rc;
-    PGconn *pg = migrate_connect(conninfo, err, errlen);
-    if (pg == NULL) {
-        free(list);
-        return KEEL_EDB_UNAVAILABLE;
-    }
     /* Asking first avoids an error (and a line in the server's log) when
      * the table does not exist yet: then every file is pending. */
     PGresult *res = PQexec(pg, "SELECT to_regclass('schema_migrations') IS NOT NULL");
