@@ -627,16 +627,27 @@ json_t *keel__plugins_reload(const char *only, bool *unknown)
 
     /* Shadow-load every named plugin; nothing is visible to requests yet. */
     struct pending *pend = calloc(conf->nplugins + 1, sizeof *pend);
+    if (pend == NULL) {
+        /* Nothing was loaded yet: report the reload as failed, change nothing. */
+        keel__conf_free(conf);
+        json_decref(results);
+        pthread_mutex_unlock(&reg.lock);
+        keel__log(KEEL_LOG_ERROR, "core", "reload refused: out of memory");
+        return json_pack("{s:b, s:[]}", "ok", 0, "results");
+    }
     size_t npend = 0;
-    for (size_t i = 0; pend != NULL && i < conf->nplugins; i++) {
+    bool out_of_memory = false;
+    for (size_t i = 0; i < conf->nplugins; i++) {
         const struct keel__manifest *m = &conf->plugins[i];
         if (only != NULL && strcmp(only, m->name) != 0)
             continue;
         struct keel__slot *s = slot_find(m->name);
         if (s == NULL) {
             s = slot_add(m->name);
-            if (s == NULL)
+            if (s == NULL) {
+                out_of_memory = true;
                 break;
+            }
             s->reason = KEEL__REASON_NOT_INSTALLED;
             s->excluded = true; /* no routes until its first commit */
         }
@@ -770,7 +781,9 @@ json_t *keel__plugins_reload(const char *only, bool *unknown)
     free(pend);
     keel__conf_free(conf);
     pthread_mutex_unlock(&reg.lock);
-    return json_pack("{s:b, s:o}", "ok", all_ok, "results", results);
+    /* A plugin that could not even get a slot is missing from results; the
+     * reload as a whole must not look successful. */
+    return json_pack("{s:b, s:o}", "ok", all_ok && !out_of_memory, "results", results);
 }
 
 /* ------------------------------------------------------------ reporting */
