@@ -1,7 +1,7 @@
 /*
  * The HTTP ceiling for ./dev bench: the smallest libmicrohttpd server that
  * answers every request with one fixed JSON body, started with the same
- * daemon flags and limits as keeld's main listener (core/server.c: internal
+ * daemon flags and limits as keeld's main listener (core/http/server.c: internal
  * polling thread, a thread pool, epoll, the same connection timeout, limit
  * and per-connection memory).  Whatever keeld does on top of libmicrohttpd
  * (routing, authentication, JSON, metrics, logging) shows as the distance
@@ -122,7 +122,7 @@ int main(int argc, char **argv)
     sigaddset(&stop, SIGTERM);
     pthread_sigmask(SIG_BLOCK, &stop, NULL);
 
-    /* keeld's main listener: core/server.c start_daemon() with the defaults
+    /* keeld's main listener: core/http/server.c start_daemon() with the defaults
      * of conf.d/10-server.json (timeout 30 s, 1024 connections). */
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ITC | MHD_USE_ERROR_LOG;
 #ifdef __linux__

@@ -15,7 +15,7 @@
  *     init -> every route once with a synthetic request -> fini -> unload,
  *     checking after each cycle that the copy is no longer mapped and that
  *     no thread was left behind.
- * Synthetic requests (core/request.h, struct keel__synthetic) carry a user
+ * Synthetic requests (core/http/request.h, struct keel__synthetic) carry a user
  * for "user" routes and an admin for "admin" routes; POST, PUT and PATCH get
  * the body {} as application/json; path parameters get the value
  * "keelcheck".  No database is configured, so every database call answers
@@ -50,13 +50,13 @@
 
 #include <keel/plugin.h>
 
-#include "conf.h"
+#include "conf/conf.h"
 #include "elfcheck.h"
-#include "hostapi.h"
-#include "loader.h"
-#include "log.h"
-#include "request.h"
-#include "table.h"
+#include "plugin/hostapi.h"
+#include "plugin/loader.h"
+#include "util/log.h"
+#include "http/request.h"
+#include "plugin/table.h"
 
 #ifndef PACKAGE_VERSION
 #define PACKAGE_VERSION "unknown"

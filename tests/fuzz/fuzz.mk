@@ -26,7 +26,7 @@ CFLAGS = -std=gnu11 -g -O1 $(SAN) -Wall -Wextra -Wno-unused-parameter \
 	-DKEEL_PLUGINDIR='"/nonexistent/keel"' -DKEEL_DATADIR='"/nonexistent/keel"' \
 	-DKEEL_FUZZ_SRCDIR='"$(abspath $(SRC))"' -MMD -MP
 
-CORE_SRCS := $(filter-out $(SRC)/core/main.c,$(wildcard $(SRC)/core/*.c))
+CORE_SRCS := $(filter-out $(SRC)/core/process/main.c,$(wildcard $(SRC)/core/*/*.c))
 CORE_OBJS := $(patsubst $(SRC)/core/%.c,$(OUT)/obj/core/%.o,$(CORE_SRCS))
 
 all: $(addprefix $(OUT)/,$(HARNESSES))

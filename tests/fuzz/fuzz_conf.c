@@ -18,7 +18,7 @@
 
 #include <keel/error.h>
 
-#include "conf.h"
+#include "conf/conf.h"
 #include "fuzz_common.h"
 
 static char dir[256];

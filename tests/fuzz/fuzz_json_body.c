@@ -18,7 +18,7 @@
 #include <keel/error.h>
 
 #include "fuzz_common.h"
-#include "hostapi.h"
+#include "plugin/hostapi.h"
 
 #define MAX_DEPTH 32
 

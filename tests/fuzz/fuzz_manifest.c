@@ -20,9 +20,9 @@
 
 #include <keel/error.h>
 
-#include "conf.h"
+#include "conf/conf.h"
 #include "fuzz_common.h"
-#include "router.h"
+#include "http/router.h"
 
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {

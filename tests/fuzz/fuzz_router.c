@@ -23,10 +23,10 @@
 
 #include <keel/error.h>
 
-#include "admin.h"
-#include "conf.h"
+#include "ops/admin.h"
+#include "conf/conf.h"
 #include "fuzz_common.h"
-#include "router.h"
+#include "http/router.h"
 
 #ifndef KEEL_FUZZ_SRCDIR
 #define KEEL_FUZZ_SRCDIR "."

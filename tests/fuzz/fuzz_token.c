@@ -26,7 +26,7 @@
 
 #include <keel/error.h>
 
-#include "auth.h"
+#include "identity/auth.h"
 #include "fuzz_common.h"
 
 #define NOW ((time_t)1700000000)

@@ -35,9 +35,9 @@
 
 #include <keel/error.h>
 
-#include "breaker.h"
-#include "db.h"
-#include "log.h"
+#include "data/breaker.h"
+#include "data/db.h"
+#include "util/log.h"
 
 static int checks;
 static const char *pgdata, *pgbin, *root_url;

@@ -9,7 +9,7 @@
 
 #include <cmocka.h>
 
-#include "loader.h"
+#include "plugin/loader.h"
 
 static int noop(keel_request *req, void *s)
 {

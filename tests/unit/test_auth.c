@@ -1,5 +1,5 @@
 /*
- * Unit tests for core/auth.c.  Tokens are built here from JSON text (so that
+ * Unit tests for core/identity/auth.c.  Tokens are built here from JSON text (so that
  * malformed and duplicate-key variants are possible) and signed with OpenSSL:
  * HMAC for HS256/HS512, keys generated at run time for RS256/ES256.
  */
@@ -25,7 +25,7 @@
 
 #include <keel/error.h>
 
-#include "auth.h"
+#include "identity/auth.h"
 
 #define NOW ((time_t)1700000000)
 #define SECRET "super-secret-jwt-token-with-at-least-32-characters-long"

@@ -1,4 +1,4 @@
-/* Unit tests for core/breaker.c.  Time is passed explicitly, so nothing
+/* Unit tests for core/data/breaker.c.  Time is passed explicitly, so nothing
  * here sleeps or depends on how fast the machine is. */
 #include "config.h"
 
@@ -10,8 +10,8 @@
 
 #include <cmocka.h>
 
-#include "breaker.h"
-#include "log.h"
+#include "data/breaker.h"
+#include "util/log.h"
 
 #define THRESHOLD 3
 #define OPEN_MS 1000

@@ -1,4 +1,4 @@
-/* Unit tests for core/conf.c: each test builds a conf.d in a temporary directory. */
+/* Unit tests for core/conf/conf.c: each test builds a conf.d in a temporary directory. */
 #include "config.h"
 
 #include <setjmp.h>
@@ -19,7 +19,7 @@
 #include <keel/error.h>
 #include <keel/plugin.h>
 
-#include "conf.h"
+#include "conf/conf.h"
 
 /* The same fallbacks as conf.c, for builds without Makefile.am's flags. */
 #ifndef KEEL_PLUGINDIR

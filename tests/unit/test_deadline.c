@@ -1,5 +1,5 @@
 /*
- * Unit tests for core/deadline.c, against a real libmicrohttpd daemon on
+ * Unit tests for core/http/deadline.c, against a real libmicrohttpd daemon on
  * 127.0.0.1 (an ephemeral port) in the mode keeld uses (epoll, thread pool).
  * Loops that wait are bounded by attempts; nothing asserts how fast.
  */
@@ -25,8 +25,8 @@
 
 #include <keel/error.h>
 
-#include "deadline.h"
-#include "log.h"
+#include "http/deadline.h"
+#include "util/log.h"
 
 struct server {
     struct MHD_Daemon *daemon;

@@ -1,4 +1,4 @@
-/* Unit tests for core/ratelimit.c.  Time is passed explicitly (nanoseconds),
+/* Unit tests for core/identity/ratelimit.c.  Time is passed explicitly (nanoseconds),
  * so nothing here sleeps or depends on how fast the machine is. */
 #include "config.h"
 
@@ -16,7 +16,7 @@
 
 #include <keel/error.h>
 
-#include "ratelimit.h"
+#include "identity/ratelimit.h"
 
 #define S 1000000000LL
 #define MS 1000000LL

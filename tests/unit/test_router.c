@@ -1,4 +1,4 @@
-/* Unit tests for core/router.c. */
+/* Unit tests for core/http/router.c. */
 #include "config.h"
 
 #include <setjmp.h>
@@ -12,7 +12,7 @@
 
 #include <keel/error.h>
 
-#include "router.h"
+#include "http/router.h"
 
 /* Distinct addresses to register as route data. */
 static int tag_a, tag_b, tag_c, tag_d, tag_e;

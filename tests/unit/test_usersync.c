@@ -1,5 +1,5 @@
 /*
- * Tests for core/usersync.c.  The cache-less cases run anywhere; the rest
+ * Tests for core/identity/usersync.c.  The cache-less cases run anywhere; the rest
  * sync against the real PostgreSQL named by KEEL_TEST_DATABASE_URL (./dev
  * test sets it) and are skipped, saying so, when it is not set.  Rows they
  * create use emails under a per-run domain and are deleted at the end.
@@ -23,8 +23,8 @@
 
 #include <keel/error.h>
 
-#include "log.h"
-#include "usersync.h"
+#include "util/log.h"
+#include "identity/usersync.h"
 
 #define NOW ((int64_t)1700000000)
 #define THREADS 64

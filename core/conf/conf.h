@@ -1,0 +1,220 @@
+/*
+ * The configuration model: what conf.d says once it is parsed and the
+ * environment has been applied.  conf.c reads files into this model; the
+ * runtime modules only ever see the structs below.
+ *
+ * conf.d is a directory of *.json files read in name order.  Each file is a
+ * JSON object whose top-level keys are sections ("server", "admin", "log",
+ * "database", "auth", "usersync", "cors", "limits") or "plugin" (a plugin
+ * manifest, one per file).  A section may appear in only one file; an
+ * unknown section or key is an error that names the file and the key.
+ * Other files, and names starting with '.', are skipped.
+ *
+ * Every member below has a default, so an empty conf.d is valid.  Nullable
+ * strings ("NULL = ...") may be written as JSON null.  Every char * is owned
+ * by the model and freed by keel__conf_free().
+ *
+ * Plugin files are resolved once the whole directory has been read, against
+ * the final server.plugin_dir; keel__conf_apply_env() resolves them again
+ * when KEEL_PLUGIN_DIR changes it.  To make that possible each manifest keeps
+ * "file" as written (file_spec) next to the resolved path (file).
+ */
+#ifndef KEEL_CORE_CONF_CONF_H
+#define KEEL_CORE_CONF_CONF_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include <jansson.h>
+
+#include <keel/common.h>
+
+enum keel__auth_level { KEEL__AUTH_PUBLIC = 0, KEEL__AUTH_USER = 1, KEEL__AUTH_ADMIN = 2 };
+enum keel__listener { KEEL__LISTENER_MAIN = 0, KEEL__LISTENER_ADMIN = 1 };
+
+/* One route of a plugin manifest. */
+struct keel__manifest_route {
+    char *method;             /* upper case */
+    char *path;               /* template */
+    int auth;                 /* enum keel__auth_level */
+    int listener;             /* enum keel__listener */
+    unsigned fallback_status; /* default 200; 503 when the route has no "fallback" */
+    json_t *fallback;         /* body for a user when the plugin is down; owned, never
+                              NULL ({"detail":"Service unavailable"} by default) */
+    json_t *fallback_headers; /* object of string values to add, owned; NULL = none */
+};
+
+/* A plugin manifest: everything the core knows without loading the .so. */
+struct keel__manifest {
+    char *name;
+    char *source;    /* the conf.d file it came from */
+    char *file;      /* absolute path of the .so (resolved against plugin_dir) */
+    char *file_spec; /* "file" as written in the manifest */
+    bool enabled;
+    json_t *config; /* "config" object handed to init; owned, never NULL */
+    struct keel__manifest_route *routes;
+    size_t nroutes;
+};
+
+struct keel__key_conf {
+    char *kid;
+    char *alg; /* "RS256" | "ES256" */
+    char *pem; /* PEM text (read from "pem" or "pem_file") */
+};
+
+struct keel__conf {
+    char *dir; /* the conf.d directory */
+
+    struct {
+        char *host;  /* default 127.0.0.1 */
+        int port;    /* default 8080 */
+        int threads; /* 0 = 4 x online CPUs */
+        /* Default 30.  Bounds silence on a connection (libmicrohttpd) and the
+         * time a request may take to arrive in full (core/http/deadline.h). */
+        int connection_timeout_s;
+        int shutdown_timeout_s; /* SIGTERM drain deadline, default 10 */
+        char *plugin_dir;       /* default KEEL_PLUGINDIR (the install's lib/keel) */
+    } server;
+
+    struct {
+        char *host;  /* default 127.0.0.1 */
+        int port;    /* default 8081 */
+        char *token; /* required when host is not loopback */
+    } admin;
+
+    struct {
+        int level;           /* KEEL_LOG_*, default info */
+        char *access_log;    /* "-" = stderr, path, or NULL = off (the default) */
+        char *access_format; /* "text" (default) | "json" */
+    } log;
+
+    struct {
+        char *url;                /* libpq URI or conninfo; NULL = no database */
+        int pool_size;            /* default 8 */
+        int pool_wait_ms;         /* default 2000 */
+        int connect_timeout_s;    /* default 3 */
+        int statement_timeout_ms; /* default 5000 */
+        int lock_timeout_ms;      /* default 2000 */
+        int breaker_failures;     /* consecutive unavailable failures, default 3 */
+        int breaker_open_ms;      /* time open before a half-open probe, default 2000 */
+        char *migrations_dir;     /* default KEEL_DATADIR "/migrations" */
+    } database;
+
+    struct {
+        /* HS256 shared secret; NULL = HS256 disabled.  The file may give it as
+         * "jwt_secret" or as "jwt_secret_file" (a path relative to conf.d, at
+         * most 64 KiB, trailing CR/LF removed); KEEL_JWT_SECRET overrides. */
+        char *jwt_secret;
+        char *jwt_kid; /* optional kid of the HS256 key */
+        /* "keys": [{"kid","alg","pem" | "pem_file"}]; pem_file is relative to
+         * conf.d, at most 64 KiB.  kids are unique. */
+        struct keel__key_conf *keys;
+        size_t nkeys;
+        char *issuer;        /* NULL = not checked */
+        char *audience;      /* default "authenticated" */
+        int leeway_s;        /* default 30 */
+        int max_token_bytes; /* default 8192 */
+    } auth;
+
+    struct {
+        int ttl_s;            /* default 300 */
+        int max_entries;      /* default 10000 */
+        long initial_credits; /* default 0 */
+    } usersync;
+
+    struct {
+        char **origins; /* "*" allows any; else "scheme://host[:port]"; default none */
+        size_t norigins;
+        char *methods;    /* default "GET, POST, PUT, PATCH, DELETE, OPTIONS" */
+        char *headers;    /* default "Authorization, Content-Type" */
+        int max_age;      /* default 600 */
+        bool credentials; /* default false */
+    } cors;
+
+    struct {
+        long max_body_bytes;       /* default 1 MiB */
+        long max_admin_body_bytes; /* admin listener (imports), default 256 MiB */
+        int max_json_depth;        /* default 32 */
+        long max_header_bytes;     /* request headers, default 16 KiB: 431 past it */
+        int max_uri_bytes;         /* path and query string, default 8 KiB: 414 past it */
+        /* An oversized chunked body is read and thrown away for up to this
+         * many more bytes so the client still gets its 413; past that the
+         * connection is closed.  Default 32 MiB. */
+        long max_drain_bytes;
+        int max_connections; /* default 1024 */
+        int max_per_ip;      /* default 0 = unlimited */
+        int rate_per_user;   /* requests per second, 0 = off */
+        int rate_burst;      /* default 0 = same as rate_per_user */
+    } limits;
+
+    struct keel__manifest *plugins;
+    size_t nplugins;
+};
+
+/*
+ * Reads every *.json file of dir.  On success *out is a new model the caller
+ * frees with keel__conf_free().  On failure returns KEEL_ECONFIG (or
+ * KEEL_ENOMEM) and writes a message naming the file and key into err, e.g.
+ * "conf.d/10-server.json: server.port: expected an integer 1-65535"; *out is
+ * then NULL.
+ */
+int keel__conf_load(const char *dir, struct keel__conf **out, char *err,
+                    size_t errlen) KEEL_WARN_UNUSED;
+
+/*
+ * Applies KEEL_LISTEN, KEEL_ADMIN_LISTEN, KEEL_DATABASE_URL, KEEL_JWT_SECRET,
+ * KEEL_PLUGIN_DIR, KEEL_LOG_LEVEL.  Unset or empty variables change nothing.
+ * A listen value without a host (":8080", "8080") keeps the configured host.
+ * Then runs the checks that need the final values: an admin listener on a
+ * non-loopback host needs admin.token.  Returns KEEL_ECONFIG naming the
+ * variable (or the key); every variable is checked before any is applied,
+ * so on a bad variable conf is unchanged.
+ */
+int keel__conf_apply_env(struct keel__conf *conf, char *err, size_t errlen) KEEL_WARN_UNUSED;
+
+/*
+ * Parses one manifest object (the value of "plugin").  source names the file
+ * for messages; plugin_dir resolves a relative "file" (a relative plugin_dir
+ * is taken from the working directory).  Checks the routes strictly,
+ * including conflicts between routes of the same manifest.  Used by the
+ * loader on reload too.  obj is not modified or stolen; on success *out owns
+ * copies and is released with keel__manifest_clear(); on failure *out is
+ * left empty (zeroed) and err says "SOURCE: plugin.KEY: why".
+ */
+int keel__manifest_parse(const json_t *obj, const char *source, const char *plugin_dir,
+                         struct keel__manifest *out, char *err, size_t errlen) KEEL_WARN_UNUSED;
+void keel__manifest_clear(struct keel__manifest *m);
+
+/*
+ * Makes a plugin's "file" absolute: as written when absolute, else under
+ * plugin_dir (KEEL_PLUGINDIR when NULL or empty; itself taken from the
+ * working directory when relative).  malloc'd; NULL when out of memory.
+ */
+char *keel__manifest_resolve_file(const char *spec, const char *plugin_dir);
+
+/*
+ * Splits "host:port" ("[::1]:8080", ":8080", "8080" also accepted).  *host
+ * is a malloc'd copy (brackets removed), or NULL when spec names no host.
+ * Returns KEEL_EINVAL for a malformed spec or a port outside 1-65535.
+ */
+int keel__parse_listen(const char *spec, char **host, int *port) KEEL_WARN_UNUSED;
+
+void keel__conf_free(struct keel__conf *conf);
+
+/*
+ * The parser's own helpers, shared by conf.c and manifest.c (manifests are
+ * parsed in a file of their own); nothing else should need them.
+ */
+
+/* Formats a message into err (when err is not NULL) and returns KEEL_ECONFIG. */
+int keel__conf_fail(char *err, size_t errlen, const char *fmt, ...) KEEL_PRINTF(3, 4);
+/* Writes "out of memory" into err and returns KEEL_ENOMEM. */
+int keel__conf_nomem(char *err, size_t errlen);
+/* True for a JSON string without an embedded NUL (which C would cut short). */
+bool keel__conf_is_text(const json_t *v);
+/* The first key of obj that is not in allowed (NULL-terminated), or NULL. */
+const char *keel__conf_unknown_key(const json_t *obj, const char *const *allowed);
+/* a + "/" + b without doubling a trailing slash of a; malloc'd, NULL on ENOMEM. */
+char *keel__path_join(const char *a, const char *b);
+
+#endif

@@ -1,0 +1,445 @@
+#include "config.h"
+
+#include "data/db.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include <keel/error.h>
+
+#include "util/log.h"
+
+/*
+ * Schema migrations: db/migrations/NNNN_name.sql, applied in file-name order.
+ * Each file runs in its own transaction together with the row that records
+ * it, so a file is either fully applied and recorded or not at all.  Every
+ * such transaction first takes a transaction-scoped advisory lock, so two
+ * keelds started at once apply each file exactly once: the second waits,
+ * then sees the first's row and skips the file.
+ */
+
+/* An arbitrary constant ("keelmig" in ASCII) naming keel's advisory lock. */
+#define MIGRATE_LOCK_SQL "SELECT pg_advisory_xact_lock(30229308793252199)"
+#define MIGRATION_MAX_BYTES (16 * 1024 * 1024)
+#define MIGRATIONS_MAX 9999
+#define MIGRATION_NAME_MAX 128
+
+struct migration {
+    int version;
+    char file[MIGRATION_NAME_MAX];
+    char name[MIGRATION_NAME_MAX]; /* the file name without "NNNN_" and ".sql" */
+};
+
+static void chomp(char *s)
+{
+    size_t n = strlen(s);
+    while (n > 0 && (s[n - 1] == '\n' || s[n - 1] == ' '))
+        s[--n] = '\0';
+}
+
+/* ^[0-9]{4}_[a-z0-9_]+\.sql$ */
+static bool migration_file_name(const char *n)
+{
+    size_t len = strlen(n);
+    if (len < 10 || len >= MIGRATION_NAME_MAX || strcmp(n + len - 4, ".sql") != 0 || n[4] != '_')
+        return false;
+    for (int i = 0; i < 4; i++)
+        if (n[i] < '0' || n[i] > '9')
+            return false;
+    for (size_t i = 5; i < len - 4; i++)
+        if (!((n[i] >= 'a' && n[i] <= 'z') || (n[i] >= '0' && n[i] <= '9') || n[i] == '_'))
+            return false;
+    return true;
+}
+
+static int by_file(const void *a, const void *b)
+{
+    return strcmp(((const struct migration *)a)->file, ((const struct migration *)b)->file);
+}
+
+/* Lists dir's migrations in order; *out is the caller's to free. */
+static int list_migrations(const char *dir, struct migration **out, int *count, char *err,
+                           size_t errlen)
+{
+    *out = NULL;
+    *count = 0;
+    DIR *d = opendir(dir);
+    if (d == NULL) {
+        keel__set_err(err, errlen, "cannot open migrations directory %s: %s", dir, strerror(errno));
+        return KEEL_EIO;
+    }
+    struct migration *list = NULL;
+    int n = 0, cap = 0, rc = 0;
+    struct dirent *de;
+    while ((de = readdir(d)) != NULL) {
+        if (!migration_file_name(de->d_name))
+            continue;
+        if (n == MIGRATIONS_MAX) {
+            keel__set_err(err, errlen, "more than %d migrations in %s", MIGRATIONS_MAX, dir);
+            rc = KEEL_ETOOBIG;
+            goto out;
+        }
+        if (n == cap) {
+            int ncap = cap ? cap * 2 : 16;
+            struct migration *grown = realloc(list, (size_t)ncap * sizeof *list);
+            if (grown == NULL) {
+                rc = KEEL_ENOMEM;
+                goto out;
+            }
+            list = grown;
+            cap = ncap;
+        }
+        struct migration *m = &list[n++];
+        size_t len = strlen(de->d_name);
+        memcpy(m->file, de->d_name, len + 1);
+        memcpy(m->name, de->d_name + 5, len - 9);
+        m->name[len - 9] = '\0';
+        m->version = (de->d_name[0] - '0') * 1000 + (de->d_name[1] - '0') * 100 +
+                     (de->d_name[2] - '0') * 10 + (de->d_name[3] - '0');
+    }
+    qsort(list, (size_t)n, sizeof *list, by_file);
+    for (int i = 1; i < n; i++) {
+        if (list[i].version == list[i - 1].version) {
+            keel__set_err(err, errlen, "migrations %s and %s share version %d", list[i - 1].file,
+                          list[i].file, list[i].version);
+            rc = KEEL_ECONFIG;
+            goto out;
+        }
+    }
+out:
+    closedir(d);
+    if (rc != 0) {
+        free(list);
+        return rc;
+    }
+    *out = list;
+    *count = n;
+    return 0;
+}
+
+/* Reads a whole migration file as one NUL-terminated string. */
+static int read_file(const char *dir, const char *file, char **out, char *err, size_t errlen)
+{
+    *out = NULL;
+    char path[4096];
+    if (snprintf(path, sizeof path, "%s/%s", dir, file) >= (int)sizeof path) {
+        keel__set_err(err, errlen, "path too long: %s/%s", dir, file);
+        return KEEL_ETOOBIG;
+    }
+    FILE *f = fopen(path, "rb");
+    if (f == NULL) {
+        keel__set_err(err, errlen, "cannot open %s: %s", path, strerror(errno));
+        return KEEL_EIO;
+    }
+    struct stat st;
+    if (fstat(fileno(f), &st) != 0 || st.st_size > MIGRATION_MAX_BYTES) {
+        fclose(f);
+        keel__set_err(err, errlen, "%s: unreadable or larger than %d bytes", path,
+                      MIGRATION_MAX_BYTES);
+        return KEEL_ETOOBIG;
+    }
+    size_t size = (size_t)st.st_size;
+    char *text = malloc(size + 1);
+    if (text == NULL) {
+        fclose(f);
+        return KEEL_ENOMEM;
+    }
+    size_t got = fread(text, 1, size, f);
+    fclose(f);
+    text[got] = '\0';
+    if (got != size || strlen(text) != got) {
+        free(text);
+        keel__set_err(err, errlen, "%s: short read or NUL byte in the file", path);
+        return KEEL_EIO;
+    }
+    *out = text;
+    return 0;
+}
+
+static void migrate_notice(void *arg, const PGresult *res)
+{
+    char msg[512];
+    snprintf(msg, sizeof msg, "%s", PQresultErrorMessage(res));
+    chomp(msg);
+    keel__log(KEEL_LOG_DEBUG, "migrate", "%s", msg);
+}
+
+static PGconn *migrate_connect(const char *conninfo, char *err, size_t errlen)
+{
+    /* The defaults come before the conninfo so that it can override them. */
+    const char *const keywords[] = {"application_name", "connect_timeout", "dbname", NULL};
+    const char *const values[] = {"keeld-migrate", "10", conninfo ? conninfo : "", NULL};
+    PGconn *pg = PQconnectdbParams(keywords, values, 1);
+    if (pg == NULL || PQstatus(pg) != CONNECTION_OK) {
+        char msg[512];
+        snprintf(msg, sizeof msg, "%s", pg ? PQerrorMessage(pg) : "out of memory");
+        chomp(msg);
+        keel__set_err(err, errlen, "cannot connect to the database: %s", msg);
+        PQfinish(pg);
+        return NULL;
+    }
+    PQsetNoticeReceiver(pg, migrate_notice, NULL);
+    return pg;
+}
+
+/* The 1-based line of a 1-based character position in text. */
+static int line_of(const char *text, long position)
+{
+    int line = 1;
+    long chars = 0;
+    for (const unsigned char *p = (const unsigned char *)text; *p != '\0'; p++) {
+        if ((*p & 0xC0) != 0x80 && ++chars >= position)
+            break;
+        if (*p == '\n')
+            line++;
+    }
+    return line;
+}
+
+/* Turns a failed result into an error code and message; consumes res. */
+static int sql_failure(PGconn *pg, PGresult *res, const char *what, const char *text, char *err,
+                       size_t errlen)
+{
+    const char *sqlstate = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+    const char *primary = res ? PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY) : NULL;
+    const char *pos = res ? PQresultErrorField(res, PG_DIAG_STATEMENT_POSITION) : NULL;
+    char msg[512];
+    if (primary == NULL) {
+        snprintf(msg, sizeof msg, "%s", PQerrorMessage(pg));
+        chomp(msg);
+        primary = msg;
+    }
+    char where[32] = "";
+    if (pos != NULL && text != NULL) {
+        long p = strtol(pos, NULL, 10);
+        if (p > 0)
+            snprintf(where, sizeof where, " at line %d", line_of(text, p));
+    }
+    keel__set_err(err, errlen, "%s: %s%s (SQLSTATE %s)", what, primary, where,
+                  sqlstate ? sqlstate : "none");
+    bool unavailable = PQstatus(pg) != CONNECTION_OK ||
+                       keel__db_classify(sqlstate) == KEEL_EDB_UNAVAILABLE;
+    PQclear(res);
+    return unavailable ? KEEL_EDB_UNAVAILABLE : KEEL_EDB_BUG;
+}
+
+/* Runs a statement that must succeed; 0 or a KEEL_EDB_* code. */
+static int run(PGconn *pg, const char *sql, const char *what, char *err, size_t errlen)
+{
+    PGresult *res = PQexec(pg, sql);
+    ExecStatusType st = PQresultStatus(res);
+    if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK) {
+        PQclear(res);
+        return 0;
+    }
+    return sql_failure(pg, res, what, sql, err, errlen);
+}
+
+static void rollback_quietly(PGconn *pg)
+{
+    if (PQtransactionStatus(pg) != PQTRANS_IDLE)
+        PQclear(PQexec(pg, "ROLLBACK"));
+}
+
+static int ensure_table(PGconn *pg, char *err, size_t errlen)
+{
+    /* Under the lock too: two concurrent CREATE TABLE IF NOT EXISTS can
+     * both decide to create and one then fails on a catalog unique index. */
+    int rc = run(pg, "BEGIN", "schema_migrations", err, errlen);
+    if (rc == 0)
+        rc = run(pg, MIGRATE_LOCK_SQL, "schema_migrations", err, errlen);
+    if (rc == 0)
+        rc = run(pg,
+                 "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                 " version int PRIMARY KEY,"
+                 " name text NOT NULL,"
+                 " applied_at timestamptz NOT NULL DEFAULT now())",
+                 "schema_migrations", err, errlen);
+    if (rc == 0)
+        rc = run(pg, "COMMIT", "schema_migrations", err, errlen);
+    if (rc != 0)
+        rollback_quietly(pg);
+    return rc;
+}
+
+/* Applies one migration unless it is recorded already; *did says which. */
+static int apply_one(PGconn *pg, const char *dir, const struct migration *m, bool *did, char *err,
+                     size_t errlen)
+{
+    *did = false;
+    char version[16];
+    snprintf(version, sizeof version, "%d", m->version);
+    const char *const params[2] = {version, m->name};
+    char *text = NULL;
+
+    int rc = run(pg, "BEGIN", m->file, err, errlen);
+    if (rc == 0)
+        rc = run(pg, MIGRATE_LOCK_SQL, m->file, err, errlen);
+    if (rc != 0)
+        goto out;
+
+    PGresult *res = PQexecParams(pg, "SELECT 1 FROM schema_migrations WHERE version = $1", 1, NULL,
+                                 params, NULL, NULL, 0);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+        rc = sql_failure(pg, res, m->file, NULL, err, errlen);
+        goto out;
+    }
+    bool applied = PQntuples(res) > 0;
+    PQclear(res);
+    if (applied)
+        goto out;
+
+    rc = read_file(dir, m->file, &text, err, errlen);
+    if (rc != 0)
+        goto out;
+    /* The whole file in one simple-protocol round trip: it has no
+     * parameters, and inside our BEGIN its statements share the
+     * transaction. */
+    res = PQexec(pg, text);
+    ExecStatusType st = PQresultStatus(res);
+    if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) {
+        rc = sql_failure(pg, res, m->file, text, err, errlen);
+        goto out;
+    }
+    PQclear(res);
+    if (PQtransactionStatus(pg) != PQTRANS_INTRANS) {
+        keel__set_err(err, errlen,
+                      "%s: the file ends the transaction itself (remove its BEGIN/COMMIT)",
+                      m->file);
+        rc = KEEL_ECONFIG;
+        goto out;
+    }
+    res = PQexecParams(pg, "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", 2, NULL,
+                       params, NULL, NULL, 0);
+    if (PQresultStatus(res) != PGRES_COMMAND_OK) {
+        rc = sql_failure(pg, res, m->file, NULL, err, errlen);
+        goto out;
+    }
+    PQclear(res);
+    rc = run(pg, "COMMIT", m->file, err, errlen);
+    if (rc == 0) {
+        *did = true;
+        keel__log(KEEL_LOG_INFO, "migrate", "applied %s", m->file);
+    }
+
+out:
+    free(text);
+    rollback_quietly(pg);
+    return rc;
+}
+
+/* Warns about recorded versions that no file explains: a database migrated
+ * by a newer keel, or a renamed file. */
+static void check_recorded(PGconn *pg, const struct migration *list, int n)
+{
+    PGresult *res = PQexec(pg, "SELECT version, name FROM schema_migrations ORDER BY version");
+    if (PQresultStatus(res) == PGRES_TUPLES_OK) {
+        for (int r = 0; r < PQntuples(res); r++) {
+            long v = strtol(PQgetvalue(res, r, 0), NULL, 10);
+            const char *name = PQgetvalue(res, r, 1);
+            const struct migration *m = NULL;
+            for (int i = 0; i < n && m == NULL; i++)
+                if (list[i].version == v)
+                    m = &list[i];
+            if (m == NULL)
+                keel__log(
+                    KEEL_LOG_WARN, "migrate",
+                    "database has migration %ld (%s) that this keel does not know; is it newer?", v,
+                    name);
+            else if (strcmp(m->name, name) != 0)
+                keel__log(KEEL_LOG_WARN, "migrate",
+                          "migration %ld is recorded as \"%s\" but the file is %s", v, name,
+                          m->file);
+        }
+    }
+    PQclear(res);
+}
+
+/* Lists the migration files of dir and connects; on success the caller owns
+ * both *list and *pg. */
+static int open_migrations(const char *conninfo, const char *dir, struct migration **list, int *n,
+                           PGconn **pg, char *err, size_t errlen)
+{
+    int rc = list_migrations(dir, list, n, err, errlen);
+    if (rc != 0)
+        return rc;
+    *pg = migrate_connect(conninfo, err, errlen);
+    if (*pg == NULL) {
+        free(*list);
+        *list = NULL;
+        return KEEL_EDB_UNAVAILABLE;
+    }
+    return 0;
+}
+
+int keel__db_migrate(const char *conninfo, const char *dir, int *applied, char *err, size_t errlen)
+{
+    if (applied != NULL)
+        *applied = 0;
+    struct migration *list;
+    int n;
+    PGconn *pg;
+    int rc = open_migrations(conninfo, dir, &list, &n, &pg, err, errlen);
+    if (rc != 0)
+        return rc;
+    rc = ensure_table(pg, err, errlen);
+    for (int i = 0; rc == 0 && i < n; i++) {
+        bool did;
+        rc = apply_one(pg, dir, &list[i], &did, err, errlen);
+        if (rc == 0 && did && applied != NULL)
+            (*applied)++;
+    }
+    if (rc == 0)
+        check_recorded(pg, list, n);
+    else
+        keel__log(KEEL_LOG_ERROR, "migrate", "migration failed: %s", err ? err : keel_strerror(rc));
+    PQfinish(pg);
+    free(list);
+    return rc;
+}
+
+int keel__db_schema_behind(const char *conninfo, const char *dir, int *behind, char *err,
+                           size_t errlen)
+{
+    *behind = 0;
+    struct migration *list;
+    int n;
+    PGconn *pg;
+    int rc = open_migrations(conninfo, dir, &list, &n, &pg, err, errlen);
+    if (rc != 0)
+        return rc;
+    /* Asking first avoids an error (and a line in the server's log) when
+     * the table does not exist yet: then every file is pending. */
+    PGresult *res = PQexec(pg, "SELECT to_regclass('schema_migrations') IS NOT NULL");
+    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+        rc = sql_failure(pg, res, "schema_migrations", NULL, err, errlen);
+        goto out;
+    }
+    bool exists = strcmp(PQgetvalue(res, 0, 0), "t") == 0;
+    PQclear(res);
+    if (!exists) {
+        *behind = n;
+        goto out;
+    }
+    res = PQexec(pg, "SELECT version FROM schema_migrations");
+    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+        rc = sql_failure(pg, res, "schema_migrations", NULL, err, errlen);
+        goto out;
+    }
+    for (int i = 0; i < n; i++) {
+        bool found = false;
+        for (int r = 0; r < PQntuples(res) && !found; r++)
+            found = strtol(PQgetvalue(res, r, 0), NULL, 10) == list[i].version;
+        if (!found)
+            (*behind)++;
+    }
+    PQclear(res);
+out:
+    PQfinish(pg);
+    free(list);
+    return rc;
+}

@@ -1,0 +1,131 @@
+/*
+ * The request object the core builds for every HTTP request.  Plugins see it
+ * as the opaque keel_request and use host accessors; core modules include
+ * this header.
+ *
+ * Memory: everything hanging off a request comes from its arena or is
+ * registered on its cleanup list, both released by keel__request_free() when
+ * libmicrohttpd reports the request completed, so an early return cannot
+ * leak a PGresult, json_t or jwt_t.
+ */
+#ifndef KEEL_CORE_HTTP_REQUEST_H
+#define KEEL_CORE_HTTP_REQUEST_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <microhttpd.h>
+
+#include <keel/plugin.h>
+
+#include "http/router.h"
+#include "identity/usersync.h"
+
+struct keel__arena_block;
+struct keel__cleanup;
+struct keel__table;
+struct keel__route;
+
+struct keel__header {
+    char *name;
+    char *value;
+    struct keel__header *next;
+};
+
+/*
+ * A test seam for keel-plugin-check (tools/keel-plugin-check.c), which drives
+ * plugin handlers through the real host API without libmicrohttpd.  A request
+ * whose conn is NULL and whose synthetic points here reads its headers and
+ * query arguments from these tables, and keel__respond() records the
+ * response here instead of queueing it on a connection.  Requests from the
+ * server always have a connection and a NULL synthetic, so their path only
+ * gains one pointer test.  The tables and this struct are owned by the
+ * caller and must outlive the request; the recorded body lives in the
+ * request's arena, so read it before keel__request_free().
+ */
+struct keel__synthetic {
+    /* "name", "value", "name", "value", ..., NULL; names are compared
+     * without regard to case, like libmicrohttpd does.  Query values are
+     * raw (percent-encoded), as they would appear in the URL. */
+    const char *const *headers;
+    const char *const *query;
+    unsigned responses; /* every attempt to respond, including refused repeats */
+    unsigned status;    /* of the response that was recorded */
+    char *body;         /* NUL-terminated copy of its body, or NULL */
+    size_t body_len;
+};
+
+/* The value of name in a synthetic name/value table, or NULL. */
+const char *keel__synthetic_lookup(const char *const *table, const char *name);
+
+struct keel_request {
+    struct MHD_Connection *conn;       /* NULL only for synthetic requests */
+    struct keel__synthetic *synthetic; /* see struct keel__synthetic; NULL normally */
+    int listener;                      /* enum keel__listener */
+    const char *method;
+    const char *path; /* without query string */
+    uint64_t id;
+    int64_t start_ns;
+
+    /* Routing: the table snapshot this request was dispatched on holds a
+     * reference to the plugin generation until the request completes. */
+    struct keel__table *table;
+    const struct keel__route *route;
+    struct keel__route_match match;
+    char *match_scratch;
+
+    /* Body, accumulated up to the configured cap. */
+    char *body;
+    size_t body_len;
+    size_t body_cap;
+    bool body_too_large;
+    json_t *json_body;
+
+    /* Authentication. */
+    bool has_principal;
+    struct keel__principal principal;
+
+    /* Response. */
+    bool responded;
+    unsigned status;
+    struct keel__header *headers; /* extra response headers */
+    const char *origin;           /* allowed CORS origin to echo, or NULL */
+
+    /* Database. */
+    char db_error[256];
+
+    struct keel__arena_block *arena;
+    struct keel__cleanup *cleanups;
+};
+
+keel_request *keel__request_new(struct MHD_Connection *conn, int listener, const char *method,
+                                const char *url);
+/* Runs cleanups in reverse order, drops the table reference, frees everything. */
+void keel__request_free(keel_request *req);
+
+/* Nanoseconds since the request arrived (monotonic). */
+int64_t keel__request_elapsed_ns(const keel_request *req);
+
+/* Request-lifetime allocation (zeroed).  NULL only when memory runs out. */
+void *keel__req_alloc(keel_request *req, size_t size);
+/* Matches the usersync allocator signature: ctx is the request. */
+void *keel__req_alloc_ctx(void *ctx, size_t size);
+char *keel__req_strdup(keel_request *req, const char *s);
+int keel__req_on_cleanup(keel_request *req, void (*fn)(void *), void *arg);
+
+/* Adds a response header (copied). */
+int keel__req_add_header(keel_request *req, const char *name, const char *value);
+
+/*
+ * Queues a response: body bytes are copied; extra headers, CORS headers and
+ * Content-Type application/json are added.  Only the first call per request
+ * takes effect; later ones return KEEL_ERESPONDED.
+ */
+int keel__respond(keel_request *req, unsigned status, const char *body, size_t len);
+/* Serialises body (stolen) compactly and queues it. */
+int keel__respond_json(keel_request *req, unsigned status, json_t *body);
+/* {"detail": detail}. */
+int keel__respond_detail(keel_request *req, unsigned status, const char *detail);
+
+#endif

@@ -1,0 +1,184 @@
+#include "config.h"
+
+#include "ops/admin.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "data/breaker.h"
+#include "plugin/hostapi.h"
+#include "util/log.h"
+#include "ops/metrics.h"
+#include "http/server.h"
+
+static bool db_up(void)
+{
+    return keel__rt.db != NULL && keel__db_up(keel__rt.db);
+}
+
+/* GET /health: no query, no lock: the breaker's state and the table's
+ * precomputed plugin states. */
+static int route_health(keel_request *req)
+{
+    const struct keel__table *t = req->table;
+    if (t == NULL)
+        return keel__respond_json(req, 200,
+                                  json_pack("{s:s, s:s, s:{}}", "status", "degraded", "database",
+                                            db_up() ? "up" : "down", "plugins"));
+    const char *body = t->health_body[db_up() ? 1 : 0];
+    return keel__respond(req, 200, body, strlen(body));
+}
+
+/* GET /api/v1/auth/me: the principal plus the wallet balance.  Served by the
+ * core because it needs nothing but the principal and one indexed read; a
+ * failed read degrades the balance to 0 with X-Keel-Degraded. */
+static int route_me(keel_request *req)
+{
+    const struct keel__principal *p = &req->principal;
+    json_int_t balance = 0;
+    bool degraded = true;
+    if (p->user_id != NULL) {
+        const keel_host *h = keel__host_api();
+        keel_db_result *res;
+        const char *params[] = {p->user_id};
+        if (h->db_query(req, "SELECT balance FROM credit_wallets WHERE user_id = $1", 1, params,
+                        &res) == 0) {
+            degraded = false;
+            const char *v = h->db_value(res, 0, 0);
+            balance = v ? strtoll(v, NULL, 10) : 0;
+        } else {
+            keel__log(KEEL_LOG_WARN, "core", "req=%llu auth/me: balance unavailable: %s",
+                      (unsigned long long)req->id, req->db_error);
+        }
+    }
+    if (degraded)
+        keel__req_add_header(req, "X-Keel-Degraded", "database");
+    return keel__respond_json(req, 200,
+                              json_pack("{s:s?, s:s?, s:s?, s:s?, s:s?, s:s?, s:{s:I}}", "id",
+                                        p->user_id ? p->user_id : p->supabase_id, "email", p->email,
+                                        "full_name", p->full_name, "role", p->role, "status",
+                                        p->status, "subscription_tier", p->tier, "credits",
+                                        "balance", balance));
+}
+
+static int route_plugins(keel_request *req)
+{
+    return keel__respond_json(req, 200, keel__plugins_describe());
+}
+
+static int route_reload(keel_request *req)
+{
+    const char *only = keel__host_api()->req_query(req, "plugin");
+    bool unknown = false;
+    json_t *r = keel__plugins_reload(only && *only ? only : NULL, &unknown);
+    if (r == NULL) {
+        char msg[160];
+        snprintf(msg, sizeof msg, "Unknown plugin: %s", only ? only : "");
+        return keel__respond_detail(req, unknown ? 404 : 500, unknown ? msg : "Reload failed");
+    }
+    return keel__respond_json(req, 200, r);
+}
+
+static int route_status(keel_request *req)
+{
+    const struct keel__conf *c = keel__rt.conf;
+    struct keel__db_stats ds = {0};
+    if (keel__rt.db != NULL)
+        keel__db_stats(keel__rt.db, &ds);
+    struct keel__usersync_stats us = {0};
+    if (keel__rt.usersync != NULL)
+        keel__usersync_stats(keel__rt.usersync, &us);
+    char listen[300], admin[300];
+    snprintf(listen, sizeof listen, "%s:%d", c->server.host, c->server.port);
+    snprintf(admin, sizeof admin, "%s:%d", c->admin.host, c->admin.port);
+    long loaded = 0, fallback = 0;
+    /* {"<plugin>": generation serving, 0 for stubs}, from the same snapshot
+     * as the counts, so `keelctl status` shows what each plugin runs. */
+    json_t *generations = json_object();
+    if (req->table != NULL && req->table->health != NULL) {
+        const char *k;
+        json_t *v;
+        json_object_foreach(req->table->health, k, v)
+        {
+            if (strcmp(json_string_value(v), "loaded") == 0)
+                loaded++;
+            else
+                fallback++;
+            json_int_t number = 0;
+            for (size_t i = 0; i < req->table->ngens; i++)
+                if (strcmp(req->table->gens[i]->name, k) == 0)
+                    number = (json_int_t)req->table->gens[i]->number;
+            json_object_set_new(generations, k, json_integer(number));
+        }
+    }
+    json_t *body = json_pack(
+        "{s:s, s:o, s:I, s:s, s:s, s:I, s:I, s:{s:s, s:s, s:{s:i, s:i, s:i, s:I}}, "
+        "s:{s:I, s:I}, s:o, s:{s:I, s:I, s:I, s:I}}",
+        "version", PACKAGE_VERSION, "started_at", keel__json_time(keel__rt.started_at), "uptime_s",
+        (json_int_t)(time(NULL) - keel__rt.started_at), "listen", listen, "admin_listen", admin,
+        "requests_total", (json_int_t)keel__server_requests_total(), "in_flight",
+        (json_int_t)keel__server_in_flight(), "database", "state", db_up() ? "up" : "down",
+        "breaker", keel__breaker_state_name(ds.breaker_state), "pool", "size", ds.size, "in_use",
+        ds.in_use, "idle", ds.idle, "waits", (json_int_t)ds.waits, "plugins", "loaded",
+        (json_int_t)loaded, "fallback", (json_int_t)fallback, "generations", generations,
+        "usersync", "hits", (json_int_t)us.hits, "misses", (json_int_t)us.misses, "evictions",
+        (json_int_t)us.evictions, "entries", (json_int_t)us.entries);
+    return keel__respond_json(req, 200, body);
+}
+
+static int route_metrics(keel_request *req)
+{
+    char *text = keel__metrics_render();
+    if (text == NULL)
+        return keel__respond_detail(req, 500, "Internal Server Error");
+    if (req->responded) {
+        free(text);
+        return KEEL_ERESPONDED;
+    }
+    struct MHD_Response *resp = MHD_create_response_from_buffer(strlen(text), text,
+                                                                MHD_RESPMEM_MUST_FREE);
+    if (resp == NULL) {
+        free(text);
+        return KEEL_ENOMEM;
+    }
+    MHD_add_response_header(resp, "Content-Type", "text/plain; version=0.0.4; charset=utf-8");
+    MHD_queue_response(req->conn, 200, resp);
+    MHD_destroy_response(resp);
+    req->responded = true;
+    req->status = 200;
+    return 0;
+}
+
+/* POST /admin/usersync/evict {"user": "<email or supabase id>"}: applies a
+ * suspension at once instead of after the cache TTL. */
+static int route_evict(keel_request *req)
+{
+    json_t *body;
+    if (keel__host_api()->req_json_body(req, &body) != 0)
+        return 0;
+    const char *user = json_string_value(json_object_get(body, "user"));
+    if (user == NULL || *user == '\0')
+        return keel__respond_json(
+            req, 422,
+            json_pack("{s:[{s:[s,s], s:s, s:s}]}", "detail", "loc", "body", "user", "msg",
+                      "Field required: an email or a Supabase user id", "type", "missing"));
+    int n = keel__rt.usersync ? keel__usersync_evict(keel__rt.usersync, user) : 0;
+    keel__log(KEEL_LOG_INFO, "admin", "evicted %d sync-cache entr%s for %s", n,
+              n == 1 ? "y" : "ies", user);
+    return keel__respond_json(req, 200, json_pack("{s:i}", "evicted", n));
+}
+
+const struct keel__core_route keel__core_routes[] = {
+    {KEEL__LISTENER_MAIN, "GET", "/health", KEEL__AUTH_PUBLIC, route_health},
+    {KEEL__LISTENER_MAIN, "GET", "/api/v1/auth/me", KEEL__AUTH_USER, route_me},
+    {KEEL__LISTENER_ADMIN, "GET", "/health", KEEL__AUTH_ADMIN, route_health},
+    {KEEL__LISTENER_ADMIN, "GET", "/admin/plugins", KEEL__AUTH_ADMIN, route_plugins},
+    {KEEL__LISTENER_ADMIN, "POST", "/admin/reload", KEEL__AUTH_ADMIN, route_reload},
+    {KEEL__LISTENER_ADMIN, "GET", "/admin/status", KEEL__AUTH_ADMIN, route_status},
+    {KEEL__LISTENER_ADMIN, "GET", "/metrics", KEEL__AUTH_ADMIN, route_metrics},
+    {KEEL__LISTENER_ADMIN, "POST", "/admin/usersync/evict", KEEL__AUTH_ADMIN, route_evict},
+};
+
+const size_t keel__ncore_routes = sizeof keel__core_routes / sizeof keel__core_routes[0];

@@ -1,0 +1,11 @@
+/* The core's own routes: /health and /api/v1/auth/me on the main listener,
+ * /admin/... and /metrics on the admin listener. */
+#ifndef KEEL_CORE_OPS_ADMIN_H
+#define KEEL_CORE_OPS_ADMIN_H
+
+#include "plugin/table.h"
+
+extern const struct keel__core_route keel__core_routes[];
+extern const size_t keel__ncore_routes;
+
+#endif

@@ -1,0 +1,362 @@
+#include "config.h"
+
+#include "ops/metrics.h"
+
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <jansson.h>
+
+#include "conf/conf.h"
+#include "data/db.h"
+#include "data/breaker.h"
+#include "plugin/loader.h"
+#include "http/server.h"
+#include "plugin/table.h"
+#include "identity/usersync.h"
+
+#define NSTATUS 500 /* 100..599 */
+static const double bucket_bounds[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+                                       0.1,    0.25,  0.5,    1.0,   2.5,  5.0,   10.0};
+#define NBUCKETS (sizeof bucket_bounds / sizeof bucket_bounds[0])
+
+struct keel__route_metrics {
+    struct keel__route_metrics *next;
+    int listener;
+    char *method;
+    char *path;
+    char *plugin;
+    atomic_ullong status[NSTATUS];
+    atomic_ullong buckets[NBUCKETS];
+    atomic_ullong count;
+    atomic_ullong sum_ns;
+};
+
+static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct keel__route_metrics *registry;
+static struct keel__route_metrics unmatched = {.method = "-", .path = "unmatched"};
+static atomic_ullong reloads_ok, reloads_failed;
+
+struct keel__route_metrics *keel__metrics_route(int listener, const char *method,
+                                                const char *path_template, const char *plugin)
+{
+    pthread_mutex_lock(&registry_lock);
+    struct keel__route_metrics *m;
+    for (m = registry; m != NULL; m = m->next)
+        if (m->listener == listener && strcmp(m->method, method) == 0 &&
+            strcmp(m->path, path_template) == 0)
+            break;
+    if (m == NULL) {
+        m = calloc(1, sizeof *m);
+        if (m != NULL) {
+            m->listener = listener;
+            m->method = strdup(method);
+            m->path = strdup(path_template);
+            m->plugin = strdup(plugin ? plugin : "core");
+            if (m->method == NULL || m->path == NULL || m->plugin == NULL) {
+                free(m->method);
+                free(m->path);
+                free(m->plugin);
+                free(m);
+                m = NULL;
+            } else {
+                m->next = registry;
+                registry = m;
+            }
+        }
+    }
+    pthread_mutex_unlock(&registry_lock);
+    return m;
+}
+
+void keel__metrics_observe(struct keel__route_metrics *m, unsigned status, int64_t latency_ns)
+{
+    if (m == NULL)
+        m = &unmatched;
+    if (status >= 100 && status < 100 + NSTATUS)
+        atomic_fetch_add_explicit(&m->status[status - 100], 1, memory_order_relaxed);
+    double s = (double)latency_ns / 1e9;
+    for (size_t i = 0; i < NBUCKETS; i++)
+        if (s <= bucket_bounds[i]) {
+            atomic_fetch_add_explicit(&m->buckets[i], 1, memory_order_relaxed);
+            break;
+        }
+    atomic_fetch_add_explicit(&m->count, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&m->sum_ns, (unsigned long long)(latency_ns > 0 ? latency_ns : 0),
+                              memory_order_relaxed);
+}
+
+void keel__metrics_reload(bool ok)
+{
+    atomic_fetch_add_explicit(ok ? &reloads_ok : &reloads_failed, 1, memory_order_relaxed);
+}
+
+/* A growing text buffer for the exposition. */
+struct text {
+    char *buf;
+    size_t len, cap;
+    bool failed;
+};
+
+static void emit(struct text *t, const char *fmt, ...) KEEL_PRINTF(2, 3);
+
+static void emit(struct text *t, const char *fmt, ...)
+{
+    if (t->failed)
+        return;
+    for (;;) {
+        va_list ap;
+        va_start(ap, fmt);
+        int n = vsnprintf(t->buf + t->len, t->cap - t->len, fmt, ap);
+        va_end(ap);
+        if (n < 0) {
+            t->failed = true;
+            return;
+        }
+        if ((size_t)n < t->cap - t->len) {
+            t->len += (size_t)n;
+            return;
+        }
+        size_t cap = t->cap * 2 + (size_t)n;
+        char *grown = realloc(t->buf, cap);
+        if (grown == NULL) {
+            t->failed = true;
+            return;
+        }
+        t->buf = grown;
+        t->cap = cap;
+    }
+}
+
+/* Label values are ours (templates, plugin names) but escape anyway. */
+static const char *esc(const char *s, char *out, size_t outlen)
+{
+    size_t j = 0;
+    for (size_t i = 0; s[i] != '\0' && j + 2 < outlen; i++) {
+        if (s[i] == '"' || s[i] == '\\' || s[i] == '\n') {
+            out[j++] = '\\';
+            out[j++] = s[i] == '\n' ? 'n' : s[i];
+        } else {
+            out[j++] = s[i];
+        }
+    }
+    out[j] = '\0';
+    return out;
+}
+
+static const char *listener_name(int l)
+{
+    return l == KEEL__LISTENER_ADMIN ? "admin" : "main";
+}
+
+static void render_routes(struct text *t)
+{
+    emit(t, "# HELP keel_http_requests_total HTTP requests by route and status.\n"
+            "# TYPE keel_http_requests_total counter\n");
+    pthread_mutex_lock(&registry_lock);
+    struct keel__route_metrics *all[2] = {registry, &unmatched};
+    char p[512], pl[128];
+    for (int pass = 0; pass < 2; pass++) {
+        for (struct keel__route_metrics *m = all[pass]; m != NULL; m = pass ? NULL : m->next) {
+            for (unsigned s = 0; s < NSTATUS; s++) {
+                unsigned long long n = atomic_load_explicit(&m->status[s], memory_order_relaxed);
+                if (n == 0)
+                    continue;
+                emit(t,
+                     "keel_http_requests_total{listener=\"%s\",method=\"%s\",route=\"%s\","
+                     "plugin=\"%s\",status=\"%u\"} %llu\n",
+                     listener_name(m->listener), m->method, esc(m->path, p, sizeof p),
+                     esc(m->plugin ? m->plugin : "-", pl, sizeof pl), s + 100, n);
+            }
+        }
+    }
+    emit(t, "# HELP keel_http_request_duration_seconds Request latency by route.\n"
+            "# TYPE keel_http_request_duration_seconds histogram\n");
+    for (int pass = 0; pass < 2; pass++) {
+        for (struct keel__route_metrics *m = all[pass]; m != NULL; m = pass ? NULL : m->next) {
+            unsigned long long count = atomic_load_explicit(&m->count, memory_order_relaxed);
+            if (count == 0)
+                continue;
+            const char *ln = listener_name(m->listener);
+            esc(m->path, p, sizeof p);
+            unsigned long long cum = 0;
+            for (size_t i = 0; i < NBUCKETS; i++) {
+                cum += atomic_load_explicit(&m->buckets[i], memory_order_relaxed);
+                emit(t,
+                     "keel_http_request_duration_seconds_bucket{listener=\"%s\",method=\"%s\","
+                     "route=\"%s\",le=\"%g\"} %llu\n",
+                     ln, m->method, p, bucket_bounds[i], cum);
+            }
+            /* Requests complete while this renders, and an observation bumps
+             * its bucket before the count: reading the count after the
+             * buckets and never below them keeps +Inf (= _count) at least
+             * the last finite bucket, as scrapers require. */
+            count = atomic_load_explicit(&m->count, memory_order_relaxed);
+            if (count < cum)
+                count = cum;
+            emit(t,
+                 "keel_http_request_duration_seconds_bucket{listener=\"%s\",method=\"%s\","
+                 "route=\"%s\",le=\"+Inf\"} %llu\n",
+                 ln, m->method, p, count);
+            emit(
+                t,
+                "keel_http_request_duration_seconds_sum{listener=\"%s\",method=\"%s\",route=\"%s\"} "
+                "%.9f\n",
+                ln, m->method, p,
+                (double)atomic_load_explicit(&m->sum_ns, memory_order_relaxed) / 1e9);
+            emit(t,
+                 "keel_http_request_duration_seconds_count{listener=\"%s\",method=\"%s\","
+                 "route=\"%s\"} %llu\n",
+                 ln, m->method, p, count);
+        }
+    }
+    pthread_mutex_unlock(&registry_lock);
+}
+
+static void render_plugins(struct text *t)
+{
+    json_t *d = keel__plugins_describe();
+    json_t *list = json_object_get(d, "plugins");
+    static const char *const fams[][3] = {
+        {"keel_plugin_up", "gauge", "1 when the plugin's own code serves, 0 when stubs do."},
+        {"keel_plugin_generation", "gauge", "Generation number serving the plugin."},
+        {"keel_plugin_in_flight", "gauge", "Requests holding the serving generation."},
+        {"keel_plugin_requests_total", "counter", "Requests routed to the plugin (or its stubs)."},
+        {"keel_plugin_reloads_total", "counter", "Reloads of the plugin."},
+    };
+    static const char *const keys[] = {NULL, "generation", "in_flight", "requests", "reloads"};
+    char nm[128];
+    for (size_t f = 0; f < sizeof fams / sizeof fams[0]; f++) {
+        emit(t, "# HELP %s %s\n# TYPE %s %s\n", fams[f][0], fams[f][2], fams[f][0], fams[f][1]);
+        size_t i;
+        json_t *p;
+        json_array_foreach(list, i, p)
+        {
+            const char *name = json_string_value(json_object_get(p, "name"));
+            long long v;
+            if (keys[f] == NULL)
+                v = strcmp(json_string_value(json_object_get(p, "state")), "loaded") == 0;
+            else
+                v = (long long)json_integer_value(json_object_get(p, keys[f]));
+            emit(t, "%s{plugin=\"%s\"} %lld\n", fams[f][0], esc(name ? name : "", nm, sizeof nm),
+                 v);
+        }
+    }
+    json_decref(d);
+    emit(t,
+         "# HELP keel_reloads_total Plugin reloads by result.\n# TYPE keel_reloads_total counter\n"
+         "keel_reloads_total{result=\"ok\"} %llu\nkeel_reloads_total{result=\"failed\"} %llu\n",
+         (unsigned long long)atomic_load(&reloads_ok),
+         (unsigned long long)atomic_load(&reloads_failed));
+    emit(t,
+         "# HELP keel_plugin_generations_mapped Plugin generations currently loaded in memory.\n"
+         "# TYPE keel_plugin_generations_mapped gauge\nkeel_plugin_generations_mapped %ld\n",
+         keel__generations_live());
+}
+
+static void render_db(struct text *t)
+{
+    struct keel__db_stats s = {0};
+    if (keel__rt.db != NULL)
+        keel__db_stats(keel__rt.db, &s);
+    emit(t,
+         "# HELP keel_db_pool_connections Pool connections by state.\n"
+         "# TYPE keel_db_pool_connections gauge\n"
+         "keel_db_pool_connections{state=\"in_use\"} %d\n"
+         "keel_db_pool_connections{state=\"idle\"} %d\n"
+         "# HELP keel_db_pool_size Configured pool size.\n# TYPE keel_db_pool_size gauge\n"
+         "keel_db_pool_size %d\n"
+         "# HELP keel_db_pool_waits_total Checkouts that had to wait for a connection.\n"
+         "# TYPE keel_db_pool_waits_total counter\nkeel_db_pool_waits_total %llu\n"
+         "# HELP keel_db_pool_wait_timeouts_total Checkouts that gave up waiting.\n"
+         "# TYPE keel_db_pool_wait_timeouts_total counter\nkeel_db_pool_wait_timeouts_total %llu\n"
+         "# HELP keel_db_connects_total Connection attempts by result.\n"
+         "# TYPE keel_db_connects_total counter\n"
+         "keel_db_connects_total{result=\"ok\"} %llu\n"
+         "keel_db_connects_total{result=\"failed\"} %llu\n",
+         s.in_use, s.idle, s.size, (unsigned long long)s.waits, (unsigned long long)s.wait_timeouts,
+         (unsigned long long)s.connects, (unsigned long long)s.connect_failures);
+    emit(t, "# HELP keel_db_breaker_state Circuit breaker state (1 = current).\n"
+            "# TYPE keel_db_breaker_state gauge\n");
+    static const int states[] = {KEEL__BREAKER_CLOSED, KEEL__BREAKER_OPEN, KEEL__BREAKER_HALF_OPEN};
+    for (size_t i = 0; i < 3; i++)
+        emit(t, "keel_db_breaker_state{state=\"%s\"} %d\n", keel__breaker_state_name(states[i]),
+             keel__rt.db != NULL ? s.breaker_state == states[i] : states[i] == KEEL__BREAKER_OPEN);
+    emit(t,
+         "# HELP keel_db_breaker_transitions_total Breaker transitions by target state.\n"
+         "# TYPE keel_db_breaker_transitions_total counter\n"
+         "keel_db_breaker_transitions_total{to=\"open\"} %llu\n"
+         "keel_db_breaker_transitions_total{to=\"half_open\"} %llu\n"
+         "keel_db_breaker_transitions_total{to=\"closed\"} %llu\n",
+         (unsigned long long)s.breaker_to_open, (unsigned long long)s.breaker_to_half_open,
+         (unsigned long long)s.breaker_to_closed);
+}
+
+static void render_usersync(struct text *t)
+{
+    struct keel__usersync_stats s = {0};
+    if (keel__rt.usersync != NULL)
+        keel__usersync_stats(keel__rt.usersync, &s);
+    emit(t,
+         "# HELP keel_usersync_cache_lookups_total User-sync cache lookups by result.\n"
+         "# TYPE keel_usersync_cache_lookups_total counter\n"
+         "keel_usersync_cache_lookups_total{result=\"hit\"} %llu\n"
+         "keel_usersync_cache_lookups_total{result=\"miss\"} %llu\n"
+         "# HELP keel_usersync_cache_hits_total User-sync cache hits.\n"
+         "# TYPE keel_usersync_cache_hits_total counter\nkeel_usersync_cache_hits_total %llu\n"
+         "# HELP keel_usersync_cache_misses_total User-sync cache misses.\n"
+         "# TYPE keel_usersync_cache_misses_total counter\nkeel_usersync_cache_misses_total %llu\n"
+         "# HELP keel_usersync_cache_evictions_total Entries evicted for capacity.\n"
+         "# TYPE keel_usersync_cache_evictions_total counter\n"
+         "keel_usersync_cache_evictions_total %llu\n"
+         "# HELP keel_usersync_sync_failures_total Syncs that failed and fell back to claims.\n"
+         "# TYPE keel_usersync_sync_failures_total counter\n"
+         "keel_usersync_sync_failures_total %llu\n"
+         "# HELP keel_usersync_cache_entries Entries in the user-sync cache.\n"
+         "# TYPE keel_usersync_cache_entries gauge\nkeel_usersync_cache_entries %llu\n",
+         (unsigned long long)s.hits, (unsigned long long)s.misses, (unsigned long long)s.hits,
+         (unsigned long long)s.misses, (unsigned long long)s.evictions,
+         (unsigned long long)s.sync_failures, (unsigned long long)s.entries);
+}
+
+char *keel__metrics_render(void)
+{
+    struct text t = {.cap = 16384};
+    t.buf = malloc(t.cap);
+    if (t.buf == NULL)
+        return NULL;
+    t.buf[0] = '\0';
+    emit(&t,
+         "# HELP keel_requests_in_flight Requests being processed.\n"
+         "# TYPE keel_requests_in_flight gauge\nkeel_requests_in_flight %ld\n",
+         keel__server_in_flight());
+    render_routes(&t);
+    render_plugins(&t);
+    render_db(&t);
+    render_usersync(&t);
+    if (t.failed) {
+        free(t.buf);
+        return NULL;
+    }
+    return t.buf;
+}
+
+void keel__metrics_free(void)
+{
+    pthread_mutex_lock(&registry_lock);
+    struct keel__route_metrics *m = registry;
+    while (m != NULL) {
+        struct keel__route_metrics *next = m->next;
+        free(m->method);
+        free(m->path);
+        free(m->plugin);
+        free(m);
+        m = next;
+    }
+    registry = NULL;
+    pthread_mutex_unlock(&registry_lock);
+}

@@ -1,0 +1,426 @@
+#include "config.h"
+
+#include "plugin/loader.h"
+
+#include <dlfcn.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <libltdl/lt_dlloader.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "util/log.h"
+
+/* Loads are serialised: libltdl keeps global state, and so does the message
+ * our loader vtable leaves for the caller. */
+static pthread_mutex_t load_lock = PTHREAD_MUTEX_INITIALIZER;
+static char copy_dir[256];
+static char now_error[512];
+static atomic_long live_generations;
+
+/*
+ * The libltdl loader keel uses instead of the stock dlopen loader: the stock
+ * one opens with RTLD_LAZY, so a plugin with an unresolved function would load
+ * and crash on its first request.  RTLD_NOW makes that a load failure with
+ * the dynamic linker's message; RTLD_LOCAL keeps generations of the same
+ * plugin (which all export the same entry symbol) apart.
+ */
+static lt_module now_open(lt_user_data data, const char *filename, lt_dladvise advise)
+{
+    (void)data;
+    (void)advise;
+    if (filename == NULL)
+        return NULL;
+    void *h = dlopen(filename, RTLD_NOW | RTLD_LOCAL);
+    if (h == NULL) {
+        const char *e = dlerror();
+        snprintf(now_error, sizeof now_error, "%s", e ? e : "dlopen failed");
+    }
+    return h;
+}
+
+static int now_close(lt_user_data data, lt_module module)
+{
+    (void)data;
+    return dlclose(module) == 0 ? 0 : 1;
+}
+
+static void *now_sym(lt_user_data data, lt_module module, const char *name)
+{
+    (void)data;
+    return dlsym(module, name);
+}
+
+int keel__loader_init(void)
+{
+    if (lt_dlinit() != 0) {
+        log_error("libltdl: %s", lt_dlerror());
+        return KEEL_ELOAD;
+    }
+    /* Without the stock loaders a failure of ours is final instead of being
+     * retried lazily by the next loader in the chain. */
+    lt_dlvtable *stock = lt_dlloader_remove("lt_dlopen");
+    if (stock != NULL) {
+        /* Removed loaders belong to the caller now. */
+        if (stock->dlloader_exit != NULL)
+            stock->dlloader_exit(stock->dlloader_data);
+        free(stock);
+    }
+    /* lt_dlexit() frees the vtables of the loaders it removes, so ours must
+     * come from the heap. */
+    lt_dlvtable *vt = calloc(1, sizeof *vt);
+    if (vt == NULL)
+        return KEEL_ENOMEM;
+    vt->name = "keel_now";
+    vt->module_open = now_open;
+    vt->module_close = now_close;
+    vt->find_sym = now_sym;
+    vt->priority = LT_DLLOADER_PREPEND;
+    if (lt_dlloader_add(vt) != 0) {
+        free(vt);
+        log_error("libltdl: cannot add loader: %s", lt_dlerror());
+        return KEEL_ELOAD;
+    }
+    const char *tmp = getenv("TMPDIR");
+    if (tmp == NULL || *tmp == '\0')
+        tmp = "/tmp";
+    snprintf(copy_dir, sizeof copy_dir, "%s/keeld-%ld-XXXXXX", tmp, (long)getpid());
+    if (mkdtemp(copy_dir) == NULL) {
+        log_error("cannot create plugin copy directory %s: %s", copy_dir, strerror(errno));
+        return KEEL_EIO;
+    }
+    return 0;
+}
+
+void keel__loader_shutdown(void)
+{
+    if (copy_dir[0] != '\0' && rmdir(copy_dir) != 0 && errno != ENOENT)
+        log_warn("cannot remove %s: %s", copy_dir, strerror(errno));
+    copy_dir[0] = '\0';
+    lt_dlexit();
+}
+
+const char *keel__stage_name(int stage)
+{
+    static const char *const names[] = {"manifest", "dlopen", "abi", "init", "routes", "commit"};
+    return stage >= 0 && stage <= KEEL__STAGE_COMMIT ? names[stage] : "unknown";
+}
+
+const char *keel__reason_name(int reason)
+{
+    static const char *const names[] = {"none",        "not_installed", "abi_mismatch",
+                                        "init_failed", "disabled",      "load_failed"};
+    return reason >= 0 && reason <= KEEL__REASON_LOAD_FAILED ? names[reason] : "load_failed";
+}
+
+long keel__generations_live(void)
+{
+    return atomic_load(&live_generations);
+}
+
+/* Capabilities of this host, by the minor version that introduced them.  A
+ * plugin lists those it cannot run without in its descriptor's `requires`. */
+static const struct {
+    const char *name;
+    unsigned minor;
+} host_capabilities[] = {
+    {"log", 0}, {"request", 0}, {"response", 0}, {"json_body", 0}, {"user", 0}, {"db", 0},
+};
+
+int keel__abi_check(const keel_plugin *d, const char *expected_name, char *err, size_t errlen)
+{
+    /* Format arguments as unsigned: the macros are int, the fields uint16_t. */
+    const unsigned host_major = KEEL_ABI_MAJOR, host_minor = KEEL_ABI_MINOR;
+    if (d == NULL) {
+        snprintf(err, errlen, "%s() returned NULL", KEEL_PLUGIN_ENTRY_SYMBOL);
+        return KEEL_EABI;
+    }
+    if (d->magic != KEEL_PLUGIN_MAGIC) {
+        snprintf(err, errlen, "not a keel plugin descriptor (magic 0x%08x, expected 0x%08x)",
+                 d->magic, KEEL_PLUGIN_MAGIC);
+        return KEEL_EABI;
+    }
+    if (d->abi_major != KEEL_ABI_MAJOR) {
+        snprintf(
+            err, errlen,
+            "built for ABI %u.%u, host has %u.%u; rebuild the plugin against keel %u.x headers",
+            (unsigned)d->abi_major, (unsigned)d->abi_minor, host_major, host_minor, host_major);
+        return KEEL_EABI;
+    }
+    if (d->struct_size < offsetof(keel_plugin, spare)) {
+        snprintf(err, errlen, "descriptor is %u bytes, ABI %u.0 needs at least %zu", d->struct_size,
+                 host_major, offsetof(keel_plugin, spare));
+        return KEEL_EABI;
+    }
+    for (const char *const *r = d->requires; r != NULL && *r != NULL; r++) {
+        bool found = false;
+        for (size_t i = 0; i < sizeof host_capabilities / sizeof host_capabilities[0]; i++)
+            if (strcmp(*r, host_capabilities[i].name) == 0 &&
+                host_capabilities[i].minor <= KEEL_ABI_MINOR)
+                found = true;
+        if (!found) {
+            snprintf(err, errlen,
+                     "needs capability \"%s\" which this host (ABI %u.%u) lacks; the plugin was "
+                     "built for ABI %u.%u: upgrade keeld or rebuild against ABI %u.%u headers",
+                     *r, host_major, host_minor, (unsigned)d->abi_major, (unsigned)d->abi_minor,
+                     host_major, host_minor);
+            return KEEL_EABI;
+        }
+    }
+    if (d->name == NULL || expected_name == NULL || strcmp(d->name, expected_name) != 0) {
+        snprintf(err, errlen, "descriptor name \"%s\" does not match manifest name \"%s\"",
+                 d->name ? d->name : "(null)", expected_name ? expected_name : "(null)");
+        return KEEL_EABI;
+    }
+    if (d->routes == NULL) {
+        snprintf(err, errlen, "descriptor has no route table");
+        return KEEL_EABI;
+    }
+    return 0;
+}
+
+keel_handler_fn keel__generation_handler(const struct keel__generation *g, const char *method,
+                                         const char *path_template)
+{
+    for (const keel_route *r = g->desc->routes; r->method != NULL; r++)
+        if (strcmp(r->method, method) == 0 && strcmp(r->path, path_template) == 0)
+            return r->handler;
+    return NULL;
+}
+
+/* Every route the plugin implements must be in its manifest (that is where
+ * its auth level is decided) and every manifest route must be implemented. */
+static int check_routes(const struct keel__manifest *m, const keel_plugin *d, char *err,
+                        size_t errlen)
+{
+    for (const keel_route *r = d->routes; r->method != NULL; r++) {
+        if (r->path == NULL || r->handler == NULL) {
+            snprintf(err, errlen, "route %s has no path or handler", r->method);
+            return KEEL_EROUTES;
+        }
+        bool listed = false;
+        for (size_t i = 0; i < m->nroutes && !listed; i++)
+            listed = strcmp(m->routes[i].method, r->method) == 0 &&
+                     strcmp(m->routes[i].path, r->path) == 0;
+        if (!listed) {
+            snprintf(err, errlen, "route %s %s is not in the manifest %s", r->method, r->path,
+                     m->source ? m->source : "");
+            return KEEL_EROUTES;
+        }
+    }
+    for (size_t i = 0; i < m->nroutes; i++) {
+        bool found = false;
+        for (const keel_route *r = d->routes; r->method != NULL && !found; r++)
+            found = strcmp(m->routes[i].method, r->method) == 0 &&
+                    strcmp(m->routes[i].path, r->path) == 0;
+        if (!found) {
+            snprintf(err, errlen, "manifest route %s %s is not implemented by the plugin",
+                     m->routes[i].method, m->routes[i].path);
+            return KEEL_EROUTES;
+        }
+    }
+    return 0;
+}
+
+/* Copies src to dst; returns 0 or -errno. */
+static int copy_file(const char *src, const char *dst)
+{
+    int in = open(src, O_RDONLY | O_CLOEXEC);
+    if (in < 0)
+        return -errno;
+    int out = open(dst, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0700);
+    if (out < 0) {
+        int e = errno;
+        close(in);
+        return -e;
+    }
+    char buf[65536];
+    int rc = 0;
+    for (;;) {
+        ssize_t n = read(in, buf, sizeof buf);
+        if (n == 0)
+            break;
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            rc = -errno;
+            break;
+        }
+        for (ssize_t off = 0; off < n;) {
+            ssize_t w = write(out, buf + off, (size_t)(n - off));
+            if (w < 0) {
+                if (errno == EINTR)
+                    continue;
+                rc = -errno;
+                break;
+            }
+            off += w;
+        }
+        if (rc != 0)
+            break;
+    }
+    close(in);
+    if (close(out) != 0 && rc == 0)
+        rc = -errno;
+    if (rc != 0)
+        unlink(dst);
+    return rc;
+}
+
+static void fail(struct keel__load_error *err, int stage, int reason, const char *fmt, ...)
+    KEEL_PRINTF(4, 5);
+
+static void fail(struct keel__load_error *err, int stage, int reason, const char *fmt, ...)
+{
+    err->stage = stage;
+    err->reason = reason;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err->message, sizeof err->message, fmt, ap);
+    va_end(ap);
+}
+
+static void generation_destroy(struct keel__generation *g)
+{
+    if (g->handle != NULL) {
+        pthread_mutex_lock(&load_lock);
+        lt_dlclose(g->handle);
+        pthread_mutex_unlock(&load_lock);
+    }
+    if (g->copy_path != NULL && unlink(g->copy_path) != 0 && errno != ENOENT)
+        log_warn("cannot remove plugin copy %s: %s", g->copy_path, strerror(errno));
+    free(g->name);
+    free(g->file);
+    free(g->copy_path);
+    free(g);
+}
+
+int keel__generation_load(const struct keel__manifest *m, uint64_t number, const keel_host *host,
+                          struct keel__generation **out, struct keel__load_error *err)
+{
+    *out = NULL;
+    memset(err, 0, sizeof *err);
+
+    struct keel__generation *g = calloc(1, sizeof *g);
+    if (g == NULL) {
+        fail(err, KEEL__STAGE_DLOPEN, KEEL__REASON_LOAD_FAILED, "out of memory");
+        return KEEL_ENOMEM;
+    }
+    g->number = number;
+    g->name = strdup(m->name);
+    g->file = strdup(m->file);
+    size_t cplen = strlen(copy_dir) + strlen(m->name) + 48;
+    g->copy_path = malloc(cplen);
+    if (g->name == NULL || g->file == NULL || g->copy_path == NULL) {
+        generation_destroy(g);
+        fail(err, KEEL__STAGE_DLOPEN, KEEL__REASON_LOAD_FAILED, "out of memory");
+        return KEEL_ENOMEM;
+    }
+    snprintf(g->copy_path, cplen, "%s/%s.%llu.so", copy_dir, m->name, (unsigned long long)number);
+
+    struct stat st;
+    if (stat(m->file, &st) != 0) {
+        int e = errno;
+        free(g->copy_path);
+        g->copy_path = NULL;
+        generation_destroy(g);
+        fail(err, KEEL__STAGE_DLOPEN,
+             e == ENOENT ? KEEL__REASON_NOT_INSTALLED : KEEL__REASON_LOAD_FAILED, "%s: %s", m->file,
+             strerror(e));
+        return KEEL_ELOAD;
+    }
+    int crc = copy_file(m->file, g->copy_path);
+    if (crc != 0) {
+        free(g->copy_path);
+        g->copy_path = NULL;
+        generation_destroy(g);
+        fail(err, KEEL__STAGE_DLOPEN, KEEL__REASON_LOAD_FAILED, "cannot copy %s: %s", m->file,
+             strerror(-crc));
+        return KEEL_ELOAD;
+    }
+
+    pthread_mutex_lock(&load_lock);
+    now_error[0] = '\0';
+    lt_dladvise advise;
+    lt_dladvise_init(&advise);
+    lt_dladvise_local(&advise);
+    g->handle = lt_dlopenadvise(g->copy_path, advise);
+    lt_dladvise_destroy(&advise);
+    char msg[512];
+    if (g->handle == NULL)
+        snprintf(msg, sizeof msg, "%s", now_error[0] ? now_error : lt_dlerror());
+    pthread_mutex_unlock(&load_lock);
+    if (g->handle == NULL) {
+        generation_destroy(g);
+        fail(err, KEEL__STAGE_DLOPEN, KEEL__REASON_LOAD_FAILED, "%s", msg);
+        return KEEL_ELOAD;
+    }
+
+    const keel_plugin *(*entry)(void) = NULL;
+    void *sym = lt_dlsym(g->handle, KEEL_PLUGIN_ENTRY_SYMBOL);
+    if (sym == NULL) {
+        generation_destroy(g);
+        fail(err, KEEL__STAGE_ABI, KEEL__REASON_ABI_MISMATCH, "%s does not export %s()", m->file,
+             KEEL_PLUGIN_ENTRY_SYMBOL);
+        return KEEL_EABI;
+    }
+    /* POSIX guarantees a data pointer from dlsym converts to a function pointer. */
+    memcpy(&entry, &sym, sizeof entry);
+    g->desc = entry();
+    if (keel__abi_check(g->desc, m->name, msg, sizeof msg) != 0) {
+        generation_destroy(g);
+        fail(err, KEEL__STAGE_ABI, KEEL__REASON_ABI_MISMATCH, "%s", msg);
+        return KEEL_EABI;
+    }
+
+    if (g->desc->init != NULL) {
+        int rc = g->desc->init(host, m->config, &g->state);
+        if (rc != 0) {
+            generation_destroy(g);
+            fail(err, KEEL__STAGE_INIT, KEEL__REASON_INIT_FAILED, "init returned %d (%s)", rc,
+                 keel_strerror(rc));
+            return KEEL_EINIT;
+        }
+    }
+
+    /* Every route must agree with the manifest, which is where its auth
+     * level and fallback are decided. */
+    if (check_routes(m, g->desc, msg, sizeof msg) != 0) {
+        if (g->desc->fini != NULL)
+            g->desc->fini(g->state);
+        generation_destroy(g);
+        fail(err, KEEL__STAGE_ROUTES, KEEL__REASON_LOAD_FAILED, "%s", msg);
+        return KEEL_EROUTES;
+    }
+
+    g->loaded_at = (int64_t)time(NULL);
+    atomic_store(&g->refs, 1);
+    atomic_fetch_add(&live_generations, 1);
+    *out = g;
+    return 0;
+}
+
+void keel__generation_ref(struct keel__generation *g)
+{
+    atomic_fetch_add_explicit(&g->refs, 1, memory_order_relaxed);
+}
+
+void keel__generation_unref(struct keel__generation *g)
+{
+    if (g == NULL)
+        return;
+    if (atomic_fetch_sub_explicit(&g->refs, 1, memory_order_acq_rel) != 1)
+        return;
+    keel__log(KEEL_LOG_INFO, g->name, "generation %llu retired: finalising and unloading %s",
+              (unsigned long long)g->number, g->copy_path);
+    if (g->desc != NULL && g->desc->fini != NULL)
+        g->desc->fini(g->state);
+    atomic_fetch_sub(&live_generations, 1);
+    generation_destroy(g);
+}

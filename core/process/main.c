@@ -1,0 +1,354 @@
+#include "config.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "ops/admin.h"
+#include "identity/auth.h"
+#include "conf/conf.h"
+#include "data/db.h"
+#include "plugin/hostapi.h"
+#include "plugin/loader.h"
+#include "util/log.h"
+#include "ops/metrics.h"
+#include "http/server.h"
+#include "plugin/table.h"
+#include "identity/usersync.h"
+
+#ifndef KEEL_SYSCONFDIR
+#define KEEL_SYSCONFDIR "/usr/local/etc/keel"
+#endif
+
+static void usage(FILE *out)
+{
+    fprintf(out,
+            "Usage: keeld [--config-dir DIR] [--check | --migrate | --version]\n"
+            "\n"
+            "  --config-dir DIR  read configuration from DIR (default %s/conf.d)\n"
+            "  --check           validate configuration, load every enabled plugin, print a\n"
+            "                    per-plugin report and exit non-zero on any problem\n"
+            "  --migrate         apply pending database migrations and exit\n"
+            "  --version         print the version and exit\n"
+            "\n"
+            "Environment: KEEL_LISTEN, KEEL_ADMIN_LISTEN, KEEL_DATABASE_URL, KEEL_JWT_SECRET,\n"
+            "KEEL_PLUGIN_DIR, KEEL_LOG_LEVEL override the files.\n",
+            KEEL_SYSCONFDIR);
+}
+
+static int setup_auth(const struct keel__conf *c)
+{
+    struct keel__auth_conf ac = {
+        .audience = c->auth.audience,
+        .issuer = c->auth.issuer,
+        .leeway_s = c->auth.leeway_s,
+        .max_token_bytes = (size_t)c->auth.max_token_bytes,
+    };
+    if (keel__auth_new(&ac, &keel__rt.auth) != 0) {
+        log_error("cannot set up token verification");
+        return -1;
+    }
+    int keys = 0;
+    if (c->auth.jwt_secret != NULL && *c->auth.jwt_secret != '\0') {
+        if (keel__auth_add_hs256(keel__rt.auth, c->auth.jwt_kid,
+                                 (const unsigned char *)c->auth.jwt_secret,
+                                 strlen(c->auth.jwt_secret)) != 0) {
+            log_error("auth: cannot use the HS256 secret");
+            return -1;
+        }
+        keys++;
+    }
+    for (size_t i = 0; i < c->auth.nkeys; i++) {
+        char err[256];
+        const struct keel__key_conf *k = &c->auth.keys[i];
+        if (keel__auth_add_pem(keel__rt.auth, k->kid, k->alg, k->pem, err, sizeof err) != 0) {
+            log_error("auth: key \"%s\" (%s): %s", k->kid, k->alg, err);
+            return -1;
+        }
+        keys++;
+    }
+    if (keys == 0)
+        log_warn("auth: no JWT secret or key configured (set KEEL_JWT_SECRET): every token will "
+                 "be refused");
+    return 0;
+}
+
+static int setup_db(const struct keel__conf *c)
+{
+    if (c->database.url == NULL || *c->database.url == '\0') {
+        log_warn("database: no url configured (KEEL_DATABASE_URL); running without a database");
+        return 0;
+    }
+    struct keel__db_conf dc = {
+        .conninfo = c->database.url,
+        .pool_size = c->database.pool_size,
+        .wait_ms = c->database.pool_wait_ms,
+        .connect_timeout_s = c->database.connect_timeout_s,
+        .statement_timeout_ms = c->database.statement_timeout_ms,
+        .lock_timeout_ms = c->database.lock_timeout_ms,
+        .breaker_failures = c->database.breaker_failures,
+        .breaker_open_ms = c->database.breaker_open_ms,
+    };
+    if (keel__db_new(&dc, &keel__rt.db) != 0) {
+        log_error("database: cannot create the pool");
+        return -1;
+    }
+    return 0;
+}
+
+/* Refuses to serve against a schema that is behind; a database that cannot
+ * be reached is not a reason to refuse (the breaker and degraded answers
+ * exist for that). */
+static int check_schema(const struct keel__conf *c)
+{
+    if (c->database.url == NULL || *c->database.url == '\0')
+        return 0;
+    int behind = 0;
+    char err[512];
+    int rc = keel__db_schema_behind(c->database.url, c->database.migrations_dir, &behind, err,
+                                    sizeof err);
+    if (rc == KEEL_EDB_UNAVAILABLE) {
+        log_warn("database unreachable at start-up (%s); serving degraded until it is back", err);
+        if (keel__rt.db != NULL)
+            keel__db_note_unreachable(keel__rt.db);
+        return 0;
+    }
+    if (rc != 0) {
+        log_error("cannot check the database schema: %s", err);
+        return -1;
+    }
+    if (behind > 0) {
+        log_error("database schema is %d migration(s) behind %s: run `keeld --migrate` first",
+                  behind, c->database.migrations_dir);
+        return -1;
+    }
+    return 0;
+}
+
+/* Written by main, read by the ticker thread: an atomic, since volatile
+ * orders nothing between threads. */
+static atomic_int ticker_stop;
+
+/* Lets the breaker close again after an outage even when no request comes. */
+static void *db_ticker(void *arg)
+{
+    (void)arg;
+    while (!atomic_load(&ticker_stop)) {
+        struct timespec ts = {0, 250 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+        if (keel__rt.db != NULL)
+            keel__db_tick(keel__rt.db);
+    }
+    return NULL;
+}
+
+static void print_check_report(void)
+{
+    json_t *d = keel__plugins_describe();
+    size_t i;
+    json_t *p;
+    printf("%-12s %-9s %-9s %-14s %-8s %s\n", "PLUGIN", "VERSION", "STATE", "REASON", "STAGE",
+           "FILE / ERROR");
+    json_array_foreach(json_object_get(d, "plugins"), i, p)
+    {
+        const char *state = json_string_value(json_object_get(p, "state"));
+        const char *reason = json_string_value(json_object_get(p, "reason"));
+        const char *version = json_string_value(json_object_get(p, "version"));
+        const char *stage = json_string_value(json_object_get(p, "stage"));
+        printf("%-12s %-9s %-9s %-14s %-8s %s\n", json_string_value(json_object_get(p, "name")),
+               version ? version : "-", state, reason ? reason : "-", stage ? stage : "-",
+               json_string_value(json_object_get(p, "file")));
+        const char *error = json_string_value(json_object_get(p, "error"));
+        if (error != NULL && *error != '\0')
+            printf("%-12s   error: %s\n", "", error);
+    }
+    json_decref(d);
+}
+
+/* --check verdict: every plugin that is enabled must have loaded. */
+static bool check_ok(void)
+{
+    json_t *d = keel__plugins_describe();
+    size_t i;
+    json_t *p;
+    bool ok = true;
+    json_array_foreach(json_object_get(d, "plugins"), i, p)
+    {
+        const char *reason = json_string_value(json_object_get(p, "reason"));
+        if (reason != NULL && strcmp(reason, "disabled") != 0)
+            ok = false;
+    }
+    json_decref(d);
+    return ok;
+}
+
+int main(int argc, char **argv)
+{
+    const char *confdir = KEEL_SYSCONFDIR "/conf.d";
+    bool check = false, migrate = false;
+    static const struct option longopts[] = {
+        {"config-dir", required_argument, NULL, 'c'},
+        {"check", no_argument, NULL, 't'},
+        {"migrate", no_argument, NULL, 'm'},
+        {"version", no_argument, NULL, 'V'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    int opt;
+    while ((opt = getopt_long(argc, argv, "c:tmVh", longopts, NULL)) != -1) {
+        switch (opt) {
+        case 'c':
+            confdir = optarg;
+            break;
+        case 't':
+            check = true;
+            break;
+        case 'm':
+            migrate = true;
+            break;
+        case 'V':
+            printf("keeld %s (plugin ABI %d.%d)\n", PACKAGE_VERSION, KEEL_ABI_MAJOR,
+                   KEEL_ABI_MINOR);
+            return 0;
+        case 'h':
+            usage(stdout);
+            return 0;
+        default:
+            usage(stderr);
+            return 2;
+        }
+    }
+    if (optind != argc) {
+        usage(stderr);
+        return 2;
+    }
+
+    char err[1024];
+    struct keel__conf *conf = NULL;
+    if (keel__conf_load(confdir, &conf, err, sizeof err) != 0 ||
+        keel__conf_apply_env(conf, err, sizeof err) != 0) {
+        log_error("configuration error: %s", err);
+        fprintf(stderr, "keeld: configuration error: %s\n", err);
+        keel__conf_free(conf);
+        return 1;
+    }
+    keel__log_set_level(conf->log.level);
+    keel__rt.conf = conf;
+    keel__rt.started_at = (int64_t)time(NULL);
+    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    keel__rt.threads = conf->server.threads > 0 ? conf->server.threads
+                                                : (int)(4 * (ncpu > 0 ? ncpu : 1));
+
+    if (migrate) {
+        if (conf->database.url == NULL) {
+            fprintf(stderr, "keeld: --migrate needs a database url (KEEL_DATABASE_URL)\n");
+            keel__conf_free(conf);
+            return 1;
+        }
+        int applied = 0;
+        int rc = keel__db_migrate(conf->database.url, conf->database.migrations_dir, &applied, err,
+                                  sizeof err);
+        if (rc != 0)
+            fprintf(stderr, "keeld: migration failed: %s\n", err);
+        else
+            printf("keeld: %d migration(s) applied from %s\n", applied,
+                   conf->database.migrations_dir);
+        keel__conf_free(conf);
+        return rc == 0 ? 0 : 1;
+    }
+
+    /* Signals go to the main thread only: block them before any thread
+     * starts, then sigwait below. */
+    sigset_t sigs;
+    sigemptyset(&sigs);
+    sigaddset(&sigs, SIGHUP);
+    sigaddset(&sigs, SIGTERM);
+    sigaddset(&sigs, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    int status = 1;
+    bool loader_up = false, plugins_up = false;
+    pthread_t ticker;
+    bool ticker_up = false;
+
+    if (setup_auth(conf) != 0)
+        goto out;
+    if (!check && setup_db(conf) != 0)
+        goto out;
+    struct keel__usersync_conf uc = {.ttl_s = conf->usersync.ttl_s,
+                                     .max_entries = conf->usersync.max_entries,
+                                     .initial_credits = conf->usersync.initial_credits};
+    if (keel__usersync_new(&uc, keel__rt.db, &keel__rt.usersync) != 0)
+        goto out;
+    keel__rt.host = keel__host_api();
+    if (keel__loader_init() != 0)
+        goto out;
+    loader_up = true;
+    int prc = keel__plugins_start(conf, keel__rt.host, keel__core_routes, keel__ncore_routes);
+    plugins_up = true;
+
+    if (check) {
+        print_check_report();
+        bool ok = prc == 0 && check_ok();
+        printf("keeld --check: configuration %s is %s\n", confdir, ok ? "OK" : "NOT OK");
+        status = ok ? 0 : 1;
+        goto out;
+    }
+    if (prc == KEEL_ENOMEM)
+        goto out;
+    if (check_schema(conf) != 0)
+        goto out;
+    if (keel__server_start() != 0)
+        goto out;
+    if (pthread_create(&ticker, NULL, db_ticker, NULL) == 0)
+        ticker_up = true;
+    log_info("keeld %s ready (config %s)", PACKAGE_VERSION, confdir);
+
+    for (;;) {
+        int sig = 0;
+        if (sigwait(&sigs, &sig) != 0)
+            continue;
+        if (sig == SIGHUP) {
+            log_info("SIGHUP: reloading every plugin");
+            bool unknown;
+            json_t *r = keel__plugins_reload(NULL, &unknown);
+            char *text = r ? json_dumps(r, JSON_COMPACT) : NULL;
+            log_info("reload result: %s", text ? text : "(none)");
+            free(text);
+            json_decref(r);
+            continue;
+        }
+        log_info("%s: stopping (draining in-flight requests for up to %d s)",
+                 sig == SIGTERM ? "SIGTERM" : "SIGINT", conf->server.shutdown_timeout_s);
+        break;
+    }
+    keel__server_stop(conf->server.shutdown_timeout_s);
+    status = 0;
+
+out:
+    if (ticker_up) {
+        atomic_store(&ticker_stop, 1);
+        pthread_join(ticker, NULL);
+    }
+    if (plugins_up)
+        keel__plugins_stop();
+    if (loader_up)
+        keel__loader_shutdown();
+    keel__usersync_free(keel__rt.usersync);
+    if (keel__rt.db != NULL)
+        keel__db_free(keel__rt.db);
+    keel__auth_free(keel__rt.auth);
+    keel__metrics_free();
+    keel__conf_free(conf);
+    if (status == 0)
+        log_info("keeld stopped");
+    return status;
+}
