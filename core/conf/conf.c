@@ -234,6 +234,10 @@ static const struct field server_fields[] = {
     INT(server, threads, 0, 1024),
     INT(server, connection_timeout_s, 1, 3600),
     INT(server, shutdown_timeout_s, 0, 3600),
+    INT(server, drain_s, 0, 3600),
+    INT(server, workers, 0, 256),
+    INT(server, worker_max_rss_mb, 0, 1048576),
+    LONG(server, worker_max_requests, 0, 1000000000000L),
     STRING(server, plugin_dir, 0),
     {0},
 };
@@ -303,10 +307,19 @@ static const struct field limits_fields[] = {
     {0},
 };
 
+/* Section "plugins" (the plural: "plugin" is a manifest). */
+static const struct field containment_fields[] = {
+    INT(containment, crash_limit, 1, 1000),
+    INT(containment, crash_window_s, 1, 86400),
+    INT(containment, handler_timeout_ms, 10, 3600000),
+    INT(containment, init_timeout_ms, 10, 3600000),
+    {0},
+};
+
 static const struct section sections[] = {
     {"server", server_fields},     {"admin", admin_fields},   {"log", log_fields},
     {"database", database_fields}, {"auth", auth_fields},     {"usersync", usersync_fields},
-    {"cors", cors_fields},         {"limits", limits_fields},
+    {"cors", cors_fields},         {"limits", limits_fields}, {"plugins", containment_fields},
 };
 #define NSECTIONS (sizeof sections / sizeof sections[0])
 
@@ -626,6 +639,12 @@ static int set_defaults(struct keel__conf *conf)
     conf->server.threads = 0;
     conf->server.connection_timeout_s = 30;
     conf->server.shutdown_timeout_s = 10;
+    conf->server.drain_s = 5;
+    conf->server.workers = 2;
+    conf->containment.crash_limit = 1;
+    conf->containment.crash_window_s = 300;
+    conf->containment.handler_timeout_ms = 30000;
+    conf->containment.init_timeout_ms = 10000;
     conf->admin.port = 8081;
     conf->log.level = KEEL_LOG_INFO;
     conf->database.pool_size = 8;

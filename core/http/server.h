@@ -32,6 +32,10 @@ struct keel__runtime {
     const keel_host *host;
     int64_t started_at; /* unix seconds */
     int threads;        /* worker threads per daemon (main) */
+    /* In a worker: the listening sockets bound by the supervisor, by
+     * enum keel__listener, served instead of binding. */
+    bool listen_inherited;
+    int listen_fds[2];
 };
 
 extern struct keel__runtime keel__rt;
@@ -39,6 +43,8 @@ extern struct keel__runtime keel__rt;
 /* Starts the main and admin daemons.  Returns 0 or a negative code with the
  * reason logged (e.g. address in use). */
 int keel__server_start(void) KEEL_WARN_UNUSED;
+/* Stops accepting new connections (both listeners); idempotent. */
+void keel__server_quiesce(void);
 /* Stops accepting, waits up to timeout_s for in-flight requests, stops. */
 void keel__server_stop(int timeout_s);
 

@@ -12,6 +12,7 @@
 #include "util/log.h"
 #include "ops/metrics.h"
 #include "http/server.h"
+#include "process/worker.h"
 
 static bool db_up(void)
 {
@@ -23,6 +24,14 @@ static bool db_up(void)
 static int route_health(keel_request *req)
 {
     const struct keel__table *t = req->table;
+    if (keel__worker_draining()) {
+        /* Lame duck: load balancers take this instance out of rotation
+         * while its routes still answer. */
+        return keel__respond_json(req, 503,
+                                  json_pack("{s:s, s:s, s:O}", "status", "draining", "database",
+                                            db_up() ? "up" : "down", "plugins",
+                                            t && t->health ? t->health : json_object()));
+    }
     if (t == NULL)
         return keel__respond_json(req, 200,
                                   json_pack("{s:s, s:s, s:{}}", "status", "degraded", "database",
@@ -63,16 +72,62 @@ static int route_me(keel_request *req)
                                         "balance", balance));
 }
 
+/*
+ * In a worker, asks the supervisor for verb run on every worker and merged.
+ * Returns the parsed JSON (new reference); NULL with *answered set when a
+ * response was queued (the supervisor did not answer), NULL without it
+ * outside a worker (the caller answers for this process).
+ */
+static json_t *whole_server(keel_request *req, const char *verb, const char *arg, int timeout_ms,
+                            bool *answered)
+{
+    *answered = false;
+    char *text = NULL;
+    int rc = keel__worker_fanout(verb, arg, timeout_ms, &text);
+    if (rc == KEEL_EUNSUPPORTED)
+        return NULL;
+    json_t *j = rc == 0 ? json_loads(text, 0, NULL) : NULL;
+    free(text);
+    if (j == NULL) {
+        keel__log(KEEL_LOG_ERROR, "admin", "%s: no answer from the supervisor (%s)", verb,
+                  keel_strerror(rc));
+        keel__respond_detail(req, rc == KEEL_ETIMEOUT ? 504 : 503,
+                             "The supervisor did not answer for every worker");
+        *answered = true;
+    }
+    return j;
+}
+
 static int route_plugins(keel_request *req)
 {
-    return keel__respond_json(req, 200, keel__plugins_describe());
+    bool answered;
+    json_t *j = whole_server(req, "describe", NULL, 5000, &answered);
+    if (answered)
+        return 0;
+    return keel__respond_json(req, 200, j ? j : keel__plugins_describe());
 }
 
 static int route_reload(keel_request *req)
 {
     const char *only = keel__host_api()->req_query(req, "plugin");
     bool unknown = false;
-    json_t *r = keel__plugins_reload(only && *only ? only : NULL, &unknown);
+    json_t *r;
+    if (keel__worker_active()) {
+        /* Every plugin's init may take up to its timeout. */
+        const struct keel__conf *c = keel__rt.conf;
+        int timeout_ms = c->containment.init_timeout_ms * (int)(c->nplugins + 1) + 30000;
+        bool answered;
+        r = whole_server(req, "reload", only && *only ? only : NULL, timeout_ms, &answered);
+        if (answered)
+            return 0;
+        unknown = json_is_true(json_object_get(r, "unknown"));
+        if (unknown) {
+            json_decref(r);
+            r = NULL;
+        }
+    } else {
+        r = keel__plugins_reload(only && *only ? only : NULL, &unknown);
+    }
     if (r == NULL) {
         char msg[160];
         snprintf(msg, sizeof msg, "Unknown plugin: %s", only ? only : "");
@@ -82,6 +137,15 @@ static int route_reload(keel_request *req)
 }
 
 static int route_status(keel_request *req)
+{
+    bool answered;
+    json_t *j = whole_server(req, "status", NULL, 5000, &answered);
+    if (answered)
+        return 0;
+    return keel__respond_json(req, 200, j ? j : keel__admin_status(req->table));
+}
+
+json_t *keel__admin_status(const struct keel__table *table)
 {
     const struct keel__conf *c = keel__rt.conf;
     struct keel__db_stats ds = {0};
@@ -97,19 +161,19 @@ static int route_status(keel_request *req)
     /* {"<plugin>": generation serving, 0 for stubs}, from the same snapshot
      * as the counts, so `keelctl status` shows what each plugin runs. */
     json_t *generations = json_object();
-    if (req->table != NULL && req->table->health != NULL) {
+    if (table != NULL && table->health != NULL) {
         const char *k;
         json_t *v;
-        json_object_foreach(req->table->health, k, v)
+        json_object_foreach(table->health, k, v)
         {
             if (strcmp(json_string_value(v), "loaded") == 0)
                 loaded++;
             else
                 fallback++;
             json_int_t number = 0;
-            for (size_t i = 0; i < req->table->ngens; i++)
-                if (strcmp(req->table->gens[i]->name, k) == 0)
-                    number = (json_int_t)req->table->gens[i]->number;
+            for (size_t i = 0; i < table->ngens; i++)
+                if (strcmp(table->gens[i]->name, k) == 0)
+                    number = (json_int_t)table->gens[i]->number;
             json_object_set_new(generations, k, json_integer(number));
         }
     }
@@ -125,12 +189,21 @@ static int route_status(keel_request *req)
         (json_int_t)loaded, "fallback", (json_int_t)fallback, "generations", generations,
         "usersync", "hits", (json_int_t)us.hits, "misses", (json_int_t)us.misses, "evictions",
         (json_int_t)us.evictions, "entries", (json_int_t)us.entries);
-    return keel__respond_json(req, 200, body);
+    return body;
 }
 
 static int route_metrics(keel_request *req)
 {
-    char *text = keel__metrics_render();
+    char *text = NULL;
+    int frc = keel__worker_fanout("metrics", NULL, 5000, &text);
+    if (frc != 0 && frc != KEEL_EUNSUPPORTED) {
+        keel__log(KEEL_LOG_ERROR, "admin", "metrics: no answer from the supervisor (%s)",
+                  keel_strerror(frc));
+        return keel__respond_detail(req, frc == KEEL_ETIMEOUT ? 504 : 503,
+                                    "The supervisor did not answer for every worker");
+    }
+    if (frc == KEEL_EUNSUPPORTED)
+        text = keel__metrics_render();
     if (text == NULL)
         return keel__respond_detail(req, 500, "Internal Server Error");
     if (req->responded) {

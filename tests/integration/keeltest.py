@@ -444,6 +444,16 @@ class Keeld:
         self.confdir = os.path.join(self.dir, "conf.d")
         if os.path.isdir(CONFDIR):
             shutil.copytree(CONFDIR, self.confdir)
+            # No lame-duck period by default: every test's keeld is stopped
+            # with SIGTERM, and five seconds of "draining" each would add
+            # minutes to the suite. Tests of the drain set it themselves.
+            server_conf = os.path.join(self.confdir, "10-server.json")
+            if os.path.exists(server_conf):
+                with open(server_conf) as f:
+                    c = json.load(f)
+                c.setdefault("server", {})["drain_s"] = 0
+                with open(server_conf, "w") as f:
+                    json.dump(c, f, indent=2)
         else:
             os.makedirs(self.confdir)
         self.log_path = os.path.join(self.dir, "keeld.log")
