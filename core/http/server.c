@@ -61,6 +61,20 @@ long keel__server_in_flight(void)
     return atomic_load(&in_flight);
 }
 
+long keel__server_connections(void)
+{
+    long n = 0;
+    for (size_t i = 0; i < 2; i++) {
+        if (listeners[i].daemon == NULL)
+            continue;
+        const union MHD_DaemonInfo *info = MHD_get_daemon_info(listeners[i].daemon,
+                                                               MHD_DAEMON_INFO_CURRENT_CONNECTIONS);
+        if (info != NULL)
+            n += (long)info->num_connections;
+    }
+    return n;
+}
+
 unsigned long long keel__server_requests_total(void)
 {
     return atomic_load(&requests_total);

@@ -54,5 +54,7 @@ void keel__cors_headers(const keel_request *req, struct MHD_Response *resp);
 /* Requests currently being processed (both listeners). */
 long keel__server_in_flight(void);
 unsigned long long keel__server_requests_total(void);
+/* Open connections (both listeners), idle kept-alive ones included. */
+long keel__server_connections(void);
 
 #endif

@@ -224,6 +224,21 @@ static int route_metrics(keel_request *req)
     return 0;
 }
 
+/* POST /admin/upgrade: the supervisor starts the keeld binary anew on the
+ * same sockets and answers once it serves (or why it did not). */
+static int route_upgrade(keel_request *req)
+{
+    const struct keel__conf *c = keel__rt.conf;
+    int timeout_ms = c->containment.init_timeout_ms * (int)(c->nplugins + 1) + 40000;
+    bool answered;
+    json_t *j = whole_server(req, "upgrade", NULL, timeout_ms, &answered);
+    if (answered)
+        return 0;
+    if (j == NULL)
+        return keel__respond_detail(req, 501, "Upgrade needs the supervisor (keeld serving)");
+    return keel__respond_json(req, 200, j);
+}
+
 /* POST /admin/usersync/evict {"user": "<email or supabase id>"}: applies a
  * suspension at once instead of after the cache TTL. */
 static int route_evict(keel_request *req)
@@ -237,7 +252,15 @@ static int route_evict(keel_request *req)
             req, 422,
             json_pack("{s:[{s:[s,s], s:s, s:s}]}", "detail", "loc", "body", "user", "msg",
                       "Field required: an email or a Supabase user id", "type", "missing"));
-    int n = keel__rt.usersync ? keel__usersync_evict(keel__rt.usersync, user) : 0;
+    /* Every worker has its own cache: the entry goes from all of them. */
+    bool answered;
+    json_t *all = whole_server(req, "evict", user, 5000, &answered);
+    if (answered)
+        return 0;
+    int n = all                 ? (int)json_integer_value(json_object_get(all, "evicted"))
+            : keel__rt.usersync ? keel__usersync_evict(keel__rt.usersync, user)
+                                : 0;
+    json_decref(all);
     keel__log(KEEL_LOG_INFO, "admin", "evicted %d sync-cache entr%s for %s", n,
               n == 1 ? "y" : "ies", user);
     return keel__respond_json(req, 200, json_pack("{s:i}", "evicted", n));
@@ -252,6 +275,7 @@ const struct keel__core_route keel__core_routes[] = {
     {KEEL__LISTENER_ADMIN, "GET", "/admin/status", KEEL__AUTH_ADMIN, route_status},
     {KEEL__LISTENER_ADMIN, "GET", "/metrics", KEEL__AUTH_ADMIN, route_metrics},
     {KEEL__LISTENER_ADMIN, "POST", "/admin/usersync/evict", KEEL__AUTH_ADMIN, route_evict},
+    {KEEL__LISTENER_ADMIN, "POST", "/admin/upgrade", KEEL__AUTH_ADMIN, route_upgrade},
 };
 
 const size_t keel__ncore_routes = sizeof keel__core_routes / sizeof keel__core_routes[0];

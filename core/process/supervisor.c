@@ -104,6 +104,7 @@ static struct {
     pid_t upgrade_origin;
     unsigned long long upgrade_origin_id;
     int notify_fd; /* we are the new binary: tell the old one when serving */
+    int exit_status;
 } sup = {.sfd = -1, .upgrade_fd = -1, .notify_fd = -1, .listen_fds = {-1, -1}};
 
 /* pipe2() wants _GNU_SOURCE; this is the portable spelling. */
@@ -266,6 +267,14 @@ static void child_after_fork(unsigned slot, int ctl, int crash_w)
     atomic_store(&keel__sb_self()->pid, (int)getpid());
     keel__crash_install(crash_w);
     keel__worker_attach(ctl);
+    /* Per-process limits become each worker's share of the server's (see
+     * docs/operations.md): rounded up, so no limit drops to zero. */
+    struct keel__conf *c = sup.conf;
+    unsigned n = sup.target;
+    c->limits.max_connections = (int)(((unsigned)c->limits.max_connections + n - 1) / n);
+    c->limits.max_per_ip = (int)(((unsigned)c->limits.max_per_ip + n - 1) / n);
+    c->limits.rate_per_user = (int)(((unsigned)c->limits.rate_per_user + n - 1) / n);
+    c->limits.rate_burst = (int)(((unsigned)c->limits.rate_burst + n - 1) / n);
     keel__rt.listen_inherited = true;
     keel__rt.listen_fds[0] = sup.listen_fds[0];
     keel__rt.listen_fds[1] = sup.listen_fds[1];
@@ -357,6 +366,8 @@ static void send_retire(struct worker *w)
 /* ------------------------------------------------------------ fan-out */
 
 static void fanout_finish(struct fanout *f);
+static void fanout_start(pid_t origin, unsigned long long origin_id, const char *verb,
+                         const char *arg);
 
 static void fanout_start(pid_t origin, unsigned long long origin_id, const char *verb,
                          const char *arg)
@@ -391,9 +402,17 @@ static void fanout_start(pid_t origin, unsigned long long origin_id, const char 
     f->deadline_ns = now_ns() + (int64_t)timeout_ms * 1000000;
     char body[300];
     snprintf(body, sizeof body, "%s%s%s", verb, f->arg[0] ? " " : "", f->arg);
+    /* A reload must reach a worker that is still starting too (it may have
+     * read the plugin before the change): its answer comes once it serves. */
+    bool starting_too = strcmp(verb, "reload") == 0 || strcmp(verb, "evict") == 0 ||
+                        strcmp(verb, "quarantine") == 0;
+    /* A worker serves HTTP a moment before it says ready: the one asking,
+     * or all of them at start-up, are asked even while "starting". */
+    bool none_ready = count_state(W_READY, W_READY) == 0;
     for (unsigned i = 0; i < sup.nslots && f->n < MAX_PARTS; i++) {
         struct worker *w = &sup.w[i];
-        if (w->state != W_READY)
+        bool starting_ok = starting_too || none_ready || w->pid == origin;
+        if (w->state != W_READY && !(starting_ok && w->state == W_STARTING))
             continue;
         f->expect[f->n++] = w->pid;
         send_to(w, 'Q', f->id, body);
@@ -487,6 +506,16 @@ static void fanout_finish(struct fanout *f)
         texts[n++] = own;
         answer = keel__merge_metrics(texts, n);
         free(own);
+    } else if (strcmp(f->verb, "evict") == 0) {
+        json_int_t total = 0;
+        for (size_t i = 0; i < f->n; i++) {
+            json_t *j = f->part[i] ? json_loads(f->part[i], 0, NULL) : NULL;
+            total += json_integer_value(json_object_get(j, "evicted"));
+            json_decref(j);
+        }
+        json_t *merged = json_pack("{s:I}", "evicted", total);
+        answer = merged ? json_dumps(merged, JSON_COMPACT) : NULL;
+        json_decref(merged);
     } else if (strcmp(f->verb, "describe") == 0 || strcmp(f->verb, "reload") == 0 ||
                strcmp(f->verb, "status") == 0) {
         json_t *parts[MAX_PARTS];
@@ -518,6 +547,10 @@ static void fanout_finish(struct fanout *f)
             send_to(o, 'R', f->origin_id, answer ? answer : "null");
     } else if (strcmp(f->verb, "reload") == 0) {
         log_info("reload result: %s", answer ? answer : "(none)");
+    } else if (strcmp(f->verb, "quarantine") == 0) {
+        char name[64] = "";
+        sscanf(f->arg, "%63s", name);
+        log_info("plugin %s quarantined in every worker (%zu)", name, f->n);
     }
     if (strcmp(f->verb, "reload") == 0) {
         /* Workers started from now on read the conf.d just reloaded. */
@@ -588,12 +621,11 @@ static void quarantine(struct plugin_state *p, int reason)
     log_error("plugin %s quarantined (%s): its routes answer their fallback stubs with "
               "X-Keel-Fallback: %s; reason=%s until `keelctl reload %s`",
               p->name, keel__reason_name(reason), p->name, keel__reason_name(reason), p->name);
-    char body[128];
-    snprintf(body, sizeof body, "quarantine %s %s", p->name,
-             reason == KEEL__REASON_HUNG ? "hung" : "crashed");
-    for (unsigned i = 0; i < sup.nslots; i++)
-        if (sup.w[i].state == W_READY || sup.w[i].state == W_STARTING)
-            send_to(&sup.w[i], 'Q', ++sup.next_id, body);
+    char arg[128];
+    snprintf(arg, sizeof arg, "%s %s", p->name, reason == KEEL__REASON_HUNG ? "hung" : "crashed");
+    /* Workers forked from now on never load it; the running ones drop it
+     * (fanout_finish logs once all have). */
+    fanout_start(0, 0, "quarantine", arg);
 }
 
 static const char *signal_name(int sig)
@@ -745,6 +777,8 @@ static void reap(void)
             continue;
         unsigned slot = (unsigned)(w - sup.w);
         enum wstate was = w->state;
+        /* Out of every fan-out before anything below starts a new one. */
+        w->state = W_STOPPING;
         fanout_forget(pid);
         bool expected = was == W_RETIRING || was == W_STOPPING;
         if (WIFSIGNALED(status)) {
@@ -766,6 +800,7 @@ static void reap(void)
                 /* A worker that cannot start (schema behind, bad conf, ...) at
                  * start-up: keeld cannot serve; say so and stop. */
                 log_error("a worker failed to start: keeld stops");
+                sup.exit_status = 1;
                 close_worker_fds(w);
                 w->state = W_FREE;
                 begin_stopping();
@@ -1183,6 +1218,11 @@ int keel__supervisor_run(struct keel__conf *conf, const char *self_path, char *c
     log_info("keeld %s supervisor %d: main %s:%d, admin %s:%d, %u worker(s)", PACKAGE_VERSION,
              (int)getpid(), conf->server.host, conf->server.port, conf->admin.host,
              conf->admin.port, sup.target);
+    if (conf->limits.rate_per_user > 0)
+        log_info("rate limit: %d request(s)/s per user, burst %d, shared between %u worker(s)",
+                 conf->limits.rate_per_user,
+                 conf->limits.rate_burst > 0 ? conf->limits.rate_burst : conf->limits.rate_per_user,
+                 sup.target);
     for (unsigned i = 0; i < sup.target; i++)
         if (spawn() == NULL)
             return 1;
@@ -1270,5 +1310,5 @@ int keel__supervisor_run(struct keel__conf *conf, const char *self_path, char *c
     close(sup.sfd);
     log_info(sup.phase == P_HANDOVER ? "keeld handed over to its new binary" : "keeld stopped");
     keel__conf_free(sup.conf);
-    return 0;
+    return sup.exit_status;
 }

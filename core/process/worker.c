@@ -189,6 +189,7 @@ static void start_slow_job(unsigned long long id, const char *verb, const char *
 
 struct stop_plan {
     bool stopping;
+    int64_t since_ns;
     int64_t deadline_ns;
 };
 
@@ -197,6 +198,7 @@ static void begin_stop(struct stop_plan *plan, int deadline_s, const char *why)
     if (plan->stopping)
         return;
     plan->stopping = true;
+    plan->since_ns = keel__monotonic_ns();
     plan->deadline_ns = keel__monotonic_ns() + (int64_t)deadline_s * 1000000000;
     keel__log(KEEL_LOG_INFO, "core", "worker %d: %s: no new connections, finishing %ld request(s)",
               (int)getpid(), why, keel__server_in_flight());
@@ -232,6 +234,9 @@ static void handle(const struct keel__frame *f, struct stop_plan *plan,
         keel__table_release(t, NULL);
     } else if (strcmp(verb, "reload") == 0 || strcmp(verb, "quarantine") == 0) {
         start_slow_job(f->id, verb, args);
+    } else if (strcmp(verb, "evict") == 0) {
+        int n = keel__rt.usersync && args ? keel__usersync_evict(keel__rt.usersync, args) : 0;
+        reply_json(f->id, json_pack("{s:i}", "evicted", n));
     } else if (strcmp(verb, "drain") == 0) {
         atomic_store(&lame_duck, 1);
         send_frame('R', f->id, "ok");
@@ -298,8 +303,14 @@ int keel__worker_loop(const struct keel__conf *conf)
              * others only. */
             int stuck = keel__sb_stuck_handlers(stuck_after);
             long busy = keel__server_in_flight() - stuck;
-            bool late = keel__monotonic_ns() >= plan.deadline_ns;
-            if (busy <= 0 || late) {
+            /* A connection accepted just before the quiesce may not have
+             * sent its request yet: wait for open connections too (the
+             * stuck ones hold theirs for good), after a short grace. */
+            long open = keel__server_connections() - stuck;
+            int64_t now = keel__monotonic_ns();
+            bool late = now >= plan.deadline_ns;
+            bool settled = now - plan.since_ns >= 200000000 && busy <= 0 && open <= 0;
+            if (settled || late) {
                 if (late && busy > 0)
                     keel__log(KEEL_LOG_WARN, "core",
                               "worker %d: drain deadline passed with %ld request(s) running",

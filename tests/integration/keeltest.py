@@ -588,7 +588,12 @@ class Keeld:
 
     @property
     def pid(self):
+        """The supervisor's pid (keeld's process; workers are its children)."""
         return self.proc.pid if self.proc else None
+
+    def workers(self):
+        """Pids of the worker processes (the supervisor's children)."""
+        return sorted(_children(self.pid)) if self.pid else []
 
     def alive(self):
         return self.proc is not None and self.proc.poll() is None
