@@ -18,12 +18,11 @@
 
 #include <openssl/crypto.h>
 
-#include "plugin/hostapi.h"
 #include "util/log.h"
 #include "http/deadline.h"
-#include "ops/metrics.h"
 #include "identity/ratelimit.h"
-#include "plugin/table.h"
+#include "http/routes.h"
+#include "util/counters.h"
 
 struct keel__runtime keel__rt;
 
@@ -216,8 +215,8 @@ static void dispatch(keel_request *req)
     const struct keel__route *route = req->route;
     if (route->core_handler != NULL) {
         route->core_handler(req);
-    } else if (route->gen != NULL && route->handler != NULL) {
-        int rc = route->handler(req, route->gen->state);
+    } else if (route->handler != NULL) {
+        int rc = route->handler(req, route->state);
         if (!req->responded) {
             keel__log(KEEL_LOG_ERROR, route->plugin,
                       "req=%llu %s %s: handler returned %d (%s) without a response",
@@ -518,7 +517,7 @@ static void access_log(const keel_request *req, unsigned status, int64_t ns)
     snprintf(ts + ts_seconds_len, sizeof ts - ts_seconds_len, ".%03ldZ", ms);
     const struct keel__route *r = req->route;
     const char *plugin = r && r->plugin ? r->plugin : (r ? "core" : "-");
-    unsigned long long gen = r && r->gen ? (unsigned long long)r->gen->number : 0;
+    unsigned long long gen = r ? (unsigned long long)r->generation : 0;
     const char *user = req->has_principal && req->principal.user_id ? req->principal.user_id
                        : req->has_principal                         ? req->principal.supabase_id
                                                                     : "-";

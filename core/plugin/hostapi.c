@@ -11,8 +11,8 @@
 #include <strings.h>
 
 #include "util/log.h"
+#include "http/routes.h"
 #include "http/server.h"
-#include "plugin/table.h"
 
 /* A statement's result as a plugin holds it.  The wrapper lives in the
  * request's arena with a cleanup registered once; when the plugin frees the
