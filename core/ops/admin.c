@@ -12,6 +12,8 @@
 #include "util/log.h"
 #include "ops/metrics.h"
 #include "http/server.h"
+#include "plugin/registry.h"
+#include "plugin/snapshot.h"
 #include "process/worker.h"
 
 static bool db_up(void)
@@ -23,7 +25,7 @@ static bool db_up(void)
  * precomputed plugin states. */
 static int route_health(keel_request *req)
 {
-    const struct keel__table *t = req->table;
+    const struct keel__snapshot *t = req->table ? keel__snapshot_of(req->table) : NULL;
     if (keel__worker_draining()) {
         /* Lame duck: load balancers take this instance out of rotation
          * while its routes still answer. */
@@ -161,19 +163,20 @@ json_t *keel__admin_status(const struct keel__table *table)
     /* {"<plugin>": generation serving, 0 for stubs}, from the same snapshot
      * as the counts, so `keelctl status` shows what each plugin runs. */
     json_t *generations = json_object();
-    if (table != NULL && table->health != NULL) {
+    const struct keel__snapshot *snap = table ? keel__snapshot_of(table) : NULL;
+    if (snap != NULL && snap->health != NULL) {
         const char *k;
         json_t *v;
-        json_object_foreach(table->health, k, v)
+        json_object_foreach(snap->health, k, v)
         {
             if (strcmp(json_string_value(v), "loaded") == 0)
                 loaded++;
             else
                 fallback++;
             json_int_t number = 0;
-            for (size_t i = 0; i < table->ngens; i++)
-                if (strcmp(table->gens[i]->name, k) == 0)
-                    number = (json_int_t)table->gens[i]->number;
+            for (size_t i = 0; i < snap->ngens; i++)
+                if (strcmp(snap->gens[i]->name, k) == 0)
+                    number = (json_int_t)snap->gens[i]->number;
             json_object_set_new(generations, k, json_integer(number));
         }
     }

@@ -20,7 +20,7 @@
 
 #include "http/server.h"
 #include "plugin/loader.h"
-#include "plugin/table.h"
+#include "plugin/registry.h"
 #include "process/channel.h"
 #include "process/crash.h"
 #include "process/merge.h"

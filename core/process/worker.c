@@ -19,7 +19,7 @@
 #include "ops/admin.h"
 #include "ops/metrics.h"
 #include "plugin/loader.h"
-#include "plugin/table.h"
+#include "plugin/registry.h"
 #include "process/channel.h"
 #include "process/scoreboard.h"
 #include "util/log.h"
