@@ -241,7 +241,7 @@ static void handle(const struct keel__frame *f, struct stop_plan *plan,
         atomic_store(&lame_duck, 1);
         send_frame('R', f->id, "ok");
     } else if (strcmp(verb, "stop") == 0 || strcmp(verb, "retire") == 0) {
-        int deadline_s = args ? atoi(args) : conf->server.shutdown_timeout_s;
+        int deadline_s = args ? (int)strtol(args, NULL, 10) : conf->server.shutdown_timeout_s;
         send_frame('R', f->id, "ok");
         begin_stop(plan, deadline_s, verb);
     } else {

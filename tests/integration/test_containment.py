@@ -263,6 +263,9 @@ def test_spinning_handler_is_reported_quarantined_and_its_worker_replaced():
         report = k.wait_log(r"hang report: plugin=spin generation=\d+ "
                             r"route=\"GET /api/v1/spin/boom\" request=(\d+) running for (\d+) ms")
         assert int(report.group(2)) >= 1000, report.group(0)
+        # Calls made before every worker has dropped the plugin may still
+        # reach its code (and hang); from then on they get the stub.
+        k.wait_log(r"plugin spin quarantined in every worker")
 
         def stubbed():
             r = k.get("/api/v1/spin/boom", timeout=5)
@@ -402,3 +405,20 @@ def test_upgrade_under_load_fails_no_request():
                     time.sleep(0.05)
                 if keeltest._alive(new_pid):
                     os.kill(new_pid, signal.SIGKILL)
+
+
+# ------------------------------------------------------------------ keel-plugin-check
+
+def test_plugin_check_reports_hangs_by_route_and_stage():
+    check = os.path.join(keeltest.prefix, "bin", "keel-plugin-check")
+
+    def run(name):
+        return subprocess.run([check, "--timeout-ms", "500", "--iterations", "2",
+                               built_plugin(name)], stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, timeout=scaled(30))
+    r = run("spin")
+    assert r.returncode == 1, r.stdout
+    assert "FAIL: hang" in r.stdout and "GET /api/v1/spin/boom" in r.stdout, r.stdout
+    r = run("init_hang")
+    assert r.returncode == 1, r.stdout
+    assert "stage init" in r.stdout and "timeout" in r.stdout, r.stdout
