@@ -260,6 +260,10 @@ static void child_after_fork(unsigned slot, int ctl, int crash_w)
     signal(SIGHUP, SIG_IGN);
     signal(SIGINT, SIG_IGN);
     signal(SIGUSR2, SIG_IGN);
+    /* Forwarded by the supervisor; a worker has no log of its own to
+     * reopen yet (its stderr is the supervisor's), so it must not die of
+     * it. */
+    signal(SIGUSR1, SIG_IGN);
     signal(SIGCHLD, SIG_DFL);
     sigprocmask(SIG_SETMASK, &term, NULL);
     prctl(PR_SET_PDEATHSIG, SIGTERM);
@@ -861,6 +865,15 @@ static void upgrade_start(pid_t origin, unsigned long long origin_id)
         setenv("KEEL_LISTEN_FDS", v, 1);
         snprintf(v, sizeof v, "%d", rp[1]);
         setenv("KEEL_UPGRADE_FD", v, 1);
+        /* Quarantines carry over: "name:reason,name:reason". */
+        char q[2048] = "";
+        size_t qn = 0;
+        for (size_t i = 0; i < sup.nplugins && qn < sizeof q - 80; i++)
+            if (sup.plugins[i].quarantine != 0)
+                qn += (size_t)snprintf(q + qn, sizeof q - qn, "%s%s:%d", qn ? "," : "",
+                                       sup.plugins[i].name, sup.plugins[i].quarantine);
+        if (qn > 0)
+            setenv("KEEL_QUARANTINE", q, 1);
         sigset_t none;
         sigemptyset(&none);
         sigprocmask(SIG_SETMASK, &none, NULL);
@@ -1187,6 +1200,25 @@ int keel__supervisor_run(struct keel__conf *conf, const char *self_path, char *c
     }
     for (unsigned i = 0; i < sup.nslots; i++)
         sup.w[i].ctl = sup.w[i].crash = -1;
+
+    const char *held = getenv("KEEL_QUARANTINE");
+    for (const char *at = held; at != NULL && *at != '\0';) {
+        char name[64];
+        int reason = 0;
+        if (sscanf(at, "%63[^:,]:%d", name, &reason) == 2 &&
+            (reason == KEEL__REASON_CRASHED || reason == KEEL__REASON_HUNG)) {
+            struct plugin_state *p = plugin_get(name);
+            if (p != NULL) {
+                p->quarantine = reason;
+                log_warn("plugin %s stays quarantined (%s) across the upgrade", name,
+                         keel__reason_name(reason));
+            }
+        }
+        at = strchr(at, ',');
+        if (at != NULL)
+            at++;
+    }
+    unsetenv("KEEL_QUARANTINE");
 
     const char *nfd = getenv("KEEL_UPGRADE_FD");
     if (nfd != NULL && *nfd != '\0') {
