@@ -43,6 +43,7 @@ struct worker {
     const char *retire_reason;
     pid_t replaced_by; /* retiring: waits for this worker to be ready */
     bool retire_sent;
+    bool killed;
 };
 
 struct plugin_state {
@@ -279,6 +280,13 @@ static void child_after_fork(unsigned slot, int ctl, int crash_w)
     c->limits.max_per_ip = (int)(((unsigned)c->limits.max_per_ip + n - 1) / n);
     c->limits.rate_per_user = (int)(((unsigned)c->limits.rate_per_user + n - 1) / n);
     c->limits.rate_burst = (int)(((unsigned)c->limits.rate_burst + n - 1) / n);
+    /* server.threads is the server's too (default 4 per CPU): workers
+     * sharing CPUs with more threads in all would only add switching. */
+    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    unsigned threads = c->server.threads > 0 ? (unsigned)c->server.threads
+                                             : 4u * (unsigned)(ncpu > 0 ? ncpu : 1);
+    threads = (threads + n - 1) / n;
+    c->server.threads = (int)(threads < 2 ? 2 : threads);
     keel__rt.listen_inherited = true;
     keel__rt.listen_fds[0] = sup.listen_fds[0];
     keel__rt.listen_fds[1] = sup.listen_fds[1];
@@ -1056,7 +1064,9 @@ static void leak_guard(void)
     long page = sysconf(_SC_PAGESIZE);
     for (unsigned i = 0; i < sup.nslots; i++) {
         struct worker *w = &sup.w[i];
-        if (w->state != W_READY)
+        /* A worker gets a second before it can be recycled, so a limit
+         * below what a fresh worker needs cannot spin the supervisor. */
+        if (w->state != W_READY || now - w->started_ns < 1000000000)
             continue;
         struct keel__sb_worker *sb = keel__sb_worker(i);
         if (c->server.worker_max_requests > 0 &&
@@ -1153,10 +1163,11 @@ static void tick(void)
     }
     if (sup.phase == P_STOPPING && now >= sup.phase_until_ns) {
         for (unsigned i = 0; i < sup.nslots; i++)
-            if (sup.w[i].state != W_FREE) {
+            if (sup.w[i].state != W_FREE && !sup.w[i].killed) {
                 log_warn("worker %d still running at the shutdown deadline: killed",
                          (int)sup.w[i].pid);
                 kill(sup.w[i].pid, SIGKILL);
+                sup.w[i].killed = true;
             }
     }
     if (sup.phase == P_RUNNING) {

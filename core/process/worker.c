@@ -189,6 +189,7 @@ static void start_slow_job(unsigned long long id, const char *verb, const char *
 
 struct stop_plan {
     bool stopping;
+    bool retiring; /* the others serve on: wait for accepted connections too */
     int64_t since_ns;
     int64_t deadline_ns;
 };
@@ -198,6 +199,7 @@ static void begin_stop(struct stop_plan *plan, int deadline_s, const char *why)
     if (plan->stopping)
         return;
     plan->stopping = true;
+    plan->retiring = strcmp(why, "retire") == 0;
     plan->since_ns = keel__monotonic_ns();
     plan->deadline_ns = keel__monotonic_ns() + (int64_t)deadline_s * 1000000000;
     keel__log(KEEL_LOG_INFO, "core", "worker %d: %s: no new connections, finishing %ld request(s)",
@@ -303,13 +305,17 @@ int keel__worker_loop(const struct keel__conf *conf)
              * others only. */
             int stuck = keel__sb_stuck_handlers(stuck_after);
             long busy = keel__server_in_flight() - stuck;
-            /* A connection accepted just before the quiesce may not have
-             * sent its request yet: wait for open connections too (the
-             * stuck ones hold theirs for good), after a short grace. */
-            long open = keel__server_connections() - stuck;
+            /* Retiring while the other workers serve on: a connection
+             * accepted just before the quiesce may not have sent its
+             * request yet, so wait for open connections too (the stuck
+             * ones hold theirs for good; idle kept-alive ones until the
+             * deadline).  Stopping, the listeners are closed for everyone
+             * and only requests count, as before. */
+            long open = plan.retiring ? keel__server_connections() - stuck : 0;
             int64_t now = keel__monotonic_ns();
             bool late = now >= plan.deadline_ns;
-            bool settled = now - plan.since_ns >= 200000000 && busy <= 0 && open <= 0;
+            bool settled = busy <= 0 && open <= 0 &&
+                           (!plan.retiring || now - plan.since_ns >= 200000000);
             if (settled || late) {
                 if (late && busy > 0)
                     keel__log(KEEL_LOG_WARN, "core",
