@@ -29,6 +29,9 @@ struct keel__cleanup {
 };
 
 #define ARENA_FIRST_BLOCK 2048
+/* Larger requests are refused before any arithmetic on them: rounding up and
+ * doubling a block size stay far from SIZE_MAX below this. */
+#define ARENA_MAX_ALLOC (SIZE_MAX / 4)
 
 static atomic_ullong next_request_id = 1;
 
@@ -52,6 +55,16 @@ keel_request *keel__request_new(struct MHD_Connection *conn, int listener, const
     req->id = atomic_fetch_add_explicit(&next_request_id, 1, memory_order_relaxed);
     req->start_ns = now_ns();
     return req;
+}
+
+unsigned keel__request_final_status(const keel_request *req, bool completed_ok)
+{
+    /* A request that never got a response (client gone) counts as 499, the
+     * status proxies use for that, so it is visible in metrics. */
+    unsigned status = req->responded ? req->status : 499;
+    if (!completed_ok && !req->responded)
+        status = 499;
+    return status;
 }
 
 int64_t keel__request_elapsed_ns(const keel_request *req)
@@ -93,6 +106,8 @@ void keel__request_free(keel_request *req)
 void *keel__req_alloc(keel_request *req, size_t size)
 {
     const size_t align = sizeof(max_align_t);
+    if (size > ARENA_MAX_ALLOC)
+        return NULL;
     size = (size + align - 1) & ~(align - 1);
     if (size == 0)
         size = align;
@@ -440,9 +455,19 @@ static int queue_response(keel_request *req, unsigned status, const char *conten
         MHD_add_response_header(resp, h->name, h->value);
     enum MHD_Result r = MHD_queue_response(req->conn, status, resp);
     MHD_destroy_response(resp);
+    /* Either way this request has had its one attempt. */
     req->responded = true;
+    if (r != MHD_YES) {
+        /* Nothing goes out; what is recorded must say so, not claim the
+         * status that was meant. */
+        keel__log(KEEL_LOG_ERROR, "core",
+                  "req=%llu %s %s: could not queue the %u response; recorded as 500",
+                  (unsigned long long)req->id, req->method, req->path, status);
+        req->status = 500;
+        return KEEL_EIO;
+    }
     req->status = status;
-    return r == MHD_YES ? 0 : KEEL_EIO;
+    return 0;
 }
 
 int keel__respond(keel_request *req, unsigned status, const char *body, size_t len)

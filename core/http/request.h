@@ -109,10 +109,16 @@ keel_request *keel__request_new(struct MHD_Connection *conn, int listener, const
 /* Runs cleanups in reverse order, drops the table reference, frees everything. */
 void keel__request_free(keel_request *req);
 
+/* The status metrics and the access log record for req once it ended:
+ * what was sent, 499 when nothing was because the client left (or never
+ * asked: completed_ok false), 500 when a response could not be queued. */
+unsigned keel__request_final_status(const keel_request *req, bool completed_ok);
+
 /* Nanoseconds since the request arrived (monotonic). */
 int64_t keel__request_elapsed_ns(const keel_request *req);
 
-/* Request-lifetime allocation (zeroed).  NULL only when memory runs out. */
+/* Request-lifetime allocation (zeroed), aligned for any type.  NULL when
+ * memory runs out or size is absurd (beyond SIZE_MAX / 4). */
 void *keel__req_alloc(keel_request *req, size_t size);
 /* Matches the usersync allocator signature: ctx is the request. */
 void *keel__req_alloc_ctx(void *ctx, size_t size);

@@ -445,11 +445,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
         return;
     *con_cls = NULL;
     int64_t ns = keel__request_elapsed_ns(req);
-    /* A request that never got a response (client gone) counts as 499, the
-     * status proxies use for that, so it is visible in metrics. */
-    unsigned status = req->responded ? req->status : 499;
-    if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK && !req->responded)
-        status = 499;
+    unsigned status = keel__request_final_status(req, toe == MHD_REQUEST_TERMINATED_COMPLETED_OK);
     keel__metrics_observe(req->route ? req->route->metrics : NULL, status, ns);
     keel__access_log(req, status, ns, listeners[req->listener].name);
     keel__request_free(req);
