@@ -14,6 +14,8 @@
 
 #include <keel/error.h>
 
+#include "util/text.h"
+
 /* Secret and key files are small; anything bigger is a mistake. */
 #define SMALL_FILE_MAX (64 * 1024)
 #define MAX_KEYS 64
@@ -108,9 +110,7 @@ int keel__conf_parse_secret_file(struct parse_ctx *c, const char *section, const
         return keel__conf_fail(c->err, c->errlen, "%s: %s.%s: %s", c->file, section, key, why);
     /* Files written with echo or an editor end with a newline that is not
      * part of the secret. */
-    size_t len = strlen(text);
-    while (len > 0 && (text[len - 1] == '\n' || text[len - 1] == '\r'))
-        text[--len] = '\0';
+    size_t len = keel__trim_newlines(text, 0);
     if (len == 0) {
         free(text);
         return keel__conf_fail(c->err, c->errlen, "%s: %s.%s: the secret file is empty", c->file,

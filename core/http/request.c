@@ -12,6 +12,8 @@
 
 #include "http/routes.h"
 #include "util/log.h"
+#include "util/text.h"
+#include "util/time.h"
 
 /* Arena blocks: requests mostly need a few hundred bytes (principal strings,
  * decoded parameters), so the first block is small and later blocks double. */
@@ -35,13 +37,6 @@ struct keel__cleanup {
 
 static atomic_ullong next_request_id = 1;
 
-static int64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
 keel_request *keel__request_new(struct MHD_Connection *conn, int listener, const char *method,
                                 const char *url)
 {
@@ -53,7 +48,7 @@ keel_request *keel__request_new(struct MHD_Connection *conn, int listener, const
     req->method = method;
     req->path = url;
     req->id = atomic_fetch_add_explicit(&next_request_id, 1, memory_order_relaxed);
-    req->start_ns = now_ns();
+    req->start_ns = keel__monotonic_ns();
     return req;
 }
 
@@ -69,7 +64,7 @@ unsigned keel__request_final_status(const keel_request *req, bool completed_ok)
 
 int64_t keel__request_elapsed_ns(const keel_request *req)
 {
-    return now_ns() - req->start_ns;
+    return keel__monotonic_ns() - req->start_ns;
 }
 
 void keel__request_free(keel_request *req)
@@ -195,16 +190,6 @@ const char *keel__req_param(const keel_request *req, const char *name)
     return NULL;
 }
 
-static int hex_value(int c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    c = tolower(c);
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    return -1;
-}
-
 /* Decodes a query-string value ('+' is a space); KEEL_EINVAL when it
  * decodes to a NUL byte or has a broken escape, so plugins never see
  * truncated input. */
@@ -217,8 +202,8 @@ static int decode_query(keel_request *req, const char *raw, const char **value)
     size_t j = 0;
     for (size_t i = 0; i < n; i++) {
         if (raw[i] == '%') {
-            int hi = i + 1 < n ? hex_value((unsigned char)raw[i + 1]) : -1;
-            int lo = i + 2 < n ? hex_value((unsigned char)raw[i + 2]) : -1;
+            int hi = i + 1 < n ? keel__hex_value((unsigned char)raw[i + 1]) : -1;
+            int lo = i + 2 < n ? keel__hex_value((unsigned char)raw[i + 2]) : -1;
             if (hi < 0 || lo < 0 || (hi == 0 && lo == 0))
                 return KEEL_EINVAL;
             out[j++] = (char)(hi * 16 + lo);

@@ -21,11 +21,14 @@
 #include "util/log.h"
 #include "conf/conf.h"
 #include "http/accesslog.h"
+#include "http/authorize.h"
 #include "http/cors.h"
 #include "http/deadline.h"
 #include "identity/ratelimit.h"
 #include "http/routes.h"
 #include "util/counters.h"
+#include "util/text.h"
+#include "util/time.h"
 
 struct keel__runtime keel__rt;
 
@@ -46,14 +49,9 @@ static atomic_ullong requests_total;
 /* Per-user rate limiting (NULL when limits.rate_per_user is 0) and the
  * request deadlines of the main listener (core/http/deadline.h). */
 static keel__ratelimit *ratelimit;
+/* What keel__authorize needs, set up by keel__server_start. */
+static struct keel__authorizer authorizer;
 static keel__deadlines *deadlines;
-
-static int64_t monotonic_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
 
 long keel__server_in_flight(void)
 {
@@ -63,95 +61,6 @@ long keel__server_in_flight(void)
 unsigned long long keel__server_requests_total(void)
 {
     return atomic_load(&requests_total);
-}
-
-/* ------------------------------------------------------------ auth */
-
-static int respond_unauthorized(keel_request *req, int status, const char *why)
-{
-    keel__req_add_header(req, "WWW-Authenticate", "Bearer error=\"invalid_token\"");
-    return keel__respond_json(req, 401,
-                              json_pack("{s:{s:s, s:s}}", "detail", "error",
-                                        keel__token_status_name(status), "message", why));
-}
-
-/*
- * Decides whether the request may reach its route.  Returns true to go on;
- * otherwise a response has been queued.  This is the only place where auth
- * levels are enforced, so no plugin can forget to.
- */
-static bool authorize(keel_request *req, const struct keel__route *route)
-{
-    const char *hdr = MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND, "Authorization");
-
-    if (req->listener == KEEL__LISTENER_ADMIN) {
-        /* The admin listener trusts loopback; bound elsewhere it wants the
-         * admin token on every route. */
-        if (listeners[KEEL__LISTENER_ADMIN].loopback)
-            return true;
-        const char *want = keel__rt.server.admin_token;
-        const char *tok;
-        size_t len;
-        if (hdr == NULL || keel__auth_bearer(hdr, &tok, &len) != 0) {
-            keel__respond_detail(req, 403, "Not authenticated");
-            return false;
-        }
-        if (want == NULL || len != strlen(want) || CRYPTO_memcmp(tok, want, len) != 0) {
-            keel__req_add_header(req, "WWW-Authenticate", "Bearer error=\"invalid_token\"");
-            keel__respond_detail(req, 401, "Invalid admin token");
-            return false;
-        }
-        return true;
-    }
-
-    if (route->auth == KEEL__AUTH_PUBLIC)
-        return true;
-
-    const char *tok;
-    size_t len;
-    if (keel__auth_bearer(hdr, &tok, &len) != 0) {
-        keel__respond_detail(req, 403, "Not authenticated");
-        return false;
-    }
-    struct keel__claims claims;
-    const char *why = "Invalid token";
-    int st = keel__auth_verify(keel__rt.auth, tok, len, time(NULL), &claims, &why);
-    if (st != KEEL__TOKEN_OK) {
-        respond_unauthorized(req, st, why);
-        return false;
-    }
-    /* Rate limiting comes before the user sync so that a refused request
-     * costs no database work; it is keyed by the verified subject, so one
-     * user's flood does not touch anyone else's bucket. */
-    unsigned wait_s = 0;
-    if (ratelimit != NULL &&
-        keel__ratelimit_take(ratelimit, claims.sub, monotonic_ns(), &wait_s) == KEEL_EBUSY) {
-        keel__claims_clear(&claims);
-        char retry[16];
-        snprintf(retry, sizeof retry, "%u", wait_s);
-        keel__req_add_header(req, "Retry-After", retry);
-        keel__respond_detail(req, 429, "Rate limit exceeded");
-        return false;
-    }
-    int rc = keel__usersync_resolve(keel__rt.usersync, &claims, (int64_t)time(NULL),
-                                    keel__req_alloc_ctx, req, &req->principal);
-    keel__claims_clear(&claims);
-    if (rc != 0) {
-        keel__respond_detail(req, 503, "Service temporarily unavailable");
-        return false;
-    }
-    req->has_principal = true;
-    const char *status = req->principal.status;
-    if (status != NULL && strcmp(status, "active") != 0 && strcmp(status, "pending") != 0) {
-        keel__respond_detail(req, 403, "Account is not active");
-        return false;
-    }
-    if (route->auth == KEEL__AUTH_ADMIN &&
-        (req->principal.role == NULL || strcmp(req->principal.role, "admin") != 0)) {
-        keel__respond_detail(req, 403, "Admin privileges required");
-        return false;
-    }
-    return true;
 }
 
 /* ------------------------------------------------------------ dispatch */
@@ -238,7 +147,7 @@ static void finish(keel_request *req)
         keel__respond_detail(req, 413, msg);
         return;
     }
-    if (!authorize(req, req->route))
+    if (!keel__authorize(req, req->route->auth, &authorizer))
         return;
     dispatch(req);
 }
@@ -463,9 +372,7 @@ static void mhd_log(void *cls, const char *fmt, va_list ap)
     (void)cls;
     char line[1024];
     vsnprintf(line, sizeof line, fmt, ap);
-    size_t n = strlen(line);
-    while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r'))
-        line[--n] = '\0';
+    keel__trim_newlines(line, 0);
     keel__log(KEEL_LOG_DEBUG, "mhd", "%s", line);
 }
 
@@ -503,6 +410,9 @@ static int start_daemon(struct listener *l, const char *host, int port, unsigned
         return KEEL_ECONFIG;
     }
     l->loopback = is_loopback(ai->ai_addr);
+    /* Before the daemon starts, so no admin request can see it unset. */
+    if (l->index == KEEL__LISTENER_ADMIN)
+        authorizer.admin_loopback = l->loopback;
     const struct keel__server_conf *c = &keel__rt.server;
     const struct keel__limits_conf *lim = &keel__rt.limits;
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ITC | MHD_USE_ERROR_LOG;
@@ -571,6 +481,10 @@ int keel__server_start(void)
         log_info("rate limit: %d request(s)/s per user, burst %d", lim->rate_per_user,
                  lim->rate_burst > 0 ? lim->rate_burst : lim->rate_per_user);
     }
+    authorizer.auth = keel__rt.auth;
+    authorizer.usersync = keel__rt.usersync;
+    authorizer.ratelimit = ratelimit;
+    authorizer.admin_token = c->admin_token;
     /* The bound on receiving a request is the connection timeout: what
      * libmicrohttpd applies to silence, keel applies to slowness. */
     if (keel__deadlines_start(c->connection_timeout_s, &deadlines) != 0)
