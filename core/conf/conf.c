@@ -225,6 +225,7 @@ static int parse_log_level(struct parse_ctx *c, const char *section, const char 
 static int parse_secret_file(struct parse_ctx *c, const char *section, const char *key, json_t *v);
 static int parse_keys(struct parse_ctx *c, const char *section, const char *key, json_t *v);
 static int parse_origins(struct parse_ctx *c, const char *section, const char *key, json_t *v);
+static int parse_admin_hosts(struct parse_ctx *c, const char *section, const char *key, json_t *v);
 
 static const char *const access_formats[] = {"text", "json", NULL};
 
@@ -242,6 +243,7 @@ static const struct field admin_fields[] = {
     STRING(admin, host, 0),
     INT(admin, port, 1, 65535),
     STRING(admin, token, F_NULLABLE),
+    CUSTOM("allowed_hosts", parse_admin_hosts),
     {0},
 };
 
@@ -292,6 +294,9 @@ static const struct field cors_fields[] = {
 static const struct field limits_fields[] = {
     LONG(limits, max_body_bytes, 1, 1073741824),
     LONG(limits, max_admin_body_bytes, 1, 1073741824),
+    LONG(limits, max_admin_stream_bytes, 1, 17179869184L),
+    INT(limits, max_admin_bodies, 1, 1024),
+    LONG(limits, max_body_line_bytes, 1024, 1073741824),
     INT(limits, max_json_depth, 1, 1024),
     LONG(limits, max_header_bytes, 1024, 1048576),
     INT(limits, max_uri_bytes, 256, 1048576),
@@ -618,6 +623,61 @@ static int parse_origins(struct parse_ctx *c, const char *section, const char *k
     return 0;
 }
 
+static void free_admin_hosts(struct keel__conf *conf)
+{
+    for (size_t i = 0; i < conf->admin.nallowed_hosts; i++)
+        free(conf->admin.allowed_hosts[i]);
+    free(conf->admin.allowed_hosts);
+    conf->admin.allowed_hosts = NULL;
+    conf->admin.nallowed_hosts = 0;
+}
+
+/* A host name or address literal as it appears in a Host header, without
+ * a port: letters, digits, '-', '.', and ':' inside brackets is not needed
+ * (IPv6 literals are written bare, like admin.host). */
+static bool valid_host_name(const char *s)
+{
+    if (*s == '\0' || strlen(s) > 253)
+        return false;
+    for (const char *p = s; *p; p++) {
+        unsigned char ch = (unsigned char)*p;
+        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+              ch == '-' || ch == '.' || ch == ':'))
+            return false;
+    }
+    return true;
+}
+
+static int parse_admin_hosts(struct parse_ctx *c, const char *section, const char *key, json_t *v)
+{
+    struct keel__conf *conf = c->conf;
+
+    if (!json_is_array(v) || json_array_size(v) > MAX_ORIGINS)
+        return keel__conf_fail(c->err, c->errlen,
+                               "%s: %s.%s: expected an array of at most %d strings", c->file,
+                               section, key, MAX_ORIGINS);
+    free_admin_hosts(conf);
+    size_t n = json_array_size(v);
+    if (n == 0)
+        return 0;
+    conf->admin.allowed_hosts = calloc(n, sizeof *conf->admin.allowed_hosts);
+    if (conf->admin.allowed_hosts == NULL)
+        return keel__conf_nomem(c->err, c->errlen);
+    for (size_t i = 0; i < n; i++) {
+        json_t *o = json_array_get(v, i);
+        if (!keel__conf_is_text(o) || !valid_host_name(json_string_value(o)))
+            return keel__conf_fail(c->err, c->errlen,
+                                   "%s: %s.%s[%zu]: expected a host name or address such as "
+                                   "\"keel-admin.internal\" (no scheme, no port)",
+                                   c->file, section, key, i);
+        conf->admin.allowed_hosts[i] = strdup(json_string_value(o));
+        if (conf->admin.allowed_hosts[i] == NULL)
+            return keel__conf_nomem(c->err, c->errlen);
+        conf->admin.nallowed_hosts = i + 1;
+    }
+    return 0;
+}
+
 /* ------------------------------------------------------------------ loading */
 
 static int set_defaults(struct keel__conf *conf)
@@ -643,7 +703,10 @@ static int set_defaults(struct keel__conf *conf)
     conf->cors.max_age = 600;
     conf->cors.credentials = false;
     conf->limits.max_body_bytes = 1024L * 1024;
-    conf->limits.max_admin_body_bytes = 256L * 1024 * 1024;
+    conf->limits.max_admin_body_bytes = 1024L * 1024;
+    conf->limits.max_admin_stream_bytes = 256L * 1024 * 1024;
+    conf->limits.max_admin_bodies = 2;
+    conf->limits.max_body_line_bytes = 8L * 1024 * 1024;
     conf->limits.max_json_depth = 32;
     conf->limits.max_header_bytes = 16L * 1024;
     conf->limits.max_uri_bytes = 8192;
@@ -854,6 +917,7 @@ void keel__conf_free(struct keel__conf *conf)
     free(conf->server.plugin_dir);
     free(conf->admin.host);
     free(conf->admin.token);
+    free_admin_hosts(conf);
     free(conf->log.access_log);
     free(conf->log.access_format);
     free(conf->database.url);

@@ -19,6 +19,7 @@
 
 #include <keel/plugin.h>
 
+#include "http/edge.h"
 #include "http/router.h"
 #include "identity/usersync.h"
 
@@ -65,6 +66,11 @@ struct keel_request {
     int listener;                      /* enum keel__listener */
     const char *method;
     const char *path; /* without query string */
+    /* The request target as sent (query included, up to a NUL if it held
+     * one), from libmicrohttpd's URI log callback (core/http/edge.h). */
+    const char *target;
+    size_t target_len;
+    struct keel__edge_verdict target_verdict; /* keel__edge_check_target() */
     uint64_t id;
     int64_t start_ns;
 

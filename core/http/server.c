@@ -21,6 +21,7 @@
 #include "plugin/hostapi.h"
 #include "util/log.h"
 #include "http/deadline.h"
+#include "http/edge.h"
 #include "ops/metrics.h"
 #include "identity/ratelimit.h"
 #include "plugin/table.h"
@@ -328,12 +329,22 @@ static enum MHD_Result scan_query(void *cls, enum MHD_ValueKind kind, const char
 /* First call: the headers are in.  Refuse what must be refused before the
  * body is read.  Responses queued here make libmicrohttpd answer at once and
  * close the connection without reading the body. */
-static bool begin(keel_request *req)
+static bool begin(keel_request *req, const char *version)
 {
     req->table = keel__table_acquire();
     req->match_scratch = keel__req_alloc(req, 1024);
     if (req->match_scratch == NULL)
         return false;
+
+    /* Malformed heads (smuggling attempts, NUL bytes, a foreign Host on
+     * the admin listener) are refused before anything else looks at them,
+     * and the connection is closed: its next bytes cannot be trusted. */
+    struct keel__edge_verdict v = keel__edge_check_request(req, version);
+    if (v.status != 0) {
+        keel__req_add_header(req, "Connection", "close");
+        keel__respond_detail(req, v.status, v.detail);
+        return true;
+    }
 
     /* Header and URI limits.  libmicrohttpd's connection memory is sized
      * above these (start_daemon), so requests between keel's limit and that
@@ -448,21 +459,38 @@ static bool append_body(keel_request *req, const char *data, size_t len)
     return true;
 }
 
+/* The URI log callback: the request line is in, the headers are not.  The
+ * request object starts here so that it sees the target before
+ * libmicrohttpd splits it, and so that a request libmicrohttpd refuses
+ * itself later (headers too large, a bad Content-Length) still reaches the
+ * access log and metrics. */
+static void *on_uri(void *cls, const char *uri, struct MHD_Connection *conn)
+{
+    struct listener *l = cls;
+    keel_request *req = keel__request_new(conn, l->index, NULL, uri);
+    if (req == NULL)
+        return NULL;
+    req->target = uri;
+    req->target_len = strlen(uri);
+    req->target_verdict = keel__edge_check_target(uri, req->target_len);
+    atomic_fetch_add(&in_flight, 1);
+    atomic_fetch_add_explicit(&requests_total, 1, memory_order_relaxed);
+    return req;
+}
+
 static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const char *url,
                                  const char *method, const char *version, const char *upload_data,
                                  size_t *upload_data_size, void **con_cls)
 {
-    (void)version;
-    struct listener *l = cls;
+    (void)cls;
+    (void)conn;
     keel_request *req = *con_cls;
-    if (req == NULL) {
-        req = keel__request_new(conn, l->index, method, url);
-        if (req == NULL)
-            return MHD_NO;
-        *con_cls = req;
-        atomic_fetch_add(&in_flight, 1);
-        atomic_fetch_add_explicit(&requests_total, 1, memory_order_relaxed);
-        return begin(req) ? MHD_YES : MHD_NO;
+    if (req == NULL)
+        return MHD_NO; /* on_uri ran out of memory */
+    if (req->method == NULL) {
+        req->method = method;
+        req->path = url;
+        return begin(req, version) ? MHD_YES : MHD_NO;
     }
     if (*upload_data_size != 0) {
         if (!req->responded && !append_body(req, upload_data, *upload_data_size)) {
@@ -583,11 +611,21 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
         return;
     *con_cls = NULL;
     int64_t ns = keel__request_elapsed_ns(req);
-    /* A request that never got a response (client gone) counts as 499, the
-     * status proxies use for that, so it is visible in metrics. */
+    /* A request that never got a response from keel was either answered by
+     * libmicrohttpd itself (its status is recorded as sent) or left by its
+     * client: 499, the status proxies use for that. */
     unsigned status = req->responded ? req->status : 499;
-    if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK && !req->responded)
-        status = 499;
+    if (!req->responded) {
+        const union MHD_ConnectionInfo *ci =
+            MHD_get_connection_info(conn, MHD_CONNECTION_INFO_HTTP_STATUS);
+        if (ci != NULL && ci->http_status >= 100)
+            status = ci->http_status;
+    }
+    if (req->method == NULL) {
+        req->method = "-";
+        req->path = keel__edge_escape(req, req->target, req->target_len);
+    }
+    (void)toe;
     keel__metrics_observe(req->route ? req->route->metrics : NULL, status, ns);
     access_log(req, status, ns);
     keel__request_free(req);
@@ -660,6 +698,7 @@ static int start_daemon(struct listener *l, const char *host, int port, unsigned
     opts[n++] = (struct MHD_OptionItem){MHD_OPTION_EXTERNAL_LOGGER, (intptr_t)mhd_log, NULL};
     opts[n++] = (struct MHD_OptionItem){MHD_OPTION_SOCK_ADDR, 0, ai->ai_addr};
     opts[n++] = (struct MHD_OptionItem){MHD_OPTION_NOTIFY_COMPLETED, (intptr_t)on_completed, NULL};
+    opts[n++] = (struct MHD_OptionItem){MHD_OPTION_URI_LOG_CALLBACK, (intptr_t)on_uri, l};
     opts[n++] = (struct MHD_OptionItem){MHD_OPTION_UNESCAPE_CALLBACK, (intptr_t)keep_escaped, NULL};
     opts[n++] = (struct MHD_OptionItem){MHD_OPTION_CONNECTION_TIMEOUT,
                                         (intptr_t)(unsigned)c->server.connection_timeout_s, NULL};

@@ -1,0 +1,317 @@
+"""The HTTP edge, byte by byte: request smuggling through malformed header
+names, NUL and control bytes in the request target, libmicrohttpd's own
+error pages, one client holding every connection, cross-site use of the
+admin listener, admin body memory, and the low-severity framing cases
+(docs/reliability.md, "Request framing" and "Admin listener").
+
+Every case is sent as raw bytes over a socket and its answer checked:
+status, keel's JSON body, and whether the connection was closed.
+"""
+
+import json
+import os
+import re
+import socket
+import subprocess
+import threading
+import time
+
+import keeltest
+from keeltest import Keeld, user_token
+
+TIMEOUT = 240
+
+
+# ---------------------------------------------------------------- raw HTTP
+
+class Answer:
+    """What came back on one connection: the first response, anything after
+    it, and whether the server closed the connection."""
+
+    def __init__(self, data, closed):
+        self.data = data
+        self.closed = closed
+        self.status = None
+        self.headers = {}
+        self.body = b""
+        self.rest = b""
+        if not data.startswith(b"HTTP/1."):
+            return
+        head, _, tail = data.partition(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        self.status = int(lines[0].split()[1])
+        for line in lines[1:]:
+            k, _, v = line.partition(b":")
+            self.headers[k.strip().lower().decode()] = v.strip().decode("latin-1")
+        n = int(self.headers.get("content-length", len(tail)))
+        self.body, self.rest = tail[:n], tail[n:]
+
+    def json(self):
+        return json.loads(self.body.decode("utf-8"))
+
+    def __repr__(self):
+        return "<Answer %s closed=%s %r>" % (self.status, self.closed, self.data[:300])
+
+
+def _complete(data):
+    head, sep, tail = data.partition(b"\r\n\r\n")
+    if not sep:
+        return False
+    for line in head.split(b"\r\n")[1:]:
+        if line.lower().startswith(b"content-length:"):
+            return len(tail) >= int(line.split(b":")[1])
+    return False
+
+
+def send(port, data, wait=1.0):
+    """Sends data, reads the first response, then waits up to `wait` seconds
+    for more bytes or for the server to close the connection."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=keeltest.scaled(10))
+    try:
+        s.sendall(data)
+        out = b""
+        while True:
+            if _complete(out):
+                s.settimeout(keeltest.scaled(wait))
+            try:
+                b = s.recv(65536)
+            except socket.timeout:
+                return Answer(out, False)
+            except ConnectionResetError:
+                return Answer(out, True)
+            if not b:
+                return Answer(out, True)
+            out += b
+    finally:
+        s.close()
+
+
+def assert_refused(a, status, detail_re, closed=True):
+    assert a.status == status, a
+    assert a.headers.get("content-type", "").startswith("application/json"), a
+    detail = a.json()["detail"]
+    assert re.search(detail_re, detail), (detail, a)
+    if closed:
+        assert a.closed, "connection left open after %r" % a
+        assert a.rest == b"", "a second response followed: %r" % a
+
+
+def access_lines(k, since):
+    with open(k.log_path, "rb") as f:
+        f.seek(since)
+        return f.read().decode("utf-8", "replace")
+
+
+H = b"Host: 127.0.0.1\r\n"
+
+
+# ---------------------------------------------------------------- smuggling
+
+def test_whitespace_before_colon_and_non_token_names_are_refused_and_closed():
+    """RFC 9112 5.1: a header name followed by whitespace before the colon
+    is answered 400 and the connection closed; so is any name that is not a
+    token.  Each case is a keep-alive POST followed by a GET on the same
+    connection: the GET must never be answered."""
+    follow = b"GET /api/v1/example/hello HTTP/1.1\r\n" + H + b"\r\n"
+    cases = {
+        "space before colon": b"Content-Length : 2\r\n\r\n{}",
+        "tab before colon": b"Content-Length\t: 2\r\n\r\n{}",
+        "two lengths, one spaced": b"Content-Length: 2\r\nContent-Length : 40\r\n\r\n{}",
+        "spaced transfer-encoding": b"Transfer-Encoding : chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n",
+        "spaced transfer-encoding with a length":
+            b"Content-Length: 2\r\nTransfer-Encoding : chunked\r\n\r\n{}",
+        "length with a spaced transfer-encoding first":
+            b"Transfer-Encoding : chunked\r\nContent-Length: 2\r\n\r\n{}",
+        "name with parentheses": b"X(A): b\r\nContent-Length: 2\r\n\r\n{}",
+        "name with a space inside": b"X A: b\r\nContent-Length: 2\r\n\r\n{}",
+        "name with a slash": b"X/A: b\r\nContent-Length: 2\r\n\r\n{}",
+    }
+    with Keeld() as k:
+        mark = k.log_mark()
+        for name, rest in cases.items():
+            a = send(k.port, b"POST /api/v1/example/hello HTTP/1.1\r\n" + H + rest + follow)
+            try:
+                assert_refused(a, 400, r"Invalid header name")
+            except AssertionError as e:
+                raise AssertionError("%s: %s" % (name, e))
+        log = access_lines(k, mark)
+        assert "{}GET" not in log, log
+        assert len(re.findall(r" main POST /api/v1/example/hello 400 ", log)) == len(cases), log
+        assert "GET /api/v1/example/hello" not in log, log
+        assert k.get("/health").status == 200
+
+
+# ---------------------------------------------------------------- targets
+
+def test_nul_and_control_bytes_in_the_target_are_refused_before_routing():
+    name = "edgecase_%d" % os.getpid()
+    cases = [
+        b"/health\x00anything",
+        b"/health\x00",
+        b"/api/v1/simple/creator/" + name.encode() + b"\x00/../../admin/status",
+        b"/api/v1/example/echo/abc\x00def",
+        b"/health?a=b\x00c",
+        b"/hea\x01lth",
+        b"/health\x7f",
+        b"/hea\tlth",
+        b"/hea\x1blth",
+    ]
+    with Keeld() as k:
+        mark = k.log_mark()
+        for target in cases:
+            a = send(k.port, b"GET " + target + b" HTTP/1.1\r\n" + H + b"\r\n")
+            try:
+                assert_refused(a, 400, r"Request target contains")
+            except AssertionError as e:
+                raise AssertionError("%r: %s" % (target, e))
+        log = access_lines(k, mark)
+        # The whole target is logged, its control bytes escaped.
+        assert r"GET /health\x00anything 400 " in log, log
+        assert r"GET /api/v1/example/echo/abc\x00def 400 " in log, log
+        assert r"\x00/../../admin/status 400 " in log, log
+        assert r"GET /hea\x01lth 400 " in log, log
+        assert " 200 " not in log, log
+        # The well-formed ones still work.
+        assert k.get("/health").status == 200
+        r = k.get("/api/v1/example/echo/abcdef")
+        assert r.status == 200 and "abcdef" in r.text, r
+
+
+# ---------------------------------------------------------------- libmicrohttpd's own pages
+
+def test_oversized_chunk_extension_is_recorded_as_sent():
+    """A chunk-size line longer than libmicrohttpd's connection memory: it
+    answers itself (docs/reliability.md lists why keel cannot); keel's
+    access log and metrics record the status it sent, not 499."""
+    ext = b";" + b"x" * 60000
+    with Keeld() as k:
+        mark = k.log_mark()
+        a = send(k.port, b"POST /health HTTP/1.1\r\n" + H +
+                 b"Transfer-Encoding: chunked\r\n\r\n2" + ext + b"\r\n{}\r\n0\r\n\r\n")
+        assert a.status is not None and a.status >= 400, a
+        sent = a.status
+        m = k.wait_log(r" main POST /health (\d+) ", since=mark)
+        assert int(m.group(1)) == sent, (m.group(0), a)
+        assert " 499 " not in access_lines(k, mark)
+        metrics = k.admin_get("/metrics").text
+        assert re.search(r'keel_http_requests_total\{[^}]*status="%d"[^}]*\} 1' % sent, metrics), \
+            [l for l in metrics.splitlines() if "requests_total" in l]
+        assert k.get("/health").status == 200
+
+
+def test_header_limits_past_libmicrohttpd_memory_are_recorded_as_sent():
+    with Keeld() as k:
+        mark = k.log_mark()
+        a = send(k.port, b"GET /health HTTP/1.1\r\n" + H + b"X-Big: " + b"a" * 70000 + b"\r\n\r\n")
+        assert a.status == 431, a
+        k.wait_log(r" main - /health 431 ", since=mark)
+        # Between keel's limit and that ceiling the answer is keel's JSON.
+        a = send(k.port, b"GET /health HTTP/1.1\r\n" + H + b"X-Big: " + b"a" * 20000 + b"\r\n\r\n")
+        assert a.status == 431 and "Request headers too large" in a.json()["detail"], a
+
+
+# ---------------------------------------------------------------- low severity
+
+def test_host_version_folding_cr_nul_and_absolute_form():
+    with Keeld() as k:
+        cases = [
+            ("no Host", b"GET /health HTTP/1.1\r\n\r\n", 400, r"no Host header"),
+            ("two Hosts", b"GET /health HTTP/1.1\r\n" + H + H + b"\r\n", 400,
+             r"more than one Host"),
+            ("HTTP/1.2", b"GET /health HTTP/1.2\r\n" + H + b"\r\n", 505,
+             r"HTTP version not supported"),
+            ("folded line", b"GET /health HTTP/1.1\r\n" + H + b"X-A: b\r\n  c\r\n\r\n", 400,
+             r"Malformed header line"),
+            ("folded with a tab", b"GET /health HTTP/1.1\r\nX-A: b\r\n\tc\r\n" + H + b"\r\n", 400,
+             r"Malformed header line"),
+            ("bare CR in a value", b"GET /health HTTP/1.1\r\n" + H + b"X-A: b\rc\r\n\r\n", 400,
+             r"control character"),
+            ("NUL in a value", b"GET /health HTTP/1.1\r\n" + H + b"X-A: b\x00c\r\n\r\n", 400,
+             r"Malformed header line"),
+            ("NUL in the Host value", b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\x00evil\r\n\r\n",
+             400, r"Malformed header line"),
+            ("control byte in a value", b"GET /health HTTP/1.1\r\n" + H + b"X-A: b\x01\r\n\r\n",
+             400, r"control character"),
+        ]
+        for name, data, status, detail in cases:
+            a = send(k.port, data)
+            try:
+                assert_refused(a, status, detail)
+            except AssertionError as e:
+                raise AssertionError("%s: %s" % (name, e))
+        # HTTP/1.0 needs no Host; absolute-form targets are routed by their path.
+        a = send(k.port, b"GET /health HTTP/1.0\r\n\r\n")
+        assert a.status == 200, a
+        a = send(k.port, b"GET http://127.0.0.1/health HTTP/1.1\r\n" + H + b"\r\n")
+        assert a.status == 200 and a.json()["status"] in ("ok", "degraded"), a
+        a = send(k.port, b"GET http://127.0.0.1/api/v1/example/echo/x1?y=2 HTTP/1.1\r\n" + H +
+                 b"\r\n")
+        assert a.status == 200 and "x1" in a.body.decode(), a
+        # Optional whitespace and LF-only line ends stay accepted.
+        a = send(k.port, b"GET /health HTTP/1.1\nHost:   127.0.0.1  \nX-B:\tv\t\n\n")
+        assert a.status == 200, a
+
+
+# ---------------------------------------------------------------- admin listener
+
+def _admin_send(k, method, path, headers=b"", body=b"", host=None):
+    host = host or ("127.0.0.1:%d" % k.admin_port).encode()
+    data = (method.encode() + b" " + path.encode() + b" HTTP/1.1\r\nHost: " + host + b"\r\n" +
+            headers + b"Content-Length: %d\r\n\r\n" % len(body) + body)
+    return send(k.admin_port, data)
+
+
+def test_admin_refuses_cross_site_writes_foreign_hosts_and_origins():
+    line = json.dumps({"username": "edge_planted_%d" % os.getpid()}).encode() + b"\n"
+    with Keeld() as k:
+        # A CORS "simple" request: text/plain, no preflight.
+        for path, body in (("/admin/import", line), ("/admin/reload", b""),
+                           ("/admin/credits", b'{"email":"a@b.c","amount":1}'),
+                           ("/admin/usersync/evict", b'{"user":"x"}')):
+            for ct in (b"text/plain", b"application/x-www-form-urlencoded",
+                       b"multipart/form-data; boundary=x", None):
+                hdr = b"Content-Type: " + ct + b"\r\n" if ct else b""
+                a = _admin_send(k, "POST", path, hdr, body)
+                assert_refused(a, 415, r"Content-Type application/json")
+        # Any Origin header, even with the right content type.
+        a = _admin_send(k, "POST", "/admin/import",
+                        b"Content-Type: application/x-ndjson\r\nOrigin: http://evil.example\r\n",
+                        line)
+        assert_refused(a, 403, r"Cross-origin")
+        a = _admin_send(k, "GET", "/admin/plugins", b"Origin: null\r\n")
+        assert_refused(a, 403, r"Cross-origin")
+        # DNS rebinding: a foreign Host on every route, reads included.
+        for method, path in (("GET", "/admin/plugins"), ("GET", "/metrics"),
+                             ("GET", "/admin/status"), ("POST", "/admin/reload")):
+            a = _admin_send(k, method, path, b"Content-Type: application/json\r\n",
+                            host=b"attacker.example:%d" % k.admin_port)
+            assert_refused(a, 421, r"Host not served")
+        # Nothing was planted.
+        r = k.get("/api/v1/simple/creator/edge_planted_%d" % os.getpid(),
+                  token=user_token())
+        assert r.status in (404, 503), r
+        # What keelctl and scripts send is accepted.
+        for host in (b"127.0.0.1:%d" % k.admin_port, b"localhost:%d" % k.admin_port,
+                     b"127.0.0.1"):
+            a = _admin_send(k, "GET", "/admin/plugins", host=host)
+            assert a.status == 200, (host, a)
+        a = _admin_send(k, "POST", "/admin/reload?plugin=example",
+                        b"Content-Type: application/json\r\n")
+        assert a.status == 200, a
+        out = k.keelctl("reload", "example")
+        assert out.returncode == 0, out.stdout
+        out = k.keelctl("status")
+        assert out.returncode == 0, out.stdout
+
+
+def test_admin_allowed_hosts():
+    def conf(k):
+        c = k.read_conf("10-server.json")
+        c["admin"]["allowed_hosts"] = ["keel-admin.internal"]
+        k.write_conf("10-server.json", c)
+    with Keeld(conf) as k:
+        a = _admin_send(k, "GET", "/admin/plugins",
+                        host=b"keel-admin.internal:%d" % k.admin_port)
+        assert a.status == 200, a
+        a = _admin_send(k, "GET", "/admin/plugins", host=b"other.internal:%d" % k.admin_port)
+        assert_refused(a, 421, r"Host not served")
