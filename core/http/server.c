@@ -770,6 +770,10 @@ int keel__server_start(void)
      * libmicrohttpd applies to silence, keel applies to slowness. */
     if (keel__deadlines_start(c->server.connection_timeout_s, &deadlines) != 0)
         log_warn("request deadlines are off: slow clients are bounded only by inactivity");
+    else /* a little short of full, so a slot is always free to accept into */
+        keel__deadlines_evict_at(
+            deadlines, c->limits.max_connections -
+                           (c->limits.max_connections >= 64 ? c->limits.max_connections / 64 : 1));
     int rc = start_daemon(&listeners[0], c->server.host, c->server.port,
                           (unsigned)keel__rt.threads);
     if (rc == 0) {

@@ -315,3 +315,109 @@ def test_admin_allowed_hosts():
         assert a.status == 200, a
         a = _admin_send(k, "GET", "/admin/plugins", host=b"other.internal:%d" % k.admin_port)
         assert_refused(a, 421, r"Host not served")
+
+
+# ---------------------------------------------------------------- one client, every slot
+
+class SlowHeaders:
+    """n connections that send the start of a request and then one header
+    byte every half second, reopening whatever the server closes, for as
+    long as they run (the attack of docs/reliability.md, "Slow clients")."""
+
+    HEAD = b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: "
+
+    def __init__(self, port, n):
+        self.port = port
+        self.socks = []
+        self.reopened = 0
+        self.failed = 0
+        for _ in range(n):
+            self._open()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run)
+        self.thread.start()
+
+    def _open(self):
+        try:
+            s = socket.create_connection(("127.0.0.1", self.port), timeout=2)
+            s.sendall(self.HEAD)
+            s.setblocking(False)
+            self.socks.append(s)
+        except OSError:
+            self.failed += 1
+
+    def _run(self):
+        while not self.stop.wait(0.5):
+            alive = []
+            for s in self.socks:
+                try:
+                    s.send(b"a")
+                    alive.append(s)
+                except OSError:
+                    s.close()
+            lost = len(self.socks) - len(alive)
+            self.socks = alive
+            for _ in range(lost):
+                if self.stop.is_set():
+                    break
+                self._open()
+                self.reopened += 1
+
+    def close(self):
+        self.stop.set()
+        self.thread.join(30)
+        for s in self.socks:
+            s.close()
+
+
+def _probe_health(port):
+    """GET /health from another address (127.0.0.2); returns (status,
+    seconds) or (None, seconds) when nothing came within 5 s."""
+    t0 = time.monotonic()
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.settimeout(5)
+    try:
+        s.bind(("127.0.0.2", 0))
+        s.connect(("127.0.0.1", port))
+        s.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        data = b""
+        while not _complete(data):
+            b = s.recv(65536)
+            if not b:
+                break
+            data += b
+        return Answer(data, True).status, time.monotonic() - t0
+    except OSError:
+        return None, time.monotonic() - t0
+    finally:
+        s.close()
+
+
+@keeltest.timeout(150)
+def test_one_address_holding_1100_slow_connections_does_not_lock_out_others():
+    """With the default configuration (max_connections 1024, no per-address
+    limit, 30 s deadline), one address opens 1,100 connections that send
+    their headers a byte at a time and reopens every one the server closes.
+    /health from another client answers within 1 s every time."""
+    with Keeld() as k:
+        conf = k.read_conf("10-server.json")
+        assert conf["limits"]["max_connections"] == 1024 and conf["limits"]["max_per_ip"] == 0
+        slow = SlowHeaders(k.port, 1100)
+        try:
+            time.sleep(2)
+            times = []
+            for i in range(8):
+                status, secs = _probe_health(k.port)
+                assert status == 200, (i, status, secs)
+                times.append(secs)
+                time.sleep(0.5)
+            print("slow-header lock-out: 1100 connections from one address, %d reopened; "
+                  "/health from another address: %s s" %
+                  (slow.reopened, ", ".join("%.3f" % t for t in times)))
+            assert max(times) < keeltest.scaled(1.0), times
+            # The attack was real: the attacker held most of the table.
+            assert len(slow.socks) >= 1000, len(slow.socks)
+            k.wait_log(r"closed \d+ connection\(s\) still sending their first request to make "
+                       r"room")
+        finally:
+            slow.close()
