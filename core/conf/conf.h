@@ -42,6 +42,9 @@ struct keel__manifest_route {
     json_t *fallback;         /* body for a user when the plugin is down; owned, never
                               NULL ({"detail":"Service unavailable"} by default) */
     json_t *fallback_headers; /* object of string values to add, owned; NULL = none */
+    /* "body": "stream": the body is spooled to a temporary file and read by
+     * line (keel_host.req_body_line) instead of held in memory. */
+    bool stream_body;
 };
 
 /* A plugin manifest: everything the core knows without loading the .so. */

@@ -27,6 +27,7 @@ struct keel__arena_block;
 struct keel__cleanup;
 struct keel__table;
 struct keel__route;
+struct keel__spool;
 
 struct keel__header {
     char *name;
@@ -87,6 +88,8 @@ struct keel_request {
     size_t body_cap;
     bool body_too_large;
     json_t *json_body;
+    struct keel__spool *spool; /* a streamed body's file (core/http/body.h), or NULL */
+    size_t line_pos;           /* keel__body_line() on an in-memory body */
 
     /* Authentication. */
     bool has_principal;

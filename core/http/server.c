@@ -20,6 +20,7 @@
 
 #include "plugin/hostapi.h"
 #include "util/log.h"
+#include "http/body.h"
 #include "http/deadline.h"
 #include "http/edge.h"
 #include "ops/metrics.h"
@@ -232,8 +233,6 @@ static void dispatch(keel_request *req)
         keel__respond_detail(req, 500, "Internal Server Error");
 }
 
-static long body_cap_for(int listener);
-
 /* Called once the whole request (headers and body) has arrived. */
 static void finish(keel_request *req)
 {
@@ -278,23 +277,13 @@ static void finish(keel_request *req)
 
     if (req->body_too_large) {
         char msg[96];
-        snprintf(msg, sizeof msg, "Request body too large (limit %ld bytes)",
-                 body_cap_for(req->listener));
+        snprintf(msg, sizeof msg, "Request body too large (limit %ld bytes)", keel__body_cap(req));
         keel__respond_detail(req, 413, msg);
         return;
     }
     if (!authorize(req, req->route))
         return;
     dispatch(req);
-}
-
-/* The admin listener takes bulk imports, so it has its own, larger cap. */
-static long body_cap_for(int listener)
-{
-    if (keel__rt.conf == NULL)
-        return 1048576;
-    return listener == KEEL__LISTENER_ADMIN ? keel__rt.conf->limits.max_admin_body_bytes
-                                            : keel__rt.conf->limits.max_body_bytes;
 }
 
 /* What begin() learns from one pass over the request's headers and query. */
@@ -389,22 +378,28 @@ static bool begin(keel_request *req, const char *version)
         keel__respond_detail(req, 501, "Transfer-Encoding not supported (only chunked)");
         return true;
     }
+    unsigned long long n = 0;
     if (cl != NULL) {
         char *end;
         errno = 0;
-        unsigned long long n = strtoull(cl, &end, 10);
+        n = strtoull(cl, &end, 10);
         if (errno != 0 || end == cl || *end != '\0') {
             keel__respond_detail(req, 400, "Invalid Content-Length");
             return true;
         }
-        if (n > (unsigned long long)body_cap_for(req->listener)) {
+    }
+    /* Admin bodies: how many at once, and whether this one is spooled. */
+    if (!keel__body_admit(req, n > 0 || te != NULL))
+        return true;
+    if (cl != NULL) {
+        if (n > (unsigned long long)keel__body_cap(req)) {
             char msg[96];
             snprintf(msg, sizeof msg, "Request body too large (limit %ld bytes)",
-                     body_cap_for(req->listener));
+                     keel__body_cap(req));
             keel__respond_detail(req, 413, msg);
             return true;
         }
-        if (n > 0) {
+        if (n > 0 && req->spool == NULL) {
             req->body = malloc((size_t)n + 1);
             if (req->body == NULL)
                 return false;
@@ -427,8 +422,14 @@ static bool begin(keel_request *req, const char *version)
  */
 static bool append_body(keel_request *req, const char *data, size_t len)
 {
-    size_t cap = (size_t)body_cap_for(req->listener);
+    size_t cap = (size_t)keel__body_cap(req);
     size_t drain = keel__rt.conf ? (size_t)keel__rt.conf->limits.max_drain_bytes : 0;
+    if (req->spool != NULL && !req->body_too_large && req->body_len + len <= cap) {
+        if (keel__spool_write(req->spool, data, len) != 0)
+            return false;
+        req->body_len += len;
+        return true;
+    }
     if (req->body_too_large) {
         req->body_len += len;
         return req->body_len <= cap + drain;

@@ -10,6 +10,7 @@
 #include <strings.h>
 
 #include "util/log.h"
+#include "http/body.h"
 #include "http/server.h"
 #include "plugin/table.h"
 
@@ -120,8 +121,9 @@ static const char *host_req_header(const keel_request *req, const char *name)
 
 static const char *host_req_body(const keel_request *req, size_t *len)
 {
+    /* A spooled body is not in memory: NULL, as for no body. */
     if (len != NULL)
-        *len = req->body_len;
+        *len = req->body != NULL ? req->body_len : 0;
     return req->body;
 }
 
@@ -433,6 +435,7 @@ static const keel_host host_api = {
     .db_value = host_db_value,
     .db_last_error = host_db_last_error,
     .db_affected = host_db_affected,
+    .req_body_line = keel__body_line,
 };
 
 const keel_host *keel__host_api(void)

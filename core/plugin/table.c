@@ -224,6 +224,7 @@ static struct keel__table *build_table(const struct slot_view *views, size_t nvi
             struct keel__route *r = &t->routes[t->nroutes++];
             r->listener = mr->listener;
             r->auth = mr->auth;
+            r->stream_body = mr->stream_body;
             /* The table owns its strings: a reload may free the manifest
              * while requests on this snapshot are still running. */
             r->owned_method = strdup(mr->method);
@@ -336,6 +337,7 @@ static int manifest_copy(struct keel__manifest *dst, const struct keel__manifest
         b->path = strdup(a->path);
         b->auth = a->auth;
         b->listener = a->listener;
+        b->stream_body = a->stream_body;
         b->fallback_status = a->fallback_status;
         b->fallback = a->fallback ? json_deep_copy(a->fallback) : NULL;
         b->fallback_headers = a->fallback_headers ? json_deep_copy(a->fallback_headers) : NULL;

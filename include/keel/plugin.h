@@ -28,7 +28,7 @@ extern "C" {
 #endif
 
 #define KEEL_ABI_MAJOR 1
-#define KEEL_ABI_MINOR 0
+#define KEEL_ABI_MINOR 1
 
 /* "KEEL" in ASCII; the first member of every descriptor. */
 #define KEEL_PLUGIN_MAGIC 0x4b45454cu
@@ -158,6 +158,19 @@ typedef struct keel_host {
     const char *(*db_last_error)(const keel_request *req);
     /* Number of rows a command affected (UPDATE/INSERT/DELETE). */
     long (*db_affected)(const keel_db_result *res);
+
+    /* --- ABI 1.1: bodies read by line (capability "body_lines") ---------- */
+    /*
+     * The next line of the request body, without its "\n" (a "\r" before
+     * it is kept).  *line is owned by the host and valid until the next
+     * call.  Returns 1 with a line, 0 at the end of the body, KEEL_ETOOBIG
+     * for a line over the host's line limit (skipped: the next call reads
+     * the line after it), or another negative code.  It is the only way to
+     * read the body of a route whose manifest says "body": "stream" (such a
+     * body is spooled to disk, and req_body returns NULL for it); it reads
+     * in-memory bodies as well.
+     */
+    int (*req_body_line)(keel_request *req, const char **line, size_t *len);
 } keel_host;
 
 /* True when the running host's table has member `m` and it is set. */

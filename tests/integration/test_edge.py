@@ -421,3 +421,123 @@ def test_one_address_holding_1100_slow_connections_does_not_lock_out_others():
                        r"room")
         finally:
             slow.close()
+
+
+# ---------------------------------------------------------------- admin memory
+
+def _rss_peak_kib(pid):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmHWM for %d" % pid)
+
+
+def _admin_head(k, path, length, ctype=b"application/json"):
+    return (b"POST " + path.encode() + b" HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n" % k.admin_port +
+            b"Content-Type: " + ctype + b"\r\nContent-Length: %d\r\n\r\n" % length)
+
+
+def test_admin_bodies_small_cap_and_bounded_concurrency():
+    with Keeld() as k:
+        # Every admin route but the streamed import has the small cap.
+        a = send(k.admin_port, _admin_head(k, "/admin/usersync/evict", 200 * 1024 * 1024))
+        assert_refused(a, 413, r"limit 1048576 bytes")
+        a = send(k.admin_port, _admin_head(k, "/admin/credits", 2 * 1024 * 1024))
+        assert_refused(a, 413, r"limit 1048576 bytes")
+        # The import's cap is the stream cap (256 MiB).
+        a = send(k.admin_port, _admin_head(k, "/admin/import", 300 * 1024 * 1024,
+                                           b"application/x-ndjson"))
+        assert_refused(a, 413, r"limit 268435456 bytes")
+        # Two bodies arriving at once are the default bound; a third waits.
+        holders = []
+        try:
+            for _ in range(2):
+                s = socket.create_connection(("127.0.0.1", k.admin_port), timeout=10)
+                s.sendall(_admin_head(k, "/admin/import", 100 * 1024 * 1024,
+                                      b"application/x-ndjson") + b"x" * 65536)
+                holders.append(s)
+            time.sleep(0.5)
+            a = send(k.admin_port, _admin_head(k, "/admin/usersync/evict", 12) + b'{"user":"x"}')
+            assert_refused(a, 503, r"Too many admin request bodies")
+            assert a.headers.get("retry-after") == "1", a
+            # Reads are not bodies: still answered.
+            assert k.admin_get("/admin/plugins").status == 200
+        finally:
+            for s in holders:
+                s.close()
+
+        def evict_answers():
+            r = k.admin_post("/admin/usersync/evict", body={"user": "nobody@example.com"})
+            return r.status != 503
+        assert keeltest_wait(evict_answers), "admin bodies stayed counted after their clients left"
+
+
+def keeltest_wait(pred, attempts=40, delay=0.25):
+    for _ in range(attempts):
+        if pred():
+            return True
+        time.sleep(delay)
+    return False
+
+
+def test_import_is_streamed_not_held_in_memory():
+    """A 48 MB NDJSON import (600 profiles, each line padded with an unknown
+    key) is spooled to disk and read line by line: keeld's peak resident
+    memory grows by far less than the body."""
+    pad = "p" * (80 * 1024)
+    tag = "edgestream%d" % (os.getpid() % 100000)
+    lines = [json.dumps({"username": "%s_%d" % (tag, i), "full_name": "N", "pad": pad})
+             for i in range(600)]
+    body = ("\n".join(lines) + "\n").encode()
+    with Keeld() as k:
+        k.admin_get("/admin/plugins")
+        before = _rss_peak_kib(k.pid)
+        s = socket.create_connection(("127.0.0.1", k.admin_port), timeout=keeltest.scaled(120))
+        try:
+            s.sendall(_admin_head(k, "/admin/import", len(body), b"application/x-ndjson"))
+            for i in range(0, len(body), 1 << 20):
+                s.sendall(body[i:i + (1 << 20)])
+            data = b""
+            while not _complete(data):
+                b = s.recv(65536)
+                if not b:
+                    break
+                data += b
+        finally:
+            s.close()
+        a = Answer(data, True)
+        assert a.status == 200, a
+        got = a.json()
+        assert got["imported"] == 600 and got["failed"] == 0, {k_: got[k_] for k_ in got
+                                                               if k_ != "results"}
+        grew = _rss_peak_kib(k.pid) - before
+        print("streamed import: %d bytes, peak RSS %d KiB before, grew %d KiB" %
+              (len(body), before, grew))
+        assert grew * 1024 < len(body) // 3, (grew, len(body))
+        r = k.get("/api/v1/simple/creator/%s_599" % tag, token=user_token())
+        assert r.status == 200, r
+
+
+def test_import_line_longer_than_the_line_limit_is_reported_and_skipped():
+    def conf(k):
+        c = k.read_conf("10-server.json")
+        c["limits"]["max_body_line_bytes"] = 4096
+        k.write_conf("10-server.json", c)
+    tag = "edgeline%d" % (os.getpid() % 100000)
+    lines = [json.dumps({"username": tag + "_a"}),
+             json.dumps({"username": tag + "_b", "pad": "p" * 10000}),
+             json.dumps({"username": tag + "_c"})]
+    with Keeld(conf) as k:
+        r = k.admin_post("/admin/import", body="\n".join(lines),
+                         headers={"Content-Type": "application/x-ndjson"})
+        assert r.status == 200, r
+        got = r.json()
+        assert got["imported"] == 2 and got["failed"] == 1, got
+        assert {"line": 2, "ok": False, "error": "line too long"} in got["results"], got
+        # keelctl sends the file as NDJSON and still works.
+        path = os.path.join(k.dir, "import.ndjson")
+        with open(path, "w") as f:
+            f.write(json.dumps({"username": tag + "_d"}) + "\n")
+        out = k.keelctl("import", path)
+        assert out.returncode == 0, out.stdout
