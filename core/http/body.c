@@ -14,7 +14,7 @@
 
 #include "http/request.h"
 #include "http/server.h"
-#include "plugin/table.h"
+#include "http/routes.h"
 #include "util/log.h"
 
 /* The read buffer starts here and doubles up to the line limit. */
@@ -74,8 +74,12 @@ static bool route_streams(keel_request *req)
         return false;
     struct keel__route_match m;
     char allow[8];
-    if (keel__router_match(req->table->routers[req->listener], req->method, req->path, &m,
-                           req->match_scratch, 1024, allow, sizeof allow) != KEEL__MATCH_OK)
+    /* The router decodes the path into the scratch; never longer. */
+    size_t scratch_len = strlen(req->path) + 1;
+    char *scratch = keel__req_alloc(req, scratch_len);
+    if (scratch == NULL ||
+        keel__router_match(req->table->routers[req->listener], req->method, req->path, &m, scratch,
+                           scratch_len, allow, sizeof allow) != KEEL__MATCH_OK)
         return false;
     const struct keel__route *r = m.data;
     return r != NULL && r->stream_body;
