@@ -53,6 +53,11 @@ keel_request *keel__request_new(struct MHD_Connection *conn, int listener, const
     return req;
 }
 
+void keel__request_restart_clock(keel_request *req)
+{
+    req->start_ns = now_ns();
+}
+
 int64_t keel__request_elapsed_ns(const keel_request *req)
 {
     return now_ns() - req->start_ns;

@@ -111,11 +111,16 @@ struct keel_request {
     struct keel__cleanup *cleanups;
 };
 
+/* method is NULL while only the request line is in (the URI log callback);
+ * the server sets it once the headers are. */
 keel_request *keel__request_new(struct MHD_Connection *conn, int listener, const char *method,
                                 const char *url);
 /* Runs cleanups in reverse order, drops the table reference, frees everything. */
 void keel__request_free(keel_request *req);
 
+/* The request's clock starts again now: latency counts from the moment its
+ * headers are in, not from its request line (a slow client's own time). */
+void keel__request_restart_clock(keel_request *req);
 /* Nanoseconds since the request arrived (monotonic). */
 int64_t keel__request_elapsed_ns(const keel_request *req);
 

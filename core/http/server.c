@@ -486,6 +486,7 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
     if (req->method == NULL) {
         req->method = method;
         req->path = url;
+        keel__request_restart_clock(req);
         return begin(req, version) ? MHD_YES : MHD_NO;
     }
     if (*upload_data_size != 0) {
