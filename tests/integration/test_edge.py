@@ -541,3 +541,28 @@ def test_import_line_longer_than_the_line_limit_is_reported_and_skipped():
             f.write(json.dumps({"username": tag + "_d"}) + "\n")
         out = k.keelctl("import", path)
         assert out.returncode == 0, out.stdout
+
+
+def test_clients_leaving_after_the_request_line_leave_nothing_in_flight():
+    """The request object starts with the request line now; a client that
+    leaves before its headers end, or is refused by libmicrohttpd, must not
+    stay counted in flight (a graceful stop waits for that count)."""
+    with Keeld() as k:
+        for data in (b"GET /health HTTP/1.1\r\n",
+                     b"GET /health HTTP/1.1\r\nHost: x\r\nX-Part",
+                     b"GET /health HTTP/1.1\r\nHost: x\r\nBad\r\n\r\n",
+                     b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 70000 + b"\r\n\r\n"):
+            for _ in range(5):
+                s = socket.create_connection(("127.0.0.1", k.port), timeout=10)
+                try:
+                    s.sendall(data)
+                    time.sleep(0.05)
+                finally:
+                    s.close()
+
+        def settled():
+            return k.admin_get("/admin/status").json()["in_flight"] == 1  # this request
+        assert keeltest_wait(settled), k.admin_get("/admin/status").json()
+        t0 = time.monotonic()
+        k.stop()
+        assert time.monotonic() - t0 < keeltest.scaled(5), "stop waited for phantom requests"
