@@ -12,6 +12,7 @@
 
 #include <keel/error.h>
 
+#include "conf/conf.h"
 #include "http/request.h"
 #include "http/server.h"
 #include "http/routes.h"
@@ -87,10 +88,11 @@ static bool route_streams(keel_request *req)
 
 bool keel__body_admit(keel_request *req, bool has_body)
 {
-    if (!has_body || req->listener != KEEL__LISTENER_ADMIN || keel__rt.conf == NULL)
+    if (!has_body || req->listener != KEEL__LISTENER_ADMIN)
         return true;
-    const struct keel__conf *c = keel__rt.conf;
-    if (atomic_fetch_add(&admin_active, 1) >= c->limits.max_admin_bodies) {
+    const struct keel__limits_conf *c = &keel__rt.limits;
+    long max = c->max_admin_bodies > 0 ? c->max_admin_bodies : 2;
+    if (atomic_fetch_add(&admin_active, 1) >= max) {
         atomic_fetch_sub(&admin_active, 1);
         keel__req_add_header(req, "Retry-After", "1");
         keel__req_add_header(req, "Connection", "close");
@@ -124,12 +126,10 @@ bool keel__body_admit(keel_request *req, bool has_body)
 
 long keel__body_cap(const keel_request *req)
 {
-    const struct keel__conf *c = keel__rt.conf;
-    if (c == NULL)
-        return 1048576;
+    const struct keel__limits_conf *c = &keel__rt.limits;
     if (req->listener != KEEL__LISTENER_ADMIN)
-        return c->limits.max_body_bytes;
-    return req->spool != NULL ? c->limits.max_admin_stream_bytes : c->limits.max_admin_body_bytes;
+        return c->max_body_bytes;
+    return req->spool != NULL ? c->max_admin_stream_bytes : c->max_admin_body_bytes;
 }
 
 int keel__spool_write(struct keel__spool *s, const char *data, size_t len)
@@ -148,8 +148,8 @@ int keel__spool_write(struct keel__spool *s, const char *data, size_t len)
 
 static size_t line_limit(void)
 {
-    return keel__rt.conf != NULL ? (size_t)keel__rt.conf->limits.max_body_line_bytes
-                                 : (size_t)8 * 1024 * 1024;
+    return keel__rt.limits.max_body_line_bytes > 0 ? (size_t)keel__rt.limits.max_body_line_bytes
+                                                   : (size_t)8 * 1024 * 1024;
 }
 
 /* Lines of an in-memory body. */

@@ -11,6 +11,7 @@
 
 #include <microhttpd.h>
 
+#include "conf/conf.h"
 #include "http/request.h"
 #include "http/server.h"
 
@@ -315,13 +316,13 @@ struct keel__edge_verdict keel__edge_check_request(keel_request *req, const char
     if (v.status != 0 || req->listener != KEEL__LISTENER_ADMIN)
         return v;
 
-    const struct keel__conf *conf = keel__rt.conf;
+    const struct keel__server_conf *conf = &keel__rt.server;
     char local[INET6_ADDRSTRLEN];
-    struct keel__edge_admin a = {.host = conf->admin.host,
+    struct keel__edge_admin a = {.host = conf->admin_host,
                                  .local = local,
-                                 .port = conf->admin.port,
-                                 .names = conf->admin.allowed_hosts,
-                                 .nnames = conf->admin.nallowed_hosts};
+                                 .port = conf->admin_port,
+                                 .names = conf->admin_allowed_hosts,
+                                 .nnames = conf->admin_nallowed_hosts};
     local_address(req->conn, local, sizeof local, &a.loopback);
     return keel__edge_check_admin(
         &a, req->method, MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND, "Host"),

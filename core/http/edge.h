@@ -88,7 +88,7 @@ struct keel__edge_admin {
     const char *local; /* the connection's local address literal, or NULL */
     int port;
     bool loopback;
-    char *const *names; /* admin.allowed_hosts */
+    const char *const *names; /* admin.allowed_hosts */
     size_t nnames;
 };
 

@@ -197,7 +197,7 @@ static void test_origin_path(void **state)
 static void test_admin(void **state)
 {
     (void)state;
-    char *names[] = {"keel-admin.internal"};
+    const char *names[] = {"keel-admin.internal"};
     struct keel__edge_admin a = {.host = "127.0.0.1",
                                  .local = "127.0.0.1",
                                  .port = 8081,
