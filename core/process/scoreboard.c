@@ -25,13 +25,6 @@ static pthread_once_t slot_key_once = PTHREAD_ONCE_INIT;
 
 static _Thread_local int my_index = -1;
 
-int64_t keel__monotonic_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
 int keel__sb_create(unsigned n)
 {
     size_t len = (size_t)n * sizeof *board;

@@ -22,6 +22,8 @@
 #include <keel/common.h>
 #include <keel/error.h>
 
+#include "util/time.h"
+
 /* Threads of one worker that can be attributed; later threads run
  * unrecorded (their crashes are reported as core crashes). */
 #define KEEL__SB_THREADS 1100
@@ -82,7 +84,5 @@ bool keel__sb_read_thread(const struct keel__sb_worker *w, unsigned t, struct ke
 /* Threads of this process in plugin code for longer than limit_ns (handler
  * calls only): what a draining worker may leave behind. */
 int keel__sb_stuck_handlers(int64_t limit_ns);
-
-int64_t keel__monotonic_ns(void);
 
 #endif

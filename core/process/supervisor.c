@@ -572,7 +572,6 @@ static void fanout_finish(struct fanout *f)
             keel__conf_apply_env(fresh, err, sizeof err) == 0) {
             keel__conf_free(sup.conf);
             sup.conf = fresh;
-            keel__rt.conf = fresh;
         } else {
             keel__conf_free(fresh);
         }

@@ -16,7 +16,7 @@
 #include <unistd.h>
 
 #include "http/server.h"
-#include "ops/admin.h"
+#include "ops/core_routes.h"
 #include "ops/metrics.h"
 #include "plugin/loader.h"
 #include "plugin/registry.h"
@@ -27,6 +27,7 @@
 static int ctl_fd = -1;
 static pthread_mutex_t send_lock = PTHREAD_MUTEX_INITIALIZER;
 static atomic_int lame_duck;
+static atomic_int reload_timeout_ms = 60000;
 
 /* Threads waiting for the supervisor's answer to a fan-out. */
 #define NWAITERS 32
@@ -51,6 +52,16 @@ void keel__worker_attach(int fd)
 bool keel__worker_active(void)
 {
     return ctl_fd >= 0;
+}
+
+void keel__worker_set_reload_timeout(int ms)
+{
+    atomic_store(&reload_timeout_ms, ms);
+}
+
+int keel__worker_reload_timeout_ms(void)
+{
+    return atomic_load(&reload_timeout_ms);
 }
 
 bool keel__worker_draining(void)

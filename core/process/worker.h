@@ -23,6 +23,11 @@ bool keel__worker_active(void);
  * answers 503 "draining" while every route still serves. */
 bool keel__worker_draining(void);
 
+/* How long a whole-server reload may take (every plugin's init deadline
+ * and a margin); set by the worker at start-up. */
+void keel__worker_set_reload_timeout(int ms);
+int keel__worker_reload_timeout_ms(void);
+
 /*
  * Asks the supervisor to run verb (describe | metrics | status | reload)
  * with arg (may be NULL) on every worker and merge the answers.  On success
