@@ -131,6 +131,14 @@ void *keel__req_alloc(keel_request *req, size_t size)
     return p;
 }
 
+size_t keel__request_arena_bytes(const keel_request *req)
+{
+    size_t n = 0;
+    for (const struct keel__arena_block *b = req->arena; b != NULL; b = b->next)
+        n += b->size;
+    return n;
+}
+
 void *keel__req_alloc_ctx(void *ctx, size_t size)
 {
     return keel__req_alloc(ctx, size);

@@ -134,6 +134,8 @@ int64_t keel__request_elapsed_ns(const keel_request *req);
 /* Request-lifetime allocation (zeroed), aligned for any type.  NULL when
  * memory runs out or size is absurd (beyond SIZE_MAX / 4). */
 void *keel__req_alloc(keel_request *req, size_t size);
+/* Bytes the request's arena has taken from malloc so far (for tests). */
+size_t keel__request_arena_bytes(const keel_request *req);
 /* Matches the usersync allocator signature: ctx is the request. */
 void *keel__req_alloc_ctx(void *ctx, size_t size);
 char *keel__req_strdup(keel_request *req, const char *s);

@@ -215,10 +215,11 @@ typedef struct keel_host {
     /*
      * Frees a result now instead of when the request completes, so a
      * handler running many statements (an import) holds one at a time.  res
-     * must not be used afterwards; NULL is ignored.  Capability
+     * must not be used afterwards (it reads as an empty result); NULL is
+     * ignored.  Works inside a transaction callback too.  Capability
      * "db_result_free".
      */
-    void (*db_result_free)(keel_request *req, keel_db_result *res);
+    void (*db_result_free)(keel_db_result *res);
     /*
      * A query-string argument: 0 with *value the decoded text (as
      * req_query), KEEL_ENOTFOUND when the URL has no such argument,
