@@ -225,8 +225,10 @@ static int parse_log_level(struct parse_ctx *c, const char *section, const char 
 static int parse_secret_file(struct parse_ctx *c, const char *section, const char *key, json_t *v);
 static int parse_keys(struct parse_ctx *c, const char *section, const char *key, json_t *v);
 static int parse_origins(struct parse_ctx *c, const char *section, const char *key, json_t *v);
+static int parse_proxies(struct parse_ctx *c, const char *section, const char *key, json_t *v);
 
 static const char *const access_formats[] = {"text", "json", NULL};
+static const char *const poolers[] = {"none", "pgbouncer-session", "pgbouncer-transaction", NULL};
 
 static const struct field server_fields[] = {
     STRING(server, host, 0),
@@ -235,6 +237,8 @@ static const struct field server_fields[] = {
     INT(server, connection_timeout_s, 1, 3600),
     INT(server, shutdown_timeout_s, 0, 3600),
     STRING(server, plugin_dir, 0),
+    CUSTOM("trusted_proxies", parse_proxies),
+    STRING(server, runtime_dir, 0),
     {0},
 };
 
@@ -262,6 +266,8 @@ static const struct field database_fields[] = {
     INT(database, breaker_failures, 1, 1000),
     INT(database, breaker_open_ms, 1, 3600000),
     STRING(database, migrations_dir, 0),
+    CHOICE(database, pooler, poolers),
+    STRING(database, listen_url, F_NULLABLE),
     {0},
 };
 
@@ -618,6 +624,37 @@ static int parse_origins(struct parse_ctx *c, const char *section, const char *k
     return 0;
 }
 
+#define MAX_PROXIES 256
+
+static int parse_proxies(struct parse_ctx *c, const char *section, const char *key, json_t *v)
+{
+    struct keel__conf *conf = c->conf;
+    if (!json_is_array(v) || json_array_size(v) > MAX_PROXIES)
+        return keel__conf_fail(c->err, c->errlen,
+                               "%s: %s.%s: expected an array of at most %d CIDR strings", c->file,
+                               section, key, MAX_PROXIES);
+    free(conf->server.trusted_proxies);
+    conf->server.trusted_proxies = NULL;
+    conf->server.ntrusted_proxies = 0;
+    size_t n = json_array_size(v);
+    if (n == 0)
+        return 0;
+    conf->server.trusted_proxies = calloc(n, sizeof *conf->server.trusted_proxies);
+    if (conf->server.trusted_proxies == NULL)
+        return keel__conf_nomem(c->err, c->errlen);
+    for (size_t i = 0; i < n; i++) {
+        json_t *o = json_array_get(v, i);
+        if (!keel__conf_is_text(o) ||
+            keel__cidr_parse(json_string_value(o), &conf->server.trusted_proxies[i]) != 0)
+            return keel__conf_fail(c->err, c->errlen,
+                                   "%s: %s.%s[%zu]: expected an address or CIDR like "
+                                   "\"10.0.0.0/8\" or \"::1\"",
+                                   c->file, section, key, i);
+        conf->server.ntrusted_proxies = i + 1;
+    }
+    return 0;
+}
+
 /* ------------------------------------------------------------------ loading */
 
 static int set_defaults(struct keel__conf *conf)
@@ -658,6 +695,8 @@ static int set_defaults(struct keel__conf *conf)
         set_string(&conf->admin.host, "127.0.0.1") < 0 ||
         set_string(&conf->log.access_format, "text") < 0 ||
         set_string(&conf->database.migrations_dir, KEEL_DATADIR "/migrations") < 0 ||
+        set_string(&conf->database.pooler, "none") < 0 ||
+        set_string(&conf->server.runtime_dir, "/tmp") < 0 ||
         set_string(&conf->auth.audience, "authenticated") < 0 ||
         set_string(&conf->cors.methods, "GET, POST, PUT, PATCH, DELETE, OPTIONS") < 0 ||
         set_string(&conf->cors.headers, "Authorization, Content-Type") < 0)
@@ -858,6 +897,10 @@ void keel__conf_free(struct keel__conf *conf)
     free(conf->log.access_format);
     free(conf->database.url);
     free(conf->database.migrations_dir);
+    free(conf->database.pooler);
+    free(conf->database.listen_url);
+    free(conf->server.trusted_proxies);
+    free(conf->server.runtime_dir);
     free(conf->auth.jwt_secret);
     free(conf->auth.jwt_kid);
     free_keys(conf);
@@ -999,7 +1042,9 @@ int keel__conf_apply_env(struct keel__conf *conf, char *err, size_t errlen)
     const char *secret = env("KEEL_JWT_SECRET");
     const char *plugin_dir = env("KEEL_PLUGIN_DIR");
     const char *level_name = env("KEEL_LOG_LEVEL");
+    const char *pooler = env("KEEL_DATABASE_POOLER");
     char *host = NULL, *admin_host = NULL, *url_copy = NULL, *secret_copy = NULL;
+    char *pooler_copy = NULL;
     char *dir_copy = NULL;
     char **files = NULL;
     int port = 0, admin_port = 0, level = -1, rc = 0;
@@ -1014,6 +1059,18 @@ int keel__conf_apply_env(struct keel__conf *conf, char *err, size_t errlen)
                              level_name);
         goto out;
     }
+    if (pooler != NULL) {
+        size_t i = 0;
+        while (poolers[i] != NULL && strcmp(poolers[i], pooler) != 0)
+            i++;
+        if (poolers[i] == NULL) {
+            rc = keel__conf_fail(err, errlen,
+                                 "KEEL_DATABASE_POOLER: expected none, pgbouncer-session or "
+                                 "pgbouncer-transaction, got \"%s\"",
+                                 pooler);
+            goto out;
+        }
+    }
     const char *final_admin = admin_host ? admin_host : conf->admin.host;
     if (!is_loopback(final_admin) && conf->admin.token == NULL) {
         rc = keel__conf_fail(err, errlen,
@@ -1024,7 +1081,8 @@ int keel__conf_apply_env(struct keel__conf *conf, char *err, size_t errlen)
     }
     if ((url != NULL && (url_copy = strdup(url)) == NULL) ||
         (secret != NULL && (secret_copy = strdup(secret)) == NULL) ||
-        (plugin_dir != NULL && (dir_copy = strdup(plugin_dir)) == NULL)) {
+        (plugin_dir != NULL && (dir_copy = strdup(plugin_dir)) == NULL) ||
+        (pooler != NULL && (pooler_copy = strdup(pooler)) == NULL)) {
         rc = keel__conf_nomem(err, errlen);
         goto out;
     }
@@ -1053,6 +1111,7 @@ int keel__conf_apply_env(struct keel__conf *conf, char *err, size_t errlen)
     if (level >= 0)
         conf->log.level = level;
     move_string(&conf->database.url, &url_copy);
+    move_string(&conf->database.pooler, &pooler_copy);
     move_string(&conf->auth.jwt_secret, &secret_copy);
     move_string(&conf->server.plugin_dir, &dir_copy);
     /* files is set only when KEEL_PLUGIN_DIR is, so these match plugin_dir. */
@@ -1065,6 +1124,7 @@ out:
     free(url_copy);
     free(secret_copy);
     free(dir_copy);
+    free(pooler_copy);
     if (files != NULL) {
         for (size_t i = 0; i < conf->nplugins; i++)
             free(files[i]);

@@ -29,6 +29,8 @@
 
 #include <keel/common.h>
 
+#include "util/cidr.h"
+
 enum keel__auth_level { KEEL__AUTH_PUBLIC = 0, KEEL__AUTH_USER = 1, KEEL__AUTH_ADMIN = 2 };
 enum keel__listener { KEEL__LISTENER_MAIN = 0, KEEL__LISTENER_ADMIN = 1 };
 
@@ -74,6 +76,12 @@ struct keel__conf {
         int connection_timeout_s;
         int shutdown_timeout_s; /* SIGTERM drain deadline, default 10 */
         char *plugin_dir;       /* default KEEL_PLUGINDIR (the install's lib/keel) */
+        /* Peers whose X-Forwarded-For names the client (a load balancer);
+         * CIDRs, default none. */
+        struct keel__cidr *trusted_proxies;
+        size_t ntrusted_proxies;
+        /* Where private copies of plugin files live; default /tmp. */
+        char *runtime_dir;
     } server;
 
     struct {
@@ -98,6 +106,12 @@ struct keel__conf {
         int breaker_failures;     /* consecutive unavailable failures, default 3 */
         int breaker_open_ms;      /* time open before a half-open probe, default 2000 */
         char *migrations_dir;     /* default KEEL_DATADIR "/migrations" */
+        char *pooler;             /* "none" (default) | "pgbouncer-session" |
+                                     "pgbouncer-transaction" */
+        /* The LISTEN connection for fleet-wide cache invalidation; NULL =
+         * url.  It needs a session of its own, so behind a transaction
+         * pooler point it at PostgreSQL directly. */
+        char *listen_url;
     } database;
 
     struct {

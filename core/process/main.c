@@ -88,6 +88,10 @@ static int setup_db(const struct keel__conf *c)
     }
     struct keel__db_conf dc = {
         .conninfo = c->database.url,
+        .pooler = strcmp(c->database.pooler, "pgbouncer-transaction") == 0
+                      ? KEEL__DB_POOLER_TRANSACTION
+                  : strcmp(c->database.pooler, "pgbouncer-session") == 0 ? KEEL__DB_POOLER_SESSION
+                                                                         : KEEL__DB_POOLER_NONE,
         .pool_size = c->database.pool_size,
         .wait_ms = c->database.pool_wait_ms,
         .connect_timeout_s = c->database.connect_timeout_s,

@@ -512,6 +512,10 @@ class Keeld:
         })
         if "KEEL_DATABASE_URL" not in self.extra_env:
             env["KEEL_DATABASE_URL"] = self.db.url
+            bouncer = through_pgbouncer
+            if bouncer is not None and isinstance(self.db, Database):
+                env["KEEL_DATABASE_URL"] = bouncer.url_for(self.db.name)
+                env["KEEL_DATABASE_POOLER"] = "pgbouncer-" + bouncer.mode
         for k, v in self.extra_env.items():
             if v is None:
                 env.pop(k, None)
@@ -902,3 +906,93 @@ class PrivatePostgres:
 
     def __repr__(self):
         return "<PrivatePostgres port=%d dir=%s>" % (self.port, self.dir)
+
+
+# ---------------------------------------------------------------- PgBouncer
+
+PGBOUNCER = os.environ.get("KEEL_TEST_PGBOUNCER", "/usr/sbin/pgbouncer")
+
+
+class PgBouncer:
+    """Debian's pgbouncer in front of a PostgreSQL server (default: the test
+    server of KEEL_TEST_DATABASE_URL), in "session" or "transaction" pool
+    mode. Every database name is forwarded (a "*" entry) and connects as the
+    target URL's user; clients are not authenticated (auth_type any), as on
+    a loopback-only test set-up. .url_for(dbname) is a libpq URL through it.
+    Nothing is configured to help keel: no ignore_startup_parameters.
+    """
+
+    def __init__(self, mode, target_url=None):
+        if mode not in ("session", "transaction"):
+            raise ValueError("pool mode %r" % mode)
+        target = urllib.parse.urlsplit(target_url or _admin_url())
+        self.mode = mode
+        self.dir = tempfile.mkdtemp(prefix="keeltest-pgbouncer-")
+        os.chmod(self.dir, 0o755)
+        if os.geteuid() == 0:
+            shutil.chown(self.dir, "postgres", "postgres")
+        self.port = free_port()
+        self.log_path = os.path.join(self.dir, "pgbouncer.log")
+        ini = os.path.join(self.dir, "pgbouncer.ini")
+        with open(ini, "w") as f:
+            f.write("[databases]\n* = host=%s port=%d user=%s\n\n"
+                    "[pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = %d\n"
+                    "unix_socket_dir =\nauth_type = any\npool_mode = %s\n"
+                    "max_client_conn = 400\ndefault_pool_size = 20\n"
+                    "logfile = %s\npidfile = %s\n"
+                    % (target.hostname, target.port or 5432, target.username or "postgres",
+                       self.port, mode, self.log_path, os.path.join(self.dir, "pgbouncer.pid")))
+        os.chmod(ini, 0o644)
+        self.proc = subprocess.Popen(_as_postgres([PGBOUNCER, ini]), cwd="/",
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _live_processes.append(self)
+        deadline = time.monotonic() + scaled(15)
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                break
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    self.cleanup()
+                    raise RuntimeError("pgbouncer did not start: %s" % self.log_tail())
+                time.sleep(0.05)
+
+    def url_for(self, dbname):
+        return "postgresql://keel@127.0.0.1:%d/%s" % (self.port, dbname)
+
+    def log_tail(self, lines=20):
+        try:
+            with open(self.log_path, errors="replace") as f:
+                return "".join(f.readlines()[-lines:])
+        except OSError:
+            return ""
+
+    def cleanup(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self in _live_processes:
+            _live_processes.remove(self)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def _terminate_for_cleanup(self):
+        self.cleanup()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.cleanup()
+
+    def __repr__(self):
+        return "<PgBouncer %s port=%d>" % (self.mode, self.port)
+
+
+# While set, every Keeld whose database is a Database (not a URL given in
+# env) reaches it through this PgBouncer with database.pooler set to match:
+# that is how test_pgbouncer.py runs other modules' tests through a pooler.
+through_pgbouncer = None
