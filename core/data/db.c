@@ -40,6 +40,8 @@
 #define IDLE_IN_TX_MIN_MS 10000
 
 #define MAX_PARAMS 65535
+/* How long a run of failed statements keeps /health at "down". */
+#define FAILING_FOR_MS 10000
 #define SQL_LOG_MAX 200
 
 struct stmt_entry {
@@ -89,7 +91,7 @@ struct keel__db {
      * counts as down even though it answers pings. */
     atomic_int failing;
     int fail_threshold;
-    int64_t probe_ms; /* the ticker's thread only */
+    _Atomic int64_t last_failure_ms;
     char connect_timeout[16];
     char tcp_user_timeout[16];
     const char *keywords[KW_END + 1];
@@ -900,9 +902,10 @@ int keel__db_exec(keel__db *db, keel__db_conn *c, const char *sql, int nparams,
         }
     }
 
-    if (rc == KEEL_EDB_UNAVAILABLE || rc == KEEL_EDB_BUG)
+    if (rc == KEEL_EDB_UNAVAILABLE || rc == KEEL_EDB_BUG) {
         atomic_fetch_add(&db->failing, 1);
-    else
+        atomic_store(&db->last_failure_ms, keel__now_ms());
+    } else
         atomic_store(&db->failing, 0);
     if (rc == 0) {
         c->checkout_ok = true;
@@ -924,34 +927,17 @@ bool keel__db_up(const keel__db *db)
     /* Half-open is still down: requests are refused until the probe succeeds.
      * A server that answers pings while every statement fails (a broken
      * pooler, a revoked grant) is down too: what matters is the queries. */
-    return keel__breaker_state(db->breaker) == KEEL__BREAKER_CLOSED &&
-           atomic_load(&db->failing) < db->fail_threshold;
-}
-
-/* While statements keep failing with the breaker closed, one statement a
- * second goes through the same path as the requests' (pooler mode,
- * statement cache), so that /health turns "up" again without traffic once
- * they work. */
-static void probe_queries(keel__db *db)
-{
-    int64_t now = keel__now_ms();
-    if (atomic_load(&db->failing) < db->fail_threshold || now - db->probe_ms < 1000)
-        return;
-    db->probe_ms = now;
-    keel__db_conn *c;
-    char err[256];
-    if (keel__db_acquire(db, &c, err, sizeof err) != 0)
-        return;
-    PGresult *res = NULL;
-    if (keel__db_exec(db, c, "SELECT 1", 0, NULL, &res, err, sizeof err) == 0)
-        PQclear(res);
-    keel__db_release(db, c);
+    if (keel__breaker_state(db->breaker) != KEEL__BREAKER_CLOSED)
+        return false;
+    /* Without traffic nothing would reset the count, and a load balancer
+     * that stopped sending requests because of it would never see "up"
+     * again: failures older than FAILING_FOR_MS no longer count. */
+    return atomic_load(&db->failing) < db->fail_threshold ||
+           keel__now_ms() - atomic_load(&db->last_failure_ms) > FAILING_FOR_MS;
 }
 
 void keel__db_tick(keel__db *db)
 {
-    if (keel__breaker_state(db->breaker) == KEEL__BREAKER_CLOSED)
-        probe_queries(db);
     if (!keel__breaker_try_probe(db->breaker, keel__now_ms()))
         return;
     PGPing ping = PQpingParams(db->keywords, db->values, 1);

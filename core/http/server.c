@@ -589,6 +589,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK && !req->responded)
         status = 499;
     keel__metrics_observe(req->route ? req->route->metrics : NULL, status, ns);
+    keel__metrics_degraded(req->route ? req->route->metrics : NULL, req->headers);
     access_log(req, status, ns);
     keel__request_free(req);
     atomic_fetch_sub(&in_flight, 1);

@@ -8,13 +8,17 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include <jansson.h>
+
+#include <keel/plugin.h>
 
 #include "conf/conf.h"
 #include "data/db.h"
 #include "data/breaker.h"
 #include "plugin/loader.h"
+#include "http/request.h"
 #include "http/server.h"
 #include "plugin/table.h"
 #include "identity/usersync.h"
@@ -34,7 +38,12 @@ struct keel__route_metrics {
     atomic_ullong buckets[NBUCKETS];
     atomic_ullong count;
     atomic_ullong sum_ns;
+    atomic_ullong degraded[3]; /* by degraded_reasons */
 };
+
+/* Why a 2xx may still not be the real answer: a read served from a degraded
+ * path (X-Keel-Degraded: database, or another value), or a plugin's stub. */
+static const char *const degraded_reasons[3] = {"database", "fallback", "other"};
 
 static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct keel__route_metrics *registry;
@@ -88,6 +97,21 @@ void keel__metrics_observe(struct keel__route_metrics *m, unsigned status, int64
     atomic_fetch_add_explicit(&m->count, 1, memory_order_relaxed);
     atomic_fetch_add_explicit(&m->sum_ns, (unsigned long long)(latency_ns > 0 ? latency_ns : 0),
                               memory_order_relaxed);
+}
+
+void keel__metrics_degraded(struct keel__route_metrics *m, const void *headers)
+{
+    if (m == NULL)
+        m = &unmatched;
+    for (const struct keel__header *h = headers; h != NULL; h = h->next) {
+        int reason = -1;
+        if (strcasecmp(h->name, "X-Keel-Degraded") == 0)
+            reason = strcasecmp(h->value, "database") == 0 ? 0 : 2;
+        else if (strcasecmp(h->name, "X-Keel-Fallback") == 0)
+            reason = 1;
+        if (reason >= 0)
+            atomic_fetch_add_explicit(&m->degraded[reason], 1, memory_order_relaxed);
+    }
 }
 
 void keel__metrics_reload(bool ok)
@@ -171,6 +195,23 @@ static void render_routes(struct text *t)
                      "plugin=\"%s\",status=\"%u\"} %llu\n",
                      listener_name(m->listener), m->method, esc(m->path, p, sizeof p),
                      esc(m->plugin ? m->plugin : "-", pl, sizeof pl), s + 100, n);
+            }
+        }
+    }
+    emit(t, "# HELP keel_degraded_responses_total Responses that were not the real answer: "
+            "degraded for lack of the database, or a plugin's fallback stub.\n"
+            "# TYPE keel_degraded_responses_total counter\n");
+    for (int pass = 0; pass < 2; pass++) {
+        for (struct keel__route_metrics *m = all[pass]; m != NULL; m = pass ? NULL : m->next) {
+            for (size_t r = 0; r < 3; r++) {
+                unsigned long long n = atomic_load_explicit(&m->degraded[r], memory_order_relaxed);
+                if (n == 0)
+                    continue;
+                emit(t,
+                     "keel_degraded_responses_total{listener=\"%s\",method=\"%s\",route=\"%s\","
+                     "reason=\"%s\"} %llu\n",
+                     listener_name(m->listener), m->method, esc(m->path, p, sizeof p),
+                     degraded_reasons[r], n);
             }
         }
     }
@@ -330,6 +371,12 @@ char *keel__metrics_render(void)
     if (t.buf == NULL)
         return NULL;
     t.buf[0] = '\0';
+    emit(&t,
+         "# HELP keel_build_info The running keeld's version and plugin ABI.\n"
+         "# TYPE keel_build_info gauge\nkeel_build_info{version=\"%s\",abi=\"%d.%d\"} 1\n"
+         "# HELP keel_start_time_seconds When this keeld started, in Unix seconds.\n"
+         "# TYPE keel_start_time_seconds gauge\nkeel_start_time_seconds %lld\n",
+         PACKAGE_VERSION, KEEL_ABI_MAJOR, KEEL_ABI_MINOR, (long long)keel__rt.started_at);
     emit(&t,
          "# HELP keel_requests_in_flight Requests being processed.\n"
          "# TYPE keel_requests_in_flight gauge\nkeel_requests_in_flight %ld\n",

@@ -17,6 +17,10 @@ struct keel__route_metrics *keel__metrics_route(int listener, const char *method
                                                 const char *path_template, const char *plugin);
 /* Counts one finished request; m NULL means "no route matched". */
 void keel__metrics_observe(struct keel__route_metrics *m, unsigned status, int64_t latency_ns);
+/* Counts a response that was degraded (X-Keel-Degraded) or served by a
+ * fallback stub (X-Keel-Fallback), found among its extra headers; headers
+ * is the request's list (struct keel__header *, see http/request.h). */
+void keel__metrics_degraded(struct keel__route_metrics *m, const void *headers);
 /* Counts a reload result. */
 void keel__metrics_reload(bool ok);
 

@@ -114,3 +114,46 @@ def test_lock_timeout_applies_in_transaction_mode():
             assert r.status == 200, r
             assert took < 2.5, took
             assert "SQLSTATE 55P03" in k.log_text(), k.log_text()[-2000:]
+
+
+def metric(k, name, **labels):
+    text = k.admin_get("/metrics").text
+    total = 0
+    for line in text.splitlines():
+        if not (line.startswith(name + "{") or line.startswith(name + " ")):
+            continue
+        if all('%s="%s"' % (lk, lv) in line for lk, lv in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_failing_queries_turn_health_down_and_are_counted():
+    """Reads that fail while the server answers pings (here a table the read
+    needs is missing) give 200 degraded bodies: they are counted in
+    keel_degraded_responses_total and /health says database "down" until
+    queries work again."""
+    stats = "/api/v1/simple/creator/system/stats"
+    with keeltest.Database() as db, PgBouncer("transaction") as bouncer:
+        with Keeld(db=db, env={"KEEL_DATABASE_URL": bouncer.url_for(db.name),
+                               "KEEL_DATABASE_POOLER": "pgbouncer-transaction"}) as k:
+            token = keeltest.user_token()
+            r = k.get(stats, token=token)
+            assert r.status == 200 and r.header("X-Keel-Degraded") is None, r
+            assert k.get("/health").json()["database"] == "up"
+            db.query("ALTER TABLE stats_counters RENAME TO stats_counters_gone")
+            try:
+                for _ in range(5):
+                    r = k.get(stats, token=token)
+                    assert r.status == 200 and r.header("X-Keel-Degraded") == "database", r
+                h = k.get("/health").json()
+                assert h["database"] == "down" and h["status"] == "degraded", h
+                n = metric(k, "keel_degraded_responses_total", route=stats, reason="database")
+                assert n == 5, n
+            finally:
+                db.query("ALTER TABLE stats_counters_gone RENAME TO stats_counters")
+            r = k.get(stats, token=token)
+            assert r.header("X-Keel-Degraded") is None, r
+            assert k.get("/health").json()["database"] == "up"
+            build = metric(k, "keel_build_info")
+            assert build == 1, build
+            assert metric(k, "keel_start_time_seconds") > 1.7e9
