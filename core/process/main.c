@@ -22,6 +22,7 @@
 #include "http/server.h"
 #include "plugin/table.h"
 #include "identity/usersync.h"
+#include "identity/notify.h"
 
 #ifndef KEEL_SYSCONFDIR
 #define KEEL_SYSCONFDIR "/usr/local/etc/keel"
@@ -134,6 +135,26 @@ static int check_schema(const struct keel__conf *c)
         return -1;
     }
     return 0;
+}
+
+/* The LISTEN connection that keeps this instance's user cache in step with
+ * the rest of the fleet. */
+static keel__notify *user_changes;
+
+static void start_notify(const struct keel__conf *c)
+{
+    const char *url = c->database.listen_url ? c->database.listen_url : c->database.url;
+    if (url == NULL || *url == '\0' || keel__rt.usersync == NULL)
+        return;
+    if (c->database.listen_url == NULL &&
+        strcmp(c->database.pooler, "pgbouncer-transaction") == 0) {
+        log_warn("database: no listen_url and a transaction pooler, where LISTEN cannot work: "
+                 "user changes made elsewhere reach this instance only after usersync.ttl_s");
+        return;
+    }
+    if (keel__notify_start(url, keel__rt.usersync, &user_changes) != 0)
+        log_warn("database: cannot start the LISTEN thread; user changes made elsewhere reach "
+                 "this instance only after usersync.ttl_s");
 }
 
 /* Written by main, read by the ticker thread: an atomic, since volatile
@@ -292,6 +313,8 @@ int main(int argc, char **argv)
                                      .initial_credits = conf->usersync.initial_credits};
     if (keel__usersync_new(&uc, keel__rt.db, &keel__rt.usersync) != 0)
         goto out;
+    if (!check)
+        start_notify(conf);
     keel__rt.host = keel__host_api();
     if (keel__loader_init() != 0)
         goto out;
@@ -346,6 +369,7 @@ out:
         keel__plugins_stop();
     if (loader_up)
         keel__loader_shutdown();
+    keel__notify_stop(user_changes);
     keel__usersync_free(keel__rt.usersync);
     if (keel__rt.db != NULL)
         keel__db_free(keel__rt.db);

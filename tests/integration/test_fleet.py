@@ -1,0 +1,120 @@
+"""A fleet of keelds on one PostgreSQL: a user's status or role change, or
+`keelctl evict` on one instance, reaches every instance's user cache within
+2 s (LISTEN/NOTIFY), and an instance whose LISTEN connection was lost
+flushes its cache once it listens again.
+"""
+
+import time
+import uuid
+
+import keeltest
+import tokens
+from keeltest import Keeld
+
+TIMEOUT = 180
+
+
+def new_user():
+    sub = str(uuid.uuid4())
+    return sub, tokens.make_token(tokens.user_claims(sub, "fleet-%s@test.keel" % sub[:8]),
+                                  secret=keeltest.SECRET)
+
+
+def quiet_update(db, sql, *params):
+    """Runs sql with triggers off, as a change the users trigger cannot see."""
+    db.query("SET session_replication_role = replica; " + sql, *params)
+
+
+def until_refused(keelds, token, within):
+    """Seconds until every keeld answers 403 for token; fails past within."""
+    t0 = time.monotonic()
+    pending = list(keelds)
+    while pending:
+        pending = [k for k in pending if k.get("/api/v1/auth/me", token=token).status != 403]
+        if not pending:
+            break
+        assert time.monotonic() - t0 < within, "still served after %.1f s by %s" % (
+            time.monotonic() - t0, pending)
+        time.sleep(0.05)
+    return time.monotonic() - t0
+
+
+def wait_listening(*keelds):
+    for k in keelds:
+        k.wait_log(r"\[notify\] listening for user changes", timeout=10)
+
+
+def test_status_change_reaches_every_instance_within_2s():
+    with Keeld() as a, Keeld() as b:
+        wait_listening(a, b)
+        sub, token = new_user()
+        for k in (a, b, a, b):  # synced, then served from each cache
+            assert k.get("/api/v1/auth/me", token=token).status == 200
+        a.db.query("UPDATE users SET status = 'suspended' WHERE supabase_user_id = %s", sub)
+        until_refused([a, b], token, within=2.0)
+        # A role change is announced the same way.
+        sub2, token2 = new_user()
+        for k in (a, b):
+            assert k.get("/api/v1/auth/me", token=token2).json()["role"] == "user"
+        a.db.query("UPDATE users SET role = 'admin' WHERE supabase_user_id = %s", sub2)
+        t0 = time.monotonic()
+        for k in (a, b):
+            while k.get("/api/v1/auth/me", token=token2).json()["role"] != "admin":
+                assert time.monotonic() - t0 < 2.0, "role change not seen by %s" % k
+                time.sleep(0.05)
+
+
+def test_evict_on_one_instance_reaches_the_other_within_2s():
+    with Keeld() as a, Keeld() as b:
+        wait_listening(a, b)
+        sub, token = new_user()
+        for k in (a, b, a, b):
+            assert k.get("/api/v1/auth/me", token=token).status == 200
+        quiet_update(a.db, "UPDATE users SET status = 'suspended' WHERE supabase_user_id = %s",
+                     sub)
+        time.sleep(0.3)
+        assert b.get("/api/v1/auth/me", token=token).status == 200  # nothing told b yet
+        r = a.keelctl("evict", sub)
+        assert r.returncode == 0, r.stdout
+        until_refused([a, b], token, within=2.0)
+
+
+def test_lost_listen_connection_flushes_the_cache_when_back():
+    with Keeld() as k:
+        wait_listening(k)
+        sub, token = new_user()
+        assert k.get("/api/v1/auth/me", token=token).status == 200
+        mark = k.log_mark()
+        ended = k.db.scalar("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                            " WHERE application_name = 'keeld-listen'"
+                            " AND datname = current_database()")
+        assert int(ended) == 1, ended
+        k.wait_log(r"listening again after an outage: flushed 1 user-cache entry", timeout=10,
+                   since=mark)
+        # Made while the cache was flushed and with no notification: the next
+        # request syncs again and sees it.
+        quiet_update(k.db, "UPDATE users SET status = 'suspended' WHERE supabase_user_id = %s",
+                     sub)
+        assert k.get("/api/v1/auth/me", token=token).status == 403
+
+
+def test_no_listen_behind_a_transaction_pooler_without_listen_url():
+    with keeltest.PgBouncer("transaction") as bouncer:
+        db = keeltest.module_db()
+        env = {"KEEL_DATABASE_URL": bouncer.url_for(db.name),
+               "KEEL_DATABASE_POOLER": "pgbouncer-transaction"}
+        with Keeld(env=env) as k:
+            k.wait_log(r"no listen_url and a transaction pooler", timeout=10)
+
+        def direct(k):
+            d = k.read_conf("20-database.json")
+            d["database"]["listen_url"] = db.url
+            k.write_conf("20-database.json", d)
+        with Keeld(direct, env=env) as k, Keeld() as other:
+            wait_listening(k, other)
+            sub, token = new_user()
+            for x in (k, other, k):
+                assert x.get("/api/v1/auth/me", token=token).status == 200
+            other.db.query("UPDATE users SET status = 'inactive' WHERE supabase_user_id = %s",
+                           sub)
+            until_refused([k, other], token, within=2.0)
