@@ -50,6 +50,8 @@ keel_request *keel__request_new(struct MHD_Connection *conn, int listener, const
     req->path = url;
     req->id = atomic_fetch_add_explicit(&next_request_id, 1, memory_order_relaxed);
     req->start_ns = now_ns();
+    req->request_id[0] = '-';
+    req->client_addr[0] = '-';
     return req;
 }
 

@@ -67,6 +67,9 @@ struct keel_request {
     const char *path; /* without query string */
     uint64_t id;
     int64_t start_ns;
+    /* See core/http/clientaddr.h: X-Request-Id and who sent the request. */
+    char request_id[129];
+    char client_addr[47];
 
     /* Routing: the table snapshot this request was dispatched on holds a
      * reference to the plugin generation until the request completes. */

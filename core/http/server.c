@@ -20,6 +20,7 @@
 
 #include "plugin/hostapi.h"
 #include "util/log.h"
+#include "http/clientaddr.h"
 #include "http/deadline.h"
 #include "ops/metrics.h"
 #include "identity/ratelimit.h"
@@ -330,6 +331,10 @@ static enum MHD_Result scan_query(void *cls, enum MHD_ValueKind kind, const char
  * close the connection without reading the body. */
 static bool begin(keel_request *req)
 {
+    if (keel__request_identify(req) != 0) {
+        keel__respond_detail(req, 429, "Too many concurrent requests from this address");
+        return true;
+    }
     req->table = keel__table_acquire();
     req->match_scratch = keel__req_alloc(req, 1024);
     if (req->match_scratch == NULL)
@@ -525,10 +530,12 @@ static void access_log(const keel_request *req, unsigned status, int64_t ns)
     if (user == NULL)
         user = "-";
     if (access_json) {
-        json_t *o = json_pack("{s:s, s:s, s:s, s:i, s:f, s:s, s:I, s:s, s:s}", "time", ts, "method",
-                              req->method, "path", req->path, "status", (int)status, "latency_ms",
-                              (double)ns / 1e6, "plugin", plugin, "generation", (json_int_t)gen,
-                              "user", user, "listener", listeners[req->listener].name);
+        json_t *o = json_pack("{s:s, s:s, s:s, s:i, s:f, s:s, s:I, s:s, s:s, s:s, s:s}", "time", ts,
+                              "method", req->method, "path", req->path, "status", (int)status,
+                              "latency_ms", (double)ns / 1e6, "plugin", plugin, "generation",
+                              (json_int_t)gen, "user", user, "listener",
+                              listeners[req->listener].name, "client", req->client_addr,
+                              "request_id", req->request_id);
         /* Nine significant digits keep nanosecond latencies without the
          * binary noise of a full double. */
         char *s = o ? json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(9)) : NULL;
@@ -553,9 +560,10 @@ static void access_log(const keel_request *req, unsigned status, int64_t ns)
      * formatting, the other big share of the line's cost. */
     long long us = ns > 0 ? (ns + 500) / 1000 : 0;
 #define ACCESS_TEXT(buf, size)                                                                     \
-    snprintf(buf, size, "%s %s %s %s %u %lld.%03lldms plugin=%s gen=%llu user=%s\n", ts,           \
+    snprintf(buf, size,                                                                            \
+             "%s %s %s %s %u %lld.%03lldms plugin=%s gen=%llu user=%s client=%s rid=%s\n", ts,     \
              listeners[req->listener].name, req->method, req->path, status, us / 1000, us % 1000,  \
-             plugin, gen, user)
+             plugin, gen, user, req->client_addr, req->request_id)
     char stack[1024];
     char *line = stack;
     int n = ACCESS_TEXT(stack, sizeof stack);
@@ -669,7 +677,7 @@ static int start_daemon(struct listener *l, const char *host, int port, unsigned
     if (c->limits.max_connections > 0)
         opts[n++] = (struct MHD_OptionItem){MHD_OPTION_CONNECTION_LIMIT,
                                             (intptr_t)(unsigned)c->limits.max_connections, NULL};
-    if (c->limits.max_per_ip > 0)
+    if (c->limits.max_per_ip > 0 && c->server.ntrusted_proxies == 0)
         opts[n++] = (struct MHD_OptionItem){MHD_OPTION_PER_IP_CONNECTION_LIMIT,
                                             (intptr_t)(unsigned)c->limits.max_per_ip, NULL};
     /* libmicrohttpd keeps the request line and headers in this per-connection
