@@ -252,6 +252,7 @@ static const struct field admin_fields[] = {
 static const struct field log_fields[] = {
     CUSTOM("level", parse_log_level),
     STRING(log, access_log, F_NULLABLE),
+    STRING(log, error_log, F_NULLABLE),
     CHOICE(log, access_format, access_formats),
     {0},
 };
@@ -894,6 +895,7 @@ void keel__conf_free(struct keel__conf *conf)
     free(conf->admin.host);
     free(conf->admin.token);
     free(conf->log.access_log);
+    free(conf->log.error_log);
     free(conf->log.access_format);
     free(conf->database.url);
     free(conf->database.migrations_dir);

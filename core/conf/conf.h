@@ -94,6 +94,7 @@ struct keel__conf {
         int level;           /* KEEL_LOG_*, default info */
         char *access_log;    /* "-" = stderr, path, or NULL = off (the default) */
         char *access_format; /* "text" (default) | "json" */
+        char *error_log;     /* the server's own log: "-" or NULL = stderr (default), or a path */
     } log;
 
     struct {

@@ -722,6 +722,13 @@ static void open_access_log(void)
     }
 }
 
+void keel__server_reopen_logs(void)
+{
+    const char *dest = keel__rt.conf ? keel__rt.conf->log.access_log : NULL;
+    if (access_fd > 2 && dest != NULL && keel__log_reopen_onto(access_fd, dest) == 0)
+        log_info("reopened the access log %s", dest);
+}
+
 int keel__server_start(void)
 {
     const struct keel__conf *c = keel__rt.conf;

@@ -49,4 +49,7 @@ void keel__cors_headers(const keel_request *req, struct MHD_Response *resp);
 long keel__server_in_flight(void);
 unsigned long long keel__server_requests_total(void);
 
+/* Reopens the access log file under its configured name (SIGUSR1). */
+void keel__server_reopen_logs(void);
+
 #endif

@@ -265,6 +265,11 @@ int main(int argc, char **argv)
         return 1;
     }
     keel__log_set_level(conf->log.level);
+    if (keel__log_open(conf->log.error_log) != 0) {
+        fprintf(stderr, "keeld: cannot open log.error_log %s\n", conf->log.error_log);
+        keel__conf_free(conf);
+        return 1;
+    }
     keel__rt.conf = conf;
     keel__rt.started_at = (int64_t)time(NULL);
     long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
@@ -296,6 +301,7 @@ int main(int argc, char **argv)
     sigaddset(&sigs, SIGHUP);
     sigaddset(&sigs, SIGTERM);
     sigaddset(&sigs, SIGINT);
+    sigaddset(&sigs, SIGUSR1);
     pthread_sigmask(SIG_BLOCK, &sigs, NULL);
     signal(SIGPIPE, SIG_IGN);
 
@@ -343,6 +349,12 @@ int main(int argc, char **argv)
         int sig = 0;
         if (sigwait(&sigs, &sig) != 0)
             continue;
+        if (sig == SIGUSR1) {
+            /* logrotate has renamed the files: write to new ones. */
+            keel__log_reopen();
+            keel__server_reopen_logs();
+            continue;
+        }
         if (sig == SIGHUP) {
             log_info("SIGHUP: reloading every plugin");
             bool unknown;

@@ -1,0 +1,75 @@
+"""Service management: SIGUSR1 reopens the access and error logs (as
+contrib/logrotate/keel, run by the real logrotate, expects), keel_build_info
+and keel_start_time_seconds, the systemd unit's readiness notification,
+and plugin copies left by a killed keeld.
+"""
+
+import os
+import re
+import signal
+import subprocess
+import time
+
+import keeltest
+from keeltest import Keeld
+
+TIMEOUT = 120
+
+LOGROTATE_CONF = os.path.join(keeltest.srcdir, "contrib", "logrotate", "keel")
+
+
+def with_log_files(k):
+    s = k.read_conf("10-server.json")
+    s["log"]["access_log"] = os.path.join(k.dir, "logs", "access.log")
+    s["log"]["error_log"] = os.path.join(k.dir, "logs", "error.log")
+    k.write_conf("10-server.json", s)
+    os.makedirs(os.path.join(k.dir, "logs"), exist_ok=True)
+
+
+def read(path):
+    with open(path, errors="replace") as f:
+        return f.read()
+
+
+def wait_for(pred, timeout=5):
+    deadline = time.monotonic() + timeout
+    while not pred():
+        assert time.monotonic() < deadline, "condition not met in %d s" % timeout
+        time.sleep(0.05)
+
+
+def test_logrotate_with_sigusr1_loses_no_line():
+    with Keeld(with_log_files) as k:
+        logs = os.path.join(k.dir, "logs")
+        access, error = os.path.join(logs, "access.log"), os.path.join(logs, "error.log")
+        assert k.get("/health", headers={"X-Request-Id": "before-rotation"}).status == 200
+        wait_for(lambda: "before-rotation" in read(access))
+        assert "ready" in read(error)
+
+        # The shipped configuration, pointed at this server's files and pid.
+        conf = read(LOGROTATE_CONF)
+        conf = conf.replace("/var/log/keel/*.log", logs + "/*.log")
+        conf = conf.replace("create 0640 keel adm", "create 0640")
+        conf = re.sub(r"postrotate\n.*?endscript",
+                      "postrotate\n\t\tkill -USR1 %d\n\tendscript" % k.pid, conf, flags=re.S)
+        assert "kill -USR1" in conf and logs in conf, conf
+        path = os.path.join(k.dir, "logrotate.conf")
+        with open(path, "w") as f:
+            f.write(conf)
+        os.chmod(path, 0o644)
+        r = subprocess.run(["logrotate", "-f", "-s", os.path.join(k.dir, "logrotate.state"), path],
+                           capture_output=True, text=True, timeout=30)
+        assert r.returncode == 0, r.stderr
+
+        assert os.path.exists(access + ".1") and os.path.exists(error + ".1"), os.listdir(logs)
+        wait_for(lambda: os.path.exists(error) and "reopened the access log" in read(error))
+        assert k.alive(), "SIGUSR1 must not stop keeld"
+        assert k.get("/health", headers={"X-Request-Id": "after-rotation"}).status == 200
+        wait_for(lambda: os.path.exists(access) and "after-rotation" in read(access))
+        assert "after-rotation" not in read(access + ".1")
+        assert "before-rotation" in read(access + ".1")
+        # Several more signals in a row are harmless too.
+        for _ in range(3):
+            os.kill(k.pid, signal.SIGUSR1)
+        time.sleep(0.3)
+        assert k.get("/health").status == 200
