@@ -238,7 +238,7 @@ static const struct field server_fields[] = {
     INT(server, shutdown_timeout_s, 0, 3600),
     STRING(server, plugin_dir, 0),
     CUSTOM("trusted_proxies", parse_proxies),
-    STRING(server, runtime_dir, 0),
+    STRING(server, runtime_dir, F_NULLABLE),
     {0},
 };
 
@@ -697,7 +697,6 @@ static int set_defaults(struct keel__conf *conf)
         set_string(&conf->log.access_format, "text") < 0 ||
         set_string(&conf->database.migrations_dir, KEEL_DATADIR "/migrations") < 0 ||
         set_string(&conf->database.pooler, "none") < 0 ||
-        set_string(&conf->server.runtime_dir, "/tmp") < 0 ||
         set_string(&conf->auth.audience, "authenticated") < 0 ||
         set_string(&conf->cors.methods, "GET, POST, PUT, PATCH, DELETE, OPTIONS") < 0 ||
         set_string(&conf->cors.headers, "Authorization, Content-Type") < 0)

@@ -80,7 +80,8 @@ struct keel__conf {
          * CIDRs, default none. */
         struct keel__cidr *trusted_proxies;
         size_t ntrusted_proxies;
-        /* Where private copies of plugin files live; default /tmp. */
+        /* Where private copies of plugin files live; NULL (default) =
+         * $TMPDIR or /tmp. */
         char *runtime_dir;
     } server;
 

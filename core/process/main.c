@@ -11,6 +11,10 @@
 #include <time.h>
 #include <unistd.h>
 
+#ifdef HAVE_LIBSYSTEMD
+#include <systemd/sd-daemon.h>
+#endif
+
 #include "ops/admin.h"
 #include "identity/auth.h"
 #include "conf/conf.h"
@@ -322,6 +326,7 @@ int main(int argc, char **argv)
     if (!check)
         start_notify(conf);
     keel__rt.host = keel__host_api();
+    keel__loader_set_runtime_dir(conf->server.runtime_dir);
     if (keel__loader_init() != 0)
         goto out;
     loader_up = true;
@@ -344,6 +349,12 @@ int main(int argc, char **argv)
     if (pthread_create(&ticker, NULL, db_ticker, NULL) == 0)
         ticker_up = true;
     log_info("keeld %s ready (config %s)", PACKAGE_VERSION, confdir);
+#ifdef HAVE_LIBSYSTEMD
+    /* Type=notify: the listeners serve and the plugins are loaded.  Without
+     * NOTIFY_SOCKET (not started by systemd) this does nothing. */
+    sd_notifyf(0, "READY=1\nMAINPID=%ld\nSTATUS=serving on %s:%d", (long)getpid(),
+               conf->server.host, conf->server.port);
+#endif
 
     for (;;) {
         int sig = 0;
@@ -357,18 +368,27 @@ int main(int argc, char **argv)
         }
         if (sig == SIGHUP) {
             log_info("SIGHUP: reloading every plugin");
+#ifdef HAVE_LIBSYSTEMD
+            sd_notify(0, "RELOADING=1");
+#endif
             bool unknown;
             json_t *r = keel__plugins_reload(NULL, &unknown);
             char *text = r ? json_dumps(r, JSON_COMPACT) : NULL;
             log_info("reload result: %s", text ? text : "(none)");
             free(text);
             json_decref(r);
+#ifdef HAVE_LIBSYSTEMD
+            sd_notify(0, "READY=1");
+#endif
             continue;
         }
         log_info("%s: stopping (draining in-flight requests for up to %d s)",
                  sig == SIGTERM ? "SIGTERM" : "SIGINT", conf->server.shutdown_timeout_s);
         break;
     }
+#ifdef HAVE_LIBSYSTEMD
+    sd_notify(0, "STOPPING=1");
+#endif
     keel__server_stop(conf->server.shutdown_timeout_s);
     status = 0;
 

@@ -73,3 +73,67 @@ def test_logrotate_with_sigusr1_loses_no_line():
             os.kill(k.pid, signal.SIGUSR1)
         time.sleep(0.3)
         assert k.get("/health").status == 200
+
+
+UNIT = os.path.join(keeltest.srcdir, "contrib", "systemd", "keeld.service")
+
+
+def test_systemd_unit_verifies():
+    unit = read(UNIT)
+    for key in ("Type=notify", "ExecReload=", "NoNewPrivileges=yes", "ProtectSystem=strict",
+                "User=keel", "RuntimeDirectory=keel"):
+        assert key in unit, key
+    d = keeltest._mkdtemp("unit")
+    path = os.path.join(d, "keeld.service")
+    with open(path, "w") as f:
+        f.write(unit.replace("/usr/bin/keeld", os.path.join(keeltest.prefix, "bin", "keeld")))
+    r = subprocess.run(["systemd-analyze", "verify", path], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0 and "keeld.service" not in r.stderr, r.stderr
+
+
+def test_sd_notify_ready_once_serving_and_around_reloads():
+    import socket
+    d = keeltest._mkdtemp("notify")
+    addr = os.path.join(d, "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(addr)
+    sock.settimeout(keeltest.scaled(15))
+    try:
+        k = Keeld(env={"NOTIFY_SOCKET": addr}, start=False)
+        k.start(wait=False)
+        msg = sock.recv(4096).decode()
+        assert "READY=1" in msg and "MAINPID=%d" % k.pid in msg, msg
+        # Ready means serving: no retry needed for the first request.
+        assert k.get("/health").status == 200
+        assert k.get("/api/v1/example/hello").status == 200
+        k.wait_ready()
+        k.signal(signal.SIGHUP)
+        assert "RELOADING=1" in sock.recv(4096).decode()
+        assert "READY=1" in sock.recv(4096).decode()
+        k.stop()
+        assert "STOPPING=1" in sock.recv(4096).decode()
+    finally:
+        sock.close()
+
+
+def test_stale_plugin_copies_of_a_killed_keeld_are_removed():
+    rt = keeltest._mkdtemp("runtime")
+
+    def conf(k):
+        s = k.read_conf("10-server.json")
+        s["server"]["runtime_dir"] = rt
+        k.write_conf("10-server.json", s)
+    k = Keeld(conf)
+    copies = [n for n in os.listdir(rt) if n.startswith("keeld-%d-" % k.pid)]
+    assert len(copies) == 1, os.listdir(rt)
+    assert any(n.endswith(".so") for n in os.listdir(os.path.join(rt, copies[0])))
+    k.kill()
+    assert os.path.isdir(os.path.join(rt, copies[0]))  # nobody cleaned up
+    # Something that is not ours stays.
+    os.makedirs(os.path.join(rt, "keeld-notes"))
+    with Keeld(conf) as k2:
+        k2.wait_log(r"removed .*%s" % re.escape(copies[0]), timeout=5)
+        left = sorted(os.listdir(rt))
+        assert copies[0] not in left, left
+        assert "keeld-notes" in left and any(n.startswith("keeld-%d-" % k2.pid) for n in left)
