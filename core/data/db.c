@@ -860,6 +860,10 @@ static int run_statement(keel__db *db, keel__db_conn *c, const char *sql, uint64
 int keel__db_exec(keel__db *db, keel__db_conn *c, const char *sql, int nparams,
                   const char *const *params, PGresult **out, char *err, size_t errlen)
 {
+    /* Without a place for the result it is cleared as soon as it arrives. */
+    PGresult *discard = NULL;
+    if (out == NULL)
+        out = &discard;
     *out = NULL;
     if (c == NULL || sql == NULL || nparams < 0 || nparams > MAX_PARAMS ||
         (nparams > 0 && params == NULL)) {
@@ -902,6 +906,7 @@ int keel__db_exec(keel__db *db, keel__db_conn *c, const char *sql, int nparams,
         }
     }
 
+    PQclear(discard);
     if (rc == KEEL_EDB_UNAVAILABLE || rc == KEEL_EDB_BUG) {
         atomic_fetch_add(&db->failing, 1);
         atomic_store(&db->last_failure_ms, keel__now_ms());

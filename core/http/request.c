@@ -10,7 +10,8 @@
 
 #include "util/log.h"
 #include "http/server.h"
-#include "plugin/table.h"
+#include "http/routes.h"
+#include "util/counters.h"
 
 /* Arena blocks: requests mostly need a few hundred bytes (principal strings,
  * decoded parameters), so the first block is small and later blocks double. */
@@ -143,6 +144,19 @@ int keel__req_on_cleanup(keel_request *req, void (*fn)(void *), void *arg)
     c->next = req->cleanups;
     req->cleanups = c;
     return 0;
+}
+
+void keel__req_count_degraded(const keel_request *req)
+{
+    struct keel__route_metrics *m = req->route ? req->route->metrics : NULL;
+    for (const struct keel__header *h = req->headers; h != NULL; h = h->next) {
+        if (strcasecmp(h->name, "X-Keel-Degraded") == 0)
+            keel__metrics_degraded(m, strcasecmp(h->value, "database") == 0
+                                          ? KEEL__DEGRADED_DATABASE
+                                          : KEEL__DEGRADED_OTHER);
+        else if (strcasecmp(h->name, "X-Keel-Fallback") == 0)
+            keel__metrics_degraded(m, KEEL__DEGRADED_FALLBACK);
+    }
 }
 
 int keel__req_add_header(keel_request *req, const char *name, const char *value)

@@ -97,6 +97,9 @@ struct keel_request {
 
     /* Database. */
     char db_error[256];
+    /* Result wrappers freed early by the plugin, reused by the next
+     * statement so that freeing keeps the request's memory flat. */
+    struct keel_db_result *spare_results;
 
     struct keel__arena_block *arena;
     struct keel__cleanup *cleanups;
@@ -117,6 +120,9 @@ void *keel__req_alloc_ctx(void *ctx, size_t size);
 char *keel__req_strdup(keel_request *req, const char *s);
 int keel__req_on_cleanup(keel_request *req, void (*fn)(void *), void *arg);
 
+/* Counts the response in keel_degraded_responses_total when its headers say
+ * it was degraded or a fallback (at completion). */
+void keel__req_count_degraded(const keel_request *req);
 /* Adds a response header (copied). */
 int keel__req_add_header(keel_request *req, const char *name, const char *value);
 
