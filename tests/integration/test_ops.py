@@ -137,3 +137,43 @@ def test_stale_plugin_copies_of_a_killed_keeld_are_removed():
         left = sorted(os.listdir(rt))
         assert copies[0] not in left, left
         assert "keeld-notes" in left and any(n.startswith("keeld-%d-" % k2.pid) for n in left)
+
+
+PROM = os.path.join(keeltest.srcdir, "contrib", "prometheus")
+DASHBOARD = os.path.join(keeltest.srcdir, "contrib", "grafana", "keel-dashboard.json")
+
+
+def test_alert_rules_check_and_pass_their_unit_tests():
+    r = subprocess.run(["promtool", "check", "rules", "keel-alerts.yml"], cwd=PROM,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "9 rules found" in r.stdout, r.stdout
+    r = subprocess.run(["promtool", "test", "rules", "keel-alerts.test.yml"], cwd=PROM,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "SUCCESS" in r.stdout, r.stdout + r.stderr
+
+
+def test_metrics_lint_and_cover_what_dashboard_and_alerts_use():
+    import json
+    with Keeld() as k:
+        assert k.get("/health").status == 200
+        assert k.get("/api/v1/example/hello").status == 200
+        text = k.admin_get("/metrics").text
+        r = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True,
+                           text=True, timeout=60)
+        assert r.returncode == 0, r.stdout + r.stderr
+        exported = set(re.findall(r"^# TYPE (\w+) ", text, re.M))
+        assert {"keel_build_info", "keel_start_time_seconds",
+                "keel_degraded_responses_total"} <= exported, exported
+        assert re.search(r'^keel_build_info\{version="[^"]+",abi="\d+\.\d+"\} 1$', text, re.M)
+    with open(DASHBOARD) as f:
+        dash = json.load(f)
+    used = set()
+    for p in dash["panels"]:
+        for t in p["targets"]:
+            used |= set(re.findall(r"\b(keel_\w+)", t["expr"]))
+    used |= set(re.findall(r"\b(keel_\w+)", read(os.path.join(PROM, "keel-alerts.yml"))))
+    histo = {m + "_bucket" for m in exported} | {m + "_sum" for m in exported}
+    unknown = {m for m in used if m not in exported and m not in histo}
+    assert not unknown, "dashboard or alerts use metrics keeld does not export: %s" % unknown
+    assert len(used) >= 10, used
