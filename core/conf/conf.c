@@ -86,6 +86,62 @@ bool keel__conf_is_text(const json_t *v)
     return json_is_string(v) && strlen(json_string_value(v)) == json_string_length(v);
 }
 
+/* Edit distance (insert, delete, substitute, swap of neighbours) between
+ * short keys; past 63 characters keys are too long to be typos of ours. */
+static size_t key_distance(const char *a, const char *b)
+{
+    size_t la = strlen(a), lb = strlen(b);
+    if (la > 63 || lb > 63)
+        return (size_t)-1;
+    size_t d[64][64];
+    for (size_t i = 0; i <= la; i++)
+        d[i][0] = i;
+    for (size_t j = 0; j <= lb; j++)
+        d[0][j] = j;
+    for (size_t i = 1; i <= la; i++)
+        for (size_t j = 1; j <= lb; j++) {
+            size_t cost = a[i - 1] == b[j - 1] ? 0 : 1;
+            size_t best = d[i - 1][j] + 1;
+            if (d[i][j - 1] + 1 < best)
+                best = d[i][j - 1] + 1;
+            if (d[i - 1][j - 1] + cost < best)
+                best = d[i - 1][j - 1] + cost;
+            if (i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] &&
+                d[i - 2][j - 2] + 1 < best)
+                best = d[i - 2][j - 2] + 1;
+            d[i][j] = best;
+        }
+    return d[la][lb];
+}
+
+const char *keel__conf_nearest(const char *key, const char *const *known)
+{
+    const char *best = NULL;
+    size_t best_d = (size_t)-1;
+    for (size_t i = 0; known[i] != NULL; i++) {
+        size_t d = key_distance(key, known[i]);
+        if (d < best_d) {
+            best_d = d;
+            best = known[i];
+        }
+    }
+    /* Close enough to be a typo: two edits, or a third of a long key. */
+    size_t len = strlen(key);
+    size_t limit = len >= 9 ? len / 3 : 2;
+    if (len <= 3)
+        limit = 1;
+    return best != NULL && best_d <= limit ? best : NULL;
+}
+
+const char *keel__conf_hint(const char *key, const char *const *known, char *buf, size_t len)
+{
+    const char *near = keel__conf_nearest(key, known);
+    if (near == NULL || len == 0)
+        return "";
+    snprintf(buf, len, " (did you mean \"%s\"?)", near);
+    return buf;
+}
+
 const char *keel__conf_unknown_key(const json_t *obj, const char *const *allowed)
 {
     const char *key;
@@ -393,9 +449,16 @@ static int apply_section(struct parse_ctx *c, const struct section *sec, json_t 
         const struct field *f = sec->fields;
         while (f->key && strcmp(f->key, key) != 0)
             f++;
-        if (f->key == NULL)
-            return keel__conf_fail(c->err, c->errlen, "%s: %s.%s: unknown key", c->file, sec->name,
-                                   key);
+        if (f->key == NULL) {
+            const char *known[64];
+            size_t n = 0;
+            for (const struct field *k = sec->fields; k->key != NULL && n + 1 < 64; k++)
+                known[n++] = k->key;
+            known[n] = NULL;
+            char hint[96];
+            return keel__conf_fail(c->err, c->errlen, "%s: %s.%s: unknown key%s", c->file,
+                                   sec->name, key, keel__conf_hint(key, known, hint, sizeof hint));
+        }
         int rc = apply_field(c, sec->name, f, value);
         if (rc < 0)
             return rc;
@@ -773,7 +836,14 @@ static int load_file(struct load_state *st, const char *path, char *err, size_t 
         while (s < NSECTIONS && strcmp(sections[s].name, key) != 0)
             s++;
         if (s == NSECTIONS) {
-            rc = keel__conf_fail(err, errlen, "%s: %s: unknown section", path, key);
+            const char *known[NSECTIONS + 2];
+            for (size_t k = 0; k < NSECTIONS; k++)
+                known[k] = sections[k].name;
+            known[NSECTIONS] = "plugin";
+            known[NSECTIONS + 1] = NULL;
+            char hint[96];
+            rc = keel__conf_fail(err, errlen, "%s: %s: unknown section%s", path, key,
+                                 keel__conf_hint(key, known, hint, sizeof hint));
             break;
         }
         if (st->seen[s] != NULL) {

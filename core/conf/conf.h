@@ -228,6 +228,11 @@ int keel__conf_fail(char *err, size_t errlen, const char *fmt, ...) KEEL_PRINTF(
 int keel__conf_nomem(char *err, size_t errlen);
 /* True for a JSON string without an embedded NUL (which C would cut short). */
 bool keel__conf_is_text(const json_t *v);
+/* The entry of known (NULL-terminated) that key is most likely a typo of,
+ * or NULL when none is close. */
+const char *keel__conf_nearest(const char *key, const char *const *known);
+/* " (did you mean \"x\"?)" in buf for the nearest known key, or "". */
+const char *keel__conf_hint(const char *key, const char *const *known, char *buf, size_t len);
 /* The first key of obj that is not in allowed (NULL-terminated), or NULL. */
 const char *keel__conf_unknown_key(const json_t *obj, const char *const *allowed);
 /* a + "/" + b without doubling a trailing slash of a; malloc'd, NULL on ENOMEM. */

@@ -324,7 +324,7 @@ json_t *keel__plugins_describe(void)
         json_array_append_new(
             list,
             json_pack("{s:s, s:s?, s:s, s:s?, s:I, s:s?, s:s, s:o, s:I, s:I, s:I, s:o, s:b, s:I, "
-                      "s:s?, s:s?}",
+                      "s:s?, s:s?, s:s?}",
                       "name", s->name, "version", g ? g->desc->version : NULL, "state",
                       g ? "loaded" : "fallback", "reason", g ? NULL : keel__reason_name(s->reason),
                       "generation", (json_int_t)(g ? g->number : 0), "abi", g ? abi : NULL, "file",
@@ -334,7 +334,8 @@ json_t *keel__plugins_describe(void)
                       (json_int_t)atomic_load(&s->requests), "reloads", (json_int_t)s->reloads,
                       "last_reload", last, "enabled", s->manifest.enabled, "routes",
                       (json_int_t)s->manifest.nroutes, "stage",
-                      g ? NULL : keel__stage_name(s->stage), "error", g ? NULL : s->error));
+                      g ? NULL : keel__stage_name(s->stage), "error", g ? NULL : s->error, "source",
+                      s->manifest.source));
     }
     pthread_mutex_unlock(&keel__reg.lock);
     return json_pack("{s:o}", "plugins", list);

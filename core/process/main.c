@@ -28,6 +28,7 @@
 #include "util/counters.h"
 #include "identity/usersync.h"
 #include "identity/notify.h"
+#include "process/check.h"
 
 #ifndef KEEL_SYSCONFDIR
 #define KEEL_SYSCONFDIR "/usr/local/etc/keel"
@@ -36,11 +37,13 @@
 static void usage(FILE *out)
 {
     fprintf(out,
-            "Usage: keeld [--config-dir DIR] [--check | --migrate | --version]\n"
+            "Usage: keeld [--config-dir DIR] [--check [--connect] | --migrate | --version]\n"
             "\n"
             "  --config-dir DIR  read configuration from DIR (default %s/conf.d)\n"
             "  --check           validate configuration, load every enabled plugin, print a\n"
             "                    per-plugin report and exit non-zero on any problem\n"
+            "  --connect         with --check: also connect to the database and check that\n"
+            "                    its schema is up to date\n"
             "  --migrate         apply pending database migrations and exit\n"
             "  --version         print the version and exit\n"
             "\n"
@@ -196,8 +199,12 @@ static void print_check_report(void)
                version ? version : "-", state, reason ? reason : "-", stage ? stage : "-",
                json_string_value(json_object_get(p, "file")));
         const char *error = json_string_value(json_object_get(p, "error"));
+        char where[512];
         if (error != NULL && *error != '\0')
-            printf("%-12s   error: %s\n", "", error);
+            printf("%-12s   error: %s: %s\n", "",
+                   keel__check_where(json_string_value(json_object_get(p, "source")), stage, where,
+                                     sizeof where),
+                   error);
     }
     json_decref(d);
 }
@@ -222,23 +229,27 @@ static bool check_ok(void)
 int main(int argc, char **argv)
 {
     const char *confdir = KEEL_SYSCONFDIR "/conf.d";
-    bool check = false, migrate = false;
+    bool check = false, migrate = false, connect = false;
     static const struct option longopts[] = {
         {"config-dir", required_argument, NULL, 'c'},
         {"check", no_argument, NULL, 't'},
+        {"connect", no_argument, NULL, 'C'},
         {"migrate", no_argument, NULL, 'm'},
         {"version", no_argument, NULL, 'V'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
     int opt;
-    while ((opt = getopt_long(argc, argv, "c:tmVh", longopts, NULL)) != -1) {
+    while ((opt = getopt_long(argc, argv, "c:tCmVh", longopts, NULL)) != -1) {
         switch (opt) {
         case 'c':
             confdir = optarg;
             break;
         case 't':
             check = true;
+            break;
+        case 'C':
+            connect = true;
             break;
         case 'm':
             migrate = true;
@@ -336,7 +347,8 @@ int main(int argc, char **argv)
 
     if (check) {
         print_check_report();
-        bool ok = prc == 0 && check_ok();
+        bool ok = keel__check_settings(conf, connect, stdout);
+        ok = prc == 0 && check_ok() && ok;
         printf("keeld --check: configuration %s is %s\n", confdir, ok ? "OK" : "NOT OK");
         status = ok ? 0 : 1;
         goto out;
