@@ -125,11 +125,10 @@ const char *keel__conf_nearest(const char *key, const char *const *known)
             best = known[i];
         }
     }
-    /* Close enough to be a typo: two edits, or a third of a long key. */
+    /* Close enough to be a typo: one edit in a short key, two in a longer
+     * one, a third of a long one. */
     size_t len = strlen(key);
-    size_t limit = len >= 9 ? len / 3 : 2;
-    if (len <= 3)
-        limit = 1;
+    size_t limit = len >= 9 ? len / 3 : len >= 5 ? 2 : 1;
     return best != NULL && best_d <= limit ? best : NULL;
 }
 
