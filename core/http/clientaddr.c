@@ -18,7 +18,6 @@
 
 #include <keel/error.h>
 
-#include "conf/conf.h"
 #include "http/request.h"
 #include "http/server.h"
 
@@ -229,7 +228,7 @@ static void leave_cleanup(void *arg)
 
 int keel__request_identify(keel_request *req)
 {
-    const struct keel__conf *c = keel__rt.conf;
+    const struct keel__server_conf *c = &keel__rt.server;
     const char *given =
         req->conn ? MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND, "X-Request-Id") : NULL;
     if (keel__request_id_valid(given))
@@ -237,24 +236,25 @@ int keel__request_identify(keel_request *req)
     else
         keel__request_id_make((unsigned long long)req->id, req->request_id, sizeof req->request_id);
     (void)keel__req_add_header(req, "X-Request-Id", req->request_id);
-    if (req->conn == NULL || c == NULL)
+    if (req->conn == NULL)
         return 0;
 
     char peer[KEEL__CLIENT_ADDR_MAX + 1];
     peer_text(req->conn, peer, sizeof peer);
     struct xff_join j = {.len = 0};
     j.buf[0] = '\0';
-    if (c->server.ntrusted_proxies > 0)
+    if (c->ntrusted_proxies > 0)
         MHD_get_connection_values(req->conn, MHD_HEADER_KIND, join_xff, &j);
-    keel__client_addr(peer, j.len > 0 ? j.buf : NULL, c->server.trusted_proxies,
-                      c->server.ntrusted_proxies, req->client_addr, sizeof req->client_addr);
+    keel__client_addr(peer, j.len > 0 ? j.buf : NULL, c->trusted_proxies, c->ntrusted_proxies,
+                      req->client_addr, sizeof req->client_addr);
 
     /* Without trusted proxies libmicrohttpd counts connections per peer
      * (start_daemon); with them that count would throttle the proxies, so
      * concurrent requests per client address are counted here instead. */
-    if (c->server.ntrusted_proxies == 0 || c->limits.max_per_ip <= 0)
+    int max = keel__rt.limits.max_per_ip;
+    if (c->ntrusted_proxies == 0 || max <= 0)
         return 0;
-    if (!keel__addr_limit_enter(req->client_addr, c->limits.max_per_ip))
+    if (!keel__addr_limit_enter(req->client_addr, max))
         return KEEL_EBUSY;
     if (keel__req_on_cleanup(req, leave_cleanup, req->client_addr) != 0) {
         keel__addr_limit_leave(req->client_addr);

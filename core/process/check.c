@@ -8,7 +8,7 @@
 
 #include <keel/error.h>
 
-#include "data/db.h"
+#include "data/migrate.h"
 
 /* The name an operator knows the setting by: the variable when the
  * environment set it, else the conf.d key. */

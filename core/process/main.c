@@ -15,20 +15,22 @@
 #include <systemd/sd-daemon.h>
 #endif
 
-#include "ops/admin.h"
+#include "ops/core_routes.h"
+#include "identity/notify.h"
+#include "process/check.h"
 #include "identity/auth.h"
 #include "conf/conf.h"
 #include "data/db.h"
+#include "data/migrate.h"
 #include "plugin/hostapi.h"
 #include "plugin/loader.h"
+#include "plugin/manifest.h"
 #include "util/log.h"
 #include "ops/metrics.h"
 #include "http/server.h"
 #include "plugin/registry.h"
 #include "util/counters.h"
 #include "identity/usersync.h"
-#include "identity/notify.h"
-#include "process/check.h"
 
 #ifndef KEEL_SYSCONFDIR
 #define KEEL_SYSCONFDIR "/usr/local/etc/keel"
@@ -89,6 +91,46 @@ static int setup_auth(const struct keel__conf *c)
     return 0;
 }
 
+/* The HTTP layer's settings; strings stay owned by c, which outlives the
+ * servers. */
+static void setup_http(const struct keel__conf *c)
+{
+    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    keel__rt.server = (struct keel__server_conf){
+        .host = c->server.host,
+        .port = c->server.port,
+        .threads = c->server.threads > 0 ? c->server.threads : (int)(4 * (ncpu > 0 ? ncpu : 1)),
+        .connection_timeout_s = c->server.connection_timeout_s,
+        .admin_host = c->admin.host,
+        .admin_port = c->admin.port,
+        .admin_token = c->admin.token,
+        .access_log = c->log.access_log,
+        .access_json = c->log.access_format != NULL && strcmp(c->log.access_format, "json") == 0,
+        .trusted_proxies = c->server.trusted_proxies,
+        .ntrusted_proxies = c->server.ntrusted_proxies,
+    };
+    keel__rt.limits = (struct keel__limits_conf){
+        .max_body_bytes = c->limits.max_body_bytes,
+        .max_admin_body_bytes = c->limits.max_admin_body_bytes,
+        .max_json_depth = c->limits.max_json_depth,
+        .max_header_bytes = c->limits.max_header_bytes,
+        .max_uri_bytes = c->limits.max_uri_bytes,
+        .max_drain_bytes = c->limits.max_drain_bytes,
+        .max_connections = c->limits.max_connections,
+        .max_per_ip = c->limits.max_per_ip,
+        .rate_per_user = c->limits.rate_per_user,
+        .rate_burst = c->limits.rate_burst,
+    };
+    keel__rt.cors = (struct keel__cors_conf){
+        .origins = (const char *const *)c->cors.origins,
+        .norigins = c->cors.norigins,
+        .methods = c->cors.methods,
+        .headers = c->cors.headers,
+        .max_age = c->cors.max_age,
+        .credentials = c->cors.credentials,
+    };
+}
+
 static int setup_db(const struct keel__conf *c)
 {
     if (c->database.url == NULL || *c->database.url == '\0') {
@@ -145,6 +187,23 @@ static int check_schema(const struct keel__conf *c)
     return 0;
 }
 
+/* Written by main, read by the ticker thread: an atomic, since volatile
+ * orders nothing between threads. */
+static atomic_int ticker_stop;
+
+/* Lets the breaker close again after an outage even when no request comes. */
+static void *db_ticker(void *arg)
+{
+    (void)arg;
+    while (!atomic_load(&ticker_stop)) {
+        struct timespec ts = {0, 250 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+        if (keel__rt.db != NULL)
+            keel__db_tick(keel__rt.db);
+    }
+    return NULL;
+}
+
 /* The LISTEN connection that keeps this instance's user cache in step with
  * the rest of the fleet. */
 static keel__notify *user_changes;
@@ -163,23 +222,6 @@ static void start_notify(const struct keel__conf *c)
     if (keel__notify_start(url, keel__rt.usersync, &user_changes) != 0)
         log_warn("database: cannot start the LISTEN thread; user changes made elsewhere reach "
                  "this instance only after usersync.ttl_s");
-}
-
-/* Written by main, read by the ticker thread: an atomic, since volatile
- * orders nothing between threads. */
-static atomic_int ticker_stop;
-
-/* Lets the breaker close again after an outage even when no request comes. */
-static void *db_ticker(void *arg)
-{
-    (void)arg;
-    while (!atomic_load(&ticker_stop)) {
-        struct timespec ts = {0, 250 * 1000 * 1000};
-        nanosleep(&ts, NULL);
-        if (keel__rt.db != NULL)
-            keel__db_tick(keel__rt.db);
-    }
-    return NULL;
 }
 
 static void print_check_report(void)
@@ -273,6 +315,7 @@ int main(int argc, char **argv)
 
     char err[1024];
     struct keel__conf *conf = NULL;
+    keel__manifest_install();
     if (keel__conf_load(confdir, &conf, err, sizeof err) != 0 ||
         keel__conf_apply_env(conf, err, sizeof err) != 0) {
         log_error("configuration error: %s", err);
@@ -286,11 +329,8 @@ int main(int argc, char **argv)
         keel__conf_free(conf);
         return 1;
     }
-    keel__rt.conf = conf;
+    setup_http(conf);
     keel__rt.started_at = (int64_t)time(NULL);
-    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
-    keel__rt.threads = conf->server.threads > 0 ? conf->server.threads
-                                                : (int)(4 * (ncpu > 0 ? ncpu : 1));
 
     if (migrate) {
         if (conf->database.url == NULL) {
@@ -335,9 +375,9 @@ int main(int argc, char **argv)
                                      .initial_credits = conf->usersync.initial_credits};
     if (keel__usersync_new(&uc, keel__rt.db, &keel__rt.usersync) != 0)
         goto out;
+    keel__rt.host = keel__host_api();
     if (!check)
         start_notify(conf);
-    keel__rt.host = keel__host_api();
     keel__loader_set_runtime_dir(conf->server.runtime_dir);
     if (keel__loader_init() != 0)
         goto out;
