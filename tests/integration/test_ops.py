@@ -177,3 +177,71 @@ def test_metrics_lint_and_cover_what_dashboard_and_alerts_use():
     unknown = {m for m in used if m not in exported and m not in histo}
     assert not unknown, "dashboard or alerts use metrics keeld does not export: %s" % unknown
     assert len(used) >= 10, used
+
+
+# ---------------------------------------------------------------- keeld --check
+
+def test_check_names_the_file_and_key_of_a_plugin_problem():
+    def missing(k):
+        m = k.read_conf("60-creator.json")
+        m["plugin"]["file"] = "creator-missing.so"
+        k.write_conf("60-creator.json", m)
+    k = Keeld(missing, start=False)
+    r = k.run("--check")
+    assert r.returncode != 0, r.stdout
+    assert re.search(r"error: \S*60-creator\.json: plugin\.file: .*creator-missing\.so", r.stdout), \
+        r.stdout
+
+
+def test_check_validates_the_database_url_and_the_jwt_secret():
+    k = Keeld(start=False, env={"KEEL_DATABASE_URL": "postgresql://keel@127.0.0.1:99999/keel"})
+    r = k.run("--check")
+    assert r.returncode != 0 and "problem: KEEL_DATABASE_URL: port" in r.stdout, r.stdout
+    k = Keeld(start=False, env={"KEEL_DATABASE_URL": "postgresql://keel@h/db?sslmod=require"})
+    r = k.run("--check")
+    assert r.returncode != 0 and "invalid URI query parameter" in r.stdout, r.stdout
+    # No secret while routes need a user.
+    k = Keeld(start=False, env={"KEEL_JWT_SECRET": None})
+    r = k.run("--check")
+    assert r.returncode != 0 and "problem: auth: no jwt_secret" in r.stdout, r.stdout
+    # --connect reaches the database and compares the schema.
+    k = Keeld(start=False)
+    r = k.run("--check", "--connect")
+    assert r.returncode == 0 and "database: connected, schema up to date" in r.stdout, r.stdout
+    with keeltest.Database() as db:
+        db.query("DELETE FROM schema_migrations WHERE version = 3")
+        k = Keeld(start=False, db=db)
+        r = k.run("--check", "--connect")
+        assert r.returncode != 0 and "1 migration(s) behind" in r.stdout, r.stdout
+
+
+def test_unknown_keys_suggest_the_nearest_known_one():
+    def typo(k):
+        d = k.read_conf("20-database.json")
+        d["database"]["pool_sise"] = d["database"].pop("pool_size")
+        k.write_conf("20-database.json", d)
+    r = Keeld(typo, start=False).run("--check")
+    assert r.returncode != 0
+    assert 'database.pool_sise: unknown key (did you mean "pool_size"?)' in r.stdout, r.stdout
+
+
+def test_a_conflict_refuses_the_plugin_whose_manifest_is_wrong():
+    # The example plugin's manifest claims a creator route that example.so
+    # does not serve: example is refused, creator (the route's real owner)
+    # serves, whatever the order of the files.
+    def claim(k):
+        m = k.read_conf("50-example.json")
+        m["plugin"]["routes"].append({"method": "GET",
+                                      "path": "/api/v1/simple/creator/system/stats",
+                                      "auth": "user"})
+        k.write_conf("50-example.json", m)
+    k = Keeld(claim, start=False)
+    r = k.run("--check")
+    assert r.returncode != 0
+    assert re.search(r"creator\s+1\.0\.0\s+loaded", r.stdout), r.stdout
+    assert re.search(r"50-example\.json: plugin\.routes: manifest route GET "
+                     r"/api/v1/simple/creator/system/stats is not implemented", r.stdout), r.stdout
+    with Keeld(claim) as k:
+        assert k.get("/health").json()["plugins"]["creator"] == "loaded"
+        r = k.get("/api/v1/simple/creator/system/stats", token=keeltest.user_token())
+        assert r.status == 200 and r.header("X-Keel-Fallback") is None, r
