@@ -910,8 +910,11 @@ int keel__db_exec(keel__db *db, keel__db_conn *c, const char *sql, int nparams,
     if (rc == KEEL_EDB_UNAVAILABLE || rc == KEEL_EDB_BUG) {
         atomic_fetch_add(&db->failing, 1);
         atomic_store(&db->last_failure_ms, keel__now_ms());
-    } else
+    } else if (atomic_load_explicit(&db->failing, memory_order_relaxed) != 0) {
+        /* Read first: a store on every success would bounce the line
+         * between the cores serving requests. */
         atomic_store(&db->failing, 0);
+    }
     if (rc == 0) {
         c->checkout_ok = true;
         keel__breaker_success(db->breaker);
