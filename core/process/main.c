@@ -11,13 +11,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#ifdef HAVE_LIBSYSTEMD
-#include <systemd/sd-daemon.h>
-#endif
-
 #include "ops/core_routes.h"
-#include "identity/notify.h"
-#include "process/check.h"
 #include "identity/auth.h"
 #include "conf/conf.h"
 #include "data/db.h"
@@ -31,6 +25,11 @@
 #include "plugin/registry.h"
 #include "util/counters.h"
 #include "identity/usersync.h"
+#include "process/scoreboard.h"
+#include "process/supervisor.h"
+#include "process/worker.h"
+#include "process/check.h"
+#include "identity/notify.h"
 
 #ifndef KEEL_SYSCONFDIR
 #define KEEL_SYSCONFDIR "/usr/local/etc/keel"
@@ -104,6 +103,8 @@ static void setup_http(const struct keel__conf *c)
         .admin_host = c->admin.host,
         .admin_port = c->admin.port,
         .admin_token = c->admin.token,
+        .admin_allowed_hosts = (const char *const *)c->admin.allowed_hosts,
+        .admin_nallowed_hosts = c->admin.nallowed_hosts,
         .access_log = c->log.access_log,
         .access_json = c->log.access_format != NULL && strcmp(c->log.access_format, "json") == 0,
         .trusted_proxies = c->server.trusted_proxies,
@@ -112,6 +113,9 @@ static void setup_http(const struct keel__conf *c)
     keel__rt.limits = (struct keel__limits_conf){
         .max_body_bytes = c->limits.max_body_bytes,
         .max_admin_body_bytes = c->limits.max_admin_body_bytes,
+        .max_admin_stream_bytes = c->limits.max_admin_stream_bytes,
+        .max_admin_bodies = c->limits.max_admin_bodies,
+        .max_body_line_bytes = c->limits.max_body_line_bytes,
         .max_json_depth = c->limits.max_json_depth,
         .max_header_bytes = c->limits.max_header_bytes,
         .max_uri_bytes = c->limits.max_uri_bytes,
@@ -204,8 +208,8 @@ static void *db_ticker(void *arg)
     return NULL;
 }
 
-/* The LISTEN connection that keeps this instance's user cache in step with
- * the rest of the fleet. */
+/* The LISTEN connection that keeps this process's user cache in step with
+ * the rest of the fleet (every worker has its own, as it has its own cache). */
 static keel__notify *user_changes;
 
 static void start_notify(const struct keel__conf *c)
@@ -268,10 +272,16 @@ static bool check_ok(void)
     return ok;
 }
 
+static int serve(struct keel__conf *conf);
+/* --connect: --check also reaches the database. */
+static bool check_connect;
+static int serve_check(struct keel__conf *conf, const char *confdir);
+
 int main(int argc, char **argv)
 {
     const char *confdir = KEEL_SYSCONFDIR "/conf.d";
-    bool check = false, migrate = false, connect = false;
+    bool check = false, migrate = false;
+    check_connect = false;
     static const struct option longopts[] = {
         {"config-dir", required_argument, NULL, 'c'},
         {"check", no_argument, NULL, 't'},
@@ -291,7 +301,7 @@ int main(int argc, char **argv)
             check = true;
             break;
         case 'C':
-            connect = true;
+            check_connect = true;
             break;
         case 'm':
             migrate = true;
@@ -324,6 +334,8 @@ int main(int argc, char **argv)
         return 1;
     }
     keel__log_set_level(conf->log.level);
+    /* Before the workers are forked: they inherit it (and reopen it on
+     * SIGUSR1 themselves). */
     if (keel__log_open(conf->log.error_log) != 0) {
         fprintf(stderr, "keeld: cannot open log.error_log %s\n", conf->log.error_log);
         keel__conf_free(conf);
@@ -350,15 +362,66 @@ int main(int argc, char **argv)
         return rc == 0 ? 0 : 1;
     }
 
-    /* Signals go to the main thread only: block them before any thread
-     * starts, then sigwait below. */
-    sigset_t sigs;
-    sigemptyset(&sigs);
-    sigaddset(&sigs, SIGHUP);
-    sigaddset(&sigs, SIGTERM);
-    sigaddset(&sigs, SIGINT);
-    sigaddset(&sigs, SIGUSR1);
-    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+    if (!check) {
+        /* The supervisor forks the workers before any thread exists. */
+        char self[4096];
+        ssize_t sn = readlink("/proc/self/exe", self, sizeof self - 1);
+        self[sn > 0 ? sn : 0] = '\0';
+        return keel__supervisor_run(conf, sn > 0 ? self : argv[0], argv, serve);
+    }
+    return serve_check(conf, confdir);
+}
+
+/* keeld --check: one process, no listeners. */
+static int serve_check(struct keel__conf *conf, const char *confdir)
+{
+    int status = 1;
+    bool loader_up = false, plugins_up = false;
+    keel__loader_set_init_timeout(conf->containment.init_timeout_ms);
+    if (setup_auth(conf) != 0)
+        goto out;
+    struct keel__usersync_conf uc = {.ttl_s = conf->usersync.ttl_s,
+                                     .max_entries = conf->usersync.max_entries,
+                                     .initial_credits = conf->usersync.initial_credits};
+    if (keel__usersync_new(&uc, keel__rt.db, &keel__rt.usersync) != 0)
+        goto out;
+    keel__rt.host = keel__host_api();
+    keel__loader_set_runtime_dir(conf->server.runtime_dir);
+    if (keel__loader_init() != 0)
+        goto out;
+    loader_up = true;
+    int prc = keel__plugins_start(conf, keel__rt.host, keel__core_routes, keel__ncore_routes);
+    plugins_up = true;
+    print_check_report();
+    bool ok = keel__check_settings(conf, check_connect, stdout);
+    ok = prc == 0 && check_ok() && ok;
+    printf("keeld --check: configuration %s is %s\n", confdir, ok ? "OK" : "NOT OK");
+    status = ok ? 0 : 1;
+out:
+    if (plugins_up)
+        keel__plugins_stop();
+    if (loader_up)
+        keel__loader_shutdown();
+    keel__usersync_free(keel__rt.usersync);
+    keel__auth_free(keel__rt.auth);
+    keel__metrics_free();
+    keel__conf_free(conf);
+    return status;
+}
+
+/*
+ * A worker (after the fork): sets up as a single keeld always did, serves
+ * on the supervisor's sockets and answers its control channel until told
+ * to stop.  Returns the exit status.
+ */
+static int serve(struct keel__conf *conf)
+{
+    /* Again: the supervisor gave this worker its share of the limits. */
+    setup_http(conf);
+    keel__rt.started_at = (int64_t)time(NULL);
+    keel__loader_set_init_timeout(conf->containment.init_timeout_ms);
+    keel__worker_set_reload_timeout(conf->containment.init_timeout_ms * (int)(conf->nplugins + 1) +
+                                    30000);
     signal(SIGPIPE, SIG_IGN);
 
     int status = 1;
@@ -368,31 +431,21 @@ int main(int argc, char **argv)
 
     if (setup_auth(conf) != 0)
         goto out;
-    if (!check && setup_db(conf) != 0)
+    if (setup_db(conf) != 0)
         goto out;
     struct keel__usersync_conf uc = {.ttl_s = conf->usersync.ttl_s,
                                      .max_entries = conf->usersync.max_entries,
                                      .initial_credits = conf->usersync.initial_credits};
     if (keel__usersync_new(&uc, keel__rt.db, &keel__rt.usersync) != 0)
         goto out;
+    start_notify(conf);
     keel__rt.host = keel__host_api();
-    if (!check)
-        start_notify(conf);
     keel__loader_set_runtime_dir(conf->server.runtime_dir);
     if (keel__loader_init() != 0)
         goto out;
     loader_up = true;
     int prc = keel__plugins_start(conf, keel__rt.host, keel__core_routes, keel__ncore_routes);
     plugins_up = true;
-
-    if (check) {
-        print_check_report();
-        bool ok = keel__check_settings(conf, connect, stdout);
-        ok = prc == 0 && check_ok() && ok;
-        printf("keeld --check: configuration %s is %s\n", confdir, ok ? "OK" : "NOT OK");
-        status = ok ? 0 : 1;
-        goto out;
-    }
     if (prc == KEEL_ENOMEM)
         goto out;
     if (check_schema(conf) != 0)
@@ -401,48 +454,16 @@ int main(int argc, char **argv)
         goto out;
     if (pthread_create(&ticker, NULL, db_ticker, NULL) == 0)
         ticker_up = true;
-    log_info("keeld %s ready (config %s)", PACKAGE_VERSION, confdir);
-#ifdef HAVE_LIBSYSTEMD
-    /* Type=notify: the listeners serve and the plugins are loaded.  Without
-     * NOTIFY_SOCKET (not started by systemd) this does nothing. */
-    sd_notifyf(0, "READY=1\nMAINPID=%ld\nSTATUS=serving on %s:%d", (long)getpid(),
-               conf->server.host, conf->server.port);
-#endif
+    log_info("keeld %s worker %d ready (config %s)", PACKAGE_VERSION, (int)getpid(), conf->dir);
 
-    for (;;) {
-        int sig = 0;
-        if (sigwait(&sigs, &sig) != 0)
-            continue;
-        if (sig == SIGUSR1) {
-            /* logrotate has renamed the files: write to new ones. */
-            keel__log_reopen();
-            keel__server_reopen_logs();
-            continue;
-        }
-        if (sig == SIGHUP) {
-            log_info("SIGHUP: reloading every plugin");
-#ifdef HAVE_LIBSYSTEMD
-            sd_notify(0, "RELOADING=1");
-#endif
-            bool unknown;
-            json_t *r = keel__plugins_reload(NULL, &unknown);
-            char *text = r ? json_dumps(r, JSON_COMPACT) : NULL;
-            log_info("reload result: %s", text ? text : "(none)");
-            free(text);
-            json_decref(r);
-#ifdef HAVE_LIBSYSTEMD
-            sd_notify(0, "READY=1");
-#endif
-            continue;
-        }
-        log_info("%s: stopping (draining in-flight requests for up to %d s)",
-                 sig == SIGTERM ? "SIGTERM" : "SIGINT", conf->server.shutdown_timeout_s);
-        break;
+    int stuck = keel__worker_loop(conf);
+    if (stuck > 0) {
+        /* Threads still in plugin code would keep the daemons from
+         * stopping: leave now, the supervisor counts on it. */
+        log_warn("worker %d leaves %d request(s) stuck in plugin code", (int)getpid(), stuck);
+        _exit(0);
     }
-#ifdef HAVE_LIBSYSTEMD
-    sd_notify(0, "STOPPING=1");
-#endif
-    keel__server_stop(conf->server.shutdown_timeout_s);
+    keel__server_stop(1);
     status = 0;
 
 out:
@@ -462,6 +483,6 @@ out:
     keel__metrics_free();
     keel__conf_free(conf);
     if (status == 0)
-        log_info("keeld stopped");
+        log_info("worker %d stopped", (int)getpid());
     return status;
 }

@@ -40,13 +40,21 @@ def until_refused(keelds, token, within):
     return time.monotonic() - t0
 
 
+def one_worker(k):
+    """One worker process per keeld, so that each instance has one user
+    cache and a request shows what that cache holds."""
+    s = k.read_conf("10-server.json")
+    s["server"]["workers"] = 1
+    k.write_conf("10-server.json", s)
+
+
 def wait_listening(*keelds):
     for k in keelds:
         k.wait_log(r"\[notify\] listening for user changes", timeout=10)
 
 
 def test_status_change_reaches_every_instance_within_2s():
-    with Keeld() as a, Keeld() as b:
+    with Keeld(one_worker) as a, Keeld(one_worker) as b:
         wait_listening(a, b)
         sub, token = new_user()
         for k in (a, b, a, b):  # synced, then served from each cache
@@ -66,7 +74,7 @@ def test_status_change_reaches_every_instance_within_2s():
 
 
 def test_evict_on_one_instance_reaches_the_other_within_2s():
-    with Keeld() as a, Keeld() as b:
+    with Keeld(one_worker) as a, Keeld(one_worker) as b:
         wait_listening(a, b)
         sub, token = new_user()
         for k in (a, b, a, b):
@@ -81,7 +89,7 @@ def test_evict_on_one_instance_reaches_the_other_within_2s():
 
 
 def test_lost_listen_connection_flushes_the_cache_when_back():
-    with Keeld() as k:
+    with Keeld(one_worker) as k:
         wait_listening(k)
         sub, token = new_user()
         assert k.get("/api/v1/auth/me", token=token).status == 200
@@ -89,7 +97,7 @@ def test_lost_listen_connection_flushes_the_cache_when_back():
         ended = k.db.scalar("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
                             " WHERE application_name = 'keeld-listen'"
                             " AND datname = current_database()")
-        assert int(ended) == 1, ended
+        assert int(ended) == 1, ended  # one worker, one LISTEN connection
         k.wait_log(r"listening again after an outage: flushed 1 user-cache entry", timeout=10,
                    since=mark)
         # Made while the cache was flushed and with no notification: the next
@@ -104,14 +112,15 @@ def test_no_listen_behind_a_transaction_pooler_without_listen_url():
         db = keeltest.module_db()
         env = {"KEEL_DATABASE_URL": bouncer.url_for(db.name),
                "KEEL_DATABASE_POOLER": "pgbouncer-transaction"}
-        with Keeld(env=env) as k:
+        with Keeld(one_worker, env=env) as k:
             k.wait_log(r"no listen_url and a transaction pooler", timeout=10)
 
         def direct(k):
+            one_worker(k)
             d = k.read_conf("20-database.json")
             d["database"]["listen_url"] = db.url
             k.write_conf("20-database.json", d)
-        with Keeld(direct, env=env) as k, Keeld() as other:
+        with Keeld(direct, env=env) as k, Keeld(one_worker) as other:
             wait_listening(k, other)
             sub, token = new_user()
             for x in (k, other, k):

@@ -134,8 +134,13 @@ def test_failing_queries_turn_health_down_and_are_counted():
     queries work again."""
     stats = "/api/v1/simple/creator/system/stats"
     with keeltest.Database() as db, PgBouncer("transaction") as bouncer:
-        with Keeld(db=db, env={"KEEL_DATABASE_URL": bouncer.url_for(db.name),
-                               "KEEL_DATABASE_POOLER": "pgbouncer-transaction"}) as k:
+        def one_worker(k):
+            # /health and the failure count are per worker process.
+            s = k.read_conf("10-server.json")
+            s["server"]["workers"] = 1
+            k.write_conf("10-server.json", s)
+        with Keeld(one_worker, db=db, env={"KEEL_DATABASE_URL": bouncer.url_for(db.name),
+                                           "KEEL_DATABASE_POOLER": "pgbouncer-transaction"}) as k:
             token = keeltest.user_token()
             r = k.get(stats, token=token)
             assert r.status == 200 and r.header("X-Keel-Degraded") is None, r

@@ -25,6 +25,9 @@ def proxied(trusted, max_per_ip=0):
         s["log"]["access_log"] = k.dir + "/access.log"
         s["log"]["access_format"] = "json"
         s["limits"]["max_per_ip"] = max_per_ip
+        # One worker: max_per_ip, like the server's other limits, is shared
+        # out between the worker processes.
+        s["server"]["workers"] = 1
         k.write_conf("10-server.json", s)
     return mut
 
