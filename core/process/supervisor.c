@@ -18,6 +18,10 @@
 #include <time.h>
 #include <unistd.h>
 
+#ifdef HAVE_LIBSYSTEMD
+#include <systemd/sd-daemon.h>
+#endif
+
 #include "http/server.h"
 #include "identity/ratelimit.h"
 #include "plugin/loader.h"
@@ -94,6 +98,7 @@ static struct {
     enum phase phase;
     int64_t phase_until_ns;
     bool ever_ready;
+    bool sd_ready;      /* READY=1 sent to systemd */
     int start_failures; /* consecutive workers that died before serving */
     int64_t spawn_after_ns;
     int64_t last_rss_check_ns;
@@ -257,15 +262,14 @@ static void child_after_fork(unsigned slot, int ctl, int crash_w)
     sigset_t term;
     sigemptyset(&term);
     sigaddset(&term, SIGTERM);
-    /* The worker takes SIGTERM through a signalfd; the supervisor alone
-     * answers the rest (a Ctrl-C reaches the whole process group). */
+    /* Forwarded by the supervisor: the worker reopens its log files. */
+    sigaddset(&term, SIGUSR1);
+    /* The worker takes SIGTERM and SIGUSR1 through a signalfd; the
+     * supervisor alone answers the rest (a Ctrl-C reaches the whole process
+     * group). */
     signal(SIGHUP, SIG_IGN);
     signal(SIGINT, SIG_IGN);
     signal(SIGUSR2, SIG_IGN);
-    /* Forwarded by the supervisor; a worker has no log of its own to
-     * reopen yet (its stderr is the supervisor's), so it must not die of
-     * it. */
-    signal(SIGUSR1, SIG_IGN);
     signal(SIGCHLD, SIG_DFL);
     sigprocmask(SIG_SETMASK, &term, NULL);
     prctl(PR_SET_PDEATHSIG, SIGTERM);
@@ -982,6 +986,16 @@ static void on_frame(struct worker *w, struct keel__frame *f)
             for (unsigned i = 0; i < sup.nslots; i++)
                 if (sup.w[i].state == W_RETIRING && sup.w[i].replaced_by == w->pid)
                     send_retire(&sup.w[i]);
+#ifdef HAVE_LIBSYSTEMD
+            /* Type=notify: every worker serves, plugins loaded.  MAINPID
+             * too, so that after an upgrade systemd follows the new
+             * supervisor (the unit says NotifyAccess=all). */
+            if (!sup.sd_ready && count_state(W_READY, W_READY) >= sup.target) {
+                sup.sd_ready = true;
+                sd_notifyf(0, "READY=1\nMAINPID=%ld\nSTATUS=serving with %u worker(s)",
+                           (long)getpid(), sup.target);
+            }
+#endif
             if (sup.notify_fd >= 0 && count_state(W_READY, W_READY) >= sup.target) {
                 if (write(sup.notify_fd, "ready", 5) < 0)
                     log_warn("cannot tell the previous keeld that this one serves");
@@ -1123,6 +1137,9 @@ static void on_shutdown_signal(int sig)
 {
     if (sup.phase != P_RUNNING)
         return;
+#ifdef HAVE_LIBSYSTEMD
+    sd_notify(0, "STOPPING=1");
+#endif
     int drain = sup.conf->server.drain_s;
     log_info("%s: stopping: /health answers 503 draining for %d s while routes serve, then "
              "in-flight requests get up to %d s",
@@ -1324,13 +1341,24 @@ int keel__supervisor_run(struct keel__conf *conf, const char *self_path, char *c
                     reap();
                 else if (sig == SIGHUP) {
                     log_info("SIGHUP: reloading every plugin in every worker");
+#ifdef HAVE_LIBSYSTEMD
+                    /* Informational: systemd 252 does not wait for the
+                     * reload to finish (that needs Type=notify-reload). */
+                    sd_notify(0, "RELOADING=1");
+#endif
                     fanout_start(0, 0, "reload", NULL);
+#ifdef HAVE_LIBSYSTEMD
+                    sd_notify(0, "READY=1");
+#endif
                 } else if (sig == SIGTERM || sig == SIGINT) {
                     on_shutdown_signal(sig);
                 } else if (sig == SIGUSR2) {
                     log_info("SIGUSR2: binary upgrade");
                     upgrade_start(0, 0);
                 } else if (sig == SIGUSR1) {
+                    /* logrotate renamed the files: the supervisor's error
+                     * log here, each worker's own descriptors there. */
+                    keel__log_reopen();
                     for (unsigned i = 0; i < sup.nslots; i++)
                         if (sup.w[i].state != W_FREE)
                             kill(sup.w[i].pid, SIGUSR1);

@@ -113,7 +113,10 @@ def test_admin_evict_applies_suspension_at_once():
     # itself reaches every worker).
     with Keeld(one_worker) as k:  # default TTL 300 s
         assert k.get("/api/v1/auth/me", token=t).status == 200
-        k.db.query("UPDATE users SET status = 'suspended' WHERE supabase_user_id = %s", sub)
+        # A change the users trigger does not see (its notification would
+        # evict the user by itself, see test_fleet.py).
+        k.db.query("SET session_replication_role = replica;"
+                   " UPDATE users SET status = 'suspended' WHERE supabase_user_id = %s", sub)
         assert k.get("/api/v1/auth/me", token=t).status == 200  # cached until evicted
         r = k.admin_post("/admin/usersync/evict", body='{"user": "%s"}' % email,
                          headers={"Content-Type": "application/json"})
