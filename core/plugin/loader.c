@@ -68,19 +68,28 @@ void keel__loader_set_runtime_dir(const char *dir)
     snprintf(runtime_dir, sizeof runtime_dir, "%s", dir ? dir : "");
 }
 
-/* True when pid is a running keeld (not a process that reused the pid). */
+/*
+ * True while pid runs.  Any live process counts, whatever its name: the
+ * copy directory may belong to keel-plugin-check, or to a keeld under
+ * valgrind, and a pid reused by something else only delays the cleanup.  A
+ * zombie is gone: a killed worker whose supervisor died with it is
+ * reparented, and not every pid 1 reaps.
+ */
 static bool keeld_alive(long pid)
 {
     if (pid <= 0 || (kill((pid_t)pid, 0) != 0 && errno == ESRCH))
         return false;
-    char path[64], comm[32] = "";
-    snprintf(path, sizeof path, "/proc/%ld/comm", pid);
-    FILE *f = fopen(path, "re");
-    if (f == NULL)
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%ld/stat", pid);
+    FILE *st = fopen(path, "re");
+    if (st == NULL)
         return true; /* cannot tell: keep its files */
-    bool ours = fgets(comm, sizeof comm, f) != NULL && strncmp(comm, "keeld", 5) == 0;
-    fclose(f);
-    return ours;
+    char buf[512];
+    size_t n = fread(buf, 1, sizeof buf - 1, st);
+    fclose(st);
+    buf[n] = '\0';
+    const char *close_paren = strrchr(buf, ')');
+    return !(close_paren != NULL && close_paren[1] == ' ' && close_paren[2] == 'Z');
 }
 
 /*
