@@ -68,12 +68,23 @@ void keel__loader_set_runtime_dir(const char *dir)
     snprintf(runtime_dir, sizeof runtime_dir, "%s", dir ? dir : "");
 }
 
-/* True when pid is a running keeld (not a process that reused the pid). */
+/* True when pid is a running keeld (not a process that reused the pid, nor
+ * a dead one nobody has reaped yet). */
 static bool keeld_alive(long pid)
 {
     if (pid <= 0 || (kill((pid_t)pid, 0) != 0 && errno == ESRCH))
         return false;
-    char path[64], comm[32] = "";
+    char path[64], comm[32] = "", stat[512] = "";
+    snprintf(path, sizeof path, "/proc/%ld/stat", pid);
+    FILE *sf = fopen(path, "re");
+    if (sf != NULL) {
+        size_t n = fread(stat, 1, sizeof stat - 1, sf);
+        stat[n] = '\0';
+        fclose(sf);
+        const char *paren = strrchr(stat, ')');
+        if (paren != NULL && paren[1] == ' ' && (paren[2] == 'Z' || paren[2] == 'X'))
+            return false;
+    }
     snprintf(path, sizeof path, "/proc/%ld/comm", pid);
     FILE *f = fopen(path, "re");
     if (f == NULL)
