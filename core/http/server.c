@@ -29,7 +29,7 @@
 #include "http/edge.h"
 #include "identity/ratelimit.h"
 #include "http/routes.h"
-#include "process/scoreboard.h"
+#include "util/scoreboard.h"
 #include "util/counters.h"
 #include "util/text.h"
 #include "util/time.h"
@@ -551,7 +551,13 @@ int keel__server_start(void)
     const struct keel__server_conf *c = &keel__rt.server;
     const struct keel__limits_conf *lim = &keel__rt.limits;
     keel__access_log_open(c->access_log, c->access_json);
-    if (lim->rate_per_user > 0) {
+    if (lim->rate_per_user > 0 && keel__ratelimit_server_wide() != NULL) {
+        /* In a worker: the supervisor's table, shared by every worker. */
+        ratelimit = keel__ratelimit_server_wide();
+        log_info("rate limit: %d request(s)/s per user, burst %d (one bucket per user, shared "
+                 "by every worker)",
+                 lim->rate_per_user, lim->rate_burst > 0 ? lim->rate_burst : lim->rate_per_user);
+    } else if (lim->rate_per_user > 0) {
         struct keel__ratelimit_conf rc_conf = {.rate = (unsigned)lim->rate_per_user,
                                                .burst = (unsigned)lim->rate_burst};
         if (keel__ratelimit_new(&rc_conf, &ratelimit) != 0) {
@@ -586,7 +592,8 @@ int keel__server_start(void)
     if (rc != 0) {
         keel__deadlines_stop(deadlines);
         deadlines = NULL;
-        keel__ratelimit_free(ratelimit);
+        if (ratelimit != keel__ratelimit_server_wide())
+            keel__ratelimit_free(ratelimit);
         ratelimit = NULL;
         return rc;
     }
@@ -656,7 +663,8 @@ void keel__server_stop(int timeout_s)
     is_quiesced = false;
     keel__deadlines_stop(deadlines);
     deadlines = NULL;
-    keel__ratelimit_free(ratelimit);
+    if (ratelimit != keel__ratelimit_server_wide())
+        keel__ratelimit_free(ratelimit);
     ratelimit = NULL;
     keel__access_log_close();
 }

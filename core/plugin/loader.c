@@ -17,7 +17,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "process/scoreboard.h"
+#include "util/scoreboard.h"
 #include "util/log.h"
 
 /* Loads are serialised: libltdl keeps global state, and so does the message

@@ -25,7 +25,7 @@
 #include "plugin/registry.h"
 #include "util/counters.h"
 #include "identity/usersync.h"
-#include "process/scoreboard.h"
+#include "util/scoreboard.h"
 #include "process/supervisor.h"
 #include "process/worker.h"
 #include "process/check.h"

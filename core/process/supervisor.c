@@ -23,12 +23,13 @@
 #endif
 
 #include "http/server.h"
+#include "identity/ratelimit.h"
 #include "plugin/loader.h"
 #include "plugin/registry.h"
 #include "process/channel.h"
-#include "process/crash.h"
+#include "util/crash.h"
 #include "process/merge.h"
-#include "process/scoreboard.h"
+#include "util/scoreboard.h"
 #include "process/worker.h"
 #include "util/log.h"
 
@@ -276,14 +277,13 @@ static void child_after_fork(unsigned slot, int ctl, int crash_w)
     atomic_store(&keel__sb_self()->pid, (int)getpid());
     keel__crash_install(crash_w);
     keel__worker_attach(ctl);
-    /* Per-process limits become each worker's share of the server's (see
-     * docs/operations.md): rounded up, so no limit drops to zero. */
+    /* Connection limits become each worker's share of the server's (see
+     * docs/operations.md): rounded up, so no limit drops to zero.  The
+     * per-user rate limit needs no share: its buckets are shared. */
     struct keel__conf *c = sup.conf;
     unsigned n = sup.target;
     c->limits.max_connections = (int)(((unsigned)c->limits.max_connections + n - 1) / n);
     c->limits.max_per_ip = (int)(((unsigned)c->limits.max_per_ip + n - 1) / n);
-    c->limits.rate_per_user = (int)(((unsigned)c->limits.rate_per_user + n - 1) / n);
-    c->limits.rate_burst = (int)(((unsigned)c->limits.rate_burst + n - 1) / n);
     /* server.threads is the server's too (default 4 per CPU): workers
      * sharing CPUs with more threads in all would only add switching. */
     long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
@@ -1277,11 +1277,18 @@ int keel__supervisor_run(struct keel__conf *conf, const char *self_path, char *c
     log_info("keeld %s supervisor %d: main %s:%d, admin %s:%d, %u worker(s)", PACKAGE_VERSION,
              (int)getpid(), conf->server.host, conf->server.port, conf->admin.host,
              conf->admin.port, sup.target);
-    if (conf->limits.rate_per_user > 0)
-        log_info("rate limit: %d request(s)/s per user, burst %d, shared between %u worker(s)",
-                 conf->limits.rate_per_user,
-                 conf->limits.rate_burst > 0 ? conf->limits.rate_burst : conf->limits.rate_per_user,
-                 sup.target);
+    if (conf->limits.rate_per_user > 0) {
+        /* One bucket per user for the whole server, in memory the workers
+         * inherit. */
+        struct keel__ratelimit_conf rc = {.rate = (unsigned)conf->limits.rate_per_user,
+                                          .burst = (unsigned)conf->limits.rate_burst};
+        keel__ratelimit *rl = NULL;
+        if (keel__ratelimit_new_shared(&rc, &rl) != 0) {
+            log_error("cannot set up the shared rate-limit table");
+            return 1;
+        }
+        keel__ratelimit_set_server_wide(rl);
+    }
     for (unsigned i = 0; i < sup.target; i++)
         if (spawn() == NULL)
             return 1;

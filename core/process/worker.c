@@ -21,7 +21,7 @@
 #include "plugin/loader.h"
 #include "plugin/registry.h"
 #include "process/channel.h"
-#include "process/scoreboard.h"
+#include "util/scoreboard.h"
 #include "util/log.h"
 
 static int ctl_fd = -1;

@@ -901,8 +901,11 @@ def test_metrics_are_valid_prometheus_text_with_every_family():
         lat = fams_samples(fams, "keel_http_request_duration_seconds_count")
         assert any(s.labels.get("route") == HELLO and s.value == 3 for s in lat), lat
 
-        assert fams_samples(fams, "keel_usersync_cache_misses_total")[0].value >= 1
-        assert fams_samples(fams, "keel_usersync_cache_hits_total")[0].value >= 2
+        # Three requests of one user: one miss per worker that saw the user
+        # (each has its own cache), hits for the rest.
+        misses = fams_samples(fams, "keel_usersync_cache_misses_total")[0].value
+        hits = fams_samples(fams, "keel_usersync_cache_hits_total")[0].value
+        assert 1 <= misses <= len(k.workers()) and misses + hits >= 3, (misses, hits)
         pool = {s.labels.get("state") for s in fams_samples(fams, "keel_db_pool_connections")}
         assert {"in_use", "idle"} <= pool, pool
         breaker = {s.labels["state"]: s.value for s in fams_samples(fams, "keel_db_breaker_state")}
