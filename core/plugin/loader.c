@@ -69,15 +69,29 @@ void keel__loader_set_runtime_dir(const char *dir)
 }
 
 /*
- * True while the process that made a copy directory may still be running.
- * Any live process with that pid counts: keel-plugin-check and a keeld run
- * under valgrind use the same loader under other command names, and a
- * directory kept by mistake after its pid was reused costs a few files until
- * the next start, while one removed by mistake breaks a running server.
+ * True while the process that made a copy directory may still be running: a
+ * live process with that pid, not a zombie nobody has reaped yet.  Any
+ * command name counts: keel-plugin-check and a keeld run under valgrind use
+ * the same loader under other names, and a directory kept by mistake after
+ * its pid was reused costs a few files until the next start, while one
+ * removed by mistake breaks a running server.
  */
 static bool copier_alive(long pid)
 {
-    return pid > 0 && !(kill((pid_t)pid, 0) != 0 && errno == ESRCH);
+    if (pid <= 0 || (kill((pid_t)pid, 0) != 0 && errno == ESRCH))
+        return false;
+    char path[64], stat[512] = "";
+    snprintf(path, sizeof path, "/proc/%ld/stat", pid);
+    FILE *sf = fopen(path, "re");
+    if (sf != NULL) {
+        size_t n = fread(stat, 1, sizeof stat - 1, sf);
+        stat[n] = '\0';
+        fclose(sf);
+        const char *paren = strrchr(stat, ')');
+        if (paren != NULL && paren[1] == ' ' && (paren[2] == 'Z' || paren[2] == 'X'))
+            return false;
+    }
+    return true;
 }
 
 /*
