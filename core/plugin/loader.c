@@ -69,27 +69,29 @@ void keel__loader_set_runtime_dir(const char *dir)
 }
 
 /*
- * True while pid runs.  Any live process counts, whatever its name: the
- * copy directory may belong to keel-plugin-check, or to a keeld under
- * valgrind, and a pid reused by something else only delays the cleanup.  A
- * zombie is gone: a killed worker whose supervisor died with it is
- * reparented, and not every pid 1 reaps.
+ * True while the process that made a copy directory may still be running: a
+ * live process with that pid, not a zombie nobody has reaped yet.  Any
+ * command name counts: keel-plugin-check and a keeld run under valgrind use
+ * the same loader under other names, and a directory kept by mistake after
+ * its pid was reused costs a few files until the next start, while one
+ * removed by mistake breaks a running server.
  */
-static bool keeld_alive(long pid)
+static bool copier_alive(long pid)
 {
     if (pid <= 0 || (kill((pid_t)pid, 0) != 0 && errno == ESRCH))
         return false;
-    char path[64];
+    char path[64], stat[512] = "";
     snprintf(path, sizeof path, "/proc/%ld/stat", pid);
-    FILE *st = fopen(path, "re");
-    if (st == NULL)
-        return true; /* cannot tell: keep its files */
-    char buf[512];
-    size_t n = fread(buf, 1, sizeof buf - 1, st);
-    fclose(st);
-    buf[n] = '\0';
-    const char *close_paren = strrchr(buf, ')');
-    return !(close_paren != NULL && close_paren[1] == ' ' && close_paren[2] == 'Z');
+    FILE *sf = fopen(path, "re");
+    if (sf != NULL) {
+        size_t n = fread(stat, 1, sizeof stat - 1, sf);
+        stat[n] = '\0';
+        fclose(sf);
+        const char *paren = strrchr(stat, ')');
+        if (paren != NULL && paren[1] == ' ' && (paren[2] == 'Z' || paren[2] == 'X'))
+            return false;
+    }
+    return true;
 }
 
 /*
@@ -108,7 +110,7 @@ static void remove_stale_copies(const char *dir)
         char tail[16];
         if (strncmp(de->d_name, "keeld-", 6) != 0 ||
             sscanf(de->d_name + 6, "%ld-%15s", &pid, tail) != 2 || strlen(tail) != 6 ||
-            pid == (long)getpid() || keeld_alive(pid))
+            pid == (long)getpid() || copier_alive(pid))
             continue;
         int fd = openat(dirfd(d), de->d_name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
         if (fd < 0)
