@@ -354,19 +354,19 @@ void keel__accesslog_request(const keel_request *req, const char *listener, unsi
     snprintf(buf, size, "%s %s %s %s %u %lld.%03lldms plugin=%s gen=%llu user=%s\n", ts, listener, \
              req->method, req->path, status, us / 1000, us % 1000, plugin, gen, user)
     char stack[1024];
-    char *line = stack;
     int n = ACCESS_TEXT(stack, sizeof stack);
     if (n < 0)
         return;
-    if ((size_t)n >= sizeof stack) {
-        /* A long path: format again into a buffer that fits the line. */
-        line = malloc((size_t)n + 1);
-        if (line == NULL)
-            return;
-        ACCESS_TEXT(line, (size_t)n + 1);
+    if ((size_t)n < sizeof stack) {
+        keel__accesslog_line(stack, (size_t)n);
+        return;
     }
+    /* A long path: format again into a buffer that fits the line. */
+    char *heap = malloc((size_t)n + 1);
+    if (heap == NULL)
+        return;
+    ACCESS_TEXT(heap, (size_t)n + 1);
 #undef ACCESS_TEXT
-    keel__accesslog_line(line, (size_t)n);
-    if (line != stack)
-        free(line);
+    keel__accesslog_line(heap, (size_t)n);
+    free(heap);
 }
