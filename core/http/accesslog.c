@@ -122,7 +122,7 @@ static struct buffer *thread_buffer(void)
     return b;
 }
 
-void keel__accesslog_line(const char *line, size_t len)
+void keel__access_log_line(const char *line, size_t len)
 {
     if (atomic_load(&log_fd) < 0)
         return;
@@ -149,7 +149,7 @@ void keel__accesslog_line(const char *line, size_t len)
     pthread_mutex_unlock(&b->mu);
 }
 
-void keel__accesslog_flush(void)
+void keel__access_log_flush(void)
 {
     pthread_mutex_lock(&list_mu);
     for (struct buffer *b = buffers; b != NULL; b = b->next) {
@@ -192,7 +192,7 @@ static void *flusher_main(void *arg)
         if (flusher_stop)
             break;
         pthread_mutex_unlock(&flusher_mu);
-        keel__accesslog_flush();
+        keel__access_log_flush();
         pthread_mutex_lock(&flusher_mu);
     }
     pthread_mutex_unlock(&flusher_mu);
@@ -207,7 +207,7 @@ static int open_path(const char *path)
     return fd;
 }
 
-int keel__accesslog_open(const char *dest, bool json)
+int keel__access_log_open(const char *dest, bool json)
 {
     log_json = json;
     if (dest == NULL || *dest == '\0' || strcmp(dest, "off") == 0)
@@ -240,11 +240,11 @@ int keel__accesslog_open(const char *dest, bool json)
     return 0;
 }
 
-int keel__accesslog_reopen(void)
+int keel__access_log_reopen(void)
 {
     if (atomic_load(&log_fd) < 0)
         return 0;
-    keel__accesslog_flush();
+    keel__access_log_flush();
     if (log_path == NULL)
         return 0; /* standard error is not ours to reopen */
     int fd = open_path(log_path);
@@ -259,7 +259,7 @@ int keel__accesslog_reopen(void)
     return 0;
 }
 
-void keel__accesslog_close(void)
+void keel__access_log_close(void)
 {
     if (flusher_running) {
         pthread_mutex_lock(&flusher_mu);
@@ -270,7 +270,7 @@ void keel__accesslog_close(void)
         flusher_running = false;
         pthread_cond_destroy(&flusher_cv);
     }
-    keel__accesslog_flush();
+    keel__access_log_flush();
     pthread_mutex_lock(&list_mu);
     int old = swap_fd_locked(-1);
     pthread_mutex_unlock(&list_mu);
@@ -312,12 +312,11 @@ static void json_line(const keel_request *req, const char *listener, unsigned st
         return;
     }
     line[len] = '\n';
-    keel__accesslog_line(line, len + 1);
+    keel__access_log_line(line, len + 1);
     free(line);
 }
 
-void keel__accesslog_request(const keel_request *req, const char *listener, unsigned status,
-                             int64_t ns)
+void keel__access_log(const keel_request *req, unsigned status, int64_t ns, const char *listener)
 {
     if (atomic_load_explicit(&log_fd, memory_order_relaxed) < 0)
         return;
@@ -358,7 +357,7 @@ void keel__accesslog_request(const keel_request *req, const char *listener, unsi
     if (n < 0)
         return;
     if ((size_t)n < sizeof stack) {
-        keel__accesslog_line(stack, (size_t)n);
+        keel__access_log_line(stack, (size_t)n);
         return;
     }
     /* A long path: format again into a buffer that fits the line. */
@@ -367,6 +366,6 @@ void keel__accesslog_request(const keel_request *req, const char *listener, unsi
         return;
     ACCESS_TEXT(heap, (size_t)n + 1);
 #undef ACCESS_TEXT
-    keel__accesslog_line(heap, (size_t)n);
+    keel__access_log_line(heap, (size_t)n);
     free(heap);
 }

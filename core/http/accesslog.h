@@ -4,7 +4,7 @@
  * written with one write() per buffer instead of one per request: a buffer
  * is written when the next line would not fit, by a flusher thread at most
  * KEEL__ACCESSLOG_FLUSH_MS after its first line, when its thread exits, and
- * on reopen and close.  A clean stop (keel__accesslog_close after the
+ * on reopen and close.  A clean stop (keel__access_log_close after the
  * daemons have stopped) therefore loses nothing; a crash loses at most the
  * last KEEL__ACCESSLOG_FLUSH_MS of lines.
  */
@@ -29,28 +29,27 @@
  * nothing).  json selects the JSON line format.  Starts the flusher thread.
  * Returns 0, or a negative KEEL_E* code with the reason logged (the log is
  * then off). */
-int keel__accesslog_open(const char *dest, bool json);
+int keel__access_log_open(const char *dest, bool json);
 
-/* Formats and queues the line of one completed request; listener is the
- * listener's name ("main", "admin").  Never blocks on the disk for longer
+/* Formats and queues the line of req, which ended with status after ns
+ * nanoseconds on listener ("main", "admin").  Never blocks on the disk for longer
  * than one write() of the calling thread's own buffer. */
-void keel__accesslog_request(const keel_request *req, const char *listener, unsigned status,
-                             int64_t ns);
+void keel__access_log(const keel_request *req, unsigned status, int64_t ns, const char *listener);
 
 /* Queues one preformatted line (len bytes, ending in '\n'). */
-void keel__accesslog_line(const char *line, size_t len);
+void keel__access_log_line(const char *line, size_t len);
 
 /* Writes every thread's buffered lines now. */
-void keel__accesslog_flush(void);
+void keel__access_log_flush(void);
 
 /* Log rotation: writes what is buffered to the old file, then opens the
  * path again.  Returns 0, or a negative KEEL_E* code when the path cannot be
  * opened (the old file is then kept). */
-int keel__accesslog_reopen(void);
+int keel__access_log_reopen(void);
 
 /* Stops the flusher, writes everything buffered and closes the file.  Call
  * after the threads that log have stopped; lines queued later are written
  * at once, unbuffered, to nowhere (the log is off). */
-void keel__accesslog_close(void);
+void keel__access_log_close(void);
 
 #endif

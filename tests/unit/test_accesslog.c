@@ -85,7 +85,7 @@ static void *writer(void *arg)
     int t = (int)(intptr_t)arg;
     char line[512];
     for (int j = 0; j < LINES; j++)
-        keel__accesslog_line(line, make_line(line, sizeof line, t, j));
+        keel__access_log_line(line, make_line(line, sizeof line, t, j));
     /* Ending the thread writes what is left in its buffer. */
     return NULL;
 }
@@ -95,7 +95,7 @@ static void test_rotation_under_load_loses_nothing(void **state)
     (void)state;
     char live[128];
     path_of(live, sizeof live, "access.log");
-    assert_int_equal(keel__accesslog_open(live, false), 0);
+    assert_int_equal(keel__access_log_open(live, false), 0);
 
     pthread_t th[WRITERS];
     for (int t = 0; t < WRITERS; t++)
@@ -108,11 +108,11 @@ static void test_rotation_under_load_loses_nothing(void **state)
         snprintf(name, sizeof name, "access.log.%d", r);
         path_of(old, sizeof old, name);
         assert_int_equal(rename(live, old), 0);
-        assert_int_equal(keel__accesslog_reopen(), 0);
+        assert_int_equal(keel__access_log_reopen(), 0);
     }
     for (int t = 0; t < WRITERS; t++)
         pthread_join(th[t], NULL);
-    keel__accesslog_close();
+    keel__access_log_close();
 
     char *all = NULL;
     size_t len = 0;
@@ -157,9 +157,9 @@ static void test_flusher_writes_without_close(void **state)
     (void)state;
     char path[128];
     path_of(path, sizeof path, "flusher.log");
-    assert_int_equal(keel__accesslog_open(path, false), 0);
+    assert_int_equal(keel__access_log_open(path, false), 0);
     const char line[] = "one line\n";
-    keel__accesslog_line(line, sizeof line - 1);
+    keel__access_log_line(line, sizeof line - 1);
     /* This thread stays alive and its buffer is far from full: only the
      * flusher can write the line.  Up to 10 s, far past its 100 ms. */
     struct stat st = {0};
@@ -168,10 +168,10 @@ static void test_flusher_writes_without_close(void **state)
         nanosleep(&ts, NULL);
     }
     assert_int_equal(st.st_size, (off_t)(sizeof line - 1));
-    keel__accesslog_close();
+    keel__access_log_close();
     /* Closed: lines go nowhere and nothing breaks. */
-    keel__accesslog_line(line, sizeof line - 1);
-    keel__accesslog_flush();
+    keel__access_log_line(line, sizeof line - 1);
+    keel__access_log_flush();
     assert_int_equal(stat(path, &st), 0);
     assert_int_equal(st.st_size, (off_t)(sizeof line - 1));
 }
@@ -181,16 +181,16 @@ static void test_long_line_keeps_order(void **state)
     (void)state;
     char path[128];
     path_of(path, sizeof path, "long.log");
-    assert_int_equal(keel__accesslog_open(path, false), 0);
+    assert_int_equal(keel__access_log_open(path, false), 0);
     size_t big_len = 3 * KEEL__ACCESSLOG_BUFFER;
     char *big = malloc(big_len);
     assert_non_null(big);
     memset(big, 'x', big_len - 1);
     big[big_len - 1] = '\n';
-    keel__accesslog_line("first\n", 6);
-    keel__accesslog_line(big, big_len);
-    keel__accesslog_line("last\n", 5);
-    keel__accesslog_close();
+    keel__access_log_line("first\n", 6);
+    keel__access_log_line(big, big_len);
+    keel__access_log_line("last\n", 5);
+    keel__access_log_close();
     char *all = NULL;
     size_t len = 0;
     slurp(path, &all, &len);
@@ -205,15 +205,15 @@ static void test_long_line_keeps_order(void **state)
 static void test_off_and_unopenable(void **state)
 {
     (void)state;
-    assert_int_equal(keel__accesslog_open("off", false), 0);
-    keel__accesslog_line("x\n", 2);
-    assert_int_equal(keel__accesslog_reopen(), 0);
-    keel__accesslog_close();
+    assert_int_equal(keel__access_log_open("off", false), 0);
+    keel__access_log_line("x\n", 2);
+    assert_int_equal(keel__access_log_reopen(), 0);
+    keel__access_log_close();
     char path[160];
     path_of(path, sizeof path, "no-such-dir/access.log");
-    assert_true(keel__accesslog_open(path, false) < 0);
-    keel__accesslog_line("x\n", 2);
-    keel__accesslog_close();
+    assert_true(keel__access_log_open(path, false) < 0);
+    keel__access_log_line("x\n", 2);
+    keel__access_log_close();
 }
 
 int main(void)
