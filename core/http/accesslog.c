@@ -209,6 +209,9 @@ static int open_path(const char *path)
 
 int keel__access_log_open(const char *dest, bool json)
 {
+    /* Opening again (a restarted server) starts from a closed log. */
+    if (flusher_running || atomic_load(&log_fd) >= 0)
+        keel__access_log_close();
     log_json = json;
     if (dest == NULL || *dest == '\0' || strcmp(dest, "off") == 0)
         return 0;
