@@ -10,6 +10,7 @@
 #include <strings.h>
 
 #include "util/log.h"
+#include "http/body.h"
 #include "http/routes.h"
 #include "http/server.h"
 
@@ -19,6 +20,7 @@
  * statement reuses it (and its cleanup), so freeing keeps memory flat. */
 struct keel_db_result {
     PGresult *pg;
+    keel_request *req; /* the request it belongs to */
     struct keel_db_result *next_spare;
 };
 
@@ -116,6 +118,7 @@ static int own_result(keel_request *req, PGresult *pg, keel_db_result **out)
         }
     }
     r->pg = pg;
+    r->req = req;
     atomic_fetch_add_explicit(&results_live, 1, memory_order_relaxed);
     *out = r;
     return 0;
@@ -135,13 +138,13 @@ static int run_on(keel_request *req, keel__db_conn *conn, const char *sql, int n
     return own_result(req, pg, out);
 }
 
-static void host_db_result_free(keel_request *req, keel_db_result *res)
+static void host_db_result_free(keel_db_result *res)
 {
-    if (req == NULL || res == NULL || res->pg == NULL)
+    if (res == NULL || res->pg == NULL)
         return;
     result_clear(res);
-    res->next_spare = req->spare_results;
-    req->spare_results = res;
+    res->next_spare = res->req->spare_results;
+    res->req->spare_results = res;
 }
 
 static int host_db_query(keel_request *req, const char *sql, int nparams, const char *const *params,
@@ -264,6 +267,7 @@ static const keel_host host_api = {
     .db_affected = host_db_affected,
     .db_result_free = host_db_result_free,
     .req_query_arg = keel__req_query_arg,
+    .req_body_line = keel__body_line,
 };
 
 const keel_host *keel__host_api(void)
