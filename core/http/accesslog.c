@@ -22,8 +22,7 @@
 /* One thread's pending lines.  The owning thread appends under mu, which is
  * almost never contended: the flusher takes it ten times a second.  Every
  * write() to the file happens under the mutex of the buffer being written,
- * which is what lets reopen and close know when nobody uses the old
- * descriptor any more. */
+ * which is what lets close know when nobody uses the descriptor any more. */
 struct buffer {
     pthread_mutex_t mu;
     struct buffer *prev, *next; /* all buffers, under list_mu */
@@ -129,7 +128,7 @@ void keel__access_log_line(const char *line, size_t len)
     struct buffer *b = thread_buffer();
     if (b == NULL) {
         /* No buffer (out of memory): the line goes out on its own, under
-         * the list lock so that reopen cannot close the file meanwhile. */
+         * the list lock so that close cannot close the file meanwhile. */
         pthread_mutex_lock(&list_mu);
         write_all(atomic_load(&log_fd), line, len);
         pthread_mutex_unlock(&list_mu);
@@ -163,7 +162,7 @@ void keel__access_log_flush(void)
 /* Replaces the descriptor every buffer writes to and returns the old one,
  * once no write() can still be using it: each write happens under its
  * buffer's mutex, so taking every mutex once after the swap is enough.
- * Called with list_mu held. */
+ * Called with list_mu held, by close. */
 static int swap_fd_locked(int fd)
 {
     int old = atomic_exchange(&log_fd, fd);
@@ -243,23 +242,17 @@ int keel__access_log_open(const char *dest, bool json)
     return 0;
 }
 
-int keel__access_log_reopen(void)
+void keel__access_log_reopen(void)
 {
     if (atomic_load(&log_fd) < 0)
-        return 0;
+        return;
     keel__access_log_flush();
-    if (log_path == NULL)
-        return 0; /* standard error is not ours to reopen */
-    int fd = open_path(log_path);
-    if (fd < 0)
-        return KEEL_EIO;
-    /* Lines queued since the flush above land in the new file. */
-    pthread_mutex_lock(&list_mu);
-    int old = swap_fd_locked(fd);
-    pthread_mutex_unlock(&list_mu);
-    if (old > 2)
-        close(old);
-    return 0;
+    /* Standard error is not ours to reopen.  The new file takes the old
+     * one's descriptor number (dup2), so threads writing meanwhile write
+     * whole buffers to one file or the other; lines queued since the flush
+     * above land in the new one. */
+    if (log_path != NULL && keel__log_reopen_onto(atomic_load(&log_fd), log_path) == 0)
+        log_info("reopened the access log %s", log_path);
 }
 
 void keel__access_log_close(void)
@@ -295,10 +288,11 @@ static _Thread_local size_t ts_seconds_len;
 static void json_line(const keel_request *req, const char *listener, unsigned status, int64_t ns,
                       const char *ts, const char *plugin, unsigned long long gen, const char *user)
 {
-    json_t *o = json_pack("{s:s, s:s, s:s, s:i, s:f, s:s, s:I, s:s, s:s}", "time", ts, "method",
-                          req->method, "path", req->path, "status", (int)status, "latency_ms",
-                          (double)ns / 1e6, "plugin", plugin, "generation", (json_int_t)gen, "user",
-                          user, "listener", listener);
+    json_t *o = json_pack("{s:s, s:s, s:s, s:i, s:f, s:s, s:I, s:s, s:s, s:s, s:s}", "time", ts,
+                          "method", req->method, "path", req->path, "status", (int)status,
+                          "latency_ms", (double)ns / 1e6, "plugin", plugin, "generation",
+                          (json_int_t)gen, "user", user, "listener", listener, "client",
+                          req->client_addr, "request_id", req->request_id);
     /* Nine significant digits keep nanosecond latencies without the binary
      * noise of a full double. */
     char *s = o ? json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(9)) : NULL;
@@ -353,8 +347,10 @@ void keel__access_log(const keel_request *req, unsigned status, int64_t ns, cons
      * formatting, the other big share of the line's cost. */
     long long us = ns > 0 ? (ns + 500) / 1000 : 0;
 #define ACCESS_TEXT(buf, size)                                                                     \
-    snprintf(buf, size, "%s %s %s %s %u %lld.%03lldms plugin=%s gen=%llu user=%s\n", ts, listener, \
-             req->method, req->path, status, us / 1000, us % 1000, plugin, gen, user)
+    snprintf(buf, size,                                                                            \
+             "%s %s %s %s %u %lld.%03lldms plugin=%s gen=%llu user=%s client=%s rid=%s\n", ts,     \
+             listener, req->method, req->path, status, us / 1000, us % 1000, plugin, gen, user,    \
+             req->client_addr, req->request_id)
     char stack[1024];
     int n = ACCESS_TEXT(stack, sizeof stack);
     if (n < 0)

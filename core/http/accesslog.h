@@ -42,10 +42,11 @@ void keel__access_log_line(const char *line, size_t len);
 /* Writes every thread's buffered lines now. */
 void keel__access_log_flush(void);
 
-/* Log rotation: writes what is buffered to the old file, then opens the
- * path again.  Returns 0, or a negative KEEL_E* code when the path cannot be
- * opened (the old file is then kept). */
-int keel__access_log_reopen(void);
+/* Log rotation (SIGUSR1, after logrotate renamed the file): writes what is
+ * buffered to the old file, then reopens the file under its name on the
+ * same descriptor.  When the path cannot be opened the old file is kept
+ * (and the reason logged). */
+void keel__access_log_reopen(void);
 
 /* Stops the flusher, writes everything buffered and closes the file.  Call
  * after the threads that log have stopped; lines queued later are written

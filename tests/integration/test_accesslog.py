@@ -82,7 +82,7 @@ def test_text_lines_all_written_on_sigterm():
         sent = _load(k)
         lines = _stop_and_read(k)
     pat = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z main GET (\S+) (\d{3}) "
-                     r"\d+\.\d{3}ms plugin=(\S+) gen=\d+ user=\S+")
+                     r"\d+\.\d{3}ms plugin=(\S+) gen=\d+ user=\S+ client=\S+ rid=\S+")
     paths = []
     for line in lines:
         m = pat.fullmatch(line)

@@ -108,7 +108,7 @@ static void test_rotation_under_load_loses_nothing(void **state)
         snprintf(name, sizeof name, "access.log.%d", r);
         path_of(old, sizeof old, name);
         assert_int_equal(rename(live, old), 0);
-        assert_int_equal(keel__access_log_reopen(), 0);
+        keel__access_log_reopen();
     }
     for (int t = 0; t < WRITERS; t++)
         pthread_join(th[t], NULL);
@@ -207,7 +207,7 @@ static void test_off_and_unopenable(void **state)
     (void)state;
     assert_int_equal(keel__access_log_open("off", false), 0);
     keel__access_log_line("x\n", 2);
-    assert_int_equal(keel__access_log_reopen(), 0);
+    keel__access_log_reopen();
     keel__access_log_close();
     char path[160];
     path_of(path, sizeof path, "no-such-dir/access.log");
