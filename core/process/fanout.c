@@ -1,0 +1,285 @@
+#include "config.h"
+
+#include "process/fanout.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <jansson.h>
+
+#include "plugin/loader.h"
+#include "process/merge.h"
+#include "process/supervisor_state.h"
+#include "util/log.h"
+#include "util/time.h"
+
+static void fanout_finish(struct fanout *f);
+
+void keel__fanout_start(pid_t origin, unsigned long long origin_id, const char *verb,
+                        const char *arg)
+{
+    struct fanout *f = calloc(1, sizeof *f);
+    if (f == NULL) {
+        struct worker *o = keel__sup_by_pid(origin);
+        if (o != NULL)
+            keel__sup_send(o, 'R', origin_id, "null");
+        return;
+    }
+    f->id = ++keel__sup.next_id;
+    f->origin = origin;
+    f->origin_id = origin_id;
+    snprintf(f->verb, sizeof f->verb, "%s", verb);
+    snprintf(f->arg, sizeof f->arg, "%s", arg ? arg : "");
+    int timeout_ms = 10000;
+    if (strcmp(verb, "reload") == 0) {
+        timeout_ms = keel__sup.conf->containment.init_timeout_ms *
+                         (int)(keel__sup.conf->nplugins + 1) +
+                     20000;
+        /* A reload of a plugin lifts its quarantine: the operator asked
+         * for it to run again. */
+        for (size_t i = 0; i < keel__sup.nplugins; i++) {
+            struct plugin_state *p = &keel__sup.plugins[i];
+            if (f->arg[0] == '\0' || strcmp(f->arg, p->name) == 0) {
+                if (p->quarantine != 0)
+                    log_info("plugin %s: quarantine lifted by a reload", p->name);
+                p->quarantine = 0;
+                p->ncrash = 0;
+            }
+        }
+    }
+    f->deadline_ns = keel__monotonic_ns() + (int64_t)timeout_ms * 1000000;
+    char body[300];
+    snprintf(body, sizeof body, "%s%s%s", verb, f->arg[0] ? " " : "", f->arg);
+    /* A reload must reach a worker that is still starting too (it may have
+     * read the plugin before the change): its answer comes once it serves. */
+    bool starting_too = strcmp(verb, "reload") == 0 || strcmp(verb, "evict") == 0 ||
+                        strcmp(verb, "quarantine") == 0;
+    /* A worker serves HTTP a moment before it says ready: the one asking,
+     * or all of them at start-up, are asked even while "starting". */
+    bool none_ready = keel__sup_count_state(W_READY, W_READY) == 0;
+    for (unsigned i = 0; i < keel__sup.nslots && f->n < MAX_PARTS; i++) {
+        struct worker *w = &keel__sup.w[i];
+        bool starting_ok = starting_too || none_ready || w->pid == origin;
+        if (w->state != W_READY && !(starting_ok && w->state == W_STARTING))
+            continue;
+        f->expect[f->n++] = w->pid;
+        keel__sup_send(w, 'Q', f->id, body);
+    }
+    f->next = keel__sup.fanouts;
+    keel__sup.fanouts = f;
+    if (f->n == 0)
+        fanout_finish(f);
+}
+
+static void fanout_unlink(struct fanout *f)
+{
+    for (struct fanout **pp = &keel__sup.fanouts; *pp != NULL; pp = &(*pp)->next)
+        if (*pp == f) {
+            *pp = f->next;
+            return;
+        }
+}
+
+static json_t *overlay_plugins(json_t *d)
+{
+    json_t *list = json_object_get(d, "plugins");
+    size_t i;
+    json_t *e;
+    json_array_foreach(list, i, e)
+    {
+        const char *name = json_string_value(json_object_get(e, "name"));
+        struct plugin_state *p = NULL;
+        for (size_t k = 0; name != NULL && k < keel__sup.nplugins; k++)
+            if (strcmp(keel__sup.plugins[k].name, name) == 0)
+                p = &keel__sup.plugins[k];
+        json_object_set_new(e, "crashes", json_integer(p ? (json_int_t)p->crashes : 0));
+        json_object_set_new(e, "hangs", json_integer(p ? (json_int_t)p->hangs : 0));
+        json_object_set_new(e, "last_crash",
+                            p && p->last_report ? json_string(p->last_report) : json_null());
+        if (p != NULL && p->quarantine != 0) {
+            json_object_set_new(e, "state", json_string("quarantined"));
+            json_object_set_new(e, "reason", json_string(keel__reason_name(p->quarantine)));
+        }
+    }
+    json_object_set_new(d, "workers", json_integer(keel__sup_count_state(W_READY, W_READY)));
+    return d;
+}
+
+static char *supervisor_metrics(void)
+{
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *m = open_memstream(&buf, &len);
+    if (m == NULL)
+        return NULL;
+    fprintf(m,
+            "# HELP keel_workers Worker processes serving.\n# TYPE keel_workers gauge\n"
+            "keel_workers %u\n",
+            keel__sup_count_state(W_READY, W_READY));
+    fprintf(m, "# HELP keel_worker_restarts_total Workers replaced, by reason.\n"
+               "# TYPE keel_worker_restarts_total counter\n");
+    for (size_t i = 0; keel__sup_restart_reasons[i] != NULL; i++)
+        fprintf(m, "keel_worker_restarts_total{reason=\"%s\"} %llu\n", keel__sup_restart_reasons[i],
+                keel__sup.restarts[i]);
+    fprintf(m, "# HELP keel_plugin_crashes_total Worker crashes inside the plugin's code.\n"
+               "# TYPE keel_plugin_crashes_total counter\n");
+    for (size_t i = 0; i < keel__sup.nplugins; i++)
+        fprintf(m, "keel_plugin_crashes_total{plugin=\"%s\"} %llu\n", keel__sup.plugins[i].name,
+                keel__sup.plugins[i].crashes);
+    fprintf(m, "# HELP keel_plugin_hangs_total Handlers that ran past plugins.handler_timeout_ms.\n"
+               "# TYPE keel_plugin_hangs_total counter\n");
+    for (size_t i = 0; i < keel__sup.nplugins; i++)
+        fprintf(m, "keel_plugin_hangs_total{plugin=\"%s\"} %llu\n", keel__sup.plugins[i].name,
+                keel__sup.plugins[i].hangs);
+    fprintf(m, "# HELP keel_plugin_quarantined 1 while the plugin is quarantined.\n"
+               "# TYPE keel_plugin_quarantined gauge\n");
+    for (size_t i = 0; i < keel__sup.nplugins; i++)
+        fprintf(m, "keel_plugin_quarantined{plugin=\"%s\"} %d\n", keel__sup.plugins[i].name,
+                keel__sup.plugins[i].quarantine != 0);
+    fclose(m);
+    return buf;
+}
+
+static void fanout_finish(struct fanout *f)
+{
+    fanout_unlink(f);
+    char *answer = NULL;
+    if (strcmp(f->verb, "metrics") == 0) {
+        const char *texts[MAX_PARTS + 1];
+        size_t n = 0;
+        for (size_t i = 0; i < f->n; i++)
+            if (f->part[i] != NULL)
+                texts[n++] = f->part[i];
+        char *own = supervisor_metrics();
+        texts[n++] = own;
+        answer = keel__merge_metrics(texts, n);
+        free(own);
+    } else if (strcmp(f->verb, "evict") == 0) {
+        json_int_t total = 0;
+        for (size_t i = 0; i < f->n; i++) {
+            json_t *j = f->part[i] ? json_loads(f->part[i], 0, NULL) : NULL;
+            total += json_integer_value(json_object_get(j, "evicted"));
+            json_decref(j);
+        }
+        json_t *merged = json_pack("{s:I}", "evicted", total);
+        answer = merged ? json_dumps(merged, JSON_COMPACT) : NULL;
+        json_decref(merged);
+    } else if (strcmp(f->verb, "describe") == 0 || strcmp(f->verb, "reload") == 0 ||
+               strcmp(f->verb, "status") == 0) {
+        json_t *parts[MAX_PARTS];
+        size_t n = 0;
+        for (size_t i = 0; i < f->n; i++)
+            if (f->part[i] != NULL && (parts[n] = json_loads(f->part[i], 0, NULL)) != NULL)
+                n++;
+        json_t *merged;
+        if (strcmp(f->verb, "describe") == 0)
+            merged = overlay_plugins(keel__merge_describe(parts, n));
+        else if (strcmp(f->verb, "reload") == 0)
+            merged = keel__merge_reload(parts, n);
+        else {
+            merged = keel__merge_status(parts, n);
+            json_t *pids = json_array();
+            for (size_t i = 0; i < f->n; i++)
+                json_array_append_new(pids, json_integer(f->expect[i]));
+            json_object_set_new(merged, "workers", pids);
+            json_object_set_new(merged, "supervisor_pid", json_integer(getpid()));
+        }
+        for (size_t i = 0; i < n; i++)
+            json_decref(parts[i]);
+        answer = merged ? json_dumps(merged, JSON_COMPACT) : NULL;
+        json_decref(merged);
+    }
+    if (f->origin != 0) {
+        struct worker *o = keel__sup_by_pid(f->origin);
+        if (o != NULL)
+            keel__sup_send(o, 'R', f->origin_id, answer ? answer : "null");
+    } else if (strcmp(f->verb, "reload") == 0) {
+        log_info("reload result: %s", answer ? answer : "(none)");
+    } else if (strcmp(f->verb, "quarantine") == 0) {
+        char name[64] = "";
+        sscanf(f->arg, "%63s", name);
+        log_info("plugin %s quarantined in every worker (%zu)", name, f->n);
+    }
+    if (strcmp(f->verb, "reload") == 0) {
+        /* Workers started from now on read the conf.d just reloaded. */
+        struct keel__conf *fresh = NULL;
+        char err[512];
+        if (keel__conf_load(keel__sup.conf->dir, &fresh, err, sizeof err) == 0 &&
+            keel__conf_apply_env(fresh, err, sizeof err) == 0) {
+            keel__conf_free(keel__sup.conf);
+            keel__sup.conf = fresh;
+        } else {
+            keel__conf_free(fresh);
+        }
+    }
+    free(answer);
+    for (size_t i = 0; i < f->n; i++)
+        free(f->part[i]);
+    free(f);
+}
+
+void keel__fanout_collect(pid_t from, unsigned long long id, char *body)
+{
+    for (struct fanout *f = keel__sup.fanouts; f != NULL; f = f->next) {
+        if (f->id != id)
+            continue;
+        for (size_t i = 0; i < f->n; i++) {
+            if (f->expect[i] == from && !f->answered[i]) {
+                f->answered[i] = true;
+                f->part[i] = body;
+                body = NULL;
+            }
+        }
+        bool all = true;
+        for (size_t i = 0; i < f->n; i++)
+            all = all && f->answered[i];
+        if (all)
+            fanout_finish(f);
+        break;
+    }
+    free(body);
+}
+
+void keel__fanout_forget(pid_t pid)
+{
+    struct fanout *f = keel__sup.fanouts;
+    while (f != NULL) {
+        struct fanout *next = f->next;
+        bool all = true;
+        for (size_t i = 0; i < f->n; i++) {
+            if (f->expect[i] == pid)
+                f->answered[i] = true;
+            all = all && f->answered[i];
+        }
+        if (all)
+            fanout_finish(f);
+        f = next;
+    }
+}
+
+void keel__fanout_expire(int64_t now)
+{
+    for (struct fanout *f = keel__sup.fanouts; f != NULL;) {
+        struct fanout *next = f->next;
+        if (now >= f->deadline_ns) {
+            log_warn("%s: %zu worker(s) did not answer in time", f->verb, f->n);
+            for (size_t i = 0; i < f->n; i++)
+                f->answered[i] = true;
+            fanout_finish(f);
+        }
+        f = next;
+    }
+}
+
+void keel__fanout_free_all(void)
+{
+    while (keel__sup.fanouts != NULL) {
+        struct fanout *f = keel__sup.fanouts;
+        keel__sup.fanouts = f->next;
+        for (size_t i = 0; i < f->n; i++)
+            free(f->part[i]);
+        free(f);
+    }
+}
