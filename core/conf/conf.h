@@ -42,6 +42,10 @@ struct keel__manifest_route {
     json_t *fallback;         /* body for a user when the plugin is down; owned, never
                               NULL ({"detail":"Service unavailable"} by default) */
     json_t *fallback_headers; /* object of string values to add, owned; NULL = none */
+    /* The route's API documentation (docs/api.md): an object with any of
+     * summary, description, parameters, request_body and responses, as
+     * written in the manifest; owned, NULL when the route has none. */
+    json_t *doc;
 };
 
 /* A plugin manifest: everything the core knows without loading the .so. */
@@ -51,7 +55,8 @@ struct keel__manifest {
     char *file;      /* absolute path of the .so (resolved against plugin_dir) */
     char *file_spec; /* "file" as written in the manifest */
     bool enabled;
-    json_t *config; /* "config" object handed to init; owned, never NULL */
+    json_t *config;  /* "config" object handed to init; owned, never NULL */
+    json_t *schemas; /* "schemas": named JSON Schemas the docs refer to; owned or NULL */
     struct keel__manifest_route *routes;
     size_t nroutes;
 };

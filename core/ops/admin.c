@@ -11,6 +11,7 @@
 #include "plugin/hostapi.h"
 #include "util/log.h"
 #include "ops/metrics.h"
+#include "ops/openapi.h"
 #include "http/server.h"
 
 static bool db_up(void)
@@ -55,12 +56,12 @@ static int route_me(keel_request *req)
     }
     if (degraded)
         keel__req_add_header(req, "X-Keel-Degraded", "database");
-    return keel__respond_json(req, 200,
-                              json_pack("{s:s?, s:s?, s:s?, s:s?, s:s?, s:s?, s:{s:I}}", "id",
-                                        p->user_id ? p->user_id : p->supabase_id, "email", p->email,
-                                        "full_name", p->full_name, "role", p->role, "status",
-                                        p->status, "subscription_tier", p->tier, "credits",
-                                        "balance", balance));
+    return keel__respond_json(
+        req, 200,
+        json_pack("{s:s?, s:s?, s:s?, s:s?, s:s?, s:s?, s:{s:I}}", "id",
+                  p->user_id ? p->user_id : p->supabase_id, "email", p->email, "full_name",
+                  p->full_name, "role", keel__role_public(p->role), "status", p->status,
+                  "subscription_tier", p->tier, "credits", "balance", balance));
 }
 
 static int route_plugins(keel_request *req)
@@ -173,6 +174,9 @@ static int route_evict(keel_request *req)
 const struct keel__core_route keel__core_routes[] = {
     {KEEL__LISTENER_MAIN, "GET", "/health", KEEL__AUTH_PUBLIC, route_health},
     {KEEL__LISTENER_MAIN, "GET", "/api/v1/auth/me", KEEL__AUTH_USER, route_me},
+    {KEEL__LISTENER_MAIN, "GET", "/openapi.json", KEEL__AUTH_PUBLIC, keel__route_openapi},
+    {KEEL__LISTENER_MAIN, "GET", "/docs", KEEL__AUTH_PUBLIC, keel__route_docs},
+    {KEEL__LISTENER_MAIN, "GET", "/docs/{file}", KEEL__AUTH_PUBLIC, keel__route_docs_file},
     {KEEL__LISTENER_ADMIN, "GET", "/health", KEEL__AUTH_ADMIN, route_health},
     {KEEL__LISTENER_ADMIN, "GET", "/admin/plugins", KEEL__AUTH_ADMIN, route_plugins},
     {KEEL__LISTENER_ADMIN, "POST", "/admin/reload", KEEL__AUTH_ADMIN, route_reload},

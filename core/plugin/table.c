@@ -56,6 +56,8 @@ static void table_destroy(struct keel__table *t)
         free(t->routes[i].fallback_header);
         if (t->routes[i].stub_headers != NULL)
             json_decref(t->routes[i].stub_headers);
+        json_decref(t->routes[i].doc);
+        json_decref(t->routes[i].schemas);
     }
     free(t->routes);
     if (t->health != NULL)
@@ -235,6 +237,8 @@ static struct keel__table *build_table(const struct slot_view *views, size_t nvi
             r->plugin = views[v].slot->name;
             r->slot = views[v].slot;
             r->metrics = keel__metrics_route(mr->listener, mr->method, mr->path, r->plugin);
+            r->doc = mr->doc ? json_incref(mr->doc) : NULL;
+            r->schemas = m->schemas ? json_incref(m->schemas) : NULL;
             if (views[v].gen != NULL) {
                 r->gen = views[v].gen;
                 r->handler = keel__generation_handler(views[v].gen, mr->method, mr->path);
@@ -323,6 +327,7 @@ static int manifest_copy(struct keel__manifest *dst, const struct keel__manifest
     dst->file_spec = src->file_spec ? strdup(src->file_spec) : NULL;
     dst->enabled = src->enabled;
     dst->config = json_deep_copy(src->config);
+    dst->schemas = src->schemas ? json_incref(src->schemas) : NULL;
     dst->routes = calloc(src->nroutes ? src->nroutes : 1, sizeof *dst->routes);
     if (dst->name == NULL || dst->file == NULL || dst->config == NULL || dst->routes == NULL) {
         keel__manifest_clear(dst);
@@ -339,6 +344,8 @@ static int manifest_copy(struct keel__manifest *dst, const struct keel__manifest
         b->fallback_status = a->fallback_status;
         b->fallback = a->fallback ? json_deep_copy(a->fallback) : NULL;
         b->fallback_headers = a->fallback_headers ? json_deep_copy(a->fallback_headers) : NULL;
+        /* Never modified after parsing, so the copies share it. */
+        b->doc = a->doc ? json_incref(a->doc) : NULL;
         if (b->method == NULL || b->path == NULL) {
             keel__manifest_clear(dst);
             return KEEL_ENOMEM;

@@ -55,6 +55,10 @@ struct keel__route {
     char *fallback_header; /* "<plugin>; reason=<reason>" */
     struct keel__route_metrics *metrics;
     char *owned_method, *owned_path;
+    /* The manifest's documentation of the route and its plugin's named
+     * schemas (GET /openapi.json); references, NULL when absent. */
+    json_t *doc;
+    json_t *schemas;
 };
 
 struct keel__table {
