@@ -88,7 +88,7 @@ static const char core_docs[] =
     "  \"schema\":{\"$ref\":\"#/components/schemas/Health\"}}}},"
     "\"GET /api/v1/auth/me\":{\"summary\":\"The signed-in user and their credit balance\","
     " \"description\":\"With the database down the balance reads 0 and the answer carries "
-    "  X-Keel-Degraded: database.\","
+    "X-Keel-Degraded: database.\","
     " \"responses\":{\"200\":{\"description\":\"The user\","
     "  \"schema\":{\"$ref\":\"#/components/schemas/Me\"}}}},"
     "\"GET /openapi.json\":{\"summary\":\"This document\","
@@ -340,8 +340,6 @@ json_t *keel__openapi_document(const struct keel__table *t)
 
     if (core_doc == NULL || schemas == NULL || paths == NULL || tags == NULL)
         goto out;
-    json_array_append_new(tags, json_pack("{s:s,s:s}", "name", "core", "description",
-                                          "Routes keeld serves itself"));
     for (size_t i = 0; t != NULL && i < t->nroutes; i++) {
         const struct keel__route *r = &t->routes[i];
         char key[600], method[16];
@@ -383,6 +381,9 @@ json_t *keel__openapi_document(const struct keel__table *t)
             }
         }
     }
+    /* Plugins first: they are what a reader of the page comes for. */
+    json_array_append_new(tags, json_pack("{s:s,s:s}", "name", "core", "description",
+                                          "Routes keeld serves itself"));
     doc = json_pack("{s:s,s:{s:s,s:s,s:s},s:O,s:O,s:{s:O,s:{s:{s:s,s:s,s:s,s:s}}}}", "openapi",
                     "3.1.0", "info", "title", "keel API", "version", PACKAGE_VERSION, "description",
                     "The creator-analytics API served by keeld.  Built from the route table "
