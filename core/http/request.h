@@ -94,6 +94,9 @@ struct keel_request {
 
     /* Database. */
     char db_error[256];
+    /* Result wrappers freed early by the plugin, reused by the next
+     * statement so that freeing keeps the request's memory flat. */
+    struct keel_db_result *spare_results;
 
     struct keel__arena_block *arena;
     struct keel__cleanup *cleanups;

@@ -34,7 +34,8 @@
 
 #include "http/server.h"
 #include "plugin/hostapi.h"
-#include "plugin/table.h"
+#include "http/routes.h"
+#include "plugin/loader.h"
 #include "util/log.h"
 
 #define REF_PREFIX "#/components/schemas/"
@@ -266,7 +267,7 @@ static json_t *fallback_info(const struct keel__route *r)
 static json_t *operation(const struct keel__route *r, const json_t *doc)
 {
     const char *plugin = r->plugin;
-    bool stub = plugin != NULL && r->gen == NULL;
+    bool stub = plugin != NULL && r->handler == NULL;
     const char *summary = json_string_value(json_object_get(doc, "summary"));
     const char *desc = json_string_value(json_object_get(doc, "description"));
     json_t *op, *responses = json_object();

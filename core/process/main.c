@@ -20,7 +20,8 @@
 #include "util/log.h"
 #include "ops/metrics.h"
 #include "http/server.h"
-#include "plugin/table.h"
+#include "plugin/registry.h"
+#include "util/counters.h"
 #include "identity/usersync.h"
 
 #ifndef KEEL_SYSCONFDIR
