@@ -371,8 +371,11 @@ json_t *keel__openapi_document(const struct keel__table *t)
             if (!seen) {
                 const char *name;
                 json_t *s;
+                char about[200];
+                snprintf(about, sizeof about, "Routes of the %s plugin%s", r->plugin,
+                         r->handler == NULL ? " (down: answered by its fallback stubs)" : "");
                 json_array_append_new(tags, json_pack("{s:s,s:s}", "name", r->plugin, "description",
-                                                      "Routes of this plugin"));
+                                                      about));
                 json_object_foreach(r->schemas, name, s)
                 {
                     char full[300];

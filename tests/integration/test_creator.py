@@ -512,7 +512,8 @@ def test_search_preview_then_full_analytics_and_posts():
         body = r.json()
         assert body["success"] is True and body["username"] == n, body
         assert body["pagination"] == {"page": 3, "page_size": 25, "total": 60, "total_pages": 3,
-                                      "has_next": False, "has_previous": True}, body
+                                      "has_next": False, "has_previous": True, "limit": 25,
+                                      "offset": 50, "total_count": 60, "has_more": False}, body
         assert [q["shortcode"] for q in body["posts"]] == \
             ["%s_%02d" % (n, i) for i in range(10, 0, -1)], body
         body = u.get(BASE + "/%s/posts" % n).json()
@@ -891,7 +892,8 @@ def test_manifest_lists_every_route():
         assert r.get("listener", "main") == ("admin" if admin else "main"), r
         fb = r["fallback"]
         # Routes that answer with a job or a search: retry later, not an empty 200.
-        if r["method"] == "POST" or r["path"].endswith(("/result", "creator/{username}")):
+        if r["method"] == "POST" or r["path"] in ("/api/v1/jobs/{job_id}/result",
+                                                  "/api/v1/search/creator/{username}"):
             assert fb["status"] == 503 and "detail" in fb["body"], r
             if not admin:
                 assert "Retry-After" in fb["headers"], r
