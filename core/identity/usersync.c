@@ -92,7 +92,7 @@ struct keel__usersync {
  * statement; the caller runs it once more, when the winner is visible.
  * $1 sub, $2 token email ('' when absent: no link, no insert, no email
  * change), $3 full name from user_metadata or NULL, $4 initial credits,
- * $5 the role a new row gets (keel__role_from_metadata).
+ * $5 the role of a new row, from keel__role_from_metadata().
  */
 static const char sync_sql[] =
     "WITH known AS ("
