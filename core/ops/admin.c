@@ -34,23 +34,29 @@ static int route_health(keel_request *req)
     return keel__respond(req, 200, body, strlen(body));
 }
 
-/* GET /api/v1/auth/me: the principal plus the wallet balance.  Served by the
- * core because it needs nothing but the principal and one indexed read; a
- * failed read degrades the balance to 0 with X-Keel-Degraded. */
+/* GET /api/v1/auth/me: the principal plus the wallet balance and the
+ * account's creation time.  Served by the core because it needs nothing but
+ * the principal and one indexed read; a failed read degrades the balance to
+ * 0 (created_at null) with X-Keel-Degraded. */
 static int route_me(keel_request *req)
 {
     const struct keel__principal *p = &req->principal;
     json_int_t balance = 0;
+    const char *created_at = NULL;
     bool degraded = true;
     if (p->user_id != NULL) {
         const keel_host *h = keel__host_api();
         keel_db_result *res;
         const char *params[] = {p->user_id};
-        if (h->db_query(req, "SELECT balance FROM credit_wallets WHERE user_id = $1", 1, params,
-                        &res) == 0) {
+        if (h->db_query(req,
+                        "SELECT (SELECT balance FROM credit_wallets WHERE user_id = $1::uuid),"
+                        " (SELECT to_char(created_at AT TIME ZONE 'UTC',"
+                        "  'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') FROM users WHERE id = $1::uuid)",
+                        1, params, &res) == 0) {
             degraded = false;
             const char *v = h->db_value(res, 0, 0);
             balance = v ? strtoll(v, NULL, 10) : 0;
+            created_at = h->db_value(res, 0, 1);
         } else {
             keel__log(KEEL_LOG_WARN, "core", "req=%llu auth/me: balance unavailable: %s",
                       (unsigned long long)req->id, req->db_error);
@@ -58,12 +64,13 @@ static int route_me(keel_request *req)
     }
     if (degraded)
         keel__req_add_header(req, "X-Keel-Degraded", "database");
-    return keel__respond_json(
-        req, 200,
-        json_pack("{s:s?, s:s?, s:s?, s:s?, s:s?, s:s?, s:{s:I}}", "id",
-                  p->user_id ? p->user_id : p->supabase_id, "email", p->email, "full_name",
-                  p->full_name, "role", keel__role_public(p->role), "status", p->status,
-                  "subscription_tier", p->tier, "credits", "balance", balance));
+    return keel__respond_json(req, 200,
+                              json_pack("{s:s?, s:s?, s:s?, s:s?, s:s?, s:s?, s:s?, s:{s:I}}", "id",
+                                        p->user_id ? p->user_id : p->supabase_id, "email", p->email,
+                                        "full_name", p->full_name, "role",
+                                        keel__role_public(p->role), "status", p->status,
+                                        "subscription_tier", p->tier, "created_at", created_at,
+                                        "credits", "balance", balance));
 }
 
 static int route_plugins(keel_request *req)

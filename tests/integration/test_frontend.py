@@ -303,7 +303,11 @@ def test_creator_flow_as_the_frontend_calls_it():
             pricing["actions"][0].items(), pricing
 
         me = fe.get("/api/v1/auth/me").json()
+        check_types(me, {"id": str, "email": str, "full_name": OPT_STR, "role": ROLES,
+                         "status": {"active", "pending"}, "subscription_tier": str,
+                         "created_at": str, "credits": dict}, "auth/me")
         assert me["role"] == "free" and me["credits"] == {"balance": 75}, me
+        assert ISO.match(me["created_at"]) and me["email"] == fe.email, me
 
         doc = k.get("/openapi.json").json()
         assert rec.check(doc) == len(rec.cases) >= 20
