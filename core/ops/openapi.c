@@ -26,6 +26,8 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -405,14 +407,43 @@ out:
     return doc;
 }
 
+/*
+ * The serialised document of the last table asked for.  A table never
+ * changes, so its serial names the document; building it again only after
+ * a reload keeps a public route from costing a full build per request.
+ */
+static struct {
+    pthread_mutex_t lock;
+    uint64_t serial;
+    char *text; /* malloc'd, or NULL */
+    size_t len;
+} cache = {.lock = PTHREAD_MUTEX_INITIALIZER};
+
 /* GET /openapi.json */
 int keel__route_openapi(keel_request *req)
 {
-    json_t *doc = keel__openapi_document(req->table);
+    const struct keel__table *t = req->table;
+    uint64_t serial = t != NULL ? t->serial : 0;
+    int rc;
 
-    if (doc == NULL)
-        return keel__respond_detail(req, 500, "Internal Server Error");
-    return keel__respond_json(req, 200, doc);
+    pthread_mutex_lock(&cache.lock);
+    if (cache.text == NULL || cache.serial != serial) {
+        json_t *doc = keel__openapi_document(t);
+        char *text = doc != NULL ? json_dumps(doc, JSON_COMPACT | JSON_REAL_PRECISION(15)) : NULL;
+        json_decref(doc);
+        if (text != NULL) {
+            free(cache.text);
+            cache.text = text;
+            cache.len = strlen(text);
+            cache.serial = serial;
+        }
+    }
+    if (cache.text != NULL && cache.serial == serial)
+        rc = keel__respond(req, 200, cache.text, cache.len); /* copies the text */
+    else
+        rc = keel__respond_detail(req, 500, "Internal Server Error");
+    pthread_mutex_unlock(&cache.lock);
+    return rc;
 }
 
 /* ------------------------------------------------------------------ /docs */

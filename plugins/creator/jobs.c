@@ -4,9 +4,9 @@
  *
  * The table stores a finished job as 'complete'; the jobs API says
  * "completed", the word the frontend polls for (the profile status route
- * keeps "complete", it describes the profile, not the job).  Columns a job
- * runner may add later (error, progress_percent, progress_message) are read
- * through to_jsonb(), so this file works with and without them.
+ * keeps "complete", it describes the profile, not the job).  The job
+ * runner's columns (error, progress_percent, progress_message) are read
+ * through to_jsonb(), so this file works whether or not the table has them.
  */
 #include "config.h"
 
@@ -14,18 +14,24 @@
 
 #include <string.h>
 
-/* The job row with the API's words; $1 job id, $2 the caller. */
+/*
+ * The job row with the API's words; $1 job id, $2 the caller.  A finished
+ * job is at 100% whatever a runner last wrote; an open one shows the
+ * runner's progress when the table has it, else a figure for its state.
+ */
 #define JOB_SELECT                                                                                 \
     "SELECT j.id, j.username,"                                                                     \
     "       CASE j.status WHEN 'complete' THEN 'completed' ELSE j.status END AS status,"           \
-    "       COALESCE((to_jsonb(j) ->> 'progress_percent')::int,"                                   \
-    "                CASE j.status WHEN 'queued' THEN 0 WHEN 'processing' THEN 50"                 \
-    "                              ELSE 100 END) AS progress_percent,"                             \
-    "       COALESCE(to_jsonb(j) ->> 'progress_message',"                                          \
-    "                CASE j.status WHEN 'queued' THEN 'Waiting for a worker'"                      \
-    "                              WHEN 'processing' THEN 'Fetching the profile'"                  \
-    "                              WHEN 'failed' THEN 'Search failed'"                             \
-    "                              ELSE 'Profile ready' END) AS progress_message,"                 \
+    "       CASE WHEN j.status IN ('complete', 'failed') THEN 100"                                 \
+    "            ELSE COALESCE((to_jsonb(j) ->> 'progress_percent')::int,"                         \
+    "                          CASE j.status WHEN 'queued' THEN 0 ELSE 50 END)"                    \
+    "       END AS progress_percent,"                                                              \
+    "       CASE j.status WHEN 'complete' THEN 'Profile ready'"                                    \
+    "            ELSE COALESCE(to_jsonb(j) ->> 'progress_message',"                                \
+    "                          CASE j.status WHEN 'queued' THEN 'Waiting for a worker'"            \
+    "                                        WHEN 'processing' THEN 'Fetching the profile'"        \
+    "                                        ELSE 'Search failed' END)"                            \
+    "       END AS progress_message,"                                                              \
     "       CASE WHEN j.status = 'failed'"                                                         \
     "            THEN COALESCE(to_jsonb(j) ->> 'error', 'search failed') END AS error,"            \
     "       " CREATOR_ISO(                                                                         \
