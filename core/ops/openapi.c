@@ -294,13 +294,13 @@ static json_t *operation(const struct keel__route *r, const json_t *doc)
     if (plugin != NULL)
         json_object_set_new(op, "x-keel-plugin", json_string(plugin));
     if (stub) {
-        char note[1200];
-        snprintf(note, sizeof note,
-                 "**Served by a fallback stub**: the %s plugin is down (%s), so this route "
-                 "answers %u with its manifest's fallback body and X-Keel-Fallback.%s%s",
-                 plugin, keel__reason_name(r->reason), r->stub_status, desc != NULL ? "\n\n" : "",
-                 desc != NULL ? desc : "");
-        json_object_set_new(op, "description", json_string(note));
+        json_object_set_new(
+            op, "description",
+            json_sprintf("**Served by a fallback stub**: the %s plugin is down (%s), so this "
+                         "route answers %u with its manifest's fallback body and "
+                         "X-Keel-Fallback.%s%s",
+                         plugin, keel__reason_name(r->reason), r->stub_status,
+                         desc != NULL ? "\n\n" : "", desc != NULL ? desc : ""));
         json_object_set_new(op, "x-keel-fallback", fallback_info(r));
     } else if (desc != NULL) {
         json_object_set_new(op, "description", json_string(desc));
