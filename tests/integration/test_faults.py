@@ -143,8 +143,10 @@ class LockHolder:
 
     def wait_locked(self):
         def held():
+            # pid <> pg_backend_pid(): this query's own text holds the tag too.
             rows = keeltest.psql(self.url, "SELECT count(*) FROM pg_stat_activity"
-                                           " WHERE state = 'active' AND query LIKE %s",
+                                           " WHERE state = 'active' AND query LIKE %s"
+                                           " AND pid <> pg_backend_pid()",
                                  "%" + self.tag + "%")
             return rows[0][0] != "0"
         assert wait_for(held), "the psql session never took the lock"
