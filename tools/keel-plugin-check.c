@@ -54,6 +54,7 @@
 #include "elfcheck.h"
 #include "plugin/hostapi.h"
 #include "plugin/loader.h"
+#include "plugin/manifest.h"
 #include "util/log.h"
 #include "http/request.h"
 #include "http/routes.h"

@@ -87,15 +87,4 @@ struct keel__db_stats {
 };
 void keel__db_stats(const keel__db *db, struct keel__db_stats *out);
 
-/*
- * Migrations: files "NNNN_name.sql" of dir, applied in order, each in its own
- * transaction, recorded in schema_migrations(version, name, applied_at).
- */
-int keel__db_migrate(const char *conninfo, const char *dir, int *applied, char *err,
-                     size_t errlen) KEEL_WARN_UNUSED;
-/* Sets *behind to the number of files not yet applied.  KEEL_EDB_UNAVAILABLE
- * when the database cannot be reached. */
-int keel__db_schema_behind(const char *conninfo, const char *dir, int *behind, char *err,
-                           size_t errlen) KEEL_WARN_UNUSED;
-
 #endif

@@ -130,8 +130,8 @@ static const struct {
     const char *name;
     unsigned minor;
 } host_capabilities[] = {
-    {"log", 0},  {"request", 0}, {"response", 0},       {"json_body", 0},
-    {"user", 0}, {"db", 0},      {"db_result_free", 1}, {"query_arg", 1},
+    {"log", 0}, {"request", 0},        {"response", 0},  {"json_body", 0},  {"user", 0},
+    {"db", 0},  {"db_result_free", 1}, {"query_arg", 1}, {"body_lines", 2},
 };
 
 int keel__abi_check(const keel_plugin *d, const char *expected_name, char *err, size_t errlen)
@@ -380,6 +380,15 @@ int keel__generation_load(const struct keel__manifest *m, uint64_t number, const
         return KEEL_EABI;
     }
 
+    /* Every route must agree with the manifest, which is where its auth
+     * level and fallback are decided.  Checked before init, so a plugin
+     * refused for its routes has run none of its code but the entry point. */
+    if (check_routes(m, g->desc, msg, sizeof msg) != 0) {
+        generation_destroy(g);
+        fail(err, KEEL__STAGE_ROUTES, KEEL__REASON_LOAD_FAILED, "%s", msg);
+        return KEEL_EROUTES;
+    }
+
     if (g->desc->init != NULL) {
         int rc = g->desc->init(host, m->config, &g->state);
         if (rc != 0) {
@@ -388,16 +397,6 @@ int keel__generation_load(const struct keel__manifest *m, uint64_t number, const
                  keel_strerror(rc));
             return KEEL_EINIT;
         }
-    }
-
-    /* Every route must agree with the manifest, which is where its auth
-     * level and fallback are decided. */
-    if (check_routes(m, g->desc, msg, sizeof msg) != 0) {
-        if (g->desc->fini != NULL)
-            g->desc->fini(g->state);
-        generation_destroy(g);
-        fail(err, KEEL__STAGE_ROUTES, KEEL__REASON_LOAD_FAILED, "%s", msg);
-        return KEEL_EROUTES;
     }
 
     g->loaded_at = (int64_t)time(NULL);

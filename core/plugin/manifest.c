@@ -6,7 +6,7 @@
  */
 #include "config.h"
 
-#include "conf/conf.h"
+#include "plugin/manifest.h"
 
 #include <limits.h>
 #include <stdlib.h>
@@ -264,9 +264,9 @@ static int parse_route(const json_t *obj, const char *source, size_t i,
                        struct keel__manifest_route *r, char *err, size_t errlen)
 {
     static const char *const methods[] = {"GET", "POST", "PUT", "PATCH", "DELETE"};
-    static const char *const keys[] = {"method",       "path",      "auth",        "listener",
-                                       "fallback",     "summary",   "description", "parameters",
-                                       "request_body", "responses", NULL};
+    static const char *const keys[] = {"method",     "path",         "auth",      "listener",
+                                       "body",       "fallback",     "summary",   "description",
+                                       "parameters", "request_body", "responses", NULL};
     const char *key;
     char why[256];
 
@@ -323,6 +323,15 @@ static int parse_route(const json_t *obj, const char *source, size_t i,
         return keel__conf_fail(err, errlen,
                                "%s: plugin.routes[%zu].listener: expected \"main\" or \"admin\"",
                                source, i);
+
+    json_t *body = json_object_get(obj, "body");
+    if (body != NULL && !(json_is_string(body) && (strcmp(json_string_value(body), "stream") == 0 ||
+                                                   strcmp(json_string_value(body), "memory") == 0)))
+        return keel__conf_fail(err, errlen,
+                               "%s: plugin.routes[%zu].body: expected \"memory\" (the default) or "
+                               "\"stream\"",
+                               source, i);
+    r->stream_body = body != NULL && strcmp(json_string_value(body), "stream") == 0;
 
     r->method = strdup(methods[mi]);
     r->path = strdup(json_string_value(path));
@@ -454,4 +463,14 @@ int keel__manifest_parse(const json_t *obj, const char *source, const char *plug
     if (rc < 0)
         keel__manifest_clear(out);
     return rc;
+}
+
+void keel__manifest_install(void)
+{
+    static const struct keel__manifest_ops ops = {
+        .parse = keel__manifest_parse,
+        .clear = keel__manifest_clear,
+        .resolve_file = keel__manifest_resolve_file,
+    };
+    keel__conf_set_manifest_ops(&ops);
 }

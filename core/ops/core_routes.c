@@ -1,6 +1,6 @@
 #include "config.h"
 
-#include "ops/admin.h"
+#include "ops/core_routes.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -8,7 +8,6 @@
 #include <time.h>
 
 #include "data/breaker.h"
-#include "plugin/hostapi.h"
 #include "util/log.h"
 #include "ops/metrics.h"
 #include "ops/openapi.h"
@@ -34,29 +33,52 @@ static int route_health(keel_request *req)
     return keel__respond(req, 200, body, strlen(body));
 }
 
+/* The user's wallet balance (0 without a wallet) and the account's creation
+ * time (ISO 8601 UTC into created_at; "" when unknown). */
+static int read_account(keel_request *req, const char *user_id, json_int_t *balance,
+                        char *created_at, size_t size)
+{
+    if (keel__rt.db == NULL) {
+        snprintf(req->db_error, sizeof req->db_error, "no database is configured");
+        return KEEL_EDB_UNAVAILABLE;
+    }
+    keel__db_conn *conn;
+    int rc = keel__db_acquire(keel__rt.db, &conn, req->db_error, sizeof req->db_error);
+    if (rc != 0)
+        return rc;
+    const char *params[] = {user_id};
+    PGresult *res;
+    rc = keel__db_exec(keel__rt.db, conn,
+                       "SELECT (SELECT balance FROM credit_wallets WHERE user_id = $1::uuid),"
+                       " (SELECT to_char(created_at AT TIME ZONE 'UTC',"
+                       "  'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') FROM users WHERE id = $1::uuid)",
+                       1, params, &res, req->db_error, sizeof req->db_error);
+    keel__db_release(keel__rt.db, conn);
+    if (rc != 0)
+        return rc;
+    *balance = PQntuples(res) > 0 && !PQgetisnull(res, 0, 0)
+                   ? (json_int_t)strtoll(PQgetvalue(res, 0, 0), NULL, 10)
+                   : 0;
+    snprintf(created_at, size, "%s",
+             PQntuples(res) > 0 && !PQgetisnull(res, 0, 1) ? PQgetvalue(res, 0, 1) : "");
+    PQclear(res);
+    return 0;
+}
+
 /* GET /api/v1/auth/me: the principal plus the wallet balance and the
  * account's creation time.  Served by the core because it needs nothing but
  * the principal and one indexed read; a failed read degrades the balance to
- * 0 (created_at null) with X-Keel-Degraded. */
+ * 0 (created_at null) with X-Keel-Degraded.  The role is one the frontend
+ * knows (keel__role_public). */
 static int route_me(keel_request *req)
 {
     const struct keel__principal *p = &req->principal;
     json_int_t balance = 0;
-    const char *created_at = NULL;
+    char created_at[40] = "";
     bool degraded = true;
     if (p->user_id != NULL) {
-        const keel_host *h = keel__host_api();
-        keel_db_result *res;
-        const char *params[] = {p->user_id};
-        if (h->db_query(req,
-                        "SELECT (SELECT balance FROM credit_wallets WHERE user_id = $1::uuid),"
-                        " (SELECT to_char(created_at AT TIME ZONE 'UTC',"
-                        "  'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') FROM users WHERE id = $1::uuid)",
-                        1, params, &res) == 0) {
+        if (read_account(req, p->user_id, &balance, created_at, sizeof created_at) == 0) {
             degraded = false;
-            const char *v = h->db_value(res, 0, 0);
-            balance = v ? strtoll(v, NULL, 10) : 0;
-            created_at = h->db_value(res, 0, 1);
         } else {
             keel__log(KEEL_LOG_WARN, "core", "req=%llu auth/me: balance unavailable: %s",
                       (unsigned long long)req->id, req->db_error);
@@ -64,13 +86,13 @@ static int route_me(keel_request *req)
     }
     if (degraded)
         keel__req_add_header(req, "X-Keel-Degraded", "database");
-    return keel__respond_json(req, 200,
-                              json_pack("{s:s?, s:s?, s:s?, s:s?, s:s?, s:s?, s:s?, s:{s:I}}", "id",
-                                        p->user_id ? p->user_id : p->supabase_id, "email", p->email,
-                                        "full_name", p->full_name, "role",
-                                        keel__role_public(p->role), "status", p->status,
-                                        "subscription_tier", p->tier, "created_at", created_at,
-                                        "credits", "balance", balance));
+    return keel__respond_json(
+        req, 200,
+        json_pack("{s:s?, s:s?, s:s?, s:s?, s:s?, s:s?, s:s?, s:{s:I}}", "id",
+                  p->user_id ? p->user_id : p->supabase_id, "email", p->email, "full_name",
+                  p->full_name, "role", keel__role_public(p->role), "status", p->status,
+                  "subscription_tier", p->tier, "created_at",
+                  created_at[0] != '\0' ? created_at : NULL, "credits", "balance", balance));
 }
 
 static int route_plugins(keel_request *req)
@@ -80,7 +102,7 @@ static int route_plugins(keel_request *req)
 
 static int route_reload(keel_request *req)
 {
-    const char *only = keel__host_api()->req_query(req, "plugin");
+    const char *only = keel__req_query(req, "plugin");
     bool unknown = false;
     json_t *r = keel__plugins_reload(only && *only ? only : NULL, &unknown);
     if (r == NULL) {
@@ -93,7 +115,7 @@ static int route_reload(keel_request *req)
 
 static int route_status(keel_request *req)
 {
-    const struct keel__conf *c = keel__rt.conf;
+    const struct keel__server_conf *c = &keel__rt.server;
     struct keel__db_stats ds = {0};
     if (keel__rt.db != NULL)
         keel__db_stats(keel__rt.db, &ds);
@@ -101,8 +123,8 @@ static int route_status(keel_request *req)
     if (keel__rt.usersync != NULL)
         keel__usersync_stats(keel__rt.usersync, &us);
     char listen[300], admin[300];
-    snprintf(listen, sizeof listen, "%s:%d", c->server.host, c->server.port);
-    snprintf(admin, sizeof admin, "%s:%d", c->admin.host, c->admin.port);
+    snprintf(listen, sizeof listen, "%s:%d", c->host, c->port);
+    snprintf(admin, sizeof admin, "%s:%d", c->admin_host, c->admin_port);
     long loaded = 0, fallback = 0;
     /* {"<plugin>": generation serving, 0 for stubs}, from the same snapshot
      * as the counts, so `keelctl status` shows what each plugin runs. */
@@ -144,22 +166,8 @@ static int route_metrics(keel_request *req)
     char *text = keel__metrics_render();
     if (text == NULL)
         return keel__respond_detail(req, 500, "Internal Server Error");
-    if (req->responded) {
-        free(text);
-        return KEEL_ERESPONDED;
-    }
-    struct MHD_Response *resp = MHD_create_response_from_buffer(strlen(text), text,
-                                                                MHD_RESPMEM_MUST_FREE);
-    if (resp == NULL) {
-        free(text);
-        return KEEL_ENOMEM;
-    }
-    MHD_add_response_header(resp, "Content-Type", "text/plain; version=0.0.4; charset=utf-8");
-    MHD_queue_response(req->conn, 200, resp);
-    MHD_destroy_response(resp);
-    req->responded = true;
-    req->status = 200;
-    return 0;
+    return keel__respond_owned(req, 200, "text/plain; version=0.0.4; charset=utf-8", text,
+                               strlen(text));
 }
 
 /* POST /admin/usersync/evict {"user": "<email or supabase id>"}: applies a
@@ -167,7 +175,7 @@ static int route_metrics(keel_request *req)
 static int route_evict(keel_request *req)
 {
     json_t *body;
-    if (keel__host_api()->req_json_body(req, &body) != 0)
+    if (keel__req_json_body(req, &body) != 0)
         return 0;
     const char *user = json_string_value(json_object_get(body, "user"));
     if (user == NULL || *user == '\0')
