@@ -31,6 +31,8 @@
 
 #include <keel/common.h>
 
+#include "util/cidr.h"
+
 enum keel__auth_level { KEEL__AUTH_PUBLIC = 0, KEEL__AUTH_USER = 1, KEEL__AUTH_ADMIN = 2 };
 enum keel__listener { KEEL__LISTENER_MAIN = 0, KEEL__LISTENER_ADMIN = 1 };
 
@@ -82,8 +84,19 @@ struct keel__conf {
         /* Default 30.  Bounds silence on a connection (libmicrohttpd) and the
          * time a request may take to arrive in full (core/http/deadline.h). */
         int connection_timeout_s;
-        int shutdown_timeout_s; /* SIGTERM drain deadline, default 10 */
-        char *plugin_dir;       /* default KEEL_PLUGINDIR (the install's lib/keel) */
+        int shutdown_timeout_s;   /* SIGTERM drain deadline, default 10 */
+        int drain_s;              /* lame duck: /health answers 503 this long first, default 5 */
+        int workers;              /* worker processes, default 2; 0 = one per online CPU */
+        int worker_max_rss_mb;    /* recycle a worker past this RSS; 0 = off (default) */
+        long worker_max_requests; /* recycle a worker after this many requests; 0 = off */
+        char *plugin_dir;         /* default KEEL_PLUGINDIR (the install's lib/keel) */
+        /* Peers whose X-Forwarded-For names the client (a load balancer);
+         * CIDRs, default none. */
+        struct keel__cidr *trusted_proxies;
+        size_t ntrusted_proxies;
+        /* Where private copies of plugin files live; NULL (default) =
+         * $TMPDIR or /tmp. */
+        char *runtime_dir;
     } server;
 
     struct {
@@ -100,6 +113,7 @@ struct keel__conf {
         int level;           /* KEEL_LOG_*, default info */
         char *access_log;    /* "-" = stderr, path, or NULL = off (the default) */
         char *access_format; /* "text" (default) | "json" */
+        char *error_log;     /* the server's own log: "-" or NULL = stderr (default), or a path */
     } log;
 
     struct {
@@ -112,6 +126,12 @@ struct keel__conf {
         int breaker_failures;     /* consecutive unavailable failures, default 3 */
         int breaker_open_ms;      /* time open before a half-open probe, default 2000 */
         char *migrations_dir;     /* default KEEL_DATADIR "/migrations" */
+        char *pooler;             /* "none" (default) | "pgbouncer-session" |
+                                     "pgbouncer-transaction" */
+        /* The LISTEN connection for fleet-wide cache invalidation; NULL =
+         * url.  It needs a session of its own, so behind a transaction
+         * pooler point it at PostgreSQL directly. */
+        char *listen_url;
     } database;
 
     struct {
@@ -165,6 +185,14 @@ struct keel__conf {
         int rate_per_user;   /* requests per second, 0 = off */
         int rate_burst;      /* default 0 = same as rate_per_user */
     } limits;
+
+    /* Fault containment (docs/operations.md, "Process model"). */
+    struct {
+        int crash_limit;        /* crashes of one generation that quarantine it, default 1 */
+        int crash_window_s;     /* ... counted within this window, default 300 */
+        int handler_timeout_ms; /* a handler running longer is a hang, default 30000 */
+        int init_timeout_ms;    /* a plugin init running longer is refused, default 10000 */
+    } containment;
 
     struct keel__manifest *plugins;
     size_t nplugins;
@@ -227,6 +255,11 @@ int keel__conf_fail(char *err, size_t errlen, const char *fmt, ...) KEEL_PRINTF(
 int keel__conf_nomem(char *err, size_t errlen);
 /* True for a JSON string without an embedded NUL (which C would cut short). */
 bool keel__conf_is_text(const json_t *v);
+/* The entry of known (NULL-terminated) that key is most likely a typo of,
+ * or NULL when none is close. */
+const char *keel__conf_nearest(const char *key, const char *const *known);
+/* " (did you mean \"x\"?)" in buf for the nearest known key, or "". */
+const char *keel__conf_hint(const char *key, const char *const *known, char *buf, size_t len);
 /* The first key of obj that is not in allowed (NULL-terminated), or NULL. */
 const char *keel__conf_unknown_key(const json_t *obj, const char *const *allowed);
 /* a + "/" + b without doubling a trailing slash of a; malloc'd, NULL on ENOMEM. */

@@ -21,6 +21,7 @@
 #include "http/request.h"
 #include "identity/auth.h"
 #include "identity/usersync.h"
+#include "util/cidr.h"
 
 /* The listeners and the access log (conf.d "server", "admin", "log"). */
 struct keel__server_conf {
@@ -38,6 +39,9 @@ struct keel__server_conf {
     size_t admin_nallowed_hosts;
     const char *access_log; /* "-", a path, or NULL for none */
     bool access_json;
+    /* Peers whose X-Forwarded-For names the client (core/http/clientaddr.h). */
+    const struct keel__cidr *trusted_proxies;
+    size_t ntrusted_proxies;
 };
 
 /* Request limits (conf.d "limits"; docs/operations.md gives the defaults). */
@@ -71,6 +75,10 @@ struct keel__runtime {
     keel__usersync *usersync;
     const keel_host *host;
     int64_t started_at; /* unix seconds */
+    /* In a worker: the listening sockets bound by the supervisor, by
+     * enum keel__listener, served instead of binding. */
+    bool listen_inherited;
+    int listen_fds[2];
 };
 
 extern struct keel__runtime keel__rt;
@@ -78,11 +86,18 @@ extern struct keel__runtime keel__rt;
 /* Starts the main and admin daemons.  Returns 0 or a negative code with the
  * reason logged (e.g. address in use). */
 int keel__server_start(void) KEEL_WARN_UNUSED;
+/* Stops accepting new connections (both listeners); idempotent. */
+void keel__server_quiesce(void);
 /* Stops accepting, waits up to timeout_s for in-flight requests, stops. */
 void keel__server_stop(int timeout_s);
 
 /* Requests currently being processed (both listeners). */
 long keel__server_in_flight(void);
 unsigned long long keel__server_requests_total(void);
+/* Open connections (both listeners), idle kept-alive ones included. */
+long keel__server_connections(void);
+
+/* Reopens the access log file under its configured name (SIGUSR1). */
+void keel__server_reopen_logs(void);
 
 #endif

@@ -9,6 +9,19 @@
 
 #include "util/log.h"
 
+/* Plugins a new worker must not load (quarantined by the supervisor), set
+ * before keel__plugins_start; a reload of one lifts it. */
+static struct {
+    char name[64];
+    int reason;
+} held[64];
+static size_t nheld;
+
+/* The last plugin list described, answered while a reload holds the
+ * registry lock: the admin listener never waits for a plugin's init. */
+static pthread_mutex_t described_lock = PTHREAD_MUTEX_INITIALIZER;
+static json_t *described;
+
 struct keel__registry keel__reg = {.lock = PTHREAD_MUTEX_INITIALIZER};
 
 /* ------------------------------------------------------------ slots */
@@ -97,6 +110,17 @@ int keel__slot_load(struct keel__slot *s, const struct keel__manifest *m,
                     struct keel__generation **gen, struct keel__load_error *err)
 {
     *gen = NULL;
+    for (size_t i = 0; i < nheld; i++) {
+        if (strcmp(held[i].name, m->name) == 0) {
+            memset(err, 0, sizeof *err);
+            err->stage = KEEL__STAGE_COMMIT;
+            err->reason = held[i].reason;
+            snprintf(err->message, sizeof err->message,
+                     "quarantined (%s): not loaded until `keelctl reload %s`",
+                     keel__reason_name(held[i].reason), m->name);
+            return 1;
+        }
+    }
     if (!m->enabled) {
         memset(err, 0, sizeof *err);
         err->stage = KEEL__STAGE_MANIFEST;
@@ -217,6 +241,27 @@ static struct keel__snapshot *build_from_slots(int *conflicts)
     }
 }
 
+/* Loads s at start-up.  A plugin in a route conflict (conflicted) whose
+ * manifest turns out to be wrong about its own routes is taken out of the
+ * conflict altogether: no routes, not even stubs. */
+static void load_slot(struct keel__slot *s, bool conflicted)
+{
+    struct keel__load_error le;
+    int rc = keel__slot_load(s, &s->manifest, &s->gen, &le);
+    if (rc != 0) {
+        s->reason = le.reason;
+        s->stage = le.stage;
+        snprintf(s->error, sizeof s->error, "%s", le.message);
+        if (conflicted && le.stage == KEEL__STAGE_ROUTES)
+            exclude(s, le.message);
+        else
+            keel__slot_log_down(s, &s->manifest);
+    } else {
+        keel__log(KEEL_LOG_INFO, s->name, "loaded %s %s generation %llu from %s", s->name,
+                  s->gen->desc->version, (unsigned long long)s->gen->number, s->manifest.file);
+    }
+}
+
 int keel__plugins_start(const struct keel__conf *conf, const keel_host *host,
                         const struct keel__core_route *core, size_t ncore)
 {
@@ -241,25 +286,39 @@ int keel__plugins_start(const struct keel__conf *conf, const keel_host *host,
             return KEEL_ENOMEM;
         }
         keel__reg.slots[keel__reg.nslots++] = s;
-        /* Routes first: a plugin refused for its routes never runs init. */
-        char why[512];
-        if (keel__slot_routes_check(s, &s->manifest, why, sizeof why) != 0) {
+    }
+    /*
+     * Routes first: a plugin whose manifest conflicts with no other is loaded
+     * at once.  When manifests conflict, the one to refuse is the one that
+     * is wrong about its own plugin: each of them is loaded (the loader
+     * compares a manifest with the plugin's route table before init, so a
+     * wrong one never runs init) and only those that pass take part in the
+     * conflict; a plugin whose routes still conflict is refused then.
+     */
+    bool *deferred = calloc(keel__reg.nslots ? keel__reg.nslots : 1, sizeof *deferred);
+    if (deferred == NULL) {
+        pthread_mutex_unlock(&keel__reg.lock);
+        return KEEL_ENOMEM;
+    }
+    char why[512];
+    for (size_t i = 0; i < keel__reg.nslots; i++)
+        deferred[i] = keel__slot_routes_check(keel__reg.slots[i], &keel__reg.slots[i]->manifest,
+                                              why, sizeof why) != 0;
+    for (int pass = 0; pass < 2; pass++)
+        for (size_t i = 0; i < keel__reg.nslots; i++)
+            if (deferred[i] == (pass == 1))
+                load_slot(keel__reg.slots[i], deferred[i]);
+    /* Last first, so that of two plugins that both pass, the one listed
+     * first in conf.d keeps the route. */
+    for (size_t i = keel__reg.nslots; i-- > 0;) {
+        struct keel__slot *s = keel__reg.slots[i];
+        if (deferred[i] && !s->excluded &&
+            keel__slot_routes_check(s, &s->manifest, why, sizeof why) != 0) {
             conflicts++;
             exclude(s, why);
-            continue;
-        }
-        struct keel__load_error le;
-        int rc = keel__slot_load(s, &s->manifest, &s->gen, &le);
-        if (rc != 0) {
-            s->reason = le.reason;
-            s->stage = le.stage;
-            snprintf(s->error, sizeof s->error, "%s", le.message);
-            keel__slot_log_down(s, &s->manifest);
-        } else {
-            keel__log(KEEL_LOG_INFO, s->name, "loaded %s %s generation %llu from %s", s->name,
-                      s->gen->desc->version, (unsigned long long)s->gen->number, s->manifest.file);
         }
     }
+    free(deferred);
     struct keel__snapshot *t = build_from_slots(&conflicts);
     if (t == NULL) {
         pthread_mutex_unlock(&keel__reg.lock);
@@ -310,10 +369,67 @@ json_t *keel__json_time(int64_t t)
     return json_string(buf);
 }
 
+void keel__plugins_lift_held(const char *only)
+{
+    for (size_t i = 0; i < nheld;)
+        if (only == NULL || strcmp(held[i].name, only) == 0)
+            held[i] = held[--nheld];
+        else
+            i++;
+}
+
+int keel__plugins_quarantine(const char *name, int reason)
+{
+    pthread_mutex_lock(&keel__reg.lock);
+    if (keel__reg.confdir == NULL) {
+        /* Not started: remembered for keel__plugins_start. */
+        int rc = KEEL_ENOMEM;
+        if (nheld < sizeof held / sizeof held[0]) {
+            snprintf(held[nheld].name, sizeof held[nheld].name, "%s", name);
+            held[nheld++].reason = reason;
+            rc = 0;
+        }
+        pthread_mutex_unlock(&keel__reg.lock);
+        return rc;
+    }
+    struct keel__slot *s = keel__slot_find(name);
+    if (s == NULL) {
+        pthread_mutex_unlock(&keel__reg.lock);
+        return KEEL_ENOTFOUND;
+    }
+    struct keel__generation *old = s->gen;
+    s->gen = NULL;
+    s->reason = reason;
+    s->stage = KEEL__STAGE_COMMIT;
+    snprintf(s->error, sizeof s->error, "quarantined (%s): not loaded until `keelctl reload %s`",
+             keel__reason_name(reason), name);
+    int conflicts = 0;
+    struct keel__snapshot *t = build_from_slots(&conflicts);
+    if (t != NULL)
+        keel__table_publish(&t->table);
+    /* Requests already running on the old generation keep it alive. */
+    keel__generation_unref(old);
+    keel__log(KEEL_LOG_WARN, name, "plugin %s quarantined (%s): its routes are served by stubs",
+              name, keel__reason_name(reason));
+    pthread_mutex_unlock(&keel__reg.lock);
+    return t != NULL ? 0 : KEEL_ENOMEM;
+}
+
 json_t *keel__plugins_describe(void)
 {
+    if (pthread_mutex_trylock(&keel__reg.lock) != 0) {
+        /* A reload (or start-up) is running: answer what was last
+         * described rather than wait for a plugin's init. */
+        pthread_mutex_lock(&described_lock);
+        json_t *copy = described ? json_deep_copy(described) : NULL;
+        pthread_mutex_unlock(&described_lock);
+        if (copy != NULL) {
+            json_object_set_new(copy, "reload_in_progress", json_true());
+            return copy;
+        }
+        pthread_mutex_lock(&keel__reg.lock);
+    }
     json_t *list = json_array();
-    pthread_mutex_lock(&keel__reg.lock);
     for (size_t i = 0; i < keel__reg.nslots; i++) {
         const struct keel__slot *s = keel__reg.slots[i];
         const struct keel__generation *g = s->gen;
@@ -328,18 +444,29 @@ json_t *keel__plugins_describe(void)
         json_array_append_new(
             list,
             json_pack("{s:s, s:s?, s:s, s:s?, s:I, s:s?, s:s, s:o, s:I, s:I, s:I, s:o, s:b, s:I, "
-                      "s:s?, s:s?}",
+                      "s:s?, s:s?, s:s?}",
                       "name", s->name, "version", g ? g->desc->version : NULL, "state",
-                      g ? "loaded" : "fallback", "reason", g ? NULL : keel__reason_name(s->reason),
-                      "generation", (json_int_t)(g ? g->number : 0), "abi", g ? abi : NULL, "file",
+                      g                                   ? "loaded"
+                      : s->reason == KEEL__REASON_CRASHED ? "quarantined"
+                      : s->reason == KEEL__REASON_HUNG    ? "quarantined"
+                                                          : "fallback",
+                      "reason", g ? NULL : keel__reason_name(s->reason), "generation",
+                      (json_int_t)(g ? g->number : 0), "abi", g ? abi : NULL, "file",
                       s->manifest.file ? s->manifest.file : "", "loaded_at",
                       keel__json_time(g ? g->loaded_at : 0), "in_flight",
                       (json_int_t)(g ? atomic_load(&g->in_flight) : 0), "requests",
                       (json_int_t)atomic_load(&s->requests), "reloads", (json_int_t)s->reloads,
                       "last_reload", last, "enabled", s->manifest.enabled, "routes",
                       (json_int_t)s->manifest.nroutes, "stage",
-                      g ? NULL : keel__stage_name(s->stage), "error", g ? NULL : s->error));
+                      g ? NULL : keel__stage_name(s->stage), "error", g ? NULL : s->error, "source",
+                      s->manifest.source));
     }
     pthread_mutex_unlock(&keel__reg.lock);
-    return json_pack("{s:o}", "plugins", list);
+    json_t *d = json_pack("{s:o}", "plugins", list);
+    json_t *copy = d ? json_deep_copy(d) : NULL;
+    pthread_mutex_lock(&described_lock);
+    json_decref(described);
+    described = copy;
+    pthread_mutex_unlock(&described_lock);
+    return d;
 }

@@ -25,6 +25,11 @@
 #include "plugin/registry.h"
 #include "util/counters.h"
 #include "identity/usersync.h"
+#include "util/scoreboard.h"
+#include "process/supervisor.h"
+#include "process/worker.h"
+#include "process/check.h"
+#include "identity/notify.h"
 
 #ifndef KEEL_SYSCONFDIR
 #define KEEL_SYSCONFDIR "/usr/local/etc/keel"
@@ -33,11 +38,13 @@
 static void usage(FILE *out)
 {
     fprintf(out,
-            "Usage: keeld [--config-dir DIR] [--check | --migrate | --version]\n"
+            "Usage: keeld [--config-dir DIR] [--check [--connect] | --migrate | --version]\n"
             "\n"
             "  --config-dir DIR  read configuration from DIR (default %s/conf.d)\n"
             "  --check           validate configuration, load every enabled plugin, print a\n"
             "                    per-plugin report and exit non-zero on any problem\n"
+            "  --connect         with --check: also connect to the database and check that\n"
+            "                    its schema is up to date\n"
             "  --migrate         apply pending database migrations and exit\n"
             "  --version         print the version and exit\n"
             "\n"
@@ -100,6 +107,8 @@ static void setup_http(const struct keel__conf *c)
         .admin_nallowed_hosts = c->admin.nallowed_hosts,
         .access_log = c->log.access_log,
         .access_json = c->log.access_format != NULL && strcmp(c->log.access_format, "json") == 0,
+        .trusted_proxies = c->server.trusted_proxies,
+        .ntrusted_proxies = c->server.ntrusted_proxies,
     };
     keel__rt.limits = (struct keel__limits_conf){
         .max_body_bytes = c->limits.max_body_bytes,
@@ -134,6 +143,10 @@ static int setup_db(const struct keel__conf *c)
     }
     struct keel__db_conf dc = {
         .conninfo = c->database.url,
+        .pooler = strcmp(c->database.pooler, "pgbouncer-transaction") == 0
+                      ? KEEL__DB_POOLER_TRANSACTION
+                  : strcmp(c->database.pooler, "pgbouncer-session") == 0 ? KEEL__DB_POOLER_SESSION
+                                                                         : KEEL__DB_POOLER_NONE,
         .pool_size = c->database.pool_size,
         .wait_ms = c->database.pool_wait_ms,
         .connect_timeout_s = c->database.connect_timeout_s,
@@ -195,6 +208,26 @@ static void *db_ticker(void *arg)
     return NULL;
 }
 
+/* The LISTEN connection that keeps this process's user cache in step with
+ * the rest of the fleet (every worker has its own, as it has its own cache). */
+static keel__notify *user_changes;
+
+static void start_notify(const struct keel__conf *c)
+{
+    const char *url = c->database.listen_url ? c->database.listen_url : c->database.url;
+    if (url == NULL || *url == '\0' || keel__rt.usersync == NULL)
+        return;
+    if (c->database.listen_url == NULL &&
+        strcmp(c->database.pooler, "pgbouncer-transaction") == 0) {
+        log_warn("database: no listen_url and a transaction pooler, where LISTEN cannot work: "
+                 "user changes made elsewhere reach this instance only after usersync.ttl_s");
+        return;
+    }
+    if (keel__notify_start(url, keel__rt.usersync, &user_changes) != 0)
+        log_warn("database: cannot start the LISTEN thread; user changes made elsewhere reach "
+                 "this instance only after usersync.ttl_s");
+}
+
 static void print_check_report(void)
 {
     json_t *d = keel__plugins_describe();
@@ -212,8 +245,12 @@ static void print_check_report(void)
                version ? version : "-", state, reason ? reason : "-", stage ? stage : "-",
                json_string_value(json_object_get(p, "file")));
         const char *error = json_string_value(json_object_get(p, "error"));
+        char where[512];
         if (error != NULL && *error != '\0')
-            printf("%-12s   error: %s\n", "", error);
+            printf("%-12s   error: %s: %s\n", "",
+                   keel__check_where(json_string_value(json_object_get(p, "source")), stage, where,
+                                     sizeof where),
+                   error);
     }
     json_decref(d);
 }
@@ -235,26 +272,36 @@ static bool check_ok(void)
     return ok;
 }
 
+static int serve(struct keel__conf *conf);
+/* --connect: --check also reaches the database. */
+static bool check_connect;
+static int serve_check(struct keel__conf *conf, const char *confdir);
+
 int main(int argc, char **argv)
 {
     const char *confdir = KEEL_SYSCONFDIR "/conf.d";
     bool check = false, migrate = false;
+    check_connect = false;
     static const struct option longopts[] = {
         {"config-dir", required_argument, NULL, 'c'},
         {"check", no_argument, NULL, 't'},
+        {"connect", no_argument, NULL, 'C'},
         {"migrate", no_argument, NULL, 'm'},
         {"version", no_argument, NULL, 'V'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
     int opt;
-    while ((opt = getopt_long(argc, argv, "c:tmVh", longopts, NULL)) != -1) {
+    while ((opt = getopt_long(argc, argv, "c:tCmVh", longopts, NULL)) != -1) {
         switch (opt) {
         case 'c':
             confdir = optarg;
             break;
         case 't':
             check = true;
+            break;
+        case 'C':
+            check_connect = true;
             break;
         case 'm':
             migrate = true;
@@ -287,6 +334,13 @@ int main(int argc, char **argv)
         return 1;
     }
     keel__log_set_level(conf->log.level);
+    /* Before the workers are forked: they inherit it (and reopen it on
+     * SIGUSR1 themselves). */
+    if (keel__log_open(conf->log.error_log) != 0) {
+        fprintf(stderr, "keeld: cannot open log.error_log %s\n", conf->log.error_log);
+        keel__conf_free(conf);
+        return 1;
+    }
     setup_http(conf);
     keel__rt.started_at = (int64_t)time(NULL);
 
@@ -308,14 +362,66 @@ int main(int argc, char **argv)
         return rc == 0 ? 0 : 1;
     }
 
-    /* Signals go to the main thread only: block them before any thread
-     * starts, then sigwait below. */
-    sigset_t sigs;
-    sigemptyset(&sigs);
-    sigaddset(&sigs, SIGHUP);
-    sigaddset(&sigs, SIGTERM);
-    sigaddset(&sigs, SIGINT);
-    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+    if (!check) {
+        /* The supervisor forks the workers before any thread exists. */
+        char self[4096];
+        ssize_t sn = readlink("/proc/self/exe", self, sizeof self - 1);
+        self[sn > 0 ? sn : 0] = '\0';
+        return keel__supervisor_run(conf, sn > 0 ? self : argv[0], argv, serve);
+    }
+    return serve_check(conf, confdir);
+}
+
+/* keeld --check: one process, no listeners. */
+static int serve_check(struct keel__conf *conf, const char *confdir)
+{
+    int status = 1;
+    bool loader_up = false, plugins_up = false;
+    keel__loader_set_init_timeout(conf->containment.init_timeout_ms);
+    if (setup_auth(conf) != 0)
+        goto out;
+    struct keel__usersync_conf uc = {.ttl_s = conf->usersync.ttl_s,
+                                     .max_entries = conf->usersync.max_entries,
+                                     .initial_credits = conf->usersync.initial_credits};
+    if (keel__usersync_new(&uc, keel__rt.db, &keel__rt.usersync) != 0)
+        goto out;
+    keel__rt.host = keel__host_api();
+    keel__loader_set_runtime_dir(conf->server.runtime_dir);
+    if (keel__loader_init() != 0)
+        goto out;
+    loader_up = true;
+    int prc = keel__plugins_start(conf, keel__rt.host, keel__core_routes, keel__ncore_routes);
+    plugins_up = true;
+    print_check_report();
+    bool ok = keel__check_settings(conf, check_connect, stdout);
+    ok = prc == 0 && check_ok() && ok;
+    printf("keeld --check: configuration %s is %s\n", confdir, ok ? "OK" : "NOT OK");
+    status = ok ? 0 : 1;
+out:
+    if (plugins_up)
+        keel__plugins_stop();
+    if (loader_up)
+        keel__loader_shutdown();
+    keel__usersync_free(keel__rt.usersync);
+    keel__auth_free(keel__rt.auth);
+    keel__metrics_free();
+    keel__conf_free(conf);
+    return status;
+}
+
+/*
+ * A worker (after the fork): sets up as a single keeld always did, serves
+ * on the supervisor's sockets and answers its control channel until told
+ * to stop.  Returns the exit status.
+ */
+static int serve(struct keel__conf *conf)
+{
+    /* Again: the supervisor gave this worker its share of the limits. */
+    setup_http(conf);
+    keel__rt.started_at = (int64_t)time(NULL);
+    keel__loader_set_init_timeout(conf->containment.init_timeout_ms);
+    keel__worker_set_reload_timeout(conf->containment.init_timeout_ms * (int)(conf->nplugins + 1) +
+                                    30000);
     signal(SIGPIPE, SIG_IGN);
 
     int status = 1;
@@ -325,27 +431,21 @@ int main(int argc, char **argv)
 
     if (setup_auth(conf) != 0)
         goto out;
-    if (!check && setup_db(conf) != 0)
+    if (setup_db(conf) != 0)
         goto out;
     struct keel__usersync_conf uc = {.ttl_s = conf->usersync.ttl_s,
                                      .max_entries = conf->usersync.max_entries,
                                      .initial_credits = conf->usersync.initial_credits};
     if (keel__usersync_new(&uc, keel__rt.db, &keel__rt.usersync) != 0)
         goto out;
+    start_notify(conf);
     keel__rt.host = keel__host_api();
+    keel__loader_set_runtime_dir(conf->server.runtime_dir);
     if (keel__loader_init() != 0)
         goto out;
     loader_up = true;
     int prc = keel__plugins_start(conf, keel__rt.host, keel__core_routes, keel__ncore_routes);
     plugins_up = true;
-
-    if (check) {
-        print_check_report();
-        bool ok = prc == 0 && check_ok();
-        printf("keeld --check: configuration %s is %s\n", confdir, ok ? "OK" : "NOT OK");
-        status = ok ? 0 : 1;
-        goto out;
-    }
     if (prc == KEEL_ENOMEM)
         goto out;
     if (check_schema(conf) != 0)
@@ -354,27 +454,16 @@ int main(int argc, char **argv)
         goto out;
     if (pthread_create(&ticker, NULL, db_ticker, NULL) == 0)
         ticker_up = true;
-    log_info("keeld %s ready (config %s)", PACKAGE_VERSION, confdir);
+    log_info("keeld %s worker %d ready (config %s)", PACKAGE_VERSION, (int)getpid(), conf->dir);
 
-    for (;;) {
-        int sig = 0;
-        if (sigwait(&sigs, &sig) != 0)
-            continue;
-        if (sig == SIGHUP) {
-            log_info("SIGHUP: reloading every plugin");
-            bool unknown;
-            json_t *r = keel__plugins_reload(NULL, &unknown);
-            char *text = r ? json_dumps(r, JSON_COMPACT) : NULL;
-            log_info("reload result: %s", text ? text : "(none)");
-            free(text);
-            json_decref(r);
-            continue;
-        }
-        log_info("%s: stopping (draining in-flight requests for up to %d s)",
-                 sig == SIGTERM ? "SIGTERM" : "SIGINT", conf->server.shutdown_timeout_s);
-        break;
+    int stuck = keel__worker_loop(conf);
+    if (stuck > 0) {
+        /* Threads still in plugin code would keep the daemons from
+         * stopping: leave now, the supervisor counts on it. */
+        log_warn("worker %d leaves %d request(s) stuck in plugin code", (int)getpid(), stuck);
+        _exit(0);
     }
-    keel__server_stop(conf->server.shutdown_timeout_s);
+    keel__server_stop(1);
     status = 0;
 
 out:
@@ -386,6 +475,7 @@ out:
         keel__plugins_stop();
     if (loader_up)
         keel__loader_shutdown();
+    keel__notify_stop(user_changes);
     keel__usersync_free(keel__rt.usersync);
     if (keel__rt.db != NULL)
         keel__db_free(keel__rt.db);
@@ -393,6 +483,6 @@ out:
     keel__metrics_free();
     keel__conf_free(conf);
     if (status == 0)
-        log_info("keeld stopped");
+        log_info("worker %d stopped", (int)getpid());
     return status;
 }
