@@ -6,7 +6,9 @@ one instance, reaches every instance's user cache within 2 s
 its cache once it listens again.
 """
 
+import json
 import os
+import signal
 import time
 import uuid
 
@@ -206,10 +208,14 @@ def test_rolling_restart_without_proxy_retries_loses_no_request():
 
 
 def test_rolling_upgrade_behind_haproxy_loses_no_request():
-    import json
-    import signal
     new_pids = []
-    with Keeld() as a, Keeld() as b, keeltest.HAProxy([a, b]) as proxy:
+
+    def drain(k):
+        # Above the proxy's two failed checks (2 x 200 ms), and short.
+        s = k.read_conf("10-server.json")
+        s["server"]["drain_s"] = 1
+        k.write_conf("10-server.json", s)
+    with Keeld(drain) as a, Keeld(drain) as b, keeltest.HAProxy([a, b]) as proxy:
         try:
             time.sleep(0.5)
             load = keeltest.Load(proxy.url(HELLO), threads=4)
