@@ -94,6 +94,8 @@ struct keel_request {
 
     /* Database. */
     char db_error[256];
+    /* The last upstream_request failure (arena string), or NULL. */
+    char *upstream_error;
 
     struct keel__arena_block *arena;
     struct keel__cleanup *cleanups;

@@ -18,6 +18,7 @@
 #include "http/server.h"
 #include "plugin/table.h"
 #include "identity/usersync.h"
+#include "ops/plugin_metrics.h"
 
 #define NSTATUS 500 /* 100..599 */
 static const double bucket_bounds[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
@@ -338,6 +339,12 @@ char *keel__metrics_render(void)
     render_plugins(&t);
     render_db(&t);
     render_usersync(&t);
+    char *plugin_families = keel__plugin_metrics_render();
+    if (plugin_families == NULL)
+        t.failed = true;
+    else
+        emit(&t, "%s", plugin_families);
+    free(plugin_families);
     if (t.failed) {
         free(t.buf);
         return NULL;

@@ -10,6 +10,9 @@
 #include <strings.h>
 
 #include "util/log.h"
+#include "net/upstream.h"
+#include "ops/plugin_metrics.h"
+#include "plugin/tasks.h"
 #include "http/server.h"
 #include "plugin/table.h"
 
@@ -433,6 +436,16 @@ static const keel_host host_api = {
     .db_value = host_db_value,
     .db_last_error = host_db_last_error,
     .db_affected = host_db_affected,
+    .task_add = keel__host_task_add,
+    .task_notify = keel__host_task_notify,
+    .task_stopping = keel__host_task_stopping,
+    .task_sleep = keel__host_task_sleep,
+    .upstream_add = keel__host_upstream_add,
+    .upstream_request = keel__host_upstream_request,
+    .upstream_last_error = keel__host_upstream_last_error,
+    .upstream_open = keel__host_upstream_open,
+    .metric_add = keel__host_metric_add,
+    .metric_observe = keel__host_metric_observe,
 };
 
 const keel_host *keel__host_api(void)

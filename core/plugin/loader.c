@@ -16,6 +16,9 @@
 #include <unistd.h>
 
 #include "util/log.h"
+#include "plugin/tasks.h"
+#include "data/db.h"
+#include "http/server.h"
 
 /* Loads are serialised: libltdl keeps global state, and so does the message
  * our loader vtable leaves for the caller. */
@@ -130,7 +133,8 @@ static const struct {
     const char *name;
     unsigned minor;
 } host_capabilities[] = {
-    {"log", 0}, {"request", 0}, {"response", 0}, {"json_body", 0}, {"user", 0}, {"db", 0},
+    {"log", 0}, {"request", 0}, {"response", 0}, {"json_body", 0}, {"user", 0},
+    {"db", 0},  {"tasks", 1},   {"upstream", 1}, {"metrics", 1},
 };
 
 int keel__abi_check(const keel_plugin *d, const char *expected_name, char *err, size_t errlen)
@@ -288,6 +292,8 @@ static void fail(struct keel__load_error *err, int stage, int reason, const char
 
 static void generation_destroy(struct keel__generation *g)
 {
+    keel__gen_free(g->res);
+    g->res = NULL;
     if (g->handle != NULL) {
         pthread_mutex_lock(&load_lock);
         lt_dlclose(g->handle);
@@ -299,6 +305,36 @@ static void generation_destroy(struct keel__generation *g)
     free(g->file);
     free(g->copy_path);
     free(g);
+}
+
+/* True (with a message) when the plugin's own migrations are not all
+ * applied: its code would meet tables it does not know.  A database that
+ * cannot be reached does not refuse the plugin; it serves degraded answers. */
+static bool schema_behind(const struct keel__manifest *m, char *msg, size_t msglen)
+{
+    const struct keel__conf *c = keel__rt.conf;
+    if (c == NULL || c->database.url == NULL || *c->database.url == '\0')
+        return false;
+    char *dir = keel__plugin_migrations_dir(m->migrations, c->database.migrations_dir);
+    if (dir == NULL)
+        return false;
+    int behind = 0;
+    char err[400];
+    int rc = keel__db_plugin_schema_behind(c->database.url, m->name, dir, &behind, err, sizeof err);
+    bool refuse = false;
+    if (rc == KEEL_EDB_UNAVAILABLE) {
+        keel__log(KEEL_LOG_WARN, m->name, "cannot check its schema (%s); loading anyway", err);
+    } else if (rc != 0) {
+        snprintf(msg, msglen, "cannot check the plugin's migrations: %s", err);
+        refuse = true;
+    } else if (behind > 0) {
+        snprintf(msg, msglen,
+                 "database schema is %d migration(s) behind %.300s: run `keeld --migrate` first",
+                 behind, dir);
+        refuse = true;
+    }
+    free(dir);
+    return refuse;
 }
 
 int keel__generation_load(const struct keel__manifest *m, uint64_t number, const keel_host *host,
@@ -379,8 +415,16 @@ int keel__generation_load(const struct keel__manifest *m, uint64_t number, const
         return KEEL_EABI;
     }
 
+    if (m->migrations != NULL && schema_behind(m, msg, sizeof msg)) {
+        generation_destroy(g);
+        fail(err, KEEL__STAGE_INIT, KEEL__REASON_INIT_FAILED, "%s", msg);
+        return KEEL_EINIT;
+    }
+
     if (g->desc->init != NULL) {
+        keel__gen_init_begin(m->name);
         int rc = g->desc->init(host, m->config, &g->state);
+        g->res = keel__gen_init_end(rc == 0);
         if (rc != 0) {
             generation_destroy(g);
             fail(err, KEEL__STAGE_INIT, KEEL__REASON_INIT_FAILED, "init returned %d (%s)", rc,
@@ -399,6 +443,8 @@ int keel__generation_load(const struct keel__manifest *m, uint64_t number, const
         return KEEL_EROUTES;
     }
 
+    if (keel__tasks_autostart)
+        keel__gen_start(g->res);
     g->loaded_at = (int64_t)time(NULL);
     atomic_store(&g->refs, 1);
     atomic_fetch_add(&live_generations, 1);
@@ -419,6 +465,8 @@ void keel__generation_unref(struct keel__generation *g)
         return;
     keel__log(KEEL_LOG_INFO, g->name, "generation %llu retired: finalising and unloading %s",
               (unsigned long long)g->number, g->copy_path);
+    /* No task of this generation may run once its fini starts. */
+    keel__gen_stop(g->res, 10000);
     if (g->desc != NULL && g->desc->fini != NULL)
         g->desc->fini(g->state);
     atomic_fetch_sub(&live_generations, 1);

@@ -62,6 +62,7 @@ struct keel__generation {
     int64_t loaded_at; /* unix seconds */
     atomic_long in_flight;
     atomic_ullong requests;
+    struct keel__gen_res *res; /* tasks and upstreams init declared (plugin/tasks.h) */
 };
 
 /* Sets up libltdl and the private copy directory.  Call once at start-up. */

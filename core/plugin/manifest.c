@@ -34,6 +34,7 @@ void keel__manifest_clear(struct keel__manifest *m)
     free(m->source);
     free(m->file);
     free(m->file_spec);
+    free(m->migrations);
     json_decref(m->config);
     for (size_t i = 0; i < m->nroutes; i++) {
         struct keel__manifest_route *r = &m->routes[i];
@@ -283,7 +284,8 @@ out:
 static int manifest_parse(const json_t *obj, const char *source, const char *plugin_dir,
                           struct keel__manifest *out, char *err, size_t errlen)
 {
-    static const char *const keys[] = {"name", "enabled", "file", "config", "routes", NULL};
+    static const char *const keys[] = {"name",   "enabled",    "file", "config",
+                                       "routes", "migrations", NULL};
     const char *key;
 
     if (!json_is_object(obj))
@@ -306,6 +308,15 @@ static int manifest_parse(const json_t *obj, const char *source, const char *plu
     json_t *config = json_object_get(obj, "config");
     if (config != NULL && !json_is_object(config))
         return keel__conf_fail(err, errlen, "%s: plugin.config: expected an object", source);
+    json_t *migrations = json_object_get(obj, "migrations");
+    if (migrations != NULL &&
+        (!keel__conf_is_text(migrations) || json_string_length(migrations) == 0 ||
+         strstr(json_string_value(migrations), "..") != NULL))
+        return keel__conf_fail(err, errlen,
+                               "%s: plugin.migrations: expected a directory name (no \"..\")",
+                               source);
+    if (migrations != NULL && (out->migrations = strdup(json_string_value(migrations))) == NULL)
+        return keel__conf_nomem(err, errlen);
     json_t *routes = json_object_get(obj, "routes");
     if (routes != NULL && (!json_is_array(routes) || json_array_size(routes) > MAX_ROUTES))
         return keel__conf_fail(err, errlen,

@@ -321,6 +321,7 @@ static int manifest_copy(struct keel__manifest *dst, const struct keel__manifest
     dst->source = src->source ? strdup(src->source) : NULL;
     dst->file = strdup(src->file);
     dst->file_spec = src->file_spec ? strdup(src->file_spec) : NULL;
+    dst->migrations = src->migrations ? strdup(src->migrations) : NULL;
     dst->enabled = src->enabled;
     dst->config = json_deep_copy(src->config);
     dst->routes = calloc(src->nroutes ? src->nroutes : 1, sizeof *dst->routes);

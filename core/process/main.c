@@ -22,6 +22,9 @@
 #include "http/server.h"
 #include "plugin/table.h"
 #include "identity/usersync.h"
+#include "net/upstream.h"
+#include "ops/plugin_metrics.h"
+#include "plugin/tasks.h"
 
 #ifndef KEEL_SYSCONFDIR
 #define KEEL_SYSCONFDIR "/usr/local/etc/keel"
@@ -149,6 +152,26 @@ static void *db_ticker(void *arg)
     return NULL;
 }
 
+/* Applies one plugin's own migrations (its manifest's "migrations"),
+ * disabled plugins included, so enabling one later finds its tables. */
+static int migrate_plugin(const struct keel__conf *c, const struct keel__manifest *m)
+{
+    if (m->migrations == NULL)
+        return 0;
+    char *dir = keel__plugin_migrations_dir(m->migrations, c->database.migrations_dir);
+    if (dir == NULL)
+        return KEEL_ENOMEM;
+    char err[1024];
+    int applied = 0;
+    int rc = keel__db_migrate_plugin(c->database.url, m->name, dir, &applied, err, sizeof err);
+    if (rc != 0)
+        fprintf(stderr, "keeld: migration of plugin %s failed: %s\n", m->name, err);
+    else
+        printf("keeld: %d migration(s) of plugin %s applied from %s\n", applied, m->name, dir);
+    free(dir);
+    return rc;
+}
+
 static void print_check_report(void)
 {
     json_t *d = keel__plugins_describe();
@@ -229,6 +252,9 @@ int main(int argc, char **argv)
         usage(stderr);
         return 2;
     }
+    /* A configuration check loads plugins but must not start their work. */
+    if (check)
+        keel__tasks_autostart = false;
 
     char err[1024];
     struct keel__conf *conf = NULL;
@@ -260,6 +286,8 @@ int main(int argc, char **argv)
         else
             printf("keeld: %d migration(s) applied from %s\n", applied,
                    conf->database.migrations_dir);
+        for (size_t i = 0; rc == 0 && i < conf->nplugins; i++)
+            rc = migrate_plugin(conf, &conf->plugins[i]);
         keel__conf_free(conf);
         return rc == 0 ? 0 : 1;
     }
@@ -289,6 +317,8 @@ int main(int argc, char **argv)
     if (keel__usersync_new(&uc, keel__rt.db, &keel__rt.usersync) != 0)
         goto out;
     keel__rt.host = keel__host_api();
+    if (keel__upstream_global_init() != 0)
+        goto out;
     if (keel__loader_init() != 0)
         goto out;
     loader_up = true;
@@ -342,6 +372,7 @@ out:
         keel__plugins_stop();
     if (loader_up)
         keel__loader_shutdown();
+    keel__plugin_metrics_free();
     keel__usersync_free(keel__rt.usersync);
     if (keel__rt.db != NULL)
         keel__db_free(keel__rt.db);
