@@ -190,3 +190,9 @@ int64_t keel__now_ms(void)
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
+
+bool keel__breaker_refusing(const keel__breaker *b, int64_t now_ms)
+{
+    uint64_t w = atomic_load(&((keel__breaker *)b)->word);
+    return word_state(w) != KEEL__BREAKER_CLOSED && now_ms < word_deadline(w);
+}

@@ -218,6 +218,12 @@ void keel__upstream_free(keel_upstream *up)
     free(up);
 }
 
+json_t *keel__upstream_describe(const keel_upstream *up)
+{
+    return json_pack("{s:s,s:s,s:s}", "name", up->stats->name, "url", up->url, "breaker",
+                     keel__breaker_state_name(keel__breaker_state(up->stats->breaker)));
+}
+
 /* ------------------------------------------------------------ requests */
 
 struct body_buf {
@@ -271,7 +277,7 @@ const char *keel__host_upstream_last_error(const keel_request *req)
 
 int keel__host_upstream_open(const keel_upstream *up)
 {
-    return up != NULL && keel__breaker_state(up->stats->breaker) == KEEL__BREAKER_OPEN;
+    return up != NULL && keel__breaker_refusing(up->stats->breaker, keel__now_ms());
 }
 
 static void observe(struct upstream_stats *s, int cls, int64_t us)

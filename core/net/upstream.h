@@ -30,6 +30,9 @@ int keel__host_upstream_request(keel_request *req, keel_upstream *up, const char
 const char *keel__host_upstream_last_error(const keel_request *req);
 int keel__host_upstream_open(const keel_upstream *up);
 
+/* {"name","url","breaker"} for /admin/plugins (never the token). */
+json_t *keel__upstream_describe(const keel_upstream *up);
+
 /* Frees one generation's upstream (its shared record stays). */
 void keel__upstream_free(keel_upstream *up);
 

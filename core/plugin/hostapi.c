@@ -446,6 +446,7 @@ static const keel_host host_api = {
     .upstream_open = keel__host_upstream_open,
     .metric_add = keel__host_metric_add,
     .metric_observe = keel__host_metric_observe,
+    .plugin_note = keel__host_plugin_note,
 };
 
 const keel_host *keel__host_api(void)

@@ -10,6 +10,7 @@
 
 #include "util/log.h"
 #include "ops/metrics.h"
+#include "plugin/tasks.h"
 
 struct keel__slot {
     char *name;
@@ -816,8 +817,7 @@ json_t *keel__plugins_describe(void)
             last = json_pack("{s:b, s:s, s:s?, s:o}", "ok", s->last_ok, "stage",
                              keel__stage_name(s->last_stage), "error",
                              s->last_ok ? NULL : s->last_error, "at", keel__json_time(s->last_at));
-        json_array_append_new(
-            list,
+        json_t *entry =
             json_pack("{s:s, s:s?, s:s, s:s?, s:I, s:s?, s:s, s:o, s:I, s:I, s:I, s:o, s:b, s:I, "
                       "s:s?, s:s?}",
                       "name", s->name, "version", g ? g->desc->version : NULL, "state",
@@ -829,7 +829,10 @@ json_t *keel__plugins_describe(void)
                       (json_int_t)atomic_load(&s->requests), "reloads", (json_int_t)s->reloads,
                       "last_reload", last, "enabled", s->manifest.enabled, "routes",
                       (json_int_t)s->manifest.nroutes, "stage",
-                      g ? NULL : keel__stage_name(s->stage), "error", g ? NULL : s->error));
+                      g ? NULL : keel__stage_name(s->stage), "error", g ? NULL : s->error);
+        if (g != NULL)
+            keel__gen_describe(g->res, entry);
+        json_array_append_new(list, entry);
     }
     pthread_mutex_unlock(&reg.lock);
     return json_pack("{s:o}", "plugins", list);

@@ -43,6 +43,7 @@ struct keel__gen_res {
     keel_upstream **upstreams;
     size_t nupstreams;
     bool started;
+    char note[256];
 };
 
 bool keel__tasks_autostart = true;
@@ -334,4 +335,30 @@ void keel__gen_free(struct keel__gen_res *res)
 int keel__gen_ntasks(const struct keel__gen_res *res)
 {
     return res ? res->ntasks : 0;
+}
+
+int keel__host_plugin_note(const char *text)
+{
+    struct keel__gen_res *res = current_res();
+    if (res == NULL || text == NULL)
+        return KEEL_EINVAL;
+    snprintf(res->note, sizeof res->note, "%s", text);
+    return 0;
+}
+
+void keel__gen_describe(const struct keel__gen_res *res, json_t *entry)
+{
+    if (res == NULL || entry == NULL)
+        return;
+    json_t *tasks = json_array();
+    for (const struct keel_task *t = res->tasks; t != NULL; t = t->next)
+        json_array_append_new(tasks, json_pack("{s:s,s:I,s:b}", "name", t->name, "every_ms",
+                                               (json_int_t)t->every_ms, "running", t->started));
+    json_t *ups = json_array();
+    for (size_t i = 0; i < res->nupstreams; i++)
+        json_array_append_new(ups, keel__upstream_describe(res->upstreams[i]));
+    json_object_set_new(entry, "tasks", tasks);
+    json_object_set_new(entry, "upstreams", ups);
+    if (res->note[0] != '\0')
+        json_object_set_new(entry, "note", json_string(res->note));
 }

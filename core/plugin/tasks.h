@@ -16,6 +16,8 @@
 
 #include <stdbool.h>
 
+#include <jansson.h>
+
 #include <keel/plugin.h>
 
 struct keel__gen_res;
@@ -51,6 +53,10 @@ int keel__host_task_add(const char *name, unsigned every_ms, keel_task_fn fn, vo
 void keel__host_task_notify(keel_task *task);
 int keel__host_task_stopping(const keel_task *task);
 int keel__host_task_sleep(keel_task *task, unsigned ms);
+
+int keel__host_plugin_note(const char *text);
+/* Adds "note", "tasks" and "upstreams" of res to a /admin/plugins entry. */
+void keel__gen_describe(const struct keel__gen_res *res, json_t *entry);
 
 /* Adds an upstream to the registering record; see upstream.c. */
 int keel__gen_add_upstream(keel_upstream *up);

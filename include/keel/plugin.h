@@ -245,7 +245,7 @@ typedef struct keel_host {
                             long *status, json_t **json);
     /* The message of req's last upstream failure, or "". */
     const char *(*upstream_last_error)(const keel_request *req);
-    /* True while the upstream's circuit breaker refuses calls. */
+    /* True while the upstream's circuit breaker would refuse a call now. */
     int (*upstream_open)(const keel_upstream *up);
 
     /* --- ABI 1.1: plugin metrics ---------------------------------------- */
@@ -259,6 +259,12 @@ typedef struct keel_host {
     int (*metric_add)(int kind, const char *name, const char *help, keel_metric **out);
     /* Counts, sets or records v (see enum keel_metric_kind); lock-free. */
     void (*metric_observe)(keel_metric *m, double v);
+
+    /* --- ABI 1.1: admin status ------------------------------------------ */
+    /* Sets a one-line note that GET /admin/plugins shows for this
+     * generation ("note"), e.g. why a feature is off; only valid while init
+     * runs.  text is copied (at most 255 bytes kept).  0 or KEEL_EINVAL. */
+    int (*plugin_note)(const char *text);
 } keel_host;
 
 /* True when the running host's table has member `m` and it is set. */

@@ -27,6 +27,7 @@ struct creator_conf {
     long long unlock_cost; /* credits per unlock, default 25 */
     long long unlock_days; /* days an unlock lasts, default 30 */
     long long max_posts;   /* posts embedded in a full search answer, default 50 */
+    struct creator_runner *runner; /* NULL when no provider is configured */
 };
 
 /* The host table, set by init before any handler runs. */
@@ -132,6 +133,27 @@ int creator_degraded(keel_request *req, json_t *fields, const char *message);
 int creator_unavailable(keel_request *req);
 /* Answers a JSON body (stolen), or 500 when building it ran out of memory. */
 int creator_respond(keel_request *req, unsigned status, json_t *body);
+
+/* --- import and the job runner (admin.c, runner.c, provider.c) ----------- */
+
+/*
+ * Stores one profile line (the POST /admin/import format, already parsed)
+ * in one transaction and completes the open search jobs for its username,
+ * exactly as the import route does.  summarize: when the line has no "ai",
+ * the profile's AI summary is computed from its stored posts.  Returns 0,
+ * KEEL_EINVAL (the line is invalid; err says why) or a KEEL_EDB_* code.
+ */
+int creator_import_doc(keel_request *req, const json_t *doc, bool summarize, char *err,
+                       size_t errlen);
+/* SQL ($1 = profile id) computing a profile's AI summary from its posts. */
+extern const char creator_ai_summary_sql[];
+
+struct creator_runner;
+/* Reads config.provider and registers the runner's tasks, upstream and
+ * metrics; with no provider, notes that jobs stay queued.  0 or a code. */
+int creator_runner_init(const keel_host *host, const json_t *provider,
+                        struct creator_runner **out);
+void creator_runner_free(struct creator_runner *r);
 
 /* --- route handlers ------------------------------------------------------ */
 
