@@ -298,8 +298,8 @@ static int apply_one(PGconn *pg, const char *plugin, const char *dir, const stru
 
     PGresult *res =
         plugin != NULL
-            ? PQexecParams(pg, "SELECT 1 FROM plugin_migrations WHERE version = $1 AND plugin = $3",
-                           3, NULL, params, NULL, NULL, 0)
+            ? PQexecParams(pg, "SELECT 1 FROM plugin_migrations WHERE version = $1 AND plugin = $2",
+                           2, NULL, (const char *const[]){version, plugin}, NULL, NULL, 0)
             : PQexecParams(pg, "SELECT 1 FROM schema_migrations WHERE version = $1", 1, NULL,
                            params, NULL, NULL, 0);
     if (PQresultStatus(res) != PGRES_TUPLES_OK) {

@@ -817,19 +817,18 @@ json_t *keel__plugins_describe(void)
             last = json_pack("{s:b, s:s, s:s?, s:o}", "ok", s->last_ok, "stage",
                              keel__stage_name(s->last_stage), "error",
                              s->last_ok ? NULL : s->last_error, "at", keel__json_time(s->last_at));
-        json_t *entry =
-            json_pack("{s:s, s:s?, s:s, s:s?, s:I, s:s?, s:s, s:o, s:I, s:I, s:I, s:o, s:b, s:I, "
-                      "s:s?, s:s?}",
-                      "name", s->name, "version", g ? g->desc->version : NULL, "state",
-                      g ? "loaded" : "fallback", "reason", g ? NULL : keel__reason_name(s->reason),
-                      "generation", (json_int_t)(g ? g->number : 0), "abi", g ? abi : NULL, "file",
-                      s->manifest.file ? s->manifest.file : "", "loaded_at",
-                      keel__json_time(g ? g->loaded_at : 0), "in_flight",
-                      (json_int_t)(g ? atomic_load(&g->in_flight) : 0), "requests",
-                      (json_int_t)atomic_load(&s->requests), "reloads", (json_int_t)s->reloads,
-                      "last_reload", last, "enabled", s->manifest.enabled, "routes",
-                      (json_int_t)s->manifest.nroutes, "stage",
-                      g ? NULL : keel__stage_name(s->stage), "error", g ? NULL : s->error);
+        json_t *entry = json_pack(
+            "{s:s, s:s?, s:s, s:s?, s:I, s:s?, s:s, s:o, s:I, s:I, s:I, s:o, s:b, s:I, "
+            "s:s?, s:s?}",
+            "name", s->name, "version", g ? g->desc->version : NULL, "state",
+            g ? "loaded" : "fallback", "reason", g ? NULL : keel__reason_name(s->reason),
+            "generation", (json_int_t)(g ? g->number : 0), "abi", g ? abi : NULL, "file",
+            s->manifest.file ? s->manifest.file : "", "loaded_at",
+            keel__json_time(g ? g->loaded_at : 0), "in_flight",
+            (json_int_t)(g ? atomic_load(&g->in_flight) : 0), "requests",
+            (json_int_t)atomic_load(&s->requests), "reloads", (json_int_t)s->reloads, "last_reload",
+            last, "enabled", s->manifest.enabled, "routes", (json_int_t)s->manifest.nroutes,
+            "stage", g ? NULL : keel__stage_name(s->stage), "error", g ? NULL : s->error);
         if (g != NULL)
             keel__gen_describe(g->res, entry);
         json_array_append_new(list, entry);

@@ -542,8 +542,7 @@ static int import_in_tx(keel_db_tx *tx, void *arg)
     if (rc != 0)
         return rc;
     if (l->summarize && strcmp(l->params[P_AI], "false") == 0) {
-        rc = h->db_tx_query(tx, creator_ai_summary_sql, 1, (const char *const[]){profile_id},
-                            &res);
+        rc = h->db_tx_query(tx, creator_ai_summary_sql, 1, (const char *const[]){profile_id}, &res);
         if (rc != 0)
             return rc;
     }

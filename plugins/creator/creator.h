@@ -24,9 +24,9 @@
 
 /* The plugin's configuration, one copy per generation (the handler state). */
 struct creator_conf {
-    long long unlock_cost; /* credits per unlock, default 25 */
-    long long unlock_days; /* days an unlock lasts, default 30 */
-    long long max_posts;   /* posts embedded in a full search answer, default 50 */
+    long long unlock_cost;         /* credits per unlock, default 25 */
+    long long unlock_days;         /* days an unlock lasts, default 30 */
+    long long max_posts;           /* posts embedded in a full search answer, default 50 */
     struct creator_runner *runner; /* NULL when no provider is configured */
 };
 
@@ -151,8 +151,7 @@ extern const char creator_ai_summary_sql[];
 struct creator_runner;
 /* Reads config.provider and registers the runner's tasks, upstream and
  * metrics; with no provider, notes that jobs stay queued.  0 or a code. */
-int creator_runner_init(const keel_host *host, const json_t *provider,
-                        struct creator_runner **out);
+int creator_runner_init(const keel_host *host, const json_t *provider, struct creator_runner **out);
 void creator_runner_free(struct creator_runner *r);
 
 /* --- route handlers ------------------------------------------------------ */

@@ -22,8 +22,7 @@
 #include "creator.h"
 
 /* Copies key from src to dst under another name when it has the right type. */
-static void copy_member(json_t *dst, const char *to, const json_t *src, const char *from,
-                        int type)
+static void copy_member(json_t *dst, const char *to, const json_t *src, const char *from, int type)
 {
     const json_t *v = json_object_get(src, from);
 
@@ -40,14 +39,15 @@ json_t *creator_apify_item(const json_t *item)
     static const struct {
         const char *to, *from;
         int type;
-    } profile_map[] = {
-        {"full_name", "fullName", JSON_STRING},
-        {"biography", "biography", JSON_STRING},
-        {"followers_count", "followersCount", JSON_INTEGER},
-        {"following_count", "followsCount", JSON_INTEGER},
-        {"posts_count", "postsCount", JSON_INTEGER},
-        {"profile_pic_url", "profilePicUrl", JSON_STRING},
-    },
+    } profile_map[] =
+        {
+            {"full_name", "fullName", JSON_STRING},
+            {"biography", "biography", JSON_STRING},
+            {"followers_count", "followersCount", JSON_INTEGER},
+            {"following_count", "followsCount", JSON_INTEGER},
+            {"posts_count", "postsCount", JSON_INTEGER},
+            {"profile_pic_url", "profilePicUrl", JSON_STRING},
+        },
       post_map[] = {
           {"shortcode", "shortCode", JSON_STRING},
           {"caption", "caption", JSON_STRING},

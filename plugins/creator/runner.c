@@ -130,15 +130,15 @@ static void requeue(struct creator_runner *r, keel_request *req, const char *id,
     snprintf(delay, sizeof delay, "%lld", ms);
     snprintf(message, sizeof message, "%s: %s", wait ? "Waiting for the provider" : "Retrying",
              why);
-    runner_sql(req, "requeue job",
-               "UPDATE search_jobs SET status = 'queued', progress_percent = 0,"
-               "   attempts = CASE WHEN $4::boolean THEN greatest(attempts - 1, 0) ELSE attempts END,"
-               "   next_attempt_at = now() + make_interval(secs => $3::float8 / 1000),"
-               "   progress_message = $5, error = CASE WHEN $4::boolean THEN error ELSE $6 END,"
-               "   lease_owner = NULL, lease_until = NULL, updated_at = now()"
-               " WHERE id = $1::uuid AND lease_owner = $2 AND status = 'processing'",
-               6, (const char *const[]){id, r->owner, delay, wait ? "true" : "false", message, why},
-               &res);
+    runner_sql(
+        req, "requeue job",
+        "UPDATE search_jobs SET status = 'queued', progress_percent = 0,"
+        "   attempts = CASE WHEN $4::boolean THEN greatest(attempts - 1, 0) ELSE attempts END,"
+        "   next_attempt_at = now() + make_interval(secs => $3::float8 / 1000),"
+        "   progress_message = $5, error = CASE WHEN $4::boolean THEN error ELSE $6 END,"
+        "   lease_owner = NULL, lease_until = NULL, updated_at = now()"
+        " WHERE id = $1::uuid AND lease_owner = $2 AND status = 'processing'",
+        6, (const char *const[]){id, r->owner, delay, wait ? "true" : "false", message, why}, &res);
     creator_host->metric_observe(wait ? r->waited : r->retried, 1);
 }
 
@@ -281,12 +281,11 @@ int creator_runner_init(const keel_host *host, const json_t *provider, struct cr
              (unsigned long)(uintptr_t)r, (long long)time(NULL));
 
     /* One HTTP attempt per job attempt: the job's own backoff spaces them. */
-    upconf = json_pack("{s:O?,s:O?,s:I,s:I,s:i,s:i,s:i}", "url", json_object_get(provider, "url"),
-                       "token_env", json_object_get(provider, "token_env"), "timeout_ms",
-                       (json_int_t)timeout_ms, "max_bytes",
-                       (json_int_t)conf_ll(provider, "max_bytes", 8 * 1024 * 1024, 1024,
-                                           64 * 1024 * 1024, &rc),
-                       "retries", 0, "breaker_failures", 3, "breaker_open_ms", 2000);
+    upconf = json_pack(
+        "{s:O?,s:O?,s:I,s:I,s:i,s:i,s:i}", "url", json_object_get(provider, "url"), "token_env",
+        json_object_get(provider, "token_env"), "timeout_ms", (json_int_t)timeout_ms, "max_bytes",
+        (json_int_t)conf_ll(provider, "max_bytes", 8 * 1024 * 1024, 1024, 64 * 1024 * 1024, &rc),
+        "retries", 0, "breaker_failures", 3, "breaker_open_ms", 2000);
     if (rc == 0 && upconf == NULL)
         rc = KEEL_ENOMEM;
     if (rc == 0)
