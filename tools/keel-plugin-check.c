@@ -56,7 +56,7 @@
 #include "plugin/loader.h"
 #include "util/log.h"
 #include "http/request.h"
-#include "plugin/table.h"
+#include "http/routes.h"
 
 #ifndef PACKAGE_VERSION
 #define PACKAGE_VERSION "unknown"
@@ -552,8 +552,9 @@ static void run_route(struct check *c, struct keel__generation *g,
         .method = mr->method,
         .path_template = mr->path,
         .plugin = g->name,
-        .gen = g,
+        .generation = g->number,
         .handler = handler,
+        .state = g->state,
     };
     req->route = &route;
     int rc = fill_route(req, mr->path);

@@ -718,6 +718,10 @@ static int run_once(keel__db_conn *c, const char *sql, uint64_t h, int nparams,
 int keel__db_exec(keel__db *db, keel__db_conn *c, const char *sql, int nparams,
                   const char *const *params, PGresult **out, char *err, size_t errlen)
 {
+    /* Without a place for the result it is cleared as soon as it arrives. */
+    PGresult *discard = NULL;
+    if (out == NULL)
+        out = &discard;
     *out = NULL;
     if (c == NULL || sql == NULL || nparams < 0 || nparams > MAX_PARAMS ||
         (nparams > 0 && params == NULL)) {
@@ -760,6 +764,7 @@ int keel__db_exec(keel__db *db, keel__db_conn *c, const char *sql, int nparams,
         }
     }
 
+    PQclear(discard);
     if (rc == 0) {
         c->checkout_ok = true;
         keel__breaker_success(db->breaker);

@@ -52,7 +52,8 @@ void keel__db_release(keel__db *db, keel__db_conn *conn);
 
 /*
  * Runs one parameterised statement.  On success *out is a PGresult the
- * caller PQclear()s (PGRES_TUPLES_OK or PGRES_COMMAND_OK).  On failure
+ * caller PQclear()s (PGRES_TUPLES_OK or PGRES_COMMAND_OK); with out == NULL
+ * the result is cleared before returning.  On failure
  * returns a KEEL_EDB_* code, writes the server's message into err, feeds the
  * breaker, and marks a broken connection so release replaces it.
  */

@@ -10,7 +10,7 @@
 
 #include "util/log.h"
 #include "http/server.h"
-#include "plugin/table.h"
+#include "http/routes.h"
 
 /* Arena blocks: requests mostly need a few hundred bytes (principal strings,
  * decoded parameters), so the first block is small and later blocks double. */

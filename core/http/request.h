@@ -94,6 +94,9 @@ struct keel_request {
 
     /* Database. */
     char db_error[256];
+    /* Result wrappers freed early by the plugin, reused by the next
+     * statement so that freeing keeps the request's memory flat. */
+    struct keel_db_result *spare_results;
     /* The last upstream_request failure (arena string), or NULL. */
     char *upstream_error;
 

@@ -567,6 +567,27 @@ int keel__router_match(const keel__router *r, const char *method, const char *pa
     return KEEL__MATCH_NO_METHOD;
 }
 
+int keel__router_methods(const keel__router *r, const char *path, char *scratch, size_t scratchlen,
+                         char *allow, size_t allowlen)
+{
+    struct search s;
+
+    if (allow && allowlen)
+        allow[0] = '\0';
+    if (r == NULL || scratch == NULL || !split_path(path, &s, scratch, scratchlen))
+        return KEEL__MATCH_NOT_FOUND;
+    /* No method: the search visits every template matching the path and
+     * collects their methods. */
+    s.method = -1;
+    s.allow_mask = 0;
+    s.found = NULL;
+    (void)search(&r->root, 0, 0, &s);
+    if (s.allow_mask == 0)
+        return KEEL__MATCH_NOT_FOUND;
+    format_allow(s.allow_mask, allow, allowlen);
+    return KEEL__MATCH_OK;
+}
+
 void keel__router_each(const keel__router *r,
                        void (*fn)(void *ctx, const char *method, const char *tmpl, void *data),
                        void *ctx)

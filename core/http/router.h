@@ -91,6 +91,15 @@ int keel__router_match(const keel__router *r, const char *method, const char *pa
                        size_t allowlen);
 
 /*
+ * The methods path is routed under: KEEL__MATCH_OK with allow set as for
+ * KEEL__MATCH_NO_METHOD above (always ending with OPTIONS), or
+ * KEEL__MATCH_NOT_FOUND when no template matches the path.  scratch as for
+ * keel__router_match.  Answers OPTIONS.
+ */
+int keel__router_methods(const keel__router *r, const char *path, char *scratch, size_t scratchlen,
+                         char *allow, size_t allowlen);
+
+/*
  * Checks a template without adding it: 0, or KEEL_EINVAL with the reason in
  * err.  conf.c validates manifests with it.
  */

@@ -18,12 +18,11 @@
 
 #include <openssl/crypto.h>
 
-#include "plugin/hostapi.h"
 #include "util/log.h"
 #include "http/deadline.h"
-#include "ops/metrics.h"
 #include "identity/ratelimit.h"
-#include "plugin/table.h"
+#include "http/routes.h"
+#include "util/counters.h"
 
 struct keel__runtime keel__rt;
 
@@ -216,8 +215,8 @@ static void dispatch(keel_request *req)
     const struct keel__route *route = req->route;
     if (route->core_handler != NULL) {
         route->core_handler(req);
-    } else if (route->gen != NULL && route->handler != NULL) {
-        int rc = route->handler(req, route->gen->state);
+    } else if (route->handler != NULL) {
+        int rc = route->handler(req, route->state);
         if (!req->responded) {
             keel__log(KEEL_LOG_ERROR, route->plugin,
                       "req=%llu %s %s: handler returned %d (%s) without a response",
@@ -238,30 +237,29 @@ static void finish(keel_request *req)
 {
     req->origin = allowed_origin(MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND, "Origin"));
 
+    /* The router decodes the path into this; the decoded path is never
+     * longer than the path, which the URI limit bounds. */
+    size_t scratch_len = strlen(req->path) + 1;
+    req->match_scratch = keel__req_alloc(req, scratch_len);
+    if (req->match_scratch == NULL) {
+        keel__respond_detail(req, 503, "Service temporarily unavailable");
+        return;
+    }
+    const keel__router *router = req->table ? req->table->routers[req->listener] : NULL;
     char allow[256];
-    struct keel__route_match m;
-    int mr = KEEL__MATCH_NOT_FOUND;
-    if (req->table != NULL)
-        mr = keel__router_match(req->table->routers[req->listener], req->method, req->path, &m,
-                                req->match_scratch, 1024, allow, sizeof allow);
-
     if (strcmp(req->method, "OPTIONS") == 0) {
-        if (mr == KEEL__MATCH_NOT_FOUND) {
+        /* OPTIONS itself is never a route; list what the path takes. */
+        if (keel__router_methods(router, req->path, req->match_scratch, scratch_len, allow,
+                                 sizeof allow) != KEEL__MATCH_OK) {
             keel__respond_detail(req, 404, "Not Found");
             return;
-        }
-        if (mr == KEEL__MATCH_OK) {
-            /* OPTIONS itself is never a route; list what the path takes. */
-            struct keel__route_match m2;
-            char scratch2[1024];
-            if (keel__router_match(req->table->routers[req->listener], "\x01", req->path, &m2,
-                                   scratch2, sizeof scratch2, allow,
-                                   sizeof allow) != KEEL__MATCH_NO_METHOD)
-                snprintf(allow, sizeof allow, "OPTIONS");
         }
         answer_options(req, allow);
         return;
     }
+    struct keel__route_match m;
+    int mr = keel__router_match(router, req->method, req->path, &m, req->match_scratch, scratch_len,
+                                allow, sizeof allow);
     if (mr == KEEL__MATCH_NOT_FOUND) {
         keel__respond_detail(req, 404, "Not Found");
         return;
@@ -331,9 +329,6 @@ static enum MHD_Result scan_query(void *cls, enum MHD_ValueKind kind, const char
 static bool begin(keel_request *req)
 {
     req->table = keel__table_acquire();
-    req->match_scratch = keel__req_alloc(req, 1024);
-    if (req->match_scratch == NULL)
-        return false;
 
     /* Header and URI limits.  libmicrohttpd's connection memory is sized
      * above these (start_daemon), so requests between keel's limit and that
@@ -518,7 +513,7 @@ static void access_log(const keel_request *req, unsigned status, int64_t ns)
     snprintf(ts + ts_seconds_len, sizeof ts - ts_seconds_len, ".%03ldZ", ms);
     const struct keel__route *r = req->route;
     const char *plugin = r && r->plugin ? r->plugin : (r ? "core" : "-");
-    unsigned long long gen = r && r->gen ? (unsigned long long)r->gen->number : 0;
+    unsigned long long gen = r ? (unsigned long long)r->generation : 0;
     const char *user = req->has_principal && req->principal.user_id ? req->principal.user_id
                        : req->has_principal                         ? req->principal.supabase_id
                                                                     : "-";

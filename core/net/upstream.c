@@ -15,7 +15,6 @@
 
 #include "data/breaker.h"
 #include "http/request.h"
-#include "plugin/table.h"
 #include "plugin/tasks.h"
 #include "util/log.h"
 

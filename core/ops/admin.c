@@ -12,6 +12,8 @@
 #include "util/log.h"
 #include "ops/metrics.h"
 #include "http/server.h"
+#include "plugin/registry.h"
+#include "plugin/snapshot.h"
 
 static bool db_up(void)
 {
@@ -22,7 +24,7 @@ static bool db_up(void)
  * precomputed plugin states. */
 static int route_health(keel_request *req)
 {
-    const struct keel__table *t = req->table;
+    const struct keel__snapshot *t = req->table ? keel__snapshot_of(req->table) : NULL;
     if (t == NULL)
         return keel__respond_json(req, 200,
                                   json_pack("{s:s, s:s, s:{}}", "status", "degraded", "database",
@@ -97,19 +99,20 @@ static int route_status(keel_request *req)
     /* {"<plugin>": generation serving, 0 for stubs}, from the same snapshot
      * as the counts, so `keelctl status` shows what each plugin runs. */
     json_t *generations = json_object();
-    if (req->table != NULL && req->table->health != NULL) {
+    const struct keel__snapshot *snap = req->table ? keel__snapshot_of(req->table) : NULL;
+    if (snap != NULL && snap->health != NULL) {
         const char *k;
         json_t *v;
-        json_object_foreach(req->table->health, k, v)
+        json_object_foreach(snap->health, k, v)
         {
             if (strcmp(json_string_value(v), "loaded") == 0)
                 loaded++;
             else
                 fallback++;
             json_int_t number = 0;
-            for (size_t i = 0; i < req->table->ngens; i++)
-                if (strcmp(req->table->gens[i]->name, k) == 0)
-                    number = (json_int_t)req->table->gens[i]->number;
+            for (size_t i = 0; i < snap->ngens; i++)
+                if (strcmp(snap->gens[i]->name, k) == 0)
+                    number = (json_int_t)snap->gens[i]->number;
             json_object_set_new(generations, k, json_integer(number));
         }
     }

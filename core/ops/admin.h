@@ -3,7 +3,7 @@
 #ifndef KEEL_CORE_OPS_ADMIN_H
 #define KEEL_CORE_OPS_ADMIN_H
 
-#include "plugin/table.h"
+#include "http/routes.h"
 
 extern const struct keel__core_route keel__core_routes[];
 extern const size_t keel__ncore_routes;

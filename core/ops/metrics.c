@@ -16,85 +16,10 @@
 #include "data/breaker.h"
 #include "plugin/loader.h"
 #include "http/server.h"
-#include "plugin/table.h"
+#include "plugin/registry.h"
+#include "util/counters.h"
 #include "identity/usersync.h"
 #include "ops/plugin_metrics.h"
-
-#define NSTATUS 500 /* 100..599 */
-static const double bucket_bounds[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
-                                       0.1,    0.25,  0.5,    1.0,   2.5,  5.0,   10.0};
-#define NBUCKETS (sizeof bucket_bounds / sizeof bucket_bounds[0])
-
-struct keel__route_metrics {
-    struct keel__route_metrics *next;
-    int listener;
-    char *method;
-    char *path;
-    char *plugin;
-    atomic_ullong status[NSTATUS];
-    atomic_ullong buckets[NBUCKETS];
-    atomic_ullong count;
-    atomic_ullong sum_ns;
-};
-
-static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
-static struct keel__route_metrics *registry;
-static struct keel__route_metrics unmatched = {.method = "-", .path = "unmatched"};
-static atomic_ullong reloads_ok, reloads_failed;
-
-struct keel__route_metrics *keel__metrics_route(int listener, const char *method,
-                                                const char *path_template, const char *plugin)
-{
-    pthread_mutex_lock(&registry_lock);
-    struct keel__route_metrics *m;
-    for (m = registry; m != NULL; m = m->next)
-        if (m->listener == listener && strcmp(m->method, method) == 0 &&
-            strcmp(m->path, path_template) == 0)
-            break;
-    if (m == NULL) {
-        m = calloc(1, sizeof *m);
-        if (m != NULL) {
-            m->listener = listener;
-            m->method = strdup(method);
-            m->path = strdup(path_template);
-            m->plugin = strdup(plugin ? plugin : "core");
-            if (m->method == NULL || m->path == NULL || m->plugin == NULL) {
-                free(m->method);
-                free(m->path);
-                free(m->plugin);
-                free(m);
-                m = NULL;
-            } else {
-                m->next = registry;
-                registry = m;
-            }
-        }
-    }
-    pthread_mutex_unlock(&registry_lock);
-    return m;
-}
-
-void keel__metrics_observe(struct keel__route_metrics *m, unsigned status, int64_t latency_ns)
-{
-    if (m == NULL)
-        m = &unmatched;
-    if (status >= 100 && status < 100 + NSTATUS)
-        atomic_fetch_add_explicit(&m->status[status - 100], 1, memory_order_relaxed);
-    double s = (double)latency_ns / 1e9;
-    for (size_t i = 0; i < NBUCKETS; i++)
-        if (s <= bucket_bounds[i]) {
-            atomic_fetch_add_explicit(&m->buckets[i], 1, memory_order_relaxed);
-            break;
-        }
-    atomic_fetch_add_explicit(&m->count, 1, memory_order_relaxed);
-    atomic_fetch_add_explicit(&m->sum_ns, (unsigned long long)(latency_ns > 0 ? latency_ns : 0),
-                              memory_order_relaxed);
-}
-
-void keel__metrics_reload(bool ok)
-{
-    atomic_fetch_add_explicit(ok ? &reloads_ok : &reloads_failed, 1, memory_order_relaxed);
-}
 
 /* A growing text buffer for the exposition. */
 struct text {
@@ -154,68 +79,68 @@ static const char *listener_name(int l)
     return l == KEEL__LISTENER_ADMIN ? "admin" : "main";
 }
 
+static void render_route_statuses(void *ctx, const struct keel__route_metrics *m)
+{
+    struct text *t = ctx;
+    char p[512], pl[128];
+    for (unsigned s = 0; s < KEEL__METRICS_NSTATUS; s++) {
+        unsigned long long n = atomic_load_explicit(&m->status[s], memory_order_relaxed);
+        if (n == 0)
+            continue;
+        emit(t,
+             "keel_http_requests_total{listener=\"%s\",method=\"%s\",route=\"%s\","
+             "plugin=\"%s\",status=\"%u\"} %llu\n",
+             listener_name(m->listener), m->method, esc(m->path, p, sizeof p),
+             esc(m->plugin ? m->plugin : "-", pl, sizeof pl), s + 100, n);
+    }
+}
+
+static void render_route_latency(void *ctx, const struct keel__route_metrics *m)
+{
+    struct text *t = ctx;
+    char p[512];
+    unsigned long long count = atomic_load_explicit(&m->count, memory_order_relaxed);
+    if (count == 0)
+        return;
+    const char *ln = listener_name(m->listener);
+    esc(m->path, p, sizeof p);
+    unsigned long long cum = 0;
+    for (size_t i = 0; i < KEEL__METRICS_NBUCKETS; i++) {
+        cum += atomic_load_explicit(&m->buckets[i], memory_order_relaxed);
+        emit(t,
+             "keel_http_request_duration_seconds_bucket{listener=\"%s\",method=\"%s\","
+             "route=\"%s\",le=\"%g\"} %llu\n",
+             ln, m->method, p, keel__metrics_bucket_bounds[i], cum);
+    }
+    /* Requests complete while this renders, and an observation bumps its
+     * bucket before the count: reading the count after the buckets and never
+     * below them keeps +Inf (= _count) at least the last finite bucket, as
+     * scrapers require. */
+    count = atomic_load_explicit(&m->count, memory_order_relaxed);
+    if (count < cum)
+        count = cum;
+    emit(t,
+         "keel_http_request_duration_seconds_bucket{listener=\"%s\",method=\"%s\","
+         "route=\"%s\",le=\"+Inf\"} %llu\n",
+         ln, m->method, p, count);
+    emit(t,
+         "keel_http_request_duration_seconds_sum{listener=\"%s\",method=\"%s\",route=\"%s\"} "
+         "%.9f\n",
+         ln, m->method, p, (double)atomic_load_explicit(&m->sum_ns, memory_order_relaxed) / 1e9);
+    emit(t,
+         "keel_http_request_duration_seconds_count{listener=\"%s\",method=\"%s\","
+         "route=\"%s\"} %llu\n",
+         ln, m->method, p, count);
+}
+
 static void render_routes(struct text *t)
 {
     emit(t, "# HELP keel_http_requests_total HTTP requests by route and status.\n"
             "# TYPE keel_http_requests_total counter\n");
-    pthread_mutex_lock(&registry_lock);
-    struct keel__route_metrics *all[2] = {registry, &unmatched};
-    char p[512], pl[128];
-    for (int pass = 0; pass < 2; pass++) {
-        for (struct keel__route_metrics *m = all[pass]; m != NULL; m = pass ? NULL : m->next) {
-            for (unsigned s = 0; s < NSTATUS; s++) {
-                unsigned long long n = atomic_load_explicit(&m->status[s], memory_order_relaxed);
-                if (n == 0)
-                    continue;
-                emit(t,
-                     "keel_http_requests_total{listener=\"%s\",method=\"%s\",route=\"%s\","
-                     "plugin=\"%s\",status=\"%u\"} %llu\n",
-                     listener_name(m->listener), m->method, esc(m->path, p, sizeof p),
-                     esc(m->plugin ? m->plugin : "-", pl, sizeof pl), s + 100, n);
-            }
-        }
-    }
+    keel__metrics_each(render_route_statuses, t);
     emit(t, "# HELP keel_http_request_duration_seconds Request latency by route.\n"
             "# TYPE keel_http_request_duration_seconds histogram\n");
-    for (int pass = 0; pass < 2; pass++) {
-        for (struct keel__route_metrics *m = all[pass]; m != NULL; m = pass ? NULL : m->next) {
-            unsigned long long count = atomic_load_explicit(&m->count, memory_order_relaxed);
-            if (count == 0)
-                continue;
-            const char *ln = listener_name(m->listener);
-            esc(m->path, p, sizeof p);
-            unsigned long long cum = 0;
-            for (size_t i = 0; i < NBUCKETS; i++) {
-                cum += atomic_load_explicit(&m->buckets[i], memory_order_relaxed);
-                emit(t,
-                     "keel_http_request_duration_seconds_bucket{listener=\"%s\",method=\"%s\","
-                     "route=\"%s\",le=\"%g\"} %llu\n",
-                     ln, m->method, p, bucket_bounds[i], cum);
-            }
-            /* Requests complete while this renders, and an observation bumps
-             * its bucket before the count: reading the count after the
-             * buckets and never below them keeps +Inf (= _count) at least
-             * the last finite bucket, as scrapers require. */
-            count = atomic_load_explicit(&m->count, memory_order_relaxed);
-            if (count < cum)
-                count = cum;
-            emit(t,
-                 "keel_http_request_duration_seconds_bucket{listener=\"%s\",method=\"%s\","
-                 "route=\"%s\",le=\"+Inf\"} %llu\n",
-                 ln, m->method, p, count);
-            emit(
-                t,
-                "keel_http_request_duration_seconds_sum{listener=\"%s\",method=\"%s\",route=\"%s\"} "
-                "%.9f\n",
-                ln, m->method, p,
-                (double)atomic_load_explicit(&m->sum_ns, memory_order_relaxed) / 1e9);
-            emit(t,
-                 "keel_http_request_duration_seconds_count{listener=\"%s\",method=\"%s\","
-                 "route=\"%s\"} %llu\n",
-                 ln, m->method, p, count);
-        }
-    }
-    pthread_mutex_unlock(&registry_lock);
+    keel__metrics_each(render_route_latency, t);
 }
 
 static void render_plugins(struct text *t)
@@ -248,11 +173,12 @@ static void render_plugins(struct text *t)
         }
     }
     json_decref(d);
+    struct keel__reload_counts rc;
+    keel__metrics_reload_counts(&rc);
     emit(t,
          "# HELP keel_reloads_total Plugin reloads by result.\n# TYPE keel_reloads_total counter\n"
          "keel_reloads_total{result=\"ok\"} %llu\nkeel_reloads_total{result=\"failed\"} %llu\n",
-         (unsigned long long)atomic_load(&reloads_ok),
-         (unsigned long long)atomic_load(&reloads_failed));
+         (unsigned long long)rc.ok, (unsigned long long)rc.failed);
     emit(t,
          "# HELP keel_plugin_generations_mapped Plugin generations currently loaded in memory.\n"
          "# TYPE keel_plugin_generations_mapped gauge\nkeel_plugin_generations_mapped %ld\n",
@@ -350,20 +276,4 @@ char *keel__metrics_render(void)
         return NULL;
     }
     return t.buf;
-}
-
-void keel__metrics_free(void)
-{
-    pthread_mutex_lock(&registry_lock);
-    struct keel__route_metrics *m = registry;
-    while (m != NULL) {
-        struct keel__route_metrics *next = m->next;
-        free(m->method);
-        free(m->path);
-        free(m->plugin);
-        free(m);
-        m = next;
-    }
-    registry = NULL;
-    pthread_mutex_unlock(&registry_lock);
 }

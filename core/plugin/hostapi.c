@@ -3,6 +3,7 @@
 #include "plugin/hostapi.h"
 
 #include <ctype.h>
+#include <stdatomic.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,12 +14,26 @@
 #include "net/upstream.h"
 #include "ops/plugin_metrics.h"
 #include "plugin/tasks.h"
+#include "http/routes.h"
 #include "http/server.h"
-#include "plugin/table.h"
 
+/* A statement's result as a plugin holds it.  The wrapper lives in the
+ * request's arena with a cleanup registered once; when the plugin frees the
+ * result early, the wrapper goes on the request's spare list and the next
+ * statement reuses it (and its cleanup), so freeing keeps memory flat. */
 struct keel_db_result {
     PGresult *pg;
+    struct keel_db_result *next_spare;
 };
+
+/* Results plugins hold right now, across all requests: a gauge for
+ * /metrics and the proof, in tests, that results are freed when promised. */
+static atomic_long results_live;
+
+long keel__host_results_live(void)
+{
+    return atomic_load_explicit(&results_live, memory_order_relaxed);
+}
 
 struct keel_db_tx {
     keel_request *req;
@@ -75,21 +90,22 @@ static int hexval(int c)
     return -1;
 }
 
-/* Decodes a query-string value ('+' is a space); NULL when it decodes to a
- * NUL byte or has a broken escape, so plugins never see truncated input. */
-static char *decode_query(keel_request *req, const char *raw)
+/* Decodes a query-string value ('+' is a space); KEEL_EINVAL when it
+ * decodes to a NUL byte or has a broken escape, so plugins never see
+ * truncated input. */
+static int decode_query(keel_request *req, const char *raw, const char **value)
 {
     size_t n = strlen(raw);
     char *out = keel__req_alloc(req, n + 1);
     if (out == NULL)
-        return NULL;
+        return KEEL_ENOMEM;
     size_t j = 0;
     for (size_t i = 0; i < n; i++) {
         if (raw[i] == '%') {
             int hi = i + 1 < n ? hexval((unsigned char)raw[i + 1]) : -1;
             int lo = i + 2 < n ? hexval((unsigned char)raw[i + 2]) : -1;
             if (hi < 0 || lo < 0 || (hi == 0 && lo == 0))
-                return NULL;
+                return KEEL_EINVAL;
             out[j++] = (char)(hi * 16 + lo);
             i += 2;
         } else if (raw[i] == '+') {
@@ -99,19 +115,29 @@ static char *decode_query(keel_request *req, const char *raw)
         }
     }
     out[j] = '\0';
-    return out;
+    *value = out;
+    return 0;
 }
 
-static const char *host_req_query(const keel_request *req, const char *name)
+static int host_req_query_arg(const keel_request *req, const char *name, const char **value)
 {
+    *value = NULL;
+    if (name == NULL)
+        return KEEL_EINVAL;
     const char *raw = req->conn != NULL
                           ? MHD_lookup_connection_value(req->conn, MHD_GET_ARGUMENT_KIND, name)
                           : keel__synthetic_lookup(req->synthetic ? req->synthetic->query : NULL,
                                                    name);
     if (raw == NULL)
-        return NULL;
+        return KEEL_ENOTFOUND;
     /* The accessor is const for plugins; the arena is request-owned scratch. */
-    return decode_query((keel_request *)req, raw);
+    return decode_query((keel_request *)req, raw, value);
+}
+
+static const char *host_req_query(const keel_request *req, const char *name)
+{
+    const char *v;
+    return host_req_query_arg(req, name, &v) == 0 ? v : NULL;
 }
 
 static const char *host_req_header(const keel_request *req, const char *name)
@@ -290,34 +316,62 @@ static const char *host_req_user(const keel_request *req, int field)
 
 /* ------------------------------------------------------------ database */
 
-static void result_free(void *p)
+static void result_clear(struct keel_db_result *r)
 {
-    PQclear(((struct keel_db_result *)p)->pg);
+    if (r->pg != NULL) {
+        PQclear(r->pg);
+        r->pg = NULL;
+        atomic_fetch_sub_explicit(&results_live, 1, memory_order_relaxed);
+    }
 }
 
-/* Wraps a PGresult so it is cleared when the request completes. */
+static void result_cleanup(void *p)
+{
+    result_clear(p);
+}
+
+/* Wraps a PGresult so it is cleared when the request completes at the
+ * latest.  Consumes pg whatever happens. */
 static int own_result(keel_request *req, PGresult *pg, keel_db_result **out)
 {
-    struct keel_db_result *r = keel__req_alloc(req, sizeof *r);
-    if (r == NULL || keel__req_on_cleanup(req, result_free, r) != 0) {
-        PQclear(pg);
-        return KEEL_ENOMEM;
+    struct keel_db_result *r = req->spare_results;
+    if (r != NULL) {
+        req->spare_results = r->next_spare;
+        r->next_spare = NULL;
+    } else {
+        r = keel__req_alloc(req, sizeof *r);
+        if (r == NULL || keel__req_on_cleanup(req, result_cleanup, r) != 0) {
+            PQclear(pg);
+            return KEEL_ENOMEM;
+        }
     }
     r->pg = pg;
-    if (out != NULL)
-        *out = r;
+    atomic_fetch_add_explicit(&results_live, 1, memory_order_relaxed);
+    *out = r;
     return 0;
 }
 
+/* Runs one statement on conn.  With out == NULL the result is cleared at
+ * once (keel__db_exec does that), so statements run for their effect only,
+ * BEGIN and COMMIT among them, hold no memory until the request ends. */
 static int run_on(keel_request *req, keel__db_conn *conn, const char *sql, int nparams,
                   const char *const *params, keel_db_result **out)
 {
     PGresult *pg = NULL;
-    int rc = keel__db_exec(keel__rt.db, conn, sql, nparams, params, &pg, req->db_error,
-                           sizeof req->db_error);
-    if (rc != 0)
+    int rc = keel__db_exec(keel__rt.db, conn, sql, nparams, params, out != NULL ? &pg : NULL,
+                           req->db_error, sizeof req->db_error);
+    if (rc != 0 || out == NULL)
         return rc;
     return own_result(req, pg, out);
+}
+
+static void host_db_result_free(keel_request *req, keel_db_result *res)
+{
+    if (req == NULL || res == NULL || res->pg == NULL)
+        return;
+    result_clear(res);
+    res->next_spare = req->spare_results;
+    req->spare_results = res;
 }
 
 static int host_db_query(keel_request *req, const char *sql, int nparams, const char *const *params,
@@ -378,19 +432,21 @@ static int host_db_transaction(keel_request *req, keel_db_tx_fn fn, void *arg)
     return rc;
 }
 
+/* A freed result reads as empty rather than crashing the server. */
 static int host_db_rows(const keel_db_result *res)
 {
-    return res ? PQntuples(res->pg) : 0;
+    return res && res->pg ? PQntuples(res->pg) : 0;
 }
 
 static int host_db_column(const keel_db_result *res, const char *name)
 {
-    return res ? PQfnumber(res->pg, name) : -1;
+    return res && res->pg ? PQfnumber(res->pg, name) : -1;
 }
 
 static const char *host_db_value(const keel_db_result *res, int row, int col)
 {
-    if (res == NULL || row < 0 || col < 0 || row >= PQntuples(res->pg) || col >= PQnfields(res->pg))
+    if (res == NULL || res->pg == NULL || row < 0 || col < 0 || row >= PQntuples(res->pg) ||
+        col >= PQnfields(res->pg))
         return NULL;
     if (PQgetisnull(res->pg, row, col))
         return NULL;
@@ -404,7 +460,7 @@ static const char *host_db_last_error(const keel_request *req)
 
 static long host_db_affected(const keel_db_result *res)
 {
-    if (res == NULL)
+    if (res == NULL || res->pg == NULL)
         return 0;
     const char *n = PQcmdTuples(res->pg);
     return n && *n ? strtol(n, NULL, 10) : 0;
@@ -436,6 +492,8 @@ static const keel_host host_api = {
     .db_value = host_db_value,
     .db_last_error = host_db_last_error,
     .db_affected = host_db_affected,
+    .db_result_free = host_db_result_free,
+    .req_query_arg = host_req_query_arg,
     .task_add = keel__host_task_add,
     .task_notify = keel__host_task_notify,
     .task_stopping = keel__host_task_stopping,

@@ -9,6 +9,9 @@
 /* The table of this host; static storage, valid for the process lifetime. */
 const keel_host *keel__host_api(void);
 
+/* Database results plugins hold right now (all requests). */
+long keel__host_results_live(void);
+
 /*
  * The request-independent part of req_json_body: parses len bytes of body
  * strictly (duplicate keys, invalid UTF-8 and \u0000 refused by jansson),

@@ -12,7 +12,7 @@
 #include "data/breaker.h"
 #include "http/request.h"
 #include "net/upstream.h"
-#include "plugin/table.h"
+#include "http/routes.h"
 #include "util/log.h"
 
 #define TASK_NAME_MAX 63

@@ -11,6 +11,44 @@
  *    keel_plugin.  A plugin lists the capabilities it cannot run without in
  *    `requires`; a host lacking one refuses the plugin and names it.  Optional
  *    capabilities are tested at run time with KEEL_HOST_HAS().
+ *
+ * Capability names accepted in `requires` (and the minor that added them):
+ *   1.0  "log"          log
+ *        "request"      req_method .. req_on_cleanup
+ *        "response"     respond_json, respond_error, set_header
+ *        "json_body"    req_json_body
+ *        "user"         req_user
+ *        "db"           db_query .. db_affected
+ *   1.1  "db_result_free"  db_result_free
+ *        "query_arg"       req_query_arg
+ *        "tasks"           task_add .. task_sleep
+ *        "upstream"        upstream_add .. upstream_open
+ *        "metrics"         metric_add, metric_observe (and plugin_note)
+ *
+ * Rules every plugin relies on:
+ *  - Concurrency.  Handlers of one generation run concurrently on many server
+ *    threads and all receive the same `state` pointer made by init.  What a
+ *    handler writes through it needs a lock or atomics.  During a reload two
+ *    generations of a plugin are loaded side by side, each with its own state.
+ *  - Strings.  Functions taking a `const char *` copy it before returning
+ *    unless their comment says otherwise (set_header, respond_error, log,
+ *    db_query's sql and params are all copied or used only during the call),
+ *    so a plugin may pass stack buffers.  Strings the host returns are owned
+ *    by the host: request strings until the request completes, a result's
+ *    values until the result is freed or the request completes.
+ *  - jansson.  Plugins and host share one libjansson and its default
+ *    allocator; nobody may call json_set_alloc_funcs().  respond_json takes
+ *    the reference it is given, on success and on failure alike, and the host
+ *    serialises and frees it; do not decref it afterwards.
+ *  - Logging.  log() lines are tagged with the plugin's name (and the request
+ *    id when req is given), init and fini included: pass req == NULL there.
+ *  - Errors.  Host functions returning int return 0 or a negative KEEL_E*
+ *    code from keel/error.h.
+ *  - Background work.  A plugin never starts threads of its own: it registers
+ *    tasks at init (task_add) and the host runs, stops and joins them, all
+ *    before fini, so a reload never unmaps code that is still running.
+ *    Registration calls (task_add, upstream_add, metric_add, plugin_note) are
+ *    only accepted while init runs, on init's thread.
  */
 #ifndef KEEL_PLUGIN_H
 #define KEEL_PLUGIN_H
@@ -84,7 +122,15 @@ typedef struct keel_route {
     keel_handler_fn handler;
 } keel_route;
 
-/* Callback run inside one database transaction; see db_transaction. */
+/*
+ * Callback run inside one database transaction; see db_transaction.  It
+ * returns 0 to COMMIT, or any negative code to ROLLBACK.  A KEEL_EDB_* code
+ * it got from db_tx_query is best passed on unchanged: KEEL_EDB_CONFLICT makes
+ * db_transaction run the callback again, and the others reach the caller as
+ * they are.  Its own codes (KEEL_ENOTFOUND, KEEL_EINVAL, ...) reach the caller
+ * of db_transaction unchanged too, so they can carry the callback's verdict.
+ * Positive values are reserved; do not return them.
+ */
 typedef int (*keel_db_tx_fn)(keel_db_tx *tx, void *arg);
 
 /*
@@ -107,7 +153,8 @@ enum keel_metric_kind {
 /*
  * The host API table.  Members are only ever appended; `size` tells how many
  * exist in the running host.  Everything returned as `const char *` is owned
- * by the host and valid until the request completes.
+ * by the host and valid until the request completes (a result's values: until
+ * the result is freed, at the latest when the request completes).
  */
 typedef struct keel_host {
     uint32_t size; /* sizeof(keel_host) in the running host */
@@ -123,7 +170,11 @@ typedef struct keel_host {
     const char *(*req_path)(const keel_request *req);
     /* A `{name}` segment of the matched template, percent-decoded. */
     const char *(*req_param)(const keel_request *req, const char *name);
-    /* A query-string argument, or NULL. */
+    /*
+     * A query-string argument, percent-decoded ('+' is a space), or NULL when
+     * it is absent *or* malformed (a broken %-escape, or one decoding to a
+     * NUL byte).  Use req_query_arg (ABI 1.1) to tell the two apart.
+     */
     const char *(*req_query)(const keel_request *req, const char *name);
     /* A request header (case-insensitive name), or NULL. */
     const char *(*req_header)(const keel_request *req, const char *name);
@@ -137,9 +188,10 @@ typedef struct keel_host {
     /* --- ABI 1.0: responses --------------------------------------------- */
     /* Queues `body` with `status`.  Always takes ownership of body. */
     int (*respond_json)(keel_request *req, unsigned status, json_t *body);
-    /* Queues {"detail": detail} with `status`. */
+    /* Queues {"detail": detail} with `status`; detail is copied. */
     int (*respond_error)(keel_request *req, unsigned status, const char *detail);
-    /* Adds a response header to the response that will be queued. */
+    /* Adds a response header to the response that will be queued; name and
+     * value are copied.  KEEL_EINVAL for CR, LF or (in the name) ':'. */
     int (*set_header)(keel_request *req, const char *name, const char *value);
     /*
      * Parses the body as a JSON object under the host's size and depth
@@ -155,18 +207,25 @@ typedef struct keel_host {
     /* --- ABI 1.0: database ---------------------------------------------- */
     /*
      * Runs one parameterised statement on a pooled connection.  The result
-     * belongs to the request.  Returns 0, KEEL_EDB_UNAVAILABLE (answer the
-     * degraded body or 503), KEEL_EDB_CONFLICT, KEEL_EDB_BADREQ or
-     * KEEL_EDB_BUG.  Parameters are text; NULL entries are SQL NULL.
+     * belongs to the request (or is freed earlier with db_result_free); with
+     * out == NULL nothing is kept at all, so a statement run only for its
+     * effect costs no memory until the request ends.  Returns 0,
+     * KEEL_EDB_UNAVAILABLE (answer the degraded body or 503),
+     * KEEL_EDB_CONFLICT, KEEL_EDB_BADREQ or KEEL_EDB_BUG.  Parameters are
+     * text; NULL entries are SQL NULL.  sql and params are used only during
+     * the call.
      */
     int (*db_query)(keel_request *req, const char *sql, int nparams, const char *const *params,
                     keel_db_result **out);
     /*
      * Runs fn inside one transaction on one connection: COMMIT when fn
-     * returns 0, ROLLBACK otherwise (and on any database error).  Returns
-     * fn's code or a KEEL_EDB_* code.  Serialization failures and deadlocks
-     * are retried up to a small bound before KEEL_EDB_CONFLICT is returned,
-     * so fn must have no effect outside the database.
+     * returns 0, ROLLBACK otherwise (and on any database error).  Returns 0,
+     * fn's own non-zero code unchanged, or the KEEL_EDB_* code of BEGIN or
+     * COMMIT.  When fn (or COMMIT) returns KEEL_EDB_CONFLICT (serialization
+     * failures, deadlocks, a unique key taken concurrently) the whole
+     * transaction is run again, up to a small bound, before KEEL_EDB_CONFLICT
+     * is returned; so fn must have no effect outside the database.  The
+     * results of BEGIN and COMMIT are never kept.
      */
     int (*db_transaction)(keel_request *req, keel_db_tx_fn fn, void *arg);
     /* db_query inside a transaction. */
@@ -182,9 +241,24 @@ typedef struct keel_host {
     /* Number of rows a command affected (UPDATE/INSERT/DELETE). */
     long (*db_affected)(const keel_db_result *res);
 
-    /* ABI 1.1: db_result_free goes first */
+    /* --- ABI 1.1 ------------------------------------------------------- */
+    /*
+     * Frees a result now instead of when the request completes, so a
+     * handler running many statements (an import) holds one at a time.  res
+     * must not be used afterwards; NULL is ignored.  Capability
+     * "db_result_free".
+     */
+    void (*db_result_free)(keel_request *req, keel_db_result *res);
+    /*
+     * A query-string argument: 0 with *value the decoded text (as
+     * req_query), KEEL_ENOTFOUND when the URL has no such argument,
+     * KEEL_EINVAL when it is there but malformed (a broken %-escape or %00),
+     * KEEL_ENOMEM.  *value is NULL unless 0 is returned.  Capability
+     * "query_arg".
+     */
+    int (*req_query_arg)(const keel_request *req, const char *name, const char **value);
 
-    /* --- ABI 1.1: background tasks -------------------------------------- */
+    /* --- ABI 1.1: background tasks (capability "tasks") ---------------- */
     /*
      * Registers a task; only valid while the plugin's init runs.  The host
      * runs fn(task, req, arg) on a thread of its own: every every_ms
@@ -208,7 +282,7 @@ typedef struct keel_host {
      * returns task_stopping().  For backoff inside a run. */
     int (*task_sleep)(keel_task *task, unsigned ms);
 
-    /* --- ABI 1.1: upstream HTTP client (libcurl) ------------------------ */
+    /* --- ABI 1.1: upstream HTTP client (capability "upstream") --------- */
     /*
      * Declares an upstream service; only valid while init runs.  config is
      * an object (borrowed):
@@ -248,7 +322,7 @@ typedef struct keel_host {
     /* True while the upstream's circuit breaker would refuse a call now. */
     int (*upstream_open)(const keel_upstream *up);
 
-    /* --- ABI 1.1: plugin metrics ---------------------------------------- */
+    /* --- ABI 1.1: plugin metrics (capability "metrics") ---------------- */
     /*
      * Registers a metric; only valid while init runs.  name (a Prometheus
      * name, [a-z_][a-z0-9_]*, at most 63) is exported as
@@ -298,6 +372,28 @@ typedef struct keel_plugin {
 #define KEEL_PLUGIN_HEADER                                                                         \
     .magic = KEEL_PLUGIN_MAGIC, .abi_major = KEEL_ABI_MAJOR, .abi_minor = KEEL_ABI_MINOR,          \
     .struct_size = sizeof(keel_plugin)
+
+/*
+ * Where a plugin keeps the host table, in the manner of SQLite's
+ * SQLITE_EXTENSION_INIT1/2/3, so that no plugin has to invent a global:
+ *
+ *     KEEL_PLUGIN_INIT1                 once, at file scope, in one file
+ *     KEEL_PLUGIN_INIT3                 at file scope in the plugin's other files
+ *     KEEL_PLUGIN_INIT2(host);          first thing in init
+ *     keel_api->respond_error(req, 404, "Not found");
+ *
+ * keel_api is hidden, so it never clashes with another plugin's.  It is set
+ * by every generation's init to the same table; the host's table never
+ * changes while the process runs.
+ */
+#if defined(__GNUC__) || defined(__clang__)
+#define KEEL__HIDDEN __attribute__((visibility("hidden")))
+#else
+#define KEEL__HIDDEN
+#endif
+#define KEEL_PLUGIN_INIT1 KEEL__HIDDEN const keel_host *keel_api = NULL
+#define KEEL_PLUGIN_INIT2(host) (keel_api = (host))
+#define KEEL_PLUGIN_INIT3 extern KEEL__HIDDEN const keel_host *keel_api
 
 /* The entry point every plugin defines. */
 KEEL_EXPORT const keel_plugin *keel_plugin_entry(void);

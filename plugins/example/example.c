@@ -7,7 +7,8 @@
 
 #include <keel/plugin.h>
 
-static const keel_host *host;
+/* The host table, kept in keel_api (include/keel/plugin.h). */
+KEEL_PLUGIN_INIT1;
 
 struct example_state {
     char greeting[64];
@@ -17,25 +18,24 @@ static struct example_state state;
 
 static int example_init(const keel_host *h, const json_t *config, void **out)
 {
-    host = h;
+    KEEL_PLUGIN_INIT2(h);
     const char *greeting = json_string_value(json_object_get(config, "greeting"));
     snprintf(state.greeting, sizeof state.greeting, "%s", greeting ? greeting : "hello");
     *out = &state;
-    host->log(NULL, KEEL_LOG_DEBUG, "example initialised (greeting \"%s\")", state.greeting);
+    keel_api->log(NULL, KEEL_LOG_DEBUG, "example initialised (greeting \"%s\")", state.greeting);
     return 0;
 }
 
 static void example_fini(void *s)
 {
     (void)s;
-    host = NULL;
 }
 
 /* GET /api/v1/example/hello (public) */
 static int example_hello(keel_request *req, void *s)
 {
     const struct example_state *st = s;
-    return host->respond_json(
+    return keel_api->respond_json(
         req, 200, json_pack("{s:s, s:s}", "plugin", "example", "message", st->greeting));
 }
 
@@ -43,19 +43,21 @@ static int example_hello(keel_request *req, void *s)
 static int example_whoami(keel_request *req, void *s)
 {
     (void)s;
-    return host->respond_json(req, 200,
-                              json_pack("{s:s, s:s?, s:s?, s:s?, s:b}", "plugin", "example",
-                                        "email", host->req_user(req, KEEL_USER_EMAIL),
-                                        "supabase_id", host->req_user(req, KEEL_USER_SUPABASE_ID),
-                                        "role", host->req_user(req, KEEL_USER_ROLE), "synced",
-                                        strcmp(host->req_user(req, KEEL_USER_SYNCED), "1") == 0));
+    return keel_api->respond_json(
+        req, 200,
+        json_pack("{s:s, s:s?, s:s?, s:s?, s:b}", "plugin", "example", "email",
+                  keel_api->req_user(req, KEEL_USER_EMAIL), "supabase_id",
+                  keel_api->req_user(req, KEEL_USER_SUPABASE_ID), "role",
+                  keel_api->req_user(req, KEEL_USER_ROLE), "synced",
+                  strcmp(keel_api->req_user(req, KEEL_USER_SYNCED), "1") == 0));
 }
 
 /* GET /api/v1/example/echo/{word} (public): shows path parameters. */
 static int example_echo(keel_request *req, void *s)
 {
     (void)s;
-    return host->respond_json(req, 200, json_pack("{s:s}", "word", host->req_param(req, "word")));
+    return keel_api->respond_json(req, 200,
+                                  json_pack("{s:s}", "word", keel_api->req_param(req, "word")));
 }
 
 static const keel_route example_routes[] = {

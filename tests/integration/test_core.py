@@ -158,6 +158,21 @@ def test_404_and_405_bodies():
         assert r.status == 404
 
 
+def test_long_path_still_matches_its_route():
+    # Paths up to the URI limit (8 KiB) are matched like short ones: a 2,000
+    # byte username reaches the creator route and gets its validation error.
+    long_name = "a" * 2000
+    with Keeld() as k:
+        r = k.get("/api/v1/simple/creator/" + long_name, token=token())
+        assert r.status == 422, r
+        assert r.json()["detail"][0]["loc"] == ["path", "username"], r.json()
+        r = k.request("OPTIONS", "/api/v1/simple/creator/" + long_name)
+        assert r.status == 204, r
+        assert r.header("Allow") == "GET, OPTIONS", r.header("Allow")
+        r = k.request("DELETE", "/api/v1/simple/creator/" + long_name)
+        assert r.status == 405 and r.header("Allow") == "GET, OPTIONS", r
+
+
 def test_cors_preflight_and_headers():
     with Keeld() as k:
         origin = "http://localhost:3000"

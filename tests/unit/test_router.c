@@ -291,6 +291,42 @@ static void test_not_found_vs_no_method(void **state)
     keel__router_free(r);
 }
 
+/* The methods of every template matching a path, without naming a method;
+ * and a path far longer than any fixed buffer matches with a scratch sized
+ * from it. */
+static void test_methods_for_path(void **state)
+{
+    (void)state;
+    keel__router *r = keel__router_new();
+    assert_non_null(r);
+    add_ok(r, "GET", "/u/{name}", "a", &tag_a);
+    add_ok(r, "DELETE", "/u/{name}", "a", &tag_a);
+    add_ok(r, "POST", "/u/me", "b", &tag_b);
+    char scratch[64], allow[128];
+    assert_int_equal(keel__router_methods(r, "/u/me", scratch, sizeof scratch, allow, sizeof allow),
+                     KEEL__MATCH_OK);
+    assert_string_equal(allow, "GET, POST, DELETE, OPTIONS");
+    assert_int_equal(keel__router_methods(r, "/u/x", scratch, sizeof scratch, allow, sizeof allow),
+                     KEEL__MATCH_OK);
+    assert_string_equal(allow, "GET, DELETE, OPTIONS");
+    assert_int_equal(keel__router_methods(r, "/v", scratch, sizeof scratch, allow, sizeof allow),
+                     KEEL__MATCH_NOT_FOUND);
+    assert_string_equal(allow, "");
+
+    char path[4100] = "/u/";
+    memset(path + 3, 'x', 4000);
+    path[4003] = '\0';
+    char big[4100];
+    struct keel__route_match m;
+    assert_int_equal(keel__router_match(r, "GET", path, &m, big, strlen(path) + 1, NULL, 0),
+                     KEEL__MATCH_OK);
+    assert_int_equal(strlen(m.values[0]), 4000);
+    /* One byte short of what the path needs is not enough. */
+    assert_int_equal(keel__router_match(r, "GET", path, &m, big, 4000, NULL, 0),
+                     KEEL__MATCH_NOT_FOUND);
+    keel__router_free(r);
+}
+
 static void test_conflicts(void **state)
 {
     (void)state;
@@ -449,6 +485,7 @@ int main(void)
         cmocka_unit_test(test_param_decoding),
         cmocka_unit_test(test_rejections),
         cmocka_unit_test(test_not_found_vs_no_method),
+        cmocka_unit_test(test_methods_for_path),
         cmocka_unit_test(test_conflicts),
         cmocka_unit_test(test_bad_templates),
         cmocka_unit_test(test_each),

@@ -1,0 +1,344 @@
+#include "config.h"
+
+#include "plugin/registry.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "util/log.h"
+#include "plugin/tasks.h"
+
+struct keel__registry keel__reg = {.lock = PTHREAD_MUTEX_INITIALIZER};
+
+/* ------------------------------------------------------------ slots */
+
+struct keel__slot *keel__slot_find(const char *name)
+{
+    for (size_t i = 0; i < keel__reg.nslots; i++)
+        if (strcmp(keel__reg.slots[i]->name, name) == 0)
+            return keel__reg.slots[i];
+    return NULL;
+}
+
+struct keel__slot *keel__slot_new(const char *name)
+{
+    struct keel__slot *s = calloc(1, sizeof *s);
+    if (s == NULL)
+        return NULL;
+    s->name = strdup(name);
+    if (s->name == NULL) {
+        free(s);
+        return NULL;
+    }
+    s->next_number = 1;
+    return s;
+}
+
+void keel__slot_free(struct keel__slot *s)
+{
+    if (s == NULL)
+        return;
+    keel__generation_unref(s->gen);
+    keel__manifest_clear(&s->manifest);
+    free(s->name);
+    free(s);
+}
+
+/* Deep-copies a manifest by re-parsing nothing: the slot keeps its own copy
+ * so the conf model it came from can be freed. */
+int keel__manifest_copy(struct keel__manifest *dst, const struct keel__manifest *src)
+{
+    memset(dst, 0, sizeof *dst);
+    dst->name = strdup(src->name);
+    dst->source = src->source ? strdup(src->source) : NULL;
+    dst->file = strdup(src->file);
+    dst->file_spec = src->file_spec ? strdup(src->file_spec) : NULL;
+    dst->migrations = src->migrations ? strdup(src->migrations) : NULL;
+    dst->enabled = src->enabled;
+    dst->config = json_deep_copy(src->config);
+    dst->routes = calloc(src->nroutes ? src->nroutes : 1, sizeof *dst->routes);
+    if (dst->name == NULL || dst->file == NULL || dst->config == NULL || dst->routes == NULL) {
+        keel__manifest_clear(dst);
+        return KEEL_ENOMEM;
+    }
+    dst->nroutes = src->nroutes;
+    for (size_t i = 0; i < src->nroutes; i++) {
+        const struct keel__manifest_route *a = &src->routes[i];
+        struct keel__manifest_route *b = &dst->routes[i];
+        b->method = strdup(a->method);
+        b->path = strdup(a->path);
+        b->auth = a->auth;
+        b->listener = a->listener;
+        b->fallback_status = a->fallback_status;
+        b->fallback = a->fallback ? json_deep_copy(a->fallback) : NULL;
+        b->fallback_headers = a->fallback_headers ? json_deep_copy(a->fallback_headers) : NULL;
+        if (b->method == NULL || b->path == NULL) {
+            keel__manifest_clear(dst);
+            return KEEL_ENOMEM;
+        }
+    }
+    return 0;
+}
+
+void keel__slot_log_down(const struct keel__slot *s, const struct keel__manifest *m)
+{
+    keel__log(KEEL_LOG_ERROR, s->name,
+              "plugin %s is down: path=%s stage=%s reason=%s: %s; its %zu route(s) are served by "
+              "fallback stubs",
+              s->name, m->file, keel__stage_name(s->stage), keel__reason_name(s->reason), s->error,
+              m->nroutes);
+}
+
+int keel__slot_load(struct keel__slot *s, const struct keel__manifest *m,
+                    struct keel__generation **gen, struct keel__load_error *err)
+{
+    *gen = NULL;
+    if (!m->enabled) {
+        memset(err, 0, sizeof *err);
+        err->stage = KEEL__STAGE_MANIFEST;
+        err->reason = KEEL__REASON_DISABLED;
+        snprintf(err->message, sizeof err->message, "disabled in %s",
+                 m->source ? m->source : "conf.d");
+        return 1;
+    }
+    uint64_t number = s->next_number++;
+    return keel__generation_load(m, number, keel__reg.host, gen, err) == 0 ? 0 : -1;
+}
+
+struct keel__slot_view keel__slot_view_of(struct keel__slot *s)
+{
+    return (struct keel__slot_view){
+        .name = s->name,
+        .manifest = s->excluded ? NULL : &s->manifest,
+        .gen = s->gen,
+        .reason = s->reason,
+        .requests = &s->requests,
+        .owner = s,
+    };
+}
+
+/*
+ * Checks manifest m of slot s against the routes that serve now: the core's
+ * and every other plugin's current manifest (stubs included).  A reload must
+ * never take a route away from a plugin that keeps it, so a conflict is
+ * blamed on the manifest being reloaded, before anything is loaded.  Other
+ * plugins reloaded in the same run are judged by what they serve now too;
+ * moving a route between two plugins therefore takes two reloads (remove,
+ * then add).  Returns KEEL_EROUTES with the router's message naming both
+ * plugins, or 0 (also when the check itself cannot run: the commit-time
+ * build still catches conflicts).
+ */
+int keel__slot_routes_check(const struct keel__slot *s, const struct keel__manifest *m, char *err,
+                            size_t errlen)
+{
+    struct keel__slot_view *views = calloc(keel__reg.nslots + 1, sizeof *views);
+    if (views == NULL)
+        return 0;
+    size_t n = 0;
+    for (size_t i = 0; i < keel__reg.nslots; i++) {
+        struct keel__slot *o = keel__reg.slots[i];
+        if (o == s || o->excluded)
+            continue;
+        views[n++] = keel__slot_view_of(o);
+    }
+    views[n++] = (struct keel__slot_view){
+        .name = s->name, .manifest = m, .reason = KEEL__REASON_NONE, .candidate = true};
+    long bad;
+    struct keel__snapshot *t = keel__snapshot_build(keel__reg.core, keel__reg.ncore, views, n, 0,
+                                                    &bad, err, errlen);
+    free(views);
+    if (t != NULL) {
+        keel__snapshot_discard(t);
+        return 0;
+    }
+    return bad == (long)n - 1 ? KEEL_EROUTES : 0;
+}
+
+static void print_summary(void)
+{
+    keel__log(KEEL_LOG_INFO, "core", "%-12s %-9s %-8s %-14s %-4s %s", "PLUGIN", "VERSION", "STATE",
+              "REASON", "GEN", "FILE");
+    for (size_t i = 0; i < keel__reg.nslots; i++) {
+        const struct keel__slot *s = keel__reg.slots[i];
+        keel__log(KEEL_LOG_INFO, "core", "%-12s %-9s %-8s %-14s %-4llu %s", s->name,
+                  s->gen ? s->gen->desc->version : "-", s->gen ? "loaded" : "fallback",
+                  s->gen ? "-" : keel__reason_name(s->reason),
+                  (unsigned long long)(s->gen ? s->gen->number : 0), s->manifest.file);
+    }
+}
+
+/* Refuses s for its routes: no routes of it in the table, stubs not even. */
+static void exclude(struct keel__slot *s, const char *why)
+{
+    s->excluded = true;
+    s->stage = KEEL__STAGE_ROUTES;
+    s->reason = KEEL__REASON_LOAD_FAILED;
+    snprintf(s->error, sizeof s->error, "%s", why);
+    keel__log(KEEL_LOG_ERROR, s->name, "plugin %s refused: %s (file %s)", s->name, why,
+              s->manifest.file);
+    keel__generation_unref(s->gen);
+    s->gen = NULL;
+}
+
+/*
+ * Builds a snapshot from the slots.  Routes were checked before loading, so a
+ * conflict here means that check could not run (memory); the slot is then
+ * excluded and the build repeated.
+ */
+static struct keel__snapshot *build_from_slots(int *conflicts)
+{
+    for (;;) {
+        struct keel__slot_view *views = calloc(keel__reg.nslots ? keel__reg.nslots : 1,
+                                               sizeof *views);
+        if (views == NULL)
+            return NULL;
+        for (size_t i = 0; i < keel__reg.nslots; i++)
+            views[i] = keel__slot_view_of(keel__reg.slots[i]);
+        long bad;
+        char err[512];
+        struct keel__snapshot *t = keel__snapshot_build(keel__reg.core, keel__reg.ncore, views,
+                                                        keel__reg.nslots, keel__reg.serial + 1,
+                                                        &bad, err, sizeof err);
+        free(views);
+        if (t != NULL) {
+            keel__reg.serial++;
+            return t;
+        }
+        if (bad < 0) {
+            log_error("cannot build the route table: %s", err[0] ? err : "out of memory");
+            return NULL;
+        }
+        (*conflicts)++;
+        exclude(keel__reg.slots[bad], err);
+    }
+}
+
+int keel__plugins_start(const struct keel__conf *conf, const keel_host *host,
+                        const struct keel__core_route *core, size_t ncore)
+{
+    pthread_mutex_lock(&keel__reg.lock);
+    keel__reg.host = host;
+    keel__reg.core = core;
+    keel__reg.ncore = ncore;
+    free(keel__reg.confdir);
+    keel__reg.confdir = strdup(conf->dir);
+    keel__reg.slots = calloc(conf->nplugins ? conf->nplugins : 1, sizeof *keel__reg.slots);
+    if (keel__reg.confdir == NULL || keel__reg.slots == NULL) {
+        pthread_mutex_unlock(&keel__reg.lock);
+        return KEEL_ENOMEM;
+    }
+    int conflicts = 0;
+    for (size_t i = 0; i < conf->nplugins; i++) {
+        const struct keel__manifest *m = &conf->plugins[i];
+        struct keel__slot *s = keel__slot_new(m->name);
+        if (s == NULL || keel__manifest_copy(&s->manifest, m) != 0) {
+            keel__slot_free(s);
+            pthread_mutex_unlock(&keel__reg.lock);
+            return KEEL_ENOMEM;
+        }
+        keel__reg.slots[keel__reg.nslots++] = s;
+        /* Routes first: a plugin refused for its routes never runs init. */
+        char why[512];
+        if (keel__slot_routes_check(s, &s->manifest, why, sizeof why) != 0) {
+            conflicts++;
+            exclude(s, why);
+            continue;
+        }
+        struct keel__load_error le;
+        int rc = keel__slot_load(s, &s->manifest, &s->gen, &le);
+        if (rc != 0) {
+            s->reason = le.reason;
+            s->stage = le.stage;
+            snprintf(s->error, sizeof s->error, "%s", le.message);
+            keel__slot_log_down(s, &s->manifest);
+        } else {
+            keel__log(KEEL_LOG_INFO, s->name, "loaded %s %s generation %llu from %s", s->name,
+                      s->gen->desc->version, (unsigned long long)s->gen->number, s->manifest.file);
+        }
+    }
+    struct keel__snapshot *t = build_from_slots(&conflicts);
+    if (t == NULL) {
+        pthread_mutex_unlock(&keel__reg.lock);
+        return KEEL_ENOMEM;
+    }
+    keel__table_publish(&t->table);
+    print_summary();
+    pthread_mutex_unlock(&keel__reg.lock);
+    return conflicts ? KEEL_EROUTES : 0;
+}
+
+void keel__plugins_stop(void)
+{
+    pthread_mutex_lock(&keel__reg.lock);
+    keel__table_publish(NULL);
+    for (size_t i = 0; i < keel__reg.nslots; i++)
+        keel__slot_free(keel__reg.slots[i]);
+    free(keel__reg.slots);
+    keel__reg.slots = NULL;
+    keel__reg.nslots = 0;
+    free(keel__reg.confdir);
+    keel__reg.confdir = NULL;
+    pthread_mutex_unlock(&keel__reg.lock);
+}
+
+bool keel__plugins_all_loaded(void)
+{
+    pthread_mutex_lock(&keel__reg.lock);
+    bool ok = true;
+    for (size_t i = 0; i < keel__reg.nslots; i++)
+        if (keel__reg.slots[i]->gen == NULL)
+            ok = false;
+    pthread_mutex_unlock(&keel__reg.lock);
+    return ok;
+}
+
+/* ------------------------------------------------------------ reporting */
+
+json_t *keel__json_time(int64_t t)
+{
+    if (t <= 0)
+        return json_null();
+    char buf[32];
+    time_t tt = (time_t)t;
+    struct tm tm;
+    gmtime_r(&tt, &tm);
+    strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
+    return json_string(buf);
+}
+
+json_t *keel__plugins_describe(void)
+{
+    json_t *list = json_array();
+    pthread_mutex_lock(&keel__reg.lock);
+    for (size_t i = 0; i < keel__reg.nslots; i++) {
+        const struct keel__slot *s = keel__reg.slots[i];
+        const struct keel__generation *g = s->gen;
+        char abi[16] = "-";
+        if (g != NULL)
+            snprintf(abi, sizeof abi, "%u.%u", g->desc->abi_major, g->desc->abi_minor);
+        json_t *last = json_null();
+        if (s->has_last_reload)
+            last = json_pack("{s:b, s:s, s:s?, s:o}", "ok", s->last_ok, "stage",
+                             keel__stage_name(s->last_stage), "error",
+                             s->last_ok ? NULL : s->last_error, "at", keel__json_time(s->last_at));
+        json_t *entry = json_pack(
+            "{s:s, s:s?, s:s, s:s?, s:I, s:s?, s:s, s:o, s:I, s:I, s:I, s:o, s:b, s:I, "
+            "s:s?, s:s?}",
+            "name", s->name, "version", g ? g->desc->version : NULL, "state",
+            g ? "loaded" : "fallback", "reason", g ? NULL : keel__reason_name(s->reason),
+            "generation", (json_int_t)(g ? g->number : 0), "abi", g ? abi : NULL, "file",
+            s->manifest.file ? s->manifest.file : "", "loaded_at",
+            keel__json_time(g ? g->loaded_at : 0), "in_flight",
+            (json_int_t)(g ? atomic_load(&g->in_flight) : 0), "requests",
+            (json_int_t)atomic_load(&s->requests), "reloads", (json_int_t)s->reloads, "last_reload",
+            last, "enabled", s->manifest.enabled, "routes", (json_int_t)s->manifest.nroutes,
+            "stage", g ? NULL : keel__stage_name(s->stage), "error", g ? NULL : s->error);
+        if (g != NULL)
+            keel__gen_describe(g->res, entry);
+        json_array_append_new(list, entry);
+    }
+    pthread_mutex_unlock(&keel__reg.lock);
+    return json_pack("{s:o}", "plugins", list);
+}

@@ -1,0 +1,111 @@
+/*
+ * The plugin registry (docs/operations.md): one slot per plugin named in
+ * conf.d, outliving its generations, and the route-table snapshot built from
+ * the slots.  Start-up loads every plugin and publishes the first snapshot;
+ * a reload (core/plugin/reload.c) is a transaction over the slots.
+ */
+#ifndef KEEL_CORE_PLUGIN_REGISTRY_H
+#define KEEL_CORE_PLUGIN_REGISTRY_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <jansson.h>
+
+#include <keel/plugin.h>
+
+#include "conf/conf.h"
+#include "http/routes.h"
+#include "plugin/loader.h"
+#include "plugin/snapshot.h"
+
+/*
+ * Loads every plugin of conf and publishes the first table.  core routes are
+ * copied by pointer and must stay valid.  A plugin whose routes conflict
+ * with the core's or an earlier plugin's is refused before it is loaded (its
+ * init never runs).  Logs one error line per plugin that is down and a
+ * summary table.  Returns 0, KEEL_EROUTES when a plugin was refused for its
+ * routes, or KEEL_ENOMEM.
+ */
+int keel__plugins_start(const struct keel__conf *conf, const keel_host *host,
+                        const struct keel__core_route *core, size_t ncore) KEEL_WARN_UNUSED;
+/* Drops the table and every generation (after the servers have stopped). */
+void keel__plugins_stop(void);
+
+/*
+ * Re-reads conf.d and reloads `only` (NULL = every plugin): each named plugin
+ * gets a new generation, committed atomically, or keeps what it had.  Returns
+ * {"ok":bool,"results":[{"plugin","ok","stage","error","generation"}]} (new
+ * reference), or NULL with *unknown set when `only` names no plugin.  When
+ * the commit itself fails (memory), every named plugin reports ok:false,
+ * stage "commit", and the serving table and the slots are as before.
+ */
+json_t *keel__plugins_reload(const char *only, bool *unknown);
+
+/* The plugin list for GET /admin/plugins (new reference). */
+json_t *keel__plugins_describe(void);
+
+/* A Unix time as the admin API shows it, "2025-01-31T17:58:01Z", or null for
+ * 0 (never).  New reference. */
+json_t *keel__json_time(int64_t t);
+
+/* True when every plugin loaded (the --check verdict). */
+bool keel__plugins_all_loaded(void);
+
+/* ------------------------------------------------------------------
+ * Shared by registry.c and reload.c only.
+ */
+
+struct keel__slot {
+    char *name;
+    struct keel__manifest manifest; /* the manifest the current state was built from */
+    struct keel__generation *gen;   /* one reference, or NULL: stubs */
+    int reason;                     /* why stubs serve, when gen == NULL */
+    int stage;                      /* failing stage when gen == NULL */
+    char error[512];
+    uint64_t next_number;
+    uint64_t reloads;
+    bool has_last_reload;
+    bool last_ok;
+    int last_stage;
+    char last_error[512];
+    int64_t last_at;
+    atomic_ullong requests;
+    bool excluded; /* refused for its routes: no routes in the table */
+};
+
+struct keel__registry {
+    pthread_mutex_t lock; /* serialises start, reload and describe */
+    struct keel__slot **slots;
+    size_t nslots;
+    char *confdir;
+    const keel_host *host;
+    const struct keel__core_route *core;
+    size_t ncore;
+    uint64_t serial;
+};
+
+extern struct keel__registry keel__reg;
+
+struct keel__slot *keel__slot_find(const char *name);
+/* A new slot that is not yet in the registry (keel__slot_free undoes it). */
+struct keel__slot *keel__slot_new(const char *name);
+void keel__slot_free(struct keel__slot *s);
+/* Deep-copies a manifest so the conf model it came from can be freed. */
+int keel__manifest_copy(struct keel__manifest *dst, const struct keel__manifest *src);
+/* Logs that s is down and its routes are served by stubs. */
+void keel__slot_log_down(const struct keel__slot *s, const struct keel__manifest *m);
+/* Loads a new generation of s for m; 1 (no generation) when m is disabled,
+ * -1 with *err filled on failure, 0 on success. */
+int keel__slot_load(struct keel__slot *s, const struct keel__manifest *m,
+                    struct keel__generation **gen, struct keel__load_error *err);
+/* Checks m (the manifest of s) against the routes every other plugin and
+ * the core serve now; KEEL_EROUTES with err naming both owners. */
+int keel__slot_routes_check(const struct keel__slot *s, const struct keel__manifest *m, char *err,
+                            size_t errlen);
+/* The view of a slot as it serves now. */
+struct keel__slot_view keel__slot_view_of(struct keel__slot *s);
+
+#endif

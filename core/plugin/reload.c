@@ -1,0 +1,347 @@
+/*
+ * The reload transaction (docs/operations.md): re-read conf.d, shadow-load a
+ * new generation of each named plugin, then commit them all at once or keep
+ * what served before.
+ *
+ * Prepare runs plugin code (init) but changes nothing a request can see.
+ * Commit is split in two: first everything that can fail (growing the slot
+ * array, building the new snapshot, which is where routes of plugins
+ * reloaded together are checked against each other), with the slots
+ * untouched; then pointer swaps that cannot fail, and the publish.  So a
+ * failure anywhere in the commit leaves the serving table and the slots as
+ * they were, and every plugin of the reload reports ok:false, stage "commit".
+ */
+#include "config.h"
+
+#include "plugin/registry.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "util/counters.h"
+#include "util/log.h"
+
+static json_t *result_json(const char *plugin, bool ok, int stage, const char *error,
+                           uint64_t generation)
+{
+    return json_pack("{s:s, s:b, s:s, s:s?, s:I}", "plugin", plugin, "ok", ok, "stage",
+                     keel__stage_name(stage), "error", ok ? NULL : error, "generation",
+                     (json_int_t)generation);
+}
+
+static void note_reload(struct keel__slot *s, bool ok, int stage, const char *error)
+{
+    s->reloads++;
+    s->has_last_reload = true;
+    s->last_ok = ok;
+    s->last_stage = stage;
+    snprintf(s->last_error, sizeof s->last_error, "%s", ok ? "" : error);
+    s->last_at = (int64_t)time(NULL);
+    keel__metrics_reload(ok);
+}
+
+/* What a reload intends for one slot.  After the commit, manifest and gen
+ * hold whatever is to be released: the old state when the new one was
+ * committed, the new one when it was not. */
+struct pending {
+    struct keel__slot *slot;
+    bool is_new;                    /* slot not in the registry before this reload */
+    struct keel__manifest manifest; /* new manifest (owned until committed) */
+    struct keel__generation *gen;   /* new generation, or NULL */
+    int reason;
+    bool failed; /* keep the old state */
+    int stage;
+    char error[512];
+};
+
+static void pending_fail(struct pending *p, int stage, const char *error)
+{
+    p->failed = true;
+    p->stage = stage;
+    snprintf(p->error, sizeof p->error, "%s", error);
+}
+
+/* Reports a conf.d that does not load: nothing changes. */
+static json_t *refuse_conf(const char *only, const char *err, bool *unknown)
+{
+    json_t *results = json_array();
+    bool named = false;
+    for (size_t i = 0; i < keel__reg.nslots; i++) {
+        struct keel__slot *s = keel__reg.slots[i];
+        if (only != NULL && strcmp(only, s->name) != 0)
+            continue;
+        named = true;
+        note_reload(s, false, KEEL__STAGE_MANIFEST, err);
+        json_array_append_new(results, result_json(s->name, false, KEEL__STAGE_MANIFEST, err,
+                                                   s->gen ? s->gen->number : 0));
+    }
+    keel__log(KEEL_LOG_ERROR, "core", "reload refused: %s", err);
+    if (only != NULL && !named) {
+        *unknown = true;
+        json_decref(results);
+        return NULL;
+    }
+    return json_pack("{s:b, s:o}", "ok", 0, "results", results);
+}
+
+/* Shadow-loads what m says for its slot into p; nothing is visible to
+ * requests yet.  Returns KEEL_ENOMEM only when p could not even get a slot. */
+static int prepare(struct pending *p, const struct keel__manifest *m)
+{
+    struct keel__slot *s = keel__slot_find(m->name);
+    if (s == NULL) {
+        s = keel__slot_new(m->name);
+        if (s == NULL)
+            return KEEL_ENOMEM;
+        s->reason = KEEL__REASON_NOT_INSTALLED;
+        s->excluded = true; /* no routes until its first commit */
+        p->is_new = true;
+    }
+    p->slot = s;
+    if (keel__manifest_copy(&p->manifest, m) != 0) {
+        pending_fail(p, KEEL__STAGE_MANIFEST, "out of memory");
+        return 0;
+    }
+    if (keel__slot_routes_check(s, &p->manifest, p->error, sizeof p->error) != 0) {
+        /* Whatever the plugin served before (generation or stubs) stays. */
+        p->failed = true;
+        p->stage = KEEL__STAGE_ROUTES;
+        p->reason = KEEL__REASON_LOAD_FAILED;
+        keel__log(KEEL_LOG_ERROR, s->name, "reload of %s refused: path=%s stage=routes: %s; %s",
+                  s->name, p->manifest.file, p->error,
+                  s->gen ? "previous generation keeps serving" : "its previous state stays");
+        return 0;
+    }
+    struct keel__load_error le;
+    int lr = keel__slot_load(s, &p->manifest, &p->gen, &le);
+    if (lr > 0) {
+        p->reason = KEEL__REASON_DISABLED;
+    } else if (lr < 0) {
+        p->stage = le.stage;
+        snprintf(p->error, sizeof p->error, "%s", le.message);
+        p->reason = le.reason;
+        /* A plugin that never loaded moves to its new manifest's stubs; one
+         * that is serving keeps its previous generation. */
+        p->failed = s->gen != NULL;
+        keel__log(KEEL_LOG_ERROR, s->name, "reload of %s failed: path=%s stage=%s: %s; %s", s->name,
+                  p->manifest.file, keel__stage_name(le.stage), le.message,
+                  s->gen ? "previous generation keeps serving" : "fallback stubs keep serving");
+    }
+    return 0;
+}
+
+/* The view of p's slot as the commit would leave it. */
+static struct keel__slot_view pending_view(struct pending *p)
+{
+    struct keel__slot_view v = keel__slot_view_of(p->slot);
+    if (!p->failed) {
+        v.manifest = &p->manifest;
+        v.gen = p->gen;
+        v.reason = p->gen ? KEEL__REASON_NONE : p->reason;
+        v.candidate = true;
+    }
+    return v;
+}
+
+/* The pending entry of slot s, or NULL. */
+static struct pending *pending_of(struct pending *pend, size_t npend, const struct keel__slot *s)
+{
+    for (size_t i = 0; i < npend; i++)
+        if (pend[i].slot == s)
+            return &pend[i];
+    return NULL;
+}
+
+/*
+ * Builds the snapshot the reload would publish, with the slots untouched.  A
+ * plugin of this reload whose routes conflict with another's is marked
+ * failed (stage routes) and the build repeated without it.  NULL when
+ * memory ran out (or a conflict could not be blamed on this reload).
+ */
+static struct keel__snapshot *build_candidate(struct pending *pend, size_t npend, size_t nnew)
+{
+    size_t nviews = keel__reg.nslots + nnew;
+    struct keel__slot_view *views = calloc(nviews ? nviews : 1, sizeof *views);
+    struct pending **owner = calloc(nviews ? nviews : 1, sizeof *owner);
+    struct keel__snapshot *t = NULL;
+    if (views == NULL || owner == NULL)
+        goto done;
+    for (;;) {
+        size_t n = 0;
+        for (size_t i = 0; i < keel__reg.nslots; i++) {
+            struct pending *p = pending_of(pend, npend, keel__reg.slots[i]);
+            owner[n] = p;
+            views[n++] = p ? pending_view(p) : keel__slot_view_of(keel__reg.slots[i]);
+        }
+        for (size_t i = 0; i < npend; i++)
+            if (pend[i].is_new) {
+                owner[n] = &pend[i];
+                views[n++] = pending_view(&pend[i]);
+            }
+        long bad;
+        char err[512];
+        t = keel__snapshot_build(keel__reg.core, keel__reg.ncore, views, n, keel__reg.serial + 1,
+                                 &bad, err, sizeof err);
+        if (t != NULL || bad < 0 || owner[bad] == NULL || owner[bad]->failed)
+            break;
+        /* This plugin's new routes conflict with another plugin's new ones. */
+        struct pending *p = owner[bad];
+        pending_fail(p, KEEL__STAGE_ROUTES, err);
+        p->reason = KEEL__REASON_LOAD_FAILED;
+        keel__log(KEEL_LOG_ERROR, p->slot->name, "reload of %s refused: stage=routes: %s",
+                  p->slot->name, err);
+    }
+done:
+    free(owner);
+    free(views);
+    return t;
+}
+
+/* Swaps the new state of p into its slot; cannot fail. */
+static void apply(struct pending *p)
+{
+    struct keel__slot *s = p->slot;
+    if (p->is_new)
+        keel__reg.slots[keel__reg.nslots++] = s;
+    if (p->failed) {
+        if (s->excluded && p->stage == KEEL__STAGE_ROUTES) {
+            /* It had no routes before either: it stays out, with the
+             * conflict as its error. */
+            s->stage = KEEL__STAGE_ROUTES;
+            snprintf(s->error, sizeof s->error, "%s", p->error);
+        }
+        return;
+    }
+    struct keel__manifest old_manifest = s->manifest;
+    struct keel__generation *old_gen = s->gen;
+    s->manifest = p->manifest;
+    s->gen = p->gen;
+    s->reason = s->gen ? KEEL__REASON_NONE : p->reason;
+    s->stage = p->stage;
+    s->excluded = false;
+    snprintf(s->error, sizeof s->error, "%s", p->error);
+    /* What the slot had is released after the publish; tables still holding
+     * the old generation keep it alive until their last request completes. */
+    p->manifest = old_manifest;
+    p->gen = old_gen;
+}
+
+static int commit(struct pending *pend, size_t npend)
+{
+    size_t nnew = 0;
+    for (size_t i = 0; i < npend; i++)
+        nnew += pend[i].is_new;
+    /* Room for the new slots first: a realloc that fails leaves the array
+     * as it was, one that succeeds only adds capacity. */
+    if (nnew > 0) {
+        struct keel__slot **grown = realloc(keel__reg.slots,
+                                            (keel__reg.nslots + nnew) * sizeof *grown);
+        if (grown == NULL)
+            return KEEL_ENOMEM;
+        keel__reg.slots = grown;
+    }
+    struct keel__snapshot *t = build_candidate(pend, npend, nnew);
+    if (t == NULL)
+        return KEEL_ENOMEM;
+    for (size_t i = 0; i < npend; i++)
+        apply(&pend[i]);
+    keel__reg.serial++;
+    keel__table_publish(&t->table);
+    return 0;
+}
+
+json_t *keel__plugins_reload(const char *only, bool *unknown)
+{
+    *unknown = false;
+    pthread_mutex_lock(&keel__reg.lock);
+
+    struct keel__conf *conf = NULL;
+    char err[512];
+    int rc = keel__conf_load(keel__reg.confdir, &conf, err, sizeof err);
+    if (rc == 0)
+        rc = keel__conf_apply_env(conf, err, sizeof err);
+    if (rc != 0) {
+        json_t *r = refuse_conf(only, err, unknown);
+        keel__conf_free(conf);
+        pthread_mutex_unlock(&keel__reg.lock);
+        return r;
+    }
+
+    if (only != NULL) {
+        bool found = keel__slot_find(only) != NULL;
+        for (size_t i = 0; i < conf->nplugins && !found; i++)
+            found = strcmp(conf->plugins[i].name, only) == 0;
+        if (!found) {
+            keel__conf_free(conf);
+            pthread_mutex_unlock(&keel__reg.lock);
+            *unknown = true;
+            return NULL;
+        }
+    }
+
+    json_t *results = json_array();
+    struct pending *pend = calloc(conf->nplugins + 1, sizeof *pend);
+    if (pend == NULL || results == NULL) {
+        /* Nothing was loaded yet: report the reload as failed, change nothing. */
+        free(pend);
+        json_decref(results);
+        keel__conf_free(conf);
+        pthread_mutex_unlock(&keel__reg.lock);
+        keel__log(KEEL_LOG_ERROR, "core", "reload refused: out of memory");
+        return json_pack("{s:b, s:[]}", "ok", 0, "results");
+    }
+    size_t npend = 0;
+    bool out_of_memory = false;
+    for (size_t i = 0; i < conf->nplugins; i++) {
+        const struct keel__manifest *m = &conf->plugins[i];
+        if (only != NULL && strcmp(only, m->name) != 0)
+            continue;
+        if (prepare(&pend[npend], m) != 0) {
+            out_of_memory = true;
+            break;
+        }
+        npend++;
+    }
+
+    bool committed = !out_of_memory && commit(pend, npend) == 0;
+    if (!committed) {
+        keel__log(KEEL_LOG_ERROR, "core",
+                  "reload not committed: out of memory; every plugin keeps what it served");
+        for (size_t i = 0; i < npend; i++)
+            if (!pend[i].failed)
+                pending_fail(&pend[i], KEEL__STAGE_COMMIT, "out of memory while committing");
+    }
+
+    bool all_ok = committed;
+    for (size_t i = 0; i < npend; i++) {
+        struct pending *p = &pend[i];
+        struct keel__slot *s = p->slot;
+        bool ok = !p->failed && (s->gen != NULL || p->reason == KEEL__REASON_DISABLED);
+        int stage = ok ? KEEL__STAGE_COMMIT : p->stage;
+        if (!ok)
+            all_ok = false;
+        json_array_append_new(results, result_json(s->name, ok, stage, p->error,
+                                                   s->gen ? s->gen->number : 0));
+        if (p->is_new && !committed) {
+            /* Never registered: it goes, with whatever it loaded. */
+            keel__metrics_reload(false);
+            keel__slot_free(s);
+            p->slot = NULL;
+        } else {
+            note_reload(s, ok, stage, p->error);
+            if (ok)
+                keel__log(KEEL_LOG_INFO, s->name, "reload of %s committed: %s", s->name,
+                          s->gen ? "new generation serving" : "disabled: stubs serving");
+            else if (s->gen == NULL)
+                keel__slot_log_down(s, &s->manifest);
+        }
+        keel__generation_unref(p->gen);
+        keel__manifest_clear(&p->manifest);
+    }
+    free(pend);
+    keel__conf_free(conf);
+    pthread_mutex_unlock(&keel__reg.lock);
+    return json_pack("{s:b, s:o}", "ok", all_ok, "results", results);
+}

@@ -1,0 +1,57 @@
+/*
+ * The counters behind /metrics, at the bottom of the tree so that every
+ * layer can count without knowing who renders (core/ops/metrics.c reads
+ * them).  Counters are relaxed atomics owned by long-lived records (one per
+ * route, created when a route table is built and kept across reloads), so
+ * the hot path is a few atomic adds and no lock.
+ */
+#ifndef KEEL_CORE_UTIL_COUNTERS_H
+#define KEEL_CORE_UTIL_COUNTERS_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#define KEEL__METRICS_NSTATUS 500 /* statuses 100..599 */
+#define KEEL__METRICS_NBUCKETS 14
+
+/* Upper bounds (seconds) of the latency histogram's finite buckets. */
+extern const double keel__metrics_bucket_bounds[KEEL__METRICS_NBUCKETS];
+
+struct keel__route_metrics {
+    struct keel__route_metrics *next;
+    int listener;
+    char *method;
+    char *path;
+    char *plugin;
+    atomic_ullong status[KEEL__METRICS_NSTATUS];
+    atomic_ullong buckets[KEEL__METRICS_NBUCKETS];
+    atomic_ullong count;
+    atomic_ullong sum_ns;
+};
+
+/* The record for listener+method+template (created on first use; never freed
+ * before keel__metrics_free).  plugin may be NULL for core routes.  NULL only
+ * when memory runs out (the route is then simply not counted). */
+struct keel__route_metrics *keel__metrics_route(int listener, const char *method,
+                                                const char *path_template, const char *plugin);
+/* Counts one finished request; m NULL means "no route matched". */
+void keel__metrics_observe(struct keel__route_metrics *m, unsigned status, int64_t latency_ns);
+/* Counts a reload result. */
+void keel__metrics_reload(bool ok);
+
+struct keel__reload_counts {
+    uint64_t ok, failed;
+};
+void keel__metrics_reload_counts(struct keel__reload_counts *out);
+
+/*
+ * Calls fn for every route record, then for the record of unmatched
+ * requests, under the registry lock (fn must not create records).
+ */
+void keel__metrics_each(void (*fn)(void *ctx, const struct keel__route_metrics *m), void *ctx);
+
+/* Frees every record (at exit, after the servers stopped). */
+void keel__metrics_free(void);
+
+#endif
