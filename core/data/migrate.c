@@ -418,10 +418,12 @@ static int migrate_scope(const char *conninfo, const char *plugin, const char *d
         if (rc == 0 && did && applied != NULL)
             (*applied)++;
     }
-    if (rc == 0 && plugin == NULL)
-        check_recorded(pg, list, n);
-    else
+    if (rc == 0) {
+        if (plugin == NULL)
+            check_recorded(pg, list, n);
+    } else {
         keel__log(KEEL_LOG_ERROR, "migrate", "migration failed: %s", err ? err : keel_strerror(rc));
+    }
     PQfinish(pg);
     free(list);
     return rc;

@@ -801,10 +801,11 @@ static void test_timeouts(const char *conninfo, PGconn *admin)
     CHECK(after.discarded == before.discarded, "nothing discarded");
 
     /* lock_timeout: a row locked elsewhere fails fast with 55P03. */
+    plain_exec(admin, "INSERT INTO users (email) VALUES ('locked@example.com')");
     plain_exec(admin, "BEGIN");
-    plain_exec(admin, "SELECT * FROM stats_counters WHERE name = 'posts' FOR UPDATE");
+    plain_exec(admin, "SELECT * FROM users WHERE email = 'locked@example.com' FOR UPDATE");
     CHECK(keel__db_acquire(db, &c, err, sizeof err) == 0, "%s", err);
-    rc = exec_on(db, c, "UPDATE stats_counters SET total = total WHERE name = 'posts'", err,
+    rc = exec_on(db, c, "UPDATE users SET full_name = 'x' WHERE email = 'locked@example.com'", err,
                  sizeof err);
     CHECK(rc == KEEL_EDB_UNAVAILABLE && strstr(err, "55P03") != NULL, "lock timeout: %d %s", rc,
           err);
