@@ -362,3 +362,9 @@ void keel__gen_describe(const struct keel__gen_res *res, json_t *entry)
     if (res->note[0] != '\0')
         json_object_set_new(entry, "note", json_string(res->note));
 }
+
+void keel__gen_notify_all(struct keel__gen_res *res)
+{
+    for (struct keel_task *t = res ? res->tasks : NULL; t != NULL; t = t->next)
+        keel__host_task_notify(t);
+}

@@ -41,6 +41,8 @@ void keel__gen_start(struct keel__gen_res *res);
 int keel__gen_stop(struct keel__gen_res *res, int wait_warn_ms);
 /* Stops (if needed) and frees res and the upstreams it declared. */
 void keel__gen_free(struct keel__gen_res *res);
+/* Wakes every task of res once (keel-plugin-check makes them run). */
+void keel__gen_notify_all(struct keel__gen_res *res);
 /* Number of tasks res holds (for keel-plugin-check). */
 int keel__gen_ntasks(const struct keel__gen_res *res);
 

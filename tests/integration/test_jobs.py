@@ -518,3 +518,28 @@ def test_database_from_the_old_single_migration_still_works():
         assert db.scalar("SELECT total FROM stats_counters WHERE name = 'profiles'") == "1"
     finally:
         db.drop()
+
+
+# ---------------------------------------------------------------- keel-plugin-check
+
+def test_plugin_check_runs_tasks_and_requires_them_to_stop_when_asked():
+    from test_sdk import check_plugin
+    p = check_plugin(keeltest.built_plugin("notes"), "--iterations", "3")
+    assert p.returncode == 0 and "tasks:      1, stopped" in p.stdout, p.stdout
+    p = check_plugin(keeltest.built_plugin("stuck_task"), "--iterations", "2")
+    assert p.returncode == 1, p.stdout
+    assert "still running 2000 ms after being asked to stop" in p.stdout, p.stdout
+
+
+def test_keelctl_import_exits_non_zero_when_a_line_fails():
+    with Keeld() as k:
+        d = keeltest._mkdtemp("import")
+        good, bad = os.path.join(d, "good.ndjson"), os.path.join(d, "bad.ndjson")
+        with open(good, "w") as f:
+            f.write(json.dumps({"username": fresh("imp")}) + "\n")
+        with open(bad, "w") as f:
+            f.write(json.dumps({"username": fresh("imp")}) + "\n{not json\n")
+        r = k.keelctl("import", good)
+        assert r.returncode == 0, r.stdout
+        r = k.keelctl("import", bad)
+        assert r.returncode != 0 and "line 2" in r.stdout, r.stdout

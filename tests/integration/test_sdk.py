@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 
 import keeltest
 from keeltest import Keeld, built_plugin, installed_plugin, scaled
@@ -106,14 +107,17 @@ def test_installed_headers_and_pkg_config():
 
 def test_new_plugin_builds_checks_installs_reloads_and_serves():
     proj = new_project()
-    for f in (NAME + ".c", NAME + ".json", "Makefile", "exports.map", "test.sh"):
+    for f in (NAME + ".c", NAME + ".json", "Makefile", "exports.map", "test.sh",
+              "migrations/0001_%s.sql" % NAME):
         assert os.path.isfile(os.path.join(proj, f)), f
     assert os.access(os.path.join(proj, "test.sh"), os.X_OK)
     with open(os.path.join(proj, NAME + ".json")) as f:
         manifest = json.load(f)["plugin"]
     assert manifest["file"] == NAME + ".so"
     assert {(r["path"], r["auth"]) for r in manifest["routes"]} == {
-        ("/api/v1/%s/hello" % NAME, "public"), ("/api/v1/%s/me" % NAME, "user")}
+        ("/api/v1/%s/hello" % NAME, "public"), ("/api/v1/%s/me" % NAME, "user"),
+        ("/api/v1/%s/ticks" % NAME, "public")}
+    assert manifest["migrations"] == NAME
     assert all("fallback" in r for r in manifest["routes"])
 
     # Build with only the installed keel: warnings are errors for the template.
@@ -132,9 +136,19 @@ def test_new_plugin_builds_checks_installs_reloads_and_serves():
         hello = "/api/v1/%s/hello" % NAME
         assert k.get(hello).status == 404  # not installed yet: no manifest, no route
 
-        must(["make", "install", "PLUGINDIR=" + plugdir, "CONFDIR=" + k.confdir], cwd=proj)
+        migdir = keeltest._mkdtemp("sdk-migrations")
+        must(["make", "install", "PLUGINDIR=" + plugdir, "CONFDIR=" + k.confdir,
+              "MIGRATIONSDIR=" + migdir], cwd=proj)
         assert os.path.isfile(os.path.join(plugdir, NAME + ".so"))
         assert os.path.isfile(os.path.join(k.confdir, NAME + ".json"))
+        assert os.path.isfile(os.path.join(migdir, NAME, "0001_%s.sql" % NAME))
+
+        # Its table does not exist yet: the reload is refused at init ...
+        r = k.keelctl("reload", NAME)
+        assert r.returncode != 0 and "keeld --migrate" in r.stdout, r.stdout
+        # ... until keeld --migrate has created it.
+        p = k.run("--migrate")
+        assert p.returncode == 0 and "1 migration(s) of plugin %s" % NAME in p.stdout, p.stdout
 
         r = k.keelctl("reload", NAME)
         assert r.returncode == 0, r.stdout
@@ -162,6 +176,18 @@ def test_new_plugin_builds_checks_installs_reloads_and_serves():
 
         plugins = k.admin_get("/admin/plugins").json()
         assert NAME in json.dumps(plugins), plugins
+
+        # The periodic task (every 2 s) writes rows to the plugin's own table.
+        deadline = time.monotonic() + keeltest.scaled(15)
+        while True:
+            r = k.get("/api/v1/%s/ticks" % NAME)
+            assert r.status == 200, r
+            if r.json()["ticks"] >= 1:
+                break
+            assert time.monotonic() < deadline, r
+            time.sleep(0.25)
+        metrics = k.admin_get("/metrics").text
+        assert 'keel_plugin_%s_ticks_total{plugin="%s"}' % (NAME, NAME) in metrics
 
         # The script fails when the plugin answers something else.
         p = run(["./test.sh"], cwd=proj,
