@@ -99,8 +99,8 @@ int keel__db_schema_behind(const char *conninfo, const char *dir, int *behind, c
                            size_t errlen) KEEL_WARN_UNUSED;
 /* The same for one plugin's own migrations, recorded per plugin in
  * plugin_migrations(plugin, version, name, applied_at). */
-int keel__db_migrate_plugin(const char *conninfo, const char *plugin, const char *dir,
-                            int *applied, char *err, size_t errlen) KEEL_WARN_UNUSED;
+int keel__db_migrate_plugin(const char *conninfo, const char *plugin, const char *dir, int *applied,
+                            char *err, size_t errlen) KEEL_WARN_UNUSED;
 int keel__db_plugin_schema_behind(const char *conninfo, const char *plugin, const char *dir,
                                   int *behind, char *err, size_t errlen) KEEL_WARN_UNUSED;
 /* A manifest's "migrations" resolved against the core's migrations

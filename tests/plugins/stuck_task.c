@@ -25,11 +25,8 @@ static int stuck_init(const keel_host *h, const json_t *config, void **state)
 static const keel_route stuck_routes[] = {{NULL, NULL, NULL}};
 
 static const keel_plugin stuck_plugin = {
-    KEEL_PLUGIN_HEADER,
-    .name = "stuck_task",
-    .version = "0.0.1",
-    .init = stuck_init,
-    .routes = stuck_routes,
+    KEEL_PLUGIN_HEADER, .name = "stuck_task",   .version = "0.0.1",
+    .init = stuck_init, .routes = stuck_routes,
 };
 
 KEEL_EXPORT const keel_plugin *keel_plugin_entry(void)
