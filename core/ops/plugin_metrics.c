@@ -129,6 +129,34 @@ static void add_double(atomic_ullong *a, double v)
         ;
 }
 
+/* A plugin's metric names start with its own name, so two plugins never
+ * share a family; and none may take the name of a core family that is
+ * also exported as keel_plugin_* (one family split in two would break the
+ * exposition). */
+static bool owned_metric_name(const char *plugin, const char *name)
+{
+    static const char *const core_families[] = {"up",
+                                                "generation",
+                                                "in_flight",
+                                                "requests_total",
+                                                "reloads_total",
+                                                "generations_mapped",
+                                                "crashes_total",
+                                                "hangs_total",
+                                                "quarantined",
+                                                NULL};
+    size_t n = strlen(plugin);
+    if (strlen(name) <= n + 1 || name[n] != '_')
+        return false;
+    for (size_t i = 0; i < n; i++)
+        if (name[i] != (plugin[i] == '-' ? '_' : plugin[i]))
+            return false;
+    for (const char *const *c = core_families; *c != NULL; c++)
+        if (strcmp(name, *c) == 0)
+            return false;
+    return true;
+}
+
 int keel__host_metric_add(int kind, const char *name, const char *help, keel_metric **out)
 {
     if (out != NULL)
@@ -142,6 +170,11 @@ int keel__host_metric_add(int kind, const char *name, const char *help, keel_met
     if (kind < KEEL_METRIC_COUNTER || kind > KEEL_METRIC_HISTOGRAM || !valid_metric_name(name) ||
         out == NULL) {
         keel__log(KEEL_LOG_ERROR, plugin, "metric_add: bad kind or name");
+        return KEEL_EINVAL;
+    }
+    if (!owned_metric_name(plugin, name)) {
+        keel__log(KEEL_LOG_ERROR, plugin,
+                  "metric_add: \"%s\" must start with the plugin's name and an underscore", name);
         return KEEL_EINVAL;
     }
     int rc = 0;

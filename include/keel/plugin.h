@@ -325,8 +325,9 @@ typedef struct keel_host {
     /* --- ABI 1.1: plugin metrics (capability "metrics") ---------------- */
     /*
      * Registers a metric; only valid while init runs.  name (a Prometheus
-     * name, [a-z_][a-z0-9_]*, at most 63) is exported as
-     * keel_plugin_<name>{plugin="<plugin>"}.  Values survive reloads: a new
+     * name, [a-z_][a-z0-9_]*, at most 63) starts with the plugin's name and
+     * '_' ('-' in the plugin name becomes '_'), e.g. "creator_jobs_total",
+     * and is exported as keel_plugin_<name>{plugin="<plugin>"}.  Values survive reloads: a new
      * generation registering the same name and kind gets the same metric.
      * Returns 0, KEEL_EINVAL or KEEL_EEXISTS (the name has another kind).
      */
