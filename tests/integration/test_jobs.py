@@ -131,6 +131,15 @@ class FakeProvider:
                     return self.answer(parts[1], import_line(parts[1]), "keel")
                 if parts == ["ping"]:
                     return self.send(200, {"ok": True})
+                if parts == ["html"]:
+                    return self.send(200, None, raw=b"<html></html>")
+                if parts[0] in ("redirect-same", "redirect-other"):
+                    host = "127.0.0.1" if parts[0] == "redirect-same" else "localhost"
+                    self.send_response(302)
+                    self.send_header("Location", "http://%s:%d/ping" % (host, provider.port))
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return None
                 return self.send(404, {"detail": "Not Found"})
 
             def do_POST(self):
@@ -451,14 +460,16 @@ def notes_manifest(k, **config):
         "migrations": os.path.join(keeltest.srcdir, "tests", "plugins", "notes_migrations"),
         "config": dict({"every_ms": 100}, **config),
         "routes": [{"method": "GET", "path": "/api/v1/notes/count", "auth": "user",
-                    "fallback": {"status": 200, "body": {"ticks": 0}}}]}}
+                    "fallback": {"status": 200, "body": {"ticks": 0}}},
+                   {"method": "GET", "path": "/api/v1/notes/ping", "auth": "user"}]}}
 
 
 def test_plugin_with_its_own_migration_task_upstream_and_metrics():
     db = Database()
     try:
         with FakeProvider() as fp:
-            cfg = {"upstream": {"url": "http://127.0.0.1:%d" % fp.port, "timeout_ms": 1000}}
+            cfg = {"upstream": {"url": "http://127.0.0.1:%d" % fp.port, "timeout_ms": 1000},
+                   "tls_upstream": {"url": "https://127.0.0.1:%d" % fp.port, "retries": 0}}
             k = Keeld(lambda k: k.write_conf("70-notes.json", notes_manifest(k, **cfg)), db=db)
             tok = user_token()
             # Behind: the plugin is refused with its stubs and the message.
@@ -485,6 +496,26 @@ def test_plugin_with_its_own_migration_task_upstream_and_metrics():
             pings = [s for s in fams_samples(fams, "keel_upstream_requests_total")
                      if s.labels["plugin"] == "notes" and s.labels["class"] == "2xx"]
             assert pings and pings[0].value >= 1, pings
+
+            # From a handler: only with an explicit short deadline, and every
+            # bad answer is a clean error code.
+            def ping(query):
+                r = k.get("/api/v1/notes/ping?" + query, token=tok)
+                assert r.status == 200, r
+                return r.json()
+            assert ping("deadline=0")["rc"] == -2  # KEEL_EINVAL
+            assert ping("deadline=60000")["rc"] == -2
+            ok = ping("deadline=2000")
+            assert ok["rc"] == 0 and ok["status"] == 200 and ok["answer"] == {"ok": True}, ok
+            same = ping("deadline=2000&path=/redirect-same")
+            assert same["rc"] == 0 and same["answer"] == {"ok": True}, same
+            other = ping("deadline=2000&path=/redirect-other")
+            assert other["rc"] == -22 and "another host" in other["error"], other
+            html = ping("deadline=2000&path=/html")
+            assert html["rc"] == -22 and "not JSON" in html["error"], html
+            tls = ping("deadline=2000&tls=1")
+            assert tls["rc"] == -21 and "TLS" in tls["error"], tls
+            assert k.get("/health").status == 200
             k.stop()
     finally:
         db.drop()

@@ -13,7 +13,7 @@
 static const keel_host *host;
 
 struct notes {
-    keel_upstream *up;
+    keel_upstream *up, *tls;
     keel_metric *ticks, *ping_seconds;
 };
 
@@ -58,6 +58,30 @@ static int notes_count(keel_request *req, void *state)
                                       10)));
 }
 
+/* GET /api/v1/notes/ping?path=/x&deadline=N[&tls=1]: one upstream call from
+ * a handler, answering what the host returned. */
+static int notes_ping(keel_request *req, void *state)
+{
+    struct notes *n = state;
+    const char *path = host->req_query(req, "path");
+    const char *deadline = host->req_query(req, "deadline");
+    const char *tls = host->req_query(req, "tls");
+    keel_upstream *up = tls != NULL ? n->tls : n->up;
+    long status = 0;
+    json_t *answer = NULL;
+    int rc;
+
+    if (up == NULL)
+        return host->respond_error(req, 404, "no upstream configured");
+    rc = host->upstream_request(req, up, "GET", path ? path : "/ping", NULL,
+                                deadline ? (unsigned)strtoul(deadline, NULL, 10) : 0, &status,
+                                &answer);
+    return host->respond_json(req, 200,
+                              json_pack("{s:i,s:I,s:s,s:O?}", "rc", rc, "status",
+                                        (json_int_t)status, "error", host->upstream_last_error(req),
+                                        "answer", answer));
+}
+
 static int notes_init(const keel_host *h, const json_t *config, void **state)
 {
     struct notes *n;
@@ -77,6 +101,8 @@ static int notes_init(const keel_host *h, const json_t *config, void **state)
                            &n->ping_seconds);
     if (rc == 0 && up != NULL)
         rc = h->upstream_add("pinger", up, &n->up);
+    if (rc == 0 && json_object_get(config, "tls_upstream") != NULL)
+        rc = h->upstream_add("tls", json_object_get(config, "tls_upstream"), &n->tls);
     if (rc == 0)
         rc = h->task_add("tick", every > 0 ? (unsigned)every : 200, notes_tick, n, NULL);
     if (rc != 0) {
@@ -94,6 +120,7 @@ static void notes_fini(void *state)
 
 static const keel_route notes_routes[] = {
     {"GET", "/api/v1/notes/count", notes_count},
+    {"GET", "/api/v1/notes/ping", notes_ping},
     {NULL, NULL, NULL},
 };
 
