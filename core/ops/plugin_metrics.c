@@ -173,8 +173,10 @@ int keel__host_metric_add(int kind, const char *name, const char *help, keel_met
         return KEEL_EINVAL;
     }
     if (!owned_metric_name(plugin, name)) {
-        keel__log(KEEL_LOG_ERROR, plugin,
-                  "metric_add: \"%s\" must start with the plugin's name and an underscore", name);
+        keel__log(
+            KEEL_LOG_ERROR, plugin,
+            "metric_add: \"%s\" must start with the plugin's name and '_' and not be a core family name",
+            name);
         return KEEL_EINVAL;
     }
     int rc = 0;
