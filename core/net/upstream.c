@@ -325,6 +325,19 @@ struct attempt {
     char *location; /* malloc'd redirect target, or NULL */
 };
 
+/* libcurl calls this about once a second, and more often while data moves;
+ * a non-zero answer aborts the transfer. */
+static int on_progress(void *arg, curl_off_t dltotal, curl_off_t dlnow, curl_off_t ultotal,
+                       curl_off_t ulnow)
+{
+    (void)arg;
+    (void)dltotal;
+    (void)dlnow;
+    (void)ultotal;
+    (void)ulnow;
+    return keel__tasks_aborting() ? 1 : 0;
+}
+
 static void perform(keel_upstream *up, const char *url, const char *method, const char *payload,
                     long timeout_ms, struct body_buf *buf, struct attempt *a, keel_request *req)
 {
@@ -354,6 +367,8 @@ static void perform(keel_upstream *up, const char *url, const char *method, cons
     curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_data);
     curl_easy_setopt(c, CURLOPT_WRITEDATA, buf);
     curl_easy_setopt(c, CURLOPT_ERRORBUFFER, errbuf);
+    curl_easy_setopt(c, CURLOPT_NOPROGRESS, 0L);
+    curl_easy_setopt(c, CURLOPT_XFERINFOFUNCTION, on_progress);
     curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
     if (payload != NULL) {
         curl_easy_setopt(c, CURLOPT_POSTFIELDS, payload);
@@ -373,6 +388,9 @@ static void perform(keel_upstream *up, const char *url, const char *method, cons
         }
         a->retry = a->status >= 500 || a->status == 429;
         a->breaker_failure = a->status >= 500;
+    } else if (cc == CURLE_ABORTED_BY_CALLBACK) {
+        a->rc = KEEL_EUPSTREAM;
+        set_error(req, "shutting down");
     } else if (buf->over || cc == CURLE_FILESIZE_EXCEEDED) {
         a->rc = KEEL_ETOOBIG;
         set_error(req, "answer larger than max_bytes (%ld)", up->max_bytes);
@@ -397,13 +415,16 @@ static void perform(keel_upstream *up, const char *url, const char *method, cons
     curl_easy_cleanup(c);
 }
 
+/* Sleeps ms in short steps so that a shutdown cuts a backoff short. */
 static void sleep_ms(long ms)
 {
-    if (ms <= 0)
-        return;
-    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
-        ;
+    while (ms > 0 && !keel__tasks_aborting()) {
+        long step = ms < 50 ? ms : 50;
+        struct timespec ts = {0, step * 1000000L};
+        while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+            ;
+        ms -= step;
+    }
 }
 
 static void json_free_cb(void *p)
@@ -477,6 +498,11 @@ int keel__host_upstream_request(keel_request *req, keel_upstream *up, const char
     struct body_buf buf = {.max = (size_t)up->max_bytes};
     for (long attempt = 0;; attempt++) {
         int64_t now = keel__now_ms();
+        if (keel__tasks_aborting()) {
+            rc = KEEL_EUPSTREAM;
+            set_error(req, "shutting down");
+            break;
+        }
         if (now >= end) {
             rc = KEEL_ETIMEOUT;
             set_error(req, "deadline of %u ms passed", deadline_ms);

@@ -48,6 +48,18 @@ struct keel__gen_res {
 
 bool keel__tasks_autostart = true;
 
+static atomic_bool aborting;
+
+void keel__tasks_abort_all(void)
+{
+    atomic_store(&aborting, true);
+}
+
+bool keel__tasks_aborting(void)
+{
+    return atomic_load_explicit(&aborting, memory_order_relaxed);
+}
+
 static _Thread_local struct keel__gen_res *registering;
 static _Thread_local bool registering_active;
 static _Thread_local const char *registering_name;

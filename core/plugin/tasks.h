@@ -49,6 +49,16 @@ int keel__gen_ntasks(const struct keel__gen_res *res);
 /* When false (keeld --check), loaded generations do not start their tasks. */
 extern bool keel__tasks_autostart;
 
+/*
+ * Called once the process is shutting down: from then on upstream transfers
+ * and their backoff sleeps end at once (KEEL_EUPSTREAM, "shutting down"), so
+ * stopping the tasks cannot outlast the drain deadline by a provider's
+ * timeout.  A reload does not do this: its old tasks finish their work.
+ */
+void keel__tasks_abort_all(void);
+/* True after keel__tasks_abort_all(). */
+bool keel__tasks_aborting(void);
+
 /* Host API members (hostapi.c puts them in the table). */
 int keel__host_task_add(const char *name, unsigned every_ms, keel_task_fn fn, void *arg,
                         keel_task **out);

@@ -362,6 +362,9 @@ int main(int argc, char **argv)
         break;
     }
     keel__server_stop(conf->server.shutdown_timeout_s);
+    /* Plugins' tasks are stopped with the plugins below; cut their calls to
+     * other services short so that cannot outlast the drain. */
+    keel__tasks_abort_all();
     status = 0;
 
 out:

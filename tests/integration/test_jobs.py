@@ -381,6 +381,24 @@ def test_sigkill_while_processing_completes_once_after_restart():
         db.drop()
 
 
+def test_sigterm_during_a_slow_fetch_exits_promptly_and_requeues_the_job():
+    with FakeProvider() as fp:
+        k = Keeld(with_provider(fp.port, timeout_ms=20000, lease_s=60))
+        u = User(k)
+        n = fresh()
+        fp.delay[n] = 25
+        job = u.search(n)
+        deadline = time.monotonic() + 10
+        while fp.count(n) == 0:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        t0 = time.monotonic()
+        assert k.stop() == 0
+        assert time.monotonic() - t0 < keeltest.scaled(10), time.monotonic() - t0
+        row = db_job(k, job)
+        assert row[:2] == ("queued", "0"), row  # put back, no attempt spent
+
+
 def test_two_keelds_on_one_database_never_run_one_job_twice():
     db = Database()
     try:
