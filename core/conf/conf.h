@@ -1,7 +1,9 @@
 /*
  * The configuration model: what conf.d says once it is parsed and the
- * environment has been applied.  conf.c reads files into this model; the
- * runtime modules only ever see the structs below.
+ * environment has been applied.  conf.c reads files into this model through
+ * the schema (schema.c; keys.c for auth keys), env.c applies the
+ * environment; main.c maps the model onto each module's own C conf struct,
+ * so the runtime modules never see this header's structs.
  *
  * conf.d is a directory of *.json files read in name order.  Each file is a
  * JSON object whose top-level keys are sections ("server", "admin", "log",
@@ -176,24 +178,20 @@ int keel__conf_load(const char *dir, struct keel__conf **out, char *err,
 int keel__conf_apply_env(struct keel__conf *conf, char *err, size_t errlen) KEEL_WARN_UNUSED;
 
 /*
- * Parses one manifest object (the value of "plugin").  source names the file
- * for messages; plugin_dir resolves a relative "file" (a relative plugin_dir
- * is taken from the working directory).  Checks the routes strictly,
- * including conflicts between routes of the same manifest.  Used by the
- * loader on reload too.  obj is not modified or stolen; on success *out owns
- * copies and is released with keel__manifest_clear(); on failure *out is
- * left empty (zeroed) and err says "SOURCE: plugin.KEY: why".
+ * How conf.d's "plugin" objects become manifests.  The parser belongs to the
+ * plugin layer (core/plugin/manifest.c, which checks route templates with
+ * the router), above this one, so it is handed down instead of called up:
+ * keel__manifest_install() (plugin/manifest.h) sets these once at start-up.
+ * Until then a conf.d with a plugin file is refused.
  */
-int keel__manifest_parse(const json_t *obj, const char *source, const char *plugin_dir,
-                         struct keel__manifest *out, char *err, size_t errlen) KEEL_WARN_UNUSED;
-void keel__manifest_clear(struct keel__manifest *m);
-
-/*
- * Makes a plugin's "file" absolute: as written when absolute, else under
- * plugin_dir (KEEL_PLUGINDIR when NULL or empty; itself taken from the
- * working directory when relative).  malloc'd; NULL when out of memory.
- */
-char *keel__manifest_resolve_file(const char *spec, const char *plugin_dir);
+struct keel__manifest_ops {
+    int (*parse)(const json_t *obj, const char *source, const char *plugin_dir,
+                 struct keel__manifest *out, char *err, size_t errlen);
+    void (*clear)(struct keel__manifest *m);
+    char *(*resolve_file)(const char *spec, const char *plugin_dir);
+};
+void keel__conf_set_manifest_ops(const struct keel__manifest_ops *ops);
+const struct keel__manifest_ops *keel__conf_manifest_ops(void);
 
 /*
  * Splits "host:port" ("[::1]:8080", ":8080", "8080" also accepted).  *host
@@ -205,8 +203,8 @@ int keel__parse_listen(const char *spec, char **host, int *port) KEEL_WARN_UNUSE
 void keel__conf_free(struct keel__conf *conf);
 
 /*
- * The parser's own helpers, shared by conf.c and manifest.c (manifests are
- * parsed in a file of their own); nothing else should need them.
+ * The parser's own helpers, shared by the files of core/conf/ and
+ * plugin/manifest.c; nothing else should need them.
  */
 
 /* Formats a message into err (when err is not NULL) and returns KEEL_ECONFIG. */

@@ -184,13 +184,6 @@ uint64_t keel__breaker_transitions(const keel__breaker *b, int to_state)
     return atomic_load(&b->transitions[to_state]);
 }
 
-int64_t keel__now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 bool keel__breaker_refusing(const keel__breaker *b, int64_t now_ms)
 {
     uint64_t w = atomic_load(&((keel__breaker *)b)->word);

@@ -15,6 +15,8 @@
 
 #include <keel/common.h>
 
+#include "util/time.h"
+
 enum keel__breaker_state {
     KEEL__BREAKER_CLOSED = 0,
     KEEL__BREAKER_OPEN = 1,
@@ -46,8 +48,5 @@ int keel__breaker_state(const keel__breaker *b);
 const char *keel__breaker_state_name(int state);
 /* Number of transitions into each state since start (for metrics). */
 uint64_t keel__breaker_transitions(const keel__breaker *b, int to_state);
-
-/* Monotonic milliseconds. */
-int64_t keel__now_ms(void);
 
 #endif

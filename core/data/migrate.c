@@ -1,16 +1,20 @@
 #include "config.h"
 
-#include "data/db.h"
+#include "data/migrate.h"
 
 #include <dirent.h>
+#include <stdbool.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 
+#include <libpq-fe.h>
+
 #include <keel/error.h>
 
+#include "data/db.h"
 #include "util/log.h"
 
 /*

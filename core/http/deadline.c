@@ -17,6 +17,7 @@
 #include <keel/error.h>
 
 #include "util/log.h"
+#include "util/time.h"
 
 #define NS_PER_S 1000000000LL
 /* How often the sweeper looks.  The bound is in whole seconds, so a quarter
@@ -44,13 +45,6 @@ struct keel__deadlines {
     atomic_ullong closed;
     pthread_t sweeper;
 };
-
-static int64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * NS_PER_S + ts.tv_nsec;
-}
 
 static void describe_peer(struct MHD_Connection *conn, char *out, size_t outlen)
 {
@@ -80,7 +74,7 @@ static bool peer_gone(MHD_socket fd)
 
 static void sweep(keel__deadlines *d)
 {
-    int64_t now = now_ns();
+    int64_t now = keel__monotonic_ns();
     unsigned n = 0, gone = 0;
     char last[INET6_ADDRSTRLEN] = "";
     for (struct watch *w = d->head; w != NULL; w = w->next) {
@@ -201,7 +195,7 @@ void keel__deadlines_notify(void *cls, struct MHD_Connection *conn, void **socke
             return; /* unwatched: only the inactivity timeout applies */
         w->fd = ci->connect_fd;
         w->bound_ns = d->bound_ns;
-        atomic_init(&w->deadline, now_ns() + d->bound_ns);
+        atomic_init(&w->deadline, keel__monotonic_ns() + d->bound_ns);
         describe_peer(conn, w->peer, sizeof w->peer);
         pthread_mutex_lock(&d->mu);
         w->next = d->head;
@@ -247,7 +241,8 @@ void keel__deadlines_rearm(struct MHD_Connection *conn)
 {
     struct watch *w = watch_of(conn);
     if (w != NULL)
-        atomic_store_explicit(&w->deadline, now_ns() + w->bound_ns, memory_order_relaxed);
+        atomic_store_explicit(&w->deadline, keel__monotonic_ns() + w->bound_ns,
+                              memory_order_relaxed);
 }
 
 uint64_t keel__deadlines_closed(const keel__deadlines *d)

@@ -2,15 +2,18 @@
 
 #include "http/request.h"
 
+#include <ctype.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <time.h>
 
-#include "util/log.h"
-#include "http/server.h"
 #include "http/routes.h"
+#include "util/log.h"
+#include "util/text.h"
+#include "util/time.h"
 
 /* Arena blocks: requests mostly need a few hundred bytes (principal strings,
  * decoded parameters), so the first block is small and later blocks double. */
@@ -28,15 +31,11 @@ struct keel__cleanup {
 };
 
 #define ARENA_FIRST_BLOCK 2048
+/* Larger requests are refused before any arithmetic on them: rounding up and
+ * doubling a block size stay far from SIZE_MAX below this. */
+#define ARENA_MAX_ALLOC (SIZE_MAX / 4)
 
 static atomic_ullong next_request_id = 1;
-
-static int64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
 
 keel_request *keel__request_new(struct MHD_Connection *conn, int listener, const char *method,
                                 const char *url)
@@ -49,13 +48,23 @@ keel_request *keel__request_new(struct MHD_Connection *conn, int listener, const
     req->method = method;
     req->path = url;
     req->id = atomic_fetch_add_explicit(&next_request_id, 1, memory_order_relaxed);
-    req->start_ns = now_ns();
+    req->start_ns = keel__monotonic_ns();
     return req;
+}
+
+unsigned keel__request_final_status(const keel_request *req, bool completed_ok)
+{
+    /* A request that never got a response (client gone) counts as 499, the
+     * status proxies use for that, so it is visible in metrics. */
+    unsigned status = req->responded ? req->status : 499;
+    if (!completed_ok && !req->responded)
+        status = 499;
+    return status;
 }
 
 int64_t keel__request_elapsed_ns(const keel_request *req)
 {
-    return now_ns() - req->start_ns;
+    return keel__monotonic_ns() - req->start_ns;
 }
 
 void keel__request_free(keel_request *req)
@@ -92,6 +101,8 @@ void keel__request_free(keel_request *req)
 void *keel__req_alloc(keel_request *req, size_t size)
 {
     const size_t align = sizeof(max_align_t);
+    if (size > ARENA_MAX_ALLOC)
+        return NULL;
     size = (size + align - 1) & ~(align - 1);
     if (size == 0)
         size = align;
@@ -159,6 +170,216 @@ int keel__req_add_header(keel_request *req, const char *name, const char *value)
     return 0;
 }
 
+/* ------------------------------------------------------------ accessors */
+
+const char *keel__req_method(const keel_request *req)
+{
+    return req->method;
+}
+
+const char *keel__req_path(const keel_request *req)
+{
+    return req->path;
+}
+
+const char *keel__req_param(const keel_request *req, const char *name)
+{
+    for (size_t i = 0; i < req->match.nparams; i++)
+        if (strcmp(req->match.names[i], name) == 0)
+            return req->match.values[i];
+    return NULL;
+}
+
+/* Decodes a query-string value ('+' is a space); KEEL_EINVAL when it
+ * decodes to a NUL byte or has a broken escape, so plugins never see
+ * truncated input. */
+static int decode_query(keel_request *req, const char *raw, const char **value)
+{
+    size_t n = strlen(raw);
+    char *out = keel__req_alloc(req, n + 1);
+    if (out == NULL)
+        return KEEL_ENOMEM;
+    size_t j = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (raw[i] == '%') {
+            int hi = i + 1 < n ? keel__hex_value((unsigned char)raw[i + 1]) : -1;
+            int lo = i + 2 < n ? keel__hex_value((unsigned char)raw[i + 2]) : -1;
+            if (hi < 0 || lo < 0 || (hi == 0 && lo == 0))
+                return KEEL_EINVAL;
+            out[j++] = (char)(hi * 16 + lo);
+            i += 2;
+        } else if (raw[i] == '+') {
+            out[j++] = ' ';
+        } else {
+            out[j++] = raw[i];
+        }
+    }
+    out[j] = '\0';
+    *value = out;
+    return 0;
+}
+
+int keel__req_query_arg(const keel_request *req, const char *name, const char **value)
+{
+    *value = NULL;
+    if (name == NULL)
+        return KEEL_EINVAL;
+    const char *raw = req->conn != NULL
+                          ? MHD_lookup_connection_value(req->conn, MHD_GET_ARGUMENT_KIND, name)
+                          : keel__synthetic_lookup(req->synthetic ? req->synthetic->query : NULL,
+                                                   name);
+    if (raw == NULL)
+        return KEEL_ENOTFOUND;
+    /* The accessor is const for plugins; the arena is request-owned scratch. */
+    return decode_query((keel_request *)req, raw, value);
+}
+
+const char *keel__req_query(const keel_request *req, const char *name)
+{
+    const char *v;
+    return keel__req_query_arg(req, name, &v) == 0 ? v : NULL;
+}
+
+const char *keel__req_header(const keel_request *req, const char *name)
+{
+    if (req->conn == NULL) /* a synthetic request (keel-plugin-check) */
+        return keel__synthetic_lookup(req->synthetic ? req->synthetic->headers : NULL, name);
+    return MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND, name);
+}
+
+const char *keel__req_body(const keel_request *req, size_t *len)
+{
+    if (len != NULL)
+        *len = req->body_len;
+    return req->body;
+}
+
+/* True when containers nest more than limit levels deep.  Recursion is
+ * bounded by limit (at most 1024 by configuration) and by jansson's own
+ * parser depth limit, whichever is lower. */
+static bool nests_deeper(const json_t *v, int limit)
+{
+    if (!json_is_object(v) && !json_is_array(v))
+        return false;
+    if (limit <= 0)
+        return true;
+    if (json_is_object(v)) {
+        const char *k;
+        json_t *x;
+        json_object_foreach((json_t *)v, k, x) if (nests_deeper(x, limit - 1)) return true;
+        return false;
+    }
+    size_t i;
+    json_t *x;
+    json_array_foreach(v, i, x) if (nests_deeper(x, limit - 1)) return true;
+    return false;
+}
+
+int keel__json_body_parse(const char *body, size_t len, int max_depth, json_t **out, char *msg,
+                          size_t msglen)
+{
+    *out = NULL;
+    if (body == NULL || len == 0) {
+        snprintf(msg, msglen, "Request body is empty");
+        return KEEL_EINVAL;
+    }
+    json_error_t jerr;
+    json_t *v = json_loadb(body, len, JSON_REJECT_DUPLICATES, &jerr);
+    if (v == NULL) {
+        snprintf(msg, msglen, "Malformed JSON body at line %d column %d: %s", jerr.line,
+                 jerr.column, jerr.text);
+        /* jansson quotes the input near the error, which may be invalid
+         * UTF-8; the message goes into a JSON answer, so such bytes (and
+         * control characters) become '?'. */
+        for (char *c = msg; *c != '\0'; c++)
+            if ((unsigned char)*c >= 0x80 || (unsigned char)*c < 0x20)
+                *c = '?';
+        return KEEL_EINVAL;
+    }
+    if (nests_deeper(v, max_depth)) {
+        json_decref(v);
+        snprintf(msg, msglen, "JSON body nests deeper than %d levels", max_depth);
+        return KEEL_EINVAL;
+    }
+    if (!json_is_object(v)) {
+        json_decref(v);
+        snprintf(msg, msglen, "Request body must be a JSON object");
+        return KEEL_EINVAL;
+    }
+    *out = v;
+    return 0;
+}
+
+static bool is_json_content_type(const char *ct)
+{
+    if (ct == NULL)
+        return false;
+    while (*ct == ' ')
+        ct++;
+    size_t n = strlen("application/json");
+    if (strncasecmp(ct, "application/json", n) != 0)
+        return false;
+    return ct[n] == '\0' || ct[n] == ';' || ct[n] == ' ';
+}
+
+int keel__req_json_body(keel_request *req, json_t **out)
+{
+    *out = NULL;
+    if (req->json_body != NULL) {
+        *out = req->json_body;
+        return 0;
+    }
+    if (!is_json_content_type(keel__req_header(req, "Content-Type"))) {
+        keel__respond_detail(req, 415, "Content-Type must be application/json");
+        return KEEL_EINVAL;
+    }
+    if (req->body_too_large) {
+        keel__respond_detail(req, 413, "Request body too large");
+        return KEEL_ETOOBIG;
+    }
+    int max_depth = req->max_json_depth > 0 ? req->max_json_depth : KEEL__JSON_DEPTH_DEFAULT;
+    char msg[256];
+    json_t *v;
+    if (keel__json_body_parse(req->body, req->body_len, max_depth, &v, msg, sizeof msg) != 0) {
+        keel__respond_detail(req, 400, msg);
+        return KEEL_EINVAL;
+    }
+    req->json_body = v;
+    *out = v;
+    return 0;
+}
+
+/* ------------------------------------------------------------ the user */
+
+const char *keel__req_user(const keel_request *req, int field)
+{
+    if (!req->has_principal)
+        return NULL;
+    const struct keel__principal *p = &req->principal;
+    switch (field) {
+    case KEEL_USER_ID:
+        return p->user_id;
+    case KEEL_USER_SUPABASE_ID:
+        return p->supabase_id;
+    case KEEL_USER_EMAIL:
+        return p->email;
+    case KEEL_USER_FULL_NAME:
+        return p->full_name;
+    case KEEL_USER_ROLE:
+        return p->role;
+    case KEEL_USER_STATUS:
+        return p->status;
+    case KEEL_USER_TIER:
+        return p->tier;
+    case KEEL_USER_SYNCED:
+        return p->synced ? "1" : "0";
+    default:
+        return NULL;
+    }
+}
+
+/* ------------------------------------------------------------ synthetic requests */
+
 const char *keel__synthetic_lookup(const char *const *table, const char *name)
 {
     if (table == NULL || name == NULL)
@@ -199,8 +420,8 @@ static int respond_synthetic(keel_request *req, unsigned status, const char *bod
  * is handed over instead of being copied once more (a malloc, a copy and a
  * free per request on every JSON route).
  */
-static int queue_response(keel_request *req, unsigned status, char *body, size_t len,
-                          enum MHD_ResponseMemoryMode mode)
+static int queue_response(keel_request *req, unsigned status, const char *content_type, char *body,
+                          size_t len, enum MHD_ResponseMemoryMode mode)
 {
     if (req->conn == NULL || req->responded) {
         int rc = req->conn == NULL ? respond_synthetic(req, status, body, len) : KEEL_ERESPONDED;
@@ -214,20 +435,30 @@ static int queue_response(keel_request *req, unsigned status, char *body, size_t
             free(body);
         return KEEL_ENOMEM;
     }
-    MHD_add_response_header(resp, "Content-Type", "application/json");
+    MHD_add_response_header(resp, "Content-Type", content_type);
     for (const struct keel__header *h = req->headers; h != NULL; h = h->next)
         MHD_add_response_header(resp, h->name, h->value);
-    keel__cors_headers(req, resp);
     enum MHD_Result r = MHD_queue_response(req->conn, status, resp);
     MHD_destroy_response(resp);
+    /* Either way this request has had its one attempt. */
     req->responded = true;
+    if (r != MHD_YES) {
+        /* Nothing goes out; what is recorded must say so, not claim the
+         * status that was meant. */
+        keel__log(KEEL_LOG_ERROR, "core",
+                  "req=%llu %s %s: could not queue the %u response; recorded as 500",
+                  (unsigned long long)req->id, req->method, req->path, status);
+        req->status = 500;
+        return KEEL_EIO;
+    }
     req->status = status;
-    return r == MHD_YES ? 0 : KEEL_EIO;
+    return 0;
 }
 
 int keel__respond(keel_request *req, unsigned status, const char *body, size_t len)
 {
-    return queue_response(req, status, (char *)body, len, MHD_RESPMEM_MUST_COPY);
+    return queue_response(req, status, "application/json", (char *)body, len,
+                          MHD_RESPMEM_MUST_COPY);
 }
 
 int keel__respond_json(keel_request *req, unsigned status, json_t *body)
@@ -242,10 +473,17 @@ int keel__respond_json(keel_request *req, unsigned status, json_t *body)
     json_decref(body);
     if (text == NULL)
         return keel__respond(req, 500, "{\"detail\":\"Internal Server Error\"}", 34);
-    return queue_response(req, status, text, strlen(text), MHD_RESPMEM_MUST_FREE);
+    return queue_response(req, status, "application/json", text, strlen(text),
+                          MHD_RESPMEM_MUST_FREE);
 }
 
 int keel__respond_detail(keel_request *req, unsigned status, const char *detail)
 {
     return keel__respond_json(req, status, json_pack("{s:s}", "detail", detail));
+}
+
+int keel__respond_owned(keel_request *req, unsigned status, const char *content_type, char *body,
+                        size_t len)
+{
+    return queue_response(req, status, content_type, body, len, MHD_RESPMEM_MUST_FREE);
 }

@@ -75,12 +75,14 @@ struct keel_request {
     struct keel__route_match match;
     char *match_scratch;
 
-    /* Body, accumulated up to the configured cap. */
+    /* Body, accumulated up to the configured cap, and how deep a JSON body
+     * may nest (0: KEEL__JSON_DEPTH_DEFAULT). */
     char *body;
     size_t body_len;
     size_t body_cap;
     bool body_too_large;
     json_t *json_body;
+    int max_json_depth;
 
     /* Authentication. */
     bool has_principal;
@@ -109,21 +111,58 @@ keel_request *keel__request_new(struct MHD_Connection *conn, int listener, const
 /* Runs cleanups in reverse order, drops the table reference, frees everything. */
 void keel__request_free(keel_request *req);
 
+/* The status metrics and the access log record for req once it ended:
+ * what was sent, 499 when nothing was because the client left (or never
+ * asked: completed_ok false), 500 when a response could not be queued. */
+unsigned keel__request_final_status(const keel_request *req, bool completed_ok);
+
 /* Nanoseconds since the request arrived (monotonic). */
 int64_t keel__request_elapsed_ns(const keel_request *req);
 
-/* Request-lifetime allocation (zeroed).  NULL only when memory runs out. */
+/* Request-lifetime allocation (zeroed), aligned for any type.  NULL when
+ * memory runs out or size is absurd (beyond SIZE_MAX / 4). */
 void *keel__req_alloc(keel_request *req, size_t size);
 /* Matches the usersync allocator signature: ctx is the request. */
 void *keel__req_alloc_ctx(void *ctx, size_t size);
 char *keel__req_strdup(keel_request *req, const char *s);
 int keel__req_on_cleanup(keel_request *req, void (*fn)(void *), void *arg);
 
+/* The default of limits.max_json_depth. */
+#define KEEL__JSON_DEPTH_DEFAULT 32
+
+/*
+ * Accessors.  The host API table (core/plugin/hostapi.c) hands these to
+ * plugins as they are; include/keel/plugin.h documents each.  The core's own
+ * routes call them directly.
+ */
+const char *keel__req_method(const keel_request *req);
+const char *keel__req_path(const keel_request *req);
+const char *keel__req_param(const keel_request *req, const char *name);
+const char *keel__req_query(const keel_request *req, const char *name);
+int keel__req_query_arg(const keel_request *req, const char *name, const char **value);
+const char *keel__req_header(const keel_request *req, const char *name);
+const char *keel__req_body(const keel_request *req, size_t *len);
+/* Parses the body once (415/413/400 queued on failure); *out owned by req. */
+int keel__req_json_body(keel_request *req, json_t **out);
+/* A field (enum keel_user_field) of the request's principal, or NULL. */
+const char *keel__req_user(const keel_request *req, int field);
+
+/*
+ * The request-independent part of req_json_body: parses len bytes of body
+ * strictly (duplicate keys, invalid UTF-8 and \u0000 refused by jansson),
+ * refuses containers nested more than max_depth deep and anything but an
+ * object.  Returns 0 with *out a new reference, or KEEL_EINVAL with a
+ * message for the client in msg (*out NULL).  Pure: the fuzz harness calls it.
+ */
+int keel__json_body_parse(const char *body, size_t len, int max_depth, json_t **out, char *msg,
+                          size_t msglen);
+
 /* Adds a response header (copied). */
 int keel__req_add_header(keel_request *req, const char *name, const char *value);
 
 /*
- * Queues a response: body bytes are copied; extra headers, CORS headers and
+ * Queues a response: body bytes are copied; the extra headers (CORS ones
+ * among them, added by the server once the origin is known) and
  * Content-Type application/json are added.  Only the first call per request
  * takes effect; later ones return KEEL_ERESPONDED.
  */
@@ -132,5 +171,8 @@ int keel__respond(keel_request *req, unsigned status, const char *body, size_t l
 int keel__respond_json(keel_request *req, unsigned status, json_t *body);
 /* {"detail": detail}. */
 int keel__respond_detail(keel_request *req, unsigned status, const char *detail);
+/* Queues body (malloc'd, always taken over) with its own Content-Type. */
+int keel__respond_owned(keel_request *req, unsigned status, const char *content_type, char *body,
+                        size_t len);
 
 #endif

@@ -1,6 +1,7 @@
 #include "config.h"
 
 #include "http/router.h"
+#include "util/text.h"
 
 #include <stdbool.h>
 #include <stdio.h>
@@ -375,17 +376,6 @@ nomem:
     return KEEL_ENOMEM;
 }
 
-static int hexval(unsigned char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 /* True when s[0..n) is well-formed UTF-8 (RFC 3629: no overlong forms, no
  * surrogates, nothing past U+10FFFF).  Path parameters reach plugins as C
  * strings that they put into JSON, which must be valid UTF-8. */
@@ -489,8 +479,8 @@ static bool split_path(const char *path, struct search *s, char *scratch, size_t
         while (*p != '/' && *p != '\0') {
             unsigned char c = (unsigned char)*p++;
             if (c == '%') {
-                int hi = hexval((unsigned char)p[0]);
-                int lo = hi < 0 ? -1 : hexval((unsigned char)p[1]);
+                int hi = keel__hex_value((unsigned char)p[0]);
+                int lo = hi < 0 ? -1 : keel__hex_value((unsigned char)p[1]);
                 if (lo < 0)
                     return false;
                 c = (unsigned char)(hi * 16 + lo);

@@ -19,10 +19,16 @@
 #include <openssl/crypto.h>
 
 #include "util/log.h"
+#include "conf/conf.h"
+#include "http/accesslog.h"
+#include "http/authorize.h"
+#include "http/cors.h"
 #include "http/deadline.h"
 #include "identity/ratelimit.h"
 #include "http/routes.h"
 #include "util/counters.h"
+#include "util/text.h"
+#include "util/time.h"
 
 struct keel__runtime keel__rt;
 
@@ -40,19 +46,12 @@ static struct listener listeners[2] = {
 
 static atomic_long in_flight;
 static atomic_ullong requests_total;
-static int access_fd = -1;
-static bool access_json;
 /* Per-user rate limiting (NULL when limits.rate_per_user is 0) and the
  * request deadlines of the main listener (core/http/deadline.h). */
 static keel__ratelimit *ratelimit;
+/* What keel__authorize needs, set up by keel__server_start. */
+static struct keel__authorizer authorizer;
 static keel__deadlines *deadlines;
-
-static int64_t monotonic_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
 
 long keel__server_in_flight(void)
 {
@@ -62,138 +61,6 @@ long keel__server_in_flight(void)
 unsigned long long keel__server_requests_total(void)
 {
     return atomic_load(&requests_total);
-}
-
-/* ------------------------------------------------------------ CORS */
-
-static const char *allowed_origin(const char *origin)
-{
-    if (origin == NULL || keel__rt.conf == NULL)
-        return NULL;
-    const struct keel__conf *c = keel__rt.conf;
-    for (size_t i = 0; i < c->cors.norigins; i++) {
-        if (strcmp(c->cors.origins[i], "*") == 0)
-            return c->cors.credentials ? origin : "*";
-        if (strcasecmp(c->cors.origins[i], origin) == 0)
-            return origin;
-    }
-    return NULL;
-}
-
-void keel__cors_headers(const keel_request *req, struct MHD_Response *resp)
-{
-    if (req->origin == NULL)
-        return;
-    MHD_add_response_header(resp, "Access-Control-Allow-Origin", req->origin);
-    MHD_add_response_header(resp, "Vary", "Origin");
-    if (keel__rt.conf->cors.credentials)
-        MHD_add_response_header(resp, "Access-Control-Allow-Credentials", "true");
-}
-
-/* Preflight: answered by the core for every known path, stubs included. */
-static void answer_options(keel_request *req, const char *allow)
-{
-    const struct keel__conf *c = keel__rt.conf;
-    const char *acrm = MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND,
-                                                   "Access-Control-Request-Method");
-    keel__req_add_header(req, "Allow", allow);
-    if (acrm != NULL && req->origin != NULL) {
-        char age[24];
-        snprintf(age, sizeof age, "%d", c->cors.max_age);
-        keel__req_add_header(req, "Access-Control-Allow-Methods", c->cors.methods);
-        keel__req_add_header(req, "Access-Control-Allow-Headers", c->cors.headers);
-        keel__req_add_header(req, "Access-Control-Max-Age", age);
-    }
-    keel__respond(req, 204, "", 0);
-}
-
-/* ------------------------------------------------------------ auth */
-
-static int respond_unauthorized(keel_request *req, int status, const char *why)
-{
-    keel__req_add_header(req, "WWW-Authenticate", "Bearer error=\"invalid_token\"");
-    return keel__respond_json(req, 401,
-                              json_pack("{s:{s:s, s:s}}", "detail", "error",
-                                        keel__token_status_name(status), "message", why));
-}
-
-/*
- * Decides whether the request may reach its route.  Returns true to go on;
- * otherwise a response has been queued.  This is the only place where auth
- * levels are enforced, so no plugin can forget to.
- */
-static bool authorize(keel_request *req, const struct keel__route *route)
-{
-    const char *hdr = MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND, "Authorization");
-
-    if (req->listener == KEEL__LISTENER_ADMIN) {
-        /* The admin listener trusts loopback; bound elsewhere it wants the
-         * admin token on every route. */
-        if (listeners[KEEL__LISTENER_ADMIN].loopback)
-            return true;
-        const char *want = keel__rt.conf->admin.token;
-        const char *tok;
-        size_t len;
-        if (hdr == NULL || keel__auth_bearer(hdr, &tok, &len) != 0) {
-            keel__respond_detail(req, 403, "Not authenticated");
-            return false;
-        }
-        if (want == NULL || len != strlen(want) || CRYPTO_memcmp(tok, want, len) != 0) {
-            keel__req_add_header(req, "WWW-Authenticate", "Bearer error=\"invalid_token\"");
-            keel__respond_detail(req, 401, "Invalid admin token");
-            return false;
-        }
-        return true;
-    }
-
-    if (route->auth == KEEL__AUTH_PUBLIC)
-        return true;
-
-    const char *tok;
-    size_t len;
-    if (keel__auth_bearer(hdr, &tok, &len) != 0) {
-        keel__respond_detail(req, 403, "Not authenticated");
-        return false;
-    }
-    struct keel__claims claims;
-    const char *why = "Invalid token";
-    int st = keel__auth_verify(keel__rt.auth, tok, len, time(NULL), &claims, &why);
-    if (st != KEEL__TOKEN_OK) {
-        respond_unauthorized(req, st, why);
-        return false;
-    }
-    /* Rate limiting comes before the user sync so that a refused request
-     * costs no database work; it is keyed by the verified subject, so one
-     * user's flood does not touch anyone else's bucket. */
-    unsigned wait_s = 0;
-    if (ratelimit != NULL &&
-        keel__ratelimit_take(ratelimit, claims.sub, monotonic_ns(), &wait_s) == KEEL_EBUSY) {
-        keel__claims_clear(&claims);
-        char retry[16];
-        snprintf(retry, sizeof retry, "%u", wait_s);
-        keel__req_add_header(req, "Retry-After", retry);
-        keel__respond_detail(req, 429, "Rate limit exceeded");
-        return false;
-    }
-    int rc = keel__usersync_resolve(keel__rt.usersync, &claims, (int64_t)time(NULL),
-                                    keel__req_alloc_ctx, req, &req->principal);
-    keel__claims_clear(&claims);
-    if (rc != 0) {
-        keel__respond_detail(req, 503, "Service temporarily unavailable");
-        return false;
-    }
-    req->has_principal = true;
-    const char *status = req->principal.status;
-    if (status != NULL && strcmp(status, "active") != 0 && strcmp(status, "pending") != 0) {
-        keel__respond_detail(req, 403, "Account is not active");
-        return false;
-    }
-    if (route->auth == KEEL__AUTH_ADMIN &&
-        (req->principal.role == NULL || strcmp(req->principal.role, "admin") != 0)) {
-        keel__respond_detail(req, 403, "Admin privileges required");
-        return false;
-    }
-    return true;
 }
 
 /* ------------------------------------------------------------ dispatch */
@@ -235,7 +102,7 @@ static long body_cap_for(int listener);
 /* Called once the whole request (headers and body) has arrived. */
 static void finish(keel_request *req)
 {
-    req->origin = allowed_origin(MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND, "Origin"));
+    keel__cors_decide(req, &keel__rt.cors);
 
     /* The router decodes the path into this; the decoded path is never
      * longer than the path, which the URI limit bounds. */
@@ -254,7 +121,7 @@ static void finish(keel_request *req)
             keel__respond_detail(req, 404, "Not Found");
             return;
         }
-        answer_options(req, allow);
+        keel__cors_preflight(req, &keel__rt.cors, allow);
         return;
     }
     struct keel__route_match m;
@@ -280,7 +147,7 @@ static void finish(keel_request *req)
         keel__respond_detail(req, 413, msg);
         return;
     }
-    if (!authorize(req, req->route))
+    if (!keel__authorize(req, req->route->auth, &authorizer))
         return;
     dispatch(req);
 }
@@ -288,10 +155,8 @@ static void finish(keel_request *req)
 /* The admin listener takes bulk imports, so it has its own, larger cap. */
 static long body_cap_for(int listener)
 {
-    if (keel__rt.conf == NULL)
-        return 1048576;
-    return listener == KEEL__LISTENER_ADMIN ? keel__rt.conf->limits.max_admin_body_bytes
-                                            : keel__rt.conf->limits.max_body_bytes;
+    return listener == KEEL__LISTENER_ADMIN ? keel__rt.limits.max_admin_body_bytes
+                                            : keel__rt.limits.max_body_bytes;
 }
 
 /* What begin() learns from one pass over the request's headers and query. */
@@ -334,20 +199,20 @@ static bool begin(keel_request *req)
      * above these (start_daemon), so requests between keel's limit and that
      * ceiling get keel's JSON answer; only beyond it does libmicrohttpd
      * answer 431/414 with its own HTML body. */
-    const struct keel__conf *c = keel__rt.conf;
+    const struct keel__limits_conf *c = &keel__rt.limits;
     struct header_scan scan = {0};
     MHD_get_connection_values(req->conn, MHD_HEADER_KIND, scan_header, &scan);
     MHD_get_connection_values(req->conn, MHD_GET_ARGUMENT_KIND, scan_query, &scan);
-    if (c != NULL && scan.header_bytes > (size_t)c->limits.max_header_bytes) {
+    if (scan.header_bytes > (size_t)c->max_header_bytes) {
         char msg[96];
         snprintf(msg, sizeof msg, "Request headers too large (limit %ld bytes)",
-                 c->limits.max_header_bytes);
+                 c->max_header_bytes);
         keel__respond_detail(req, 431, msg);
         return true;
     }
-    if (c != NULL && strlen(req->path) + scan.query_bytes > (size_t)c->limits.max_uri_bytes) {
+    if (strlen(req->path) + scan.query_bytes > (size_t)c->max_uri_bytes) {
         char msg[96];
-        snprintf(msg, sizeof msg, "URI too long (limit %d bytes)", c->limits.max_uri_bytes);
+        snprintf(msg, sizeof msg, "URI too long (limit %d bytes)", c->max_uri_bytes);
         keel__respond_detail(req, 414, msg);
         return true;
     }
@@ -412,7 +277,7 @@ static bool begin(keel_request *req)
 static bool append_body(keel_request *req, const char *data, size_t len)
 {
     size_t cap = (size_t)body_cap_for(req->listener);
-    size_t drain = keel__rt.conf ? (size_t)keel__rt.conf->limits.max_drain_bytes : 0;
+    size_t drain = (size_t)keel__rt.limits.max_drain_bytes;
     if (req->body_too_large) {
         req->body_len += len;
         return req->body_len <= cap + drain;
@@ -455,6 +320,7 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
         if (req == NULL)
             return MHD_NO;
         *con_cls = req;
+        req->max_json_depth = keel__rt.limits.max_json_depth;
         atomic_fetch_add(&in_flight, 1);
         atomic_fetch_add_explicit(&requests_total, 1, memory_order_relaxed);
         return begin(req) ? MHD_YES : MHD_NO;
@@ -479,96 +345,6 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
 
 /* ------------------------------------------------------------ completion */
 
-/* Writes one access log line.  A single write() on an O_APPEND descriptor
- * keeps lines from concurrent requests whole. */
-static void access_write(const char *line, size_t len)
-{
-    ssize_t w = write(access_fd, line, len);
-    (void)w;
-}
-
-/* The seconds part of the access log's timestamp, formatted once per second
- * per thread: gmtime_r() and strftime() on every request were a third of
- * the access log's instructions (docs/performance.md). */
-static _Thread_local time_t ts_second = (time_t)-1;
-static _Thread_local char ts_seconds[32];
-static _Thread_local size_t ts_seconds_len;
-
-static void access_log(const keel_request *req, unsigned status, int64_t ns)
-{
-    if (access_fd < 0)
-        return;
-    /* ISO 8601 UTC with milliseconds, the same in both formats. */
-    char ts[40];
-    struct timespec now;
-    clock_gettime(CLOCK_REALTIME, &now);
-    if (now.tv_sec != ts_second) {
-        struct tm tm;
-        gmtime_r(&now.tv_sec, &tm);
-        ts_seconds_len = strftime(ts_seconds, sizeof ts_seconds, "%Y-%m-%dT%H:%M:%S", &tm);
-        ts_second = now.tv_sec;
-    }
-    long ms = now.tv_nsec / 1000000;
-    memcpy(ts, ts_seconds, ts_seconds_len);
-    snprintf(ts + ts_seconds_len, sizeof ts - ts_seconds_len, ".%03ldZ", ms);
-    const struct keel__route *r = req->route;
-    const char *plugin = r && r->plugin ? r->plugin : (r ? "core" : "-");
-    unsigned long long gen = r ? (unsigned long long)r->generation : 0;
-    const char *user = req->has_principal && req->principal.user_id ? req->principal.user_id
-                       : req->has_principal                         ? req->principal.supabase_id
-                                                                    : "-";
-    if (user == NULL)
-        user = "-";
-    if (access_json) {
-        json_t *o = json_pack("{s:s, s:s, s:s, s:i, s:f, s:s, s:I, s:s, s:s}", "time", ts, "method",
-                              req->method, "path", req->path, "status", (int)status, "latency_ms",
-                              (double)ns / 1e6, "plugin", plugin, "generation", (json_int_t)gen,
-                              "user", user, "listener", listeners[req->listener].name);
-        /* Nine significant digits keep nanosecond latencies without the
-         * binary noise of a full double. */
-        char *s = o ? json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(9)) : NULL;
-        json_decref(o);
-        if (s == NULL)
-            return;
-        /* The line is as long as the request's path (bounded by the
-         * listener's header memory limit), so it is sized, not truncated. */
-        size_t len = strlen(s);
-        char *line = realloc(s, len + 2);
-        if (line == NULL) {
-            free(s);
-            return;
-        }
-        line[len] = '\n';
-        access_write(line, len + 1);
-        free(line);
-        return;
-    }
-    /* The latency in microseconds, rounded, printed as milliseconds with
-     * three decimals: the digits of "%.3f" without glibc's floating-point
-     * formatting, the other big share of the line's cost. */
-    long long us = ns > 0 ? (ns + 500) / 1000 : 0;
-#define ACCESS_TEXT(buf, size)                                                                     \
-    snprintf(buf, size, "%s %s %s %s %u %lld.%03lldms plugin=%s gen=%llu user=%s\n", ts,           \
-             listeners[req->listener].name, req->method, req->path, status, us / 1000, us % 1000,  \
-             plugin, gen, user)
-    char stack[1024];
-    char *line = stack;
-    int n = ACCESS_TEXT(stack, sizeof stack);
-    if (n < 0)
-        return;
-    if ((size_t)n >= sizeof stack) {
-        /* A long path: format again into a buffer that fits the line. */
-        line = malloc((size_t)n + 1);
-        if (line == NULL)
-            return;
-        ACCESS_TEXT(line, (size_t)n + 1);
-    }
-#undef ACCESS_TEXT
-    access_write(line, (size_t)n);
-    if (line != stack)
-        free(line);
-}
-
 static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
                          enum MHD_RequestTerminationCode toe)
 {
@@ -578,13 +354,9 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
         return;
     *con_cls = NULL;
     int64_t ns = keel__request_elapsed_ns(req);
-    /* A request that never got a response (client gone) counts as 499, the
-     * status proxies use for that, so it is visible in metrics. */
-    unsigned status = req->responded ? req->status : 499;
-    if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK && !req->responded)
-        status = 499;
+    unsigned status = keel__request_final_status(req, toe == MHD_REQUEST_TERMINATED_COMPLETED_OK);
     keel__metrics_observe(req->route ? req->route->metrics : NULL, status, ns);
-    access_log(req, status, ns);
+    keel__access_log(req, status, ns, listeners[req->listener].name);
     keel__request_free(req);
     atomic_fetch_sub(&in_flight, 1);
     /* A kept-alive connection now waits for its next request, on a clock. */
@@ -600,9 +372,7 @@ static void mhd_log(void *cls, const char *fmt, va_list ap)
     (void)cls;
     char line[1024];
     vsnprintf(line, sizeof line, fmt, ap);
-    size_t n = strlen(line);
-    while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r'))
-        line[--n] = '\0';
+    keel__trim_newlines(line, 0);
     keel__log(KEEL_LOG_DEBUG, "mhd", "%s", line);
 }
 
@@ -640,7 +410,11 @@ static int start_daemon(struct listener *l, const char *host, int port, unsigned
         return KEEL_ECONFIG;
     }
     l->loopback = is_loopback(ai->ai_addr);
-    const struct keel__conf *c = keel__rt.conf;
+    /* Before the daemon starts, so no admin request can see it unset. */
+    if (l->index == KEEL__LISTENER_ADMIN)
+        authorizer.admin_loopback = l->loopback;
+    const struct keel__server_conf *c = &keel__rt.server;
+    const struct keel__limits_conf *lim = &keel__rt.limits;
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ITC | MHD_USE_ERROR_LOG;
 #ifdef __linux__
     flags |= MHD_USE_EPOLL;
@@ -657,20 +431,20 @@ static int start_daemon(struct listener *l, const char *host, int port, unsigned
     opts[n++] = (struct MHD_OptionItem){MHD_OPTION_NOTIFY_COMPLETED, (intptr_t)on_completed, NULL};
     opts[n++] = (struct MHD_OptionItem){MHD_OPTION_UNESCAPE_CALLBACK, (intptr_t)keep_escaped, NULL};
     opts[n++] = (struct MHD_OptionItem){MHD_OPTION_CONNECTION_TIMEOUT,
-                                        (intptr_t)(unsigned)c->server.connection_timeout_s, NULL};
+                                        (intptr_t)(unsigned)c->connection_timeout_s, NULL};
     if (threads > 1)
         opts[n++] = (struct MHD_OptionItem){MHD_OPTION_THREAD_POOL_SIZE, (intptr_t)threads, NULL};
-    if (c->limits.max_connections > 0)
+    if (lim->max_connections > 0)
         opts[n++] = (struct MHD_OptionItem){MHD_OPTION_CONNECTION_LIMIT,
-                                            (intptr_t)(unsigned)c->limits.max_connections, NULL};
-    if (c->limits.max_per_ip > 0)
+                                            (intptr_t)(unsigned)lim->max_connections, NULL};
+    if (lim->max_per_ip > 0)
         opts[n++] = (struct MHD_OptionItem){MHD_OPTION_PER_IP_CONNECTION_LIMIT,
-                                            (intptr_t)(unsigned)c->limits.max_per_ip, NULL};
+                                            (intptr_t)(unsigned)lim->max_per_ip, NULL};
     /* libmicrohttpd keeps the request line and headers in this per-connection
      * memory and answers 431/414 itself (HTML body) when they do not fit.
      * Twice keel's own limits (at least MHD's default of 32 KiB) leaves room
      * for begin() to answer requests past those limits with JSON. */
-    size_t mem = 2 * ((size_t)c->limits.max_header_bytes + (size_t)c->limits.max_uri_bytes);
+    size_t mem = 2 * ((size_t)lim->max_header_bytes + (size_t)lim->max_uri_bytes);
     if (mem < 32 * 1024)
         mem = 32 * 1024;
     opts[n++] = (struct MHD_OptionItem){MHD_OPTION_CONNECTION_MEMORY_LIMIT, (intptr_t)mem, NULL};
@@ -692,45 +466,33 @@ static int start_daemon(struct listener *l, const char *host, int port, unsigned
     return 0;
 }
 
-static void open_access_log(void)
-{
-    const char *dest = keel__rt.conf->log.access_log;
-    access_json = keel__rt.conf->log.access_format != NULL &&
-                  strcmp(keel__rt.conf->log.access_format, "json") == 0;
-    if (dest == NULL || *dest == '\0' || strcmp(dest, "off") == 0)
-        access_fd = -1;
-    else if (strcmp(dest, "-") == 0)
-        access_fd = 2;
-    else {
-        access_fd = open(dest, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
-        if (access_fd < 0)
-            log_error("cannot open access log %s: %s; access log off", dest, strerror(errno));
-    }
-}
-
 int keel__server_start(void)
 {
-    const struct keel__conf *c = keel__rt.conf;
-    open_access_log();
-    if (c->limits.rate_per_user > 0) {
-        struct keel__ratelimit_conf rc_conf = {.rate = (unsigned)c->limits.rate_per_user,
-                                               .burst = (unsigned)c->limits.rate_burst};
+    const struct keel__server_conf *c = &keel__rt.server;
+    const struct keel__limits_conf *lim = &keel__rt.limits;
+    keel__access_log_open(c->access_log, c->access_json);
+    if (lim->rate_per_user > 0) {
+        struct keel__ratelimit_conf rc_conf = {.rate = (unsigned)lim->rate_per_user,
+                                               .burst = (unsigned)lim->rate_burst};
         if (keel__ratelimit_new(&rc_conf, &ratelimit) != 0) {
             log_error("cannot set up rate limiting");
             return KEEL_ENOMEM;
         }
-        log_info("rate limit: %d request(s)/s per user, burst %d", c->limits.rate_per_user,
-                 c->limits.rate_burst > 0 ? c->limits.rate_burst : c->limits.rate_per_user);
+        log_info("rate limit: %d request(s)/s per user, burst %d", lim->rate_per_user,
+                 lim->rate_burst > 0 ? lim->rate_burst : lim->rate_per_user);
     }
+    authorizer.auth = keel__rt.auth;
+    authorizer.usersync = keel__rt.usersync;
+    authorizer.ratelimit = ratelimit;
+    authorizer.admin_token = c->admin_token;
     /* The bound on receiving a request is the connection timeout: what
      * libmicrohttpd applies to silence, keel applies to slowness. */
-    if (keel__deadlines_start(c->server.connection_timeout_s, &deadlines) != 0)
+    if (keel__deadlines_start(c->connection_timeout_s, &deadlines) != 0)
         log_warn("request deadlines are off: slow clients are bounded only by inactivity");
-    int rc = start_daemon(&listeners[0], c->server.host, c->server.port,
-                          (unsigned)keel__rt.threads);
+    int rc = start_daemon(&listeners[0], c->host, c->port, (unsigned)c->threads);
     if (rc == 0) {
         /* The admin listener serves a handful of ops requests: two threads. */
-        rc = start_daemon(&listeners[1], c->admin.host, c->admin.port, 2);
+        rc = start_daemon(&listeners[1], c->admin_host, c->admin_port, 2);
         if (rc != 0) {
             MHD_stop_daemon(listeners[0].daemon);
             listeners[0].daemon = NULL;
@@ -743,10 +505,10 @@ int keel__server_start(void)
         ratelimit = NULL;
         return rc;
     }
-    if (!listeners[1].loopback && (c->admin.token == NULL || *c->admin.token == '\0'))
+    if (!listeners[1].loopback && (c->admin_token == NULL || *c->admin_token == '\0'))
         log_warn("admin listener %s:%d is not loopback and has no admin.token: every admin "
                  "request will be refused",
-                 c->admin.host, c->admin.port);
+                 c->admin_host, c->admin_port);
     return 0;
 }
 
@@ -791,7 +553,5 @@ void keel__server_stop(int timeout_s)
     deadlines = NULL;
     keel__ratelimit_free(ratelimit);
     ratelimit = NULL;
-    if (access_fd > 2)
-        close(access_fd);
-    access_fd = -1;
+    keel__access_log_close();
 }

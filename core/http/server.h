@@ -16,22 +16,55 @@
 
 #include <keel/plugin.h>
 
-#include "identity/auth.h"
-#include "conf/conf.h"
 #include "data/db.h"
+#include "http/cors.h"
 #include "http/request.h"
+#include "identity/auth.h"
 #include "identity/usersync.h"
 
+/* The listeners and the access log (conf.d "server", "admin", "log"). */
+struct keel__server_conf {
+    const char *host; /* main listener */
+    int port;
+    int threads; /* worker threads of the main listener, resolved (> 0) */
+    /* Bounds silence on a connection (libmicrohttpd) and the time a request
+     * may take to arrive in full (core/http/deadline.h). */
+    int connection_timeout_s;
+    const char *admin_host;
+    int admin_port;
+    const char *admin_token; /* required when the admin host is not loopback */
+    const char *access_log;  /* "-", a path, or NULL for none */
+    bool access_json;
+};
+
+/* Request limits (conf.d "limits"; docs/operations.md gives the defaults). */
+struct keel__limits_conf {
+    long max_body_bytes;
+    long max_admin_body_bytes;
+    int max_json_depth;
+    long max_header_bytes; /* 431 past it */
+    int max_uri_bytes;     /* 414 past it */
+    /* An oversized chunked body is read and thrown away for up to this many
+     * more bytes so the client still gets its 413. */
+    long max_drain_bytes;
+    int max_connections;
+    int max_per_ip;    /* 0 = unlimited */
+    int rate_per_user; /* requests per second, 0 = off */
+    int rate_burst;    /* 0 = rate_per_user */
+};
+
 /* Everything a running keeld shares between threads.  Set up by main before
- * the daemons start and torn down after they stop. */
+ * the daemons start and torn down after they stop.  The conf structs'
+ * strings are borrowed from the configuration model main keeps. */
 struct keel__runtime {
-    struct keel__conf *conf;
+    struct keel__server_conf server;
+    struct keel__limits_conf limits;
+    struct keel__cors_conf cors;
     keel__auth *auth;
     keel__db *db; /* NULL when no database is configured */
     keel__usersync *usersync;
     const keel_host *host;
     int64_t started_at; /* unix seconds */
-    int threads;        /* worker threads per daemon (main) */
 };
 
 extern struct keel__runtime keel__rt;
@@ -41,9 +74,6 @@ extern struct keel__runtime keel__rt;
 int keel__server_start(void) KEEL_WARN_UNUSED;
 /* Stops accepting, waits up to timeout_s for in-flight requests, stops. */
 void keel__server_stop(int timeout_s);
-
-/* Adds CORS headers for req's allowed origin to resp. */
-void keel__cors_headers(const keel_request *req, struct MHD_Response *resp);
 
 /* Requests currently being processed (both listeners). */
 long keel__server_in_flight(void);

@@ -12,6 +12,7 @@
 #include <keel/error.h>
 
 #include "util/log.h"
+#include "util/text.h"
 
 #define TAG "usersync"
 
@@ -473,14 +474,6 @@ static void cache_put(struct shard *sh, struct entry *e, uint64_t gen)
     free(drop[1]);
 }
 
-/* Drops the newline libpq ends its messages with, so the log line is one line. */
-static void trim_message(char *s)
-{
-    size_t n = strlen(s);
-    while (n > 0 && (s[n - 1] == '\n' || s[n - 1] == '\r' || s[n - 1] == ' '))
-        s[--n] = '\0';
-}
-
 /*
  * Runs the sync statement.  On success *out is a result of exactly one row of
  * six columns that the caller PQclear()s; otherwise a KEEL_E* code with the
@@ -573,7 +566,8 @@ int keel__usersync_resolve(keel__usersync *us, const struct keel__claims *claims
     counter_add(&sh->sync_failures);
     if (err[0] == '\0')
         snprintf(err, sizeof err, "%s", keel_strerror(rc));
-    trim_message(err);
+    /* libpq ends its messages with a newline; the log line is one line. */
+    keel__trim_newlines(err, 1);
     keel__log(KEEL_LOG_WARN, TAG, "user sync failed for %s: %s; using token claims",
               claims_who(claims), err);
     const char *v[F_COUNT];

@@ -14,6 +14,7 @@
 #include <curl/curl.h>
 
 #include "data/breaker.h"
+#include "util/time.h"
 #include "http/request.h"
 #include "plugin/tasks.h"
 #include "util/log.h"

@@ -2,7 +2,6 @@
 
 #include "plugin/hostapi.h"
 
-#include <ctype.h>
 #include <stdatomic.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -62,108 +61,6 @@ static void host_log(keel_request *req, int level, const char *fmt, ...)
 
 /* ------------------------------------------------------------ request */
 
-static const char *host_req_method(const keel_request *req)
-{
-    return req->method;
-}
-
-static const char *host_req_path(const keel_request *req)
-{
-    return req->path;
-}
-
-static const char *host_req_param(const keel_request *req, const char *name)
-{
-    for (size_t i = 0; i < req->match.nparams; i++)
-        if (strcmp(req->match.names[i], name) == 0)
-            return req->match.values[i];
-    return NULL;
-}
-
-static int hexval(int c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    c = tolower(c);
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    return -1;
-}
-
-/* Decodes a query-string value ('+' is a space); KEEL_EINVAL when it
- * decodes to a NUL byte or has a broken escape, so plugins never see
- * truncated input. */
-static int decode_query(keel_request *req, const char *raw, const char **value)
-{
-    size_t n = strlen(raw);
-    char *out = keel__req_alloc(req, n + 1);
-    if (out == NULL)
-        return KEEL_ENOMEM;
-    size_t j = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (raw[i] == '%') {
-            int hi = i + 1 < n ? hexval((unsigned char)raw[i + 1]) : -1;
-            int lo = i + 2 < n ? hexval((unsigned char)raw[i + 2]) : -1;
-            if (hi < 0 || lo < 0 || (hi == 0 && lo == 0))
-                return KEEL_EINVAL;
-            out[j++] = (char)(hi * 16 + lo);
-            i += 2;
-        } else if (raw[i] == '+') {
-            out[j++] = ' ';
-        } else {
-            out[j++] = raw[i];
-        }
-    }
-    out[j] = '\0';
-    *value = out;
-    return 0;
-}
-
-static int host_req_query_arg(const keel_request *req, const char *name, const char **value)
-{
-    *value = NULL;
-    if (name == NULL)
-        return KEEL_EINVAL;
-    const char *raw = req->conn != NULL
-                          ? MHD_lookup_connection_value(req->conn, MHD_GET_ARGUMENT_KIND, name)
-                          : keel__synthetic_lookup(req->synthetic ? req->synthetic->query : NULL,
-                                                   name);
-    if (raw == NULL)
-        return KEEL_ENOTFOUND;
-    /* The accessor is const for plugins; the arena is request-owned scratch. */
-    return decode_query((keel_request *)req, raw, value);
-}
-
-static const char *host_req_query(const keel_request *req, const char *name)
-{
-    const char *v;
-    return host_req_query_arg(req, name, &v) == 0 ? v : NULL;
-}
-
-static const char *host_req_header(const keel_request *req, const char *name)
-{
-    if (req->conn == NULL) /* a synthetic request (keel-plugin-check) */
-        return keel__synthetic_lookup(req->synthetic ? req->synthetic->headers : NULL, name);
-    return MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND, name);
-}
-
-static const char *host_req_body(const keel_request *req, size_t *len)
-{
-    if (len != NULL)
-        *len = req->body_len;
-    return req->body;
-}
-
-static void *host_req_alloc(keel_request *req, size_t size)
-{
-    return keel__req_alloc(req, size);
-}
-
-static int host_req_on_cleanup(keel_request *req, void (*fn)(void *), void *arg)
-{
-    return keel__req_on_cleanup(req, fn, arg);
-}
-
 /* ------------------------------------------------------------ responses */
 
 static int host_respond_json(keel_request *req, unsigned status, json_t *body)
@@ -188,130 +85,6 @@ static int host_set_header(keel_request *req, const char *name, const char *valu
         strpbrk(value, "\r\n") != NULL)
         return KEEL_EINVAL;
     return keel__req_add_header(req, name, value);
-}
-
-/* True when containers nest more than limit levels deep.  Recursion is
- * bounded by limit (at most 1024 by configuration) and by jansson's own
- * parser depth limit, whichever is lower. */
-static bool nests_deeper(const json_t *v, int limit)
-{
-    if (!json_is_object(v) && !json_is_array(v))
-        return false;
-    if (limit <= 0)
-        return true;
-    if (json_is_object(v)) {
-        const char *k;
-        json_t *x;
-        json_object_foreach((json_t *)v, k, x) if (nests_deeper(x, limit - 1)) return true;
-        return false;
-    }
-    size_t i;
-    json_t *x;
-    json_array_foreach(v, i, x) if (nests_deeper(x, limit - 1)) return true;
-    return false;
-}
-
-int keel__json_body_parse(const char *body, size_t len, int max_depth, json_t **out, char *msg,
-                          size_t msglen)
-{
-    *out = NULL;
-    if (body == NULL || len == 0) {
-        snprintf(msg, msglen, "Request body is empty");
-        return KEEL_EINVAL;
-    }
-    json_error_t jerr;
-    json_t *v = json_loadb(body, len, JSON_REJECT_DUPLICATES, &jerr);
-    if (v == NULL) {
-        snprintf(msg, msglen, "Malformed JSON body at line %d column %d: %s", jerr.line,
-                 jerr.column, jerr.text);
-        /* jansson quotes the input near the error, which may be invalid
-         * UTF-8; the message goes into a JSON answer, so such bytes (and
-         * control characters) become '?'. */
-        for (char *c = msg; *c != '\0'; c++)
-            if ((unsigned char)*c >= 0x80 || (unsigned char)*c < 0x20)
-                *c = '?';
-        return KEEL_EINVAL;
-    }
-    if (nests_deeper(v, max_depth)) {
-        json_decref(v);
-        snprintf(msg, msglen, "JSON body nests deeper than %d levels", max_depth);
-        return KEEL_EINVAL;
-    }
-    if (!json_is_object(v)) {
-        json_decref(v);
-        snprintf(msg, msglen, "Request body must be a JSON object");
-        return KEEL_EINVAL;
-    }
-    *out = v;
-    return 0;
-}
-
-static bool is_json_content_type(const char *ct)
-{
-    if (ct == NULL)
-        return false;
-    while (*ct == ' ')
-        ct++;
-    size_t n = strlen("application/json");
-    if (strncasecmp(ct, "application/json", n) != 0)
-        return false;
-    return ct[n] == '\0' || ct[n] == ';' || ct[n] == ' ';
-}
-
-static int host_req_json_body(keel_request *req, json_t **out)
-{
-    *out = NULL;
-    if (req->json_body != NULL) {
-        *out = req->json_body;
-        return 0;
-    }
-    if (!is_json_content_type(host_req_header(req, "Content-Type"))) {
-        keel__respond_detail(req, 415, "Content-Type must be application/json");
-        return KEEL_EINVAL;
-    }
-    if (req->body_too_large) {
-        keel__respond_detail(req, 413, "Request body too large");
-        return KEEL_ETOOBIG;
-    }
-    int max_depth = keel__rt.conf ? keel__rt.conf->limits.max_json_depth : 32;
-    char msg[256];
-    json_t *v;
-    if (keel__json_body_parse(req->body, req->body_len, max_depth, &v, msg, sizeof msg) != 0) {
-        keel__respond_detail(req, 400, msg);
-        return KEEL_EINVAL;
-    }
-    req->json_body = v;
-    *out = v;
-    return 0;
-}
-
-/* ------------------------------------------------------------ the user */
-
-static const char *host_req_user(const keel_request *req, int field)
-{
-    if (!req->has_principal)
-        return NULL;
-    const struct keel__principal *p = &req->principal;
-    switch (field) {
-    case KEEL_USER_ID:
-        return p->user_id;
-    case KEEL_USER_SUPABASE_ID:
-        return p->supabase_id;
-    case KEEL_USER_EMAIL:
-        return p->email;
-    case KEEL_USER_FULL_NAME:
-        return p->full_name;
-    case KEEL_USER_ROLE:
-        return p->role;
-    case KEEL_USER_STATUS:
-        return p->status;
-    case KEEL_USER_TIER:
-        return p->tier;
-    case KEEL_USER_SYNCED:
-        return p->synced ? "1" : "0";
-    default:
-        return NULL;
-    }
 }
 
 /* ------------------------------------------------------------ database */
@@ -471,19 +244,19 @@ static const keel_host host_api = {
     .abi_major = KEEL_ABI_MAJOR,
     .abi_minor = KEEL_ABI_MINOR,
     .log = host_log,
-    .req_method = host_req_method,
-    .req_path = host_req_path,
-    .req_param = host_req_param,
-    .req_query = host_req_query,
-    .req_header = host_req_header,
-    .req_body = host_req_body,
-    .req_alloc = host_req_alloc,
-    .req_on_cleanup = host_req_on_cleanup,
+    .req_method = keel__req_method,
+    .req_path = keel__req_path,
+    .req_param = keel__req_param,
+    .req_query = keel__req_query,
+    .req_header = keel__req_header,
+    .req_body = keel__req_body,
+    .req_alloc = keel__req_alloc,
+    .req_on_cleanup = keel__req_on_cleanup,
     .respond_json = host_respond_json,
     .respond_error = host_respond_error,
     .set_header = host_set_header,
-    .req_json_body = host_req_json_body,
-    .req_user = host_req_user,
+    .req_json_body = keel__req_json_body,
+    .req_user = keel__req_user,
     .db_query = host_db_query,
     .db_transaction = host_db_transaction,
     .db_tx_query = host_db_tx_query,
@@ -493,7 +266,7 @@ static const keel_host host_api = {
     .db_last_error = host_db_last_error,
     .db_affected = host_db_affected,
     .db_result_free = host_db_result_free,
-    .req_query_arg = host_req_query_arg,
+    .req_query_arg = keel__req_query_arg,
     .task_add = keel__host_task_add,
     .task_notify = keel__host_task_notify,
     .task_stopping = keel__host_task_stopping,

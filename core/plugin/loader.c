@@ -17,8 +17,7 @@
 
 #include "util/log.h"
 #include "plugin/tasks.h"
-#include "data/db.h"
-#include "http/server.h"
+#include "data/migrate.h"
 
 /* Loads are serialised: libltdl keeps global state, and so does the message
  * our loader vtable leaves for the caller. */
@@ -101,8 +100,15 @@ int keel__loader_init(void)
     return 0;
 }
 
+/* Where plugins' own migrations are checked; NULL (keel-plugin-check, no
+ * database) skips the check. */
+static char *schema_conninfo, *schema_dir;
+
 void keel__loader_shutdown(void)
 {
+    free(schema_conninfo);
+    free(schema_dir);
+    schema_conninfo = schema_dir = NULL;
     if (copy_dir[0] != '\0' && rmdir(copy_dir) != 0 && errno != ENOENT)
         log_warn("cannot remove %s: %s", copy_dir, strerror(errno));
     copy_dir[0] = '\0';
@@ -308,20 +314,31 @@ static void generation_destroy(struct keel__generation *g)
     free(g);
 }
 
+int keel__loader_set_schema(const char *conninfo, const char *migrations_dir)
+{
+    free(schema_conninfo);
+    free(schema_dir);
+    schema_conninfo = conninfo != NULL && *conninfo != '\0' ? strdup(conninfo) : NULL;
+    schema_dir = migrations_dir != NULL ? strdup(migrations_dir) : NULL;
+    return (conninfo != NULL && *conninfo != '\0' && schema_conninfo == NULL) ||
+                   (migrations_dir != NULL && schema_dir == NULL)
+               ? KEEL_ENOMEM
+               : 0;
+}
+
 /* True (with a message) when the plugin's own migrations are not all
  * applied: its code would meet tables it does not know.  A database that
  * cannot be reached does not refuse the plugin; it serves degraded answers. */
 static bool schema_behind(const struct keel__manifest *m, char *msg, size_t msglen)
 {
-    const struct keel__conf *c = keel__rt.conf;
-    if (c == NULL || c->database.url == NULL || *c->database.url == '\0')
+    if (schema_conninfo == NULL)
         return false;
-    char *dir = keel__plugin_migrations_dir(m->migrations, c->database.migrations_dir);
+    char *dir = keel__plugin_migrations_dir(m->migrations, schema_dir);
     if (dir == NULL)
         return false;
     int behind = 0;
     char err[400];
-    int rc = keel__db_plugin_schema_behind(c->database.url, m->name, dir, &behind, err, sizeof err);
+    int rc = keel__db_plugin_schema_behind(schema_conninfo, m->name, dir, &behind, err, sizeof err);
     bool refuse = false;
     if (rc == KEEL_EDB_UNAVAILABLE) {
         keel__log(KEEL_LOG_WARN, m->name, "cannot check its schema (%s); loading anyway", err);
@@ -416,6 +433,15 @@ int keel__generation_load(const struct keel__manifest *m, uint64_t number, const
         return KEEL_EABI;
     }
 
+    /* Every route must agree with the manifest, which is where its auth
+     * level and fallback are decided.  Checked before init, so a plugin
+     * refused for its routes has run none of its code but the entry point. */
+    if (check_routes(m, g->desc, msg, sizeof msg) != 0) {
+        generation_destroy(g);
+        fail(err, KEEL__STAGE_ROUTES, KEEL__REASON_LOAD_FAILED, "%s", msg);
+        return KEEL_EROUTES;
+    }
+
     if (m->migrations != NULL && schema_behind(m, msg, sizeof msg)) {
         generation_destroy(g);
         fail(err, KEEL__STAGE_INIT, KEEL__REASON_INIT_FAILED, "%s", msg);
@@ -432,16 +458,6 @@ int keel__generation_load(const struct keel__manifest *m, uint64_t number, const
                  keel_strerror(rc));
             return KEEL_EINIT;
         }
-    }
-
-    /* Every route must agree with the manifest, which is where its auth
-     * level and fallback are decided. */
-    if (check_routes(m, g->desc, msg, sizeof msg) != 0) {
-        if (g->desc->fini != NULL)
-            g->desc->fini(g->state);
-        generation_destroy(g);
-        fail(err, KEEL__STAGE_ROUTES, KEEL__REASON_LOAD_FAILED, "%s", msg);
-        return KEEL_EROUTES;
     }
 
     if (keel__tasks_autostart)

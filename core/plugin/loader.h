@@ -6,8 +6,10 @@
  * is really loaded anew and overwriting the installed file cannot disturb the
  * mapped copy.  The copy is opened through libltdl with a loader that binds
  * every symbol at load time (RTLD_NOW), so a missing symbol fails the load and
- * not the first request.  Stages: dlopen -> abi -> init -> routes; the caller
- * (table.c) adds manifest before and commit after.
+ * not the first request.  Stages: dlopen -> abi -> routes -> init (routes are
+ * checked against the manifest before any plugin code but the entry point
+ * runs); the caller (registry.c, reload.c) adds manifest before and commit
+ * after.
  *
  * A generation is reference counted: the route table that lists it holds one
  * reference and so does every request dispatched on such a table.  When the
@@ -67,6 +69,10 @@ struct keel__generation {
 
 /* Sets up libltdl and the private copy directory.  Call once at start-up. */
 int keel__loader_init(void) KEEL_WARN_UNUSED;
+/* Where each plugin's own migrations ("migrations" in its manifest) are
+ * compared with the database before init (copied; conninfo NULL or ""
+ * turns the check off).  0 or KEEL_ENOMEM. */
+int keel__loader_set_schema(const char *conninfo, const char *migrations_dir) KEEL_WARN_UNUSED;
 /* Removes the private copy directory (generations must be gone). */
 void keel__loader_shutdown(void);
 

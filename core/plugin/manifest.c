@@ -6,7 +6,7 @@
  */
 #include "config.h"
 
-#include "conf/conf.h"
+#include "plugin/manifest.h"
 
 #include <limits.h>
 #include <stdlib.h>
@@ -358,4 +358,14 @@ int keel__manifest_parse(const json_t *obj, const char *source, const char *plug
     if (rc < 0)
         keel__manifest_clear(out);
     return rc;
+}
+
+void keel__manifest_install(void)
+{
+    static const struct keel__manifest_ops ops = {
+        .parse = keel__manifest_parse,
+        .clear = keel__manifest_clear,
+        .resolve_file = keel__manifest_resolve_file,
+    };
+    keel__conf_set_manifest_ops(&ops);
 }

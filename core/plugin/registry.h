@@ -19,6 +19,7 @@
 #include "conf/conf.h"
 #include "http/routes.h"
 #include "plugin/loader.h"
+#include "plugin/manifest.h"
 #include "plugin/snapshot.h"
 
 /*

@@ -9,7 +9,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "data/breaker.h"
+#include "util/time.h"
 #include "http/request.h"
 #include "net/upstream.h"
 #include "http/routes.h"

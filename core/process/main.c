@@ -11,12 +11,14 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "ops/admin.h"
+#include "ops/core_routes.h"
 #include "identity/auth.h"
 #include "conf/conf.h"
 #include "data/db.h"
+#include "data/migrate.h"
 #include "plugin/hostapi.h"
 #include "plugin/loader.h"
+#include "plugin/manifest.h"
 #include "util/log.h"
 #include "ops/metrics.h"
 #include "http/server.h"
@@ -82,6 +84,44 @@ static int setup_auth(const struct keel__conf *c)
         log_warn("auth: no JWT secret or key configured (set KEEL_JWT_SECRET): every token will "
                  "be refused");
     return 0;
+}
+
+/* The HTTP layer's settings; strings stay owned by c, which outlives the
+ * servers. */
+static void setup_http(const struct keel__conf *c)
+{
+    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    keel__rt.server = (struct keel__server_conf){
+        .host = c->server.host,
+        .port = c->server.port,
+        .threads = c->server.threads > 0 ? c->server.threads : (int)(4 * (ncpu > 0 ? ncpu : 1)),
+        .connection_timeout_s = c->server.connection_timeout_s,
+        .admin_host = c->admin.host,
+        .admin_port = c->admin.port,
+        .admin_token = c->admin.token,
+        .access_log = c->log.access_log,
+        .access_json = c->log.access_format != NULL && strcmp(c->log.access_format, "json") == 0,
+    };
+    keel__rt.limits = (struct keel__limits_conf){
+        .max_body_bytes = c->limits.max_body_bytes,
+        .max_admin_body_bytes = c->limits.max_admin_body_bytes,
+        .max_json_depth = c->limits.max_json_depth,
+        .max_header_bytes = c->limits.max_header_bytes,
+        .max_uri_bytes = c->limits.max_uri_bytes,
+        .max_drain_bytes = c->limits.max_drain_bytes,
+        .max_connections = c->limits.max_connections,
+        .max_per_ip = c->limits.max_per_ip,
+        .rate_per_user = c->limits.rate_per_user,
+        .rate_burst = c->limits.rate_burst,
+    };
+    keel__rt.cors = (struct keel__cors_conf){
+        .origins = (const char *const *)c->cors.origins,
+        .norigins = c->cors.norigins,
+        .methods = c->cors.methods,
+        .headers = c->cors.headers,
+        .max_age = c->cors.max_age,
+        .credentials = c->cors.credentials,
+    };
 }
 
 static int setup_db(const struct keel__conf *c)
@@ -259,6 +299,7 @@ int main(int argc, char **argv)
 
     char err[1024];
     struct keel__conf *conf = NULL;
+    keel__manifest_install();
     if (keel__conf_load(confdir, &conf, err, sizeof err) != 0 ||
         keel__conf_apply_env(conf, err, sizeof err) != 0) {
         log_error("configuration error: %s", err);
@@ -267,11 +308,8 @@ int main(int argc, char **argv)
         return 1;
     }
     keel__log_set_level(conf->log.level);
-    keel__rt.conf = conf;
+    setup_http(conf);
     keel__rt.started_at = (int64_t)time(NULL);
-    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
-    keel__rt.threads = conf->server.threads > 0 ? conf->server.threads
-                                                : (int)(4 * (ncpu > 0 ? ncpu : 1));
 
     if (migrate) {
         if (conf->database.url == NULL) {
@@ -323,6 +361,8 @@ int main(int argc, char **argv)
     if (keel__loader_init() != 0)
         goto out;
     loader_up = true;
+    if (keel__loader_set_schema(conf->database.url, conf->database.migrations_dir) != 0)
+        goto out;
     int prc = keel__plugins_start(conf, keel__rt.host, keel__core_routes, keel__ncore_routes);
     plugins_up = true;
 

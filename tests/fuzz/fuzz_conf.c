@@ -19,6 +19,7 @@
 #include <keel/error.h>
 
 #include "conf/conf.h"
+#include "plugin/manifest.h"
 #include "fuzz_common.h"
 
 static char dir[256];
@@ -35,6 +36,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     (void)argc;
     (void)argv;
     fuzz_quiet_logs();
+    keel__manifest_install();
     const char *tmp = getenv("TMPDIR");
     snprintf(dir, sizeof dir, "%s/keel-fuzz-conf-XXXXXX", tmp && *tmp ? tmp : "/tmp");
     if (mkdtemp(dir) == NULL)

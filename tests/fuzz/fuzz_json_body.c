@@ -18,7 +18,7 @@
 #include <keel/error.h>
 
 #include "fuzz_common.h"
-#include "plugin/hostapi.h"
+#include "http/request.h"
 
 #define MAX_DEPTH 32
 

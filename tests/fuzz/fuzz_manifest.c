@@ -21,6 +21,7 @@
 #include <keel/error.h>
 
 #include "conf/conf.h"
+#include "plugin/manifest.h"
 #include "fuzz_common.h"
 #include "http/router.h"
 

@@ -23,8 +23,9 @@
 
 #include <keel/error.h>
 
-#include "ops/admin.h"
+#include "ops/core_routes.h"
 #include "conf/conf.h"
+#include "plugin/manifest.h"
 #include "fuzz_common.h"
 #include "http/router.h"
 

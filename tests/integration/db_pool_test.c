@@ -37,6 +37,7 @@
 
 #include "data/breaker.h"
 #include "data/db.h"
+#include "data/migrate.h"
 #include "util/log.h"
 
 static int checks;

@@ -136,6 +136,49 @@ def test_route_conflict_refused_naming_both_plugins():
     assert 'plugin "example2"' in r.stdout and 'plugin "example"' in r.stdout, r.stdout
 
 
+def abi11_manifest(routes=("status", "query")):
+    return {"plugin": {
+        "name": "abi11", "file": built_plugin("abi11"),
+        "routes": [{"method": "GET", "path": "/api/v1/abi11/" + r, "auth": "public"}
+                   for r in routes]}}
+
+
+def test_plugin_refused_for_its_routes_never_runs_init():
+    # The manifest leaves out a route the plugin implements: the plugin is
+    # refused at the routes stage before its init has any effect, at start
+    # and on reload alike.
+    def mut(k):
+        k.write_conf("70-abi11.json", abi11_manifest(routes=("status",)))
+    with Keeld(mut) as k:
+        k.wait_log(r"plugin abi11 is down: .*stage=routes")
+        assert "abi11 init ran" not in k.log_text()
+        res = k.admin_post("/admin/reload?plugin=abi11").json()
+        assert res["ok"] is False and res["results"][0]["stage"] == "routes", res
+        assert "abi11 init ran" not in k.log_text()
+    # A plugin whose routes conflict with another plugin's is refused before
+    # it is loaded, so its init does not run either.
+    def conflict(k):
+        m = abi11_manifest()
+        m["plugin"]["routes"].append(
+            {"method": "GET", "path": "/api/v1/example/hello", "auth": "public"})
+        k.write_conf("70-abi11.json", m)
+    with Keeld(conflict) as k:
+        k.wait_log(r"plugin abi11 refused: .*example")
+        assert "abi11 init ran" not in k.log_text()
+        assert k.get("/api/v1/example/hello").json()["plugin"] == "example"
+
+
+def test_query_arg_tells_absent_from_malformed():
+    with Keeld(lambda k: k.write_conf("70-abi11.json", abi11_manifest())) as k:
+        k.wait_log(r"abi11 init ran")
+        assert k.get("/api/v1/abi11/query").json() == {"name": "absent", "value": None}
+        assert k.get("/api/v1/abi11/query?name=%zz").json() == {"name": "malformed",
+                                                                "value": None}
+        assert k.get("/api/v1/abi11/query?name=a%00").json()["name"] == "malformed"
+        assert k.get("/api/v1/abi11/query?name=a+b%21").json() == {"name": "present",
+                                                                   "value": "a b!"}
+
+
 # ------------------------------------------------------------------ routing
 
 def test_404_and_405_bodies():

@@ -380,10 +380,21 @@ def test_refused_reloads_keep_the_previous_generation_serving():
         assert "built for ABI 2.3" in r["error"] and "rebuild" in r["error"], r
         assert hello_version(k, token) == "1"
 
-        # init failing and an unresolved symbol: stages init and dlopen.
+        # A plugin whose route table does not match the manifest (init_fail
+        # has no /slow): refused at the routes stage, before its init runs.
         deploy(built_plugin("init_fail"), path)
         _, res = reload(k, "testplug")
+        assert res["testplug"]["ok"] is False and res["testplug"]["stage"] == "routes", res
+        assert "/api/v1/testplug/slow is not implemented" in res["testplug"]["error"], res
+        # With a manifest it matches, init runs and fails: stage init.
+        v1_manifest = k.read_conf("70-testplug.json")
+        hello_only = testplug_manifest(path)
+        hello_only["plugin"]["routes"] = hello_only["plugin"]["routes"][:1]
+        k.write_conf("70-testplug.json", hello_only)
+        _, res = reload(k, "testplug")
         assert res["testplug"]["ok"] is False and res["testplug"]["stage"] == "init", res
+        k.write_conf("70-testplug.json", v1_manifest)
+        # An unresolved symbol: stage dlopen.
         deploy(built_plugin("unresolved"), path)
         _, res = reload(k, "testplug")
         assert res["testplug"]["stage"] == "dlopen", res
@@ -419,7 +430,7 @@ def test_refused_reloads_keep_the_previous_generation_serving():
         c = k.keelctl("reload", "nosuchplugin")
         assert c.returncode != 0 and "nosuchplugin" in c.stdout, c.stdout
 
-        assert metric_value(k, "keel_reloads_total", {"result": "failed"}) == 6
+        assert metric_value(k, "keel_reloads_total", {"result": "failed"}) == 7
         # Failed loads leave nothing mapped behind.
         wait_generations_settle(k)
         assert len(mapped_copies(k.pid, "testplug")) == 1, maps_text(k.pid)

@@ -20,6 +20,7 @@
 #include <keel/plugin.h>
 
 #include "conf/conf.h"
+#include "plugin/manifest.h"
 
 /* The same fallbacks as conf.c, for builds without Makefile.am's flags. */
 #ifndef KEEL_PLUGINDIR
@@ -832,6 +833,7 @@ static void test_shipped_conf_d(void **state)
 
 int main(void)
 {
+    keel__manifest_install();
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_defaults, setup, teardown),
         cmocka_unit_test_setup_teardown(test_every_section, setup, teardown),

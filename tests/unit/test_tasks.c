@@ -15,6 +15,7 @@
 #include <cmocka.h>
 
 #include "data/breaker.h"
+#include "util/time.h"
 #include "net/upstream.h"
 #include "ops/plugin_metrics.h"
 #include "plugin/tasks.h"

@@ -24,6 +24,7 @@
 #include <keel/error.h>
 
 #include "util/log.h"
+#include "data/migrate.h"
 #include "identity/usersync.h"
 
 #define NOW ((int64_t)1700000000)

@@ -1,6 +1,6 @@
 #include "config.h"
 
-#include "ops/admin.h"
+#include "ops/core_routes.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -8,7 +8,6 @@
 #include <time.h>
 
 #include "data/breaker.h"
-#include "plugin/hostapi.h"
 #include "util/log.h"
 #include "ops/metrics.h"
 #include "http/server.h"
@@ -33,6 +32,31 @@ static int route_health(keel_request *req)
     return keel__respond(req, 200, body, strlen(body));
 }
 
+/* The user's wallet balance (0 without a wallet). */
+static int read_balance(keel_request *req, const char *user_id, json_int_t *balance)
+{
+    if (keel__rt.db == NULL) {
+        snprintf(req->db_error, sizeof req->db_error, "no database is configured");
+        return KEEL_EDB_UNAVAILABLE;
+    }
+    keel__db_conn *conn;
+    int rc = keel__db_acquire(keel__rt.db, &conn, req->db_error, sizeof req->db_error);
+    if (rc != 0)
+        return rc;
+    const char *params[] = {user_id};
+    PGresult *res;
+    rc = keel__db_exec(keel__rt.db, conn, "SELECT balance FROM credit_wallets WHERE user_id = $1",
+                       1, params, &res, req->db_error, sizeof req->db_error);
+    keel__db_release(keel__rt.db, conn);
+    if (rc != 0)
+        return rc;
+    *balance = PQntuples(res) > 0 && !PQgetisnull(res, 0, 0)
+                   ? (json_int_t)strtoll(PQgetvalue(res, 0, 0), NULL, 10)
+                   : 0;
+    PQclear(res);
+    return 0;
+}
+
 /* GET /api/v1/auth/me: the principal plus the wallet balance.  Served by the
  * core because it needs nothing but the principal and one indexed read; a
  * failed read degrades the balance to 0 with X-Keel-Degraded. */
@@ -42,14 +66,8 @@ static int route_me(keel_request *req)
     json_int_t balance = 0;
     bool degraded = true;
     if (p->user_id != NULL) {
-        const keel_host *h = keel__host_api();
-        keel_db_result *res;
-        const char *params[] = {p->user_id};
-        if (h->db_query(req, "SELECT balance FROM credit_wallets WHERE user_id = $1", 1, params,
-                        &res) == 0) {
+        if (read_balance(req, p->user_id, &balance) == 0) {
             degraded = false;
-            const char *v = h->db_value(res, 0, 0);
-            balance = v ? strtoll(v, NULL, 10) : 0;
         } else {
             keel__log(KEEL_LOG_WARN, "core", "req=%llu auth/me: balance unavailable: %s",
                       (unsigned long long)req->id, req->db_error);
@@ -72,7 +90,7 @@ static int route_plugins(keel_request *req)
 
 static int route_reload(keel_request *req)
 {
-    const char *only = keel__host_api()->req_query(req, "plugin");
+    const char *only = keel__req_query(req, "plugin");
     bool unknown = false;
     json_t *r = keel__plugins_reload(only && *only ? only : NULL, &unknown);
     if (r == NULL) {
@@ -85,7 +103,7 @@ static int route_reload(keel_request *req)
 
 static int route_status(keel_request *req)
 {
-    const struct keel__conf *c = keel__rt.conf;
+    const struct keel__server_conf *c = &keel__rt.server;
     struct keel__db_stats ds = {0};
     if (keel__rt.db != NULL)
         keel__db_stats(keel__rt.db, &ds);
@@ -93,8 +111,8 @@ static int route_status(keel_request *req)
     if (keel__rt.usersync != NULL)
         keel__usersync_stats(keel__rt.usersync, &us);
     char listen[300], admin[300];
-    snprintf(listen, sizeof listen, "%s:%d", c->server.host, c->server.port);
-    snprintf(admin, sizeof admin, "%s:%d", c->admin.host, c->admin.port);
+    snprintf(listen, sizeof listen, "%s:%d", c->host, c->port);
+    snprintf(admin, sizeof admin, "%s:%d", c->admin_host, c->admin_port);
     long loaded = 0, fallback = 0;
     /* {"<plugin>": generation serving, 0 for stubs}, from the same snapshot
      * as the counts, so `keelctl status` shows what each plugin runs. */
@@ -136,22 +154,8 @@ static int route_metrics(keel_request *req)
     char *text = keel__metrics_render();
     if (text == NULL)
         return keel__respond_detail(req, 500, "Internal Server Error");
-    if (req->responded) {
-        free(text);
-        return KEEL_ERESPONDED;
-    }
-    struct MHD_Response *resp = MHD_create_response_from_buffer(strlen(text), text,
-                                                                MHD_RESPMEM_MUST_FREE);
-    if (resp == NULL) {
-        free(text);
-        return KEEL_ENOMEM;
-    }
-    MHD_add_response_header(resp, "Content-Type", "text/plain; version=0.0.4; charset=utf-8");
-    MHD_queue_response(req->conn, 200, resp);
-    MHD_destroy_response(resp);
-    req->responded = true;
-    req->status = 200;
-    return 0;
+    return keel__respond_owned(req, 200, "text/plain; version=0.0.4; charset=utf-8", text,
+                               strlen(text));
 }
 
 /* POST /admin/usersync/evict {"user": "<email or supabase id>"}: applies a
@@ -159,7 +163,7 @@ static int route_metrics(keel_request *req)
 static int route_evict(keel_request *req)
 {
     json_t *body;
-    if (keel__host_api()->req_json_body(req, &body) != 0)
+    if (keel__req_json_body(req, &body) != 0)
         return 0;
     const char *user = json_string_value(json_object_get(body, "user"));
     if (user == NULL || *user == '\0')

@@ -1,7 +1,7 @@
 /* The core's own routes: /health and /api/v1/auth/me on the main listener,
- * /admin/... and /metrics on the admin listener. */
-#ifndef KEEL_CORE_OPS_ADMIN_H
-#define KEEL_CORE_OPS_ADMIN_H
+ * /health, /admin/... and /metrics on the admin listener. */
+#ifndef KEEL_CORE_OPS_CORE_ROUTES_H
+#define KEEL_CORE_OPS_CORE_ROUTES_H
 
 #include "http/routes.h"
 

@@ -1,0 +1,451 @@
+#include "config.h"
+
+#include "conf/schema.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <keel/error.h>
+#include <keel/plugin.h>
+
+#include "util/log.h"
+
+/* Makefile.am passes the install paths; unit tests built by hand may not. */
+#ifndef KEEL_PLUGINDIR
+#define KEEL_PLUGINDIR "/usr/local/lib/keel"
+#endif
+#ifndef KEEL_DATADIR
+#define KEEL_DATADIR "/usr/local/share/keel"
+#endif
+
+/* Bounds on arrays read from conf.d, so a typo cannot ask for huge tables. */
+#define MAX_ORIGINS 256
+
+int keel__conf_fail(char *err, size_t errlen, const char *fmt, ...)
+{
+    va_list ap;
+    if (err != NULL && errlen > 0) {
+        va_start(ap, fmt);
+        vsnprintf(err, errlen, fmt, ap);
+        va_end(ap);
+    }
+    return KEEL_ECONFIG;
+}
+
+int keel__conf_nomem(char *err, size_t errlen)
+{
+    if (err != NULL && errlen > 0)
+        snprintf(err, errlen, "out of memory");
+    return KEEL_ENOMEM;
+}
+
+int keel__conf_set_string(char **slot, const char *s)
+{
+    char *copy = NULL;
+    if (s != NULL && (copy = strdup(s)) == NULL)
+        return KEEL_ENOMEM;
+    free(*slot);
+    *slot = copy;
+    return 0;
+}
+
+char *keel__path_join(const char *a, const char *b)
+{
+    size_t la = strlen(a), lb = strlen(b);
+    while (la > 1 && a[la - 1] == '/')
+        la--;
+    char *p = malloc(la + 1 + lb + 1);
+    if (p == NULL)
+        return NULL;
+    memcpy(p, a, la);
+    size_t n = la;
+    if (!(la == 1 && a[0] == '/'))
+        p[n++] = '/';
+    memcpy(p + n, b, lb);
+    p[n + lb] = '\0';
+    return p;
+}
+
+bool keel__conf_is_text(const json_t *v)
+{
+    return json_is_string(v) && strlen(json_string_value(v)) == json_string_length(v);
+}
+
+const char *keel__conf_unknown_key(const json_t *obj, const char *const *allowed)
+{
+    const char *key;
+    json_t *value;
+
+    /* jansson has no const iteration; the loop only reads. */
+    json_object_foreach((json_t *)obj, key, value)
+    {
+        size_t i = 0;
+        while (allowed[i] != NULL && strcmp(allowed[i], key) != 0)
+            i++;
+        if (allowed[i] == NULL)
+            return key;
+    }
+    return NULL;
+}
+
+/* ------------------------------------------------------------------ schema */
+
+enum field_type { FT_STRING, FT_INT, FT_LONG, FT_BOOL, FT_CUSTOM };
+
+#define F_NULLABLE 1u    /* JSON null sets NULL */
+#define F_DEFAULT_INT 2u /* FT_CUSTOM: def is the default of an int member */
+
+struct field {
+    const char *key;
+    enum field_type type;
+    size_t offset;
+    unsigned flags;
+    long long min, max;
+    long long def;              /* FT_INT, FT_LONG, FT_BOOL: the default */
+    const char *def_text;       /* FT_STRING: the default, NULL for none */
+    const char *const *choices; /* FT_STRING: allowed values, NULL-terminated */
+    int (*parse)(struct parse_ctx *c, const char *section, const char *key, json_t *value);
+};
+
+struct section {
+    const char *name;
+    const struct field *fields;
+};
+
+/* JSON key = C member name, so the tables name each member once. */
+#define OFF(sec, name) offsetof(struct keel__conf, sec.name)
+#define STRING(sec, name, fl, dflt)                                                                \
+    {                                                                                              \
+        .key = #name, .type = FT_STRING, .offset = OFF(sec, name), .flags = (fl),                  \
+        .def_text = (dflt)                                                                         \
+    }
+#define CHOICE(sec, name, list, dflt)                                                              \
+    {                                                                                              \
+        .key = #name, .type = FT_STRING, .offset = OFF(sec, name), .choices = (list),              \
+        .def_text = (dflt)                                                                         \
+    }
+#define INT(sec, name, lo, hi, dflt)                                                               \
+    {                                                                                              \
+        .key = #name, .type = FT_INT, .offset = OFF(sec, name), .min = (lo), .max = (hi),          \
+        .def = (dflt)                                                                              \
+    }
+#define LONG(sec, name, lo, hi, dflt)                                                              \
+    {                                                                                              \
+        .key = #name, .type = FT_LONG, .offset = OFF(sec, name), .min = (lo), .max = (hi),         \
+        .def = (dflt)                                                                              \
+    }
+#define BOOL(sec, name, dflt)                                                                      \
+    {                                                                                              \
+        .key = #name, .type = FT_BOOL, .offset = OFF(sec, name), .def = (dflt)                     \
+    }
+/* A key with its own parser; its member (if any) starts zeroed. */
+#define CUSTOM(name, fn)                                                                           \
+    {                                                                                              \
+        .key = (name), .type = FT_CUSTOM, .parse = (fn)                                            \
+    }
+/* A custom key that sets one int member, with a default. */
+#define CUSTOM_INT(sec, name, fn, dflt)                                                            \
+    {                                                                                              \
+        .key = #name, .type = FT_CUSTOM, .offset = OFF(sec, name), .parse = (fn), .def = (dflt),   \
+        .flags = F_DEFAULT_INT                                                                     \
+    }
+
+static int parse_log_level(struct parse_ctx *c, const char *section, const char *key, json_t *v);
+static int parse_origins(struct parse_ctx *c, const char *section, const char *key, json_t *v);
+
+static const char *const access_formats[] = {"text", "json", NULL};
+
+/* Each default lives here, beside its key; conf.h says what each means. */
+static const struct field server_fields[] = {
+    STRING(server, host, 0, "127.0.0.1"),
+    INT(server, port, 1, 65535, 8080),
+    INT(server, threads, 0, 1024, 0),
+    INT(server, connection_timeout_s, 1, 3600, 30),
+    INT(server, shutdown_timeout_s, 0, 3600, 10),
+    STRING(server, plugin_dir, 0, KEEL_PLUGINDIR),
+    {0},
+};
+
+static const struct field admin_fields[] = {
+    STRING(admin, host, 0, "127.0.0.1"),
+    INT(admin, port, 1, 65535, 8081),
+    STRING(admin, token, F_NULLABLE, NULL),
+    {0},
+};
+
+static const struct field log_fields[] = {
+    CUSTOM_INT(log, level, parse_log_level, KEEL_LOG_INFO),
+    STRING(log, access_log, F_NULLABLE, NULL),
+    CHOICE(log, access_format, access_formats, "text"),
+    {0},
+};
+
+static const struct field database_fields[] = {
+    STRING(database, url, F_NULLABLE, NULL),
+    INT(database, pool_size, 1, 1024, 8),
+    INT(database, pool_wait_ms, 0, 600000, 2000),
+    INT(database, connect_timeout_s, 1, 300, 3),
+    INT(database, statement_timeout_ms, 0, 3600000, 5000),
+    INT(database, lock_timeout_ms, 0, 3600000, 2000),
+    INT(database, breaker_failures, 1, 1000, 3),
+    INT(database, breaker_open_ms, 1, 3600000, 2000),
+    STRING(database, migrations_dir, 0, KEEL_DATADIR "/migrations"),
+    {0},
+};
+
+static const struct field auth_fields[] = {
+    STRING(auth, jwt_secret, F_NULLABLE, NULL),
+    CUSTOM("jwt_secret_file", keel__conf_parse_secret_file),
+    STRING(auth, jwt_kid, F_NULLABLE, NULL),
+    CUSTOM("keys", keel__conf_parse_keys),
+    STRING(auth, issuer, F_NULLABLE, NULL),
+    STRING(auth, audience, 0, "authenticated"),
+    INT(auth, leeway_s, 0, 3600, 30),
+    INT(auth, max_token_bytes, 256, 1048576, 8192),
+    {0},
+};
+
+static const struct field usersync_fields[] = {
+    INT(usersync, ttl_s, 0, 86400, 300),
+    INT(usersync, max_entries, 0, 10000000, 10000),
+    LONG(usersync, initial_credits, 0, 1000000000, 0),
+    {0},
+};
+
+static const struct field cors_fields[] = {
+    CUSTOM("origins", parse_origins),
+    STRING(cors, methods, 0, "GET, POST, PUT, PATCH, DELETE, OPTIONS"),
+    STRING(cors, headers, 0, "Authorization, Content-Type"),
+    INT(cors, max_age, 0, 86400, 600),
+    BOOL(cors, credentials, false),
+    {0},
+};
+
+static const struct field limits_fields[] = {
+    LONG(limits, max_body_bytes, 1, 1073741824, 1024L * 1024),
+    LONG(limits, max_admin_body_bytes, 1, 1073741824, 256L * 1024 * 1024),
+    INT(limits, max_json_depth, 1, 1024, 32),
+    LONG(limits, max_header_bytes, 1024, 1048576, 16L * 1024),
+    INT(limits, max_uri_bytes, 256, 1048576, 8192),
+    LONG(limits, max_drain_bytes, 0, 1073741824, 32L * 1024 * 1024),
+    INT(limits, max_connections, 1, 1000000, 1024),
+    INT(limits, max_per_ip, 0, 1000000, 0),
+    INT(limits, rate_per_user, 0, 1000000, 0),
+    INT(limits, rate_burst, 0, 1000000, 0),
+    {0},
+};
+
+static const struct section sections[] = {
+    {"server", server_fields},     {"admin", admin_fields},   {"log", log_fields},
+    {"database", database_fields}, {"auth", auth_fields},     {"usersync", usersync_fields},
+    {"cors", cors_fields},         {"limits", limits_fields},
+};
+#define NSECTIONS (sizeof sections / sizeof sections[0])
+
+const char *const keel__conf_section_names[] = {"server", "admin",    "log",  "database",
+                                                "auth",   "usersync", "cors", "limits"};
+const size_t keel__conf_nsections = NSECTIONS;
+
+static int apply_field(struct parse_ctx *c, const char *section, const struct field *f, json_t *v)
+{
+    char *base = (char *)c->conf;
+
+    switch (f->type) {
+    case FT_STRING: {
+        char **slot = (char **)(base + f->offset);
+        if (json_is_null(v) && (f->flags & F_NULLABLE)) {
+            free(*slot);
+            *slot = NULL;
+            return 0;
+        }
+        if (!keel__conf_is_text(v) || json_string_length(v) == 0) {
+            return keel__conf_fail(c->err, c->errlen, "%s: %s.%s: expected a non-empty string%s",
+                                   c->file, section, f->key,
+                                   (f->flags & F_NULLABLE) ? " or null" : "");
+        }
+        const char *s = json_string_value(v);
+        if (f->choices) {
+            size_t i;
+            for (i = 0; f->choices[i] && strcmp(f->choices[i], s) != 0; i++)
+                ;
+            if (f->choices[i] == NULL) {
+                char list[128] = "";
+                size_t used = 0;
+                for (i = 0; f->choices[i]; i++) {
+                    int w = snprintf(list + used, sizeof list - used, "%s\"%s\"", i ? ", " : "",
+                                     f->choices[i]);
+                    if (w > 0 && (size_t)w < sizeof list - used)
+                        used += (size_t)w;
+                }
+                return keel__conf_fail(c->err, c->errlen, "%s: %s.%s: expected one of %s", c->file,
+                                       section, f->key, list);
+            }
+        }
+        return keel__conf_set_string(slot, s) < 0 ? keel__conf_nomem(c->err, c->errlen) : 0;
+    }
+    case FT_INT:
+    case FT_LONG: {
+        if (!json_is_integer(v) || json_integer_value(v) < f->min ||
+            json_integer_value(v) > f->max) {
+            return keel__conf_fail(c->err, c->errlen, "%s: %s.%s: expected an integer %lld-%lld",
+                                   c->file, section, f->key, f->min, f->max);
+        }
+        if (f->type == FT_INT)
+            *(int *)(base + f->offset) = (int)json_integer_value(v);
+        else
+            *(long *)(base + f->offset) = (long)json_integer_value(v);
+        return 0;
+    }
+    case FT_BOOL:
+        if (!json_is_boolean(v))
+            return keel__conf_fail(c->err, c->errlen, "%s: %s.%s: expected true or false", c->file,
+                                   section, f->key);
+        *(bool *)(base + f->offset) = json_is_true(v);
+        return 0;
+    case FT_CUSTOM:
+        return f->parse(c, section, f->key, v);
+    }
+    return keel__conf_fail(c->err, c->errlen, "%s: %s.%s: internal error", c->file, section,
+                           f->key);
+}
+
+int keel__conf_apply_section(struct parse_ctx *c, size_t index, json_t *obj)
+{
+    const struct section *sec = &sections[index];
+    const char *key;
+    json_t *value;
+
+    if (!json_is_object(obj))
+        return keel__conf_fail(c->err, c->errlen, "%s: %s: expected an object", c->file, sec->name);
+    c->section = obj;
+    json_object_foreach(obj, key, value)
+    {
+        const struct field *f = sec->fields;
+        while (f->key && strcmp(f->key, key) != 0)
+            f++;
+        if (f->key == NULL)
+            return keel__conf_fail(c->err, c->errlen, "%s: %s.%s: unknown key", c->file, sec->name,
+                                   key);
+        int rc = apply_field(c, sec->name, f, value);
+        if (rc < 0)
+            return rc;
+    }
+    return 0;
+}
+
+static int parse_log_level(struct parse_ctx *c, const char *section, const char *key, json_t *v)
+{
+    int level = json_is_string(v) ? keel__log_parse_level(json_string_value(v)) : -1;
+    if (level < 0)
+        return keel__conf_fail(c->err, c->errlen,
+                               "%s: %s.%s: expected one of \"error\", \"warn\", \"info\", "
+                               "\"debug\"",
+                               c->file, section, key);
+    c->conf->log.level = level;
+    return 0;
+}
+
+/* "*" or scheme://host[:port] exactly as a browser sends it in Origin. */
+static bool valid_origin(const char *s)
+{
+    if (strcmp(s, "*") == 0)
+        return true;
+    const char *rest;
+    if (strncmp(s, "http://", 7) == 0)
+        rest = s + 7;
+    else if (strncmp(s, "https://", 8) == 0)
+        rest = s + 8;
+    else
+        return false;
+    if (*rest == '\0' || *rest == ':')
+        return false;
+    for (const char *p = rest; *p; p++) {
+        unsigned char ch = (unsigned char)*p;
+        if (ch <= 0x20 || ch >= 0x7f || ch == '/' || ch == '?' || ch == '#' || ch == '@')
+            return false;
+    }
+    return true;
+}
+
+static void free_origins(struct keel__conf *conf)
+{
+    for (size_t i = 0; i < conf->cors.norigins; i++)
+        free(conf->cors.origins[i]);
+    free(conf->cors.origins);
+    conf->cors.origins = NULL;
+    conf->cors.norigins = 0;
+}
+
+static int parse_origins(struct parse_ctx *c, const char *section, const char *key, json_t *v)
+{
+    struct keel__conf *conf = c->conf;
+
+    if (!json_is_array(v) || json_array_size(v) > MAX_ORIGINS)
+        return keel__conf_fail(c->err, c->errlen,
+                               "%s: %s.%s: expected an array of at most %d strings", c->file,
+                               section, key, MAX_ORIGINS);
+    free_origins(conf);
+    size_t n = json_array_size(v);
+    if (n == 0)
+        return 0;
+    conf->cors.origins = calloc(n, sizeof *conf->cors.origins);
+    if (conf->cors.origins == NULL)
+        return keel__conf_nomem(c->err, c->errlen);
+    for (size_t i = 0; i < n; i++) {
+        json_t *o = json_array_get(v, i);
+        if (!keel__conf_is_text(o) || !valid_origin(json_string_value(o)))
+            return keel__conf_fail(c->err, c->errlen,
+                                   "%s: %s.%s[%zu]: expected \"*\" or an origin like "
+                                   "\"https://example.com:8443\" (no path, no trailing slash)",
+                                   c->file, section, key, i);
+        conf->cors.origins[i] = strdup(json_string_value(o));
+        if (conf->cors.origins[i] == NULL)
+            return keel__conf_nomem(c->err, c->errlen);
+        conf->cors.norigins = i + 1;
+    }
+    return 0;
+}
+
+int keel__conf_set_defaults(struct keel__conf *conf)
+{
+    char *base = (char *)conf;
+    for (size_t s = 0; s < NSECTIONS; s++) {
+        for (const struct field *f = sections[s].fields; f->key != NULL; f++) {
+            switch (f->type) {
+            case FT_STRING:
+                if (keel__conf_set_string((char **)(base + f->offset), f->def_text) < 0)
+                    return KEEL_ENOMEM;
+                break;
+            case FT_INT:
+                *(int *)(base + f->offset) = (int)f->def;
+                break;
+            case FT_LONG:
+                *(long *)(base + f->offset) = (long)f->def;
+                break;
+            case FT_BOOL:
+                *(bool *)(base + f->offset) = f->def != 0;
+                break;
+            case FT_CUSTOM:
+                if (f->flags & F_DEFAULT_INT)
+                    *(int *)(base + f->offset) = (int)f->def;
+                break;
+            }
+        }
+    }
+    return 0;
+}
+
+void keel__conf_free_members(struct keel__conf *conf)
+{
+    char *base = (char *)conf;
+    for (size_t s = 0; s < NSECTIONS; s++)
+        for (const struct field *f = sections[s].fields; f->key != NULL; f++)
+            if (f->type == FT_STRING) {
+                free(*(char **)(base + f->offset));
+                *(char **)(base + f->offset) = NULL;
+            }
+    keel__conf_free_keys(conf);
+    free_origins(conf);
+}

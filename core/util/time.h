@@ -1,0 +1,13 @@
+/* Clocks the core measures with: monotonic, so wall-clock steps never make
+ * a timeout fire early or a latency negative. */
+#ifndef KEEL_CORE_UTIL_TIME_H
+#define KEEL_CORE_UTIL_TIME_H
+
+#include <stdint.h>
+
+/* CLOCK_MONOTONIC in nanoseconds. */
+int64_t keel__monotonic_ns(void);
+/* CLOCK_MONOTONIC in milliseconds. */
+int64_t keel__now_ms(void);
+
+#endif
