@@ -34,6 +34,9 @@ struct keel_task {
     atomic_bool finished;
     /* Gives the run's request a plugin name for log lines. */
     struct keel__route route;
+    /* Overruns are logged at most once a minute, with the count since. */
+    unsigned long overruns;
+    int64_t overrun_logged_ms;
 };
 
 struct keel__gen_res {
@@ -240,9 +243,18 @@ static void run_once(struct keel_task *t)
     if (rc != 0)
         keel__log(KEEL_LOG_WARN, t->owner->plugin, "task %s returned %d (%s)", t->name, rc,
                   keel_strerror(rc));
-    if (t->every_ms > 0 && took > (int64_t)t->every_ms && !atomic_load(&t->stop))
-        keel__log(KEEL_LOG_WARN, t->owner->plugin, "task %s overran: ran %lld ms, period %u ms",
-                  t->name, (long long)took, t->every_ms);
+    if (t->every_ms > 0 && took > (int64_t)t->every_ms && !atomic_load(&t->stop)) {
+        t->overruns++;
+        int64_t now = keel__now_ms();
+        if (t->overrun_logged_ms == 0 || now - t->overrun_logged_ms >= 60000) {
+            keel__log(KEEL_LOG_WARN, t->owner->plugin,
+                      "task %s overran: ran %lld ms, period %u ms (%lu overrun(s) since the last "
+                      "such line)",
+                      t->name, (long long)took, t->every_ms, t->overruns);
+            t->overruns = 0;
+            t->overrun_logged_ms = now;
+        }
+    }
 }
 
 static void *task_main(void *arg)

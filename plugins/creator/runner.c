@@ -35,6 +35,9 @@
 #define RUNNER_PERIOD_MS 500
 #define RUNNER_WORKERS_MAX 8
 #define RUNNER_WHY_MAX 300
+/* Jobs per run: what one run holds stays on its request until it returns,
+ * so a long queue is worked through in bounded runs, back to back. */
+#define RUNNER_JOBS_PER_RUN 25
 
 struct creator_runner {
     int kind;
@@ -207,11 +210,15 @@ static int runner_task(keel_task *task, keel_request *req, void *arg)
     char lease[24];
 
     snprintf(lease, sizeof lease, "%lld", r->lease_s);
-    while (!h->task_stopping(task)) {
+    for (int done = 0; !h->task_stopping(task); done++) {
         keel_db_result *res = NULL;
         char id[64], username[64];
         long long attempts = 0;
 
+        if (done == RUNNER_JOBS_PER_RUN) {
+            h->task_notify(task); /* the next run starts at once */
+            return 0;
+        }
         /* While the breaker is open every call would fail at once: leave
          * the jobs queued (and their attempts unspent) until it closes. */
         if (h->upstream_open(r->up))
@@ -221,6 +228,7 @@ static int runner_task(keel_task *task, keel_request *req, void *arg)
             return 0;
         if (h->db_rows(res) != 1)
             return 0;
+
         snprintf(id, sizeof id, "%s", creator_col(res, 0, "id"));
         snprintf(username, sizeof username, "%s", creator_col(res, 0, "username"));
         if (!creator_parse_ll(creator_col(res, 0, "attempts"), &attempts))
