@@ -353,7 +353,9 @@ static int cmd_reload(const struct ctl *ctl, const char *plugin)
         target = xstrdup("/admin/reload");
     }
     struct reply r;
-    int rc = call(ctl, "POST", target, NULL, NULL, 0, 0, &r);
+    /* The admin listener takes writes only with a JSON content type (a
+     * browser cannot send that cross-site without a preflight). */
+    int rc = call(ctl, "POST", target, "application/json", NULL, 0, 0, &r);
     free(target);
     if (rc != EXIT_OK)
         return rc;

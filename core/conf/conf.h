@@ -44,6 +44,9 @@ struct keel__manifest_route {
     json_t *fallback;         /* body for a user when the plugin is down; owned, never
                               NULL ({"detail":"Service unavailable"} by default) */
     json_t *fallback_headers; /* object of string values to add, owned; NULL = none */
+    /* "body": "stream": the body is spooled to a temporary file and read by
+     * line (keel_host.req_body_line) instead of held in memory. */
+    bool stream_body;
 };
 
 /* A plugin manifest: everything the core knows without loading the .so. */
@@ -85,6 +88,10 @@ struct keel__conf {
         char *host;  /* default 127.0.0.1 */
         int port;    /* default 8081 */
         char *token; /* required when host is not loopback */
+        /* Host names (besides the bound address, and localhost on loopback)
+         * the admin listener answers to; any other Host gets 421. */
+        char **allowed_hosts;
+        size_t nallowed_hosts;
     } admin;
 
     struct {
@@ -138,10 +145,15 @@ struct keel__conf {
 
     struct {
         long max_body_bytes;       /* default 1 MiB */
-        long max_admin_body_bytes; /* admin listener (imports), default 256 MiB */
-        int max_json_depth;        /* default 32 */
-        long max_header_bytes;     /* request headers, default 16 KiB: 431 past it */
-        int max_uri_bytes;         /* path and query string, default 8 KiB: 414 past it */
+        long max_admin_body_bytes; /* admin listener, default 1 MiB */
+        /* Admin routes whose manifest says "body": "stream" (the NDJSON
+         * import) spool their body to a temporary file: default 256 MiB. */
+        long max_admin_stream_bytes;
+        int max_admin_bodies;     /* admin requests with a body at once, default 2 */
+        long max_body_line_bytes; /* one line of a streamed body, default 8 MiB */
+        int max_json_depth;       /* default 32 */
+        long max_header_bytes;    /* request headers, default 16 KiB: 431 past it */
+        int max_uri_bytes;        /* path and query string, default 8 KiB: 414 past it */
         /* An oversized chunked body is read and thrown away for up to this
          * many more bytes so the client still gets its 413; past that the
          * connection is closed.  Default 32 MiB. */

@@ -33,7 +33,10 @@ struct keel__server_conf {
     const char *admin_host;
     int admin_port;
     const char *admin_token; /* required when the admin host is not loopback */
-    const char *access_log;  /* "-", a path, or NULL for none */
+    /* Host names the admin listener answers to besides its address. */
+    const char *const *admin_allowed_hosts;
+    size_t admin_nallowed_hosts;
+    const char *access_log; /* "-", a path, or NULL for none */
     bool access_json;
 };
 
@@ -41,6 +44,9 @@ struct keel__server_conf {
 struct keel__limits_conf {
     long max_body_bytes;
     long max_admin_body_bytes;
+    long max_admin_stream_bytes; /* routes with "body": "stream" (core/http/body.h) */
+    int max_admin_bodies;        /* admin requests with a body at once */
+    long max_body_line_bytes;    /* one line of a streamed body */
     int max_json_depth;
     long max_header_bytes; /* 431 past it */
     int max_uri_bytes;     /* 414 past it */

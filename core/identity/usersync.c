@@ -407,16 +407,37 @@ void keel__usersync_free(keel__usersync *us)
     free(us);
 }
 
+/* What the cache last knew of a user whose entry no longer answers, for a
+ * sync that fails. */
+struct last_known {
+    bool have;
+    char role[64];
+    char status[64];
+    char tier[64];
+};
+
+static void remember(struct last_known *lk, const struct entry *e)
+{
+    const char *role = e->off[F_ROLE] == NO_FIELD ? "user" : e->blob + e->off[F_ROLE];
+    const char *status = e->off[F_STATUS] == NO_FIELD ? "active" : e->blob + e->off[F_STATUS];
+    const char *tier = e->off[F_TIER] == NO_FIELD ? "free" : e->blob + e->off[F_TIER];
+    lk->have = true;
+    snprintf(lk->role, sizeof lk->role, "%s", role);
+    snprintf(lk->status, sizeof lk->status, "%s", status);
+    snprintf(lk->tier, sizeof lk->tier, "%s", tier);
+}
+
 /*
  * The hit path.  Returns true when the cache answered: *rc is then 0 with *p
- * filled, or KEEL_ENOMEM.  On a miss an expired entry is dropped and *gen is
- * the shard's generation, for cache_put.
+ * filled, or KEEL_ENOMEM.  On a miss *gen is the shard's generation, for
+ * cache_put, and an entry that exists but no longer answers (expired, or
+ * synced with another email) is kept, its role, status and tier copied to
+ * *lk: they are the user's last known state should the sync fail.
  */
 static bool cache_lookup(struct shard *sh, uint64_t hash, const struct keel__claims *c, int64_t now,
                          void *(*alloc)(void *ctx, size_t size), void *ctx,
-                         struct keel__principal *p, int *rc, uint64_t *gen)
+                         struct keel__principal *p, int *rc, uint64_t *gen, struct last_known *lk)
 {
-    struct entry *stale = NULL;
     bool hit = false;
 
     pthread_mutex_lock(&sh->mu);
@@ -436,15 +457,14 @@ static bool cache_lookup(struct shard *sh, uint64_t hash, const struct keel__cla
         } else {
             *rc = KEEL_ENOMEM;
         }
-    } else if (e != NULL && (now < e->inserted || now >= e->expires)) {
-        /* An entry from the "future" means the wall clock went back; it is
-         * treated as stale rather than trusted for longer than the TTL. */
-        shard_remove(sh, e);
-        stale = e;
+    } else if (e != NULL) {
+        /* Expired (an entry from the "future" means the wall clock went
+         * back: stale too, rather than trusted for longer than the TTL) or
+         * synced with another email.  A successful sync replaces it. */
+        remember(lk, e);
     }
     *gen = sh->generation;
     pthread_mutex_unlock(&sh->mu);
-    free(stale);
     return hit;
 }
 
@@ -529,8 +549,9 @@ int keel__usersync_resolve(keel__usersync *us, const struct keel__claims *claims
     struct shard *sh = shard_of(us, hash);
     uint64_t gen = 0;
     int rc = 0;
+    struct last_known lk = {.have = false};
 
-    if (us->caching && cache_lookup(sh, hash, claims, now, alloc, ctx, p, &rc, &gen)) {
+    if (us->caching && cache_lookup(sh, hash, claims, now, alloc, ctx, p, &rc, &gen, &lk)) {
         counter_add(&sh->hits);
         keel__log(KEEL_LOG_DEBUG, TAG, "SYNC-CACHE: Cache HIT for %s", claims_who(claims));
         return rc;
@@ -568,16 +589,26 @@ int keel__usersync_resolve(keel__usersync *us, const struct keel__claims *claims
         snprintf(err, sizeof err, "%s", keel_strerror(rc));
     /* libpq ends its messages with a newline; the log line is one line. */
     keel__trim_newlines(err, 1);
-    keel__log(KEEL_LOG_WARN, TAG, "user sync failed for %s: %s; using token claims",
-              claims_who(claims), err);
+    /* A user the cache has seen keeps its last known role and status, so an
+     * outage does not lift a suspension; one never seen is admitted on its
+     * claims as an active user, which the log records (docs/reliability.md). */
+    if (lk.have)
+        keel__log(KEEL_LOG_WARN, TAG,
+                  "user sync failed for %s: %s; using token claims and its last known status (%s)",
+                  claims_who(claims), err, lk.status);
+    else
+        keel__log(KEEL_LOG_WARN, TAG,
+                  "user sync failed for %s: %s; using token claims (user never seen: admitted as "
+                  "active)",
+                  claims_who(claims), err);
     const char *v[F_COUNT];
     v[F_USER_ID] = NULL;
     v[F_SUPABASE_ID] = claims->sub;
     v[F_EMAIL] = claims_email(claims);
     v[F_FULL_NAME] = full_name;
-    v[F_ROLE] = "user";
-    v[F_STATUS] = "active";
-    v[F_TIER] = "free";
+    v[F_ROLE] = lk.have ? lk.role : "user";
+    v[F_STATUS] = lk.have ? lk.status : "active";
+    v[F_TIER] = lk.have ? lk.tier : "free";
     return principal_fill(p, v, false, alloc, ctx);
 }
 

@@ -14,6 +14,7 @@
 #include "conf/conf.h"
 #include "data/db.h"
 #include "data/breaker.h"
+#include "plugin/hostapi.h"
 #include "plugin/loader.h"
 #include "http/server.h"
 #include "plugin/registry.h"
@@ -183,6 +184,10 @@ static void render_plugins(struct text *t)
          "# HELP keel_plugin_generations_mapped Plugin generations currently loaded in memory.\n"
          "# TYPE keel_plugin_generations_mapped gauge\nkeel_plugin_generations_mapped %ld\n",
          keel__generations_live());
+    emit(t,
+         "# HELP keel_plugin_db_results_live Database results plugins hold right now.\n"
+         "# TYPE keel_plugin_db_results_live gauge\nkeel_plugin_db_results_live %ld\n",
+         keel__host_results_live());
 }
 
 static void render_db(struct text *t)

@@ -10,6 +10,7 @@
 #include <strings.h>
 
 #include "util/log.h"
+#include "http/body.h"
 #include "net/upstream.h"
 #include "ops/plugin_metrics.h"
 #include "plugin/tasks.h"
@@ -22,6 +23,7 @@
  * statement reuses it (and its cleanup), so freeing keeps memory flat. */
 struct keel_db_result {
     PGresult *pg;
+    keel_request *req; /* the request it belongs to */
     struct keel_db_result *next_spare;
 };
 
@@ -119,6 +121,7 @@ static int own_result(keel_request *req, PGresult *pg, keel_db_result **out)
         }
     }
     r->pg = pg;
+    r->req = req;
     atomic_fetch_add_explicit(&results_live, 1, memory_order_relaxed);
     *out = r;
     return 0;
@@ -138,13 +141,13 @@ static int run_on(keel_request *req, keel__db_conn *conn, const char *sql, int n
     return own_result(req, pg, out);
 }
 
-static void host_db_result_free(keel_request *req, keel_db_result *res)
+static void host_db_result_free(keel_db_result *res)
 {
-    if (req == NULL || res == NULL || res->pg == NULL)
+    if (res == NULL || res->pg == NULL)
         return;
     result_clear(res);
-    res->next_spare = req->spare_results;
-    req->spare_results = res;
+    res->next_spare = res->req->spare_results;
+    res->req->spare_results = res;
 }
 
 static int host_db_query(keel_request *req, const char *sql, int nparams, const char *const *params,
@@ -267,6 +270,7 @@ static const keel_host host_api = {
     .db_affected = host_db_affected,
     .db_result_free = host_db_result_free,
     .req_query_arg = keel__req_query_arg,
+    .req_body_line = keel__body_line,
     .task_add = keel__host_task_add,
     .task_notify = keel__host_task_notify,
     .task_stopping = keel__host_task_stopping,

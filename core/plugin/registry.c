@@ -71,6 +71,7 @@ int keel__manifest_copy(struct keel__manifest *dst, const struct keel__manifest 
         b->path = strdup(a->path);
         b->auth = a->auth;
         b->listener = a->listener;
+        b->stream_body = a->stream_body;
         b->fallback_status = a->fallback_status;
         b->fallback = a->fallback ? json_deep_copy(a->fallback) : NULL;
         b->fallback_headers = a->fallback_headers ? json_deep_copy(a->fallback_headers) : NULL;

@@ -99,12 +99,17 @@ static void setup_http(const struct keel__conf *c)
         .admin_host = c->admin.host,
         .admin_port = c->admin.port,
         .admin_token = c->admin.token,
+        .admin_allowed_hosts = (const char *const *)c->admin.allowed_hosts,
+        .admin_nallowed_hosts = c->admin.nallowed_hosts,
         .access_log = c->log.access_log,
         .access_json = c->log.access_format != NULL && strcmp(c->log.access_format, "json") == 0,
     };
     keel__rt.limits = (struct keel__limits_conf){
         .max_body_bytes = c->limits.max_body_bytes,
         .max_admin_body_bytes = c->limits.max_admin_body_bytes,
+        .max_admin_stream_bytes = c->limits.max_admin_stream_bytes,
+        .max_admin_bodies = c->limits.max_admin_bodies,
+        .max_body_line_bytes = c->limits.max_body_line_bytes,
         .max_json_depth = c->limits.max_json_depth,
         .max_header_bytes = c->limits.max_header_bytes,
         .max_uri_bytes = c->limits.max_uri_bytes,

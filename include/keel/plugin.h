@@ -21,7 +21,8 @@
  *        "db"           db_query .. db_affected
  *   1.1  "db_result_free"  db_result_free
  *        "query_arg"       req_query_arg
- *        "tasks"           task_add .. task_sleep
+ *   1.2  "body_lines"      req_body_line
+ *   1.3  "tasks"           task_add .. task_sleep
  *        "upstream"        upstream_add .. upstream_open
  *        "metrics"         metric_add, metric_observe (and plugin_note)
  *
@@ -66,7 +67,7 @@ extern "C" {
 #endif
 
 #define KEEL_ABI_MAJOR 1
-#define KEEL_ABI_MINOR 1
+#define KEEL_ABI_MINOR 3
 
 /* "KEEL" in ASCII; the first member of every descriptor. */
 #define KEEL_PLUGIN_MAGIC 0x4b45454cu
@@ -80,11 +81,11 @@ typedef struct keel_request keel_request;
 typedef struct keel_db_result keel_db_result;
 /* A database transaction in progress; valid only inside its callback. */
 typedef struct keel_db_tx keel_db_tx;
-/* A background task registered at init (ABI 1.1).  Opaque. */
+/* A background task registered at init (ABI 1.3).  Opaque. */
 typedef struct keel_task keel_task;
-/* An upstream HTTP service declared at init (ABI 1.1).  Opaque. */
+/* An upstream HTTP service declared at init (ABI 1.3).  Opaque. */
 typedef struct keel_upstream keel_upstream;
-/* A plugin metric registered at init (ABI 1.1).  Opaque. */
+/* A plugin metric registered at init (ABI 1.3).  Opaque. */
 typedef struct keel_metric keel_metric;
 
 enum keel_log_level {
@@ -134,7 +135,7 @@ typedef struct keel_route {
 typedef int (*keel_db_tx_fn)(keel_db_tx *tx, void *arg);
 
 /*
- * One run of a background task (ABI 1.1, see task_add).  `req` is a request
+ * One run of a background task (ABI 1.3, see task_add).  `req` is a request
  * the host made for this run alone: it has no connection, user, parameters
  * or body, but log, req_alloc, req_on_cleanup, db_query, db_transaction and
  * upstream_request work on it exactly as in a handler, and everything it
@@ -245,10 +246,11 @@ typedef struct keel_host {
     /*
      * Frees a result now instead of when the request completes, so a
      * handler running many statements (an import) holds one at a time.  res
-     * must not be used afterwards; NULL is ignored.  Capability
+     * must not be used afterwards (it reads as an empty result); NULL is
+     * ignored.  Works inside a transaction callback too.  Capability
      * "db_result_free".
      */
-    void (*db_result_free)(keel_request *req, keel_db_result *res);
+    void (*db_result_free)(keel_db_result *res);
     /*
      * A query-string argument: 0 with *value the decoded text (as
      * req_query), KEEL_ENOTFOUND when the URL has no such argument,
@@ -258,7 +260,20 @@ typedef struct keel_host {
      */
     int (*req_query_arg)(const keel_request *req, const char *name, const char **value);
 
-    /* --- ABI 1.1: background tasks (capability "tasks") ---------------- */
+    /* --- ABI 1.2 ------------------------------------------------------- */
+    /*
+     * The next line of the request body, without its "\n" (a "\r" before
+     * it is kept).  *line is owned by the host and valid until the next
+     * call.  Returns 1 with a line, 0 at the end of the body, KEEL_ETOOBIG
+     * for a line over the host's line limit (skipped: the next call reads
+     * the line after it), or another negative code.  It is the only way to
+     * read the body of a route whose manifest says "body": "stream" (such a
+     * body is spooled to disk, and req_body returns NULL for it); it reads
+     * in-memory bodies as well.  Capability "body_lines".
+     */
+    int (*req_body_line)(keel_request *req, const char **line, size_t *len);
+
+    /* --- ABI 1.3: background tasks (capability "tasks") ---------------- */
     /*
      * Registers a task; only valid while the plugin's init runs.  The host
      * runs fn(task, req, arg) on a thread of its own: every every_ms
@@ -282,7 +297,7 @@ typedef struct keel_host {
      * returns task_stopping().  For backoff inside a run. */
     int (*task_sleep)(keel_task *task, unsigned ms);
 
-    /* --- ABI 1.1: upstream HTTP client (capability "upstream") --------- */
+    /* --- ABI 1.3: upstream HTTP client (capability "upstream") --------- */
     /*
      * Declares an upstream service; only valid while init runs.  config is
      * an object (borrowed):
@@ -322,7 +337,7 @@ typedef struct keel_host {
     /* True while the upstream's circuit breaker would refuse a call now. */
     int (*upstream_open)(const keel_upstream *up);
 
-    /* --- ABI 1.1: plugin metrics (capability "metrics") ---------------- */
+    /* --- ABI 1.3: plugin metrics (capability "metrics") ---------------- */
     /*
      * Registers a metric; only valid while init runs.  name (a Prometheus
      * name, [a-z_][a-z0-9_]*, at most 63) starts with the plugin's name and
@@ -335,7 +350,7 @@ typedef struct keel_host {
     /* Counts, sets or records v (see enum keel_metric_kind); lock-free. */
     void (*metric_observe)(keel_metric *m, double v);
 
-    /* --- ABI 1.1: admin status ------------------------------------------ */
+    /* --- ABI 1.3: admin status ------------------------------------------ */
     /* Sets a one-line note that GET /admin/plugins shows for this
      * generation ("note"), e.g. why a feature is off; only valid while init
      * runs.  text is copied (at most 255 bytes kept).  0 or KEEL_EINVAL. */

@@ -670,7 +670,13 @@ class Keeld:
         return self.request("POST", path, body=body, **kw)
 
     def admin(self, method, path, body=None, headers=None, timeout=10):
-        return http(method, self.admin_url(path), headers=headers, body=body, timeout=timeout)
+        # The admin listener refuses writes without a JSON content type
+        # (docs/reliability.md); send what keelctl sends unless told.
+        hdrs = dict(headers or {})
+        if method not in ("GET", "HEAD", "OPTIONS") and \
+                not any(k.lower() == "content-type" for k in hdrs):
+            hdrs["Content-Type"] = "application/json"
+        return http(method, self.admin_url(path), headers=hdrs, body=body, timeout=timeout)
 
     def admin_get(self, path, **kw):
         return self.admin("GET", path, **kw)

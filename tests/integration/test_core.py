@@ -4,6 +4,7 @@ and the token battery, against the installed keeld on loopback."""
 import base64
 import json
 import os
+import re
 import shutil
 import time
 import uuid
@@ -177,6 +178,17 @@ def test_query_arg_tells_absent_from_malformed():
         assert k.get("/api/v1/abi11/query?name=a%00").json()["name"] == "malformed"
         assert k.get("/api/v1/abi11/query?name=a+b%21").json() == {"name": "present",
                                                                    "value": "a b!"}
+
+
+def test_no_database_result_outlives_its_request():
+    with Keeld() as k:
+        tok = token()
+        for path in ("/api/v1/auth/me", "/api/v1/simple/creator/system/stats",
+                     "/api/v1/simple/creator/unlocked?page=1&page_size=5"):
+            r = k.get(path, token=tok)
+            assert r.status == 200, (path, r)
+        m = re.search(r"^keel_plugin_db_results_live (\d+)$", k.admin_get("/metrics").text, re.M)
+        assert m is not None and m.group(1) == "0", m
 
 
 # ------------------------------------------------------------------ routing

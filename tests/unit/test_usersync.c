@@ -488,6 +488,64 @@ static void test_db_sync_then_hit_then_expiry(void **state)
     keel__db_free(db);
 }
 
+/* A user the cache has seen keeps its last known status (and role) while
+ * the sync cannot run, so a suspension is not lifted by a database outage;
+ * a user never seen is admitted on its claims, and the log says so. */
+static void test_db_down_keeps_last_known_status(void **state)
+{
+    if (!need_db()) {
+        skip();
+        return;
+    }
+    keel__db *db = pool_open(2);
+    struct keel__usersync_conf conf = {.ttl_s = 60, .max_entries = 100};
+    keel__usersync *us = NULL;
+    struct arena a = {0};
+    struct keel__claims c, fresh;
+    struct keel__principal p;
+    char sub[37], email[128], sub2[37], email2[128];
+
+    assert_int_equal(keel__usersync_new(&conf, db, &us), 0);
+    make_sub(sub, 9, 1);
+    make_email(email, sizeof email, "suspended", 1);
+    claims_make(&c, sub, email, NULL, NULL);
+    assert_int_equal(keel__usersync_resolve(us, &c, NOW, arena_alloc, &a, &p), 0);
+    assert_string_equal(p.status, "active");
+    db_command("UPDATE users SET status = 'suspended', role = 'admin' WHERE supabase_user_id = $1",
+               sub, NULL);
+    /* After the TTL the next request syncs and sees the suspension. */
+    assert_int_equal(keel__usersync_resolve(us, &c, NOW + 61, arena_alloc, &a, &p), 0);
+    assert_true(p.synced);
+    assert_string_equal(p.status, "suspended");
+
+    /* The database goes away; the entry expires. */
+    keel__db_note_unreachable(db);
+    int fd = log_capture();
+    assert_int_equal(keel__usersync_resolve(us, &c, NOW + 200, arena_alloc, &a, &p), 0);
+    assert_false(p.synced);
+    assert_string_equal(p.status, "suspended");
+    assert_string_equal(p.role, "admin");
+    assert_string_equal(p.email, email);
+
+    make_sub(sub2, 9, 2);
+    make_email(email2, sizeof email2, "newcomer", 2);
+    claims_make(&fresh, sub2, email2, NULL, NULL);
+    assert_int_equal(keel__usersync_resolve(us, &fresh, NOW + 200, arena_alloc, &a, &p), 0);
+    assert_false(p.synced);
+    assert_string_equal(p.status, "active");
+    char *log = log_read(fd);
+    log_restore(fd);
+    assert_non_null(strstr(log, "its last known status (suspended)"));
+    assert_non_null(strstr(log, "never seen"));
+    free(log);
+
+    claims_release(&c);
+    claims_release(&fresh);
+    arena_done(&a);
+    keel__usersync_free(us);
+    keel__db_free(db);
+}
+
 static void test_db_links_existing_email(void **state)
 {
     if (!need_db()) {
@@ -1049,6 +1107,7 @@ int main(void)
     const struct CMUnitTest with_db[] = {
         cmocka_unit_test(test_db_sync_then_hit_then_expiry),
         cmocka_unit_test(test_db_links_existing_email),
+        cmocka_unit_test(test_db_down_keeps_last_known_status),
         cmocka_unit_test(test_db_evict_and_changes),
         cmocka_unit_test(test_db_lru_eviction),
         cmocka_unit_test(test_db_concurrent_first_requests),
