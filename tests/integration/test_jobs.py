@@ -11,8 +11,7 @@ one deliberately oversized answer.
 import json
 import os
 import secrets
-import shutil
-import signal
+import subprocess
 import threading
 import time
 import uuid
@@ -592,3 +591,32 @@ def test_keelctl_import_exits_non_zero_when_a_line_fails():
         assert r.returncode == 0, r.stdout
         r = k.keelctl("import", bad)
         assert r.returncode != 0 and "line 2" in r.stdout, r.stdout
+
+
+def test_keelctl_on_libcurl_names_the_url_in_its_errors():
+    import socket
+    port = keeltest.free_port()
+    url = "http://127.0.0.1:%d" % port
+    r = subprocess.run([keeltest.KEELCTL, "--admin", url, "plugins"], capture_output=True,
+                       text=True, timeout=30)
+    assert r.returncode != 0
+    assert "cannot connect to %s: Connection refused" % url in r.stderr + r.stdout, r
+    # A listener that answers something that is not HTTP.
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+    url = "http://127.0.0.1:%d" % srv.getsockname()[1]
+
+    def answer():
+        c, _ = srv.accept()
+        c.recv(65536)
+        c.sendall(b"SSH-2.0-OpenSSH\r\n\r\n")
+        c.close()
+    t = threading.Thread(target=answer, daemon=True)
+    t.start()
+    r = subprocess.run([keeltest.KEELCTL, "--admin", url, "plugins"], capture_output=True,
+                       text=True, timeout=30)
+    t.join(5)
+    srv.close()
+    assert r.returncode != 0
+    assert "malformed response from %s" % url in r.stderr + r.stdout, r
