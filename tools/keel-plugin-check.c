@@ -56,6 +56,8 @@
 #include "plugin/loader.h"
 #include "plugin/manifest.h"
 #include "plugin/tasks.h"
+#include "net/upstream.h"
+#include "ops/plugin_metrics.h"
 #include "util/time.h"
 #include "util/log.h"
 #include "http/request.h"
@@ -855,7 +857,9 @@ int main(int argc, char **argv)
 
     int rc;
     if (have_manifest) {
-        if (keel__loader_init() != 0) {
+        /* Plugins' tasks may call upstream services from their own threads:
+         * libcurl's global set-up must happen once, before any of them. */
+        if (keel__upstream_global_init() != 0 || keel__loader_init() != 0) {
             fputs("keel-plugin-check: cannot set up the plugin loader\n", stderr);
             keel__manifest_clear(&m);
             free(plugin);
@@ -864,8 +868,11 @@ int main(int argc, char **argv)
         run_cycles(&c, &m);
         /* Shutting libltdl down closes every module, also one kept loaded
          * because threads still run in it. */
-        if (!c.kept_loaded)
+        if (!c.kept_loaded) {
             keel__loader_shutdown();
+            keel__plugin_metrics_free();
+            keel__upstream_global_cleanup();
+        }
         keel__manifest_clear(&m);
     }
     rc = report(&c);
