@@ -173,7 +173,9 @@ class FakeProvider:
 def with_provider(port, kind="keel", **extra):
     cfg = {"kind": kind,
            "url": "http://127.0.0.1:%d/%s" % (port, "p" if kind == "keel" else "apify"),
-           "timeout_ms": 1000, "max_attempts": 2, "backoff_ms": 200, "lease_s": 4,
+           # Scaled, so a slow run (valgrind) does not turn answers into timeouts.
+           "timeout_ms": int(keeltest.scaled(1000)), "max_attempts": 2, "backoff_ms": 200,
+           "lease_s": int(keeltest.scaled(4)),
            "max_bytes": 1024 * 1024}
     cfg.update(extra)
 
