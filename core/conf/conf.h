@@ -80,8 +80,12 @@ struct keel__conf {
         /* Default 30.  Bounds silence on a connection (libmicrohttpd) and the
          * time a request may take to arrive in full (core/http/deadline.h). */
         int connection_timeout_s;
-        int shutdown_timeout_s; /* SIGTERM drain deadline, default 10 */
-        char *plugin_dir;       /* default KEEL_PLUGINDIR (the install's lib/keel) */
+        int shutdown_timeout_s;   /* SIGTERM drain deadline, default 10 */
+        int drain_s;              /* lame duck: /health answers 503 this long first, default 5 */
+        int workers;              /* worker processes, default 2; 0 = one per online CPU */
+        int worker_max_rss_mb;    /* recycle a worker past this RSS; 0 = off (default) */
+        long worker_max_requests; /* recycle a worker after this many requests; 0 = off */
+        char *plugin_dir;         /* default KEEL_PLUGINDIR (the install's lib/keel) */
     } server;
 
     struct {
@@ -163,6 +167,14 @@ struct keel__conf {
         int rate_per_user;   /* requests per second, 0 = off */
         int rate_burst;      /* default 0 = same as rate_per_user */
     } limits;
+
+    /* Fault containment (docs/operations.md, "Process model"). */
+    struct {
+        int crash_limit;        /* crashes of one generation that quarantine it, default 1 */
+        int crash_window_s;     /* ... counted within this window, default 300 */
+        int handler_timeout_ms; /* a handler running longer is a hang, default 30000 */
+        int init_timeout_ms;    /* a plugin init running longer is refused, default 10000 */
+    } containment;
 
     struct keel__manifest *plugins;
     size_t nplugins;

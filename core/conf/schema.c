@@ -165,6 +165,10 @@ static const struct field server_fields[] = {
     INT(server, threads, 0, 1024, 0),
     INT(server, connection_timeout_s, 1, 3600, 30),
     INT(server, shutdown_timeout_s, 0, 3600, 10),
+    INT(server, drain_s, 0, 3600, 5),
+    INT(server, workers, 0, 256, 2),
+    INT(server, worker_max_rss_mb, 0, 1048576, 0),
+    LONG(server, worker_max_requests, 0, 1000000000000L, 0),
     STRING(server, plugin_dir, 0, KEEL_PLUGINDIR),
     {0},
 };
@@ -242,15 +246,24 @@ static const struct field limits_fields[] = {
     {0},
 };
 
+/* Section "plugins" (the plural: "plugin" is a manifest). */
+static const struct field containment_fields[] = {
+    INT(containment, crash_limit, 1, 1000, 1),
+    INT(containment, crash_window_s, 1, 86400, 300),
+    INT(containment, handler_timeout_ms, 10, 3600000, 30000),
+    INT(containment, init_timeout_ms, 10, 3600000, 10000),
+    {0},
+};
+
 static const struct section sections[] = {
     {"server", server_fields},     {"admin", admin_fields},   {"log", log_fields},
     {"database", database_fields}, {"auth", auth_fields},     {"usersync", usersync_fields},
-    {"cors", cors_fields},         {"limits", limits_fields},
+    {"cors", cors_fields},         {"limits", limits_fields}, {"plugins", containment_fields},
 };
 #define NSECTIONS (sizeof sections / sizeof sections[0])
 
-const char *const keel__conf_section_names[] = {"server", "admin",    "log",  "database",
-                                                "auth",   "usersync", "cors", "limits"};
+const char *const keel__conf_section_names[] = {"server",   "admin", "log",    "database", "auth",
+                                                "usersync", "cors",  "limits", "plugins"};
 const size_t keel__conf_nsections = NSECTIONS;
 
 static int apply_field(struct parse_ctx *c, const char *section, const struct field *f, json_t *v)

@@ -28,6 +28,7 @@
 #include "http/edge.h"
 #include "identity/ratelimit.h"
 #include "http/routes.h"
+#include "process/scoreboard.h"
 #include "util/counters.h"
 #include "util/text.h"
 #include "util/time.h"
@@ -60,6 +61,20 @@ long keel__server_in_flight(void)
     return atomic_load(&in_flight);
 }
 
+long keel__server_connections(void)
+{
+    long n = 0;
+    for (size_t i = 0; i < 2; i++) {
+        if (listeners[i].daemon == NULL)
+            continue;
+        const union MHD_DaemonInfo *info = MHD_get_daemon_info(listeners[i].daemon,
+                                                               MHD_DAEMON_INFO_CURRENT_CONNECTIONS);
+        if (info != NULL)
+            n += (long)info->num_connections;
+    }
+    return n;
+}
+
 unsigned long long keel__server_requests_total(void)
 {
     return atomic_load(&requests_total);
@@ -85,7 +100,12 @@ static void dispatch(keel_request *req)
     if (route->core_handler != NULL) {
         route->core_handler(req);
     } else if (route->handler != NULL) {
+        /* Recorded for the supervisor: a crash or a hang in here is
+         * blamed on this plugin, generation, route and request. */
+        keel__plugin_call_enter(route->plugin, route->generation, KEEL__CALL_HANDLER, route->method,
+                                route->path_template, req->id);
         int rc = route->handler(req, route->state);
+        keel__plugin_call_leave();
         if (!req->responded) {
             keel__log(KEEL_LOG_ERROR, route->plugin,
                       "req=%llu %s %s: handler returned %d (%s) without a response",
@@ -452,6 +472,14 @@ static int start_daemon(struct listener *l, const char *host, int port, unsigned
         return KEEL_ECONFIG;
     }
     l->loopback = is_loopback(ai->ai_addr);
+    int inherited = keel__rt.listen_inherited ? keel__rt.listen_fds[l->index] : -1;
+    if (inherited >= 0) {
+        /* A worker serves the socket its supervisor bound. */
+        struct sockaddr_storage ss;
+        socklen_t sl = sizeof ss;
+        if (getsockname(inherited, (struct sockaddr *)&ss, &sl) == 0)
+            l->loopback = is_loopback((const struct sockaddr *)&ss);
+    }
     /* Before the daemon starts, so no admin request can see it unset. */
     if (l->index == KEEL__LISTENER_ADMIN)
         authorizer.admin_loopback = l->loopback;
@@ -469,7 +497,10 @@ static int start_daemon(struct listener *l, const char *host, int port, unsigned
     size_t n = 0;
     /* The logger must come first or MHD prints early messages itself. */
     opts[n++] = (struct MHD_OptionItem){MHD_OPTION_EXTERNAL_LOGGER, (intptr_t)mhd_log, NULL};
-    opts[n++] = (struct MHD_OptionItem){MHD_OPTION_SOCK_ADDR, 0, ai->ai_addr};
+    if (inherited >= 0)
+        opts[n++] = (struct MHD_OptionItem){MHD_OPTION_LISTEN_SOCKET, inherited, NULL};
+    else
+        opts[n++] = (struct MHD_OptionItem){MHD_OPTION_SOCK_ADDR, 0, ai->ai_addr};
     opts[n++] = (struct MHD_OptionItem){MHD_OPTION_NOTIFY_COMPLETED, (intptr_t)on_completed, NULL};
     opts[n++] = (struct MHD_OptionItem){MHD_OPTION_URI_LOG_CALLBACK, (intptr_t)on_uri, l};
     opts[n++] = (struct MHD_OptionItem){MHD_OPTION_UNESCAPE_CALLBACK, (intptr_t)keep_escaped, NULL};
@@ -560,21 +591,34 @@ int keel__server_start(void)
     return 0;
 }
 
-void keel__server_stop(int timeout_s)
+static MHD_socket quiesced[2] = {MHD_INVALID_SOCKET, MHD_INVALID_SOCKET};
+static bool is_quiesced;
+
+void keel__server_quiesce(void)
 {
     /* Stop accepting first, then let in-flight requests finish.  The
-     * workers drop the quiesced socket from their epoll sets on their own
+     * threads drop the quiesced socket from their epoll sets on their own
      * time, so it is only shut down here (new connections are refused) and
      * closed once the daemons have stopped: closing it now would let its
-     * number be reused under a worker's epoll_ctl. */
-    MHD_socket quiesced[2] = {MHD_INVALID_SOCKET, MHD_INVALID_SOCKET};
+     * number be reused under a thread's epoll_ctl.  A socket inherited from
+     * the supervisor is shared with the other workers and the supervisor:
+     * shutting it down would refuse their connections too, so it is only
+     * left alone (the supervisor closes the listeners when it stops). */
+    if (is_quiesced)
+        return;
+    is_quiesced = true;
     for (size_t i = 0; i < 2; i++) {
         if (listeners[i].daemon == NULL)
             continue;
         quiesced[i] = MHD_quiesce_daemon(listeners[i].daemon);
-        if (quiesced[i] != MHD_INVALID_SOCKET)
+        if (quiesced[i] != MHD_INVALID_SOCKET && !keel__rt.listen_inherited)
             shutdown(quiesced[i], SHUT_RDWR);
     }
+}
+
+void keel__server_stop(int timeout_s)
+{
+    keel__server_quiesce();
     struct timespec start, now;
     clock_gettime(CLOCK_MONOTONIC, &start);
     for (;;) {
@@ -596,7 +640,9 @@ void keel__server_stop(int timeout_s)
         listeners[i].daemon = NULL;
         if (quiesced[i] != MHD_INVALID_SOCKET)
             close(quiesced[i]);
+        quiesced[i] = MHD_INVALID_SOCKET;
     }
+    is_quiesced = false;
     keel__deadlines_stop(deadlines);
     deadlines = NULL;
     keel__ratelimit_free(ratelimit);

@@ -71,6 +71,10 @@ struct keel__runtime {
     keel__usersync *usersync;
     const keel_host *host;
     int64_t started_at; /* unix seconds */
+    /* In a worker: the listening sockets bound by the supervisor, by
+     * enum keel__listener, served instead of binding. */
+    bool listen_inherited;
+    int listen_fds[2];
 };
 
 extern struct keel__runtime keel__rt;
@@ -78,11 +82,15 @@ extern struct keel__runtime keel__rt;
 /* Starts the main and admin daemons.  Returns 0 or a negative code with the
  * reason logged (e.g. address in use). */
 int keel__server_start(void) KEEL_WARN_UNUSED;
+/* Stops accepting new connections (both listeners); idempotent. */
+void keel__server_quiesce(void);
 /* Stops accepting, waits up to timeout_s for in-flight requests, stops. */
 void keel__server_stop(int timeout_s);
 
 /* Requests currently being processed (both listeners). */
 long keel__server_in_flight(void);
 unsigned long long keel__server_requests_total(void);
+/* Open connections (both listeners), idle kept-alive ones included. */
+long keel__server_connections(void);
 
 #endif

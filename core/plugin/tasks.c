@@ -12,6 +12,7 @@
 #include "util/time.h"
 #include "http/request.h"
 #include "net/upstream.h"
+#include "process/scoreboard.h"
 #include "http/routes.h"
 #include "util/log.h"
 
@@ -41,6 +42,7 @@ struct keel_task {
 
 struct keel__gen_res {
     char *plugin;
+    uint64_t generation;
     struct keel_task *tasks;
     int ntasks;
     keel_upstream **upstreams;
@@ -66,12 +68,14 @@ bool keel__tasks_aborting(void)
 static _Thread_local struct keel__gen_res *registering;
 static _Thread_local bool registering_active;
 static _Thread_local const char *registering_name;
+static _Thread_local uint64_t registering_number;
 
-void keel__gen_init_begin(const char *name)
+void keel__gen_init_begin(const char *name, uint64_t number)
 {
     registering = NULL;
     registering_active = true;
     registering_name = name;
+    registering_number = number;
 }
 
 static struct keel__gen_res *current_res(void)
@@ -83,6 +87,7 @@ static struct keel__gen_res *current_res(void)
         if (registering == NULL)
             return NULL;
         registering->plugin = strdup(registering_name ? registering_name : "plugin");
+        registering->generation = registering_number;
         if (registering->plugin == NULL) {
             free(registering);
             registering = NULL;
@@ -237,7 +242,12 @@ static void run_once(struct keel_task *t)
     req->synthetic = &syn;
     req->route = &t->route;
     int64_t start = keel__now_ms();
+    /* Recorded like a handler call, so a crash in the task is the
+     * plugin's (fault containment), not the core's. */
+    keel__plugin_call_enter(t->owner->plugin, t->owner->generation, KEEL__CALL_TASK, "task",
+                            t->name, req->id);
     int rc = t->fn(t, req, t->arg);
+    keel__plugin_call_leave();
     int64_t took = keel__now_ms() - start;
     keel__request_free(req);
     if (rc != 0)

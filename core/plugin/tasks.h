@@ -15,6 +15,7 @@
 #define KEEL_CORE_PLUGIN_TASKS_H
 
 #include <stdbool.h>
+#include <stdint.h>
 
 #include <jansson.h>
 
@@ -22,8 +23,9 @@
 
 struct keel__gen_res;
 
-/* Starts collecting registrations for plugin `name` on this thread. */
-void keel__gen_init_begin(const char *name);
+/* Starts collecting registrations for generation `number` of plugin
+ * `name` on this thread. */
+void keel__gen_init_begin(const char *name, uint64_t number);
 /* Ends collection.  ok: returns the collected record (NULL when nothing
  * was registered), owned by the caller; !ok: frees it and returns NULL. */
 struct keel__gen_res *keel__gen_init_end(bool ok);

@@ -446,6 +446,16 @@ class Keeld:
         self.confdir = os.path.join(self.dir, "conf.d")
         if os.path.isdir(CONFDIR):
             shutil.copytree(CONFDIR, self.confdir)
+            # No lame-duck period by default: every test's keeld is stopped
+            # with SIGTERM, and five seconds of "draining" each would add
+            # minutes to the suite. Tests of the drain set it themselves.
+            server_conf = os.path.join(self.confdir, "10-server.json")
+            if os.path.exists(server_conf):
+                with open(server_conf) as f:
+                    c = json.load(f)
+                c.setdefault("server", {})["drain_s"] = 0
+                with open(server_conf, "w") as f:
+                    json.dump(c, f, indent=2)
         else:
             os.makedirs(self.confdir)
         self.log_path = os.path.join(self.dir, "keeld.log")
@@ -580,7 +590,12 @@ class Keeld:
 
     @property
     def pid(self):
+        """The supervisor's pid (keeld's process; workers are its children)."""
         return self.proc.pid if self.proc else None
+
+    def workers(self):
+        """Pids of the worker processes (the supervisor's children)."""
+        return sorted(_children(self.pid)) if self.pid else []
 
     def alive(self):
         return self.proc is not None and self.proc.poll() is None

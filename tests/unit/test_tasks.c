@@ -53,7 +53,7 @@ static void test_registration_only_during_init(void **state)
 static void test_task_names_and_duplicates(void **state)
 {
     (void)state;
-    keel__gen_init_begin("p");
+    keel__gen_init_begin("p", 1);
     assert_int_equal(keel__host_task_add("Bad Name", 10, count_run, NULL, NULL), KEEL_EINVAL);
     assert_int_equal(keel__host_task_add("", 10, count_run, NULL, NULL), KEEL_EINVAL);
     assert_int_equal(keel__host_task_add("ok", 10, NULL, NULL, NULL), KEEL_EINVAL);
@@ -67,7 +67,7 @@ static void test_task_names_and_duplicates(void **state)
 static void test_failed_init_drops_what_it_registered(void **state)
 {
     (void)state;
-    keel__gen_init_begin("p");
+    keel__gen_init_begin("p", 1);
     assert_int_equal(keel__host_task_add("a", 10, count_run, NULL, NULL), 0);
     assert_null(keel__gen_init_end(false));
     assert_null(keel__gen_registering());
@@ -79,7 +79,7 @@ static void test_notified_task_runs_and_stops_when_asked(void **state)
     atomic_store(&runs, 0);
     atomic_store(&saw_stop, 0);
     keel_task *t = NULL;
-    keel__gen_init_begin("p");
+    keel__gen_init_begin("p", 1);
     assert_int_equal(keel__host_task_add("wake", 0, count_run, NULL, &t), 0);
     struct keel__gen_res *res = keel__gen_init_end(true);
     assert_non_null(t);
@@ -103,7 +103,7 @@ static void test_metric_names_belong_to_the_plugin(void **state)
 {
     (void)state;
     keel_metric *m = NULL;
-    keel__gen_init_begin("my-plug");
+    keel__gen_init_begin("my-plug", 1);
     assert_int_equal(keel__host_metric_add(KEEL_METRIC_COUNTER, "other_total", "x", &m),
                      KEEL_EINVAL);
     assert_int_equal(keel__host_metric_add(KEEL_METRIC_COUNTER, "my_plug", "x", &m), KEEL_EINVAL);
@@ -117,7 +117,7 @@ static void test_metric_names_belong_to_the_plugin(void **state)
     assert_int_equal(keel__host_metric_add(KEEL_METRIC_GAUGE, "my_plug_x_total", "x", &again),
                      KEEL_EEXISTS);
     keel__gen_free(keel__gen_init_end(true));
-    keel__gen_init_begin("requests");
+    keel__gen_init_begin("requests", 1);
     assert_int_equal(keel__host_metric_add(KEEL_METRIC_COUNTER, "requests_total", "x", &m),
                      KEEL_EINVAL); /* keel_plugin_requests_total is the core's */
     keel__gen_free(keel__gen_init_end(true));
@@ -127,7 +127,7 @@ static void test_metrics_render_consistently(void **state)
 {
     (void)state;
     keel_metric *c = NULL, *g = NULL, *h = NULL;
-    keel__gen_init_begin("rp");
+    keel__gen_init_begin("rp", 1);
     assert_int_equal(keel__host_metric_add(KEEL_METRIC_COUNTER, "rp_done_total", "Done.", &c), 0);
     assert_int_equal(keel__host_metric_add(KEEL_METRIC_GAUGE, "rp_depth", "Depth.", &g), 0);
     assert_int_equal(keel__host_metric_add(KEEL_METRIC_HISTOGRAM, "rp_seconds", "Time.", &h), 0);
@@ -155,7 +155,7 @@ static void test_upstream_config_is_checked(void **state)
 {
     (void)state;
     keel_upstream *u = NULL;
-    keel__gen_init_begin("up");
+    keel__gen_init_begin("up", 1);
     json_t *bad_url = json_pack("{s:s}", "url", "ftp://x");
     json_t *bad_timeout = json_pack("{s:s,s:i}", "url", "http://x", "timeout_ms", 0);
     json_t *bad_token = json_pack("{s:s,s:i}", "url", "http://x", "token_env", 5);
