@@ -11,6 +11,7 @@ one deliberately oversized answer.
 import json
 import os
 import secrets
+import signal
 import subprocess
 import threading
 import time
@@ -369,6 +370,12 @@ def test_sigkill_while_processing_completes_once_after_restart():
             while fp.count(n) == 0:
                 assert time.monotonic() < deadline
                 time.sleep(0.05)
+            # Everything dies at once: the supervisor is frozen (so it
+            # cannot start new workers), its workers are killed, then it is.
+            workers = k.workers()
+            os.kill(k.pid, signal.SIGSTOP)
+            for pid in workers:
+                os.kill(pid, signal.SIGKILL)
             k.kill()
             fp.delay[n] = 0
             k2 = Keeld(with_provider(fp.port, timeout_ms=2000, lease_s=5), db=db)
