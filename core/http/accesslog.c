@@ -59,10 +59,11 @@ void keel__access_log(const keel_request *req, unsigned status, int64_t ns, cons
     if (user == NULL)
         user = "-";
     if (access_json) {
-        json_t *o = json_pack("{s:s, s:s, s:s, s:i, s:f, s:s, s:I, s:s, s:s}", "time", ts, "method",
-                              req->method, "path", req->path, "status", (int)status, "latency_ms",
-                              (double)ns / 1e6, "plugin", plugin, "generation", (json_int_t)gen,
-                              "user", user, "listener", listener);
+        json_t *o = json_pack("{s:s, s:s, s:s, s:i, s:f, s:s, s:I, s:s, s:s, s:s, s:s}", "time", ts,
+                              "method", req->method, "path", req->path, "status", (int)status,
+                              "latency_ms", (double)ns / 1e6, "plugin", plugin, "generation",
+                              (json_int_t)gen, "user", user, "listener", listener, "client",
+                              req->client_addr, "request_id", req->request_id);
         /* Nine significant digits keep nanosecond latencies without the
          * binary noise of a full double. */
         char *s = o ? json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(9)) : NULL;
@@ -87,8 +88,10 @@ void keel__access_log(const keel_request *req, unsigned status, int64_t ns, cons
      * formatting, the other big share of the line's cost. */
     long long us = ns > 0 ? (ns + 500) / 1000 : 0;
 #define ACCESS_TEXT(buf, size)                                                                     \
-    snprintf(buf, size, "%s %s %s %s %u %lld.%03lldms plugin=%s gen=%llu user=%s\n", ts, listener, \
-             req->method, req->path, status, us / 1000, us % 1000, plugin, gen, user)
+    snprintf(buf, size,                                                                            \
+             "%s %s %s %s %u %lld.%03lldms plugin=%s gen=%llu user=%s client=%s rid=%s\n", ts,     \
+             listener, req->method, req->path, status, us / 1000, us % 1000, plugin, gen, user,    \
+             req->client_addr, req->request_id)
     char stack[1024];
     char *line = stack;
     int n = ACCESS_TEXT(stack, sizeof stack);
@@ -107,9 +110,20 @@ void keel__access_log(const keel_request *req, unsigned status, int64_t ns, cons
         free(line);
 }
 
+/* The file's name, for keel__access_log_reopen; set before threads run. */
+static char *access_path;
+
+void keel__access_log_reopen(void)
+{
+    if (access_fd > 2 && access_path != NULL && keel__log_reopen_onto(access_fd, access_path) == 0)
+        log_info("reopened the access log %s", access_path);
+}
+
 void keel__access_log_open(const char *dest, bool json)
 {
     access_json = json;
+    free(access_path);
+    access_path = NULL;
     if (dest == NULL || *dest == '\0' || strcmp(dest, "off") == 0)
         access_fd = -1;
     else if (strcmp(dest, "-") == 0)
@@ -118,6 +132,8 @@ void keel__access_log_open(const char *dest, bool json)
         access_fd = open(dest, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
         if (access_fd < 0)
             log_error("cannot open access log %s: %s; access log off", dest, strerror(errno));
+        else
+            access_path = strdup(dest);
     }
 }
 
@@ -126,4 +142,6 @@ void keel__access_log_close(void)
     if (access_fd > 2)
         close(access_fd);
     access_fd = -1;
+    free(access_path);
+    access_path = NULL;
 }

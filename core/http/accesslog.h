@@ -14,6 +14,8 @@
 /* dest: "-" for stderr, a path (appended to), or NULL/""/"off" for none. */
 void keel__access_log_open(const char *dest, bool json);
 void keel__access_log_close(void);
+/* Reopens the file under its name (SIGUSR1, after logrotate renamed it). */
+void keel__access_log_reopen(void);
 /* Logs req, which ended with status after ns nanoseconds on listener. */
 void keel__access_log(const keel_request *req, unsigned status, int64_t ns, const char *listener);
 

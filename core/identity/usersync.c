@@ -650,6 +650,7 @@ static int evict_sub(keel__usersync *us, const char *key)
 
 /* An email is not the key, so every shard is searched; this is an admin
  * operation, not a request path. */
+/* Drops the entries for email, or every entry when email is NULL. */
 static int evict_email(keel__usersync *us, const char *email)
 {
     int dropped = 0;
@@ -661,7 +662,7 @@ static int evict_email(keel__usersync *us, const char *email)
         struct entry *e = sh->newest;
         while (e != NULL) {
             struct entry *next = e->older;
-            if (strcasecmp(e->blob + e->off[F_EMAIL], email) == 0 ||
+            if (email == NULL || strcasecmp(e->blob + e->off[F_EMAIL], email) == 0 ||
                 strcasecmp(e->blob + e->token_email_off, email) == 0) {
                 shard_remove(sh, e);
                 e->chain = doomed;
@@ -688,6 +689,11 @@ int keel__usersync_evict(keel__usersync *us, const char *supabase_id_or_email)
     if (looks_like_uuid(supabase_id_or_email))
         return evict_sub(us, supabase_id_or_email);
     return evict_email(us, supabase_id_or_email);
+}
+
+int keel__usersync_flush(keel__usersync *us)
+{
+    return us == NULL ? 0 : evict_email(us, NULL);
 }
 
 void keel__usersync_stats(const keel__usersync *us, struct keel__usersync_stats *out)

@@ -75,6 +75,10 @@ int keel__loader_init(void) KEEL_WARN_UNUSED;
  * compared with the database before init (copied; conninfo NULL or ""
  * turns the check off).  0 or KEEL_ENOMEM. */
 int keel__loader_set_schema(const char *conninfo, const char *migrations_dir) KEEL_WARN_UNUSED;
+/* Where keel__loader_init makes its directory of private plugin copies
+ * (server.runtime_dir); NULL or "" = $TMPDIR or /tmp.  Copies left there by
+ * a keeld that no longer runs are removed by keel__loader_init. */
+void keel__loader_set_runtime_dir(const char *dir);
 /* Plugin init runs on a thread of its own and is abandoned (the plugin
  * refused at stage init) past this many milliseconds.  Default 10000. */
 void keel__loader_set_init_timeout(int ms);

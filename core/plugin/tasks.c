@@ -12,7 +12,7 @@
 #include "util/time.h"
 #include "http/request.h"
 #include "net/upstream.h"
-#include "process/scoreboard.h"
+#include "util/scoreboard.h"
 #include "http/routes.h"
 #include "util/log.h"
 

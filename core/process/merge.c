@@ -116,6 +116,18 @@ json_t *keel__merge_status(json_t *const *parts, size_t n)
         add_int(out, "requests_total",
                 json_integer_value(json_object_get(parts[p], "requests_total")));
         add_int(out, "in_flight", json_integer_value(json_object_get(parts[p], "in_flight")));
+        /* Every worker has its own pool and cache: the server has them all. */
+        static const char *const pool_keys[] = {"size", "in_use", "idle", "waits", NULL};
+        json_t *pool = json_object_get(json_object_get(out, "database"), "pool");
+        json_t *theirs = json_object_get(json_object_get(parts[p], "database"), "pool");
+        for (size_t k = 0; pool != NULL && pool_keys[k] != NULL; k++)
+            add_int(pool, pool_keys[k], json_integer_value(json_object_get(theirs, pool_keys[k])));
+        static const char *const cache_keys[] = {"hits", "misses", "evictions", "entries", NULL};
+        json_t *cache = json_object_get(out, "usersync");
+        json_t *their_cache = json_object_get(parts[p], "usersync");
+        for (size_t k = 0; cache != NULL && cache_keys[k] != NULL; k++)
+            add_int(cache, cache_keys[k],
+                    json_integer_value(json_object_get(their_cache, cache_keys[k])));
     }
     return out ? out : json_object();
 }

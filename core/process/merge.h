@@ -20,8 +20,9 @@ json_t *keel__merge_describe(json_t *const *parts, size_t n);
  * worker did not know the plugin.  New reference. */
 json_t *keel__merge_reload(json_t *const *parts, size_t n);
 
-/* GET /admin/status: the first worker's body with requests_total and
- * in_flight summed.  New reference. */
+/* GET /admin/status: the first worker's body with requests_total,
+ * in_flight, the database pool's and the user-sync cache's numbers summed.
+ * New reference. */
 json_t *keel__merge_status(json_t *const *parts, size_t n);
 
 /*
