@@ -76,6 +76,19 @@ static bool keeld_alive(long pid)
     if (pid <= 0 || (kill((pid_t)pid, 0) != 0 && errno == ESRCH))
         return false;
     char path[64], comm[32] = "";
+    /* A zombie (killed, its parent gone, not yet reaped) runs nothing and
+     * holds none of its copies. */
+    char stat[512] = "";
+    snprintf(path, sizeof path, "/proc/%ld/stat", pid);
+    FILE *sf = fopen(path, "re");
+    if (sf != NULL) {
+        size_t n = fread(stat, 1, sizeof stat - 1, sf);
+        stat[n] = '\0';
+        fclose(sf);
+        const char *paren = strrchr(stat, ')');
+        if (paren != NULL && paren[1] == ' ' && (paren[2] == 'Z' || paren[2] == 'X'))
+            return false;
+    }
     snprintf(path, sizeof path, "/proc/%ld/comm", pid);
     FILE *f = fopen(path, "re");
     if (f == NULL)
