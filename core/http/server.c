@@ -521,10 +521,13 @@ static int start_daemon(struct listener *l, const char *host, int port, unsigned
         opts[n++] = (struct MHD_OptionItem){MHD_OPTION_PER_IP_CONNECTION_LIMIT,
                                             (intptr_t)(unsigned)lim->max_per_ip, NULL};
     /* libmicrohttpd keeps the request line and headers in this per-connection
-     * memory and answers 431/414 itself (HTML body) when they do not fit.
-     * Twice keel's own limits (at least MHD's default of 32 KiB) leaves room
-     * for begin() to answer requests past those limits with JSON. */
-    size_t mem = 2 * ((size_t)lim->max_header_bytes + (size_t)lim->max_uri_bytes);
+     * memory and answers 431/414 itself (HTML body) when they do not fit;
+     * it also clears the memory between the requests of a connection, so
+     * every byte costs time on every request.  The header limit twice (the
+     * bytes, and as much again for its 56 bytes of bookkeeping per header)
+     * plus the URI limit lets begin() answer requests past keel's limits
+     * with JSON: measured in docs/performance.md, "Connection memory". */
+    size_t mem = 2 * (size_t)lim->max_header_bytes + (size_t)lim->max_uri_bytes;
     if (mem < 32 * 1024)
         mem = 32 * 1024;
     opts[n++] = (struct MHD_OptionItem){MHD_OPTION_CONNECTION_MEMORY_LIMIT, (intptr_t)mem, NULL};
@@ -590,6 +593,7 @@ int keel__server_start(void)
         }
     }
     if (rc != 0) {
+        keel__access_log_close();
         keel__deadlines_stop(deadlines);
         deadlines = NULL;
         if (ratelimit != keel__ratelimit_server_wide())

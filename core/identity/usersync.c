@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <strings.h>
 
 #include <keel/error.h>
@@ -518,11 +519,18 @@ static int sync_user(keel__usersync *us, const struct keel__claims *c, const cha
     if (rc != 0)
         return rc;
     rc = keel__db_exec(us->db, conn, sync_sql, 4, params, &res, err, errlen);
-    if (rc == KEEL_EDB_CONFLICT) {
-        /* Lost a race on a unique email; the winner is committed now, so the
-         * second run sees it and takes the path that does not collide. */
-        keel__log(KEEL_LOG_DEBUG, TAG, "sync of %s conflicted, retrying once: %s", claims_who(c),
-                  err);
+    /* A conflict is a lost race: on a unique email (the winner is committed
+     * now, so the next run takes the path that does not collide), or a
+     * deadlock or serialization failure against another process syncing the
+     * same new user (two workers, two keelds) while its unlocks hold the
+     * wallet.  PostgreSQL rolled the statement back; running it again is
+     * the documented answer.  A short pause with jitter lets the other side
+     * finish first. */
+    for (int attempt = 1; rc == KEEL_EDB_CONFLICT && attempt < 4; attempt++) {
+        keel__log(KEEL_LOG_DEBUG, TAG, "sync of %s conflicted (attempt %d), retrying: %s",
+                  claims_who(c), attempt, err);
+        struct timespec pause = {0, (long)(1 + (unsigned)rand() % 10) * 1000000L * attempt};
+        nanosleep(&pause, NULL);
         rc = keel__db_exec(us->db, conn, sync_sql, 4, params, &res, err, errlen);
     }
     keel__db_release(us->db, conn);

@@ -70,15 +70,19 @@ void keel__loader_set_runtime_dir(const char *dir)
     snprintf(runtime_dir, sizeof runtime_dir, "%s", dir ? dir : "");
 }
 
-/* True when pid is a running keeld (not a process that reused the pid). */
-static bool keeld_alive(long pid)
+/*
+ * True while the process that made a copy directory may still be running: a
+ * live process with that pid, not a zombie nobody has reaped yet.  Any
+ * command name counts: keel-plugin-check and a keeld run under valgrind use
+ * the same loader under other names, and a directory kept by mistake after
+ * its pid was reused costs a few files until the next start, while one
+ * removed by mistake breaks a running server.
+ */
+static bool copier_alive(long pid)
 {
     if (pid <= 0 || (kill((pid_t)pid, 0) != 0 && errno == ESRCH))
         return false;
-    char path[64], comm[32] = "";
-    /* A zombie (killed, its parent gone, not yet reaped) runs nothing and
-     * holds none of its copies. */
-    char stat[512] = "";
+    char path[64], stat[512] = "";
     snprintf(path, sizeof path, "/proc/%ld/stat", pid);
     FILE *sf = fopen(path, "re");
     if (sf != NULL) {
@@ -89,18 +93,7 @@ static bool keeld_alive(long pid)
         if (paren != NULL && paren[1] == ' ' && (paren[2] == 'Z' || paren[2] == 'X'))
             return false;
     }
-    snprintf(path, sizeof path, "/proc/%ld/comm", pid);
-    FILE *f = fopen(path, "re");
-    if (f == NULL)
-        return true; /* cannot tell: keep its files */
-    /* keel-plugin-check (also as libtool's lt- wrapper, or under valgrind,
-     * whose process is memcheck-*) makes copies with this loader too: a
-     * live one must not lose them to a keeld starting meanwhile. */
-    bool ours = fgets(comm, sizeof comm, f) != NULL &&
-                (strncmp(comm, "keel", 4) == 0 || strncmp(comm, "lt-keel", 7) == 0 ||
-                 strncmp(comm, "memcheck-", 9) == 0);
-    fclose(f);
-    return ours;
+    return true;
 }
 
 /*
@@ -119,7 +112,7 @@ static void remove_stale_copies(const char *dir)
         char tail[16];
         if (strncmp(de->d_name, "keeld-", 6) != 0 ||
             sscanf(de->d_name + 6, "%ld-%15s", &pid, tail) != 2 || strlen(tail) != 6 ||
-            pid == (long)getpid() || keeld_alive(pid))
+            pid == (long)getpid() || copier_alive(pid))
             continue;
         int fd = openat(dirfd(d), de->d_name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
         if (fd < 0)

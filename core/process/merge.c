@@ -152,12 +152,14 @@ struct family {
 
 static enum agg agg_for(const char *family)
 {
-    static const char *const max[] = {"keel_plugin_generation", "keel_reloads_total",
-                                      "keel_plugin_reloads_total", "keel_db_breaker_state", NULL};
+    static const char *const max[] = {"keel_plugin_generation",    "keel_reloads_total",
+                                      "keel_plugin_reloads_total", "keel_db_breaker_state",
+                                      "keel_build_info",           NULL};
     for (size_t i = 0; max[i] != NULL; i++)
         if (strcmp(family, max[i]) == 0)
             return AGG_MAX;
-    if (strcmp(family, "keel_plugin_up") == 0)
+    /* The oldest worker's start: close to the supervisor's. */
+    if (strcmp(family, "keel_plugin_up") == 0 || strcmp(family, "keel_start_time_seconds") == 0)
         return AGG_MIN;
     return AGG_SUM;
 }

@@ -29,7 +29,8 @@ json_t *keel__merge_status(json_t *const *parts, size_t n);
  * GET /metrics: samples with the same name and labels are summed, except
  * where a sum means nothing: the highest value is kept for generations,
  * reload counts and breaker states (each worker counts the same reload),
- * the lowest for keel_plugin_up (up only when up everywhere).  Families
+ * the lowest for keel_plugin_up (up only when up everywhere) and
+ * keel_start_time_seconds (the oldest worker's start); keel_build_info is 1.  Families
  * keep their HELP and TYPE lines once.  malloc'd, NULL when out of memory.
  */
 char *keel__merge_metrics(const char *const *texts, size_t n);

@@ -1,10 +1,14 @@
-"""A fleet of keelds on one PostgreSQL: a user's status or role change, or
-`keelctl evict` on one instance, reaches every instance's user cache within
-2 s (LISTEN/NOTIFY), and an instance whose LISTEN connection was lost
-flushes its cache once it listens again.
+"""A fleet of keelds on one PostgreSQL and behind HAProxy: rolling reload,
+restart and upgrade with no proxy retries lose no request, kill -9 of one
+fails only briefly; a user's status or role change, or `keelctl evict` on
+one instance, reaches every instance's user cache within 2 s
+(LISTEN/NOTIFY), and an instance whose LISTEN connection was lost flushes
+its cache once it listens again.
 """
 
+import json
 import os
+import signal
 import time
 import uuid
 
@@ -201,3 +205,39 @@ def test_rolling_restart_without_proxy_retries_loses_no_request():
         load.stop()
         assert not load.failed, "%d failed: %s" % (len(load.failed), load.failed[:5])
         assert load.ok > 50, load.ok
+
+
+def test_rolling_upgrade_behind_haproxy_loses_no_request():
+    new_pids = []
+
+    def drain(k):
+        # Above the proxy's two failed checks (2 x 200 ms), and short.
+        s = k.read_conf("10-server.json")
+        s["server"]["drain_s"] = 1
+        k.write_conf("10-server.json", s)
+    with Keeld(drain) as a, Keeld(drain) as b, keeltest.HAProxy([a, b]) as proxy:
+        try:
+            time.sleep(0.5)
+            load = keeltest.Load(proxy.url(HELLO), threads=4)
+            time.sleep(0.5)
+            for k in (a, b):
+                c = k.keelctl("--json", "upgrade", timeout=60)
+                assert c.returncode == 0, c.stdout
+                body = json.loads(c.stdout)
+                assert body["ok"] is True and body["previous_pid"] == k.pid, body
+                new_pids.append(body["pid"])
+                assert k.wait(timeout=20) == 0  # the old supervisor drained
+                time.sleep(0.5)
+            load.stop()
+            assert not load.failed, "%d failed: %s" % (len(load.failed), load.failed[:5])
+            assert load.ok > 50, load.ok
+        finally:
+            for pid in new_pids:
+                if keeltest._alive(pid):
+                    os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + 15
+            while any(keeltest._alive(p) for p in new_pids) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            for pid in new_pids:
+                if keeltest._alive(pid):
+                    os.kill(pid, signal.SIGKILL)

@@ -4,9 +4,11 @@ and keel_start_time_seconds, the systemd unit's readiness notification,
 and plugin copies left by a killed keeld.
 """
 
+import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import time
 
@@ -93,7 +95,6 @@ def test_systemd_unit_verifies():
 
 
 def test_sd_notify_ready_once_serving_and_around_reloads():
-    import socket
     d = keeltest._mkdtemp("notify")
     addr = os.path.join(d, "notify.sock")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -159,7 +160,6 @@ def test_alert_rules_check_and_pass_their_unit_tests():
 
 
 def test_metrics_lint_and_cover_what_dashboard_and_alerts_use():
-    import json
     with Keeld() as k:
         assert k.get("/health").status == 200
         assert k.get("/api/v1/example/hello").status == 200
