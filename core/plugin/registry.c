@@ -71,6 +71,7 @@ int keel__manifest_copy(struct keel__manifest *dst, const struct keel__manifest 
     dst->migrations = src->migrations ? strdup(src->migrations) : NULL;
     dst->enabled = src->enabled;
     dst->config = json_deep_copy(src->config);
+    dst->schemas = src->schemas ? json_incref(src->schemas) : NULL;
     dst->routes = calloc(src->nroutes ? src->nroutes : 1, sizeof *dst->routes);
     if (dst->name == NULL || dst->file == NULL || dst->config == NULL || dst->routes == NULL) {
         keel__manifest_clear(dst);
@@ -88,6 +89,8 @@ int keel__manifest_copy(struct keel__manifest *dst, const struct keel__manifest 
         b->fallback_status = a->fallback_status;
         b->fallback = a->fallback ? json_deep_copy(a->fallback) : NULL;
         b->fallback_headers = a->fallback_headers ? json_deep_copy(a->fallback_headers) : NULL;
+        /* Never modified after parsing, so the copies share it. */
+        b->doc = a->doc ? json_incref(a->doc) : NULL;
         if (b->method == NULL || b->path == NULL) {
             keel__manifest_clear(dst);
             return KEEL_ENOMEM;
