@@ -1,5 +1,5 @@
 /*
- * A test plugin that uses every ABI 1.1 capability (tests/integration/
+ * A test plugin that uses every ABI 1.3 capability (tests/integration/
  * test_jobs.py): its own migration (notes_migrations/), a periodic task that
  * writes a row per run, an optional upstream it pings from that task
  * (config.upstream), and a counter and a histogram.  GET
