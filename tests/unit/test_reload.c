@@ -134,13 +134,16 @@ static void copy_file(const char *from, const char *to)
 static int group_setup(void **state)
 {
     (void)state;
-    int fd = open("/dev/null", 1);
+    int fd = open("/dev/null", O_WRONLY);
     keel__log_set_fd(fd); /* the reloads log a lot of expected failures */
     keel__manifest_install();
-    if (keel__loader_init() != 0)
-        return -1;
     snprintf(confdir, sizeof confdir, "/tmp/keel-test-reload-XXXXXX");
     if (mkdtemp(confdir) == NULL)
+        return -1;
+    /* The loader's private copies go in here too: a keeld elsewhere on the
+     * machine may tidy up copy directories in /tmp it does not know. */
+    setenv("TMPDIR", confdir, 1);
+    if (keel__loader_init() != 0)
         return -1;
     snprintf(plugin_path, sizeof plugin_path, "%s/testplug.so", confdir);
     char so[512];
