@@ -11,6 +11,7 @@
 #include "util/log.h"
 #include "ops/metrics.h"
 #include "http/server.h"
+#include "plugin/hostapi.h"
 #include "plugin/registry.h"
 #include "plugin/snapshot.h"
 
@@ -35,12 +36,8 @@ static int route_health(keel_request *req)
 /* The user's wallet balance (0 without a wallet). */
 static int read_balance(keel_request *req, const char *user_id, json_int_t *balance)
 {
-    if (keel__rt.db == NULL) {
-        snprintf(req->db_error, sizeof req->db_error, "no database is configured");
-        return KEEL_EDB_UNAVAILABLE;
-    }
     keel__db_conn *conn;
-    int rc = keel__db_acquire(keel__rt.db, &conn, req->db_error, sizeof req->db_error);
+    int rc = keel__req_db_acquire(req, &conn);
     if (rc != 0)
         return rc;
     const char *params[] = {user_id};
