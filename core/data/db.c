@@ -14,6 +14,7 @@
 #include <keel/error.h>
 
 #include "data/breaker.h"
+#include "data/sqlstate.h"
 #include "util/log.h"
 
 /*
@@ -134,44 +135,6 @@ static const char *one_line(const char *msg, char *buf, size_t len)
 static void count(_Atomic uint64_t *c)
 {
     atomic_fetch_add_explicit(c, 1, memory_order_relaxed);
-}
-
-/* ------------------------------------------------------------ classification */
-
-static bool sqlstate_is(const char *s, const char *code)
-{
-    return s != NULL && strcmp(s, code) == 0;
-}
-
-static bool sqlstate_class(const char *s, const char *cls)
-{
-    return s != NULL && s[0] == cls[0] && s[1] == cls[1];
-}
-
-/* The server ended the session: administrator command (57P01), crash of
- * another backend (57P02), or it cannot accept connections now (57P03). */
-static bool sqlstate_session_over(const char *s)
-{
-    return sqlstate_is(s, "57P01") || sqlstate_is(s, "57P02") || sqlstate_is(s, "57P03");
-}
-
-int keel__db_classify(const char *s)
-{
-    if (s == NULL)
-        return KEEL_EDB_UNAVAILABLE;
-    if (strlen(s) != 5)
-        return KEEL_EDB_BUG;
-    /* Unavailable: the statement may well succeed later, against a database
-     * that is reachable and not overloaded.  Timeouts belong here because
-     * they mean "too slow now", not "wrong". */
-    if (sqlstate_class(s, "08") || sqlstate_class(s, "53") || sqlstate_session_over(s) ||
-        sqlstate_is(s, "57014") || sqlstate_is(s, "55P03"))
-        return KEEL_EDB_UNAVAILABLE;
-    if (sqlstate_class(s, "23") || sqlstate_is(s, "40001") || sqlstate_is(s, "40P01"))
-        return KEEL_EDB_CONFLICT;
-    if (sqlstate_class(s, "22") || sqlstate_is(s, "42P02"))
-        return KEEL_EDB_BADREQ;
-    return KEEL_EDB_BUG;
 }
 
 /* ------------------------------------------------------------ statement cache */
@@ -589,10 +552,10 @@ static int failed(keel__db_conn *c, PGresult *res, const char *sql, struct attem
         code = KEEL_EDB_BUG;
     else
         code = keel__db_classify(sqlstate);
-    if (bad || sqlstate_session_over(sqlstate) || sqlstate_class(sqlstate, "08") ||
+    if (bad || keel__sqlstate_session_over(sqlstate) || keel__sqlstate_class(sqlstate, "08") ||
         PQtransactionStatus(c->pg) == PQTRANS_ACTIVE)
         c->broken = true;
-    if (sqlstate_session_over(sqlstate))
+    if (keel__sqlstate_session_over(sqlstate))
         a->before_execution = true;
 
     char msg[512];
@@ -601,7 +564,8 @@ static int failed(keel__db_conn *c, PGresult *res, const char *sql, struct attem
         primary = one_line(PQerrorMessage(c->pg), msg, sizeof msg);
     /* A schema change under a prepared statement (columns added to a table
      * it selects *) fails it with this message; the statement did not run. */
-    a->plan_changed = sqlstate_is(sqlstate, "0A000") && strstr(primary, "cached plan") != NULL;
+    a->plan_changed = keel__sqlstate_is(sqlstate, "0A000") &&
+                      strstr(primary, "cached plan") != NULL;
     if (sqlstate != NULL)
         keel__set_err(err, errlen, "%s (SQLSTATE %s)", primary, sqlstate);
     else
