@@ -1,5 +1,6 @@
 /*
- * Local verification of Supabase-issued JWTs (CONTRACT section 3).
+ * Local verification of Supabase-issued JWTs (docs/architecture.md,
+ * Authentication).
  *
  * libjwt 1.10 checks no claim, lets the token header choose the algorithm,
  * accepts HS256 signed with a public key's bytes, skips verification when it

@@ -1,5 +1,5 @@
 /*
- * User sync (CONTRACT section 3): turns verified token claims into the
+ * User sync (docs/architecture.md, Authentication): turns verified token claims into the
  * request's principal, upserting the user into `users` at most once per TTL.
  *
  * The cache is per process, keyed by Supabase id, kept in the core's sharded
