@@ -73,6 +73,8 @@ static void print_help(void)
           "  plugins                     list plugins with state, generation and counters\n"
           "  reload [PLUGIN]             reload every plugin, or one; exit 1 if any fails\n"
           "  status                      server, database, plugin and cache status\n"
+          "  upgrade                     start the installed keeld binary on the same sockets;\n"
+          "                              the old one drains and exits (exit 1 if it failed)\n"
           "  import FILE                 import NDJSON profiles (FILE '-' reads stdin)\n"
           "  credits EMAIL AMOUNT [REASON]\n"
           "                              add AMOUNT (> 0) credits to a user's wallet\n"
@@ -353,7 +355,9 @@ static int cmd_reload(const struct ctl *ctl, const char *plugin)
         target = xstrdup("/admin/reload");
     }
     struct reply r;
-    int rc = call(ctl, "POST", target, NULL, NULL, 0, 0, &r);
+    /* The admin listener takes writes only with a JSON content type (a
+     * browser cannot send that cross-site without a preflight). */
+    int rc = call(ctl, "POST", target, "application/json", NULL, 0, 0, &r);
     free(target);
     if (rc != EXIT_OK)
         return rc;
@@ -772,6 +776,33 @@ out:
     return rc;
 }
 
+/* ----------------------------------------------------------------- upgrade */
+
+static int cmd_upgrade(const struct ctl *ctl)
+{
+    struct reply r;
+    int rc = post_json(ctl, "/admin/upgrade", json_object(), &r);
+    if (rc != EXIT_OK)
+        return rc;
+    if ((rc = check_answer(ctl, &r)) != EXIT_OK)
+        goto out;
+    bool ok = json_is_true(json_object_get(r.json, "ok"));
+    if (!ctl->json) {
+        if (ok) {
+            printf("upgraded: keeld pid %lld serves; pid %lld drains and exits\n",
+                   int_field(r.json, "pid", -1), int_field(r.json, "previous_pid", -1));
+        } else {
+            char *why = field_text(r.json, "error");
+            printf("upgrade FAILED: %s; the running keeld keeps serving\n", why);
+            free(why);
+        }
+    }
+    rc = ok ? EXIT_OK : EXIT_SERVER_FAILED;
+out:
+    reply_free(&r);
+    return rc;
+}
+
 /* -------------------------------------------------------------------- main */
 
 static bool token_ok(const char *t)
@@ -867,6 +898,10 @@ int main(int argc, char **argv)
         if ((rc = need_args(cmd, nargs, 0, 0, "")) != EXIT_OK)
             return rc;
         rc = cmd_status(&ctl);
+    } else if (strcmp(cmd, "upgrade") == 0) {
+        if ((rc = need_args(cmd, nargs, 0, 0, "")) != EXIT_OK)
+            return rc;
+        rc = cmd_upgrade(&ctl);
     } else if (strcmp(cmd, "import") == 0) {
         if ((rc = need_args(cmd, nargs, 1, 1, "FILE")) != EXIT_OK)
             return rc;

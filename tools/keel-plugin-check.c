@@ -37,7 +37,9 @@
 #include <errno.h>
 #include <getopt.h>
 #include <limits.h>
+#include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -129,12 +131,49 @@ static char crash_step[512] = "starting";
 
 static void set_step(const char *fmt, ...) KEEL_PRINTF(1, 2);
 
+/* When the current step began (CLOCK_MONOTONIC ns); the deadline thread
+ * fails the check when one step takes longer than step_timeout_ms. */
+static atomic_llong step_since_ns;
+static int step_timeout_ms = 10000;
+
+static long long monotonic_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
 static void set_step(const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(crash_step, sizeof crash_step, fmt, ap);
     va_end(ap);
+    atomic_store(&step_since_ns, monotonic_ns());
+}
+
+/* A plugin call that never returns (a loop, a blocking wait) would hang the
+ * check for ever: past the deadline it is reported by step and the process
+ * leaves, since the stuck thread cannot be stopped. */
+static void *step_deadline(void *arg)
+{
+    (void)arg;
+    for (;;) {
+        struct timespec tick = {0, 100 * 1000 * 1000};
+        nanosleep(&tick, NULL);
+        long long since = atomic_load(&step_since_ns);
+        if (since == 0 || monotonic_ns() - since <= (long long)step_timeout_ms * 1000000LL)
+            continue;
+        fflush(stdout);
+        fprintf(stderr,
+                "keel-plugin-check: FAIL: hang: no return within %d ms while %s (a plugin call "
+                "must not block or loop)\n",
+                step_timeout_ms, crash_step);
+        printf("result: FAIL (hang while %s)\n", crash_step);
+        fflush(NULL);
+        _exit(EXIT_FINDINGS);
+    }
+    return NULL;
 }
 
 static void write_all(int fd, const char *s, size_t n)
@@ -719,6 +758,8 @@ static void usage(FILE *out)
           "  --manifest FILE    the plugin's conf.d manifest (default: one made from the\n"
           "                     route table, every route public)\n"
           "  --iterations N     load/unload cycles (default 50)\n"
+          "  --timeout-ms MS    a plugin call (init, a handler, fini) running longer is a\n"
+          "                     hang: reported with the route or stage (default 10000)\n"
           "  --log-level LEVEL  error, warn, info or debug for keel and plugin log lines\n"
           "                     on stderr (default error)\n"
           "  --help             show this help and exit\n"
@@ -760,9 +801,13 @@ static int report(struct check *c)
 int main(int argc, char **argv)
 {
     static const struct option options[] = {
-        {"manifest", required_argument, NULL, 'm'},  {"iterations", required_argument, NULL, 'n'},
-        {"log-level", required_argument, NULL, 'l'}, {"help", no_argument, NULL, 'h'},
-        {"version", no_argument, NULL, 'V'},         {NULL, 0, NULL, 0},
+        {"manifest", required_argument, NULL, 'm'},
+        {"iterations", required_argument, NULL, 'n'},
+        {"log-level", required_argument, NULL, 'l'},
+        {"help", no_argument, NULL, 'h'},
+        {"version", no_argument, NULL, 'V'},
+        {"timeout-ms", required_argument, NULL, 't'},
+        {NULL, 0, NULL, 0},
     };
     struct check c = {.iterations = DEFAULT_ITERATIONS};
     int level = KEEL_LOG_ERROR;
@@ -782,6 +827,17 @@ int main(int argc, char **argv)
                 return usage_error("--iterations must be a whole number from 1 to %d, not '%s'",
                                    MAX_ITERATIONS, optarg);
             c.iterations = v;
+            break;
+        }
+        case 't': {
+            char *end = NULL;
+            errno = 0;
+            long v = strtol(optarg, &end, 10);
+            if (errno != 0 || end == optarg || *end != '\0' || v < 10 || v > 3600000)
+                return usage_error("--timeout-ms must be a whole number from 10 to 3600000, "
+                                   "not '%s'",
+                                   optarg);
+            step_timeout_ms = (int)v;
             break;
         }
         case 'l':
@@ -811,6 +867,14 @@ int main(int argc, char **argv)
     c.plugin = plugin;
     keel__log_set_level(level);
     install_crash_handlers();
+    /* init has the loader's own deadline (refused at stage init, reported
+     * as a finding); every other call has the step deadline, a little
+     * longer so the loader's message wins for init. */
+    keel__loader_set_init_timeout(step_timeout_ms);
+    step_timeout_ms += 1000;
+    pthread_t deadline_thread;
+    if (pthread_create(&deadline_thread, NULL, step_deadline, NULL) == 0)
+        pthread_detach(deadline_thread);
 
     printf("keel-plugin-check %s (host ABI %d.%d): %s\n", PACKAGE_VERSION, KEEL_ABI_MAJOR,
            KEEL_ABI_MINOR, plugin);

@@ -44,6 +44,9 @@ struct keel__manifest_route {
     json_t *fallback;         /* body for a user when the plugin is down; owned, never
                               NULL ({"detail":"Service unavailable"} by default) */
     json_t *fallback_headers; /* object of string values to add, owned; NULL = none */
+    /* "body": "stream": the body is spooled to a temporary file and read by
+     * line (keel_host.req_body_line) instead of held in memory. */
+    bool stream_body;
 };
 
 /* A plugin manifest: everything the core knows without loading the .so. */
@@ -74,14 +77,22 @@ struct keel__conf {
         /* Default 30.  Bounds silence on a connection (libmicrohttpd) and the
          * time a request may take to arrive in full (core/http/deadline.h). */
         int connection_timeout_s;
-        int shutdown_timeout_s; /* SIGTERM drain deadline, default 10 */
-        char *plugin_dir;       /* default KEEL_PLUGINDIR (the install's lib/keel) */
+        int shutdown_timeout_s;   /* SIGTERM drain deadline, default 10 */
+        int drain_s;              /* lame duck: /health answers 503 this long first, default 5 */
+        int workers;              /* worker processes, default 2; 0 = one per online CPU */
+        int worker_max_rss_mb;    /* recycle a worker past this RSS; 0 = off (default) */
+        long worker_max_requests; /* recycle a worker after this many requests; 0 = off */
+        char *plugin_dir;         /* default KEEL_PLUGINDIR (the install's lib/keel) */
     } server;
 
     struct {
         char *host;  /* default 127.0.0.1 */
         int port;    /* default 8081 */
         char *token; /* required when host is not loopback */
+        /* Host names (besides the bound address, and localhost on loopback)
+         * the admin listener answers to; any other Host gets 421. */
+        char **allowed_hosts;
+        size_t nallowed_hosts;
     } admin;
 
     struct {
@@ -135,10 +146,15 @@ struct keel__conf {
 
     struct {
         long max_body_bytes;       /* default 1 MiB */
-        long max_admin_body_bytes; /* admin listener (imports), default 256 MiB */
-        int max_json_depth;        /* default 32 */
-        long max_header_bytes;     /* request headers, default 16 KiB: 431 past it */
-        int max_uri_bytes;         /* path and query string, default 8 KiB: 414 past it */
+        long max_admin_body_bytes; /* admin listener, default 1 MiB */
+        /* Admin routes whose manifest says "body": "stream" (the NDJSON
+         * import) spool their body to a temporary file: default 256 MiB. */
+        long max_admin_stream_bytes;
+        int max_admin_bodies;     /* admin requests with a body at once, default 2 */
+        long max_body_line_bytes; /* one line of a streamed body, default 8 MiB */
+        int max_json_depth;       /* default 32 */
+        long max_header_bytes;    /* request headers, default 16 KiB: 431 past it */
+        int max_uri_bytes;        /* path and query string, default 8 KiB: 414 past it */
         /* An oversized chunked body is read and thrown away for up to this
          * many more bytes so the client still gets its 413; past that the
          * connection is closed.  Default 32 MiB. */
@@ -148,6 +164,14 @@ struct keel__conf {
         int rate_per_user;   /* requests per second, 0 = off */
         int rate_burst;      /* default 0 = same as rate_per_user */
     } limits;
+
+    /* Fault containment (docs/operations.md, "Process model"). */
+    struct {
+        int crash_limit;        /* crashes of one generation that quarantine it, default 1 */
+        int crash_window_s;     /* ... counted within this window, default 300 */
+        int handler_timeout_ms; /* a handler running longer is a hang, default 30000 */
+        int init_timeout_ms;    /* a plugin init running longer is refused, default 10000 */
+    } containment;
 
     struct keel__manifest *plugins;
     size_t nplugins;

@@ -151,6 +151,7 @@ struct section {
 
 static int parse_log_level(struct parse_ctx *c, const char *section, const char *key, json_t *v);
 static int parse_origins(struct parse_ctx *c, const char *section, const char *key, json_t *v);
+static int parse_admin_hosts(struct parse_ctx *c, const char *section, const char *key, json_t *v);
 
 static const char *const access_formats[] = {"text", "json", NULL};
 
@@ -161,6 +162,10 @@ static const struct field server_fields[] = {
     INT(server, threads, 0, 1024, 0),
     INT(server, connection_timeout_s, 1, 3600, 30),
     INT(server, shutdown_timeout_s, 0, 3600, 10),
+    INT(server, drain_s, 0, 3600, 5),
+    INT(server, workers, 0, 256, 2),
+    INT(server, worker_max_rss_mb, 0, 1048576, 0),
+    LONG(server, worker_max_requests, 0, 1000000000000L, 0),
     STRING(server, plugin_dir, 0, KEEL_PLUGINDIR),
     {0},
 };
@@ -169,6 +174,7 @@ static const struct field admin_fields[] = {
     STRING(admin, host, 0, "127.0.0.1"),
     INT(admin, port, 1, 65535, 8081),
     STRING(admin, token, F_NULLABLE, NULL),
+    CUSTOM("allowed_hosts", parse_admin_hosts),
     {0},
 };
 
@@ -222,7 +228,10 @@ static const struct field cors_fields[] = {
 
 static const struct field limits_fields[] = {
     LONG(limits, max_body_bytes, 1, 1073741824, 1024L * 1024),
-    LONG(limits, max_admin_body_bytes, 1, 1073741824, 256L * 1024 * 1024),
+    LONG(limits, max_admin_body_bytes, 1, 1073741824, 1024L * 1024),
+    LONG(limits, max_admin_stream_bytes, 1, 17179869184L, 256L * 1024 * 1024),
+    INT(limits, max_admin_bodies, 1, 1024, 2),
+    LONG(limits, max_body_line_bytes, 1024, 1073741824, 8L * 1024 * 1024),
     INT(limits, max_json_depth, 1, 1024, 32),
     LONG(limits, max_header_bytes, 1024, 1048576, 16L * 1024),
     INT(limits, max_uri_bytes, 256, 1048576, 8192),
@@ -234,15 +243,24 @@ static const struct field limits_fields[] = {
     {0},
 };
 
+/* Section "plugins" (the plural: "plugin" is a manifest). */
+static const struct field containment_fields[] = {
+    INT(containment, crash_limit, 1, 1000, 1),
+    INT(containment, crash_window_s, 1, 86400, 300),
+    INT(containment, handler_timeout_ms, 10, 3600000, 30000),
+    INT(containment, init_timeout_ms, 10, 3600000, 10000),
+    {0},
+};
+
 static const struct section sections[] = {
     {"server", server_fields},     {"admin", admin_fields},   {"log", log_fields},
     {"database", database_fields}, {"auth", auth_fields},     {"usersync", usersync_fields},
-    {"cors", cors_fields},         {"limits", limits_fields},
+    {"cors", cors_fields},         {"limits", limits_fields}, {"plugins", containment_fields},
 };
 #define NSECTIONS (sizeof sections / sizeof sections[0])
 
-const char *const keel__conf_section_names[] = {"server", "admin",    "log",  "database",
-                                                "auth",   "usersync", "cors", "limits"};
+const char *const keel__conf_section_names[] = {"server",   "admin", "log",    "database", "auth",
+                                                "usersync", "cors",  "limits", "plugins"};
 const size_t keel__conf_nsections = NSECTIONS;
 
 static int apply_field(struct parse_ctx *c, const char *section, const struct field *f, json_t *v)
@@ -405,6 +423,60 @@ static int parse_origins(struct parse_ctx *c, const char *section, const char *k
     return 0;
 }
 
+static void free_admin_hosts(struct keel__conf *conf)
+{
+    for (size_t i = 0; i < conf->admin.nallowed_hosts; i++)
+        free(conf->admin.allowed_hosts[i]);
+    free(conf->admin.allowed_hosts);
+    conf->admin.allowed_hosts = NULL;
+    conf->admin.nallowed_hosts = 0;
+}
+
+/* A host name or address literal as it appears in a Host header, without
+ * the port (IPv6 literals are written bare, like admin.host). */
+static bool valid_host_name(const char *s)
+{
+    if (*s == '\0' || strlen(s) > 253)
+        return false;
+    for (const char *p = s; *p; p++) {
+        unsigned char ch = (unsigned char)*p;
+        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+              ch == '-' || ch == '.' || ch == ':'))
+            return false;
+    }
+    return true;
+}
+
+static int parse_admin_hosts(struct parse_ctx *c, const char *section, const char *key, json_t *v)
+{
+    struct keel__conf *conf = c->conf;
+
+    if (!json_is_array(v) || json_array_size(v) > MAX_ORIGINS)
+        return keel__conf_fail(c->err, c->errlen,
+                               "%s: %s.%s: expected an array of at most %d strings", c->file,
+                               section, key, MAX_ORIGINS);
+    free_admin_hosts(conf);
+    size_t n = json_array_size(v);
+    if (n == 0)
+        return 0;
+    conf->admin.allowed_hosts = calloc(n, sizeof *conf->admin.allowed_hosts);
+    if (conf->admin.allowed_hosts == NULL)
+        return keel__conf_nomem(c->err, c->errlen);
+    for (size_t i = 0; i < n; i++) {
+        json_t *o = json_array_get(v, i);
+        if (!keel__conf_is_text(o) || !valid_host_name(json_string_value(o)))
+            return keel__conf_fail(c->err, c->errlen,
+                                   "%s: %s.%s[%zu]: expected a host name or address such as "
+                                   "\"keel-admin.internal\" (no scheme, no port)",
+                                   c->file, section, key, i);
+        conf->admin.allowed_hosts[i] = strdup(json_string_value(o));
+        if (conf->admin.allowed_hosts[i] == NULL)
+            return keel__conf_nomem(c->err, c->errlen);
+        conf->admin.nallowed_hosts = i + 1;
+    }
+    return 0;
+}
+
 int keel__conf_set_defaults(struct keel__conf *conf)
 {
     char *base = (char *)conf;
@@ -445,4 +517,5 @@ void keel__conf_free_members(struct keel__conf *conf)
             }
     keel__conf_free_keys(conf);
     free_origins(conf);
+    free_admin_hosts(conf);
 }

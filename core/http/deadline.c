@@ -31,6 +31,9 @@ struct watch {
     MHD_socket fd;
     int64_t bound_ns;
     atomic_llong deadline;
+    /* Still waiting for its first request: such a connection may be
+     * closed to make room when the table is full (under the lock). */
+    atomic_bool first;
     bool gone_once; /* the sweeper saw the client gone once (sweeper only) */
     char peer[INET6_ADDRSTRLEN];
 };
@@ -43,6 +46,13 @@ struct keel__deadlines {
     struct watch *head;
     long count;
     atomic_ullong closed;
+    /* Room keeping: at evict_at watched connections (0 = off), a new one
+     * closes the connection that has waited longest for its first request.
+     * evicted counts them; the sweeper logs them in batches. */
+    long evict_at;
+    atomic_ullong evicted;
+    unsigned evicted_unlogged;
+    char evicted_last[INET6_ADDRSTRLEN];
     pthread_t sweeper;
 };
 
@@ -109,6 +119,13 @@ static void sweep(keel__deadlines *d)
     if (gone > 0)
         keel__log(KEEL_LOG_DEBUG, "core", "closed %u connection(s) whose client left mid-request",
                   gone);
+    if (d->evicted_unlogged > 0) {
+        keel__log(KEEL_LOG_INFO, "core",
+                  "closed %u connection(s) still sending their first request to make room for "
+                  "new ones (%ld connections open; last from %s)",
+                  d->evicted_unlogged, d->count, d->evicted_last);
+        d->evicted_unlogged = 0;
+    }
     if (n > 0) {
         atomic_fetch_add_explicit(&d->closed, n, memory_order_relaxed);
         keel__log(KEEL_LOG_INFO, "core",
@@ -181,6 +198,39 @@ void keel__deadlines_stop(keel__deadlines *d)
     free(d);
 }
 
+void keel__deadlines_evict_at(keel__deadlines *d, long watched)
+{
+    pthread_mutex_lock(&d->mu);
+    d->evict_at = watched > 0 ? watched : 0;
+    pthread_mutex_unlock(&d->mu);
+}
+
+/* Closes the connection that has waited longest for its first request,
+ * other than `keep`.  Called with the lock held. */
+static void evict_oldest(keel__deadlines *d, const struct watch *keep)
+{
+    struct watch *victim = NULL;
+    long long oldest = 0;
+    for (struct watch *w = d->head; w != NULL; w = w->next) {
+        if (w == keep || !atomic_load_explicit(&w->first, memory_order_relaxed))
+            continue;
+        long long dl = atomic_load_explicit(&w->deadline, memory_order_relaxed);
+        if (dl != 0 && (victim == NULL || dl < oldest)) {
+            victim = w;
+            oldest = dl;
+        }
+    }
+    if (victim == NULL)
+        return;
+    atomic_store_explicit(&victim->deadline, 0, memory_order_relaxed);
+    atomic_store_explicit(&victim->first, false, memory_order_relaxed);
+    if (shutdown(victim->fd, SHUT_RDWR) != 0 && errno != ENOTCONN)
+        return;
+    atomic_fetch_add_explicit(&d->evicted, 1, memory_order_relaxed);
+    d->evicted_unlogged++;
+    memcpy(d->evicted_last, victim->peer, sizeof d->evicted_last);
+}
+
 void keel__deadlines_notify(void *cls, struct MHD_Connection *conn, void **socket_context,
                             enum MHD_ConnectionNotificationCode toe)
 {
@@ -196,6 +246,7 @@ void keel__deadlines_notify(void *cls, struct MHD_Connection *conn, void **socke
         w->fd = ci->connect_fd;
         w->bound_ns = d->bound_ns;
         atomic_init(&w->deadline, keel__monotonic_ns() + d->bound_ns);
+        atomic_init(&w->first, true);
         describe_peer(conn, w->peer, sizeof w->peer);
         pthread_mutex_lock(&d->mu);
         w->next = d->head;
@@ -203,6 +254,8 @@ void keel__deadlines_notify(void *cls, struct MHD_Connection *conn, void **socke
             d->head->prev = w;
         d->head = w;
         d->count++;
+        if (d->evict_at > 0 && d->count >= d->evict_at)
+            evict_oldest(d, w);
         pthread_mutex_unlock(&d->mu);
         *socket_context = w;
         return;
@@ -233,8 +286,10 @@ static struct watch *watch_of(struct MHD_Connection *conn)
 void keel__deadlines_received(struct MHD_Connection *conn)
 {
     struct watch *w = watch_of(conn);
-    if (w != NULL)
+    if (w != NULL) {
         atomic_store_explicit(&w->deadline, 0, memory_order_relaxed);
+        atomic_store_explicit(&w->first, false, memory_order_relaxed);
+    }
 }
 
 void keel__deadlines_rearm(struct MHD_Connection *conn)
@@ -248,6 +303,11 @@ void keel__deadlines_rearm(struct MHD_Connection *conn)
 uint64_t keel__deadlines_closed(const keel__deadlines *d)
 {
     return d ? atomic_load_explicit(&((keel__deadlines *)d)->closed, memory_order_relaxed) : 0;
+}
+
+uint64_t keel__deadlines_evicted(const keel__deadlines *d)
+{
+    return d ? atomic_load_explicit(&((keel__deadlines *)d)->evicted, memory_order_relaxed) : 0;
 }
 
 long keel__deadlines_watched(const keel__deadlines *d)

@@ -25,6 +25,14 @@
  * delaying a graceful stop.  A peek at the socket (MSG_PEEK, nothing
  * consumed) finds those within two sweeps (half a second).
  *
+ * Room keeping: when the table is nearly full (keel__deadlines_evict_at),
+ * each new connection closes the one that has waited longest for its first
+ * request.  A client that opens connections and sends nothing (or a byte at
+ * a time) then only ever holds the oldest slots, which go first, and
+ * another client's connection is accepted and, sending its request at
+ * once, served.  Connections that have been served (kept alive) or whose
+ * request is complete are never closed this way.
+ *
  * Shutting down a socket libmicrohttpd owns is safe because the sweeper
  * holds the registry lock while it does so, and a connection leaves the
  * registry (in the CLOSED notification, under the same lock) before
@@ -49,6 +57,10 @@ int keel__deadlines_start(int timeout_s, keel__deadlines **out) KEEL_WARN_UNUSED
  * (every connection has then been reported closed). */
 void keel__deadlines_stop(keel__deadlines *d);
 
+/* From `watched` connections on (0 = never), a new connection closes the
+ * one that has waited longest for its first request. */
+void keel__deadlines_evict_at(keel__deadlines *d, long watched);
+
 /* The MHD_OPTION_NOTIFY_CONNECTION callback; cls is the keel__deadlines. */
 void keel__deadlines_notify(void *cls, struct MHD_Connection *conn, void **socket_context,
                             enum MHD_ConnectionNotificationCode toe);
@@ -60,6 +72,8 @@ void keel__deadlines_rearm(struct MHD_Connection *conn);
 
 /* Connections closed for passing the bound since start. */
 uint64_t keel__deadlines_closed(const keel__deadlines *d);
+/* Connections closed to make room since start. */
+uint64_t keel__deadlines_evicted(const keel__deadlines *d);
 /* Connections watched right now. */
 long keel__deadlines_watched(const keel__deadlines *d);
 

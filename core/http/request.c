@@ -62,6 +62,11 @@ unsigned keel__request_final_status(const keel_request *req, bool completed_ok)
     return status;
 }
 
+void keel__request_restart_clock(keel_request *req)
+{
+    req->start_ns = keel__monotonic_ns();
+}
+
 int64_t keel__request_elapsed_ns(const keel_request *req)
 {
     return keel__monotonic_ns() - req->start_ns;
@@ -257,8 +262,9 @@ const char *keel__req_header(const keel_request *req, const char *name)
 
 const char *keel__req_body(const keel_request *req, size_t *len)
 {
+    /* A spooled body is not in memory: NULL, as for no body. */
     if (len != NULL)
-        *len = req->body_len;
+        *len = req->body != NULL ? req->body_len : 0;
     return req->body;
 }
 

@@ -19,6 +19,7 @@
 
 #include <keel/plugin.h>
 
+#include "http/edge.h"
 #include "http/router.h"
 #include "identity/usersync.h"
 
@@ -26,6 +27,7 @@ struct keel__arena_block;
 struct keel__cleanup;
 struct keel__table;
 struct keel__route;
+struct keel__spool;
 
 struct keel__header {
     char *name;
@@ -65,6 +67,11 @@ struct keel_request {
     int listener;                      /* enum keel__listener */
     const char *method;
     const char *path; /* without query string */
+    /* The request target as sent (query included, up to a NUL if it held
+     * one), from libmicrohttpd's URI log callback (core/http/edge.h). */
+    const char *target;
+    size_t target_len;
+    struct keel__edge_verdict target_verdict; /* keel__edge_check_target() */
     uint64_t id;
     int64_t start_ns;
 
@@ -82,6 +89,8 @@ struct keel_request {
     size_t body_cap;
     bool body_too_large;
     json_t *json_body;
+    struct keel__spool *spool; /* a streamed body's file (core/http/body.h), or NULL */
+    size_t line_pos;           /* keel__body_line() on an in-memory body */
     int max_json_depth;
 
     /* Authentication. */
@@ -104,6 +113,8 @@ struct keel_request {
     struct keel__cleanup *cleanups;
 };
 
+/* method is NULL while only the request line is in (the URI log callback);
+ * the server sets it once the headers are. */
 keel_request *keel__request_new(struct MHD_Connection *conn, int listener, const char *method,
                                 const char *url);
 /* Runs cleanups in reverse order, drops the table reference, frees everything. */
@@ -114,6 +125,9 @@ void keel__request_free(keel_request *req);
  * asked: completed_ok false), 500 when a response could not be queued. */
 unsigned keel__request_final_status(const keel_request *req, bool completed_ok);
 
+/* The request's clock starts again now: latency counts from the moment its
+ * headers are in, not from its request line (a slow client's own time). */
+void keel__request_restart_clock(keel_request *req);
 /* Nanoseconds since the request arrived (monotonic). */
 int64_t keel__request_elapsed_ns(const keel_request *req);
 

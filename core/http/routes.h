@@ -36,6 +36,7 @@ struct keel__core_route {
 struct keel__route {
     int listener;
     int auth;
+    bool stream_body; /* the manifest's "body": "stream" (core/http/body.h) */
     const char *method;
     const char *path_template;
     const char *plugin;  /* NULL for core routes */

@@ -22,10 +22,13 @@
 #include "conf/conf.h"
 #include "http/accesslog.h"
 #include "http/authorize.h"
+#include "http/body.h"
 #include "http/cors.h"
 #include "http/deadline.h"
+#include "http/edge.h"
 #include "identity/ratelimit.h"
 #include "http/routes.h"
+#include "process/scoreboard.h"
 #include "util/counters.h"
 #include "util/text.h"
 #include "util/time.h"
@@ -58,6 +61,20 @@ long keel__server_in_flight(void)
     return atomic_load(&in_flight);
 }
 
+long keel__server_connections(void)
+{
+    long n = 0;
+    for (size_t i = 0; i < 2; i++) {
+        if (listeners[i].daemon == NULL)
+            continue;
+        const union MHD_DaemonInfo *info = MHD_get_daemon_info(listeners[i].daemon,
+                                                               MHD_DAEMON_INFO_CURRENT_CONNECTIONS);
+        if (info != NULL)
+            n += (long)info->num_connections;
+    }
+    return n;
+}
+
 unsigned long long keel__server_requests_total(void)
 {
     return atomic_load(&requests_total);
@@ -83,7 +100,12 @@ static void dispatch(keel_request *req)
     if (route->core_handler != NULL) {
         route->core_handler(req);
     } else if (route->handler != NULL) {
+        /* Recorded for the supervisor: a crash or a hang in here is
+         * blamed on this plugin, generation, route and request. */
+        keel__plugin_call_enter(route->plugin, route->generation, KEEL__CALL_HANDLER, route->method,
+                                route->path_template, req->id);
         int rc = route->handler(req, route->state);
+        keel__plugin_call_leave();
         if (!req->responded) {
             keel__log(KEEL_LOG_ERROR, route->plugin,
                       "req=%llu %s %s: handler returned %d (%s) without a response",
@@ -96,8 +118,6 @@ static void dispatch(keel_request *req)
     if (!req->responded)
         keel__respond_detail(req, 500, "Internal Server Error");
 }
-
-static long body_cap_for(int listener);
 
 /* Called once the whole request (headers and body) has arrived. */
 static void finish(keel_request *req)
@@ -142,21 +162,13 @@ static void finish(keel_request *req)
 
     if (req->body_too_large) {
         char msg[96];
-        snprintf(msg, sizeof msg, "Request body too large (limit %ld bytes)",
-                 body_cap_for(req->listener));
+        snprintf(msg, sizeof msg, "Request body too large (limit %ld bytes)", keel__body_cap(req));
         keel__respond_detail(req, 413, msg);
         return;
     }
     if (!keel__authorize(req, req->route->auth, &authorizer))
         return;
     dispatch(req);
-}
-
-/* The admin listener takes bulk imports, so it has its own, larger cap. */
-static long body_cap_for(int listener)
-{
-    return listener == KEEL__LISTENER_ADMIN ? keel__rt.limits.max_admin_body_bytes
-                                            : keel__rt.limits.max_body_bytes;
 }
 
 /* What begin() learns from one pass over the request's headers and query. */
@@ -191,9 +203,19 @@ static enum MHD_Result scan_query(void *cls, enum MHD_ValueKind kind, const char
 /* First call: the headers are in.  Refuse what must be refused before the
  * body is read.  Responses queued here make libmicrohttpd answer at once and
  * close the connection without reading the body. */
-static bool begin(keel_request *req)
+static bool begin(keel_request *req, const char *version)
 {
     req->table = keel__table_acquire();
+
+    /* Malformed heads (smuggling attempts, NUL bytes, a foreign Host on
+     * the admin listener) are refused before anything else looks at them,
+     * and the connection is closed: its next bytes cannot be trusted. */
+    struct keel__edge_verdict v = keel__edge_check_request(req, version);
+    if (v.status != 0) {
+        keel__req_add_header(req, "Connection", "close");
+        keel__respond_detail(req, v.status, v.detail);
+        return true;
+    }
 
     /* Header and URI limits.  libmicrohttpd's connection memory is sized
      * above these (start_daemon), so requests between keel's limit and that
@@ -238,22 +260,28 @@ static bool begin(keel_request *req)
         keel__respond_detail(req, 501, "Transfer-Encoding not supported (only chunked)");
         return true;
     }
+    unsigned long long n = 0;
     if (cl != NULL) {
         char *end;
         errno = 0;
-        unsigned long long n = strtoull(cl, &end, 10);
+        n = strtoull(cl, &end, 10);
         if (errno != 0 || end == cl || *end != '\0') {
             keel__respond_detail(req, 400, "Invalid Content-Length");
             return true;
         }
-        if (n > (unsigned long long)body_cap_for(req->listener)) {
+    }
+    /* Admin bodies: how many at once, and whether this one is spooled. */
+    if (!keel__body_admit(req, n > 0 || te != NULL))
+        return true;
+    if (cl != NULL) {
+        if (n > (unsigned long long)keel__body_cap(req)) {
             char msg[96];
             snprintf(msg, sizeof msg, "Request body too large (limit %ld bytes)",
-                     body_cap_for(req->listener));
+                     keel__body_cap(req));
             keel__respond_detail(req, 413, msg);
             return true;
         }
-        if (n > 0) {
+        if (n > 0 && req->spool == NULL) {
             req->body = malloc((size_t)n + 1);
             if (req->body == NULL)
                 return false;
@@ -276,8 +304,14 @@ static bool begin(keel_request *req)
  */
 static bool append_body(keel_request *req, const char *data, size_t len)
 {
-    size_t cap = (size_t)body_cap_for(req->listener);
+    size_t cap = (size_t)keel__body_cap(req);
     size_t drain = (size_t)keel__rt.limits.max_drain_bytes;
+    if (req->spool != NULL && !req->body_too_large && req->body_len + len <= cap) {
+        if (keel__spool_write(req->spool, data, len) != 0)
+            return false;
+        req->body_len += len;
+        return true;
+    }
     if (req->body_too_large) {
         req->body_len += len;
         return req->body_len <= cap + drain;
@@ -308,22 +342,39 @@ static bool append_body(keel_request *req, const char *data, size_t len)
     return true;
 }
 
+/* The URI log callback: the request line is in, the headers are not.  The
+ * request object starts here so that it sees the target before
+ * libmicrohttpd splits it, and so that a request libmicrohttpd refuses
+ * itself later (headers too large, a bad Content-Length) still reaches the
+ * access log and metrics. */
+static void *on_uri(void *cls, const char *uri, struct MHD_Connection *conn)
+{
+    struct listener *l = cls;
+    keel_request *req = keel__request_new(conn, l->index, NULL, uri);
+    if (req == NULL)
+        return NULL;
+    req->max_json_depth = keel__rt.limits.max_json_depth;
+    req->target = uri;
+    req->target_len = strlen(uri);
+    req->target_verdict = keel__edge_check_target(uri, req->target_len);
+    atomic_fetch_add(&in_flight, 1);
+    atomic_fetch_add_explicit(&requests_total, 1, memory_order_relaxed);
+    return req;
+}
+
 static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const char *url,
                                  const char *method, const char *version, const char *upload_data,
                                  size_t *upload_data_size, void **con_cls)
 {
-    (void)version;
-    struct listener *l = cls;
+    (void)cls;
     keel_request *req = *con_cls;
-    if (req == NULL) {
-        req = keel__request_new(conn, l->index, method, url);
-        if (req == NULL)
-            return MHD_NO;
-        *con_cls = req;
-        req->max_json_depth = keel__rt.limits.max_json_depth;
-        atomic_fetch_add(&in_flight, 1);
-        atomic_fetch_add_explicit(&requests_total, 1, memory_order_relaxed);
-        return begin(req) ? MHD_YES : MHD_NO;
+    if (req == NULL)
+        return MHD_NO; /* on_uri ran out of memory */
+    if (req->method == NULL) {
+        req->method = method;
+        req->path = url;
+        keel__request_restart_clock(req);
+        return begin(req, version) ? MHD_YES : MHD_NO;
     }
     if (*upload_data_size != 0) {
         if (!req->responded && !append_body(req, upload_data, *upload_data_size)) {
@@ -355,6 +406,17 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     *con_cls = NULL;
     int64_t ns = keel__request_elapsed_ns(req);
     unsigned status = keel__request_final_status(req, toe == MHD_REQUEST_TERMINATED_COMPLETED_OK);
+    if (!req->responded) {
+        /* libmicrohttpd may have answered it itself: record what it sent. */
+        const union MHD_ConnectionInfo *ci =
+            MHD_get_connection_info(conn, MHD_CONNECTION_INFO_HTTP_STATUS);
+        if (ci != NULL && ci->http_status >= 100)
+            status = ci->http_status;
+    }
+    if (req->method == NULL) { /* refused before its headers were in */
+        req->method = "-";
+        req->path = keel__edge_escape(req, req->target, req->target_len);
+    }
     keel__metrics_observe(req->route ? req->route->metrics : NULL, status, ns);
     keel__access_log(req, status, ns, listeners[req->listener].name);
     keel__request_free(req);
@@ -410,6 +472,14 @@ static int start_daemon(struct listener *l, const char *host, int port, unsigned
         return KEEL_ECONFIG;
     }
     l->loopback = is_loopback(ai->ai_addr);
+    int inherited = keel__rt.listen_inherited ? keel__rt.listen_fds[l->index] : -1;
+    if (inherited >= 0) {
+        /* A worker serves the socket its supervisor bound. */
+        struct sockaddr_storage ss;
+        socklen_t sl = sizeof ss;
+        if (getsockname(inherited, (struct sockaddr *)&ss, &sl) == 0)
+            l->loopback = is_loopback((const struct sockaddr *)&ss);
+    }
     /* Before the daemon starts, so no admin request can see it unset. */
     if (l->index == KEEL__LISTENER_ADMIN)
         authorizer.admin_loopback = l->loopback;
@@ -427,8 +497,12 @@ static int start_daemon(struct listener *l, const char *host, int port, unsigned
     size_t n = 0;
     /* The logger must come first or MHD prints early messages itself. */
     opts[n++] = (struct MHD_OptionItem){MHD_OPTION_EXTERNAL_LOGGER, (intptr_t)mhd_log, NULL};
-    opts[n++] = (struct MHD_OptionItem){MHD_OPTION_SOCK_ADDR, 0, ai->ai_addr};
+    if (inherited >= 0)
+        opts[n++] = (struct MHD_OptionItem){MHD_OPTION_LISTEN_SOCKET, inherited, NULL};
+    else
+        opts[n++] = (struct MHD_OptionItem){MHD_OPTION_SOCK_ADDR, 0, ai->ai_addr};
     opts[n++] = (struct MHD_OptionItem){MHD_OPTION_NOTIFY_COMPLETED, (intptr_t)on_completed, NULL};
+    opts[n++] = (struct MHD_OptionItem){MHD_OPTION_URI_LOG_CALLBACK, (intptr_t)on_uri, l};
     opts[n++] = (struct MHD_OptionItem){MHD_OPTION_UNESCAPE_CALLBACK, (intptr_t)keep_escaped, NULL};
     opts[n++] = (struct MHD_OptionItem){MHD_OPTION_CONNECTION_TIMEOUT,
                                         (intptr_t)(unsigned)c->connection_timeout_s, NULL};
@@ -487,8 +561,13 @@ int keel__server_start(void)
     authorizer.admin_token = c->admin_token;
     /* The bound on receiving a request is the connection timeout: what
      * libmicrohttpd applies to silence, keel applies to slowness. */
-    if (keel__deadlines_start(c->connection_timeout_s, &deadlines) != 0)
+    if (keel__deadlines_start(c->connection_timeout_s, &deadlines) != 0) {
         log_warn("request deadlines are off: slow clients are bounded only by inactivity");
+    } else {
+        /* A little short of full, so a slot is always free to accept into. */
+        long max = keel__rt.limits.max_connections;
+        keel__deadlines_evict_at(deadlines, max - (max >= 64 ? max / 64 : 1));
+    }
     int rc = start_daemon(&listeners[0], c->host, c->port, (unsigned)c->threads);
     if (rc == 0) {
         /* The admin listener serves a handful of ops requests: two threads. */
@@ -512,21 +591,34 @@ int keel__server_start(void)
     return 0;
 }
 
-void keel__server_stop(int timeout_s)
+static MHD_socket quiesced[2] = {MHD_INVALID_SOCKET, MHD_INVALID_SOCKET};
+static bool is_quiesced;
+
+void keel__server_quiesce(void)
 {
     /* Stop accepting first, then let in-flight requests finish.  The
-     * workers drop the quiesced socket from their epoll sets on their own
+     * threads drop the quiesced socket from their epoll sets on their own
      * time, so it is only shut down here (new connections are refused) and
      * closed once the daemons have stopped: closing it now would let its
-     * number be reused under a worker's epoll_ctl. */
-    MHD_socket quiesced[2] = {MHD_INVALID_SOCKET, MHD_INVALID_SOCKET};
+     * number be reused under a thread's epoll_ctl.  A socket inherited from
+     * the supervisor is shared with the other workers and the supervisor:
+     * shutting it down would refuse their connections too, so it is only
+     * left alone (the supervisor closes the listeners when it stops). */
+    if (is_quiesced)
+        return;
+    is_quiesced = true;
     for (size_t i = 0; i < 2; i++) {
         if (listeners[i].daemon == NULL)
             continue;
         quiesced[i] = MHD_quiesce_daemon(listeners[i].daemon);
-        if (quiesced[i] != MHD_INVALID_SOCKET)
+        if (quiesced[i] != MHD_INVALID_SOCKET && !keel__rt.listen_inherited)
             shutdown(quiesced[i], SHUT_RDWR);
     }
+}
+
+void keel__server_stop(int timeout_s)
+{
+    keel__server_quiesce();
     struct timespec start, now;
     clock_gettime(CLOCK_MONOTONIC, &start);
     for (;;) {
@@ -548,7 +640,9 @@ void keel__server_stop(int timeout_s)
         listeners[i].daemon = NULL;
         if (quiesced[i] != MHD_INVALID_SOCKET)
             close(quiesced[i]);
+        quiesced[i] = MHD_INVALID_SOCKET;
     }
+    is_quiesced = false;
     keel__deadlines_stop(deadlines);
     deadlines = NULL;
     keel__ratelimit_free(ratelimit);

@@ -33,7 +33,10 @@ struct keel__server_conf {
     const char *admin_host;
     int admin_port;
     const char *admin_token; /* required when the admin host is not loopback */
-    const char *access_log;  /* "-", a path, or NULL for none */
+    /* Host names the admin listener answers to besides its address. */
+    const char *const *admin_allowed_hosts;
+    size_t admin_nallowed_hosts;
+    const char *access_log; /* "-", a path, or NULL for none */
     bool access_json;
 };
 
@@ -41,6 +44,9 @@ struct keel__server_conf {
 struct keel__limits_conf {
     long max_body_bytes;
     long max_admin_body_bytes;
+    long max_admin_stream_bytes; /* routes with "body": "stream" (core/http/body.h) */
+    int max_admin_bodies;        /* admin requests with a body at once */
+    long max_body_line_bytes;    /* one line of a streamed body */
     int max_json_depth;
     long max_header_bytes; /* 431 past it */
     int max_uri_bytes;     /* 414 past it */
@@ -65,6 +71,10 @@ struct keel__runtime {
     keel__usersync *usersync;
     const keel_host *host;
     int64_t started_at; /* unix seconds */
+    /* In a worker: the listening sockets bound by the supervisor, by
+     * enum keel__listener, served instead of binding. */
+    bool listen_inherited;
+    int listen_fds[2];
 };
 
 extern struct keel__runtime keel__rt;
@@ -72,11 +82,15 @@ extern struct keel__runtime keel__rt;
 /* Starts the main and admin daemons.  Returns 0 or a negative code with the
  * reason logged (e.g. address in use). */
 int keel__server_start(void) KEEL_WARN_UNUSED;
+/* Stops accepting new connections (both listeners); idempotent. */
+void keel__server_quiesce(void);
 /* Stops accepting, waits up to timeout_s for in-flight requests, stops. */
 void keel__server_stop(int timeout_s);
 
 /* Requests currently being processed (both listeners). */
 long keel__server_in_flight(void);
 unsigned long long keel__server_requests_total(void);
+/* Open connections (both listeners), idle kept-alive ones included. */
+long keel__server_connections(void);
 
 #endif

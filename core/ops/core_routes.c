@@ -14,6 +14,7 @@
 #include "plugin/hostapi.h"
 #include "plugin/registry.h"
 #include "plugin/snapshot.h"
+#include "process/worker.h"
 
 static bool db_up(void)
 {
@@ -25,6 +26,14 @@ static bool db_up(void)
 static int route_health(keel_request *req)
 {
     const struct keel__snapshot *t = req->table ? keel__snapshot_of(req->table) : NULL;
+    if (keel__worker_draining()) {
+        /* Lame duck: load balancers take this instance out of rotation
+         * while its routes still answer. */
+        return keel__respond_json(req, 503,
+                                  json_pack("{s:s, s:s, s:O}", "status", "draining", "database",
+                                            db_up() ? "up" : "down", "plugins",
+                                            t && t->health ? t->health : json_object()));
+    }
     if (t == NULL)
         return keel__respond_json(req, 200,
                                   json_pack("{s:s, s:s, s:{}}", "status", "degraded", "database",
@@ -80,16 +89,61 @@ static int route_me(keel_request *req)
                                         "balance", balance));
 }
 
+/*
+ * In a worker, asks the supervisor for verb run on every worker and merged.
+ * Returns the parsed JSON (new reference); NULL with *answered set when a
+ * response was queued (the supervisor did not answer), NULL without it
+ * outside a worker (the caller answers for this process).
+ */
+static json_t *whole_server(keel_request *req, const char *verb, const char *arg, int timeout_ms,
+                            bool *answered)
+{
+    *answered = false;
+    char *text = NULL;
+    int rc = keel__worker_fanout(verb, arg, timeout_ms, &text);
+    if (rc == KEEL_EUNSUPPORTED)
+        return NULL;
+    json_t *j = rc == 0 ? json_loads(text, 0, NULL) : NULL;
+    free(text);
+    if (j == NULL) {
+        keel__log(KEEL_LOG_ERROR, "admin", "%s: no answer from the supervisor (%s)", verb,
+                  keel_strerror(rc));
+        keel__respond_detail(req, rc == KEEL_ETIMEOUT ? 504 : 503,
+                             "The supervisor did not answer for every worker");
+        *answered = true;
+    }
+    return j;
+}
+
 static int route_plugins(keel_request *req)
 {
-    return keel__respond_json(req, 200, keel__plugins_describe());
+    bool answered;
+    json_t *j = whole_server(req, "describe", NULL, 5000, &answered);
+    if (answered)
+        return 0;
+    return keel__respond_json(req, 200, j ? j : keel__plugins_describe());
 }
 
 static int route_reload(keel_request *req)
 {
     const char *only = keel__req_query(req, "plugin");
     bool unknown = false;
-    json_t *r = keel__plugins_reload(only && *only ? only : NULL, &unknown);
+    json_t *r;
+    if (keel__worker_active()) {
+        /* Every plugin's init may take up to its timeout. */
+        bool answered;
+        r = whole_server(req, "reload", only && *only ? only : NULL,
+                         keel__worker_reload_timeout_ms(), &answered);
+        if (answered)
+            return 0;
+        unknown = json_is_true(json_object_get(r, "unknown"));
+        if (unknown) {
+            json_decref(r);
+            r = NULL;
+        }
+    } else {
+        r = keel__plugins_reload(only && *only ? only : NULL, &unknown);
+    }
     if (r == NULL) {
         char msg[160];
         snprintf(msg, sizeof msg, "Unknown plugin: %s", only ? only : "");
@@ -99,6 +153,15 @@ static int route_reload(keel_request *req)
 }
 
 static int route_status(keel_request *req)
+{
+    bool answered;
+    json_t *j = whole_server(req, "status", NULL, 5000, &answered);
+    if (answered)
+        return 0;
+    return keel__respond_json(req, 200, j ? j : keel__admin_status(req->table));
+}
+
+json_t *keel__admin_status(const struct keel__table *table)
 {
     const struct keel__server_conf *c = &keel__rt.server;
     struct keel__db_stats ds = {0};
@@ -114,7 +177,7 @@ static int route_status(keel_request *req)
     /* {"<plugin>": generation serving, 0 for stubs}, from the same snapshot
      * as the counts, so `keelctl status` shows what each plugin runs. */
     json_t *generations = json_object();
-    const struct keel__snapshot *snap = req->table ? keel__snapshot_of(req->table) : NULL;
+    const struct keel__snapshot *snap = table ? keel__snapshot_of(table) : NULL;
     if (snap != NULL && snap->health != NULL) {
         const char *k;
         json_t *v;
@@ -143,16 +206,39 @@ static int route_status(keel_request *req)
         (json_int_t)loaded, "fallback", (json_int_t)fallback, "generations", generations,
         "usersync", "hits", (json_int_t)us.hits, "misses", (json_int_t)us.misses, "evictions",
         (json_int_t)us.evictions, "entries", (json_int_t)us.entries);
-    return keel__respond_json(req, 200, body);
+    return body;
 }
 
 static int route_metrics(keel_request *req)
 {
-    char *text = keel__metrics_render();
+    char *text = NULL;
+    int frc = keel__worker_fanout("metrics", NULL, 5000, &text);
+    if (frc != 0 && frc != KEEL_EUNSUPPORTED) {
+        keel__log(KEEL_LOG_ERROR, "admin", "metrics: no answer from the supervisor (%s)",
+                  keel_strerror(frc));
+        return keel__respond_detail(req, frc == KEEL_ETIMEOUT ? 504 : 503,
+                                    "The supervisor did not answer for every worker");
+    }
+    if (frc == KEEL_EUNSUPPORTED)
+        text = keel__metrics_render();
     if (text == NULL)
         return keel__respond_detail(req, 500, "Internal Server Error");
     return keel__respond_owned(req, 200, "text/plain; version=0.0.4; charset=utf-8", text,
                                strlen(text));
+}
+
+/* POST /admin/upgrade: the supervisor starts the keeld binary anew on the
+ * same sockets and answers once it serves (or why it did not). */
+static int route_upgrade(keel_request *req)
+{
+    bool answered;
+    json_t *j = whole_server(req, "upgrade", NULL, keel__worker_reload_timeout_ms() + 10000,
+                             &answered);
+    if (answered)
+        return 0;
+    if (j == NULL)
+        return keel__respond_detail(req, 501, "Upgrade needs the supervisor (keeld serving)");
+    return keel__respond_json(req, 200, j);
 }
 
 /* POST /admin/usersync/evict {"user": "<email or supabase id>"}: applies a
@@ -168,7 +254,15 @@ static int route_evict(keel_request *req)
             req, 422,
             json_pack("{s:[{s:[s,s], s:s, s:s}]}", "detail", "loc", "body", "user", "msg",
                       "Field required: an email or a Supabase user id", "type", "missing"));
-    int n = keel__rt.usersync ? keel__usersync_evict(keel__rt.usersync, user) : 0;
+    /* Every worker has its own cache: the entry goes from all of them. */
+    bool answered;
+    json_t *all = whole_server(req, "evict", user, 5000, &answered);
+    if (answered)
+        return 0;
+    int n = all                 ? (int)json_integer_value(json_object_get(all, "evicted"))
+            : keel__rt.usersync ? keel__usersync_evict(keel__rt.usersync, user)
+                                : 0;
+    json_decref(all);
     keel__log(KEEL_LOG_INFO, "admin", "evicted %d sync-cache entr%s for %s", n,
               n == 1 ? "y" : "ies", user);
     return keel__respond_json(req, 200, json_pack("{s:i}", "evicted", n));
@@ -183,6 +277,7 @@ const struct keel__core_route keel__core_routes[] = {
     {KEEL__LISTENER_ADMIN, "GET", "/admin/status", KEEL__AUTH_ADMIN, route_status},
     {KEEL__LISTENER_ADMIN, "GET", "/metrics", KEEL__AUTH_ADMIN, route_metrics},
     {KEEL__LISTENER_ADMIN, "POST", "/admin/usersync/evict", KEEL__AUTH_ADMIN, route_evict},
+    {KEEL__LISTENER_ADMIN, "POST", "/admin/upgrade", KEEL__AUTH_ADMIN, route_upgrade},
 };
 
 const size_t keel__ncore_routes = sizeof keel__core_routes / sizeof keel__core_routes[0];

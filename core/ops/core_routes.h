@@ -8,4 +8,8 @@
 extern const struct keel__core_route keel__core_routes[];
 extern const size_t keel__ncore_routes;
 
+/* This process's GET /admin/status body for snapshot table (may be NULL);
+ * new reference. */
+json_t *keel__admin_status(const struct keel__table *table);
+
 #endif

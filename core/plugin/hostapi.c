@@ -10,6 +10,7 @@
 #include <strings.h>
 
 #include "util/log.h"
+#include "http/body.h"
 #include "http/routes.h"
 #include "http/server.h"
 
@@ -267,6 +268,7 @@ static const keel_host host_api = {
     .db_affected = host_db_affected,
     .db_result_free = host_db_result_free,
     .req_query_arg = keel__req_query_arg,
+    .req_body_line = keel__body_line,
 };
 
 const keel_host *keel__host_api(void)

@@ -15,6 +15,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "process/scoreboard.h"
 #include "util/log.h"
 
 /* Loads are serialised: libltdl keeps global state, and so does the message
@@ -23,6 +24,7 @@ static pthread_mutex_t load_lock = PTHREAD_MUTEX_INITIALIZER;
 static char copy_dir[256];
 static char now_error[512];
 static atomic_long live_generations;
+static atomic_int init_timeout_ms = 10000;
 
 /*
  * The libltdl loader keel uses instead of the stock dlopen loader: the stock
@@ -106,6 +108,11 @@ void keel__loader_shutdown(void)
     lt_dlexit();
 }
 
+void keel__loader_set_init_timeout(int ms)
+{
+    atomic_store(&init_timeout_ms, ms > 0 ? ms : 10000);
+}
+
 const char *keel__stage_name(int stage)
 {
     static const char *const names[] = {"manifest", "dlopen", "abi", "init", "routes", "commit"};
@@ -114,9 +121,9 @@ const char *keel__stage_name(int stage)
 
 const char *keel__reason_name(int reason)
 {
-    static const char *const names[] = {"none",        "not_installed", "abi_mismatch",
-                                        "init_failed", "disabled",      "load_failed"};
-    return reason >= 0 && reason <= KEEL__REASON_LOAD_FAILED ? names[reason] : "load_failed";
+    static const char *const names[] = {"none",     "not_installed", "abi_mismatch", "init_failed",
+                                        "disabled", "load_failed",   "crashed",      "hung"};
+    return reason >= 0 && reason <= KEEL__REASON_HUNG ? names[reason] : "load_failed";
 }
 
 long keel__generations_live(void)
@@ -130,8 +137,8 @@ static const struct {
     const char *name;
     unsigned minor;
 } host_capabilities[] = {
-    {"log", 0},  {"request", 0}, {"response", 0},       {"json_body", 0},
-    {"user", 0}, {"db", 0},      {"db_result_free", 1}, {"query_arg", 1},
+    {"log", 0}, {"request", 0},        {"response", 0},  {"json_body", 0},  {"user", 0},
+    {"db", 0},  {"db_result_free", 1}, {"query_arg", 1}, {"body_lines", 2},
 };
 
 int keel__abi_check(const keel_plugin *d, const char *expected_name, char *err, size_t errlen)
@@ -302,6 +309,109 @@ static void generation_destroy(struct keel__generation *g)
     free(g);
 }
 
+/* One init call, shared by the loading thread and the thread running init:
+ * whichever lets go last frees it, so an init that never returns can be
+ * abandoned without leaving the other side a dangling pointer. */
+struct init_call {
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    int refs;
+    bool done;
+    int rc;
+    void *state;
+    const keel_plugin *desc;
+    const keel_host *host;
+    json_t *config;
+    char *name;
+    uint64_t number;
+};
+
+static void init_call_unref(struct init_call *c)
+{
+    pthread_mutex_lock(&c->lock);
+    int left = --c->refs;
+    pthread_mutex_unlock(&c->lock);
+    if (left > 0)
+        return;
+    json_decref(c->config);
+    free(c->name);
+    pthread_cond_destroy(&c->cond);
+    pthread_mutex_destroy(&c->lock);
+    free(c);
+}
+
+static void *init_thread(void *arg)
+{
+    struct init_call *c = arg;
+    void *state = NULL;
+    keel__plugin_call_enter(c->name, c->number, KEEL__CALL_INIT, "init", NULL, 0);
+    int rc = c->desc->init(c->host, c->config, &state);
+    keel__plugin_call_leave();
+    pthread_mutex_lock(&c->lock);
+    c->rc = rc;
+    c->state = state;
+    c->done = true;
+    pthread_cond_signal(&c->cond);
+    pthread_mutex_unlock(&c->lock);
+    init_call_unref(c);
+    return NULL;
+}
+
+/*
+ * Runs g's init on a thread of its own and waits up to the init timeout.
+ * Returns 0 with the init's own result in *rc (and g->state set), or
+ * KEEL_ETIMEOUT when init has not returned (it is left running).
+ */
+static int run_init(struct keel__generation *g, const keel_host *host, json_t *config, int *rc)
+{
+    struct init_call *c = calloc(1, sizeof *c);
+    if (c == NULL)
+        return KEEL_ENOMEM;
+    pthread_mutex_init(&c->lock, NULL);
+    pthread_cond_init(&c->cond, NULL);
+    c->refs = 2;
+    c->desc = g->desc;
+    c->host = host;
+    /* The plugin may keep the config object: it gets its own reference. */
+    c->config = json_incref(config);
+    c->name = strdup(g->name ? g->name : "?");
+    c->number = g->number;
+    pthread_t t;
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    int prc = pthread_create(&t, &attr, init_thread, c);
+    pthread_attr_destroy(&attr);
+    if (prc != 0) {
+        c->refs = 1;
+        init_call_unref(c);
+        return KEEL_ENOMEM;
+    }
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    int ms = atomic_load(&init_timeout_ms);
+    until.tv_sec += ms / 1000;
+    until.tv_nsec += (long)(ms % 1000) * 1000000L;
+    if (until.tv_nsec >= 1000000000L) {
+        until.tv_sec++;
+        until.tv_nsec -= 1000000000L;
+    }
+    int result = 0;
+    pthread_mutex_lock(&c->lock);
+    while (!c->done)
+        if (pthread_cond_timedwait(&c->cond, &c->lock, &until) == ETIMEDOUT)
+            break;
+    if (c->done) {
+        *rc = c->rc;
+        g->state = c->state;
+    } else {
+        result = KEEL_ETIMEOUT;
+    }
+    pthread_mutex_unlock(&c->lock);
+    init_call_unref(c);
+    return result;
+}
+
 int keel__generation_load(const struct keel__manifest *m, uint64_t number, const keel_host *host,
                           struct keel__generation **out, struct keel__load_error *err)
 {
@@ -390,7 +500,24 @@ int keel__generation_load(const struct keel__manifest *m, uint64_t number, const
     }
 
     if (g->desc->init != NULL) {
-        int rc = g->desc->init(host, m->config, &g->state);
+        int rc = 0;
+        int irc = run_init(g, host, m->config, &rc);
+        if (irc == KEEL_ETIMEOUT) {
+            /* The init thread still runs the library's code: it stays
+             * mapped for good (only the copy's name goes). */
+            g->handle = NULL;
+            generation_destroy(g);
+            fail(err, KEEL__STAGE_INIT, KEEL__REASON_INIT_FAILED,
+                 "init did not return within %d ms (timeout); its thread is abandoned",
+                 atomic_load(&init_timeout_ms));
+            return KEEL_EINIT;
+        }
+        if (irc != 0) {
+            generation_destroy(g);
+            fail(err, KEEL__STAGE_INIT, KEEL__REASON_INIT_FAILED, "cannot start init: %s",
+                 keel_strerror(irc));
+            return KEEL_EINIT;
+        }
         if (rc != 0) {
             generation_destroy(g);
             fail(err, KEEL__STAGE_INIT, KEEL__REASON_INIT_FAILED, "init returned %d (%s)", rc,
@@ -419,8 +546,11 @@ void keel__generation_unref(struct keel__generation *g)
         return;
     keel__log(KEEL_LOG_INFO, g->name, "generation %llu retired: finalising and unloading %s",
               (unsigned long long)g->number, g->copy_path);
-    if (g->desc != NULL && g->desc->fini != NULL)
+    if (g->desc != NULL && g->desc->fini != NULL) {
+        keel__plugin_call_enter(g->name, g->number, KEEL__CALL_FINI, "fini", NULL, 0);
         g->desc->fini(g->state);
+        keel__plugin_call_leave();
+    }
     atomic_fetch_sub(&live_generations, 1);
     generation_destroy(g);
 }

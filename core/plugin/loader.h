@@ -43,7 +43,9 @@ enum keel__reason {
     KEEL__REASON_ABI_MISMATCH,
     KEEL__REASON_INIT_FAILED,
     KEEL__REASON_DISABLED,
-    KEEL__REASON_LOAD_FAILED
+    KEEL__REASON_LOAD_FAILED,
+    KEEL__REASON_CRASHED, /* quarantined: crashed a worker */
+    KEEL__REASON_HUNG     /* quarantined: a handler ran past its timeout */
 };
 
 struct keel__load_error {
@@ -68,6 +70,9 @@ struct keel__generation {
 
 /* Sets up libltdl and the private copy directory.  Call once at start-up. */
 int keel__loader_init(void) KEEL_WARN_UNUSED;
+/* Plugin init runs on a thread of its own and is abandoned (the plugin
+ * refused at stage init) past this many milliseconds.  Default 10000. */
+void keel__loader_set_init_timeout(int ms);
 /* Removes the private copy directory (generations must be gone). */
 void keel__loader_shutdown(void);
 

@@ -170,7 +170,8 @@ static int parse_route(const json_t *obj, const char *source, size_t i,
                        struct keel__manifest_route *r, char *err, size_t errlen)
 {
     static const char *const methods[] = {"GET", "POST", "PUT", "PATCH", "DELETE"};
-    static const char *const keys[] = {"method", "path", "auth", "listener", "fallback", NULL};
+    static const char *const keys[] = {"method", "path",     "auth", "listener",
+                                       "body",   "fallback", NULL};
     const char *key;
     char why[256];
 
@@ -227,6 +228,15 @@ static int parse_route(const json_t *obj, const char *source, size_t i,
         return keel__conf_fail(err, errlen,
                                "%s: plugin.routes[%zu].listener: expected \"main\" or \"admin\"",
                                source, i);
+
+    json_t *body = json_object_get(obj, "body");
+    if (body != NULL && !(json_is_string(body) && (strcmp(json_string_value(body), "stream") == 0 ||
+                                                   strcmp(json_string_value(body), "memory") == 0)))
+        return keel__conf_fail(err, errlen,
+                               "%s: plugin.routes[%zu].body: expected \"memory\" (the default) or "
+                               "\"stream\"",
+                               source, i);
+    r->stream_body = body != NULL && strcmp(json_string_value(body), "stream") == 0;
 
     r->method = strdup(methods[mi]);
     r->path = strdup(json_string_value(path));

@@ -9,6 +9,19 @@
 
 #include "util/log.h"
 
+/* Plugins a new worker must not load (quarantined by the supervisor), set
+ * before keel__plugins_start; a reload of one lifts it. */
+static struct {
+    char name[64];
+    int reason;
+} held[64];
+static size_t nheld;
+
+/* The last plugin list described, answered while a reload holds the
+ * registry lock: the admin listener never waits for a plugin's init. */
+static pthread_mutex_t described_lock = PTHREAD_MUTEX_INITIALIZER;
+static json_t *described;
+
 struct keel__registry keel__reg = {.lock = PTHREAD_MUTEX_INITIALIZER};
 
 /* ------------------------------------------------------------ slots */
@@ -69,6 +82,7 @@ int keel__manifest_copy(struct keel__manifest *dst, const struct keel__manifest 
         b->path = strdup(a->path);
         b->auth = a->auth;
         b->listener = a->listener;
+        b->stream_body = a->stream_body;
         b->fallback_status = a->fallback_status;
         b->fallback = a->fallback ? json_deep_copy(a->fallback) : NULL;
         b->fallback_headers = a->fallback_headers ? json_deep_copy(a->fallback_headers) : NULL;
@@ -93,6 +107,17 @@ int keel__slot_load(struct keel__slot *s, const struct keel__manifest *m,
                     struct keel__generation **gen, struct keel__load_error *err)
 {
     *gen = NULL;
+    for (size_t i = 0; i < nheld; i++) {
+        if (strcmp(held[i].name, m->name) == 0) {
+            memset(err, 0, sizeof *err);
+            err->stage = KEEL__STAGE_COMMIT;
+            err->reason = held[i].reason;
+            snprintf(err->message, sizeof err->message,
+                     "quarantined (%s): not loaded until `keelctl reload %s`",
+                     keel__reason_name(held[i].reason), m->name);
+            return 1;
+        }
+    }
     if (!m->enabled) {
         memset(err, 0, sizeof *err);
         err->stage = KEEL__STAGE_MANIFEST;
@@ -306,10 +331,67 @@ json_t *keel__json_time(int64_t t)
     return json_string(buf);
 }
 
+void keel__plugins_lift_held(const char *only)
+{
+    for (size_t i = 0; i < nheld;)
+        if (only == NULL || strcmp(held[i].name, only) == 0)
+            held[i] = held[--nheld];
+        else
+            i++;
+}
+
+int keel__plugins_quarantine(const char *name, int reason)
+{
+    pthread_mutex_lock(&keel__reg.lock);
+    if (keel__reg.confdir == NULL) {
+        /* Not started: remembered for keel__plugins_start. */
+        int rc = KEEL_ENOMEM;
+        if (nheld < sizeof held / sizeof held[0]) {
+            snprintf(held[nheld].name, sizeof held[nheld].name, "%s", name);
+            held[nheld++].reason = reason;
+            rc = 0;
+        }
+        pthread_mutex_unlock(&keel__reg.lock);
+        return rc;
+    }
+    struct keel__slot *s = keel__slot_find(name);
+    if (s == NULL) {
+        pthread_mutex_unlock(&keel__reg.lock);
+        return KEEL_ENOTFOUND;
+    }
+    struct keel__generation *old = s->gen;
+    s->gen = NULL;
+    s->reason = reason;
+    s->stage = KEEL__STAGE_COMMIT;
+    snprintf(s->error, sizeof s->error, "quarantined (%s): not loaded until `keelctl reload %s`",
+             keel__reason_name(reason), name);
+    int conflicts = 0;
+    struct keel__snapshot *t = build_from_slots(&conflicts);
+    if (t != NULL)
+        keel__table_publish(&t->table);
+    /* Requests already running on the old generation keep it alive. */
+    keel__generation_unref(old);
+    keel__log(KEEL_LOG_WARN, name, "plugin %s quarantined (%s): its routes are served by stubs",
+              name, keel__reason_name(reason));
+    pthread_mutex_unlock(&keel__reg.lock);
+    return t != NULL ? 0 : KEEL_ENOMEM;
+}
+
 json_t *keel__plugins_describe(void)
 {
+    if (pthread_mutex_trylock(&keel__reg.lock) != 0) {
+        /* A reload (or start-up) is running: answer what was last
+         * described rather than wait for a plugin's init. */
+        pthread_mutex_lock(&described_lock);
+        json_t *copy = described ? json_deep_copy(described) : NULL;
+        pthread_mutex_unlock(&described_lock);
+        if (copy != NULL) {
+            json_object_set_new(copy, "reload_in_progress", json_true());
+            return copy;
+        }
+        pthread_mutex_lock(&keel__reg.lock);
+    }
     json_t *list = json_array();
-    pthread_mutex_lock(&keel__reg.lock);
     for (size_t i = 0; i < keel__reg.nslots; i++) {
         const struct keel__slot *s = keel__reg.slots[i];
         const struct keel__generation *g = s->gen;
@@ -326,8 +408,12 @@ json_t *keel__plugins_describe(void)
             json_pack("{s:s, s:s?, s:s, s:s?, s:I, s:s?, s:s, s:o, s:I, s:I, s:I, s:o, s:b, s:I, "
                       "s:s?, s:s?}",
                       "name", s->name, "version", g ? g->desc->version : NULL, "state",
-                      g ? "loaded" : "fallback", "reason", g ? NULL : keel__reason_name(s->reason),
-                      "generation", (json_int_t)(g ? g->number : 0), "abi", g ? abi : NULL, "file",
+                      g                                   ? "loaded"
+                      : s->reason == KEEL__REASON_CRASHED ? "quarantined"
+                      : s->reason == KEEL__REASON_HUNG    ? "quarantined"
+                                                          : "fallback",
+                      "reason", g ? NULL : keel__reason_name(s->reason), "generation",
+                      (json_int_t)(g ? g->number : 0), "abi", g ? abi : NULL, "file",
                       s->manifest.file ? s->manifest.file : "", "loaded_at",
                       keel__json_time(g ? g->loaded_at : 0), "in_flight",
                       (json_int_t)(g ? atomic_load(&g->in_flight) : 0), "requests",
@@ -337,5 +423,11 @@ json_t *keel__plugins_describe(void)
                       g ? NULL : keel__stage_name(s->stage), "error", g ? NULL : s->error));
     }
     pthread_mutex_unlock(&keel__reg.lock);
-    return json_pack("{s:o}", "plugins", list);
+    json_t *d = json_pack("{s:o}", "plugins", list);
+    json_t *copy = d ? json_deep_copy(d) : NULL;
+    pthread_mutex_lock(&described_lock);
+    json_decref(described);
+    described = copy;
+    pthread_mutex_unlock(&described_lock);
+    return d;
 }

@@ -45,7 +45,18 @@ void keel__plugins_stop(void);
  */
 json_t *keel__plugins_reload(const char *only, bool *unknown);
 
-/* The plugin list for GET /admin/plugins (new reference). */
+/*
+ * Serves name's routes by its stubs (reason KEEL__REASON_CRASHED or
+ * KEEL__REASON_HUNG) until a reload of it.  Called before
+ * keel__plugins_start, the plugin is not even loaded.  Returns 0,
+ * KEEL_ENOTFOUND or KEEL_ENOMEM.
+ */
+int keel__plugins_quarantine(const char *name, int reason);
+/* Forgets the start-up quarantine of `only` (NULL = all); registry lock held. */
+void keel__plugins_lift_held(const char *only);
+
+/* The plugin list for GET /admin/plugins (new reference).  While a reload
+ * runs, the list last described, with "reload_in_progress": true. */
 json_t *keel__plugins_describe(void);
 
 /* A Unix time as the admin API shows it, "2025-01-31T17:58:01Z", or null for

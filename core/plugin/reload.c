@@ -256,6 +256,8 @@ json_t *keel__plugins_reload(const char *only, bool *unknown)
 {
     *unknown = false;
     pthread_mutex_lock(&keel__reg.lock);
+    /* A reload of a plugin lifts its quarantine. */
+    keel__plugins_lift_held(only);
 
     struct keel__conf *conf = NULL;
     char err[512];

@@ -124,6 +124,7 @@ static int add_view_routes(struct keel__snapshot *s, const struct keel__slot_vie
         struct keel__route *r = &t->routes[t->nroutes++];
         r->listener = mr->listener;
         r->auth = mr->auth;
+        r->stream_body = mr->stream_body;
         /* The table owns its strings: a reload may free the manifest while
          * requests on this snapshot are still running. */
         r->owned_method = strdup(mr->method);

@@ -25,6 +25,9 @@
 #include "plugin/registry.h"
 #include "util/counters.h"
 #include "identity/usersync.h"
+#include "process/scoreboard.h"
+#include "process/supervisor.h"
+#include "process/worker.h"
 
 #ifndef KEEL_SYSCONFDIR
 #define KEEL_SYSCONFDIR "/usr/local/etc/keel"
@@ -96,12 +99,17 @@ static void setup_http(const struct keel__conf *c)
         .admin_host = c->admin.host,
         .admin_port = c->admin.port,
         .admin_token = c->admin.token,
+        .admin_allowed_hosts = (const char *const *)c->admin.allowed_hosts,
+        .admin_nallowed_hosts = c->admin.nallowed_hosts,
         .access_log = c->log.access_log,
         .access_json = c->log.access_format != NULL && strcmp(c->log.access_format, "json") == 0,
     };
     keel__rt.limits = (struct keel__limits_conf){
         .max_body_bytes = c->limits.max_body_bytes,
         .max_admin_body_bytes = c->limits.max_admin_body_bytes,
+        .max_admin_stream_bytes = c->limits.max_admin_stream_bytes,
+        .max_admin_bodies = c->limits.max_admin_bodies,
+        .max_body_line_bytes = c->limits.max_body_line_bytes,
         .max_json_depth = c->limits.max_json_depth,
         .max_header_bytes = c->limits.max_header_bytes,
         .max_uri_bytes = c->limits.max_uri_bytes,
@@ -230,6 +238,9 @@ static bool check_ok(void)
     return ok;
 }
 
+static int serve(struct keel__conf *conf);
+static int serve_check(struct keel__conf *conf, const char *confdir);
+
 int main(int argc, char **argv)
 {
     const char *confdir = KEEL_SYSCONFDIR "/conf.d";
@@ -303,24 +314,23 @@ int main(int argc, char **argv)
         return rc == 0 ? 0 : 1;
     }
 
-    /* Signals go to the main thread only: block them before any thread
-     * starts, then sigwait below. */
-    sigset_t sigs;
-    sigemptyset(&sigs);
-    sigaddset(&sigs, SIGHUP);
-    sigaddset(&sigs, SIGTERM);
-    sigaddset(&sigs, SIGINT);
-    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
-    signal(SIGPIPE, SIG_IGN);
+    if (!check) {
+        /* The supervisor forks the workers before any thread exists. */
+        char self[4096];
+        ssize_t sn = readlink("/proc/self/exe", self, sizeof self - 1);
+        self[sn > 0 ? sn : 0] = '\0';
+        return keel__supervisor_run(conf, sn > 0 ? self : argv[0], argv, serve);
+    }
+    return serve_check(conf, confdir);
+}
 
+/* keeld --check: one process, no listeners. */
+static int serve_check(struct keel__conf *conf, const char *confdir)
+{
     int status = 1;
     bool loader_up = false, plugins_up = false;
-    pthread_t ticker;
-    bool ticker_up = false;
-
+    keel__loader_set_init_timeout(conf->containment.init_timeout_ms);
     if (setup_auth(conf) != 0)
-        goto out;
-    if (!check && setup_db(conf) != 0)
         goto out;
     struct keel__usersync_conf uc = {.ttl_s = conf->usersync.ttl_s,
                                      .max_entries = conf->usersync.max_entries,
@@ -333,14 +343,57 @@ int main(int argc, char **argv)
     loader_up = true;
     int prc = keel__plugins_start(conf, keel__rt.host, keel__core_routes, keel__ncore_routes);
     plugins_up = true;
+    print_check_report();
+    bool ok = prc == 0 && check_ok();
+    printf("keeld --check: configuration %s is %s\n", confdir, ok ? "OK" : "NOT OK");
+    status = ok ? 0 : 1;
+out:
+    if (plugins_up)
+        keel__plugins_stop();
+    if (loader_up)
+        keel__loader_shutdown();
+    keel__usersync_free(keel__rt.usersync);
+    keel__auth_free(keel__rt.auth);
+    keel__metrics_free();
+    keel__conf_free(conf);
+    return status;
+}
 
-    if (check) {
-        print_check_report();
-        bool ok = prc == 0 && check_ok();
-        printf("keeld --check: configuration %s is %s\n", confdir, ok ? "OK" : "NOT OK");
-        status = ok ? 0 : 1;
+/*
+ * A worker (after the fork): sets up as a single keeld always did, serves
+ * on the supervisor's sockets and answers its control channel until told
+ * to stop.  Returns the exit status.
+ */
+static int serve(struct keel__conf *conf)
+{
+    /* Again: the supervisor gave this worker its share of the limits. */
+    setup_http(conf);
+    keel__rt.started_at = (int64_t)time(NULL);
+    keel__loader_set_init_timeout(conf->containment.init_timeout_ms);
+    keel__worker_set_reload_timeout(conf->containment.init_timeout_ms * (int)(conf->nplugins + 1) +
+                                    30000);
+    signal(SIGPIPE, SIG_IGN);
+
+    int status = 1;
+    bool loader_up = false, plugins_up = false;
+    pthread_t ticker;
+    bool ticker_up = false;
+
+    if (setup_auth(conf) != 0)
         goto out;
-    }
+    if (setup_db(conf) != 0)
+        goto out;
+    struct keel__usersync_conf uc = {.ttl_s = conf->usersync.ttl_s,
+                                     .max_entries = conf->usersync.max_entries,
+                                     .initial_credits = conf->usersync.initial_credits};
+    if (keel__usersync_new(&uc, keel__rt.db, &keel__rt.usersync) != 0)
+        goto out;
+    keel__rt.host = keel__host_api();
+    if (keel__loader_init() != 0)
+        goto out;
+    loader_up = true;
+    int prc = keel__plugins_start(conf, keel__rt.host, keel__core_routes, keel__ncore_routes);
+    plugins_up = true;
     if (prc == KEEL_ENOMEM)
         goto out;
     if (check_schema(conf) != 0)
@@ -349,27 +402,16 @@ int main(int argc, char **argv)
         goto out;
     if (pthread_create(&ticker, NULL, db_ticker, NULL) == 0)
         ticker_up = true;
-    log_info("keeld %s ready (config %s)", PACKAGE_VERSION, confdir);
+    log_info("keeld %s worker %d ready (config %s)", PACKAGE_VERSION, (int)getpid(), conf->dir);
 
-    for (;;) {
-        int sig = 0;
-        if (sigwait(&sigs, &sig) != 0)
-            continue;
-        if (sig == SIGHUP) {
-            log_info("SIGHUP: reloading every plugin");
-            bool unknown;
-            json_t *r = keel__plugins_reload(NULL, &unknown);
-            char *text = r ? json_dumps(r, JSON_COMPACT) : NULL;
-            log_info("reload result: %s", text ? text : "(none)");
-            free(text);
-            json_decref(r);
-            continue;
-        }
-        log_info("%s: stopping (draining in-flight requests for up to %d s)",
-                 sig == SIGTERM ? "SIGTERM" : "SIGINT", conf->server.shutdown_timeout_s);
-        break;
+    int stuck = keel__worker_loop(conf);
+    if (stuck > 0) {
+        /* Threads still in plugin code would keep the daemons from
+         * stopping: leave now, the supervisor counts on it. */
+        log_warn("worker %d leaves %d request(s) stuck in plugin code", (int)getpid(), stuck);
+        _exit(0);
     }
-    keel__server_stop(conf->server.shutdown_timeout_s);
+    keel__server_stop(1);
     status = 0;
 
 out:
@@ -388,6 +430,6 @@ out:
     keel__metrics_free();
     keel__conf_free(conf);
     if (status == 0)
-        log_info("keeld stopped");
+        log_info("worker %d stopped", (int)getpid());
     return status;
 }

@@ -21,6 +21,7 @@
  *        "db"           db_query .. db_affected
  *   1.1  "db_result_free"  db_result_free
  *        "query_arg"       req_query_arg
+ *   1.2  "body_lines"      req_body_line
  *
  * Rules every plugin relies on:
  *  - Concurrency.  Handlers of one generation run concurrently on many server
@@ -58,7 +59,7 @@ extern "C" {
 #endif
 
 #define KEEL_ABI_MAJOR 1
-#define KEEL_ABI_MINOR 1
+#define KEEL_ABI_MINOR 2
 
 /* "KEEL" in ASCII; the first member of every descriptor. */
 #define KEEL_PLUGIN_MAGIC 0x4b45454cu
@@ -227,6 +228,19 @@ typedef struct keel_host {
      * "query_arg".
      */
     int (*req_query_arg)(const keel_request *req, const char *name, const char **value);
+
+    /* --- ABI 1.2 ------------------------------------------------------- */
+    /*
+     * The next line of the request body, without its "\n" (a "\r" before
+     * it is kept).  *line is owned by the host and valid until the next
+     * call.  Returns 1 with a line, 0 at the end of the body, KEEL_ETOOBIG
+     * for a line over the host's line limit (skipped: the next call reads
+     * the line after it), or another negative code.  It is the only way to
+     * read the body of a route whose manifest says "body": "stream" (such a
+     * body is spooled to disk, and req_body returns NULL for it); it reads
+     * in-memory bodies as well.  Capability "body_lines".
+     */
+    int (*req_body_line)(keel_request *req, const char **line, size_t *len);
 } keel_host;
 
 /* True when the running host's table has member `m` and it is set. */

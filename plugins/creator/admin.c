@@ -615,6 +615,27 @@ static bool blank(const char *s, size_t len)
     return true;
 }
 
+/*
+ * The next line of the import body: through the host's line reader when it
+ * has one (the body is then streamed from disk, never held whole), else
+ * from the in-memory body.  Returns 1, 0 at the end, KEEL_ETOOBIG for an
+ * overlong line (skipped), or another negative code.
+ */
+static int next_line(keel_request *req, const char *body, size_t len, size_t *pos,
+                     const char **line, size_t *n)
+{
+    if (KEEL_HOST_HAS(creator_host, req_body_line))
+        return creator_host->req_body_line(req, line, n);
+    if (body == NULL || *pos >= len)
+        return 0;
+    const char *start = body + *pos;
+    const char *nl = memchr(start, '\n', len - *pos);
+    *n = nl != NULL ? (size_t)(nl - start) : len - *pos;
+    *pos += *n + (nl != NULL);
+    *line = start;
+    return 1;
+}
+
 int creator_admin_import(keel_request *req, void *state)
 {
     size_t len = 0, pos = 0;
@@ -622,20 +643,29 @@ int creator_admin_import(keel_request *req, void *state)
     long lines = 0, imported = 0, failed = 0, jobs = 0;
     json_t *results = json_array();
     struct import_line *l;
+    const char *start;
+    size_t n;
+    int more;
 
     l = creator_host->req_alloc(req, sizeof *l);
     if (results == NULL || l == NULL) {
         json_decref(results);
         return creator_respond(req, 500, NULL);
     }
-    while (body != NULL && pos < len) {
-        const char *start = body + pos;
-        const char *nl = memchr(start, '\n', len - pos);
-        size_t n = nl != NULL ? (size_t)(nl - start) : len - pos;
+    while ((more = next_line(req, body, len, &pos, &start, &n)) != 0) {
         bool ok;
 
-        pos += n + (nl != NULL);
         lines++;
+        if (more == KEEL_ETOOBIG) {
+            failed++;
+            json_array_append_new(results, json_pack("{s:I,s:b,s:s}", "line", (json_int_t)lines,
+                                                     "ok", 0, "error", "line too long"));
+            continue;
+        }
+        if (more < 0) {
+            json_decref(results);
+            return creator_respond(req, 500, NULL);
+        }
         if (n > 0 && start[n - 1] == '\r')
             n--;
         if (blank(start, n))

@@ -444,6 +444,16 @@ class Keeld:
         self.confdir = os.path.join(self.dir, "conf.d")
         if os.path.isdir(CONFDIR):
             shutil.copytree(CONFDIR, self.confdir)
+            # No lame-duck period by default: every test's keeld is stopped
+            # with SIGTERM, and five seconds of "draining" each would add
+            # minutes to the suite. Tests of the drain set it themselves.
+            server_conf = os.path.join(self.confdir, "10-server.json")
+            if os.path.exists(server_conf):
+                with open(server_conf) as f:
+                    c = json.load(f)
+                c.setdefault("server", {})["drain_s"] = 0
+                with open(server_conf, "w") as f:
+                    json.dump(c, f, indent=2)
         else:
             os.makedirs(self.confdir)
         self.log_path = os.path.join(self.dir, "keeld.log")
@@ -578,7 +588,12 @@ class Keeld:
 
     @property
     def pid(self):
+        """The supervisor's pid (keeld's process; workers are its children)."""
         return self.proc.pid if self.proc else None
+
+    def workers(self):
+        """Pids of the worker processes (the supervisor's children)."""
+        return sorted(_children(self.pid)) if self.pid else []
 
     def alive(self):
         return self.proc is not None and self.proc.poll() is None
@@ -668,7 +683,13 @@ class Keeld:
         return self.request("POST", path, body=body, **kw)
 
     def admin(self, method, path, body=None, headers=None, timeout=10):
-        return http(method, self.admin_url(path), headers=headers, body=body, timeout=timeout)
+        # The admin listener refuses writes without a JSON content type
+        # (docs/reliability.md); send what keelctl sends unless told.
+        hdrs = dict(headers or {})
+        if method not in ("GET", "HEAD", "OPTIONS") and \
+                not any(k.lower() == "content-type" for k in hdrs):
+            hdrs["Content-Type"] = "application/json"
+        return http(method, self.admin_url(path), headers=hdrs, body=body, timeout=timeout)
 
     def admin_get(self, path, **kw):
         return self.admin("GET", path, **kw)

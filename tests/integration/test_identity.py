@@ -101,7 +101,13 @@ def test_suspended_and_inactive_refused_pending_passes():
 def test_admin_evict_applies_suspension_at_once():
     sub, email = new_user()
     t = tok(sub, email)
-    with Keeld() as k:  # default TTL 300 s
+    def one_worker(k):
+        # Each worker has its own cache: with one, "cached" is certain for
+        # the second request (evict itself reaches every worker).
+        c = k.read_conf("10-server.json")
+        c["server"]["workers"] = 1
+        k.write_conf("10-server.json", c)
+    with Keeld(one_worker) as k:  # default TTL 300 s
         assert k.get("/api/v1/auth/me", token=t).status == 200
         k.db.query("UPDATE users SET status = 'suspended' WHERE supabase_user_id = %s", sub)
         assert k.get("/api/v1/auth/me", token=t).status == 200  # cached until evicted

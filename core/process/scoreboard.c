@@ -1,0 +1,199 @@
+#include "config.h"
+
+#include "process/scoreboard.h"
+
+#include <pthread.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <time.h>
+
+#include "process/crash.h"
+
+static struct keel__sb_worker *board;
+static unsigned nslots;
+static struct keel__sb_worker *self;
+
+/* Slots of threads that have exited, handed out again (reload and init
+ * threads come and go; the HTTP threads live as long as the worker). */
+static pthread_mutex_t free_lock = PTHREAD_MUTEX_INITIALIZER;
+static int *free_slots;
+static size_t nfree;
+static pthread_key_t slot_key;
+static pthread_once_t slot_key_once = PTHREAD_ONCE_INIT;
+
+static _Thread_local int my_index = -1;
+
+int keel__sb_create(unsigned n)
+{
+    size_t len = (size_t)n * sizeof *board;
+    void *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED)
+        return KEEL_ENOMEM;
+    board = p;
+    nslots = n;
+    for (unsigned i = 0; i < n; i++)
+        keel__sb_reset(i);
+    return 0;
+}
+
+unsigned keel__sb_slots(void)
+{
+    return nslots;
+}
+
+struct keel__sb_worker *keel__sb_worker(unsigned i)
+{
+    return board != NULL && i < nslots ? &board[i] : NULL;
+}
+
+void keel__sb_reset(unsigned i)
+{
+    struct keel__sb_worker *w = keel__sb_worker(i);
+    if (w == NULL)
+        return;
+    atomic_store(&w->pid, 0);
+    atomic_store(&w->crash_thread, -1);
+    atomic_store(&w->crash_signal, 0);
+    atomic_store(&w->nthreads, 0);
+    atomic_store(&w->requests, 0);
+    atomic_store(&w->in_flight, 0);
+    for (unsigned t = 0; t < KEEL__SB_THREADS; t++)
+        atomic_store(&w->threads[t].seq, 0);
+}
+
+static void release_slot(void *arg)
+{
+    int idx = (int)(intptr_t)arg - 1;
+    keel__crash_thread_teardown();
+    pthread_mutex_lock(&free_lock);
+    int *grown = realloc(free_slots, (nfree + 1) * sizeof *grown);
+    if (grown != NULL) {
+        free_slots = grown;
+        free_slots[nfree++] = idx;
+    }
+    pthread_mutex_unlock(&free_lock);
+}
+
+static void make_slot_key(void)
+{
+    pthread_key_create(&slot_key, release_slot);
+}
+
+void keel__sb_bind(unsigned i)
+{
+    self = keel__sb_worker(i);
+    pthread_once(&slot_key_once, make_slot_key);
+}
+
+struct keel__sb_worker *keel__sb_self(void)
+{
+    return self;
+}
+
+int keel__sb_thread_index(void)
+{
+    return my_index;
+}
+
+static int claim_slot(void)
+{
+    int idx = -1;
+    pthread_mutex_lock(&free_lock);
+    if (nfree > 0)
+        idx = free_slots[--nfree];
+    pthread_mutex_unlock(&free_lock);
+    if (idx < 0) {
+        idx = atomic_fetch_add(&self->nthreads, 1);
+        if (idx >= KEEL__SB_THREADS)
+            return -1;
+    }
+    /* The key's destructor gives the slot back when the thread exits;
+     * stored +1 because a NULL value runs no destructor. */
+    pthread_setspecific(slot_key, (void *)(intptr_t)(idx + 1));
+    keel__crash_thread_setup();
+    return idx;
+}
+
+static void copy_text(char *dst, size_t cap, const char *a, const char *b)
+{
+    size_t n = 0;
+    for (const char *s = a; s != NULL && *s != '\0' && n + 1 < cap; s++)
+        dst[n++] = *s;
+    if (b != NULL && a != NULL && n + 1 < cap)
+        dst[n++] = ' ';
+    for (const char *s = b; s != NULL && *s != '\0' && n + 1 < cap; s++)
+        dst[n++] = *s;
+    dst[n] = '\0';
+}
+
+void keel__plugin_call_enter(const char *plugin, uint64_t generation, int kind, const char *method,
+                             const char *route, uint64_t request_id)
+{
+    if (self == NULL)
+        return;
+    if (my_index < 0) {
+        my_index = claim_slot();
+        if (my_index < 0) {
+            my_index = -2; /* no room: stay unrecorded, do not try again */
+            return;
+        }
+    }
+    if (my_index < 0)
+        return;
+    static atomic_ullong entries;
+    struct keel__sb_thread *t = &self->threads[my_index];
+    t->since_ns = keel__monotonic_ns();
+    t->kind = kind;
+    t->generation = generation;
+    t->request_id = request_id;
+    copy_text(t->plugin, sizeof t->plugin, plugin, NULL);
+    copy_text(t->route, sizeof t->route, method, route);
+    atomic_store_explicit(&t->seq, atomic_fetch_add(&entries, 1) + 1, memory_order_release);
+}
+
+void keel__plugin_call_leave(void)
+{
+    if (self == NULL || my_index < 0)
+        return;
+    atomic_store_explicit(&self->threads[my_index].seq, 0, memory_order_release);
+}
+
+bool keel__sb_read_thread(const struct keel__sb_worker *w, unsigned t, struct keel__sb_thread *out)
+{
+    if (w == NULL || t >= KEEL__SB_THREADS)
+        return false;
+    const struct keel__sb_thread *s = &w->threads[t];
+    unsigned long long before = atomic_load_explicit(&s->seq, memory_order_acquire);
+    if (before == 0)
+        return false;
+    out->since_ns = s->since_ns;
+    out->kind = s->kind;
+    out->generation = s->generation;
+    out->request_id = s->request_id;
+    memcpy(out->plugin, s->plugin, sizeof out->plugin);
+    memcpy(out->route, s->route, sizeof out->route);
+    out->plugin[sizeof out->plugin - 1] = '\0';
+    out->route[sizeof out->route - 1] = '\0';
+    atomic_thread_fence(memory_order_acquire);
+    unsigned long long after = atomic_load_explicit(&s->seq, memory_order_relaxed);
+    atomic_store_explicit(&out->seq, before, memory_order_relaxed);
+    return before == after;
+}
+
+int keel__sb_stuck_handlers(int64_t limit_ns)
+{
+    if (self == NULL)
+        return 0;
+    int n = 0;
+    int64_t now = keel__monotonic_ns();
+    int top = atomic_load(&self->nthreads);
+    for (int i = 0; i < top && i < KEEL__SB_THREADS; i++) {
+        struct keel__sb_thread t;
+        if (keel__sb_read_thread(self, (unsigned)i, &t) && t.kind == KEEL__CALL_HANDLER &&
+            now - t.since_ns > limit_ns)
+            n++;
+    }
+    return n;
+}
