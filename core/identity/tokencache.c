@@ -73,23 +73,6 @@ static uint64_t hash_of(const unsigned char d[32])
     return h;
 }
 
-static bool copy_claims(struct keel__claims *dst, const struct keel__claims *src)
-{
-    memset(dst, 0, sizeof *dst);
-    memcpy(dst->sub, src->sub, sizeof dst->sub);
-    dst->exp = src->exp;
-    dst->email = strdup(src->email ? src->email : "");
-    dst->role = strdup(src->role ? src->role : "");
-    if (src->user_metadata != NULL)
-        dst->user_metadata = json_deep_copy(src->user_metadata);
-    if (dst->email == NULL || dst->role == NULL ||
-        (src->user_metadata != NULL && dst->user_metadata == NULL)) {
-        keel__claims_clear(dst);
-        return false;
-    }
-    return true;
-}
-
 bool keel__tokencache_get(keel__tokencache *tc, const char *token, size_t len, time_t now,
                           int exp_leeway, struct keel__claims *out)
 {
@@ -104,7 +87,7 @@ bool keel__tokencache_get(keel__tokencache *tc, const char *token, size_t len, t
     if (t != NULL && now >= t->since && now < t->until &&
         (int64_t)now <= t->claims.exp + exp_leeway) {
         keel__lru_touch(sh, &t->node);
-        hit = copy_claims(out, &t->claims);
+        hit = keel__claims_copy(out, &t->claims);
     }
     keel__lru_unlock(sh);
     return hit;
@@ -120,7 +103,7 @@ void keel__tokencache_put(keel__tokencache *tc, const char *token, size_t len, t
     struct token *t = calloc(1, sizeof *t);
     if (t == NULL)
         return;
-    if (!copy_claims(&t->claims, claims)) {
+    if (!keel__claims_copy(&t->claims, claims)) {
         free(t);
         return;
     }

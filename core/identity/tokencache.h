@@ -19,7 +19,7 @@
 #include <stddef.h>
 #include <time.h>
 
-#include "identity/auth.h"
+#include "identity/claims.h"
 
 #define KEEL__TOKENCACHE_TTL_S 60
 
