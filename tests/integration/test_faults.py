@@ -335,9 +335,9 @@ def test_every_pool_connection_terminated_next_requests_succeed():
             t.join(30)
         before = int(query("SELECT count(*) FROM pg_stat_activity WHERE datname ="
                            " current_database() AND pid <> pg_backend_pid()")[0][0])
-        # Every session in the database is one of the pool's (idle by now).
-        pool = admin_status(k)["database"]["pool"]
-        assert before == pool["idle"] + pool["in_use"] and before >= 1, (before, pool)
+        # A precondition, not the check: there are pool sessions to kill (each
+        # worker process has its own pool, so their number varies).
+        assert before >= 1, before
         killed = query("SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM"
                        " pg_stat_activity WHERE datname = current_database()"
                        " AND pid <> pg_backend_pid()) t")[0][0]

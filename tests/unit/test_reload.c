@@ -278,7 +278,9 @@ static void test_reload_ok(void **state)
     assert_false(unknown);
     assert_true(json_is_true(json_object_get(r, "ok")));
     assert_int_not_equal(serving_serial(), serial);
-    assert_string_not_equal(state_of_slots(), before);
+    char *after = state_of_slots();
+    assert_string_not_equal(after, before);
+    free(after);
     json_decref(r);
     free(before);
     assert_null(keel__plugins_reload("nosuch", &unknown));
