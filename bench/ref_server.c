@@ -1,24 +1,27 @@
 /*
  * The HTTP ceiling for ./dev bench: the smallest libmicrohttpd server that
- * answers every request with one fixed JSON body, started with the same
- * daemon flags and limits as keeld's main listener (core/http/server.c: internal
- * polling thread, a thread pool, epoll, the same connection timeout, limit
- * and per-connection memory).  Whatever keeld does on top of libmicrohttpd
- * (routing, authentication, JSON, metrics, logging) shows as the distance
- * between keeld and this server on the same CPU.
+ * answers every request with one fixed JSON body.  Its threading model,
+ * pool size and per-connection memory are options, so that bench/run can
+ * try them on this machine and measure keeld against the fastest one
+ * (not against a server that copies keeld's own daemon flags, which would
+ * carry keeld's configuration costs into the ceiling).
  *
- *   ref_server [--host 127.0.0.1] --port N [--threads N] [--memory-limit BYTES]
+ *   ref_server [--host 127.0.0.1] --port N [--model M] [--threads N]
+ *              [--memory-limit BYTES]
  *
- * --threads defaults to keeld's default, 4 per online CPU; --memory-limit to
- * the per-connection memory keeld gives libmicrohttpd with its default
- * limits (twice max_header_bytes plus max_uri_bytes).  The server runs
- * until SIGINT or SIGTERM.  Built by bench/run with gcc and pkg-config; it is
- * not part of keel and is never installed.
+ * --model: epoll (default), epoll-turbo (MHD_USE_TURBO), poll, select, or
+ * per-connection (a thread per connection, polling with poll()).
+ * --threads: the internal thread pool (1 = one internal polling thread, no
+ * pool); ignored by per-connection.  --memory-limit: libmicrohttpd's
+ * per-connection memory (MHD_OPTION_CONNECTION_MEMORY_LIMIT; its default is
+ * 32 KiB).  The server runs until SIGINT or SIGTERM.  Built by bench/run
+ * with gcc and pkg-config; it is not part of keel and is never installed.
  */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -80,28 +83,50 @@ static long parse_long(const char *s, const char *what, long min, long max)
 int main(int argc, char **argv)
 {
     const char *host = "127.0.0.1";
+    const char *model = "epoll";
     long port = 0;
-    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
-    long threads = 4 * (ncpu > 0 ? ncpu : 1);
-    long memory = 2 * (16384 + 8192);
+    long threads = 1;
+    long memory = 32 * 1024;
 
     for (int i = 1; i < argc; i++) {
         if (i + 1 < argc && strcmp(argv[i], "--host") == 0)
             host = argv[++i];
         else if (i + 1 < argc && strcmp(argv[i], "--port") == 0)
             port = parse_long(argv[++i], "port", 1, 65535);
+        else if (i + 1 < argc && strcmp(argv[i], "--model") == 0)
+            model = argv[++i];
         else if (i + 1 < argc && strcmp(argv[i], "--threads") == 0)
             threads = parse_long(argv[++i], "threads", 1, 1024);
         else if (i + 1 < argc && strcmp(argv[i], "--memory-limit") == 0)
-            memory = parse_long(argv[++i], "memory limit", 4096, 64L * 1024 * 1024);
+            memory = parse_long(argv[++i], "memory limit", 1024, 64L * 1024 * 1024);
         else {
-            fprintf(stderr, "usage: ref_server [--host ADDR] --port N [--threads N] "
+            fprintf(stderr, "usage: ref_server [--host ADDR] --port N [--model "
+                            "epoll|epoll-turbo|poll|select|per-connection] [--threads N] "
                             "[--memory-limit BYTES]\n");
             return 2;
         }
     }
     if (port == 0) {
         fprintf(stderr, "ref_server: --port is required\n");
+        return 2;
+    }
+
+    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ITC | MHD_USE_ERROR_LOG;
+    bool pool = threads > 1;
+    if (strcmp(model, "epoll") == 0)
+        flags |= MHD_USE_EPOLL;
+    else if (strcmp(model, "epoll-turbo") == 0)
+        flags |= MHD_USE_EPOLL | MHD_USE_TURBO;
+    else if (strcmp(model, "poll") == 0)
+        flags |= MHD_USE_POLL;
+    else if (strcmp(model, "select") == 0)
+        ; /* the internal polling thread's default */
+    else if (strcmp(model, "per-connection") == 0) {
+        flags |= MHD_USE_THREAD_PER_CONNECTION | MHD_USE_POLL;
+        pool = false;
+        threads = 1;
+    } else {
+        fprintf(stderr, "ref_server: unknown --model %s\n", model);
         return 2;
     }
 
@@ -122,33 +147,26 @@ int main(int argc, char **argv)
     sigaddset(&stop, SIGTERM);
     pthread_sigmask(SIG_BLOCK, &stop, NULL);
 
-    /* keeld's main listener: core/http/server.c start_daemon() with the defaults
-     * of conf.d/10-server.json (timeout 30 s, 1024 connections). */
-    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ITC | MHD_USE_ERROR_LOG;
-#ifdef __linux__
-    flags |= MHD_USE_EPOLL;
-#else
-    flags |= MHD_USE_POLL;
-#endif
     struct MHD_OptionItem opts[] = {
         {MHD_OPTION_SOCK_ADDR, 0, &sa},
         {MHD_OPTION_CONNECTION_TIMEOUT, 30, NULL},
         {MHD_OPTION_CONNECTION_LIMIT, 1024, NULL},
         {MHD_OPTION_CONNECTION_MEMORY_LIMIT, (intptr_t)memory, NULL},
-        /* Last, so that one thread (no pool, as keeld does) can end the list here. */
+        /* Last, so that one thread (no pool) can end the list here. */
         {MHD_OPTION_THREAD_POOL_SIZE, (intptr_t)threads, NULL},
         {MHD_OPTION_END, 0, NULL},
     };
-    if (threads <= 1)
+    if (!pool)
         opts[4].option = MHD_OPTION_END;
     struct MHD_Daemon *d = MHD_start_daemon(flags, (uint16_t)port, NULL, NULL, on_access, NULL,
                                             MHD_OPTION_ARRAY, opts, MHD_OPTION_END);
     if (d == NULL) {
-        fprintf(stderr, "ref_server: cannot listen on %s:%ld\n", host, port);
+        fprintf(stderr, "ref_server: cannot start %s with %ld thread(s) on %s:%ld\n", model,
+                threads, host, port);
         return 1;
     }
-    fprintf(stderr, "ref_server: listening on %s:%ld with %ld thread%s, %ld bytes per connection\n",
-            host, port, threads, threads == 1 ? "" : "s", memory);
+    fprintf(stderr, "ref_server: listening on %s:%ld, %s, %ld thread%s, %ld bytes per connection\n",
+            host, port, model, threads, threads == 1 ? "" : "s", memory);
 
     int sig = 0;
     sigwait(&stop, &sig);

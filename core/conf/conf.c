@@ -100,7 +100,15 @@ static int load_file(struct load_state *st, const char *path, char *err, size_t 
         while (s < keel__conf_nsections && strcmp(keel__conf_section_names[s], key) != 0)
             s++;
         if (s == keel__conf_nsections) {
-            rc = keel__conf_fail(err, errlen, "%s: %s: unknown section", path, key);
+            const char *known[KEEL__CONF_MAX_SECTIONS + 2];
+            size_t k = 0;
+            for (; k < keel__conf_nsections && k < KEEL__CONF_MAX_SECTIONS; k++)
+                known[k] = keel__conf_section_names[k];
+            known[k++] = "plugin";
+            known[k] = NULL;
+            char hint[96];
+            rc = keel__conf_fail(err, errlen, "%s: %s: unknown section%s", path, key,
+                                 keel__conf_hint(key, known, hint, sizeof hint));
             break;
         }
         if (st->seen[s] != NULL) {

@@ -31,6 +31,8 @@
 
 #include <keel/common.h>
 
+#include "util/cidr.h"
+
 enum keel__auth_level { KEEL__AUTH_PUBLIC = 0, KEEL__AUTH_USER = 1, KEEL__AUTH_ADMIN = 2 };
 enum keel__listener { KEEL__LISTENER_MAIN = 0, KEEL__LISTENER_ADMIN = 1 };
 
@@ -83,6 +85,13 @@ struct keel__conf {
         int worker_max_rss_mb;    /* recycle a worker past this RSS; 0 = off (default) */
         long worker_max_requests; /* recycle a worker after this many requests; 0 = off */
         char *plugin_dir;         /* default KEEL_PLUGINDIR (the install's lib/keel) */
+        /* Peers whose X-Forwarded-For names the client (a load balancer);
+         * CIDRs, default none. */
+        struct keel__cidr *trusted_proxies;
+        size_t ntrusted_proxies;
+        /* Where private copies of plugin files live; NULL (default) =
+         * $TMPDIR or /tmp. */
+        char *runtime_dir;
     } server;
 
     struct {
@@ -99,6 +108,7 @@ struct keel__conf {
         int level;           /* KEEL_LOG_*, default info */
         char *access_log;    /* "-" = stderr, path, or NULL = off (the default) */
         char *access_format; /* "text" (default) | "json" */
+        char *error_log;     /* the server's own log: "-" or NULL = stderr (default), or a path */
     } log;
 
     struct {
@@ -111,6 +121,12 @@ struct keel__conf {
         int breaker_failures;     /* consecutive unavailable failures, default 3 */
         int breaker_open_ms;      /* time open before a half-open probe, default 2000 */
         char *migrations_dir;     /* default KEEL_DATADIR "/migrations" */
+        char *pooler;             /* "none" (default) | "pgbouncer-session" |
+                                     "pgbouncer-transaction" */
+        /* The LISTEN connection for fleet-wide cache invalidation; NULL =
+         * url.  It needs a session of its own, so behind a transaction
+         * pooler point it at PostgreSQL directly. */
+        char *listen_url;
     } database;
 
     struct {
@@ -234,6 +250,11 @@ int keel__conf_fail(char *err, size_t errlen, const char *fmt, ...) KEEL_PRINTF(
 int keel__conf_nomem(char *err, size_t errlen);
 /* True for a JSON string without an embedded NUL (which C would cut short). */
 bool keel__conf_is_text(const json_t *v);
+/* The entry of known (NULL-terminated) that key is most likely a typo of,
+ * or NULL when none is close. */
+const char *keel__conf_nearest(const char *key, const char *const *known);
+/* " (did you mean \"x\"?)" in buf for the nearest known key, or "". */
+const char *keel__conf_hint(const char *key, const char *const *known, char *buf, size_t len);
 /* The first key of obj that is not in allowed (NULL-terminated), or NULL. */
 const char *keel__conf_unknown_key(const json_t *obj, const char *const *allowed);
 /* a + "/" + b without doubling a trailing slash of a; malloc'd, NULL on ENOMEM. */

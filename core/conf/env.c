@@ -139,7 +139,9 @@ int keel__conf_apply_env(struct keel__conf *conf, char *err, size_t errlen)
     const char *secret = env("KEEL_JWT_SECRET");
     const char *plugin_dir = env("KEEL_PLUGIN_DIR");
     const char *level_name = env("KEEL_LOG_LEVEL");
+    const char *pooler = env("KEEL_DATABASE_POOLER");
     char *host = NULL, *admin_host = NULL, *url_copy = NULL, *secret_copy = NULL;
+    char *pooler_copy = NULL;
     char *dir_copy = NULL;
     char **files = NULL;
     int port = 0, admin_port = 0, level = -1, rc = 0;
@@ -154,6 +156,18 @@ int keel__conf_apply_env(struct keel__conf *conf, char *err, size_t errlen)
                              level_name);
         goto out;
     }
+    if (pooler != NULL) {
+        size_t i = 0;
+        while (keel__conf_poolers[i] != NULL && strcmp(keel__conf_poolers[i], pooler) != 0)
+            i++;
+        if (keel__conf_poolers[i] == NULL) {
+            rc = keel__conf_fail(err, errlen,
+                                 "KEEL_DATABASE_POOLER: expected none, pgbouncer-session or "
+                                 "pgbouncer-transaction, got \"%s\"",
+                                 pooler);
+            goto out;
+        }
+    }
     const char *final_admin = admin_host ? admin_host : conf->admin.host;
     if (!is_loopback(final_admin) && conf->admin.token == NULL) {
         rc = keel__conf_fail(err, errlen,
@@ -164,7 +178,8 @@ int keel__conf_apply_env(struct keel__conf *conf, char *err, size_t errlen)
     }
     if ((url != NULL && (url_copy = strdup(url)) == NULL) ||
         (secret != NULL && (secret_copy = strdup(secret)) == NULL) ||
-        (plugin_dir != NULL && (dir_copy = strdup(plugin_dir)) == NULL)) {
+        (plugin_dir != NULL && (dir_copy = strdup(plugin_dir)) == NULL) ||
+        (pooler != NULL && (pooler_copy = strdup(pooler)) == NULL)) {
         rc = keel__conf_nomem(err, errlen);
         goto out;
     }
@@ -194,6 +209,7 @@ int keel__conf_apply_env(struct keel__conf *conf, char *err, size_t errlen)
     if (level >= 0)
         conf->log.level = level;
     move_string(&conf->database.url, &url_copy);
+    move_string(&conf->database.pooler, &pooler_copy);
     move_string(&conf->auth.jwt_secret, &secret_copy);
     move_string(&conf->server.plugin_dir, &dir_copy);
     /* files is set only when KEEL_PLUGIN_DIR is, so these match plugin_dir. */
@@ -206,6 +222,7 @@ out:
     free(url_copy);
     free(secret_copy);
     free(dir_copy);
+    free(pooler_copy);
     if (files != NULL) {
         for (size_t i = 0; i < conf->nplugins; i++)
             free(files[i]);

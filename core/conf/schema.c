@@ -70,6 +70,61 @@ bool keel__conf_is_text(const json_t *v)
     return json_is_string(v) && strlen(json_string_value(v)) == json_string_length(v);
 }
 
+/* Edit distance (insert, delete, substitute, swap of neighbours) between
+ * short keys; past 63 characters keys are too long to be typos of ours. */
+static size_t key_distance(const char *a, const char *b)
+{
+    size_t la = strlen(a), lb = strlen(b);
+    if (la > 63 || lb > 63)
+        return (size_t)-1;
+    size_t d[64][64];
+    for (size_t i = 0; i <= la; i++)
+        d[i][0] = i;
+    for (size_t j = 0; j <= lb; j++)
+        d[0][j] = j;
+    for (size_t i = 1; i <= la; i++)
+        for (size_t j = 1; j <= lb; j++) {
+            size_t cost = a[i - 1] == b[j - 1] ? 0 : 1;
+            size_t best = d[i - 1][j] + 1;
+            if (d[i][j - 1] + 1 < best)
+                best = d[i][j - 1] + 1;
+            if (d[i - 1][j - 1] + cost < best)
+                best = d[i - 1][j - 1] + cost;
+            if (i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] &&
+                d[i - 2][j - 2] + 1 < best)
+                best = d[i - 2][j - 2] + 1;
+            d[i][j] = best;
+        }
+    return d[la][lb];
+}
+
+const char *keel__conf_nearest(const char *key, const char *const *known)
+{
+    const char *best = NULL;
+    size_t best_d = (size_t)-1;
+    for (size_t i = 0; known[i] != NULL; i++) {
+        size_t d = key_distance(key, known[i]);
+        if (d < best_d) {
+            best_d = d;
+            best = known[i];
+        }
+    }
+    /* Close enough to be a typo: one edit in a short key, two in a longer
+     * one, a third of a long one. */
+    size_t len = strlen(key);
+    size_t limit = len >= 9 ? len / 3 : len >= 5 ? 2 : 1;
+    return best != NULL && best_d <= limit ? best : NULL;
+}
+
+const char *keel__conf_hint(const char *key, const char *const *known, char *buf, size_t len)
+{
+    const char *near = keel__conf_nearest(key, known);
+    if (near == NULL || len == 0)
+        return "";
+    snprintf(buf, len, " (did you mean \"%s\"?)", near);
+    return buf;
+}
+
 const char *keel__conf_unknown_key(const json_t *obj, const char *const *allowed)
 {
     const char *key;
@@ -151,9 +206,12 @@ struct section {
 
 static int parse_log_level(struct parse_ctx *c, const char *section, const char *key, json_t *v);
 static int parse_origins(struct parse_ctx *c, const char *section, const char *key, json_t *v);
+static int parse_proxies(struct parse_ctx *c, const char *section, const char *key, json_t *v);
 static int parse_admin_hosts(struct parse_ctx *c, const char *section, const char *key, json_t *v);
 
 static const char *const access_formats[] = {"text", "json", NULL};
+const char *const keel__conf_poolers[] = {"none", "pgbouncer-session", "pgbouncer-transaction",
+                                          NULL};
 
 /* Each default lives here, beside its key; conf.h says what each means. */
 static const struct field server_fields[] = {
@@ -167,6 +225,8 @@ static const struct field server_fields[] = {
     INT(server, worker_max_rss_mb, 0, 1048576, 0),
     LONG(server, worker_max_requests, 0, 1000000000000L, 0),
     STRING(server, plugin_dir, 0, KEEL_PLUGINDIR),
+    CUSTOM("trusted_proxies", parse_proxies),
+    STRING(server, runtime_dir, F_NULLABLE, NULL),
     {0},
 };
 
@@ -182,6 +242,7 @@ static const struct field log_fields[] = {
     CUSTOM_INT(log, level, parse_log_level, KEEL_LOG_INFO),
     STRING(log, access_log, F_NULLABLE, NULL),
     CHOICE(log, access_format, access_formats, "text"),
+    STRING(log, error_log, F_NULLABLE, NULL),
     {0},
 };
 
@@ -195,6 +256,8 @@ static const struct field database_fields[] = {
     INT(database, breaker_failures, 1, 1000, 3),
     INT(database, breaker_open_ms, 1, 3600000, 2000),
     STRING(database, migrations_dir, 0, KEEL_DATADIR "/migrations"),
+    CHOICE(database, pooler, keel__conf_poolers, "none"),
+    STRING(database, listen_url, F_NULLABLE, NULL),
     {0},
 };
 
@@ -340,9 +403,16 @@ int keel__conf_apply_section(struct parse_ctx *c, size_t index, json_t *obj)
         const struct field *f = sec->fields;
         while (f->key && strcmp(f->key, key) != 0)
             f++;
-        if (f->key == NULL)
-            return keel__conf_fail(c->err, c->errlen, "%s: %s.%s: unknown key", c->file, sec->name,
-                                   key);
+        if (f->key == NULL) {
+            const char *known[64];
+            size_t n = 0;
+            for (const struct field *k = sec->fields; k->key != NULL && n + 1 < 64; k++)
+                known[n++] = k->key;
+            known[n] = NULL;
+            char hint[96];
+            return keel__conf_fail(c->err, c->errlen, "%s: %s.%s: unknown key%s", c->file,
+                                   sec->name, key, keel__conf_hint(key, known, hint, sizeof hint));
+        }
         int rc = apply_field(c, sec->name, f, value);
         if (rc < 0)
             return rc;
@@ -419,6 +489,37 @@ static int parse_origins(struct parse_ctx *c, const char *section, const char *k
         if (conf->cors.origins[i] == NULL)
             return keel__conf_nomem(c->err, c->errlen);
         conf->cors.norigins = i + 1;
+    }
+    return 0;
+}
+
+#define MAX_PROXIES 256
+
+static int parse_proxies(struct parse_ctx *c, const char *section, const char *key, json_t *v)
+{
+    struct keel__conf *conf = c->conf;
+    if (!json_is_array(v) || json_array_size(v) > MAX_PROXIES)
+        return keel__conf_fail(c->err, c->errlen,
+                               "%s: %s.%s: expected an array of at most %d CIDR strings", c->file,
+                               section, key, MAX_PROXIES);
+    free(conf->server.trusted_proxies);
+    conf->server.trusted_proxies = NULL;
+    conf->server.ntrusted_proxies = 0;
+    size_t n = json_array_size(v);
+    if (n == 0)
+        return 0;
+    conf->server.trusted_proxies = calloc(n, sizeof *conf->server.trusted_proxies);
+    if (conf->server.trusted_proxies == NULL)
+        return keel__conf_nomem(c->err, c->errlen);
+    for (size_t i = 0; i < n; i++) {
+        json_t *o = json_array_get(v, i);
+        if (!keel__conf_is_text(o) ||
+            keel__cidr_parse(json_string_value(o), &conf->server.trusted_proxies[i]) != 0)
+            return keel__conf_fail(c->err, c->errlen,
+                                   "%s: %s.%s[%zu]: expected an address or CIDR like "
+                                   "\"10.0.0.0/8\" or \"::1\"",
+                                   c->file, section, key, i);
+        conf->server.ntrusted_proxies = i + 1;
     }
     return 0;
 }
@@ -517,5 +618,8 @@ void keel__conf_free_members(struct keel__conf *conf)
             }
     keel__conf_free_keys(conf);
     free_origins(conf);
+    free(conf->server.trusted_proxies);
+    conf->server.trusted_proxies = NULL;
+    conf->server.ntrusted_proxies = 0;
     free_admin_hosts(conf);
 }

@@ -26,6 +26,9 @@ struct parse_ctx {
     size_t errlen;
 };
 
+/* database.pooler's values, NULL-terminated. */
+extern const char *const keel__conf_poolers[];
+
 /* The sections conf.d may hold, besides "plugin". */
 extern const char *const keel__conf_section_names[];
 extern const size_t keel__conf_nsections;

@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 
 #include <keel/error.h>
@@ -40,6 +41,8 @@
 #define IDLE_IN_TX_MIN_MS 10000
 
 #define MAX_PARAMS 65535
+/* How long a run of failed statements keeps /health at "down". */
+#define FAILING_FOR_MS 10000
 #define SQL_LOG_MAX 200
 
 struct stmt_entry {
@@ -80,6 +83,16 @@ enum {
 struct keel__db {
     char *conninfo;
     char *options;
+    int pooler; /* enum keel__db_pooler */
+    /* The timeouts as SET statements, for poolers that refuse "options":
+     * session-wide (session pooling) or SET LOCAL (transaction pooling). */
+    char timeouts_sql[256];
+    /* Statements that failed in a row, of any kind but a caller's bad data
+     * or a conflict; a success resets it.  Past fail_threshold the database
+     * counts as down even though it answers pings. */
+    atomic_int failing;
+    int fail_threshold;
+    _Atomic int64_t last_failure_ms;
     char connect_timeout[16];
     char tcp_user_timeout[16];
     const char *keywords[KW_END + 1];
@@ -220,6 +233,24 @@ static int conn_open(keel__db *db, keel__db_conn *c, char *err, size_t errlen)
         return KEEL_EDB_UNAVAILABLE;
     }
     PQsetNoticeReceiver(pg, notice_receiver, c);
+    if (db->pooler == KEEL__DB_POOLER_SESSION) {
+        /* Session pooling hands this server session to us alone until we
+         * disconnect, so session-wide settings stay ours. */
+        PGresult *res = PQexec(pg, db->timeouts_sql);
+        bool ok = PQresultStatus(res) == PGRES_COMMAND_OK;
+        char buf[512];
+        if (!ok)
+            one_line(PQerrorMessage(pg), buf, sizeof buf);
+        PQclear(res);
+        if (!ok) {
+            PQfinish(pg);
+            count(&db->connect_failures);
+            keel__breaker_failure(db->breaker, keel__now_ms());
+            keel__log(KEEL_LOG_WARN, "db", "cannot set the session timeouts: %s", buf);
+            keel__set_err(err, errlen, "database unavailable: cannot set the timeouts: %s", buf);
+            return KEEL_EDB_UNAVAILABLE;
+        }
+    }
     c->pg = pg;
     c->broken = false;
     c->doomed = false;
@@ -323,6 +354,18 @@ int keel__db_new(const struct keel__db_conf *conf, keel__db **out)
         db->options, olen,
         "%s%s-c statement_timeout=%d -c lock_timeout=%d -c idle_in_transaction_session_timeout=%d",
         user_options ? user_options : "", user_options ? " " : "", stmt_ms, lock_ms, idle_tx_ms);
+    db->pooler = conf->pooler;
+    db->fail_threshold = conf->breaker_failures > 0 ? conf->breaker_failures : 3;
+    snprintf(db->timeouts_sql, sizeof db->timeouts_sql,
+             "SET%s statement_timeout = %d; SET%s lock_timeout = %d; "
+             "SET%s idle_in_transaction_session_timeout = %d",
+             db->pooler == KEEL__DB_POOLER_TRANSACTION ? " LOCAL" : "", stmt_ms,
+             db->pooler == KEEL__DB_POOLER_TRANSACTION ? " LOCAL" : "", lock_ms,
+             db->pooler == KEEL__DB_POOLER_TRANSACTION ? " LOCAL" : "", idle_tx_ms);
+    if (db->pooler != KEEL__DB_POOLER_NONE && user_options != NULL)
+        keel__log(KEEL_LOG_WARN, "db",
+                  "the database url sets \"options\", which PgBouncer refuses "
+                  "(database.pooler is set)");
     snprintf(db->connect_timeout, sizeof db->connect_timeout, "%d",
              conf->connect_timeout_s > 0 ? conf->connect_timeout_s : 0);
     snprintf(db->tcp_user_timeout, sizeof db->tcp_user_timeout, "%d", TCP_USER_TIMEOUT_MS);
@@ -354,7 +397,9 @@ int keel__db_new(const struct keel__db_conf *conf, keel__db **out)
      * leaves whatever the conninfo says. */
     db->values[KW_CONNECT_TIMEOUT] = conf->connect_timeout_s > 0 ? db->connect_timeout : "";
     db->values[KW_TCP_USER_TIMEOUT] = db->tcp_user_timeout;
-    db->values[KW_OPTIONS] = db->options;
+    /* PgBouncer refuses a connection that sends "options"; an empty value
+     * is "not set" to libpq. */
+    db->values[KW_OPTIONS] = db->pooler == KEEL__DB_POOLER_NONE ? db->options : "";
     db->keywords[KW_END] = NULL;
     db->values[KW_END] = NULL;
 
@@ -380,6 +425,7 @@ int keel__db_new(const struct keel__db_conf *conf, keel__db **out)
     db->nempty = db->size;
     atomic_init(&db->in_use, 0);
     atomic_init(&db->idle_count, 0);
+    atomic_init(&db->failing, 0);
     PQconninfoFree(parsed);
     *out = db;
     return 0;
@@ -617,14 +663,17 @@ static bool result_ok(const PGresult *res)
 }
 
 static int run_once(keel__db_conn *c, const char *sql, uint64_t h, int nparams,
-                    const char *const *params, PGresult **out, struct attempt *a, char *err,
-                    size_t errlen)
+                    const char *const *params, bool unnamed, PGresult **out, struct attempt *a,
+                    char *err, size_t errlen)
 {
     *a = (struct attempt){0};
     struct stmt_entry *e = stmt_slot(c, sql, h);
     char fresh[STMT_NAME_LEN];
     const char *name = NULL;
-    if (e->sql != NULL) {
+    if (unnamed) {
+        /* Behind a transaction pooler a name prepared now may be missing
+         * (or taken) on the server connection of the next transaction. */
+    } else if (e->sql != NULL) {
         if (e->name[0] != '\0')
             name = e->name;
     } else if (c->nstmts < STMT_CACHE_MAX && strlen(sql) <= STMT_SQL_MAX) {
@@ -659,11 +708,104 @@ static int run_once(keel__db_conn *c, const char *sql, uint64_t h, int nparams,
         return 0;
     }
     int rc = failed(c, res, sql, a, err, errlen);
-    if (a->plan_changed && name != NULL && e->sql != NULL)
+    if (a->plan_changed && name != NULL && e->sql != NULL && !unnamed)
         /* Run this text unprepared from now on: preparing it again under
          * the same name would need a DEALLOCATE round trip first. */
         e->name[0] = '\0';
     return rc;
+}
+
+/* Runs parameterless SQL (possibly several statements) with the simple
+ * query protocol; on success *out is the first result. */
+static int run_simple(keel__db_conn *c, const char *sql, PGresult **out, struct attempt *a,
+                      char *err, size_t errlen)
+{
+    *a = (struct attempt){0};
+    int sent = PQsendQuery(c->pg, sql);
+    a->before_execution = !sent;
+    PGresult *res = wait_result(c->pg, sent);
+    if (result_ok(res)) {
+        if (out != NULL)
+            *out = res;
+        else
+            PQclear(res);
+        return 0;
+    }
+    return failed(c, res, sql, a, err, errlen);
+}
+
+/* "BEGIN" or "START TRANSACTION", with or without modes after it. */
+static bool starts_transaction(const char *sql)
+{
+    while (*sql == ' ' || *sql == '\n' || *sql == '\t')
+        sql++;
+    size_t n = strncasecmp(sql, "BEGIN", 5) == 0                ? 5
+               : strncasecmp(sql, "START TRANSACTION", 17) == 0 ? 17
+                                                                : 0;
+    return n > 0 && (sql[n] == '\0' || sql[n] == ' ' || sql[n] == ';' || sql[n] == '\n');
+}
+
+/*
+ * One attempt at sql behind a transaction pooler, where the timeouts can
+ * only be SET LOCAL inside a transaction.  A caller's BEGIN is sent
+ * together with them; a statement outside a transaction gets a short one
+ * of its own (BEGIN and the SETs, the statement, COMMIT), so that every
+ * statement runs under every timeout.
+ */
+static int run_pooled(keel__db *db, keel__db_conn *c, const char *sql, uint64_t h, int nparams,
+                      const char *const *params, bool outside_tx, PGresult **out, struct attempt *a,
+                      char *err, size_t errlen)
+{
+    if (!outside_tx)
+        return run_once(c, sql, h, nparams, params, true, out, a, err, errlen);
+    if (nparams == 0 && starts_transaction(sql) && strlen(sql) <= STMT_SQL_MAX) {
+        size_t len = strlen(sql) + strlen(db->timeouts_sql) + 3;
+        char *both = malloc(len);
+        if (both == NULL) {
+            keel__set_err(err, errlen, "out of memory");
+            return KEEL_ENOMEM;
+        }
+        snprintf(both, len, "%s; %s", sql, db->timeouts_sql);
+        int rc = run_simple(c, both, out, a, err, errlen);
+        free(both);
+        return rc;
+    }
+    char begin[sizeof db->timeouts_sql + 8];
+    snprintf(begin, sizeof begin, "BEGIN; %s", db->timeouts_sql);
+    int rc = run_simple(c, begin, NULL, a, err, errlen);
+    if (rc != 0) {
+        /* Nothing of the caller's ran. */
+        a->before_execution = true;
+        if (!c->broken && PQtransactionStatus(c->pg) != PQTRANS_IDLE && !conn_rollback(c))
+            c->broken = true;
+        return rc;
+    }
+    rc = run_once(c, sql, h, nparams, params, true, out, a, err, errlen);
+    if (rc != 0) {
+        if (!c->broken && !conn_rollback(c))
+            c->broken = true;
+        return rc;
+    }
+    struct attempt ca;
+    rc = run_simple(c, "COMMIT", NULL, &ca, err, errlen);
+    if (rc != 0) {
+        /* Whether it committed is unknown when the connection was lost. */
+        PQclear(*out);
+        *out = NULL;
+        a->before_execution = false;
+        if (!c->broken && PQtransactionStatus(c->pg) != PQTRANS_IDLE && !conn_rollback(c))
+            c->broken = true;
+    }
+    return rc;
+}
+
+static int run_statement(keel__db *db, keel__db_conn *c, const char *sql, uint64_t h, int nparams,
+                         const char *const *params, bool outside_tx, PGresult **out,
+                         struct attempt *a, char *err, size_t errlen)
+{
+    if (db->pooler == KEEL__DB_POOLER_TRANSACTION)
+        return run_pooled(db, c, sql, h, nparams, params, outside_tx, out, a, err, errlen);
+    return run_once(c, sql, h, nparams, params, false, out, a, err, errlen);
 }
 
 /*
@@ -713,7 +855,7 @@ int keel__db_exec(keel__db *db, keel__db_conn *c, const char *sql, int nparams,
             return rc;
         }
     }
-    rc = run_once(c, sql, h, nparams, params, out, &a, err, errlen);
+    rc = run_statement(db, c, sql, h, nparams, params, outside_tx, out, &a, err, errlen);
     if (rc != 0 && outside_tx) {
         if (c->broken && a.before_execution && !c->checkout_ok) {
             keel__log(KEEL_LOG_INFO, "db",
@@ -722,13 +864,21 @@ int keel__db_exec(keel__db *db, keel__db_conn *c, const char *sql, int nparams,
             rc = conn_open(db, c, err, errlen);
             if (rc != 0)
                 return rc; /* conn_open has told the breaker */
-            rc = run_once(c, sql, h, nparams, params, out, &a, err, errlen);
+            rc = run_statement(db, c, sql, h, nparams, params, true, out, &a, err, errlen);
         } else if (a.plan_changed && !c->broken) {
-            rc = run_once(c, sql, h, nparams, params, out, &a, err, errlen);
+            rc = run_statement(db, c, sql, h, nparams, params, true, out, &a, err, errlen);
         }
     }
 
     PQclear(discard);
+    if (rc == KEEL_EDB_UNAVAILABLE || rc == KEEL_EDB_BUG) {
+        atomic_fetch_add(&db->failing, 1);
+        atomic_store(&db->last_failure_ms, keel__now_ms());
+    } else if (atomic_load_explicit(&db->failing, memory_order_relaxed) != 0) {
+        /* Read first: a store on every success would bounce the line
+         * between the cores serving requests. */
+        atomic_store(&db->failing, 0);
+    }
     if (rc == 0) {
         c->checkout_ok = true;
         keel__breaker_success(db->breaker);
@@ -746,8 +896,16 @@ int keel__db_exec(keel__db *db, keel__db_conn *c, const char *sql, int nparams,
 
 bool keel__db_up(const keel__db *db)
 {
-    /* Half-open is still down: requests are refused until the probe succeeds. */
-    return keel__breaker_state(db->breaker) == KEEL__BREAKER_CLOSED;
+    /* Half-open is still down: requests are refused until the probe succeeds.
+     * A server that answers pings while every statement fails (a broken
+     * pooler, a revoked grant) is down too: what matters is the queries. */
+    if (keel__breaker_state(db->breaker) != KEEL__BREAKER_CLOSED)
+        return false;
+    /* Without traffic nothing would reset the count, and a load balancer
+     * that stopped sending requests because of it would never see "up"
+     * again: failures older than FAILING_FOR_MS no longer count. */
+    return atomic_load(&db->failing) < db->fail_threshold ||
+           keel__now_ms() - atomic_load(&db->last_failure_ms) > FAILING_FOR_MS;
 }
 
 void keel__db_tick(keel__db *db)

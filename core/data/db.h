@@ -26,8 +26,21 @@
 typedef struct keel__db keel__db;
 typedef struct keel__db_conn keel__db_conn;
 
+/* What stands between keel and PostgreSQL.  PgBouncer refuses the startup
+ * "options" parameter, so behind it the timeouts are sent as SET statements:
+ * once per connection in session pooling, and in transaction pooling as SET
+ * LOCAL at the start of every transaction (a lone statement gets a short
+ * transaction of its own), where named prepared statements are not used
+ * either, since the next transaction may run on another server connection. */
+enum keel__db_pooler {
+    KEEL__DB_POOLER_NONE = 0,
+    KEEL__DB_POOLER_SESSION = 1,
+    KEEL__DB_POOLER_TRANSACTION = 2,
+};
+
 struct keel__db_conf {
     const char *conninfo; /* libpq URI or key=value string */
+    int pooler;           /* enum keel__db_pooler */
     int pool_size;
     int wait_ms;
     int connect_timeout_s;

@@ -4,6 +4,8 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,30 +14,308 @@
 
 #include <jansson.h>
 
+#include <keel/error.h>
+
 #include "http/routes.h"
 #include "util/log.h"
 
-static int access_fd = -1;
-static bool access_json;
+/* One thread's pending lines.  The owning thread appends under mu, which is
+ * almost never contended: the flusher takes it ten times a second.  Every
+ * write() to the file happens under the mutex of the buffer being written,
+ * which is what lets close know when nobody uses the descriptor any more. */
+struct buffer {
+    pthread_mutex_t mu;
+    struct buffer *prev, *next; /* all buffers, under list_mu */
+    size_t len;
+    char data[KEEL__ACCESSLOG_BUFFER];
+};
 
-/* Writes one access log line.  A single write() on an O_APPEND descriptor
- * keeps lines from concurrent requests whole. */
-static void access_write(const char *line, size_t len)
+/* Lock order: list_mu, then a buffer's mu. */
+static pthread_mutex_t list_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct buffer *buffers;
+static pthread_key_t buffer_key;
+static pthread_once_t buffer_key_once = PTHREAD_ONCE_INIT;
+static bool buffer_key_ok;
+
+static atomic_int log_fd = -1;
+static bool log_json;
+static char *log_path; /* NULL for standard error */
+
+static pthread_t flusher;
+static bool flusher_running;
+static pthread_mutex_t flusher_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t flusher_cv;
+static bool flusher_stop;
+
+/* Writes all of data, retrying short writes.  A failing disk costs lines,
+ * never the request: the error is not reported per line. */
+static void write_all(int fd, const char *data, size_t len)
 {
-    ssize_t w = write(access_fd, line, len);
-    (void)w;
+    while (len > 0 && fd >= 0) {
+        ssize_t w = write(fd, data, len);
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            return;
+        }
+        data += w;
+        len -= (size_t)w;
+    }
 }
 
-/* The seconds part of the access log's timestamp, formatted once per second
- * per thread: gmtime_r() and strftime() on every request were a third of
- * the access log's instructions (docs/performance.md). */
+static void buffer_write_locked(struct buffer *b)
+{
+    if (b->len > 0)
+        write_all(atomic_load(&log_fd), b->data, b->len);
+    b->len = 0;
+}
+
+/* A thread that ends takes its buffer with it, after writing it. */
+static void buffer_release(void *p)
+{
+    struct buffer *b = p;
+    pthread_mutex_lock(&list_mu);
+    pthread_mutex_lock(&b->mu);
+    buffer_write_locked(b);
+    pthread_mutex_unlock(&b->mu);
+    if (b->prev != NULL)
+        b->prev->next = b->next;
+    else
+        buffers = b->next;
+    if (b->next != NULL)
+        b->next->prev = b->prev;
+    pthread_mutex_unlock(&list_mu);
+    pthread_mutex_destroy(&b->mu);
+    free(b);
+}
+
+static void buffer_key_create(void)
+{
+    buffer_key_ok = pthread_key_create(&buffer_key, buffer_release) == 0;
+}
+
+static struct buffer *thread_buffer(void)
+{
+    pthread_once(&buffer_key_once, buffer_key_create);
+    if (!buffer_key_ok)
+        return NULL;
+    struct buffer *b = pthread_getspecific(buffer_key);
+    if (b != NULL)
+        return b;
+    b = malloc(sizeof *b);
+    if (b == NULL)
+        return NULL;
+    pthread_mutex_init(&b->mu, NULL);
+    b->len = 0;
+    b->prev = NULL;
+    pthread_mutex_lock(&list_mu);
+    b->next = buffers;
+    if (buffers != NULL)
+        buffers->prev = b;
+    buffers = b;
+    pthread_mutex_unlock(&list_mu);
+    if (pthread_setspecific(buffer_key, b) != 0) {
+        buffer_release(b);
+        return NULL;
+    }
+    return b;
+}
+
+void keel__access_log_line(const char *line, size_t len)
+{
+    if (atomic_load(&log_fd) < 0)
+        return;
+    struct buffer *b = thread_buffer();
+    if (b == NULL) {
+        /* No buffer (out of memory): the line goes out on its own, under
+         * the list lock so that close cannot close the file meanwhile. */
+        pthread_mutex_lock(&list_mu);
+        write_all(atomic_load(&log_fd), line, len);
+        pthread_mutex_unlock(&list_mu);
+        return;
+    }
+    pthread_mutex_lock(&b->mu);
+    if (b->len + len > sizeof b->data)
+        buffer_write_locked(b);
+    if (len > sizeof b->data)
+        /* A line longer than a buffer (a long path) is written alone; the
+         * thread's earlier lines went out just before it. */
+        write_all(atomic_load(&log_fd), line, len);
+    else {
+        memcpy(b->data + b->len, line, len);
+        b->len += len;
+    }
+    pthread_mutex_unlock(&b->mu);
+}
+
+void keel__access_log_flush(void)
+{
+    pthread_mutex_lock(&list_mu);
+    for (struct buffer *b = buffers; b != NULL; b = b->next) {
+        pthread_mutex_lock(&b->mu);
+        buffer_write_locked(b);
+        pthread_mutex_unlock(&b->mu);
+    }
+    pthread_mutex_unlock(&list_mu);
+}
+
+/* Replaces the descriptor every buffer writes to and returns the old one,
+ * once no write() can still be using it: each write happens under its
+ * buffer's mutex, so taking every mutex once after the swap is enough.
+ * Called with list_mu held, by close. */
+static int swap_fd_locked(int fd)
+{
+    int old = atomic_exchange(&log_fd, fd);
+    for (struct buffer *b = buffers; b != NULL; b = b->next) {
+        pthread_mutex_lock(&b->mu);
+        pthread_mutex_unlock(&b->mu);
+    }
+    return old;
+}
+
+static void *flusher_main(void *arg)
+{
+    (void)arg;
+    pthread_mutex_lock(&flusher_mu);
+    while (!flusher_stop) {
+        struct timespec until;
+        clock_gettime(CLOCK_MONOTONIC, &until);
+        until.tv_nsec += (long)KEEL__ACCESSLOG_FLUSH_MS * 1000000L;
+        if (until.tv_nsec >= 1000000000L) {
+            until.tv_sec++;
+            until.tv_nsec -= 1000000000L;
+        }
+        while (!flusher_stop &&
+               pthread_cond_timedwait(&flusher_cv, &flusher_mu, &until) != ETIMEDOUT)
+            ;
+        if (flusher_stop)
+            break;
+        pthread_mutex_unlock(&flusher_mu);
+        keel__access_log_flush();
+        pthread_mutex_lock(&flusher_mu);
+    }
+    pthread_mutex_unlock(&flusher_mu);
+    return NULL;
+}
+
+static int open_path(const char *path)
+{
+    int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
+    if (fd < 0)
+        log_error("cannot open access log %s: %s", path, strerror(errno));
+    return fd;
+}
+
+int keel__access_log_open(const char *dest, bool json)
+{
+    /* Opening again (a restarted server) starts from a closed log. */
+    if (flusher_running || atomic_load(&log_fd) >= 0)
+        keel__access_log_close();
+    log_json = json;
+    if (dest == NULL || *dest == '\0' || strcmp(dest, "off") == 0)
+        return 0;
+    int fd = 2;
+    if (strcmp(dest, "-") != 0) {
+        log_path = strdup(dest);
+        if (log_path == NULL)
+            return KEEL_ENOMEM;
+        fd = open_path(dest);
+        if (fd < 0) {
+            log_error("access log off");
+            free(log_path);
+            log_path = NULL;
+            return KEEL_EIO;
+        }
+    }
+    pthread_condattr_t attr;
+    pthread_condattr_init(&attr);
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+    pthread_cond_init(&flusher_cv, &attr);
+    pthread_condattr_destroy(&attr);
+    flusher_stop = false;
+    atomic_store(&log_fd, fd);
+    /* Without the flusher lines still reach the file, only later: when a
+     * buffer fills, its thread ends, or the log is closed. */
+    flusher_running = pthread_create(&flusher, NULL, flusher_main, NULL) == 0;
+    if (!flusher_running)
+        log_warn("access log: no flusher thread; lines are written when a buffer fills");
+    return 0;
+}
+
+void keel__access_log_reopen(void)
+{
+    if (atomic_load(&log_fd) < 0)
+        return;
+    keel__access_log_flush();
+    /* Standard error is not ours to reopen.  The new file takes the old
+     * one's descriptor number (dup2), so threads writing meanwhile write
+     * whole buffers to one file or the other; lines queued since the flush
+     * above land in the new one. */
+    if (log_path != NULL && keel__log_reopen_onto(atomic_load(&log_fd), log_path) == 0)
+        log_info("reopened the access log %s", log_path);
+}
+
+void keel__access_log_close(void)
+{
+    if (flusher_running) {
+        pthread_mutex_lock(&flusher_mu);
+        flusher_stop = true;
+        pthread_cond_signal(&flusher_cv);
+        pthread_mutex_unlock(&flusher_mu);
+        pthread_join(flusher, NULL);
+        flusher_running = false;
+        pthread_cond_destroy(&flusher_cv);
+    }
+    keel__access_log_flush();
+    pthread_mutex_lock(&list_mu);
+    int old = swap_fd_locked(-1);
+    pthread_mutex_unlock(&list_mu);
+    if (old > 2)
+        close(old);
+    free(log_path);
+    log_path = NULL;
+}
+
+/* ------------------------------------------------------------ the line */
+
+/* The seconds part of the timestamp, formatted once per second per thread:
+ * gmtime_r() and strftime() on every request were a third of the line's
+ * instructions (docs/performance.md). */
 static _Thread_local time_t ts_second = (time_t)-1;
 static _Thread_local char ts_seconds[32];
 static _Thread_local size_t ts_seconds_len;
 
+static void json_line(const keel_request *req, const char *listener, unsigned status, int64_t ns,
+                      const char *ts, const char *plugin, unsigned long long gen, const char *user)
+{
+    json_t *o = json_pack("{s:s, s:s, s:s, s:i, s:f, s:s, s:I, s:s, s:s, s:s, s:s}", "time", ts,
+                          "method", req->method, "path", req->path, "status", (int)status,
+                          "latency_ms", (double)ns / 1e6, "plugin", plugin, "generation",
+                          (json_int_t)gen, "user", user, "listener", listener, "client",
+                          req->client_addr, "request_id", req->request_id);
+    /* Nine significant digits keep nanosecond latencies without the binary
+     * noise of a full double. */
+    char *s = o ? json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(9)) : NULL;
+    json_decref(o);
+    if (s == NULL)
+        return;
+    /* The line is as long as the request's path (bounded by the listener's
+     * header memory limit), so it is sized, not truncated; the newline goes
+     * with it so that the line is queued, and written, in one piece. */
+    size_t len = strlen(s);
+    char *line = realloc(s, len + 2);
+    if (line == NULL) {
+        free(s);
+        return;
+    }
+    line[len] = '\n';
+    keel__access_log_line(line, len + 1);
+    free(line);
+}
+
 void keel__access_log(const keel_request *req, unsigned status, int64_t ns, const char *listener)
 {
-    if (access_fd < 0)
+    if (atomic_load_explicit(&log_fd, memory_order_relaxed) < 0)
         return;
     /* ISO 8601 UTC with milliseconds, the same in both formats. */
     char ts[40];
@@ -58,28 +338,8 @@ void keel__access_log(const keel_request *req, unsigned status, int64_t ns, cons
                                                                     : "-";
     if (user == NULL)
         user = "-";
-    if (access_json) {
-        json_t *o = json_pack("{s:s, s:s, s:s, s:i, s:f, s:s, s:I, s:s, s:s}", "time", ts, "method",
-                              req->method, "path", req->path, "status", (int)status, "latency_ms",
-                              (double)ns / 1e6, "plugin", plugin, "generation", (json_int_t)gen,
-                              "user", user, "listener", listener);
-        /* Nine significant digits keep nanosecond latencies without the
-         * binary noise of a full double. */
-        char *s = o ? json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(9)) : NULL;
-        json_decref(o);
-        if (s == NULL)
-            return;
-        /* The line is as long as the request's path (bounded by the
-         * listener's header memory limit), so it is sized, not truncated. */
-        size_t len = strlen(s);
-        char *line = realloc(s, len + 2);
-        if (line == NULL) {
-            free(s);
-            return;
-        }
-        line[len] = '\n';
-        access_write(line, len + 1);
-        free(line);
+    if (log_json) {
+        json_line(req, listener, status, ns, ts, plugin, gen, user);
         return;
     }
     /* The latency in microseconds, rounded, printed as milliseconds with
@@ -87,43 +347,24 @@ void keel__access_log(const keel_request *req, unsigned status, int64_t ns, cons
      * formatting, the other big share of the line's cost. */
     long long us = ns > 0 ? (ns + 500) / 1000 : 0;
 #define ACCESS_TEXT(buf, size)                                                                     \
-    snprintf(buf, size, "%s %s %s %s %u %lld.%03lldms plugin=%s gen=%llu user=%s\n", ts, listener, \
-             req->method, req->path, status, us / 1000, us % 1000, plugin, gen, user)
+    snprintf(buf, size,                                                                            \
+             "%s %s %s %s %u %lld.%03lldms plugin=%s gen=%llu user=%s client=%s rid=%s\n", ts,     \
+             listener, req->method, req->path, status, us / 1000, us % 1000, plugin, gen, user,    \
+             req->client_addr, req->request_id)
     char stack[1024];
-    char *line = stack;
     int n = ACCESS_TEXT(stack, sizeof stack);
     if (n < 0)
         return;
-    if ((size_t)n >= sizeof stack) {
-        /* A long path: format again into a buffer that fits the line. */
-        line = malloc((size_t)n + 1);
-        if (line == NULL)
-            return;
-        ACCESS_TEXT(line, (size_t)n + 1);
+    if ((size_t)n < sizeof stack) {
+        keel__access_log_line(stack, (size_t)n);
+        return;
     }
+    /* A long path: format again into a buffer that fits the line. */
+    char *heap = malloc((size_t)n + 1);
+    if (heap == NULL)
+        return;
+    ACCESS_TEXT(heap, (size_t)n + 1);
 #undef ACCESS_TEXT
-    access_write(line, (size_t)n);
-    if (line != stack)
-        free(line);
-}
-
-void keel__access_log_open(const char *dest, bool json)
-{
-    access_json = json;
-    if (dest == NULL || *dest == '\0' || strcmp(dest, "off") == 0)
-        access_fd = -1;
-    else if (strcmp(dest, "-") == 0)
-        access_fd = 2;
-    else {
-        access_fd = open(dest, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
-        if (access_fd < 0)
-            log_error("cannot open access log %s: %s; access log off", dest, strerror(errno));
-    }
-}
-
-void keel__access_log_close(void)
-{
-    if (access_fd > 2)
-        close(access_fd);
-    access_fd = -1;
+    keel__access_log_line(heap, (size_t)n);
+    free(heap);
 }

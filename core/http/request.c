@@ -11,6 +11,7 @@
 #include <time.h>
 
 #include "http/routes.h"
+#include "util/counters.h"
 #include "util/log.h"
 #include "util/text.h"
 #include "util/time.h"
@@ -49,6 +50,8 @@ keel_request *keel__request_new(struct MHD_Connection *conn, int listener, const
     req->path = url;
     req->id = atomic_fetch_add_explicit(&next_request_id, 1, memory_order_relaxed);
     req->start_ns = keel__monotonic_ns();
+    req->request_id[0] = '-';
+    req->client_addr[0] = '-';
     return req;
 }
 
@@ -165,6 +168,19 @@ int keel__req_on_cleanup(keel_request *req, void (*fn)(void *), void *arg)
     c->next = req->cleanups;
     req->cleanups = c;
     return 0;
+}
+
+void keel__req_count_degraded(const keel_request *req)
+{
+    struct keel__route_metrics *m = req->route ? req->route->metrics : NULL;
+    for (const struct keel__header *h = req->headers; h != NULL; h = h->next) {
+        if (strcasecmp(h->name, "X-Keel-Degraded") == 0)
+            keel__metrics_degraded(m, strcasecmp(h->value, "database") == 0
+                                          ? KEEL__DEGRADED_DATABASE
+                                          : KEEL__DEGRADED_OTHER);
+        else if (strcasecmp(h->name, "X-Keel-Fallback") == 0)
+            keel__metrics_degraded(m, KEEL__DEGRADED_FALLBACK);
+    }
 }
 
 int keel__req_add_header(keel_request *req, const char *name, const char *value)

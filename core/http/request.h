@@ -73,6 +73,9 @@ struct keel_request {
     size_t target_len;
     struct keel__edge_verdict target_verdict; /* keel__edge_check_target() */
     uint64_t id;
+    /* See core/http/clientaddr.h: X-Request-Id and who sent the request. */
+    char request_id[129];
+    char client_addr[47];
     int64_t start_ns;
 
     /* Routing: the table snapshot this request was dispatched on holds a
@@ -171,6 +174,9 @@ const char *keel__req_user(const keel_request *req, int field);
 int keel__json_body_parse(const char *body, size_t len, int max_depth, json_t **out, char *msg,
                           size_t msglen);
 
+/* Counts the response in keel_degraded_responses_total when its headers say
+ * it was degraded or a fallback (at completion). */
+void keel__req_count_degraded(const keel_request *req);
 /* Adds a response header (copied). */
 int keel__req_add_header(keel_request *req, const char *name, const char *value);
 

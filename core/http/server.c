@@ -21,6 +21,7 @@
 #include "util/log.h"
 #include "conf/conf.h"
 #include "http/accesslog.h"
+#include "http/clientaddr.h"
 #include "http/authorize.h"
 #include "http/body.h"
 #include "http/cors.h"
@@ -28,7 +29,7 @@
 #include "http/edge.h"
 #include "identity/ratelimit.h"
 #include "http/routes.h"
-#include "process/scoreboard.h"
+#include "util/scoreboard.h"
 #include "util/counters.h"
 #include "util/text.h"
 #include "util/time.h"
@@ -205,6 +206,10 @@ static enum MHD_Result scan_query(void *cls, enum MHD_ValueKind kind, const char
  * close the connection without reading the body. */
 static bool begin(keel_request *req, const char *version)
 {
+    if (keel__request_identify(req) != 0) {
+        keel__respond_detail(req, 429, "Too many concurrent requests from this address");
+        return true;
+    }
     req->table = keel__table_acquire();
 
     /* Malformed heads (smuggling attempts, NUL bytes, a foreign Host on
@@ -418,6 +423,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
         req->path = keel__edge_escape(req, req->target, req->target_len);
     }
     keel__metrics_observe(req->route ? req->route->metrics : NULL, status, ns);
+    keel__req_count_degraded(req);
     keel__access_log(req, status, ns, listeners[req->listener].name);
     keel__request_free(req);
     atomic_fetch_sub(&in_flight, 1);
@@ -511,14 +517,17 @@ static int start_daemon(struct listener *l, const char *host, int port, unsigned
     if (lim->max_connections > 0)
         opts[n++] = (struct MHD_OptionItem){MHD_OPTION_CONNECTION_LIMIT,
                                             (intptr_t)(unsigned)lim->max_connections, NULL};
-    if (lim->max_per_ip > 0)
+    if (lim->max_per_ip > 0 && c->ntrusted_proxies == 0)
         opts[n++] = (struct MHD_OptionItem){MHD_OPTION_PER_IP_CONNECTION_LIMIT,
                                             (intptr_t)(unsigned)lim->max_per_ip, NULL};
     /* libmicrohttpd keeps the request line and headers in this per-connection
-     * memory and answers 431/414 itself (HTML body) when they do not fit.
-     * Twice keel's own limits (at least MHD's default of 32 KiB) leaves room
-     * for begin() to answer requests past those limits with JSON. */
-    size_t mem = 2 * ((size_t)lim->max_header_bytes + (size_t)lim->max_uri_bytes);
+     * memory and answers 431/414 itself (HTML body) when they do not fit;
+     * it also clears the memory between the requests of a connection, so
+     * every byte costs time on every request.  The header limit twice (the
+     * bytes, and as much again for its 56 bytes of bookkeeping per header)
+     * plus the URI limit lets begin() answer requests past keel's limits
+     * with JSON: measured in docs/performance.md, "Connection memory". */
+    size_t mem = 2 * (size_t)lim->max_header_bytes + (size_t)lim->max_uri_bytes;
     if (mem < 32 * 1024)
         mem = 32 * 1024;
     opts[n++] = (struct MHD_OptionItem){MHD_OPTION_CONNECTION_MEMORY_LIMIT, (intptr_t)mem, NULL};
@@ -545,7 +554,13 @@ int keel__server_start(void)
     const struct keel__server_conf *c = &keel__rt.server;
     const struct keel__limits_conf *lim = &keel__rt.limits;
     keel__access_log_open(c->access_log, c->access_json);
-    if (lim->rate_per_user > 0) {
+    if (lim->rate_per_user > 0 && keel__ratelimit_server_wide() != NULL) {
+        /* In a worker: the supervisor's table, shared by every worker. */
+        ratelimit = keel__ratelimit_server_wide();
+        log_info("rate limit: %d request(s)/s per user, burst %d (one bucket per user, shared "
+                 "by every worker)",
+                 lim->rate_per_user, lim->rate_burst > 0 ? lim->rate_burst : lim->rate_per_user);
+    } else if (lim->rate_per_user > 0) {
         struct keel__ratelimit_conf rc_conf = {.rate = (unsigned)lim->rate_per_user,
                                                .burst = (unsigned)lim->rate_burst};
         if (keel__ratelimit_new(&rc_conf, &ratelimit) != 0) {
@@ -578,9 +593,11 @@ int keel__server_start(void)
         }
     }
     if (rc != 0) {
+        keel__access_log_close();
         keel__deadlines_stop(deadlines);
         deadlines = NULL;
-        keel__ratelimit_free(ratelimit);
+        if (ratelimit != keel__ratelimit_server_wide())
+            keel__ratelimit_free(ratelimit);
         ratelimit = NULL;
         return rc;
     }
@@ -589,6 +606,11 @@ int keel__server_start(void)
                  "request will be refused",
                  c->admin_host, c->admin_port);
     return 0;
+}
+
+void keel__server_reopen_logs(void)
+{
+    keel__access_log_reopen();
 }
 
 static MHD_socket quiesced[2] = {MHD_INVALID_SOCKET, MHD_INVALID_SOCKET};
@@ -645,7 +667,8 @@ void keel__server_stop(int timeout_s)
     is_quiesced = false;
     keel__deadlines_stop(deadlines);
     deadlines = NULL;
-    keel__ratelimit_free(ratelimit);
+    if (ratelimit != keel__ratelimit_server_wide())
+        keel__ratelimit_free(ratelimit);
     ratelimit = NULL;
     keel__access_log_close();
 }

@@ -21,6 +21,7 @@
 #include "http/request.h"
 #include "identity/auth.h"
 #include "identity/usersync.h"
+#include "util/cidr.h"
 
 /* The listeners and the access log (conf.d "server", "admin", "log"). */
 struct keel__server_conf {
@@ -38,6 +39,9 @@ struct keel__server_conf {
     size_t admin_nallowed_hosts;
     const char *access_log; /* "-", a path, or NULL for none */
     bool access_json;
+    /* Peers whose X-Forwarded-For names the client (core/http/clientaddr.h). */
+    const struct keel__cidr *trusted_proxies;
+    size_t ntrusted_proxies;
 };
 
 /* Request limits (conf.d "limits"; docs/operations.md gives the defaults). */
@@ -92,5 +96,8 @@ long keel__server_in_flight(void);
 unsigned long long keel__server_requests_total(void);
 /* Open connections (both listeners), idle kept-alive ones included. */
 long keel__server_connections(void);
+
+/* Reopens the access log file under its configured name (SIGUSR1). */
+void keel__server_reopen_logs(void);
 
 #endif

@@ -2,8 +2,10 @@
 
 #include "identity/ratelimit.h"
 
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include <keel/error.h>
 
@@ -31,11 +33,26 @@ struct bucket {
     char key[KEEL__RATELIMIT_MAX_KEY + 1];
 };
 
-struct keel__ratelimit {
-    int64_t interval_ns;  /* time for one token to come back */
-    int64_t tolerance_ns; /* (burst - 1) intervals */
-    struct keel__lru buckets;
+/* A bucket of the shared table: the key's 64-bit hash (0 = free) and its
+ * theoretical arrival time, both updated with atomics only, so processes
+ * share the table without a lock one of them could die holding. */
+struct shared_slot {
+    _Atomic uint64_t key;
+    _Atomic int64_t tat;
 };
+
+#define SHARED_PROBES 16
+
+struct keel__ratelimit {
+    int64_t interval_ns;      /* time for one token to come back */
+    int64_t tolerance_ns;     /* (burst - 1) intervals */
+    struct keel__lru buckets; /* this process's buckets (util/lru.h) */
+    /* keel__ratelimit_new_shared: the table instead of the buckets. */
+    struct shared_slot *shared;
+    size_t shared_slots;
+};
+
+static keel__ratelimit *server_wide;
 
 static bool bucket_is(const struct keel__lru_node *n, const void *key)
 {
@@ -45,6 +62,14 @@ static bool bucket_is(const struct keel__lru_node *n, const void *key)
 static void bucket_free(struct keel__lru_node *n)
 {
     free(n);
+}
+
+static size_t pow2_at_least(size_t n)
+{
+    size_t p = 1;
+    while (p < n)
+        p <<= 1;
+    return p;
 }
 
 int keel__ratelimit_new(const struct keel__ratelimit_conf *conf, keel__ratelimit **out)
@@ -64,6 +89,7 @@ int keel__ratelimit_new(const struct keel__ratelimit_conf *conf, keel__ratelimit
     if (rl->interval_ns < 1)
         rl->interval_ns = 1;
     rl->tolerance_ns = (int64_t)(burst - 1) * rl->interval_ns;
+
     if (keel__lru_init(&rl->buckets, max_keys, MIN_PER_SHARD, MAX_SHARDS, bucket_is) != 0) {
         free(rl);
         return KEEL_ENOMEM;
@@ -72,10 +98,103 @@ int keel__ratelimit_new(const struct keel__ratelimit_conf *conf, keel__ratelimit
     return 0;
 }
 
+int keel__ratelimit_new_shared(const struct keel__ratelimit_conf *conf, keel__ratelimit **out)
+{
+    *out = NULL;
+    if (conf == NULL || conf->rate == 0)
+        return KEEL_EINVAL;
+    size_t max_keys = conf->max_keys ? conf->max_keys : DEFAULT_MAX_KEYS;
+    if (max_keys > MAX_KEYS_LIMIT)
+        max_keys = MAX_KEYS_LIMIT;
+    unsigned burst = conf->burst ? conf->burst : conf->rate;
+    keel__ratelimit *rl = calloc(1, sizeof *rl);
+    if (rl == NULL)
+        return KEEL_ENOMEM;
+    rl->interval_ns = NS_PER_S / (int64_t)conf->rate;
+    if (rl->interval_ns < 1)
+        rl->interval_ns = 1;
+    rl->tolerance_ns = (int64_t)(burst - 1) * rl->interval_ns;
+    /* Twice the keys, so probes stay short. */
+    rl->shared_slots = pow2_at_least(max_keys * 2);
+    void *p = mmap(NULL, rl->shared_slots * sizeof *rl->shared, PROT_READ | PROT_WRITE,
+                   MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) {
+        free(rl);
+        return KEEL_ENOMEM;
+    }
+    rl->shared = p; /* zero-filled: every slot free */
+    *out = rl;
+    return 0;
+}
+
+void keel__ratelimit_set_server_wide(keel__ratelimit *rl)
+{
+    server_wide = rl;
+}
+
+keel__ratelimit *keel__ratelimit_server_wide(void)
+{
+    return server_wide;
+}
+
+/* GCRA on one shared slot; the compare-and-swap loop stands in for the
+ * shard lock. */
+static int shared_take(keel__ratelimit *rl, uint64_t h, int64_t now_ns, unsigned *retry_after_s)
+{
+    h |= 1; /* 0 marks a free slot */
+    size_t mask = rl->shared_slots - 1;
+    struct shared_slot *slot = NULL, *stalest = NULL;
+    int64_t stalest_tat = INT64_MAX;
+    for (size_t i = 0; i < SHARED_PROBES && slot == NULL; i++) {
+        struct shared_slot *c = &rl->shared[(h + i) & mask];
+        uint64_t k = atomic_load(&c->key);
+        if (k == h) {
+            slot = c;
+        } else if (k == 0) {
+            uint64_t free_key = 0;
+            if (atomic_compare_exchange_strong(&c->key, &free_key, h) || free_key == h)
+                slot = c;
+        } else {
+            int64_t t = atomic_load(&c->tat);
+            if (t < stalest_tat) {
+                stalest_tat = t;
+                stalest = c;
+            }
+        }
+    }
+    if (slot == NULL) {
+        /* Full around here: the bucket that has had longest to refill is
+         * taken over (it is usually full already; see the header). */
+        slot = stalest;
+        atomic_store(&slot->tat, 0);
+        atomic_store(&slot->key, h);
+    }
+    int64_t old = atomic_load(&slot->tat);
+    for (;;) {
+        int64_t tat = old > now_ns ? old : now_ns;
+        if (tat - now_ns > rl->tolerance_ns) {
+            int64_t wait = tat - rl->tolerance_ns - now_ns;
+            int64_t secs = (wait + NS_PER_S - 1) / NS_PER_S;
+            if (secs < 1)
+                secs = 1;
+            if (retry_after_s != NULL)
+                *retry_after_s = secs > 86400 ? 86400u : (unsigned)secs;
+            return KEEL_EBUSY;
+        }
+        if (atomic_compare_exchange_weak(&slot->tat, &old, tat + rl->interval_ns))
+            return 0;
+    }
+}
+
 void keel__ratelimit_free(keel__ratelimit *rl)
 {
     if (rl == NULL)
         return;
+    if (rl->shared != NULL) {
+        munmap(rl->shared, rl->shared_slots * sizeof *rl->shared);
+        free(rl);
+        return;
+    }
     keel__lru_destroy(&rl->buckets, bucket_free);
     free(rl);
 }
@@ -118,6 +237,8 @@ int keel__ratelimit_take(keel__ratelimit *rl, const char *key, int64_t now_ns,
     if (len == 0 || len > KEEL__RATELIMIT_MAX_KEY)
         return KEEL_EINVAL;
     uint64_t h = keel__lru_hash(key, len);
+    if (rl->shared != NULL)
+        return shared_take(rl, h, now_ns, retry_after_s);
     struct keel__lru_shard *s = keel__lru_shard(&rl->buckets, h);
 
     keel__lru_lock(s);
@@ -147,6 +268,11 @@ int keel__ratelimit_take(keel__ratelimit *rl, const char *key, int64_t now_ns,
 size_t keel__ratelimit_size(keel__ratelimit *rl)
 {
     size_t n = 0;
+    if (rl->shared != NULL) {
+        for (size_t i = 0; i < rl->shared_slots; i++)
+            n += atomic_load(&rl->shared[i].key) != 0;
+        return n;
+    }
     for (unsigned i = 0; i < rl->buckets.nshards; i++) {
         struct keel__lru_shard *sh = &rl->buckets.shards[i];
         keel__lru_lock(sh);

@@ -36,6 +36,18 @@ struct keel__ratelimit_conf {
 /* Returns 0 and a new limiter, KEEL_EINVAL for rate 0, or KEEL_ENOMEM. */
 int keel__ratelimit_new(const struct keel__ratelimit_conf *conf,
                         keel__ratelimit **out) KEEL_WARN_UNUSED;
+/*
+ * The same limiter in memory shared with processes forked later (keeld's
+ * workers): one bucket per key for the whole server.  Buckets are kept by
+ * the key's 64-bit hash (two keys with the same hash would share one) and
+ * updated with atomics only.  Create before forking.
+ */
+int keel__ratelimit_new_shared(const struct keel__ratelimit_conf *conf,
+                               keel__ratelimit **out) KEEL_WARN_UNUSED;
+/* The server-wide limiter the HTTP layer uses instead of its own (NULL =
+ * none); set by the supervisor before it forks. */
+void keel__ratelimit_set_server_wide(keel__ratelimit *rl);
+keel__ratelimit *keel__ratelimit_server_wide(void);
 void keel__ratelimit_free(keel__ratelimit *rl);
 
 /*

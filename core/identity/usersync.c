@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <strings.h>
 
 #include <keel/error.h>
@@ -434,11 +435,18 @@ static int sync_user(keel__usersync *us, const struct keel__claims *c, const cha
     if (rc != 0)
         return rc;
     rc = keel__db_exec(us->db, conn, sync_sql, 4, params, &res, err, errlen);
-    if (rc == KEEL_EDB_CONFLICT) {
-        /* Lost a race on a unique email; the winner is committed now, so the
-         * second run sees it and takes the path that does not collide. */
-        keel__log(KEEL_LOG_DEBUG, TAG, "sync of %s conflicted, retrying once: %s", claims_who(c),
-                  err);
+    /* A conflict is a lost race: on a unique email (the winner is committed
+     * now, so the next run takes the path that does not collide), or a
+     * deadlock or serialization failure against another process syncing the
+     * same new user (two workers, two keelds) while its unlocks hold the
+     * wallet.  PostgreSQL rolled the statement back; running it again is
+     * the documented answer.  A short pause with jitter lets the other side
+     * finish first. */
+    for (int attempt = 1; rc == KEEL_EDB_CONFLICT && attempt < 4; attempt++) {
+        keel__log(KEEL_LOG_DEBUG, TAG, "sync of %s conflicted (attempt %d), retrying: %s",
+                  claims_who(c), attempt, err);
+        struct timespec pause = {0, (long)(1 + (unsigned)rand() % 10) * 1000000L * attempt};
+        nanosleep(&pause, NULL);
         rc = keel__db_exec(us->db, conn, sync_sql, 4, params, &res, err, errlen);
     }
     keel__db_release(us->db, conn);
@@ -565,8 +573,9 @@ static int evict_sub(keel__usersync *us, const char *key)
     return e != NULL ? 1 : 0;
 }
 
-/* An email is not the key, so every shard is searched; this is an admin
- * operation, not a request path. */
+/* Drops the entries for email, or every entry when email is NULL.  An email
+ * is not the key, so every shard is searched; this is an admin operation,
+ * not a request path. */
 static int evict_email(keel__usersync *us, const char *email)
 {
     int dropped = 0;
@@ -579,7 +588,7 @@ static int evict_email(keel__usersync *us, const char *email)
         while (n != NULL) {
             struct keel__lru_node *next = n->older;
             struct entry *e = (struct entry *)n;
-            if (strcasecmp(e->blob + e->off[F_EMAIL], email) == 0 ||
+            if (email == NULL || strcasecmp(e->blob + e->off[F_EMAIL], email) == 0 ||
                 strcasecmp(e->blob + e->token_email_off, email) == 0) {
                 place_remove(pl, e);
                 n->chain = doomed;
@@ -606,6 +615,11 @@ int keel__usersync_evict(keel__usersync *us, const char *supabase_id_or_email)
     if (looks_like_uuid(supabase_id_or_email))
         return evict_sub(us, supabase_id_or_email);
     return evict_email(us, supabase_id_or_email);
+}
+
+int keel__usersync_flush(keel__usersync *us)
+{
+    return us == NULL ? 0 : evict_email(us, NULL);
 }
 
 void keel__usersync_stats(const keel__usersync *us, struct keel__usersync_stats *out)

@@ -71,6 +71,8 @@ int keel__usersync_resolve(keel__usersync *us, const struct keel__claims *claims
 /* Drops a user from the cache now (by Supabase id or email); returns the
  * number of entries dropped. */
 int keel__usersync_evict(keel__usersync *us, const char *supabase_id_or_email);
+/* Drops every entry (changes may have been missed); returns how many. */
+int keel__usersync_flush(keel__usersync *us);
 
 struct keel__usersync_stats {
     uint64_t hits, misses, evictions, sync_failures;

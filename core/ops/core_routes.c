@@ -8,6 +8,8 @@
 #include <time.h>
 
 #include "data/breaker.h"
+#include "data/db.h"
+#include "identity/notify.h"
 #include "util/log.h"
 #include "ops/metrics.h"
 #include "http/server.h"
@@ -243,6 +245,25 @@ static int route_upgrade(keel_request *req)
 
 /* POST /admin/usersync/evict {"user": "<email or supabase id>"}: applies a
  * suspension at once instead of after the cache TTL. */
+/* Tells every instance LISTENing on the database (this one included) to
+ * drop the user too. */
+static bool notify_fleet(const char *user)
+{
+    if (keel__rt.db == NULL)
+        return false;
+    keel__db_conn *conn;
+    char err[256];
+    if (keel__db_acquire(keel__rt.db, &conn, err, sizeof err) != 0)
+        return false;
+    const char *const params[2] = {KEEL__NOTIFY_CHANNEL, user};
+    int rc = keel__db_exec(keel__rt.db, conn, "SELECT pg_notify($1, $2)", 2, params, NULL, err,
+                           sizeof err);
+    keel__db_release(keel__rt.db, conn);
+    if (rc != 0)
+        keel__log(KEEL_LOG_WARN, "admin", "cannot notify the fleet of the eviction: %s", err);
+    return rc == 0;
+}
+
 static int route_evict(keel_request *req)
 {
     json_t *body;
@@ -263,9 +284,13 @@ static int route_evict(keel_request *req)
             : keel__rt.usersync ? keel__usersync_evict(keel__rt.usersync, user)
                                 : 0;
     json_decref(all);
-    keel__log(KEEL_LOG_INFO, "admin", "evicted %d sync-cache entr%s for %s", n,
-              n == 1 ? "y" : "ies", user);
-    return keel__respond_json(req, 200, json_pack("{s:i}", "evicted", n));
+    /* Other keelds hear it through the database (LISTEN/NOTIFY). */
+    bool notified = notify_fleet(user);
+    keel__log(KEEL_LOG_INFO, "admin", "evicted %d sync-cache entr%s for %s%s", n,
+              n == 1 ? "y" : "ies", user,
+              notified ? " and told the other instances" : " (other instances not told)");
+    return keel__respond_json(req, 200,
+                              json_pack("{s:i, s:b}", "evicted", n, "notified", notified));
 }
 
 const struct keel__core_route keel__core_routes[] = {

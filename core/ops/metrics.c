@@ -11,6 +11,8 @@
 
 #include <jansson.h>
 
+#include <keel/plugin.h>
+
 #include "conf/conf.h"
 #include "data/db.h"
 #include "data/breaker.h"
@@ -133,11 +135,31 @@ static void render_route_latency(void *ctx, const struct keel__route_metrics *m)
          ln, m->method, p, count);
 }
 
+static void render_route_degraded(void *ctx, const struct keel__route_metrics *m)
+{
+    struct text *t = ctx;
+    char p[512];
+    for (size_t r = 0; r < 3; r++) {
+        unsigned long long n = atomic_load_explicit(&m->degraded[r], memory_order_relaxed);
+        if (n == 0)
+            continue;
+        emit(t,
+             "keel_degraded_responses_total{listener=\"%s\",method=\"%s\",route=\"%s\","
+             "reason=\"%s\"} %llu\n",
+             listener_name(m->listener), m->method, esc(m->path, p, sizeof p),
+             keel__degraded_reason_names[r], n);
+    }
+}
+
 static void render_routes(struct text *t)
 {
     emit(t, "# HELP keel_http_requests_total HTTP requests by route and status.\n"
             "# TYPE keel_http_requests_total counter\n");
     keel__metrics_each(render_route_statuses, t);
+    emit(t, "# HELP keel_degraded_responses_total Responses that were not the real answer: "
+            "degraded for lack of the database, or a plugin's fallback stub.\n"
+            "# TYPE keel_degraded_responses_total counter\n");
+    keel__metrics_each(render_route_degraded, t);
     emit(t, "# HELP keel_http_request_duration_seconds Request latency by route.\n"
             "# TYPE keel_http_request_duration_seconds histogram\n");
     keel__metrics_each(render_route_latency, t);
@@ -261,6 +283,12 @@ char *keel__metrics_render(void)
     if (t.buf == NULL)
         return NULL;
     t.buf[0] = '\0';
+    emit(&t,
+         "# HELP keel_build_info The running keeld's version and plugin ABI.\n"
+         "# TYPE keel_build_info gauge\nkeel_build_info{version=\"%s\",abi=\"%d.%d\"} 1\n"
+         "# HELP keel_start_time_seconds When this keeld started, in Unix seconds.\n"
+         "# TYPE keel_start_time_seconds gauge\nkeel_start_time_seconds %lld\n",
+         PACKAGE_VERSION, KEEL_ABI_MAJOR, KEEL_ABI_MINOR, (long long)keel__rt.started_at);
     emit(&t,
          "# HELP keel_requests_in_flight Requests being processed.\n"
          "# TYPE keel_requests_in_flight gauge\nkeel_requests_in_flight %ld\n",

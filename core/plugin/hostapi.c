@@ -53,7 +53,8 @@ static void host_log(keel_request *req, int level, const char *fmt, ...)
     vsnprintf(line, sizeof line, fmt, ap);
     va_end(ap);
     if (req != NULL)
-        keel__log(level, tag, "req=%llu %s", (unsigned long long)req->id, line);
+        keel__log(level, tag, "req=%llu rid=%s %s", (unsigned long long)req->id, req->request_id,
+                  line);
     else
         keel__log(level, tag, "%s", line);
 }

@@ -2,8 +2,10 @@
 
 #include "plugin/loader.h"
 
+#include <dirent.h>
 #include <dlfcn.h>
 #include <errno.h>
+#include <signal.h>
 #include <fcntl.h>
 #include <libltdl/lt_dlloader.h>
 #include <pthread.h>
@@ -15,7 +17,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "process/scoreboard.h"
+#include "util/scoreboard.h"
 #include "util/log.h"
 
 /* Loads are serialised: libltdl keeps global state, and so does the message
@@ -59,6 +61,81 @@ static void *now_sym(lt_user_data data, lt_module module, const char *name)
     return dlsym(module, name);
 }
 
+static char runtime_dir[256];
+
+void keel__loader_set_runtime_dir(const char *dir)
+{
+    snprintf(runtime_dir, sizeof runtime_dir, "%s", dir ? dir : "");
+}
+
+/*
+ * True while the process that made a copy directory may still be running: a
+ * live process with that pid, not a zombie nobody has reaped yet.  Any
+ * command name counts: keel-plugin-check and a keeld run under valgrind use
+ * the same loader under other names, and a directory kept by mistake after
+ * its pid was reused costs a few files until the next start, while one
+ * removed by mistake breaks a running server.
+ */
+static bool copier_alive(long pid)
+{
+    if (pid <= 0 || (kill((pid_t)pid, 0) != 0 && errno == ESRCH))
+        return false;
+    char path[64], stat[512] = "";
+    snprintf(path, sizeof path, "/proc/%ld/stat", pid);
+    FILE *sf = fopen(path, "re");
+    if (sf != NULL) {
+        size_t n = fread(stat, 1, sizeof stat - 1, sf);
+        stat[n] = '\0';
+        fclose(sf);
+        const char *paren = strrchr(stat, ')');
+        if (paren != NULL && paren[1] == ' ' && (paren[2] == 'Z' || paren[2] == 'X'))
+            return false;
+    }
+    return true;
+}
+
+/*
+ * Removes the copy directories "keeld-PID-XXXXXX" of dir whose keeld is
+ * gone (killed with SIGKILL, or crashed, so it never cleaned up): only the
+ * regular files in them, then the directory; nothing is followed.
+ */
+static void remove_stale_copies(const char *dir)
+{
+    DIR *d = opendir(dir);
+    if (d == NULL)
+        return;
+    struct dirent *de;
+    while ((de = readdir(d)) != NULL) {
+        long pid = 0;
+        char tail[16];
+        if (strncmp(de->d_name, "keeld-", 6) != 0 ||
+            sscanf(de->d_name + 6, "%ld-%15s", &pid, tail) != 2 || strlen(tail) != 6 ||
+            pid == (long)getpid() || copier_alive(pid))
+            continue;
+        int fd = openat(dirfd(d), de->d_name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        if (fd < 0)
+            continue;
+        DIR *sub = fdopendir(fd);
+        if (sub == NULL) {
+            close(fd);
+            continue;
+        }
+        int removed = 0;
+        struct dirent *e;
+        while ((e = readdir(sub)) != NULL) {
+            struct stat st;
+            if (fstatat(fd, e->d_name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(st.st_mode) &&
+                unlinkat(fd, e->d_name, 0) == 0)
+                removed++;
+        }
+        closedir(sub);
+        if (unlinkat(dirfd(d), de->d_name, AT_REMOVEDIR) == 0)
+            log_info("removed %s/%s (%d plugin cop%s left by keeld %ld, which is gone)", dir,
+                     de->d_name, removed, removed == 1 ? "y" : "ies", pid);
+    }
+    closedir(d);
+}
+
 int keel__loader_init(void)
 {
     if (lt_dlinit() != 0) {
@@ -89,10 +166,16 @@ int keel__loader_init(void)
         log_error("libltdl: cannot add loader: %s", lt_dlerror());
         return KEEL_ELOAD;
     }
-    const char *tmp = getenv("TMPDIR");
+    const char *tmp = runtime_dir[0] != '\0' ? runtime_dir : getenv("TMPDIR");
     if (tmp == NULL || *tmp == '\0')
         tmp = "/tmp";
-    snprintf(copy_dir, sizeof copy_dir, "%s/keeld-%ld-XXXXXX", tmp, (long)getpid());
+    remove_stale_copies(tmp);
+    int len = snprintf(copy_dir, sizeof copy_dir, "%.200s/keeld-%ld-XXXXXX", tmp, (long)getpid());
+    if (len < 0 || (size_t)len >= sizeof copy_dir || strlen(tmp) > 200) {
+        log_error("runtime directory name too long: %s", tmp);
+        copy_dir[0] = '\0';
+        return KEEL_EINVAL;
+    }
     if (mkdtemp(copy_dir) == NULL) {
         log_error("cannot create plugin copy directory %s: %s", copy_dir, strerror(errno));
         return KEEL_EIO;

@@ -70,6 +70,10 @@ struct keel__generation {
 
 /* Sets up libltdl and the private copy directory.  Call once at start-up. */
 int keel__loader_init(void) KEEL_WARN_UNUSED;
+/* Where keel__loader_init makes its directory of private plugin copies
+ * (server.runtime_dir); NULL or "" = $TMPDIR or /tmp.  Copies left there by
+ * a keeld that no longer runs are removed by keel__loader_init. */
+void keel__loader_set_runtime_dir(const char *dir);
 /* Plugin init runs on a thread of its own and is abandoned (the plugin
  * refused at stage init) past this many milliseconds.  Default 10000. */
 void keel__loader_set_init_timeout(int ms);

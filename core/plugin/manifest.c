@@ -118,9 +118,10 @@ static int parse_fallback(const json_t *fb, const char *source, size_t i,
                                "%s: plugin.routes[%zu].fallback: expected an object with "
                                "status, headers and body",
                                source, i);
+    char hint[96];
     if ((key = keel__conf_unknown_key(fb, keys)) != NULL)
-        return keel__conf_fail(err, errlen, "%s: plugin.routes[%zu].fallback.%s: unknown key",
-                               source, i, key);
+        return keel__conf_fail(err, errlen, "%s: plugin.routes[%zu].fallback.%s: unknown key%s",
+                               source, i, key, keel__conf_hint(key, keys, hint, sizeof hint));
     json_t *status = json_object_get(fb, "status");
     json_t *headers = json_object_get(fb, "headers");
     json_t *body = json_object_get(fb, "body");
@@ -179,9 +180,10 @@ static int parse_route(const json_t *obj, const char *source, size_t i,
     if (!json_is_object(obj))
         return keel__conf_fail(err, errlen, "%s: plugin.routes[%zu]: expected an object", source,
                                i);
+    char hint[96];
     if ((key = keel__conf_unknown_key(obj, keys)) != NULL)
-        return keel__conf_fail(err, errlen, "%s: plugin.routes[%zu].%s: unknown key", source, i,
-                               key);
+        return keel__conf_fail(err, errlen, "%s: plugin.routes[%zu].%s: unknown key%s", source, i,
+                               key, keel__conf_hint(key, keys, hint, sizeof hint));
 
     json_t *method = json_object_get(obj, "method");
     size_t mi = 0;
@@ -299,8 +301,10 @@ static int manifest_parse(const json_t *obj, const char *source, const char *plu
 
     if (!json_is_object(obj))
         return keel__conf_fail(err, errlen, "%s: plugin: expected an object", source);
+    char hint[96];
     if ((key = keel__conf_unknown_key(obj, keys)) != NULL)
-        return keel__conf_fail(err, errlen, "%s: plugin.%s: unknown key", source, key);
+        return keel__conf_fail(err, errlen, "%s: plugin.%s: unknown key%s", source, key,
+                               keel__conf_hint(key, keys, hint, sizeof hint));
 
     json_t *name = json_object_get(obj, "name");
     if (!keel__conf_is_text(name) || !valid_plugin_name(json_string_value(name)))

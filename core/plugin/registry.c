@@ -238,6 +238,27 @@ static struct keel__snapshot *build_from_slots(int *conflicts)
     }
 }
 
+/* Loads s at start-up.  A plugin in a route conflict (conflicted) whose
+ * manifest turns out to be wrong about its own routes is taken out of the
+ * conflict altogether: no routes, not even stubs. */
+static void load_slot(struct keel__slot *s, bool conflicted)
+{
+    struct keel__load_error le;
+    int rc = keel__slot_load(s, &s->manifest, &s->gen, &le);
+    if (rc != 0) {
+        s->reason = le.reason;
+        s->stage = le.stage;
+        snprintf(s->error, sizeof s->error, "%s", le.message);
+        if (conflicted && le.stage == KEEL__STAGE_ROUTES)
+            exclude(s, le.message);
+        else
+            keel__slot_log_down(s, &s->manifest);
+    } else {
+        keel__log(KEEL_LOG_INFO, s->name, "loaded %s %s generation %llu from %s", s->name,
+                  s->gen->desc->version, (unsigned long long)s->gen->number, s->manifest.file);
+    }
+}
+
 int keel__plugins_start(const struct keel__conf *conf, const keel_host *host,
                         const struct keel__core_route *core, size_t ncore)
 {
@@ -262,25 +283,39 @@ int keel__plugins_start(const struct keel__conf *conf, const keel_host *host,
             return KEEL_ENOMEM;
         }
         keel__reg.slots[keel__reg.nslots++] = s;
-        /* Routes first: a plugin refused for its routes never runs init. */
-        char why[512];
-        if (keel__slot_routes_check(s, &s->manifest, why, sizeof why) != 0) {
+    }
+    /*
+     * Routes first: a plugin whose manifest conflicts with no other is loaded
+     * at once.  When manifests conflict, the one to refuse is the one that
+     * is wrong about its own plugin: each of them is loaded (the loader
+     * compares a manifest with the plugin's route table before init, so a
+     * wrong one never runs init) and only those that pass take part in the
+     * conflict; a plugin whose routes still conflict is refused then.
+     */
+    bool *deferred = calloc(keel__reg.nslots ? keel__reg.nslots : 1, sizeof *deferred);
+    if (deferred == NULL) {
+        pthread_mutex_unlock(&keel__reg.lock);
+        return KEEL_ENOMEM;
+    }
+    char why[512];
+    for (size_t i = 0; i < keel__reg.nslots; i++)
+        deferred[i] = keel__slot_routes_check(keel__reg.slots[i], &keel__reg.slots[i]->manifest,
+                                              why, sizeof why) != 0;
+    for (int pass = 0; pass < 2; pass++)
+        for (size_t i = 0; i < keel__reg.nslots; i++)
+            if (deferred[i] == (pass == 1))
+                load_slot(keel__reg.slots[i], deferred[i]);
+    /* Last first, so that of two plugins that both pass, the one listed
+     * first in conf.d keeps the route. */
+    for (size_t i = keel__reg.nslots; i-- > 0;) {
+        struct keel__slot *s = keel__reg.slots[i];
+        if (deferred[i] && !s->excluded &&
+            keel__slot_routes_check(s, &s->manifest, why, sizeof why) != 0) {
             conflicts++;
             exclude(s, why);
-            continue;
-        }
-        struct keel__load_error le;
-        int rc = keel__slot_load(s, &s->manifest, &s->gen, &le);
-        if (rc != 0) {
-            s->reason = le.reason;
-            s->stage = le.stage;
-            snprintf(s->error, sizeof s->error, "%s", le.message);
-            keel__slot_log_down(s, &s->manifest);
-        } else {
-            keel__log(KEEL_LOG_INFO, s->name, "loaded %s %s generation %llu from %s", s->name,
-                      s->gen->desc->version, (unsigned long long)s->gen->number, s->manifest.file);
         }
     }
+    free(deferred);
     struct keel__snapshot *t = build_from_slots(&conflicts);
     if (t == NULL) {
         pthread_mutex_unlock(&keel__reg.lock);
@@ -406,7 +441,7 @@ json_t *keel__plugins_describe(void)
         json_array_append_new(
             list,
             json_pack("{s:s, s:s?, s:s, s:s?, s:I, s:s?, s:s, s:o, s:I, s:I, s:I, s:o, s:b, s:I, "
-                      "s:s?, s:s?}",
+                      "s:s?, s:s?, s:s?}",
                       "name", s->name, "version", g ? g->desc->version : NULL, "state",
                       g                                   ? "loaded"
                       : s->reason == KEEL__REASON_CRASHED ? "quarantined"
@@ -420,7 +455,8 @@ json_t *keel__plugins_describe(void)
                       (json_int_t)atomic_load(&s->requests), "reloads", (json_int_t)s->reloads,
                       "last_reload", last, "enabled", s->manifest.enabled, "routes",
                       (json_int_t)s->manifest.nroutes, "stage",
-                      g ? NULL : keel__stage_name(s->stage), "error", g ? NULL : s->error));
+                      g ? NULL : keel__stage_name(s->stage), "error", g ? NULL : s->error, "source",
+                      s->manifest.source));
     }
     pthread_mutex_unlock(&keel__reg.lock);
     json_t *d = json_pack("{s:o}", "plugins", list);

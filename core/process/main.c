@@ -25,9 +25,11 @@
 #include "plugin/registry.h"
 #include "util/counters.h"
 #include "identity/usersync.h"
-#include "process/scoreboard.h"
+#include "util/scoreboard.h"
 #include "process/supervisor.h"
 #include "process/worker.h"
+#include "process/check.h"
+#include "identity/notify.h"
 
 #ifndef KEEL_SYSCONFDIR
 #define KEEL_SYSCONFDIR "/usr/local/etc/keel"
@@ -36,11 +38,13 @@
 static void usage(FILE *out)
 {
     fprintf(out,
-            "Usage: keeld [--config-dir DIR] [--check | --migrate | --version]\n"
+            "Usage: keeld [--config-dir DIR] [--check [--connect] | --migrate | --version]\n"
             "\n"
             "  --config-dir DIR  read configuration from DIR (default %s/conf.d)\n"
             "  --check           validate configuration, load every enabled plugin, print a\n"
             "                    per-plugin report and exit non-zero on any problem\n"
+            "  --connect         with --check: also connect to the database and check that\n"
+            "                    its schema is up to date\n"
             "  --migrate         apply pending database migrations and exit\n"
             "  --version         print the version and exit\n"
             "\n"
@@ -103,6 +107,8 @@ static void setup_http(const struct keel__conf *c)
         .admin_nallowed_hosts = c->admin.nallowed_hosts,
         .access_log = c->log.access_log,
         .access_json = c->log.access_format != NULL && strcmp(c->log.access_format, "json") == 0,
+        .trusted_proxies = c->server.trusted_proxies,
+        .ntrusted_proxies = c->server.ntrusted_proxies,
     };
     keel__rt.limits = (struct keel__limits_conf){
         .max_body_bytes = c->limits.max_body_bytes,
@@ -137,6 +143,10 @@ static int setup_db(const struct keel__conf *c)
     }
     struct keel__db_conf dc = {
         .conninfo = c->database.url,
+        .pooler = strcmp(c->database.pooler, "pgbouncer-transaction") == 0
+                      ? KEEL__DB_POOLER_TRANSACTION
+                  : strcmp(c->database.pooler, "pgbouncer-session") == 0 ? KEEL__DB_POOLER_SESSION
+                                                                         : KEEL__DB_POOLER_NONE,
         .pool_size = c->database.pool_size,
         .wait_ms = c->database.pool_wait_ms,
         .connect_timeout_s = c->database.connect_timeout_s,
@@ -198,6 +208,26 @@ static void *db_ticker(void *arg)
     return NULL;
 }
 
+/* The LISTEN connection that keeps this process's user cache in step with
+ * the rest of the fleet (every worker has its own, as it has its own cache). */
+static keel__notify *user_changes;
+
+static void start_notify(const struct keel__conf *c)
+{
+    const char *url = c->database.listen_url ? c->database.listen_url : c->database.url;
+    if (url == NULL || *url == '\0' || keel__rt.usersync == NULL)
+        return;
+    if (c->database.listen_url == NULL &&
+        strcmp(c->database.pooler, "pgbouncer-transaction") == 0) {
+        log_warn("database: no listen_url and a transaction pooler, where LISTEN cannot work: "
+                 "user changes made elsewhere reach this instance only after usersync.ttl_s");
+        return;
+    }
+    if (keel__notify_start(url, keel__rt.usersync, &user_changes) != 0)
+        log_warn("database: cannot start the LISTEN thread; user changes made elsewhere reach "
+                 "this instance only after usersync.ttl_s");
+}
+
 static void print_check_report(void)
 {
     json_t *d = keel__plugins_describe();
@@ -215,8 +245,12 @@ static void print_check_report(void)
                version ? version : "-", state, reason ? reason : "-", stage ? stage : "-",
                json_string_value(json_object_get(p, "file")));
         const char *error = json_string_value(json_object_get(p, "error"));
+        char where[512];
         if (error != NULL && *error != '\0')
-            printf("%-12s   error: %s\n", "", error);
+            printf("%-12s   error: %s: %s\n", "",
+                   keel__check_where(json_string_value(json_object_get(p, "source")), stage, where,
+                                     sizeof where),
+                   error);
     }
     json_decref(d);
 }
@@ -239,28 +273,35 @@ static bool check_ok(void)
 }
 
 static int serve(struct keel__conf *conf);
+/* --connect: --check also reaches the database. */
+static bool check_connect;
 static int serve_check(struct keel__conf *conf, const char *confdir);
 
 int main(int argc, char **argv)
 {
     const char *confdir = KEEL_SYSCONFDIR "/conf.d";
     bool check = false, migrate = false;
+    check_connect = false;
     static const struct option longopts[] = {
         {"config-dir", required_argument, NULL, 'c'},
         {"check", no_argument, NULL, 't'},
+        {"connect", no_argument, NULL, 'C'},
         {"migrate", no_argument, NULL, 'm'},
         {"version", no_argument, NULL, 'V'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
     int opt;
-    while ((opt = getopt_long(argc, argv, "c:tmVh", longopts, NULL)) != -1) {
+    while ((opt = getopt_long(argc, argv, "c:tCmVh", longopts, NULL)) != -1) {
         switch (opt) {
         case 'c':
             confdir = optarg;
             break;
         case 't':
             check = true;
+            break;
+        case 'C':
+            check_connect = true;
             break;
         case 'm':
             migrate = true;
@@ -293,6 +334,13 @@ int main(int argc, char **argv)
         return 1;
     }
     keel__log_set_level(conf->log.level);
+    /* Before the workers are forked: they inherit it (and reopen it on
+     * SIGUSR1 themselves). */
+    if (keel__log_open(conf->log.error_log) != 0) {
+        fprintf(stderr, "keeld: cannot open log.error_log %s\n", conf->log.error_log);
+        keel__conf_free(conf);
+        return 1;
+    }
     setup_http(conf);
     keel__rt.started_at = (int64_t)time(NULL);
 
@@ -338,13 +386,15 @@ static int serve_check(struct keel__conf *conf, const char *confdir)
     if (keel__usersync_new(&uc, keel__rt.db, &keel__rt.usersync) != 0)
         goto out;
     keel__rt.host = keel__host_api();
+    keel__loader_set_runtime_dir(conf->server.runtime_dir);
     if (keel__loader_init() != 0)
         goto out;
     loader_up = true;
     int prc = keel__plugins_start(conf, keel__rt.host, keel__core_routes, keel__ncore_routes);
     plugins_up = true;
     print_check_report();
-    bool ok = prc == 0 && check_ok();
+    bool ok = keel__check_settings(conf, check_connect, stdout);
+    ok = prc == 0 && check_ok() && ok;
     printf("keeld --check: configuration %s is %s\n", confdir, ok ? "OK" : "NOT OK");
     status = ok ? 0 : 1;
 out:
@@ -388,7 +438,9 @@ static int serve(struct keel__conf *conf)
                                      .initial_credits = conf->usersync.initial_credits};
     if (keel__usersync_new(&uc, keel__rt.db, &keel__rt.usersync) != 0)
         goto out;
+    start_notify(conf);
     keel__rt.host = keel__host_api();
+    keel__loader_set_runtime_dir(conf->server.runtime_dir);
     if (keel__loader_init() != 0)
         goto out;
     loader_up = true;
@@ -423,6 +475,7 @@ out:
         keel__plugins_stop();
     if (loader_up)
         keel__loader_shutdown();
+    keel__notify_stop(user_changes);
     keel__usersync_free(keel__rt.usersync);
     if (keel__rt.db != NULL)
         keel__db_free(keel__rt.db);

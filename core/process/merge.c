@@ -116,6 +116,18 @@ json_t *keel__merge_status(json_t *const *parts, size_t n)
         add_int(out, "requests_total",
                 json_integer_value(json_object_get(parts[p], "requests_total")));
         add_int(out, "in_flight", json_integer_value(json_object_get(parts[p], "in_flight")));
+        /* Every worker has its own pool and cache: the server has them all. */
+        static const char *const pool_keys[] = {"size", "in_use", "idle", "waits", NULL};
+        json_t *pool = json_object_get(json_object_get(out, "database"), "pool");
+        json_t *theirs = json_object_get(json_object_get(parts[p], "database"), "pool");
+        for (size_t k = 0; pool != NULL && pool_keys[k] != NULL; k++)
+            add_int(pool, pool_keys[k], json_integer_value(json_object_get(theirs, pool_keys[k])));
+        static const char *const cache_keys[] = {"hits", "misses", "evictions", "entries", NULL};
+        json_t *cache = json_object_get(out, "usersync");
+        json_t *their_cache = json_object_get(parts[p], "usersync");
+        for (size_t k = 0; cache != NULL && cache_keys[k] != NULL; k++)
+            add_int(cache, cache_keys[k],
+                    json_integer_value(json_object_get(their_cache, cache_keys[k])));
     }
     return out ? out : json_object();
 }
@@ -140,12 +152,14 @@ struct family {
 
 static enum agg agg_for(const char *family)
 {
-    static const char *const max[] = {"keel_plugin_generation", "keel_reloads_total",
-                                      "keel_plugin_reloads_total", "keel_db_breaker_state", NULL};
+    static const char *const max[] = {"keel_plugin_generation",    "keel_reloads_total",
+                                      "keel_plugin_reloads_total", "keel_db_breaker_state",
+                                      "keel_build_info",           NULL};
     for (size_t i = 0; max[i] != NULL; i++)
         if (strcmp(family, max[i]) == 0)
             return AGG_MAX;
-    if (strcmp(family, "keel_plugin_up") == 0)
+    /* The oldest worker's start: close to the supervisor's. */
+    if (strcmp(family, "keel_plugin_up") == 0 || strcmp(family, "keel_start_time_seconds") == 0)
         return AGG_MIN;
     return AGG_SUM;
 }

@@ -18,13 +18,18 @@
 #include <time.h>
 #include <unistd.h>
 
+#ifdef HAVE_LIBSYSTEMD
+#include <systemd/sd-daemon.h>
+#endif
+
 #include "http/server.h"
+#include "identity/ratelimit.h"
 #include "plugin/loader.h"
 #include "plugin/registry.h"
 #include "process/channel.h"
-#include "process/crash.h"
+#include "util/crash.h"
 #include "process/merge.h"
-#include "process/scoreboard.h"
+#include "util/scoreboard.h"
 #include "process/worker.h"
 #include "util/log.h"
 
@@ -93,6 +98,7 @@ static struct {
     enum phase phase;
     int64_t phase_until_ns;
     bool ever_ready;
+    bool sd_ready;      /* READY=1 sent to systemd */
     int start_failures; /* consecutive workers that died before serving */
     int64_t spawn_after_ns;
     int64_t last_rss_check_ns;
@@ -256,15 +262,14 @@ static void child_after_fork(unsigned slot, int ctl, int crash_w)
     sigset_t term;
     sigemptyset(&term);
     sigaddset(&term, SIGTERM);
-    /* The worker takes SIGTERM through a signalfd; the supervisor alone
-     * answers the rest (a Ctrl-C reaches the whole process group). */
+    /* Forwarded by the supervisor: the worker reopens its log files. */
+    sigaddset(&term, SIGUSR1);
+    /* The worker takes SIGTERM and SIGUSR1 through a signalfd; the
+     * supervisor alone answers the rest (a Ctrl-C reaches the whole process
+     * group). */
     signal(SIGHUP, SIG_IGN);
     signal(SIGINT, SIG_IGN);
     signal(SIGUSR2, SIG_IGN);
-    /* Forwarded by the supervisor; a worker has no log of its own to
-     * reopen yet (its stderr is the supervisor's), so it must not die of
-     * it. */
-    signal(SIGUSR1, SIG_IGN);
     signal(SIGCHLD, SIG_DFL);
     sigprocmask(SIG_SETMASK, &term, NULL);
     prctl(PR_SET_PDEATHSIG, SIGTERM);
@@ -272,14 +277,13 @@ static void child_after_fork(unsigned slot, int ctl, int crash_w)
     atomic_store(&keel__sb_self()->pid, (int)getpid());
     keel__crash_install(crash_w);
     keel__worker_attach(ctl);
-    /* Per-process limits become each worker's share of the server's (see
-     * docs/operations.md): rounded up, so no limit drops to zero. */
+    /* Connection limits become each worker's share of the server's (see
+     * docs/operations.md): rounded up, so no limit drops to zero.  The
+     * per-user rate limit needs no share: its buckets are shared. */
     struct keel__conf *c = sup.conf;
     unsigned n = sup.target;
     c->limits.max_connections = (int)(((unsigned)c->limits.max_connections + n - 1) / n);
     c->limits.max_per_ip = (int)(((unsigned)c->limits.max_per_ip + n - 1) / n);
-    c->limits.rate_per_user = (int)(((unsigned)c->limits.rate_per_user + n - 1) / n);
-    c->limits.rate_burst = (int)(((unsigned)c->limits.rate_burst + n - 1) / n);
     /* server.threads is the server's too (default 4 per CPU): workers
      * sharing CPUs with more threads in all would only add switching. */
     long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
@@ -982,6 +986,16 @@ static void on_frame(struct worker *w, struct keel__frame *f)
             for (unsigned i = 0; i < sup.nslots; i++)
                 if (sup.w[i].state == W_RETIRING && sup.w[i].replaced_by == w->pid)
                     send_retire(&sup.w[i]);
+#ifdef HAVE_LIBSYSTEMD
+            /* Type=notify: every worker serves, plugins loaded.  MAINPID
+             * too, so that after an upgrade systemd follows the new
+             * supervisor (the unit says NotifyAccess=all). */
+            if (!sup.sd_ready && count_state(W_READY, W_READY) >= sup.target) {
+                sup.sd_ready = true;
+                sd_notifyf(0, "READY=1\nMAINPID=%ld\nSTATUS=serving with %u worker(s)",
+                           (long)getpid(), sup.target);
+            }
+#endif
             if (sup.notify_fd >= 0 && count_state(W_READY, W_READY) >= sup.target) {
                 if (write(sup.notify_fd, "ready", 5) < 0)
                     log_warn("cannot tell the previous keeld that this one serves");
@@ -1123,6 +1137,9 @@ static void on_shutdown_signal(int sig)
 {
     if (sup.phase != P_RUNNING)
         return;
+#ifdef HAVE_LIBSYSTEMD
+    sd_notify(0, "STOPPING=1");
+#endif
     int drain = sup.conf->server.drain_s;
     log_info("%s: stopping: /health answers 503 draining for %d s while routes serve, then "
              "in-flight requests get up to %d s",
@@ -1260,11 +1277,18 @@ int keel__supervisor_run(struct keel__conf *conf, const char *self_path, char *c
     log_info("keeld %s supervisor %d: main %s:%d, admin %s:%d, %u worker(s)", PACKAGE_VERSION,
              (int)getpid(), conf->server.host, conf->server.port, conf->admin.host,
              conf->admin.port, sup.target);
-    if (conf->limits.rate_per_user > 0)
-        log_info("rate limit: %d request(s)/s per user, burst %d, shared between %u worker(s)",
-                 conf->limits.rate_per_user,
-                 conf->limits.rate_burst > 0 ? conf->limits.rate_burst : conf->limits.rate_per_user,
-                 sup.target);
+    if (conf->limits.rate_per_user > 0) {
+        /* One bucket per user for the whole server, in memory the workers
+         * inherit. */
+        struct keel__ratelimit_conf rc = {.rate = (unsigned)conf->limits.rate_per_user,
+                                          .burst = (unsigned)conf->limits.rate_burst};
+        keel__ratelimit *rl = NULL;
+        if (keel__ratelimit_new_shared(&rc, &rl) != 0) {
+            log_error("cannot set up the shared rate-limit table");
+            return 1;
+        }
+        keel__ratelimit_set_server_wide(rl);
+    }
     for (unsigned i = 0; i < sup.target; i++)
         if (spawn() == NULL)
             return 1;
@@ -1317,13 +1341,24 @@ int keel__supervisor_run(struct keel__conf *conf, const char *self_path, char *c
                     reap();
                 else if (sig == SIGHUP) {
                     log_info("SIGHUP: reloading every plugin in every worker");
+#ifdef HAVE_LIBSYSTEMD
+                    /* Informational: systemd 252 does not wait for the
+                     * reload to finish (that needs Type=notify-reload). */
+                    sd_notify(0, "RELOADING=1");
+#endif
                     fanout_start(0, 0, "reload", NULL);
+#ifdef HAVE_LIBSYSTEMD
+                    sd_notify(0, "READY=1");
+#endif
                 } else if (sig == SIGTERM || sig == SIGINT) {
                     on_shutdown_signal(sig);
                 } else if (sig == SIGUSR2) {
                     log_info("SIGUSR2: binary upgrade");
                     upgrade_start(0, 0);
                 } else if (sig == SIGUSR1) {
+                    /* logrotate renamed the files: the supervisor's error
+                     * log here, each worker's own descriptors there. */
+                    keel__log_reopen();
                     for (unsigned i = 0; i < sup.nslots; i++)
                         if (sup.w[i].state != W_FREE)
                             kill(sup.w[i].pid, SIGUSR1);

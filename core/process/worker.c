@@ -21,7 +21,7 @@
 #include "plugin/loader.h"
 #include "plugin/registry.h"
 #include "process/channel.h"
-#include "process/scoreboard.h"
+#include "util/scoreboard.h"
 #include "util/log.h"
 
 static int ctl_fd = -1;
@@ -268,6 +268,7 @@ int keel__worker_loop(const struct keel__conf *conf)
     sigset_t term;
     sigemptyset(&term);
     sigaddset(&term, SIGTERM);
+    sigaddset(&term, SIGUSR1);
     int sfd = signalfd(-1, &term, SFD_CLOEXEC | SFD_NONBLOCK);
     struct keel__chan_buf buf = {0};
     struct stop_plan plan = {0};
@@ -284,9 +285,18 @@ int keel__worker_loop(const struct keel__conf *conf)
         }
         if (r > 0 && (pfd[1].revents & POLLIN)) {
             struct signalfd_siginfo si;
-            while (read(sfd, &si, sizeof si) == (ssize_t)sizeof si)
-                ;
-            begin_stop(&plan, conf->server.shutdown_timeout_s, "SIGTERM");
+            bool stop = false;
+            while (read(sfd, &si, sizeof si) == (ssize_t)sizeof si) {
+                if (si.ssi_signo == SIGUSR1) {
+                    /* Forwarded by the supervisor after logrotate. */
+                    keel__log_reopen();
+                    keel__server_reopen_logs();
+                } else {
+                    stop = true;
+                }
+            }
+            if (stop)
+                begin_stop(&plan, conf->server.shutdown_timeout_s, "SIGTERM");
         }
         if (r > 0 && (pfd[0].revents & (POLLIN | POLLHUP | POLLERR))) {
             int rc = keel__chan_read(ctl_fd, &buf);

@@ -63,6 +63,16 @@ void keel__metrics_observe(struct keel__route_metrics *m, unsigned status, int64
                               memory_order_relaxed);
 }
 
+const char *const keel__degraded_reason_names[3] = {"database", "fallback", "other"};
+
+void keel__metrics_degraded(struct keel__route_metrics *m, enum keel__degraded_reason reason)
+{
+    if (m == NULL)
+        m = &unmatched;
+    if ((unsigned)reason < 3)
+        atomic_fetch_add_explicit(&m->degraded[reason], 1, memory_order_relaxed);
+}
+
 void keel__metrics_reload(bool ok)
 {
     atomic_fetch_add_explicit(ok ? &reloads_ok : &reloads_failed, 1, memory_order_relaxed);

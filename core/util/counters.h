@@ -28,7 +28,21 @@ struct keel__route_metrics {
     atomic_ullong buckets[KEEL__METRICS_NBUCKETS];
     atomic_ullong count;
     atomic_ullong sum_ns;
+    atomic_ullong degraded[3]; /* by enum keel__degraded_reason */
 };
+
+/* Why a response may not be the real answer though its status says so: a
+ * read served without the database (X-Keel-Degraded: database), some other
+ * degraded path, or a plugin's fallback stub (X-Keel-Fallback). */
+enum keel__degraded_reason {
+    KEEL__DEGRADED_DATABASE = 0,
+    KEEL__DEGRADED_FALLBACK = 1,
+    KEEL__DEGRADED_OTHER = 2,
+};
+extern const char *const keel__degraded_reason_names[3];
+
+/* Counts one degraded response; m NULL means "no route matched". */
+void keel__metrics_degraded(struct keel__route_metrics *m, enum keel__degraded_reason reason);
 
 /* The record for listener+method+template (created on first use; never freed
  * before keel__metrics_free).  plugin may be NULL for core routes.  NULL only

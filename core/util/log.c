@@ -2,13 +2,18 @@
 
 #include "util/log.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <stdatomic.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <sys/time.h>
 #include <time.h>
 #include <unistd.h>
+
+#include <keel/error.h>
 
 static atomic_int log_level = KEEL_LOG_INFO;
 static atomic_int log_fd = 2;
@@ -41,6 +46,53 @@ int keel__log_parse_level(const char *name)
 void keel__log_set_fd(int fd)
 {
     atomic_store(&log_fd, fd);
+}
+
+/* The error log's path, set once at start-up before threads run. */
+static char *error_log_path;
+
+int keel__log_reopen_onto(int fd, const char *path)
+{
+    int nfd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
+    if (nfd < 0) {
+        keel__log(KEEL_LOG_ERROR, "core",
+                  "cannot open log file %s: %s; still writing to the old one", path,
+                  strerror(errno));
+        return KEEL_EIO;
+    }
+    int rc = 0;
+    if (nfd != fd) {
+        if (dup2(nfd, fd) < 0) {
+            keel__log(KEEL_LOG_ERROR, "core", "cannot switch to log file %s: %s", path,
+                      strerror(errno));
+            rc = KEEL_EIO;
+        }
+        close(nfd);
+    }
+    return rc;
+}
+
+int keel__log_open(const char *path)
+{
+    if (path == NULL || *path == '\0' || strcmp(path, "-") == 0)
+        return 0;
+    char *copy = strdup(path);
+    if (copy == NULL)
+        return KEEL_ENOMEM;
+    int rc = keel__log_reopen_onto(2, copy);
+    if (rc != 0) {
+        free(copy);
+        return rc;
+    }
+    free(error_log_path);
+    error_log_path = copy;
+    return 0;
+}
+
+void keel__log_reopen(void)
+{
+    if (error_log_path != NULL && keel__log_reopen_onto(2, error_log_path) == 0)
+        keel__log(KEEL_LOG_INFO, "core", "reopened the error log %s", error_log_path);
 }
 
 void keel__vlog(int level, const char *tag, const char *fmt, va_list ap)

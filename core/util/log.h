@@ -16,6 +16,21 @@ int keel__log_parse_level(const char *name);
 /* Redirects log lines to fd (default 2).  The fd stays owned by the caller. */
 void keel__log_set_fd(int fd);
 
+/*
+ * Reopens path (O_APPEND, created 0640) onto descriptor fd, atomically
+ * (dup2): threads writing to fd meanwhile write whole lines to either the
+ * old or the new file, never to a closed descriptor.  logrotate renames the
+ * file and sends SIGUSR1; this makes a new file under the old name.
+ * Returns 0 or KEEL_EIO (fd keeps writing to the old file), with a log line.
+ */
+int keel__log_reopen_onto(int fd, const char *path);
+
+/* Sends the error log (this logger and anything written to stderr) to path;
+ * NULL or "-" keeps stderr.  Remembers path for keel__log_reopen(). */
+int keel__log_open(const char *path) KEEL_WARN_UNUSED;
+/* Reopens the error log file, if there is one (SIGUSR1). */
+void keel__log_reopen(void);
+
 /* Writes one line: "<ISO time> <level> [<tag>] <message>\n".  tag may be NULL. */
 void keel__log(int level, const char *tag, const char *fmt, ...) KEEL_PRINTF(3, 4);
 void keel__vlog(int level, const char *tag, const char *fmt, va_list ap) KEEL_PRINTF(3, 0);

@@ -28,6 +28,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.parse
 
@@ -522,6 +523,10 @@ class Keeld:
         })
         if "KEEL_DATABASE_URL" not in self.extra_env:
             env["KEEL_DATABASE_URL"] = self.db.url
+            bouncer = through_pgbouncer
+            if bouncer is not None and isinstance(self.db, Database):
+                env["KEEL_DATABASE_URL"] = bouncer.url_for(self.db.name)
+                env["KEEL_DATABASE_POOLER"] = "pgbouncer-" + bouncer.mode
         for k, v in self.extra_env.items():
             if v is None:
                 env.pop(k, None)
@@ -923,3 +928,217 @@ class PrivatePostgres:
 
     def __repr__(self):
         return "<PrivatePostgres port=%d dir=%s>" % (self.port, self.dir)
+
+
+# ---------------------------------------------------------------- PgBouncer
+
+PGBOUNCER = os.environ.get("KEEL_TEST_PGBOUNCER", "/usr/sbin/pgbouncer")
+
+
+class PgBouncer:
+    """Debian's pgbouncer in front of a PostgreSQL server (default: the test
+    server of KEEL_TEST_DATABASE_URL), in "session" or "transaction" pool
+    mode. Every database name is forwarded (a "*" entry) and connects as the
+    target URL's user; clients are not authenticated (auth_type any), as on
+    a loopback-only test set-up. .url_for(dbname) is a libpq URL through it.
+    Nothing is configured to help keel: no ignore_startup_parameters.
+    """
+
+    def __init__(self, mode, target_url=None):
+        if mode not in ("session", "transaction"):
+            raise ValueError("pool mode %r" % mode)
+        target = urllib.parse.urlsplit(target_url or _admin_url())
+        self.mode = mode
+        self.dir = tempfile.mkdtemp(prefix="keeltest-pgbouncer-")
+        os.chmod(self.dir, 0o755)
+        if os.geteuid() == 0:
+            shutil.chown(self.dir, "postgres", "postgres")
+        self.port = free_port()
+        self.log_path = os.path.join(self.dir, "pgbouncer.log")
+        ini = os.path.join(self.dir, "pgbouncer.ini")
+        with open(ini, "w") as f:
+            f.write("[databases]\n* = host=%s port=%d user=%s\n\n"
+                    "[pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = %d\n"
+                    "unix_socket_dir =\nauth_type = any\npool_mode = %s\n"
+                    "max_client_conn = 400\ndefault_pool_size = 20\n"
+                    "logfile = %s\npidfile = %s\n"
+                    % (target.hostname, target.port or 5432, target.username or "postgres",
+                       self.port, mode, self.log_path, os.path.join(self.dir, "pgbouncer.pid")))
+        os.chmod(ini, 0o644)
+        self.proc = subprocess.Popen(_as_postgres([PGBOUNCER, ini]), cwd="/",
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _live_processes.append(self)
+        deadline = time.monotonic() + scaled(15)
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                break
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    self.cleanup()
+                    raise RuntimeError("pgbouncer did not start: %s" % self.log_tail())
+                time.sleep(0.05)
+
+    def url_for(self, dbname):
+        return "postgresql://keel@127.0.0.1:%d/%s" % (self.port, dbname)
+
+    def log_tail(self, lines=20):
+        try:
+            with open(self.log_path, errors="replace") as f:
+                return "".join(f.readlines()[-lines:])
+        except OSError:
+            return ""
+
+    def cleanup(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self in _live_processes:
+            _live_processes.remove(self)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def _terminate_for_cleanup(self):
+        self.cleanup()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.cleanup()
+
+    def __repr__(self):
+        return "<PgBouncer %s port=%d>" % (self.mode, self.port)
+
+
+# While set, every Keeld whose database is a Database (not a URL given in
+# env) reaches it through this PgBouncer with database.pooler set to match:
+# that is how test_pgbouncer.py runs other modules' tests through a pooler.
+through_pgbouncer = None
+
+
+# ---------------------------------------------------------------- HAProxy
+
+HAPROXY = os.environ.get("KEEL_TEST_HAPROXY", "/usr/sbin/haproxy")
+
+
+class HAProxy:
+    """Debian's haproxy in front of keelds, as a fleet's load balancer:
+    round robin, health checks on GET /health every 200 ms (down after 2
+    failures, up after 2 successes), X-Forwarded-For added, and no retries
+    or redispatch, so every failure a backend causes reaches the client.
+    .url(path) is the address clients use.
+    """
+
+    def __init__(self, keelds):
+        self.dir = _mkdtemp("haproxy")
+        self.port = free_port()
+        self.log_path = os.path.join(self.dir, "haproxy.log")
+        servers = "".join(
+            "    server k%d 127.0.0.1:%d check inter 200ms fall 2 rise 2\n" % (i, k.port)
+            for i, k in enumerate(keelds))
+        cfg = os.path.join(self.dir, "haproxy.cfg")
+        with open(cfg, "w") as f:
+            f.write("global\n    maxconn 2000\n\n"
+                    "defaults\n    mode http\n    timeout connect 2s\n"
+                    "    timeout client 30s\n    timeout server 30s\n    retries 0\n"
+                    "    no option redispatch\n\n"
+                    "frontend fleet\n    bind 127.0.0.1:%d\n    default_backend keel\n\n"
+                    "backend keel\n    balance roundrobin\n    option forwardfor\n"
+                    "    option httpchk GET /health\n    http-check expect status 200\n%s"
+                    % (self.port, servers))
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen([HAPROXY, "-f", cfg, "-db"], stdout=self._log,
+                                     stderr=subprocess.STDOUT, cwd=self.dir)
+        _live_processes.append(self)
+        deadline = time.monotonic() + scaled(10)
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                break
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    self.cleanup()
+                    raise RuntimeError("haproxy did not start: %s" % self.log_tail())
+                time.sleep(0.05)
+
+    def url(self, path="/"):
+        return "http://127.0.0.1:%d%s" % (self.port, path)
+
+    def log_tail(self, lines=30):
+        try:
+            with open(self.log_path, errors="replace") as f:
+                return "".join(f.readlines()[-lines:])
+        except OSError:
+            return ""
+
+    def cleanup(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if not self._log.closed:
+            self._log.close()
+        if self in _live_processes:
+            _live_processes.remove(self)
+
+    def _terminate_for_cleanup(self):
+        self.cleanup()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.cleanup()
+
+    def __repr__(self):
+        return "<HAProxy port=%d>" % self.port
+
+
+class Load:
+    """Bounded load through a URL: `threads` clients, each sending GET path
+    one after the other (a new connection each time) until stop() or
+    max_requests in all. .ok, .failed (list of (time, what)) count results;
+    a request fails on any status but 200 or a connection error."""
+
+    def __init__(self, url, threads=4, max_requests=20000, timeout=10):
+        self.url = url
+        self.ok = 0
+        self.failed = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._left = max_requests
+        self._timeout = timeout
+        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
+        for t in self._threads:
+            t.start()
+
+    def _run(self):
+        while not self._stop.is_set():
+            with self._lock:
+                if self._left <= 0:
+                    return
+                self._left -= 1
+            try:
+                r = http("GET", self.url, timeout=self._timeout)
+                good = r.status == 200
+                what = "status %d" % r.status
+            except Exception as e:  # noqa: BLE001 - every failure counts
+                good, what = False, repr(e)
+            with self._lock:
+                if good:
+                    self.ok += 1
+                else:
+                    self.failed.append((time.monotonic(), what))
+
+    def stop(self):
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=scaled(30))
+        return self

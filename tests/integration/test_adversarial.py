@@ -375,8 +375,9 @@ def test_hostile_headers_paths_and_methods():
         b.check("many headers", raw(k, request_head("GET", "/health",
                                                     [("X-H%d" % i, "v" * 60) for i in range(300)])),
                 431, "Request headers too large (limit 16384 bytes)")
-        # Past libmicrohttpd's connection memory (twice keel's limits) it
-        # answers by itself, with its own HTML body: the documented exception.
+        # Past libmicrohttpd's connection memory (twice the header limit plus
+        # the URI limit) it answers by itself, with its own HTML body: the
+        # documented exception.
         b.check("70 KiB header", raw(k, request_head("GET", "/health", big(70000))), 431,
                 json_body=False)
         b.check("9 KiB URI", raw(k, request_head("GET", "/health?q=" + "a" * 9000)), 414,

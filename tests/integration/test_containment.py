@@ -378,13 +378,15 @@ def test_leaking_worker_is_recycled_without_a_failed_request():
 def test_worker_max_requests_recycles_without_a_failed_request():
     with Keeld(setup(server={"worker_max_requests": 150})) as k:
         before = worker_pids(k)
+        # The kernel decides which worker takes a connection: at least one
+        # of them passes 150 requests.
         with Load(k, max_requests=400, pause=0.002) as load:
-            wait_until(lambda: set(worker_pids(k)).isdisjoint(before) and
-                       len(worker_pids(k)) == 2, "both workers recycled", timeout=60)
+            wait_until(lambda: not set(before) <= set(worker_pids(k)) and
+                       len(worker_pids(k)) == 2, "a worker recycled", timeout=60)
             time.sleep(0.3)
             load.stop()
         assert load.failures() == [], load.failures()[:10]
-        assert metric(k, 'keel_worker_restarts_total{reason="requests"}') >= 2
+        assert metric(k, 'keel_worker_restarts_total{reason="requests"}') >= 1
         assert "server.worker_max_requests 150): recycled" in k.log_text()
 
 

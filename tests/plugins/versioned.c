@@ -36,6 +36,7 @@ static int v_slow(keel_request *req, void *s)
         n = 500;
     if (n < 0 || n > 10000)
         n = 500;
+    host->log(req, KEEL_LOG_INFO, "slow request: sleeping %ld ms", n);
     struct timespec ts = {n / 1000, (n % 1000) * 1000000L};
     nanosleep(&ts, NULL);
     return host->respond_json(

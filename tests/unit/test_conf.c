@@ -294,10 +294,18 @@ static void test_unknown_key_and_section(void **state)
 {
     struct fixture *f = *state;
     write_file(f, "10-server.json", "{\"server\":{\"host\":\"127.0.0.1\",\"prot\":8080}}");
-    load_fails_with(f, "10-server.json", "server.prot: unknown key");
+    load_fails_with(f, "10-server.json", "server.prot: unknown key (did you mean \"port\"?)");
 
     write_file(f, "10-server.json", "{\"serve\":{}}");
-    load_fails_with(f, "10-server.json", "serve: unknown section");
+    load_fails_with(f, "10-server.json", "serve: unknown section (did you mean \"server\"?)");
+
+    /* Nothing close: no guess. */
+    write_file(f, "10-server.json", "{\"server\":{\"zzzzzz\":1}}");
+    load_fails_with(f, "10-server.json", "server.zzzzzz: unknown key");
+    write_file(f, "10-server.json", "{\"database\":{\"statment_timeout_ms\":1}}");
+    load_fails_with(f, "10-server.json",
+                    "database.statment_timeout_ms: unknown key (did you mean "
+                    "\"statement_timeout_ms\"?)");
 
     write_file(f, "10-server.json",
                "{\"auth\":{\"keys\":[{\"kid\":\"a\",\"alg\":\"RS256\","

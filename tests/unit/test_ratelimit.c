@@ -13,6 +13,8 @@
 #include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <keel/error.h>
 
@@ -234,6 +236,60 @@ static void test_concurrent_takes_grant_exactly_the_burst(void **state)
     keel__ratelimit_free(r.rl);
 }
 
+static keel__ratelimit *make_shared(unsigned rate, unsigned burst)
+{
+    struct keel__ratelimit_conf c = {.rate = rate, .burst = burst, .max_keys = 1024};
+    keel__ratelimit *rl = NULL;
+    assert_int_equal(keel__ratelimit_new_shared(&c, &rl), 0);
+    assert_non_null(rl);
+    return rl;
+}
+
+/* The shared table: the same GCRA answers, and racing threads still get
+ * exactly the burst. */
+static void test_shared_burst_refill_and_races(void **state)
+{
+    (void)state;
+    keel__ratelimit *rl = make_shared(10, 5);
+    int64_t t = 1000 * S;
+    assert_int_equal(take_n(rl, ALICE, t, 5), 5);
+    unsigned ra = 0;
+    assert_int_equal(keel__ratelimit_take(rl, ALICE, t, &ra), KEEL_EBUSY);
+    assert_int_equal(ra, 1);
+    assert_int_equal(take_n(rl, ALICE, t + 100 * MS, 3), 1);
+    assert_int_equal(take_n(rl, BOB, t, 5), 5);
+    assert_int_equal(keel__ratelimit_size(rl), 2);
+    keel__ratelimit_free(rl);
+
+    struct race r = {.rl = make_shared(1, 100), .key = ALICE};
+    atomic_init(&r.granted, 0);
+    pthread_t th[8];
+    for (int i = 0; i < 8; i++)
+        assert_int_equal(pthread_create(&th[i], NULL, racer, &r), 0);
+    for (int i = 0; i < 8; i++)
+        pthread_join(th[i], NULL);
+    assert_int_equal(atomic_load(&r.granted), 100);
+    keel__ratelimit_free(r.rl);
+}
+
+/* What a forked process takes is gone for the parent: one budget for the
+ * whole server. */
+static void test_shared_across_fork(void **state)
+{
+    (void)state;
+    keel__ratelimit *rl = make_shared(1, 4);
+    int64_t t = 50 * S;
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0)
+        _exit(take_n(rl, ALICE, t, 3) == 3 ? 0 : 1);
+    int status = 0;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    assert_int_equal(take_n(rl, ALICE, t, 4), 1);
+    keel__ratelimit_free(rl);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -248,6 +304,8 @@ int main(void)
         cmocka_unit_test(test_clock_going_back_grants_nothing_extra),
         cmocka_unit_test(test_size_is_bounded_and_lru_is_evicted),
         cmocka_unit_test(test_concurrent_takes_grant_exactly_the_burst),
+        cmocka_unit_test(test_shared_burst_refill_and_races),
+        cmocka_unit_test(test_shared_across_fork),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

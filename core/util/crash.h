@@ -6,8 +6,8 @@
  * thread was running is already in the scoreboard; the supervisor turns
  * both into one crash report.
  */
-#ifndef KEEL_CORE_PROCESS_CRASH_H
-#define KEEL_CORE_PROCESS_CRASH_H
+#ifndef KEEL_CORE_UTIL_CRASH_H
+#define KEEL_CORE_UTIL_CRASH_H
 
 /* Worker: installs the handlers; backtraces go to fd (-1 = none). */
 void keel__crash_install(int fd);

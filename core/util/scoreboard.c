@@ -1,6 +1,6 @@
 #include "config.h"
 
-#include "process/scoreboard.h"
+#include "util/scoreboard.h"
 
 #include <pthread.h>
 #include <signal.h>
@@ -9,7 +9,7 @@
 #include <sys/mman.h>
 #include <time.h>
 
-#include "process/crash.h"
+#include "util/crash.h"
 
 static struct keel__sb_worker *board;
 static unsigned nslots;

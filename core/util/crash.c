@@ -1,6 +1,6 @@
 #include "config.h"
 
-#include "process/crash.h"
+#include "util/crash.h"
 
 #include <execinfo.h>
 #include <signal.h>
@@ -8,7 +8,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "process/scoreboard.h"
+#include "util/scoreboard.h"
 
 static int crash_fd = -1;
 static const int fatal_signals[] = {SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT, SIGSYS};

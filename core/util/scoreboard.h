@@ -11,8 +11,8 @@
  * worker leaves half-written can hurt the supervisor beyond a garbled
  * string in one report.
  */
-#ifndef KEEL_CORE_PROCESS_SCOREBOARD_H
-#define KEEL_CORE_PROCESS_SCOREBOARD_H
+#ifndef KEEL_CORE_UTIL_SCOREBOARD_H
+#define KEEL_CORE_UTIL_SCOREBOARD_H
 
 #include <stdatomic.h>
 #include <stdbool.h>
