@@ -1,7 +1,7 @@
 /*
  * Running statements on a checked-out connection: the per-connection
  * statement cache, transparent retries when they are safe, and the
- * classification every failure gets (docs/database.md).
+ * classification of every failure (docs/database.md).
  */
 #include "config.h"
 
