@@ -151,17 +151,22 @@ static void host_db_result_free(keel_db_result *res)
     res->req->spare_results = res;
 }
 
+int keel__req_db_acquire(keel_request *req, keel__db_conn **conn)
+{
+    if (keel__rt.db == NULL) {
+        keel__set_err(req->db_error, sizeof req->db_error, "no database is configured");
+        return KEEL_EDB_UNAVAILABLE;
+    }
+    return keel__db_acquire(keel__rt.db, conn, req->db_error, sizeof req->db_error);
+}
+
 static int host_db_query(keel_request *req, const char *sql, int nparams, const char *const *params,
                          keel_db_result **out)
 {
     if (out != NULL)
         *out = NULL;
-    if (keel__rt.db == NULL) {
-        snprintf(req->db_error, sizeof req->db_error, "no database is configured");
-        return KEEL_EDB_UNAVAILABLE;
-    }
     keel__db_conn *conn;
-    int rc = keel__db_acquire(keel__rt.db, &conn, req->db_error, sizeof req->db_error);
+    int rc = keel__req_db_acquire(req, &conn);
     if (rc != 0)
         return rc;
     rc = run_on(req, conn, sql, nparams, params, out);
@@ -184,14 +189,10 @@ static int host_db_tx_query(keel_db_tx *tx, const char *sql, int nparams, const 
 
 static int host_db_transaction(keel_request *req, keel_db_tx_fn fn, void *arg)
 {
-    if (keel__rt.db == NULL) {
-        snprintf(req->db_error, sizeof req->db_error, "no database is configured");
-        return KEEL_EDB_UNAVAILABLE;
-    }
     int rc = 0;
     for (int attempt = 0; attempt < TX_ATTEMPTS; attempt++) {
         keel__db_conn *conn;
-        rc = keel__db_acquire(keel__rt.db, &conn, req->db_error, sizeof req->db_error);
+        rc = keel__req_db_acquire(req, &conn);
         if (rc != 0)
             return rc;
         struct keel_db_tx tx = {.req = req, .conn = conn};

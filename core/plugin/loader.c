@@ -383,7 +383,7 @@ static void fail(struct keel__load_error *err, int stage, int reason, const char
     err->reason = reason;
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(err->message, sizeof err->message, fmt, ap);
+    keel__vset_err(err->message, sizeof err->message, fmt, ap);
     va_end(ap);
 }
 

@@ -1,8 +1,9 @@
 /*
  * Plugin manifests: the "plugin" object of a conf.d file, parsed into a
- * struct keel__manifest (conf.h).  conf.c hands every manifest it reads to
- * keel__manifest_parse() once plugin_dir is final; the loader calls it again
- * on reload with the file's fresh contents.
+ * struct keel__manifest (conf/conf.h).  The conf.d loader (conf/conf.c) hands
+ * every manifest it reads to keel__manifest_parse(), through the ops that
+ * keel__manifest_install() gives it, once plugin_dir is final; a reload reads
+ * conf.d again and so parses the file's fresh contents.
  */
 #include "config.h"
 

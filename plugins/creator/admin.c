@@ -1,5 +1,5 @@
 /*
- * The creator plugin's admin routes (CONTRACT section 6), served on the
+ * The creator plugin's admin routes (docs/operations.md), served on the
  * admin listener: POST /admin/import (NDJSON profiles with their posts) and
  * POST /admin/credits (add credits to a user's wallet).
  *

@@ -1,6 +1,6 @@
 /*
- * The creator plugin's internal interface: the route handlers of CONTRACT
- * sections 4-6 (creator API, job status, admin import and credits) and the
+ * The creator plugin's internal interface: the route handlers (creator API,
+ * job status, admin import and credits, as the web frontend calls them) and the
  * helpers they share.  Nothing here is exported from the shared object; the
  * only exported symbol is keel_plugin_entry() in creator.c.
  *
@@ -76,7 +76,7 @@ json_t *creator_set_columns(json_t *obj, const keel_db_result *res, int row,
  * obj, or NULL (both released) when either is NULL or memory runs out. */
 json_t *creator_with_ai(json_t *obj, json_t *ai);
 
-/* The base profile fields of CONTRACT section 4 from a row with the columns
+/* The base profile fields of the creator API from a row with the columns
  * id, username, full_name, biography, followers_count, following_count,
  * posts_count, is_verified, is_private, profile_pic_url.  New reference. */
 json_t *creator_profile_base(const keel_db_result *res, int row);

@@ -1,4 +1,4 @@
-"""Third-party plugin SDK and conformance kit (issue 7).
+"""Third-party plugin SDK and conformance kit.
 
 The installed prefix ($KEEL_PREFIX) plays "an installed keel": a plugin made
 by `keelctl new-plugin` is built with nothing but the installed headers and
