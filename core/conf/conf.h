@@ -61,6 +61,9 @@ struct keel__manifest {
     char *source;    /* the conf.d file it came from */
     char *file;      /* absolute path of the .so (resolved against plugin_dir) */
     char *file_spec; /* "file" as written in the manifest */
+    /* "migrations" as written: the plugin's own migrations directory, relative
+     * to database.migrations_dir unless absolute; NULL = none. */
+    char *migrations;
     bool enabled;
     json_t *config;  /* "config" object handed to init; owned, never NULL */
     json_t *schemas; /* "schemas": named JSON Schemas the docs refer to; owned or NULL */

@@ -1,15 +1,18 @@
 /*
- * User sync (CONTRACT section 3): turns verified token claims into the
+ * User sync (docs/architecture.md, Authentication): turns verified token claims into the
  * request's principal, upserting the user into `users` at most once per TTL.
  *
- * The cache is per process, keyed by Supabase id, split into shards that each
- * have their own mutex, so threads working for different users rarely touch
- * the same lock and no global lock sits on the hot path.  Each shard holds at
+ * The cache is per process, keyed by Supabase id, kept in the core's sharded
+ * LRU table (util/lru.h): shards with a mutex each, so threads working for
+ * different users rarely touch the same lock and no global lock sits on the
+ * hot path.  Each shard holds at
  * most max_entries / nshards entries and evicts the least recently used one.
  * Every lookup is counted as a hit or a miss and logged as
  * "SYNC-CACHE: Cache HIT for <email>" (debug) or "... MISS ..." (info).  A hit
  * does no database work.  When the sync fails (database down) the principal
- * is built from the claims, nothing is cached, and the next request retries.
+ * is built from the claims, with the last known role and status of a user
+ * the cache has seen (docs/reliability.md); nothing new is cached, and the
+ * next request retries.
  */
 #ifndef KEEL_CORE_IDENTITY_USERSYNC_H
 #define KEEL_CORE_IDENTITY_USERSYNC_H

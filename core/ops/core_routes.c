@@ -14,6 +14,7 @@
 #include "ops/metrics.h"
 #include "ops/openapi.h"
 #include "http/server.h"
+#include "plugin/hostapi.h"
 #include "plugin/registry.h"
 #include "plugin/snapshot.h"
 #include "process/worker.h"
@@ -49,12 +50,8 @@ static int route_health(keel_request *req)
 static int read_account(keel_request *req, const char *user_id, json_int_t *balance,
                         char *created_at, size_t size)
 {
-    if (keel__rt.db == NULL) {
-        snprintf(req->db_error, sizeof req->db_error, "no database is configured");
-        return KEEL_EDB_UNAVAILABLE;
-    }
     keel__db_conn *conn;
-    int rc = keel__db_acquire(keel__rt.db, &conn, req->db_error, sizeof req->db_error);
+    int rc = keel__req_db_acquire(req, &conn);
     if (rc != 0)
         return rc;
     const char *params[] = {user_id};

@@ -1,8 +1,9 @@
 /*
  * Plugin manifests: the "plugin" object of a conf.d file, parsed into a
- * struct keel__manifest (conf.h).  conf.c hands every manifest it reads to
- * keel__manifest_parse() once plugin_dir is final; the loader calls it again
- * on reload with the file's fresh contents.
+ * struct keel__manifest (conf/conf.h).  The conf.d loader (conf/conf.c) hands
+ * every manifest it reads to keel__manifest_parse(), through the ops that
+ * keel__manifest_install() gives it, once plugin_dir is final; a reload reads
+ * conf.d again and so parses the file's fresh contents.
  */
 #include "config.h"
 
@@ -34,6 +35,7 @@ void keel__manifest_clear(struct keel__manifest *m)
     free(m->source);
     free(m->file);
     free(m->file_spec);
+    free(m->migrations);
     json_decref(m->config);
     json_decref(m->schemas);
     for (size_t i = 0; i < m->nroutes; i++) {
@@ -393,8 +395,8 @@ out:
 static int manifest_parse(const json_t *obj, const char *source, const char *plugin_dir,
                           struct keel__manifest *out, char *err, size_t errlen)
 {
-    static const char *const keys[] = {"name",   "enabled", "file", "config",
-                                       "routes", "schemas", NULL};
+    static const char *const keys[] = {"name",   "enabled", "file",       "config",
+                                       "routes", "schemas", "migrations", NULL};
     const char *key;
 
     if (!json_is_object(obj))
@@ -419,6 +421,15 @@ static int manifest_parse(const json_t *obj, const char *source, const char *plu
     json_t *config = json_object_get(obj, "config");
     if (config != NULL && !json_is_object(config))
         return keel__conf_fail(err, errlen, "%s: plugin.config: expected an object", source);
+    json_t *migrations = json_object_get(obj, "migrations");
+    if (migrations != NULL &&
+        (!keel__conf_is_text(migrations) || json_string_length(migrations) == 0 ||
+         strstr(json_string_value(migrations), "..") != NULL))
+        return keel__conf_fail(err, errlen,
+                               "%s: plugin.migrations: expected a directory name (no \"..\")",
+                               source);
+    if (migrations != NULL && (out->migrations = strdup(json_string_value(migrations))) == NULL)
+        return keel__conf_nomem(err, errlen);
     json_t *schemas = json_object_get(obj, "schemas");
     if (schemas != NULL && !json_is_object(schemas))
         return keel__conf_fail(err, errlen,

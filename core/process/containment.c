@@ -119,17 +119,17 @@ void keel__sup_crash_report(struct worker *w, unsigned slot, int sig)
                   w->crash_text[0] ? w->crash_text : "(none)");
         return;
     }
-    static const char *const kinds[] = {"-", "init", "handler", "fini"};
+    static const char *const kinds[] = {"-", "init", "handler", "fini", "task"};
     char report[2048];
     snprintf(report, sizeof report,
              "worker %d died of %s in plugin %s generation %llu %s %s request %llu; backtrace: %s",
              (int)w->pid, keel__sup_signal_name(sig), t.plugin, (unsigned long long)t.generation,
-             t.kind >= 0 && t.kind <= 3 ? kinds[t.kind] : "-", t.route,
+             t.kind >= 0 && t.kind <= 4 ? kinds[t.kind] : "-", t.route,
              (unsigned long long)t.request_id, w->crash_text[0] ? w->crash_text : "(none)");
     log_error("crash report: plugin=%s generation=%llu route=\"%s\" request=%llu signal=%s "
               "stage=%s worker=%d backtrace: %s",
               t.plugin, (unsigned long long)t.generation, t.route, (unsigned long long)t.request_id,
-              keel__sup_signal_name(sig), t.kind >= 0 && t.kind <= 3 ? kinds[t.kind] : "-",
+              keel__sup_signal_name(sig), t.kind >= 0 && t.kind <= 4 ? kinds[t.kind] : "-",
               (int)w->pid, w->crash_text[0] ? w->crash_text : "(none)");
     struct plugin_state *p = keel__sup_plugin(t.plugin);
     if (p == NULL)

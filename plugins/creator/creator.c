@@ -431,9 +431,15 @@ static int creator_init(const keel_host *host, const json_t *config, void **stat
         json_object_foreach((json_t *)config, key, value)
         {
             if (strcmp(key, "unlock_cost") != 0 && strcmp(key, "unlock_days") != 0 &&
-                strcmp(key, "max_posts") != 0)
+                strcmp(key, "max_posts") != 0 && strcmp(key, "provider") != 0)
                 host->log(NULL, KEEL_LOG_WARN, "config.%s: unknown key ignored", key);
         }
+    }
+    rc = creator_runner_init(host, config ? json_object_get(config, "provider") : NULL,
+                             &conf->runner);
+    if (rc != 0) {
+        free(conf);
+        return rc;
     }
     host->log(NULL, KEEL_LOG_INFO,
               "creator ready: unlock_cost=%lld unlock_days=%lld max_posts=%lld", conf->unlock_cost,
@@ -444,6 +450,11 @@ static int creator_init(const keel_host *host, const json_t *config, void **stat
 
 static void creator_fini(void *state)
 {
+    struct creator_conf *conf = state;
+
+    /* The host has stopped the runner's tasks before calling fini. */
+    if (conf != NULL)
+        creator_runner_free(conf->runner);
     free(state);
 }
 

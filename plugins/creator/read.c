@@ -5,7 +5,7 @@
  * Reads never fail with 5xx because of the database: when it is unavailable
  * (or the caller's local user id is unknown) each route answers 200 with its
  * degraded body and X-Keel-Degraded: database.  The degraded bodies of stats
- * and unlocked are fixed by CONTRACT section 4.  The others are this
+ * and unlocked are fixed by what the frontend expects.  The others are this
  * plugin's choice: the route's usual top-level keys ("profile": null,
  * "posts": [], "status": "unknown" where a value cannot be known) plus
  * "success": false, "error": "Database connectivity issues" and a "message".

@@ -1,5 +1,5 @@
 /*
- * Unlocking a profile (CONTRACT section 4): POST /unlock/{username} and
+ * Unlocking a profile (the creator API): POST /unlock/{username} and
  * POST /api/v1/discovery/unlock-profile {"username"} or {"profile_id"} (the
  * frontend sends the profile's id).
  *

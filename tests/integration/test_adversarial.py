@@ -1,4 +1,4 @@
-"""Adversarial requests (issue 8): hostile tokens, bodies, headers, paths and
+"""Adversarial requests: hostile tokens, bodies, headers, paths and
 methods, and object-level authorisation probes.  Every case has its expected
 status, and after every case the server must still answer GET /health 200.
 

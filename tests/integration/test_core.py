@@ -1,4 +1,4 @@
-"""Core host (issue 2): plugin loading, fallback stubs, routing, CORS, --check
+"""Core host: plugin loading, fallback stubs, routing, CORS, --check
 and the token battery, against the installed keeld on loopback."""
 
 import base64

@@ -1,4 +1,4 @@
-"""Fault tests (issue 8): keeld killed mid-purchase, PostgreSQL stopped,
+"""Fault tests: keeld killed mid-purchase, PostgreSQL stopped,
 crashed and its sessions terminated under load, statements past their
 timeouts, hundreds of slow-drip clients, and clients that leave mid-request.
 
@@ -336,7 +336,9 @@ def test_every_pool_connection_terminated_next_requests_succeed():
             t.join(30)
         before = int(query("SELECT count(*) FROM pg_stat_activity WHERE datname ="
                            " current_database() AND pid <> pg_backend_pid()")[0][0])
-        assert before >= 1
+        # A precondition, not the check: there are pool sessions to kill (each
+        # worker process has its own pool, so their number varies).
+        assert before >= 1, before
         killed = query("SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM"
                        " pg_stat_activity WHERE datname = current_database()"
                        " AND pid <> pg_backend_pid()) t")[0][0]

@@ -1,4 +1,4 @@
-"""Identity (issue 4): cached user sync, account state, asymmetric keys,
+"""Identity: cached user sync, account state, asymmetric keys,
 /api/v1/auth/me — against the real server and a real PostgreSQL."""
 
 import os
@@ -181,7 +181,9 @@ def test_database_down_cached_and_new_users_still_authenticated():
     cached_sub, cached_email = new_user()
     new_sub, new_email = new_user()
     with Keeld(env={"KEEL_DATABASE_URL": url}) as k:
-        assert k.get("/api/v1/auth/me", token=tok(cached_sub, cached_email)).json()["credits"] is not None
+        me = k.get("/api/v1/auth/me", token=tok(cached_sub, cached_email))
+        assert me.status == 200 and me.json()["credits"] == {"balance": 0}, me
+        assert me.header("X-Keel-Degraded") is None, me.headers
         pg.stop()
         r = k.get("/api/v1/auth/me", token=tok(cached_sub, cached_email))
         assert r.status == 200 and r.json()["email"] == cached_email, r

@@ -1,12 +1,10 @@
 /*
- * The database pool's insides, shared by its files: db.c (the pool:
- * checkout, release, health), db_conn.c (one connection: open, close,
- * liveness), db_exec.c (running a statement), db_error.c (classifying a
- * failure) and db_stmt.c (the statement cache).  Nothing outside core/data/
- * includes this.
+ * The pool's internals, shared by the files of core/data/ that implement
+ * keel__db: db.c (connections, checkout, health) and exec.c (statements).
+ * Nothing outside core/data/ includes this.
  */
-#ifndef KEEL_CORE_DATA_DB_CONN_H
-#define KEEL_CORE_DATA_DB_CONN_H
+#ifndef KEEL_CORE_DATA_POOL_H
+#define KEEL_CORE_DATA_POOL_H
 
 #include <pthread.h>
 #include <stdatomic.h>
@@ -18,7 +16,39 @@
 
 #include "data/breaker.h"
 #include "data/db.h"
-#include "data/db_stmt.h"
+
+/*
+ * Per-connection statement cache: an open-addressing table twice the size of
+ * its bound so probe chains stay short.  It never deletes single entries; it
+ * is emptied when its connection is replaced.  Once full, further SQL texts
+ * run unprepared (PQexecParams) rather than evicting: a service has a fixed
+ * set of statements, so a full cache means a caller is building SQL
+ * dynamically and preparing it would only leak server memory.
+ */
+#define STMT_CACHE_MAX 128
+#define STMT_TABLE_SIZE 256
+#define STMT_SQL_MAX 16384
+#define STMT_NAME_LEN 16
+
+/* How long data we sent may stay unacknowledged before the kernel gives up
+ * on the connection.  A running query does not count (the server's kernel
+ * still acks), so this only bites when the server or the path to it is gone;
+ * with it set, Linux also uses it to bound keepalive probing. */
+#define TCP_USER_TIMEOUT_MS 10000
+/* A transaction left idle this long is ended by the server, so a leaked
+ * checkout cannot hold locks for ever.  Never below the statement timeout. */
+#define IDLE_IN_TX_MIN_MS 10000
+
+#define MAX_PARAMS 65535
+/* How long a run of failed statements keeps /health at "down". */
+#define FAILING_FOR_MS 10000
+#define SQL_LOG_MAX 200
+
+struct stmt_entry {
+    uint64_t hash;
+    char *sql;                /* NULL: free slot */
+    char name[STMT_NAME_LEN]; /* "": seen but must run unprepared */
+};
 
 struct keel__db_conn {
     PGconn *pg;
@@ -31,10 +61,11 @@ struct keel__db_conn {
     /* A statement succeeded since this checkout began; after that a lost
      * connection is never retried transparently (see keel__db_exec). */
     bool checkout_ok;
-    struct keel__stmt_cache stmts;
+    unsigned next_stmt;
+    int nstmts;
+    struct stmt_entry stmts[STMT_TABLE_SIZE];
 };
 
-/* The connection parameters handed to libpq, by index into keywords/values. */
 enum {
     KW_APP,
     KW_KA,
@@ -92,24 +123,22 @@ struct keel__db {
     _Atomic uint64_t discarded;
 };
 
-static inline void keel__db_count(_Atomic uint64_t *c)
-{
-    atomic_fetch_add_explicit(c, 1, memory_order_relaxed);
-}
-
-/* Copies a libpq message (NULL: "") into buf as one line and returns buf. */
+/* Copies a libpq message into buf as one line (libpq ends messages with a
+ * newline and splits hints over lines); returns buf. */
 const char *keel__db_one_line(const char *msg, char *buf, size_t len);
-
-/* Opens c's connection; the pool mutex must not be held (this is network
- * I/O bounded by connect_timeout).  Feeds the breaker either way.  0 or
- * KEEL_EDB_UNAVAILABLE (err says why). */
+/* A relaxed increment of one of the pool's counters. */
+void keel__db_count(_Atomic uint64_t *c);
+/* Opens c's connection (network I/O: the pool lock must not be held); feeds
+ * the breaker either way.  0 or KEEL_EDB_UNAVAILABLE with the reason. */
 int keel__db_conn_open(keel__db *db, keel__db_conn *c, char *err, size_t errlen);
-/* Closes c's connection (if open) and empties its statement cache. */
+/* Closes c's connection and forgets its statements. */
 void keel__db_conn_close(keel__db *db, keel__db_conn *c);
 /* Whether an idle connection is still usable, found without a round trip. */
 bool keel__db_conn_alive(keel__db_conn *c);
 /* Ends an open transaction so the connection can be pooled; false if that
  * did not leave it idle. */
 bool keel__db_conn_rollback(keel__db_conn *c);
+/* Forgets every prepared statement of c (exec.c). */
+void keel__db_stmt_clear(keel__db_conn *c);
 
 #endif

@@ -1,8 +1,12 @@
+/*
+ * Running statements on a checked-out connection: the per-connection
+ * statement cache, transparent retries when they are safe, and the
+ * classification of every failure (docs/database.md).
+ */
 #include "config.h"
 
 #include "data/db.h"
 
-#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -11,13 +15,94 @@
 #include <keel/error.h>
 
 #include "data/breaker.h"
-#include "data/db_conn.h"
-#include "data/db_error.h"
-#include "data/db_stmt.h"
+#include "data/pool.h"
+#include "data/sqlstate.h"
 #include "util/log.h"
-#include "util/time.h"
 
-#define MAX_PARAMS 65535
+/* ------------------------------------------------------------ statement cache */
+
+static uint64_t hash_sql(const char *s)
+{
+    /* FNV-1a: the keys are our own SQL texts, not attacker input. */
+    uint64_t h = 14695981039346656037ull;
+    for (; *s != '\0'; s++) {
+        h ^= (unsigned char)*s;
+        h *= 1099511628211ull;
+    }
+    return h;
+}
+
+/* The slot holding sql, or the free slot where it would go. */
+static struct stmt_entry *stmt_slot(keel__db_conn *c, const char *sql, uint64_t h)
+{
+    size_t i = (size_t)h & (STMT_TABLE_SIZE - 1);
+    for (;;) {
+        struct stmt_entry *e = &c->stmts[i];
+        if (e->sql == NULL || (e->hash == h && strcmp(e->sql, sql) == 0))
+            return e;
+        i = (i + 1) & (STMT_TABLE_SIZE - 1);
+    }
+}
+
+void keel__db_stmt_clear(keel__db_conn *c)
+{
+    for (int i = 0; i < STMT_TABLE_SIZE; i++) {
+        free(c->stmts[i].sql);
+        c->stmts[i].sql = NULL;
+    }
+    c->nstmts = 0;
+}
+
+/* ------------------------------------------------------------ exec */
+
+struct attempt {
+    bool before_execution; /* the failure proves the statement did not run */
+    bool plan_changed;     /* a cached plan no longer fits the schema */
+};
+
+/* Classifies a failed result, marks the connection broken when it is, and
+ * consumes res. */
+static int failed(keel__db_conn *c, PGresult *res, const char *sql, struct attempt *a, char *err,
+                  size_t errlen)
+{
+    const char *sqlstate = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+    bool bad = PQstatus(c->pg) != CONNECTION_OK;
+    int code;
+    if (sqlstate == NULL && !bad)
+        /* libpq refused before sending (wrong parameter count, out of
+         * memory, a COPY it did not expect): the caller's mistake. */
+        code = KEEL_EDB_BUG;
+    else
+        code = keel__db_classify(sqlstate);
+    if (bad || keel__sqlstate_session_over(sqlstate) || keel__sqlstate_class(sqlstate, "08") ||
+        PQtransactionStatus(c->pg) == PQTRANS_ACTIVE)
+        c->broken = true;
+    if (keel__sqlstate_session_over(sqlstate))
+        a->before_execution = true;
+
+    char msg[512];
+    const char *primary = res ? PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY) : NULL;
+    if (primary == NULL)
+        primary = keel__db_one_line(PQerrorMessage(c->pg), msg, sizeof msg);
+    /* A schema change under a prepared statement (columns added to a table
+     * it selects *) fails it with this message; the statement did not run. */
+    a->plan_changed = keel__sqlstate_is(sqlstate, "0A000") &&
+                      strstr(primary, "cached plan") != NULL;
+    if (sqlstate != NULL)
+        keel__set_err(err, errlen, "%s (SQLSTATE %s)", primary, sqlstate);
+    else
+        keel__set_err(err, errlen, "%s", primary);
+
+    char sqlbuf[SQL_LOG_MAX + 1];
+    keel__db_one_line(sql, sqlbuf, sizeof sqlbuf);
+    int level = code == KEEL_EDB_BUG           ? KEEL_LOG_ERROR
+                : code == KEEL_EDB_UNAVAILABLE ? KEEL_LOG_WARN
+                                               : KEEL_LOG_DEBUG;
+    keel__log(level, "db", "%s: %s [SQLSTATE %s] in: %s", keel_strerror(code), primary,
+              sqlstate ? sqlstate : "none", sqlbuf);
+    PQclear(res);
+    return code;
+}
 
 /*
  * Waits for the result of what was just sent.  Like PQexec, except that it
@@ -54,12 +139,12 @@ static bool result_ok(const PGresult *res)
 }
 
 static int run_once(keel__db_conn *c, const char *sql, uint64_t h, int nparams,
-                    const char *const *params, bool unnamed, PGresult **out,
-                    struct keel__db_attempt *a, char *err, size_t errlen)
+                    const char *const *params, bool unnamed, PGresult **out, struct attempt *a,
+                    char *err, size_t errlen)
 {
-    *a = (struct keel__db_attempt){0};
-    struct keel__stmt_entry *e = keel__stmt_find(&c->stmts, sql, h);
-    char fresh[KEEL__STMT_NAME_LEN];
+    *a = (struct attempt){0};
+    struct stmt_entry *e = stmt_slot(c, sql, h);
+    char fresh[STMT_NAME_LEN];
     const char *name = NULL;
     if (unnamed) {
         /* Behind a transaction pooler a name prepared now may be missing
@@ -67,20 +152,26 @@ static int run_once(keel__db_conn *c, const char *sql, uint64_t h, int nparams,
     } else if (e->sql != NULL) {
         if (e->name[0] != '\0')
             name = e->name;
-    } else if (keel__stmt_room(&c->stmts, sql)) {
-        keel__stmt_next_name(&c->stmts, fresh);
+    } else if (c->nstmts < STMT_CACHE_MAX && strlen(sql) <= STMT_SQL_MAX) {
+        snprintf(fresh, sizeof fresh, "keel_%u", c->next_stmt++);
         PGresult *res = wait_result(c->pg, PQsendPrepare(c->pg, fresh, sql, nparams, NULL));
         if (PQresultStatus(res) != PGRES_COMMAND_OK) {
             /* Parsing executes nothing, so whatever went wrong, the
              * statement did not run. */
             a->before_execution = true;
-            return keel__db_failed(c, res, sql, a, err, errlen);
+            return failed(c, res, sql, a, err, errlen);
         }
         PQclear(res);
         name = fresh;
         /* Without memory for the cache entry the statement still runs by
          * the name just prepared; it is merely prepared again next time. */
-        keel__stmt_put(&c->stmts, e, sql, h, fresh);
+        char *copy = strdup(sql);
+        if (copy != NULL) {
+            e->sql = copy;
+            e->hash = h;
+            memcpy(e->name, fresh, sizeof fresh);
+            c->nstmts++;
+        }
     }
 
     int sent = name ? PQsendQueryPrepared(c->pg, name, nparams, params, NULL, NULL, 0)
@@ -92,7 +183,7 @@ static int run_once(keel__db_conn *c, const char *sql, uint64_t h, int nparams,
         *out = res;
         return 0;
     }
-    int rc = keel__db_failed(c, res, sql, a, err, errlen);
+    int rc = failed(c, res, sql, a, err, errlen);
     if (a->plan_changed && name != NULL && e->sql != NULL && !unnamed)
         /* Run this text unprepared from now on: preparing it again under
          * the same name would need a DEALLOCATE round trip first. */
@@ -102,10 +193,10 @@ static int run_once(keel__db_conn *c, const char *sql, uint64_t h, int nparams,
 
 /* Runs parameterless SQL (possibly several statements) with the simple
  * query protocol; on success *out is the first result. */
-static int run_simple(keel__db_conn *c, const char *sql, PGresult **out, struct keel__db_attempt *a,
+static int run_simple(keel__db_conn *c, const char *sql, PGresult **out, struct attempt *a,
                       char *err, size_t errlen)
 {
-    *a = (struct keel__db_attempt){0};
+    *a = (struct attempt){0};
     int sent = PQsendQuery(c->pg, sql);
     a->before_execution = !sent;
     PGresult *res = wait_result(c->pg, sent);
@@ -116,7 +207,7 @@ static int run_simple(keel__db_conn *c, const char *sql, PGresult **out, struct 
             PQclear(res);
         return 0;
     }
-    return keel__db_failed(c, res, sql, a, err, errlen);
+    return failed(c, res, sql, a, err, errlen);
 }
 
 /* "BEGIN" or "START TRANSACTION", with or without modes after it. */
@@ -138,12 +229,12 @@ static bool starts_transaction(const char *sql)
  * statement runs under every timeout.
  */
 static int run_pooled(keel__db *db, keel__db_conn *c, const char *sql, uint64_t h, int nparams,
-                      const char *const *params, bool outside_tx, PGresult **out,
-                      struct keel__db_attempt *a, char *err, size_t errlen)
+                      const char *const *params, bool outside_tx, PGresult **out, struct attempt *a,
+                      char *err, size_t errlen)
 {
     if (!outside_tx)
         return run_once(c, sql, h, nparams, params, true, out, a, err, errlen);
-    if (nparams == 0 && starts_transaction(sql) && strlen(sql) <= KEEL__STMT_SQL_MAX) {
+    if (nparams == 0 && starts_transaction(sql) && strlen(sql) <= STMT_SQL_MAX) {
         size_t len = strlen(sql) + strlen(db->timeouts_sql) + 3;
         char *both = malloc(len);
         if (both == NULL) {
@@ -171,7 +262,7 @@ static int run_pooled(keel__db *db, keel__db_conn *c, const char *sql, uint64_t 
             c->broken = true;
         return rc;
     }
-    struct keel__db_attempt ca;
+    struct attempt ca;
     rc = run_simple(c, "COMMIT", NULL, &ca, err, errlen);
     if (rc != 0) {
         /* Whether it committed is unknown when the connection was lost. */
@@ -186,7 +277,7 @@ static int run_pooled(keel__db *db, keel__db_conn *c, const char *sql, uint64_t 
 
 static int run_statement(keel__db *db, keel__db_conn *c, const char *sql, uint64_t h, int nparams,
                          const char *const *params, bool outside_tx, PGresult **out,
-                         struct keel__db_attempt *a, char *err, size_t errlen)
+                         struct attempt *a, char *err, size_t errlen)
 {
     if (db->pooler == KEEL__DB_POOLER_TRANSACTION)
         return run_pooled(db, c, sql, h, nparams, params, outside_tx, out, a, err, errlen);
@@ -225,9 +316,9 @@ int keel__db_exec(keel__db *db, keel__db_conn *c, const char *sql, int nparams,
         return KEEL_EDB_UNAVAILABLE;
     }
 
-    uint64_t h = keel__stmt_hash(sql);
+    uint64_t h = hash_sql(sql);
     bool outside_tx = PQtransactionStatus(c->pg) == PQTRANS_IDLE;
-    struct keel__db_attempt a;
+    struct attempt a;
     int rc;
     if (outside_tx && !c->checkout_ok && !keel__db_conn_alive(c)) {
         /* Found dead before anything was sent: the connection can be
@@ -248,7 +339,7 @@ int keel__db_exec(keel__db *db, keel__db_conn *c, const char *sql, int nparams,
             keel__db_conn_close(db, c);
             rc = keel__db_conn_open(db, c, err, errlen);
             if (rc != 0)
-                return rc; /* keel__db_conn_open has told the breaker */
+                return rc; /* conn_open has told the breaker */
             rc = run_statement(db, c, sql, h, nparams, params, true, out, &a, err, errlen);
         } else if (a.plan_changed && !c->broken) {
             rc = run_statement(db, c, sql, h, nparams, params, true, out, &a, err, errlen);
