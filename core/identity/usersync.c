@@ -86,7 +86,8 @@ struct keel__usersync {
  * A unique violation on email (two users racing to one address) fails the
  * statement; the caller runs it once more, when the winner is visible.
  * $1 sub, $2 token email ('' when absent: no link, no insert, no email
- * change), $3 full name from user_metadata or NULL, $4 initial credits.
+ * change), $3 full name from user_metadata or NULL, $4 initial credits,
+ * $5 the role of a new row, from keel__role_from_metadata().
  */
 static const char sync_sql[] =
     "WITH known AS ("
@@ -114,7 +115,7 @@ static const char sync_sql[] =
     "), created AS ("
     " INSERT INTO users AS u (supabase_user_id, email, full_name, role, status,"
     "                         subscription_tier, last_login, last_activity)"
-    " SELECT $1::uuid, $2::text, $3::text, 'user', 'active', 'free', now(), now()"
+    " SELECT $1::uuid, $2::text, $3::text, $5::text, 'active', 'free', now(), now()"
     "  WHERE $2::text <> '' AND NOT EXISTS (SELECT 1 FROM known)"
     "    AND NOT EXISTS (SELECT 1 FROM linked)"
     " ON CONFLICT (supabase_user_id) DO UPDATE"
@@ -133,6 +134,33 @@ static const char sync_sql[] =
     "  WHERE balance > 0"
     ")"
     " SELECT id, email, full_name, role, status, subscription_tier FROM synced";
+
+const char *keel__role_from_metadata(const json_t *user_metadata)
+{
+    const char *r = json_string_value(json_object_get(user_metadata, "role"));
+
+    if (r == NULL)
+        return "free";
+    if (strcmp(r, "premium") == 0 || strcmp(r, "standard") == 0)
+        return r;
+    if (strcmp(r, "super_admin") == 0 || strcmp(r, "superadmin") == 0)
+        return "super_admin";
+    return "free";
+}
+
+const char *keel__role_public(const char *stored)
+{
+    static const char *const known[] = {"free",       "standard", "premium",
+                                        "enterprise", "admin",    "super_admin"};
+
+    for (size_t i = 0; stored != NULL && i < sizeof known / sizeof known[0]; i++)
+        if (strcmp(stored, known[i]) == 0)
+            return known[i];
+    if (stored != NULL && strcmp(stored, "superadmin") == 0)
+        return "super_admin";
+    /* Rows from before the mapping say "user": a plain, free account. */
+    return "free";
+}
 
 /* Keys are the sub of a token that already passed signature verification,
  * so nobody can choose keys to flood one bucket. */
@@ -429,12 +457,13 @@ static int sync_user(keel__usersync *us, const struct keel__claims *c, const cha
         return KEEL_EDB_UNAVAILABLE;
     }
     snprintf(credits, sizeof credits, "%ld", us->initial_credits);
-    const char *const params[4] = {c->sub, claims_email(c), full_name, credits};
+    const char *const params[5] = {c->sub, claims_email(c), full_name, credits,
+                                   keel__role_from_metadata(c->user_metadata)};
 
     rc = keel__db_acquire(us->db, &conn, err, errlen);
     if (rc != 0)
         return rc;
-    rc = keel__db_exec(us->db, conn, sync_sql, 4, params, &res, err, errlen);
+    rc = keel__db_exec(us->db, conn, sync_sql, 5, params, &res, err, errlen);
     /* A conflict is a lost race: on a unique email (the winner is committed
      * now, so the next run takes the path that does not collide), or a
      * deadlock or serialization failure against another process syncing the
@@ -447,7 +476,7 @@ static int sync_user(keel__usersync *us, const struct keel__claims *c, const cha
                   claims_who(c), attempt, err);
         struct timespec pause = {0, (long)(1 + (unsigned)rand() % 10) * 1000000L * attempt};
         nanosleep(&pause, NULL);
-        rc = keel__db_exec(us->db, conn, sync_sql, 4, params, &res, err, errlen);
+        rc = keel__db_exec(us->db, conn, sync_sql, 5, params, &res, err, errlen);
     }
     keel__db_release(us->db, conn);
     if (rc != 0)
@@ -531,7 +560,7 @@ int keel__usersync_resolve(keel__usersync *us, const struct keel__claims *claims
     v[F_SUPABASE_ID] = claims->sub;
     v[F_EMAIL] = claims_email(claims);
     v[F_FULL_NAME] = full_name;
-    v[F_ROLE] = lk.have ? lk.role : "user";
+    v[F_ROLE] = lk.have ? lk.role : keel__role_from_metadata(claims->user_metadata);
     v[F_STATUS] = lk.have ? lk.status : "active";
     v[F_TIER] = lk.have ? lk.tier : "free";
     return principal_fill(p, v, false, alloc, ctx);

@@ -80,4 +80,19 @@ struct keel__usersync_stats {
 };
 void keel__usersync_stats(const keel__usersync *us, struct keel__usersync_stats *out);
 
+/*
+ * The role a new user gets from the token's user_metadata.role, as the
+ * replaced system mapped it: free, premium and standard keep their name,
+ * super_admin and superadmin become super_admin, anything else (or none)
+ * is free.  Returns a static string.
+ */
+const char *keel__role_from_metadata(const json_t *user_metadata);
+/*
+ * The role /auth/me shows for a stored role: one the frontend knows (free,
+ * standard, premium, enterprise, admin, super_admin); "superadmin" reads as
+ * super_admin and anything else, such as the old default "user", as free.
+ * Returns a static string.
+ */
+const char *keel__role_public(const char *stored);
+
 #endif

@@ -11,6 +11,9 @@
 
 #include "util/log.h"
 #include "http/body.h"
+#include "net/upstream.h"
+#include "ops/plugin_metrics.h"
+#include "plugin/tasks.h"
 #include "http/routes.h"
 #include "http/server.h"
 
@@ -270,6 +273,17 @@ static const keel_host host_api = {
     .db_result_free = host_db_result_free,
     .req_query_arg = keel__req_query_arg,
     .req_body_line = keel__body_line,
+    .task_add = keel__host_task_add,
+    .task_notify = keel__host_task_notify,
+    .task_stopping = keel__host_task_stopping,
+    .task_sleep = keel__host_task_sleep,
+    .upstream_add = keel__host_upstream_add,
+    .upstream_request = keel__host_upstream_request,
+    .upstream_last_error = keel__host_upstream_last_error,
+    .upstream_open = keel__host_upstream_open,
+    .metric_add = keel__host_metric_add,
+    .metric_observe = keel__host_metric_observe,
+    .plugin_note = keel__host_plugin_note,
 };
 
 const keel_host *keel__host_api(void)

@@ -143,6 +143,7 @@ class LockHolder:
 
     def wait_locked(self):
         def held():
+            # pid <> pg_backend_pid(): this query's own text holds the tag too.
             rows = keeltest.psql(self.url, "SELECT count(*) FROM pg_stat_activity"
                                            " WHERE state = 'active' AND pid <> pg_backend_pid()"
                                            " AND query LIKE %s",

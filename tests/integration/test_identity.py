@@ -51,7 +51,7 @@ def test_first_request_creates_one_row_then_hits_write_nothing():
         assert r.status == 200, r
         me = r.json()
         assert me["email"] == email and me["full_name"] == "Ada Sync"
-        assert me["status"] == "active" and me["role"] == "user"
+        assert me["status"] == "active" and me["role"] == "free"
         assert me["subscription_tier"] == "free" and me["credits"] == {"balance": 0}
         rows = k.db.query("SELECT id, update_count FROM users WHERE supabase_user_id = %s", sub)
         assert len(rows) == 1, rows

@@ -300,7 +300,7 @@ def test_fifty_reloads_under_load_fail_no_request_and_unload_old_generations():
         # Old generations are finalised and unmapped; their private copies
         # are deleted.
         loaded = wait_generations_settle(k)
-        assert loaded == 3, plugins_of(k)
+        assert loaded == 4, plugins_of(k)
         for pid in k.workers():
             copies = mapped_copies(pid, "testplug")
             assert len(copies) == 1, (copies, maps_text(pid))
@@ -914,7 +914,8 @@ def test_metrics_are_valid_prometheus_text_with_every_family():
 
         def by_plugin(name):
             return {s.labels["plugin"]: s.value for s in fams_samples(fams, name)}
-        assert by_plugin("keel_plugin_up") == {"example": 1, "creator": 1, "testplug": 1}
+        assert by_plugin("keel_plugin_up") == {"example": 1, "creator": 1, "credits": 1,
+                                               "testplug": 1}
         assert by_plugin("keel_plugin_generation")["testplug"] == 2
         assert by_plugin("keel_plugin_in_flight")["testplug"] == 0
         reloads = {s.labels["result"]: s.value for s in fams_samples(fams, "keel_reloads_total")}
@@ -1008,12 +1009,13 @@ def test_admin_plugins_fields_and_keelctl_tables():
 
         c = k.keelctl("status")
         assert c.returncode == 0, c.stdout
-        assert re.search(r"^plugins\s+3 loaded, 0 fallback$", c.stdout, re.M), c.stdout
+        assert re.search(r"^plugins\s+4 loaded, 0 fallback$", c.stdout, re.M), c.stdout
         assert re.search(r"^database\s+up$", c.stdout, re.M), c.stdout
         for name, gen in expect.items():
             assert re.search(r'"%s":%s\b' % (name, gen), c.stdout), c.stdout
         status = k.admin_get("/admin/status").json()
-        assert status["generations"] == {"example": 1, "creator": 1, "testplug": 2}, status
+        assert status["generations"] == {"example": 1, "creator": 1, "credits": 1,
+                                         "testplug": 2}, status
 
 
 # ------------------------------------------------------------------ admin listener security
