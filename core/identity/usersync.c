@@ -82,7 +82,11 @@ struct keel__usersync {
  *  - created: otherwise a new row.  ON CONFLICT on supabase_user_id makes
  *             concurrent first requests for one user end with one row.
  *  - wallet:  created with the initial credits if missing; a grant is
- *             recorded only when this statement created it.
+ *             recorded only when this statement created it.  The NOT EXISTS
+ *             keeps the insert from touching a wallet that exists: ON
+ *             CONFLICT alone would wait for an unlock that holds the wallet
+ *             (another worker or keeld), while this statement holds the
+ *             user row that unlock's foreign-key checks need: a deadlock.
  * A unique violation on email (two users racing to one address) fails the
  * statement; the caller runs it once more, when the winner is visible.
  * $1 sub, $2 token email ('' when absent: no link, no insert, no email
@@ -125,7 +129,8 @@ static const char sync_sql[] =
     " SELECT * FROM known UNION ALL SELECT * FROM linked UNION ALL SELECT * FROM created"
     "), wallet AS ("
     " INSERT INTO credit_wallets (user_id, balance)"
-    " SELECT id, $4::bigint FROM synced"
+    " SELECT id, $4::bigint FROM synced s"
+    "  WHERE NOT EXISTS (SELECT 1 FROM credit_wallets w WHERE w.user_id = s.id)"
     " ON CONFLICT (user_id) DO NOTHING"
     " RETURNING user_id, balance"
     "), granted AS ("
