@@ -1,8 +1,7 @@
 /*
- * A small blocking HTTP/1.1 client for keelctl: one request per connection
- * ("Connection: close"), plain http:// only.  It exists so that the ops
- * client needs nothing but libc and jansson; it is not a general-purpose
- * client (no TLS, no redirects, no keep-alive, no content codings).
+ * keelctl's blocking HTTP client, on libcurl: one request per connection
+ * ("Connection: close"), plain http:// only (the admin listener speaks
+ * nothing else), no redirects, every answer capped at max_body.
  *
  * Every function that can fail returns 0 or a negative KEEL_E* code and, on
  * failure, writes a one-line human-readable message into the caller's err

@@ -1,7 +1,7 @@
 #include "config.h"
 
 /*
- * keelctl: the ops client for keeld's admin listener (CONTRACT.md §1, §6).
+ * keelctl: the ops client for keeld's admin listener (docs/operations.md).
  * Each command is one HTTP request; the answer is printed as a table or as
  * the server's raw JSON (--json).  This is a command-line program, so it
  * reports to stderr directly instead of going through the core's logger.

@@ -57,6 +57,10 @@
 #include "plugin/hostapi.h"
 #include "plugin/loader.h"
 #include "plugin/manifest.h"
+#include "plugin/tasks.h"
+#include "net/upstream.h"
+#include "ops/plugin_metrics.h"
+#include "util/time.h"
 #include "util/log.h"
 #include "http/request.h"
 #include "http/routes.h"
@@ -663,6 +667,9 @@ static void run_route(struct check *c, struct keel__generation *g,
 
 /* ------------------------------------------------------------ the cycles */
 
+/* How long a task may take to return once asked to stop. */
+#define TASK_STOP_MS 2000
+
 /* A generation left loaded because threads still run in it (reachable
  * until exit, so leak checkers do not count it as lost). */
 static struct keel__generation *kept_generation;
@@ -688,6 +695,27 @@ static void run_cycles(struct check *c, const struct keel__manifest *m)
         for (size_t k = 0; k < m->nroutes; k++) {
             bool with_user = c->manifest_path == NULL || m->routes[k].auth != KEEL__AUTH_PUBLIC;
             run_route(c, g, &m->routes[k], with_user, i == 1);
+        }
+        /* Tasks: each is woken to run once, then asked to stop, as a reload
+         * would; one that keeps running would hold up every reload. */
+        int ntasks = keel__gen_ntasks(g->res);
+        if (ntasks > 0) {
+            set_step("stopping the %d task(s) of generation %ld", ntasks, i);
+            keel__gen_notify_all(g->res);
+            struct timespec ts = {0, 20 * 1000 * 1000};
+            nanosleep(&ts, NULL);
+            int64_t t0 = keel__now_ms();
+            int slow = keel__gen_stop(g->res, TASK_STOP_MS);
+            if (i == 1)
+                printf("tasks:      %d, stopped %lld ms after being asked\n", ntasks,
+                       (long long)(keel__now_ms() - t0));
+            if (slow > 0) {
+                finding(c,
+                        "tasks: %d task(s) still running %d ms after being asked to stop (cycle "
+                        "%ld); a task must return soon after task_stopping() turns true",
+                        slow, TASK_STOP_MS, i);
+                c->stop = true;
+            }
         }
         /*
          * fini runs here, apart from the unload, so that threads can be
@@ -893,7 +921,9 @@ int main(int argc, char **argv)
 
     int rc;
     if (have_manifest) {
-        if (keel__loader_init() != 0) {
+        /* Plugins' tasks may call upstream services from their own threads:
+         * libcurl's global set-up must happen once, before any of them. */
+        if (keel__upstream_global_init() != 0 || keel__loader_init() != 0) {
             fputs("keel-plugin-check: cannot set up the plugin loader\n", stderr);
             keel__manifest_clear(&m);
             free(plugin);
@@ -902,8 +932,11 @@ int main(int argc, char **argv)
         run_cycles(&c, &m);
         /* Shutting libltdl down closes every module, also one kept loaded
          * because threads still run in it. */
-        if (!c.kept_loaded)
+        if (!c.kept_loaded) {
             keel__loader_shutdown();
+            keel__plugin_metrics_free();
+            keel__upstream_global_cleanup();
+        }
         keel__manifest_clear(&m);
     }
     rc = report(&c);

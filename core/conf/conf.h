@@ -49,6 +49,10 @@ struct keel__manifest_route {
     /* "body": "stream": the body is spooled to a temporary file and read by
      * line (keel_host.req_body_line) instead of held in memory. */
     bool stream_body;
+    /* The route's API documentation (docs/api.md): an object with any of
+     * summary, description, parameters, request_body and responses, as
+     * written in the manifest; owned, NULL when the route has none. */
+    json_t *doc;
 };
 
 /* A plugin manifest: everything the core knows without loading the .so. */
@@ -57,8 +61,12 @@ struct keel__manifest {
     char *source;    /* the conf.d file it came from */
     char *file;      /* absolute path of the .so (resolved against plugin_dir) */
     char *file_spec; /* "file" as written in the manifest */
+    /* "migrations" as written: the plugin's own migrations directory, relative
+     * to database.migrations_dir unless absolute; NULL = none. */
+    char *migrations;
     bool enabled;
-    json_t *config; /* "config" object handed to init; owned, never NULL */
+    json_t *config;  /* "config" object handed to init; owned, never NULL */
+    json_t *schemas; /* "schemas": named JSON Schemas the docs refer to; owned or NULL */
     struct keel__manifest_route *routes;
     size_t nroutes;
 };

@@ -26,18 +26,15 @@
 int keel__conf_fail(char *err, size_t errlen, const char *fmt, ...)
 {
     va_list ap;
-    if (err != NULL && errlen > 0) {
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
+    va_start(ap, fmt);
+    keel__vset_err(err, errlen, fmt, ap);
+    va_end(ap);
     return KEEL_ECONFIG;
 }
 
 int keel__conf_nomem(char *err, size_t errlen)
 {
-    if (err != NULL && errlen > 0)
-        snprintf(err, errlen, "out of memory");
+    keel__set_err(err, errlen, "out of memory");
     return KEEL_ENOMEM;
 }
 

@@ -1,5 +1,7 @@
 /*
- * The conf.d schema engine, shared by the files of core/conf/ only: each
+ * The conf.d schema engine, the internal header of core/conf/ (the loader,
+ * conf.c, includes it, and it builds on conf.h's model: a circle inside one
+ * folder, on purpose, since conf.h is what the rest of the core sees): each
  * section is a table of fields naming the C member, its JSON type, its
  * bounds and its default, so a key is described once.  schema.c holds the
  * tables and applies them; keys.c (auth keys and secret files), conf.c (the

@@ -183,3 +183,9 @@ uint64_t keel__breaker_transitions(const keel__breaker *b, int to_state)
         return 0;
     return atomic_load(&b->transitions[to_state]);
 }
+
+bool keel__breaker_refusing(const keel__breaker *b, int64_t now_ms)
+{
+    uint64_t w = atomic_load(&((keel__breaker *)b)->word);
+    return word_state(w) != KEEL__BREAKER_CLOSED && now_ms < word_deadline(w);
+}

@@ -40,6 +40,10 @@ void keel__breaker_success(keel__breaker *b);
 /* Records an *unavailable* failure (other failures are not the breaker's). */
 void keel__breaker_failure(keel__breaker *b, int64_t now_ms);
 
+/* True when a call now would be refused: open and not yet due for a probe,
+ * or half-open with the probe still out.  Changes nothing. */
+bool keel__breaker_refusing(const keel__breaker *b, int64_t now_ms);
+
 int keel__breaker_state(const keel__breaker *b);
 const char *keel__breaker_state_name(int state);
 /* Number of transitions into each state since start (for metrics). */

@@ -15,118 +15,14 @@
 #include <keel/error.h>
 
 #include "data/breaker.h"
+#include "data/sqlstate.h"
 #include "util/log.h"
 
-/*
- * Per-connection statement cache: an open-addressing table twice the size of
- * its bound so probe chains stay short.  It never deletes single entries; it
- * is emptied when its connection is replaced.  Once full, further SQL texts
- * run unprepared (PQexecParams) rather than evicting: a service has a fixed
- * set of statements, so a full cache means a caller is building SQL
- * dynamically and preparing it would only leak server memory.
- */
-#define STMT_CACHE_MAX 128
-#define STMT_TABLE_SIZE 256
-#define STMT_SQL_MAX 16384
-#define STMT_NAME_LEN 16
-
-/* How long data we sent may stay unacknowledged before the kernel gives up
- * on the connection.  A running query does not count (the server's kernel
- * still acks), so this only bites when the server or the path to it is gone;
- * with it set, Linux also uses it to bound keepalive probing. */
-#define TCP_USER_TIMEOUT_MS 10000
-/* A transaction left idle this long is ended by the server, so a leaked
- * checkout cannot hold locks for ever.  Never below the statement timeout. */
-#define IDLE_IN_TX_MIN_MS 10000
-
-#define MAX_PARAMS 65535
-/* How long a run of failed statements keeps /health at "down". */
-#define FAILING_FOR_MS 10000
-#define SQL_LOG_MAX 200
-
-struct stmt_entry {
-    uint64_t hash;
-    char *sql;                /* NULL: free slot */
-    char name[STMT_NAME_LEN]; /* "": seen but must run unprepared */
-};
-
-struct keel__db_conn {
-    PGconn *pg;
-    int slot;
-    /* Known unusable: release closes it instead of pooling it. */
-    bool broken;
-    /* The server sent a FATAL while no statement was running: it ended
-     * the session and the socket is about to close. */
-    bool doomed;
-    /* A statement succeeded since this checkout began; after that a lost
-     * connection is never retried transparently (see keel__db_exec). */
-    bool checkout_ok;
-    unsigned next_stmt;
-    int nstmts;
-    struct stmt_entry stmts[STMT_TABLE_SIZE];
-};
-
-enum {
-    KW_APP,
-    KW_KA,
-    KW_KA_IDLE,
-    KW_KA_INTERVAL,
-    KW_KA_COUNT,
-    KW_DBNAME,
-    KW_CONNECT_TIMEOUT,
-    KW_TCP_USER_TIMEOUT,
-    KW_OPTIONS,
-    KW_END
-};
-
-struct keel__db {
-    char *conninfo;
-    char *options;
-    int pooler; /* enum keel__db_pooler */
-    /* The timeouts as SET statements, for poolers that refuse "options":
-     * session-wide (session pooling) or SET LOCAL (transaction pooling). */
-    char timeouts_sql[256];
-    /* Statements that failed in a row, of any kind but a caller's bad data
-     * or a conflict; a success resets it.  Past fail_threshold the database
-     * counts as down even though it answers pings. */
-    atomic_int failing;
-    int fail_threshold;
-    _Atomic int64_t last_failure_ms;
-    char connect_timeout[16];
-    char tcp_user_timeout[16];
-    const char *keywords[KW_END + 1];
-    const char *values[KW_END + 1];
-
-    int size;
-    int wait_ms;
-    keel__breaker *breaker;
-
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    struct keel__db_conn *conns;
-    /* Two stacks of slot indexes, both guarded by mu: slots holding an open
-     * connection, and slots whose connection has yet to be (re)made.  Open
-     * ones are handed out first so the pool only grows under load. */
-    int *idle;
-    int nidle;
-    int *empty;
-    int nempty;
-
-    /* Written under mu, read without it by keel__db_stats(). */
-    atomic_int in_use;
-    atomic_int idle_count;
-
-    _Atomic uint64_t waits;
-    _Atomic uint64_t wait_timeouts;
-    _Atomic uint64_t connects;
-    _Atomic uint64_t connect_failures;
-    _Atomic uint64_t discarded;
-};
-
+#include "data/pool.h"
 /* Copies a libpq message into buf as one line: libpq ends its messages with
  * a newline and splits hints over several lines, which would break the
  * one-line-per-event log format. */
-static const char *one_line(const char *msg, char *buf, size_t len)
+const char *keel__db_one_line(const char *msg, char *buf, size_t len)
 {
     size_t n = 0;
     bool space = false;
@@ -144,81 +40,9 @@ static const char *one_line(const char *msg, char *buf, size_t len)
     return buf;
 }
 
-static void count(_Atomic uint64_t *c)
+void keel__db_count(_Atomic uint64_t *c)
 {
     atomic_fetch_add_explicit(c, 1, memory_order_relaxed);
-}
-
-/* ------------------------------------------------------------ classification */
-
-static bool sqlstate_is(const char *s, const char *code)
-{
-    return s != NULL && strcmp(s, code) == 0;
-}
-
-static bool sqlstate_class(const char *s, const char *cls)
-{
-    return s != NULL && s[0] == cls[0] && s[1] == cls[1];
-}
-
-/* The server ended the session: administrator command (57P01), crash of
- * another backend (57P02), or it cannot accept connections now (57P03). */
-static bool sqlstate_session_over(const char *s)
-{
-    return sqlstate_is(s, "57P01") || sqlstate_is(s, "57P02") || sqlstate_is(s, "57P03");
-}
-
-int keel__db_classify(const char *s)
-{
-    if (s == NULL)
-        return KEEL_EDB_UNAVAILABLE;
-    if (strlen(s) != 5)
-        return KEEL_EDB_BUG;
-    /* Unavailable: the statement may well succeed later, against a database
-     * that is reachable and not overloaded.  Timeouts belong here because
-     * they mean "too slow now", not "wrong". */
-    if (sqlstate_class(s, "08") || sqlstate_class(s, "53") || sqlstate_session_over(s) ||
-        sqlstate_is(s, "57014") || sqlstate_is(s, "55P03"))
-        return KEEL_EDB_UNAVAILABLE;
-    if (sqlstate_class(s, "23") || sqlstate_is(s, "40001") || sqlstate_is(s, "40P01"))
-        return KEEL_EDB_CONFLICT;
-    if (sqlstate_class(s, "22") || sqlstate_is(s, "42P02"))
-        return KEEL_EDB_BADREQ;
-    return KEEL_EDB_BUG;
-}
-
-/* ------------------------------------------------------------ statement cache */
-
-static uint64_t hash_sql(const char *s)
-{
-    /* FNV-1a: the keys are our own SQL texts, not attacker input. */
-    uint64_t h = 14695981039346656037ull;
-    for (; *s != '\0'; s++) {
-        h ^= (unsigned char)*s;
-        h *= 1099511628211ull;
-    }
-    return h;
-}
-
-/* The slot holding sql, or the free slot where it would go. */
-static struct stmt_entry *stmt_slot(keel__db_conn *c, const char *sql, uint64_t h)
-{
-    size_t i = (size_t)h & (STMT_TABLE_SIZE - 1);
-    for (;;) {
-        struct stmt_entry *e = &c->stmts[i];
-        if (e->sql == NULL || (e->hash == h && strcmp(e->sql, sql) == 0))
-            return e;
-        i = (i + 1) & (STMT_TABLE_SIZE - 1);
-    }
-}
-
-static void stmt_clear(keel__db_conn *c)
-{
-    for (int i = 0; i < STMT_TABLE_SIZE; i++) {
-        free(c->stmts[i].sql);
-        c->stmts[i].sql = NULL;
-    }
-    c->nstmts = 0;
 }
 
 /* ------------------------------------------------------------ connections */
@@ -231,7 +55,7 @@ static void notice_receiver(void *arg, const PGresult *res)
     keel__db_conn *c = arg;
     const char *severity = PQresultErrorField(res, PG_DIAG_SEVERITY_NONLOCALIZED);
     char buf[512];
-    const char *msg = one_line(PQresultErrorMessage(res), buf, sizeof buf);
+    const char *msg = keel__db_one_line(PQresultErrorMessage(res), buf, sizeof buf);
     if (severity != NULL && (strcmp(severity, "FATAL") == 0 || strcmp(severity, "PANIC") == 0)) {
         c->doomed = true;
         keel__log(KEEL_LOG_INFO, "db", "server ended an idle connection: %s", msg);
@@ -241,29 +65,29 @@ static void notice_receiver(void *arg, const PGresult *res)
     keel__log(warning ? KEEL_LOG_WARN : KEEL_LOG_DEBUG, "db", "server notice: %s", msg);
 }
 
-static void conn_close(keel__db *db, keel__db_conn *c)
+void keel__db_conn_close(keel__db *db, keel__db_conn *c)
 {
     if (c->pg != NULL) {
         PQfinish(c->pg);
         c->pg = NULL;
-        count(&db->discarded);
+        keel__db_count(&db->discarded);
     }
-    stmt_clear(c);
+    keel__db_stmt_clear(c);
     c->broken = false;
     c->doomed = false;
 }
 
 /* Opens c's connection; the pool mutex must not be held (this is network
  * I/O bounded by connect_timeout).  Feeds the breaker either way. */
-static int conn_open(keel__db *db, keel__db_conn *c, char *err, size_t errlen)
+int keel__db_conn_open(keel__db *db, keel__db_conn *c, char *err, size_t errlen)
 {
-    count(&db->connects);
+    keel__db_count(&db->connects);
     PGconn *pg = PQconnectdbParams(db->keywords, db->values, 1);
     if (pg == NULL || PQstatus(pg) != CONNECTION_OK) {
         char buf[512];
-        one_line(pg ? PQerrorMessage(pg) : "out of memory", buf, sizeof buf);
+        keel__db_one_line(pg ? PQerrorMessage(pg) : "out of memory", buf, sizeof buf);
         PQfinish(pg);
-        count(&db->connect_failures);
+        keel__db_count(&db->connect_failures);
         keel__breaker_failure(db->breaker, keel__now_ms());
         keel__log(KEEL_LOG_WARN, "db", "cannot connect to the database: %s", buf);
         keel__set_err(err, errlen, "database unavailable: cannot connect: %s", buf);
@@ -277,11 +101,11 @@ static int conn_open(keel__db *db, keel__db_conn *c, char *err, size_t errlen)
         bool ok = PQresultStatus(res) == PGRES_COMMAND_OK;
         char buf[512];
         if (!ok)
-            one_line(PQerrorMessage(pg), buf, sizeof buf);
+            keel__db_one_line(PQerrorMessage(pg), buf, sizeof buf);
         PQclear(res);
         if (!ok) {
             PQfinish(pg);
-            count(&db->connect_failures);
+            keel__db_count(&db->connect_failures);
             keel__breaker_failure(db->breaker, keel__now_ms());
             keel__log(KEEL_LOG_WARN, "db", "cannot set the session timeouts: %s", buf);
             keel__set_err(err, errlen, "database unavailable: cannot set the timeouts: %s", buf);
@@ -292,7 +116,7 @@ static int conn_open(keel__db *db, keel__db_conn *c, char *err, size_t errlen)
     c->broken = false;
     c->doomed = false;
     c->checkout_ok = false;
-    stmt_clear(c);
+    keel__db_stmt_clear(c);
     keel__breaker_success(db->breaker);
     return 0;
 }
@@ -306,7 +130,7 @@ static int conn_open(keel__db *db, keel__db_conn *c, char *err, size_t errlen)
  * FATAL to notice_receiver or lets libpq see the EOF, while nothing has
  * been sent and replacing the connection is certainly safe.
  */
-static bool conn_alive(keel__db_conn *c)
+bool keel__db_conn_alive(keel__db_conn *c)
 {
     for (int round = 0; round < 4; round++) {
         if (c->doomed || PQstatus(c->pg) != CONNECTION_OK)
@@ -359,7 +183,7 @@ int keel__db_new(const struct keel__db_conf *conf, keel__db **out)
         if (parsed == NULL) {
             char buf[512];
             keel__log(KEEL_LOG_ERROR, "db", "invalid database conninfo: %s",
-                      one_line(perr ? perr : "out of memory", buf, sizeof buf));
+                      keel__db_one_line(perr ? perr : "out of memory", buf, sizeof buf));
             PQfreemem(perr);
             return perr ? KEEL_ECONFIG : KEEL_ENOMEM;
         }
@@ -482,7 +306,7 @@ void keel__db_free(keel__db *db)
         keel__log(KEEL_LOG_ERROR, "db", "pool freed with %d connections still checked out",
                   atomic_load(&db->in_use));
     for (int i = 0; i < db->size; i++)
-        conn_close(db, &db->conns[i]);
+        keel__db_conn_close(db, &db->conns[i]);
     pthread_mutex_destroy(&db->mu);
     pthread_cond_destroy(&db->cv);
     pool_release(db);
@@ -534,13 +358,13 @@ int keel__db_acquire(keel__db *db, keel__db_conn **out, char *err, size_t errlen
 
     pthread_mutex_lock(&db->mu);
     if (db->nidle == 0 && db->nempty == 0) {
-        count(&db->waits);
+        keel__db_count(&db->waits);
         struct timespec until = deadline_after(db->wait_ms);
         while (db->nidle == 0 && db->nempty == 0) {
             int rc = pthread_cond_timedwait(&db->cv, &db->mu, &until);
             if (rc == ETIMEDOUT && db->nidle == 0 && db->nempty == 0) {
                 pthread_mutex_unlock(&db->mu);
-                count(&db->wait_timeouts);
+                keel__db_count(&db->wait_timeouts);
                 keel__set_err(
                     err, errlen,
                     "database unavailable: no connection became free within %d ms (all %d in use)",
@@ -555,12 +379,12 @@ int keel__db_acquire(keel__db *db, keel__db_conn **out, char *err, size_t errlen
 
     keel__db_conn *c = &db->conns[slot];
     c->checkout_ok = false;
-    if (c->pg != NULL && !conn_alive(c)) {
+    if (c->pg != NULL && !keel__db_conn_alive(c)) {
         keel__log(KEEL_LOG_INFO, "db", "pooled connection was closed by the server; reconnecting");
-        conn_close(db, c);
+        keel__db_conn_close(db, c);
     }
     if (c->pg == NULL) {
-        int rc = conn_open(db, c, err, errlen);
+        int rc = keel__db_conn_open(db, c, err, errlen);
         if (rc != 0) {
             slot_return(db, c);
             return rc;
@@ -572,7 +396,7 @@ int keel__db_acquire(keel__db *db, keel__db_conn **out, char *err, size_t errlen
 
 /* Ends an open transaction so the connection can be pooled; false if that
  * did not leave it idle. */
-static bool conn_rollback(keel__db_conn *c)
+bool keel__db_conn_rollback(keel__db_conn *c)
 {
     PGresult *res = PQexec(c->pg, "ROLLBACK");
     bool ok = PQresultStatus(res) == PGRES_COMMAND_OK;
@@ -592,7 +416,7 @@ void keel__db_release(keel__db *db, keel__db_conn *c)
             break;
         case PQTRANS_INTRANS:
         case PQTRANS_INERROR:
-            keep = conn_rollback(c);
+            keep = keel__db_conn_rollback(c);
             if (!keep)
                 keel__log(KEEL_LOG_WARN, "db",
                           "rollback on release failed; closing the connection");
@@ -604,7 +428,7 @@ void keel__db_release(keel__db *db, keel__db_conn *c)
         }
     }
     if (!keep)
-        conn_close(db, c);
+        keel__db_conn_close(db, c);
     c->checkout_ok = false;
     slot_return(db, c);
 }
@@ -612,320 +436,6 @@ void keel__db_release(keel__db *db, keel__db_conn *c)
 PGconn *keel__db_conn_pg(keel__db_conn *c)
 {
     return c ? c->pg : NULL;
-}
-
-/* ------------------------------------------------------------ exec */
-
-struct attempt {
-    bool before_execution; /* the failure proves the statement did not run */
-    bool plan_changed;     /* a cached plan no longer fits the schema */
-};
-
-/* Classifies a failed result, marks the connection broken when it is, and
- * consumes res. */
-static int failed(keel__db_conn *c, PGresult *res, const char *sql, struct attempt *a, char *err,
-                  size_t errlen)
-{
-    const char *sqlstate = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
-    bool bad = PQstatus(c->pg) != CONNECTION_OK;
-    int code;
-    if (sqlstate == NULL && !bad)
-        /* libpq refused before sending (wrong parameter count, out of
-         * memory, a COPY it did not expect): the caller's mistake. */
-        code = KEEL_EDB_BUG;
-    else
-        code = keel__db_classify(sqlstate);
-    if (bad || sqlstate_session_over(sqlstate) || sqlstate_class(sqlstate, "08") ||
-        PQtransactionStatus(c->pg) == PQTRANS_ACTIVE)
-        c->broken = true;
-    if (sqlstate_session_over(sqlstate))
-        a->before_execution = true;
-
-    char msg[512];
-    const char *primary = res ? PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY) : NULL;
-    if (primary == NULL)
-        primary = one_line(PQerrorMessage(c->pg), msg, sizeof msg);
-    /* A schema change under a prepared statement (columns added to a table
-     * it selects *) fails it with this message; the statement did not run. */
-    a->plan_changed = sqlstate_is(sqlstate, "0A000") && strstr(primary, "cached plan") != NULL;
-    if (sqlstate != NULL)
-        keel__set_err(err, errlen, "%s (SQLSTATE %s)", primary, sqlstate);
-    else
-        keel__set_err(err, errlen, "%s", primary);
-
-    char sqlbuf[SQL_LOG_MAX + 1];
-    one_line(sql, sqlbuf, sizeof sqlbuf);
-    int level = code == KEEL_EDB_BUG           ? KEEL_LOG_ERROR
-                : code == KEEL_EDB_UNAVAILABLE ? KEEL_LOG_WARN
-                                               : KEEL_LOG_DEBUG;
-    keel__log(level, "db", "%s: %s [SQLSTATE %s] in: %s", keel_strerror(code), primary,
-              sqlstate ? sqlstate : "none", sqlbuf);
-    PQclear(res);
-    return code;
-}
-
-/*
- * Waits for the result of what was just sent.  Like PQexec, except that it
- * keeps the *first* error: when the server ends the session mid-statement,
- * libpq 15 yields its FATAL (SQLSTATE 57P01) and then, on the EOF behind
- * it, a generic "server closed the connection" result with no SQLSTATE.
- * PQexec returns the last one and the proof that the statement was aborted
- * would be lost.  NULL when the send itself failed.
- */
-static PGresult *wait_result(PGconn *pg, int sent)
-{
-    if (!sent)
-        return NULL;
-    PGresult *keep = NULL, *r;
-    while ((r = PQgetResult(pg)) != NULL) {
-        if (keep == NULL ||
-            (PQresultStatus(keep) != PGRES_FATAL_ERROR && PQresultStatus(r) == PGRES_FATAL_ERROR)) {
-            PQclear(keep);
-            keep = r;
-        } else {
-            PQclear(r);
-        }
-        /* As PQexec does: after a lost connection nothing more comes. */
-        if (PQstatus(pg) == CONNECTION_BAD)
-            break;
-    }
-    return keep;
-}
-
-static bool result_ok(const PGresult *res)
-{
-    ExecStatusType st = PQresultStatus(res);
-    return res != NULL && (st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK);
-}
-
-static int run_once(keel__db_conn *c, const char *sql, uint64_t h, int nparams,
-                    const char *const *params, bool unnamed, PGresult **out, struct attempt *a,
-                    char *err, size_t errlen)
-{
-    *a = (struct attempt){0};
-    struct stmt_entry *e = stmt_slot(c, sql, h);
-    char fresh[STMT_NAME_LEN];
-    const char *name = NULL;
-    if (unnamed) {
-        /* Behind a transaction pooler a name prepared now may be missing
-         * (or taken) on the server connection of the next transaction. */
-    } else if (e->sql != NULL) {
-        if (e->name[0] != '\0')
-            name = e->name;
-    } else if (c->nstmts < STMT_CACHE_MAX && strlen(sql) <= STMT_SQL_MAX) {
-        snprintf(fresh, sizeof fresh, "keel_%u", c->next_stmt++);
-        PGresult *res = wait_result(c->pg, PQsendPrepare(c->pg, fresh, sql, nparams, NULL));
-        if (PQresultStatus(res) != PGRES_COMMAND_OK) {
-            /* Parsing executes nothing, so whatever went wrong, the
-             * statement did not run. */
-            a->before_execution = true;
-            return failed(c, res, sql, a, err, errlen);
-        }
-        PQclear(res);
-        name = fresh;
-        /* Without memory for the cache entry the statement still runs by
-         * the name just prepared; it is merely prepared again next time. */
-        char *copy = strdup(sql);
-        if (copy != NULL) {
-            e->sql = copy;
-            e->hash = h;
-            memcpy(e->name, fresh, sizeof fresh);
-            c->nstmts++;
-        }
-    }
-
-    int sent = name ? PQsendQueryPrepared(c->pg, name, nparams, params, NULL, NULL, 0)
-                    : PQsendQueryParams(c->pg, sql, nparams, NULL, params, NULL, NULL, 0);
-    /* A statement libpq could not send did not run. */
-    a->before_execution = !sent;
-    PGresult *res = wait_result(c->pg, sent);
-    if (result_ok(res)) {
-        *out = res;
-        return 0;
-    }
-    int rc = failed(c, res, sql, a, err, errlen);
-    if (a->plan_changed && name != NULL && e->sql != NULL && !unnamed)
-        /* Run this text unprepared from now on: preparing it again under
-         * the same name would need a DEALLOCATE round trip first. */
-        e->name[0] = '\0';
-    return rc;
-}
-
-/* Runs parameterless SQL (possibly several statements) with the simple
- * query protocol; on success *out is the first result. */
-static int run_simple(keel__db_conn *c, const char *sql, PGresult **out, struct attempt *a,
-                      char *err, size_t errlen)
-{
-    *a = (struct attempt){0};
-    int sent = PQsendQuery(c->pg, sql);
-    a->before_execution = !sent;
-    PGresult *res = wait_result(c->pg, sent);
-    if (result_ok(res)) {
-        if (out != NULL)
-            *out = res;
-        else
-            PQclear(res);
-        return 0;
-    }
-    return failed(c, res, sql, a, err, errlen);
-}
-
-/* "BEGIN" or "START TRANSACTION", with or without modes after it. */
-static bool starts_transaction(const char *sql)
-{
-    while (*sql == ' ' || *sql == '\n' || *sql == '\t')
-        sql++;
-    size_t n = strncasecmp(sql, "BEGIN", 5) == 0                ? 5
-               : strncasecmp(sql, "START TRANSACTION", 17) == 0 ? 17
-                                                                : 0;
-    return n > 0 && (sql[n] == '\0' || sql[n] == ' ' || sql[n] == ';' || sql[n] == '\n');
-}
-
-/*
- * One attempt at sql behind a transaction pooler, where the timeouts can
- * only be SET LOCAL inside a transaction.  A caller's BEGIN is sent
- * together with them; a statement outside a transaction gets a short one
- * of its own (BEGIN and the SETs, the statement, COMMIT), so that every
- * statement runs under every timeout.
- */
-static int run_pooled(keel__db *db, keel__db_conn *c, const char *sql, uint64_t h, int nparams,
-                      const char *const *params, bool outside_tx, PGresult **out, struct attempt *a,
-                      char *err, size_t errlen)
-{
-    if (!outside_tx)
-        return run_once(c, sql, h, nparams, params, true, out, a, err, errlen);
-    if (nparams == 0 && starts_transaction(sql) && strlen(sql) <= STMT_SQL_MAX) {
-        size_t len = strlen(sql) + strlen(db->timeouts_sql) + 3;
-        char *both = malloc(len);
-        if (both == NULL) {
-            keel__set_err(err, errlen, "out of memory");
-            return KEEL_ENOMEM;
-        }
-        snprintf(both, len, "%s; %s", sql, db->timeouts_sql);
-        int rc = run_simple(c, both, out, a, err, errlen);
-        free(both);
-        return rc;
-    }
-    char begin[sizeof db->timeouts_sql + 8];
-    snprintf(begin, sizeof begin, "BEGIN; %s", db->timeouts_sql);
-    int rc = run_simple(c, begin, NULL, a, err, errlen);
-    if (rc != 0) {
-        /* Nothing of the caller's ran. */
-        a->before_execution = true;
-        if (!c->broken && PQtransactionStatus(c->pg) != PQTRANS_IDLE && !conn_rollback(c))
-            c->broken = true;
-        return rc;
-    }
-    rc = run_once(c, sql, h, nparams, params, true, out, a, err, errlen);
-    if (rc != 0) {
-        if (!c->broken && !conn_rollback(c))
-            c->broken = true;
-        return rc;
-    }
-    struct attempt ca;
-    rc = run_simple(c, "COMMIT", NULL, &ca, err, errlen);
-    if (rc != 0) {
-        /* Whether it committed is unknown when the connection was lost. */
-        PQclear(*out);
-        *out = NULL;
-        a->before_execution = false;
-        if (!c->broken && PQtransactionStatus(c->pg) != PQTRANS_IDLE && !conn_rollback(c))
-            c->broken = true;
-    }
-    return rc;
-}
-
-static int run_statement(keel__db *db, keel__db_conn *c, const char *sql, uint64_t h, int nparams,
-                         const char *const *params, bool outside_tx, PGresult **out,
-                         struct attempt *a, char *err, size_t errlen)
-{
-    if (db->pooler == KEEL__DB_POOLER_TRANSACTION)
-        return run_pooled(db, c, sql, h, nparams, params, outside_tx, out, a, err, errlen);
-    return run_once(c, sql, h, nparams, params, false, out, a, err, errlen);
-}
-
-/*
- * Runs sql, retrying once on a fresh connection when that is known to be
- * safe.  The rule: the connection turned out to be broken, no statement has
- * succeeded on it during this checkout, it was outside a transaction, and
- * the failure proves the statement never ran (it failed while being
- * prepared, or the server reported that it ended the session: 57P01,
- * 57P02, 57P03, which abort what was running).  A connection lost with no
- * word from the server mid-statement is *not* retried: an autocommit write
- * may have committed just before the loss, and running it twice is worse
- * than one 503.  Inside a transaction, or after an earlier statement of the
- * checkout succeeded, the caller's work is already partly gone with the
- * session, so only the caller can decide to start over.
- */
-int keel__db_exec(keel__db *db, keel__db_conn *c, const char *sql, int nparams,
-                  const char *const *params, PGresult **out, char *err, size_t errlen)
-{
-    /* Without a place for the result it is cleared as soon as it arrives. */
-    PGresult *discard = NULL;
-    if (out == NULL)
-        out = &discard;
-    *out = NULL;
-    if (c == NULL || sql == NULL || nparams < 0 || nparams > MAX_PARAMS ||
-        (nparams > 0 && params == NULL)) {
-        keel__set_err(err, errlen, "invalid arguments to keel__db_exec");
-        return KEEL_EINVAL;
-    }
-    if (c->pg == NULL || c->broken) {
-        keel__set_err(err, errlen,
-                      "database unavailable: the connection was lost earlier in this request");
-        return KEEL_EDB_UNAVAILABLE;
-    }
-
-    uint64_t h = hash_sql(sql);
-    bool outside_tx = PQtransactionStatus(c->pg) == PQTRANS_IDLE;
-    struct attempt a;
-    int rc;
-    if (outside_tx && !c->checkout_ok && !conn_alive(c)) {
-        /* Found dead before anything was sent: the connection can be
-         * replaced with no doubt about what ran. */
-        keel__log(KEEL_LOG_INFO, "db", "connection was closed by the server; reconnecting");
-        conn_close(db, c);
-        rc = conn_open(db, c, err, errlen);
-        if (rc != 0) {
-            c->broken = true;
-            return rc;
-        }
-    }
-    rc = run_statement(db, c, sql, h, nparams, params, outside_tx, out, &a, err, errlen);
-    if (rc != 0 && outside_tx) {
-        if (c->broken && a.before_execution && !c->checkout_ok) {
-            keel__log(KEEL_LOG_INFO, "db",
-                      "connection lost before the statement ran; reconnecting and retrying once");
-            conn_close(db, c);
-            rc = conn_open(db, c, err, errlen);
-            if (rc != 0)
-                return rc; /* conn_open has told the breaker */
-            rc = run_statement(db, c, sql, h, nparams, params, true, out, &a, err, errlen);
-        } else if (a.plan_changed && !c->broken) {
-            rc = run_statement(db, c, sql, h, nparams, params, true, out, &a, err, errlen);
-        }
-    }
-
-    PQclear(discard);
-    if (rc == KEEL_EDB_UNAVAILABLE || rc == KEEL_EDB_BUG) {
-        atomic_fetch_add(&db->failing, 1);
-        atomic_store(&db->last_failure_ms, keel__now_ms());
-    } else if (atomic_load_explicit(&db->failing, memory_order_relaxed) != 0) {
-        /* Read first: a store on every success would bounce the line
-         * between the cores serving requests. */
-        atomic_store(&db->failing, 0);
-    }
-    if (rc == 0) {
-        c->checkout_ok = true;
-        keel__breaker_success(db->breaker);
-    } else if (rc == KEEL_EDB_UNAVAILABLE) {
-        keel__breaker_failure(db->breaker, keel__now_ms());
-    } else {
-        /* The server answered, so as far as the breaker is concerned the
-         * database is up, even if the statement was wrong. */
-        keel__breaker_success(db->breaker);
-    }
-    return rc;
 }
 
 /* ------------------------------------------------------------ health */

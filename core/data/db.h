@@ -21,6 +21,8 @@
 
 #include <keel/common.h>
 
+#include "data/sqlstate.h"
+
 typedef struct keel__db keel__db;
 typedef struct keel__db_conn keel__db_conn;
 
@@ -78,9 +80,6 @@ int keel__db_exec(keel__db *db, keel__db_conn *conn, const char *sql, int nparam
  * PQtransactionStatus).  Statements sent on it directly bypass the error
  * classification, the breaker and the broken-connection bookkeeping. */
 PGconn *keel__db_conn_pg(keel__db_conn *conn);
-
-/* Maps a SQLSTATE (NULL for a connection-level failure) to a KEEL_EDB_* code. */
-int keel__db_classify(const char *sqlstate);
 
 /* True while the breaker is closed (half-open still counts as down).  Never
  * touches the network. */

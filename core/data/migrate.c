@@ -24,6 +24,11 @@
  * such transaction first takes a transaction-scoped advisory lock, so two
  * keelds started at once apply each file exactly once: the second waits,
  * then sees the first's row and skips the file.
+ *
+ * A plugin's own migrations (its manifest's "migrations" directory) follow
+ * the same rules under the same lock; they are recorded per plugin in
+ * plugin_migrations(plugin, version, name), so their numbers never collide
+ * with the core's or another plugin's.
  */
 
 /* An arbitrary constant ("keelmig" in ASCII) naming keel's advisory lock. */
@@ -249,7 +254,7 @@ static void rollback_quietly(PGconn *pg)
         PQclear(PQexec(pg, "ROLLBACK"));
 }
 
-static int ensure_table(PGconn *pg, char *err, size_t errlen)
+static int ensure_table(PGconn *pg, const char *plugin, char *err, size_t errlen)
 {
     /* Under the lock too: two concurrent CREATE TABLE IF NOT EXISTS can
      * both decide to create and one then fails on a catalog unique index. */
@@ -263,6 +268,15 @@ static int ensure_table(PGconn *pg, char *err, size_t errlen)
                  " name text NOT NULL,"
                  " applied_at timestamptz NOT NULL DEFAULT now())",
                  "schema_migrations", err, errlen);
+    if (rc == 0 && plugin != NULL)
+        rc = run(pg,
+                 "CREATE TABLE IF NOT EXISTS plugin_migrations ("
+                 " plugin text NOT NULL,"
+                 " version int NOT NULL,"
+                 " name text NOT NULL,"
+                 " applied_at timestamptz NOT NULL DEFAULT now(),"
+                 " PRIMARY KEY (plugin, version))",
+                 "plugin_migrations", err, errlen);
     if (rc == 0)
         rc = run(pg, "COMMIT", "schema_migrations", err, errlen);
     if (rc != 0)
@@ -271,13 +285,13 @@ static int ensure_table(PGconn *pg, char *err, size_t errlen)
 }
 
 /* Applies one migration unless it is recorded already; *did says which. */
-static int apply_one(PGconn *pg, const char *dir, const struct migration *m, bool *did, char *err,
-                     size_t errlen)
+static int apply_one(PGconn *pg, const char *plugin, const char *dir, const struct migration *m,
+                     bool *did, char *err, size_t errlen)
 {
     *did = false;
     char version[16];
     snprintf(version, sizeof version, "%d", m->version);
-    const char *const params[2] = {version, m->name};
+    const char *const params[3] = {version, m->name, plugin};
     char *text = NULL;
 
     int rc = run(pg, "BEGIN", m->file, err, errlen);
@@ -286,8 +300,12 @@ static int apply_one(PGconn *pg, const char *dir, const struct migration *m, boo
     if (rc != 0)
         goto out;
 
-    PGresult *res = PQexecParams(pg, "SELECT 1 FROM schema_migrations WHERE version = $1", 1, NULL,
-                                 params, NULL, NULL, 0);
+    PGresult *res =
+        plugin != NULL
+            ? PQexecParams(pg, "SELECT 1 FROM plugin_migrations WHERE version = $1 AND plugin = $2",
+                           2, NULL, (const char *const[]){version, plugin}, NULL, NULL, 0)
+            : PQexecParams(pg, "SELECT 1 FROM schema_migrations WHERE version = $1", 1, NULL,
+                           params, NULL, NULL, 0);
     if (PQresultStatus(res) != PGRES_TUPLES_OK) {
         rc = sql_failure(pg, res, m->file, NULL, err, errlen);
         goto out;
@@ -317,8 +335,13 @@ static int apply_one(PGconn *pg, const char *dir, const struct migration *m, boo
         rc = KEEL_ECONFIG;
         goto out;
     }
-    res = PQexecParams(pg, "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", 2, NULL,
-                       params, NULL, NULL, 0);
+    res = plugin != NULL
+              ? PQexecParams(pg,
+                             "INSERT INTO plugin_migrations (version, name, plugin)"
+                             " VALUES ($1, $2, $3)",
+                             3, NULL, params, NULL, NULL, 0)
+              : PQexecParams(pg, "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", 2,
+                             NULL, params, NULL, NULL, 0);
     if (PQresultStatus(res) != PGRES_COMMAND_OK) {
         rc = sql_failure(pg, res, m->file, NULL, err, errlen);
         goto out;
@@ -327,7 +350,8 @@ static int apply_one(PGconn *pg, const char *dir, const struct migration *m, boo
     rc = run(pg, "COMMIT", m->file, err, errlen);
     if (rc == 0) {
         *did = true;
-        keel__log(KEEL_LOG_INFO, "migrate", "applied %s", m->file);
+        keel__log(KEEL_LOG_INFO, "migrate", "applied %s%s%s", plugin ? plugin : "",
+                  plugin ? "/" : "", m->file);
     }
 
 out:
@@ -380,7 +404,8 @@ static int open_migrations(const char *conninfo, const char *dir, struct migrati
     return 0;
 }
 
-int keel__db_migrate(const char *conninfo, const char *dir, int *applied, char *err, size_t errlen)
+static int migrate_scope(const char *conninfo, const char *plugin, const char *dir, int *applied,
+                         char *err, size_t errlen)
 {
     if (applied != NULL)
         *applied = 0;
@@ -390,24 +415,37 @@ int keel__db_migrate(const char *conninfo, const char *dir, int *applied, char *
     int rc = open_migrations(conninfo, dir, &list, &n, &pg, err, errlen);
     if (rc != 0)
         return rc;
-    rc = ensure_table(pg, err, errlen);
+    rc = ensure_table(pg, plugin, err, errlen);
     for (int i = 0; rc == 0 && i < n; i++) {
         bool did;
-        rc = apply_one(pg, dir, &list[i], &did, err, errlen);
+        rc = apply_one(pg, plugin, dir, &list[i], &did, err, errlen);
         if (rc == 0 && did && applied != NULL)
             (*applied)++;
     }
-    if (rc == 0)
-        check_recorded(pg, list, n);
-    else
+    if (rc == 0) {
+        if (plugin == NULL)
+            check_recorded(pg, list, n);
+    } else {
         keel__log(KEEL_LOG_ERROR, "migrate", "migration failed: %s", err ? err : keel_strerror(rc));
+    }
     PQfinish(pg);
     free(list);
     return rc;
 }
 
-int keel__db_schema_behind(const char *conninfo, const char *dir, int *behind, char *err,
-                           size_t errlen)
+int keel__db_migrate(const char *conninfo, const char *dir, int *applied, char *err, size_t errlen)
+{
+    return migrate_scope(conninfo, NULL, dir, applied, err, errlen);
+}
+
+int keel__db_migrate_plugin(const char *conninfo, const char *plugin, const char *dir, int *applied,
+                            char *err, size_t errlen)
+{
+    return migrate_scope(conninfo, plugin, dir, applied, err, errlen);
+}
+
+static int behind_scope(const char *conninfo, const char *plugin, const char *dir, int *behind,
+                        char *err, size_t errlen)
 {
     *behind = 0;
     struct migration *list;
@@ -418,7 +456,9 @@ int keel__db_schema_behind(const char *conninfo, const char *dir, int *behind, c
         return rc;
     /* Asking first avoids an error (and a line in the server's log) when
      * the table does not exist yet: then every file is pending. */
-    PGresult *res = PQexec(pg, "SELECT to_regclass('schema_migrations') IS NOT NULL");
+    PGresult *res = PQexec(pg, plugin != NULL
+                                   ? "SELECT to_regclass('plugin_migrations') IS NOT NULL"
+                                   : "SELECT to_regclass('schema_migrations') IS NOT NULL");
     if (PQresultStatus(res) != PGRES_TUPLES_OK) {
         rc = sql_failure(pg, res, "schema_migrations", NULL, err, errlen);
         goto out;
@@ -429,7 +469,10 @@ int keel__db_schema_behind(const char *conninfo, const char *dir, int *behind, c
         *behind = n;
         goto out;
     }
-    res = PQexec(pg, "SELECT version FROM schema_migrations");
+    res = plugin != NULL
+              ? PQexecParams(pg, "SELECT version FROM plugin_migrations WHERE plugin = $1", 1, NULL,
+                             &plugin, NULL, NULL, 0)
+              : PQexec(pg, "SELECT version FROM schema_migrations");
     if (PQresultStatus(res) != PGRES_TUPLES_OK) {
         rc = sql_failure(pg, res, "schema_migrations", NULL, err, errlen);
         goto out;
@@ -446,4 +489,29 @@ out:
     PQfinish(pg);
     free(list);
     return rc;
+}
+
+int keel__db_schema_behind(const char *conninfo, const char *dir, int *behind, char *err,
+                           size_t errlen)
+{
+    return behind_scope(conninfo, NULL, dir, behind, err, errlen);
+}
+
+int keel__db_plugin_schema_behind(const char *conninfo, const char *plugin, const char *dir,
+                                  int *behind, char *err, size_t errlen)
+{
+    return behind_scope(conninfo, plugin, dir, behind, err, errlen);
+}
+
+char *keel__plugin_migrations_dir(const char *spec, const char *core_dir)
+{
+    if (spec == NULL)
+        return NULL;
+    if (spec[0] == '/' || core_dir == NULL)
+        return strdup(spec);
+    size_t n = strlen(core_dir) + strlen(spec) + 2;
+    char *p = malloc(n);
+    if (p != NULL)
+        snprintf(p, n, "%s/%s", core_dir, spec);
+    return p;
 }

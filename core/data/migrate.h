@@ -19,5 +19,14 @@ int keel__db_migrate(const char *conninfo, const char *dir, int *applied, char *
  * when the database cannot be reached. */
 int keel__db_schema_behind(const char *conninfo, const char *dir, int *behind, char *err,
                            size_t errlen) KEEL_WARN_UNUSED;
+/* The same for one plugin's own migrations, recorded per plugin in
+ * plugin_migrations(plugin, version, name, applied_at). */
+int keel__db_migrate_plugin(const char *conninfo, const char *plugin, const char *dir, int *applied,
+                            char *err, size_t errlen) KEEL_WARN_UNUSED;
+int keel__db_plugin_schema_behind(const char *conninfo, const char *plugin, const char *dir,
+                                  int *behind, char *err, size_t errlen) KEEL_WARN_UNUSED;
+/* A manifest's "migrations" resolved against the core's migrations
+ * directory (unless absolute); malloc'd, NULL for NULL or no memory. */
+char *keel__plugin_migrations_dir(const char *spec, const char *core_dir);
 
 #endif

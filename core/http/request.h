@@ -111,6 +111,8 @@ struct keel_request {
     /* Result wrappers freed early by the plugin, reused by the next
      * statement so that freeing keeps the request's memory flat. */
     struct keel_db_result *spare_results;
+    /* The last upstream_request failure (arena string), or NULL. */
+    char *upstream_error;
 
     struct keel__arena_block *arena;
     struct keel__cleanup *cleanups;

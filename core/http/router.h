@@ -101,7 +101,7 @@ int keel__router_methods(const keel__router *r, const char *path, char *scratch,
 
 /*
  * Checks a template without adding it: 0, or KEEL_EINVAL with the reason in
- * err.  conf.c validates manifests with it.
+ * err.  plugin/manifest.c validates manifests with it.
  */
 int keel__router_check_template(const char *path_template, char *err,
                                 size_t errlen) KEEL_WARN_UNUSED;

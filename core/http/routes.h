@@ -61,6 +61,10 @@ struct keel__route {
     /* The builder's own data (the plugin slot and generation). */
     void *owner_slot, *owner_gen;
     char *owned_method, *owned_path;
+    /* The manifest's documentation of the route and its plugin's named
+     * schemas (GET /openapi.json); references, NULL when absent. */
+    json_t *doc;
+    json_t *schemas;
 };
 
 struct keel__table {

@@ -712,16 +712,6 @@ done:
     return status;
 }
 
-void keel__claims_clear(struct keel__claims *c)
-{
-    if (c == NULL)
-        return;
-    free(c->email);
-    free(c->role);
-    json_decref(c->user_metadata);
-    memset(c, 0, sizeof *c);
-}
-
 const char *keel__token_status_name(int status)
 {
     switch (status) {

@@ -1,5 +1,6 @@
 /*
- * Local verification of Supabase-issued JWTs (CONTRACT section 3).
+ * Local verification of Supabase-issued JWTs (docs/architecture.md,
+ * Authentication).
  *
  * libjwt 1.10 checks no claim, lets the token header choose the algorithm,
  * accepts HS256 signed with a public key's bytes, skips verification when it
@@ -21,6 +22,8 @@
 
 #include <keel/common.h>
 
+#include "identity/claims.h"
+
 typedef struct keel__auth keel__auth;
 
 enum keel__token_status {
@@ -28,15 +31,6 @@ enum keel__token_status {
     KEEL__TOKEN_MALFORMED = 1, /* "malformed_token" */
     KEEL__TOKEN_INVALID = 2,   /* "invalid_token" */
     KEEL__TOKEN_EXPIRED = 3    /* "token_expired" */
-};
-
-/* The verified claims a request's principal is built from. */
-struct keel__claims {
-    char sub[37]; /* canonical lower-case UUID */
-    char *email;  /* may be "" when absent; owned */
-    char *role;   /* the token's role claim ("authenticated"); owned */
-    int64_t exp;
-    json_t *user_metadata; /* owned reference, or NULL */
 };
 
 struct keel__auth_conf {
@@ -77,8 +71,6 @@ int keel__auth_bearer(const char *header, const char **token, size_t *len);
  */
 int keel__auth_verify(const keel__auth *a, const char *token, size_t len, time_t now,
                       struct keel__claims *claims, const char **why);
-
-void keel__claims_clear(struct keel__claims *c);
 
 /* "malformed_token", "invalid_token" or "token_expired". */
 const char *keel__token_status_name(int status);

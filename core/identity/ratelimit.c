@@ -2,13 +2,14 @@
 
 #include "identity/ratelimit.h"
 
-#include <pthread.h>
 #include <stdatomic.h>
-#include <sys/mman.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include <keel/error.h>
+
+#include "util/lru.h"
 
 /*
  * Each bucket is kept as the generic cell rate algorithm's "theoretical
@@ -27,19 +28,9 @@
 #define MAX_KEYS_LIMIT (1u << 24)
 
 struct bucket {
-    struct bucket *chain;         /* next in the hash chain */
-    struct bucket *newer, *older; /* LRU list, newest first */
-    uint64_t hash;
+    struct keel__lru_node node; /* first: the LRU hands back nodes */
     int64_t tat;
     char key[KEEL__RATELIMIT_MAX_KEY + 1];
-};
-
-struct shard {
-    _Alignas(64) pthread_mutex_t mu;
-    struct bucket **table;
-    size_t mask;
-    struct bucket *newest, *oldest;
-    size_t count, cap;
 };
 
 /* A bucket of the shared table: the key's 64-bit hash (0 = free) and its
@@ -53,27 +44,24 @@ struct shared_slot {
 #define SHARED_PROBES 16
 
 struct keel__ratelimit {
-    int64_t interval_ns;  /* time for one token to come back */
-    int64_t tolerance_ns; /* (burst - 1) intervals */
-    unsigned nshards;
-    struct shard *shards;
-    /* keel__ratelimit_new_shared: the table instead of the shards. */
+    int64_t interval_ns;      /* time for one token to come back */
+    int64_t tolerance_ns;     /* (burst - 1) intervals */
+    struct keel__lru buckets; /* this process's buckets (util/lru.h) */
+    /* keel__ratelimit_new_shared: the table instead of the buckets. */
     struct shared_slot *shared;
     size_t shared_slots;
 };
 
 static keel__ratelimit *server_wide;
 
-static uint64_t hash_key(const char *s, size_t n)
+static bool bucket_is(const struct keel__lru_node *n, const void *key)
 {
-    /* FNV-1a: keys are UUIDs chosen by the identity provider, not by the
-     * client, so a keyed hash buys nothing here. */
-    uint64_t h = 1469598103934665603ULL;
-    for (size_t i = 0; i < n; i++) {
-        h ^= (unsigned char)s[i];
-        h *= 1099511628211ULL;
-    }
-    return h;
+    return strcmp(((const struct bucket *)n)->key, key) == 0;
+}
+
+static void bucket_free(struct keel__lru_node *n)
+{
+    free(n);
 }
 
 static size_t pow2_at_least(size_t n)
@@ -102,31 +90,9 @@ int keel__ratelimit_new(const struct keel__ratelimit_conf *conf, keel__ratelimit
         rl->interval_ns = 1;
     rl->tolerance_ns = (int64_t)(burst - 1) * rl->interval_ns;
 
-    unsigned n = 1;
-    while (n < MAX_SHARDS && max_keys / (n * 2) >= MIN_PER_SHARD)
-        n *= 2;
-    rl->nshards = n;
-    rl->shards = aligned_alloc(64, sizeof *rl->shards * n);
-    if (rl->shards == NULL) {
+    if (keel__lru_init(&rl->buckets, max_keys, MIN_PER_SHARD, MAX_SHARDS, bucket_is) != 0) {
         free(rl);
         return KEEL_ENOMEM;
-    }
-    memset(rl->shards, 0, sizeof *rl->shards * n);
-    size_t per = max_keys / n;
-    if (per == 0)
-        per = 1;
-    for (unsigned i = 0; i < n; i++) {
-        struct shard *s = &rl->shards[i];
-        pthread_mutex_init(&s->mu, NULL);
-        s->cap = per;
-        size_t slots = pow2_at_least(per * 2 > 16 ? per * 2 : 16);
-        s->table = calloc(slots, sizeof *s->table);
-        s->mask = slots - 1;
-        if (s->table == NULL) {
-            rl->nshards = i + 1;
-            keel__ratelimit_free(rl);
-            return KEEL_ENOMEM;
-        }
     }
     *out = rl;
     return 0;
@@ -229,85 +195,36 @@ void keel__ratelimit_free(keel__ratelimit *rl)
         free(rl);
         return;
     }
-    for (unsigned i = 0; i < rl->nshards; i++) {
-        struct shard *s = &rl->shards[i];
-        struct bucket *b = s->newest;
-        while (b != NULL) {
-            struct bucket *next = b->older;
-            free(b);
-            b = next;
-        }
-        free(s->table);
-        pthread_mutex_destroy(&s->mu);
-    }
-    free(rl->shards);
+    keel__lru_destroy(&rl->buckets, bucket_free);
     free(rl);
 }
 
-static void lru_unlink(struct shard *s, struct bucket *b)
+/* Finds key's bucket in sh, creating it (and reusing the least recently used
+ * one's memory when the shard is full).  NULL only when memory runs out.
+ * Called with the shard locked. */
+static struct bucket *bucket_get(keel__ratelimit *rl, struct keel__lru_shard *sh, const char *key,
+                                 size_t len, uint64_t h, int64_t now)
 {
-    if (b->newer != NULL)
-        b->newer->older = b->older;
-    else
-        s->newest = b->older;
-    if (b->older != NULL)
-        b->older->newer = b->newer;
-    else
-        s->oldest = b->newer;
-    b->newer = b->older = NULL;
-}
-
-static void lru_push(struct shard *s, struct bucket *b)
-{
-    b->older = s->newest;
-    b->newer = NULL;
-    if (s->newest != NULL)
-        s->newest->newer = b;
-    s->newest = b;
-    if (s->oldest == NULL)
-        s->oldest = b;
-}
-
-static void chain_remove(struct shard *s, struct bucket *b)
-{
-    struct bucket **p = &s->table[b->hash & s->mask];
-    while (*p != NULL && *p != b)
-        p = &(*p)->chain;
-    if (*p == b)
-        *p = b->chain;
-}
-
-/* Finds key's bucket in s, creating it (and evicting the oldest when full).
- * NULL only when memory runs out.  Called with s->mu held. */
-static struct bucket *bucket_get(struct shard *s, const char *key, size_t len, uint64_t h,
-                                 int64_t now)
-{
-    for (struct bucket *b = s->table[h & s->mask]; b != NULL; b = b->chain) {
-        if (b->hash == h && strcmp(b->key, key) == 0) {
-            lru_unlink(s, b);
-            lru_push(s, b);
-            return b;
-        }
+    struct keel__lru_node *n = keel__lru_find(&rl->buckets, sh, h, key);
+    if (n != NULL) {
+        keel__lru_touch(sh, n);
+        return (struct bucket *)n;
     }
     struct bucket *b;
-    if (s->count >= s->cap && s->oldest != NULL) {
-        /* Reuse the least recently used bucket's memory. */
-        b = s->oldest;
-        lru_unlink(s, b);
-        chain_remove(s, b);
-        s->count--;
+    if (sh->count >= sh->cap && sh->oldest != NULL) {
+        b = (struct bucket *)sh->oldest;
+        keel__lru_remove(sh, &b->node);
     } else {
         b = malloc(sizeof *b);
         if (b == NULL)
             return NULL;
     }
     memcpy(b->key, key, len + 1);
-    b->hash = h;
+    b->node.hash = h;
     b->tat = now; /* a new key starts with a full burst */
-    b->chain = s->table[h & s->mask];
-    s->table[h & s->mask] = b;
-    lru_push(s, b);
-    s->count++;
+    /* Room was made above, so nothing is evicted here. */
+    struct keel__lru_node *evicted = keel__lru_insert(sh, &b->node);
+    free(evicted);
     return b;
 }
 
@@ -319,16 +236,15 @@ int keel__ratelimit_take(keel__ratelimit *rl, const char *key, int64_t now_ns,
     size_t len = key ? strlen(key) : 0;
     if (len == 0 || len > KEEL__RATELIMIT_MAX_KEY)
         return KEEL_EINVAL;
-    uint64_t h = hash_key(key, len);
+    uint64_t h = keel__lru_hash(key, len);
     if (rl->shared != NULL)
         return shared_take(rl, h, now_ns, retry_after_s);
-    /* The top bits choose the shard, the low bits the hash slot. */
-    struct shard *s = &rl->shards[(h >> 40) & (rl->nshards - 1)];
+    struct keel__lru_shard *s = keel__lru_shard(&rl->buckets, h);
 
-    pthread_mutex_lock(&s->mu);
-    struct bucket *b = bucket_get(s, key, len, h, now_ns);
+    keel__lru_lock(s);
+    struct bucket *b = bucket_get(rl, s, key, len, h, now_ns);
     if (b == NULL) {
-        pthread_mutex_unlock(&s->mu);
+        keel__lru_unlock(s);
         return KEEL_ENOMEM;
     }
     int64_t tat = b->tat > now_ns ? b->tat : now_ns;
@@ -345,7 +261,7 @@ int keel__ratelimit_take(keel__ratelimit *rl, const char *key, int64_t now_ns,
     } else {
         b->tat = tat + rl->interval_ns;
     }
-    pthread_mutex_unlock(&s->mu);
+    keel__lru_unlock(s);
     return rc;
 }
 
@@ -357,10 +273,11 @@ size_t keel__ratelimit_size(keel__ratelimit *rl)
             n += atomic_load(&rl->shared[i].key) != 0;
         return n;
     }
-    for (unsigned i = 0; i < rl->nshards; i++) {
-        pthread_mutex_lock(&rl->shards[i].mu);
-        n += rl->shards[i].count;
-        pthread_mutex_unlock(&rl->shards[i].mu);
+    for (unsigned i = 0; i < rl->buckets.nshards; i++) {
+        struct keel__lru_shard *sh = &rl->buckets.shards[i];
+        keel__lru_lock(sh);
+        n += sh->count;
+        keel__lru_unlock(sh);
     }
     return n;
 }

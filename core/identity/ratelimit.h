@@ -4,10 +4,10 @@
  * one token; without one it is refused and told how many whole seconds to
  * wait before a token is back.
  *
- * The table is split into shards with one mutex each, like the user-sync
- * cache, so requests of different users rarely meet on a lock.  It holds at
- * most max_keys buckets; a shard that is full drops its least recently used
- * bucket.  Dropping a bucket forgives that key (it starts again with a full
+ * The buckets live in the core's sharded LRU table (util/lru.h), like the
+ * user-sync cache, so requests of different users rarely meet on a lock.  It
+ * holds at most max_keys buckets; a shard that is full drops its least
+ * recently used bucket.  Dropping a bucket forgives that key (it starts again with a full
  * burst), so the bound trades exactness for memory only when more distinct
  * users than max_keys are active at once.  The least recently used bucket
  * is the one that has had the longest to refill, so it is usually full

@@ -2,40 +2,52 @@
 
 #include "identity/tokencache.h"
 
-#include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include <openssl/evp.h>
 
-#define NSHARDS 32
-#define SLOTS_PER_SHARD 128
+#include "util/lru.h"
 
-struct slot {
-    bool used;
+/* Verified tokens remembered at most: a few per active user is plenty. */
+#define MAX_TOKENS 4096
+#define MIN_PER_SHARD 64
+#define MAX_SHARDS 32u
+
+struct token {
+    struct keel__lru_node node; /* first: the LRU hands back nodes */
     unsigned char digest[32];
     time_t since; /* when it verified */
     time_t until; /* cache life end */
     struct keel__claims claims;
 };
 
-struct shard {
-    pthread_mutex_t mu;
-    struct slot slots[SLOTS_PER_SHARD];
+struct keel__tokencache {
+    struct keel__lru tokens; /* keyed by the token's SHA-256 */
 };
 
-struct keel__tokencache {
-    struct shard shards[NSHARDS];
-};
+static bool token_is(const struct keel__lru_node *n, const void *digest)
+{
+    return memcmp(((const struct token *)n)->digest, digest, 32) == 0;
+}
+
+static void token_free(struct keel__lru_node *n)
+{
+    struct token *t = (struct token *)n;
+    keel__claims_clear(&t->claims);
+    free(t);
+}
 
 keel__tokencache *keel__tokencache_new(void)
 {
     keel__tokencache *tc = calloc(1, sizeof *tc);
     if (tc == NULL)
         return NULL;
-    for (size_t i = 0; i < NSHARDS; i++)
-        pthread_mutex_init(&tc->shards[i].mu, NULL);
+    if (keel__lru_init(&tc->tokens, MAX_TOKENS, MIN_PER_SHARD, MAX_SHARDS, token_is) != 0) {
+        free(tc);
+        return NULL;
+    }
     return tc;
 }
 
@@ -43,11 +55,7 @@ void keel__tokencache_free(keel__tokencache *tc)
 {
     if (tc == NULL)
         return;
-    for (size_t i = 0; i < NSHARDS; i++) {
-        for (size_t j = 0; j < SLOTS_PER_SHARD; j++)
-            keel__claims_clear(&tc->shards[i].slots[j].claims);
-        pthread_mutex_destroy(&tc->shards[i].mu);
-    }
+    keel__lru_destroy(&tc->tokens, token_free);
     free(tc);
 }
 
@@ -57,29 +65,12 @@ static bool digest_of(const char *token, size_t len, unsigned char out[32])
     return EVP_Digest(token, len, out, &n, EVP_sha256(), NULL) == 1 && n == 32;
 }
 
-static struct slot *slot_for(keel__tokencache *tc, const unsigned char d[32], struct shard **sh)
+/* The digest is already a uniform hash of the token. */
+static uint64_t hash_of(const unsigned char d[32])
 {
-    uint32_t h;
+    uint64_t h;
     memcpy(&h, d, sizeof h);
-    *sh = &tc->shards[h % NSHARDS];
-    return &(*sh)->slots[(h / NSHARDS) % SLOTS_PER_SHARD];
-}
-
-static bool copy_claims(struct keel__claims *dst, const struct keel__claims *src)
-{
-    memset(dst, 0, sizeof *dst);
-    memcpy(dst->sub, src->sub, sizeof dst->sub);
-    dst->exp = src->exp;
-    dst->email = strdup(src->email ? src->email : "");
-    dst->role = strdup(src->role ? src->role : "");
-    if (src->user_metadata != NULL)
-        dst->user_metadata = json_deep_copy(src->user_metadata);
-    if (dst->email == NULL || dst->role == NULL ||
-        (src->user_metadata != NULL && dst->user_metadata == NULL)) {
-        keel__claims_clear(dst);
-        return false;
-    }
-    return true;
+    return h;
 }
 
 bool keel__tokencache_get(keel__tokencache *tc, const char *token, size_t len, time_t now,
@@ -88,14 +79,17 @@ bool keel__tokencache_get(keel__tokencache *tc, const char *token, size_t len, t
     unsigned char d[32];
     if (tc == NULL || !digest_of(token, len, d))
         return false;
-    struct shard *sh;
-    struct slot *s = slot_for(tc, d, &sh);
+    uint64_t h = hash_of(d);
+    struct keel__lru_shard *sh = keel__lru_shard(&tc->tokens, h);
     bool hit = false;
-    pthread_mutex_lock(&sh->mu);
-    if (s->used && memcmp(s->digest, d, sizeof d) == 0 && now >= s->since && now < s->until &&
-        (int64_t)now <= s->claims.exp + exp_leeway)
-        hit = copy_claims(out, &s->claims);
-    pthread_mutex_unlock(&sh->mu);
+    keel__lru_lock(sh);
+    struct token *t = (struct token *)keel__lru_find(&tc->tokens, sh, h, d);
+    if (t != NULL && now >= t->since && now < t->until &&
+        (int64_t)now <= t->claims.exp + exp_leeway) {
+        keel__lru_touch(sh, &t->node);
+        hit = keel__claims_copy(out, &t->claims);
+    }
+    keel__lru_unlock(sh);
     return hit;
 }
 
@@ -105,20 +99,27 @@ void keel__tokencache_put(keel__tokencache *tc, const char *token, size_t len, t
     unsigned char d[32];
     if (tc == NULL || !digest_of(token, len, d))
         return;
-    /* Copy outside the lock; the slot swap inside is a struct assignment. */
-    struct keel__claims copy;
-    if (!copy_claims(&copy, claims))
+    /* Copy outside the lock; inside, only pointers move. */
+    struct token *t = calloc(1, sizeof *t);
+    if (t == NULL)
         return;
-    struct keel__claims old;
-    struct shard *sh;
-    struct slot *s = slot_for(tc, d, &sh);
-    pthread_mutex_lock(&sh->mu);
-    old = s->claims;
-    s->claims = copy;
-    memcpy(s->digest, d, sizeof d);
-    s->since = now;
-    s->until = now + KEEL__TOKENCACHE_TTL_S;
-    s->used = true;
-    pthread_mutex_unlock(&sh->mu);
-    keel__claims_clear(&old);
+    if (!keel__claims_copy(&t->claims, claims)) {
+        free(t);
+        return;
+    }
+    memcpy(t->digest, d, sizeof d);
+    t->since = now;
+    t->until = now + KEEL__TOKENCACHE_TTL_S;
+    t->node.hash = hash_of(d);
+    struct keel__lru_shard *sh = keel__lru_shard(&tc->tokens, t->node.hash);
+    keel__lru_lock(sh);
+    struct keel__lru_node *old = keel__lru_find(&tc->tokens, sh, t->node.hash, d);
+    if (old != NULL)
+        keel__lru_remove(sh, old);
+    struct keel__lru_node *evicted = keel__lru_insert(sh, &t->node);
+    keel__lru_unlock(sh);
+    if (old != NULL)
+        token_free(old);
+    if (evicted != NULL)
+        token_free(evicted);
 }

@@ -8,8 +8,9 @@
  * Failed verifications are never cached.  Keys only change with a restart,
  * so nothing needs invalidating.
  *
- * Direct-mapped slots in shards with their own mutex: a lookup takes one
- * shard lock for a digest compare and a few string copies.
+ * Kept in the core's sharded LRU table (util/lru.h), at most a few thousand
+ * tokens: a lookup takes one shard lock for a digest compare and a few
+ * string copies.
  */
 #ifndef KEEL_CORE_IDENTITY_TOKENCACHE_H
 #define KEEL_CORE_IDENTITY_TOKENCACHE_H
@@ -18,7 +19,7 @@
 #include <stddef.h>
 #include <time.h>
 
-#include "identity/auth.h"
+#include "identity/claims.h"
 
 #define KEEL__TOKENCACHE_TTL_S 60
 

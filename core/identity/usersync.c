@@ -2,7 +2,6 @@
 
 #include "identity/usersync.h"
 
-#include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,6 +12,7 @@
 #include <keel/error.h>
 
 #include "util/log.h"
+#include "util/lru.h"
 #include "util/text.h"
 
 #define TAG "usersync"
@@ -38,9 +38,7 @@ enum field { F_USER_ID, F_SUPABASE_ID, F_EMAIL, F_FULL_NAME, F_ROLE, F_STATUS, F
  * Supabase is synced again instead of being served the old one for a TTL.
  */
 struct entry {
-    struct entry *chain;         /* next in the bucket */
-    struct entry *newer, *older; /* LRU list, newest first */
-    uint64_t hash;
+    struct keel__lru_node node; /* first: the LRU hands back nodes */
     int64_t inserted, expires;
     size_t off[F_COUNT]; /* offsets into blob, NO_FIELD for NULL */
     size_t principal_len;
@@ -49,21 +47,16 @@ struct entry {
 };
 
 /*
- * A shard is aligned to its own cache line(s) so that threads working on
- * different shards do not false-share the mutex or the counters.  The
- * counters are per shard for the same reason: a global hit counter would be
- * one contended line that every request writes.
+ * What each shard of the cache keeps besides its entries, aligned to its own
+ * cache line(s) so that threads working on different shards do not
+ * false-share the counters: a global hit counter would be one contended
+ * line that every request writes.
  */
 struct shard {
-    _Alignas(64) pthread_mutex_t mu;
-    struct entry **buckets;
-    size_t bucket_mask;
-    struct entry *newest, *oldest;
-    size_t count, cap;
-    /* Bumped by every eviction request: a sync that started before an evict
-     * must not put back what the evict meant to drop (the admin's change
-     * may have committed after the sync read the row). */
-    uint64_t generation;
+    /* Bumped by every eviction request, under the shard's lock: a sync that
+     * started before an evict must not put back what the evict meant to drop
+     * (the admin's change may have committed after the sync read the row). */
+    _Alignas(64) uint64_t generation;
     atomic_uint_fast64_t hits, misses, evictions, sync_failures, entries;
 };
 
@@ -72,8 +65,8 @@ struct keel__usersync {
     int ttl_s;
     long initial_credits;
     bool caching;
-    unsigned nshards;
-    struct shard *shards;
+    struct keel__lru cache; /* entries keyed by Supabase id */
+    struct shard *shards;   /* one per cache shard */
 };
 
 /*
@@ -89,11 +82,16 @@ struct keel__usersync {
  *  - created: otherwise a new row.  ON CONFLICT on supabase_user_id makes
  *             concurrent first requests for one user end with one row.
  *  - wallet:  created with the initial credits if missing; a grant is
- *             recorded only when this statement created it.
+ *             recorded only when this statement created it.  The NOT EXISTS
+ *             keeps the insert from touching a wallet that exists: ON
+ *             CONFLICT alone would wait for an unlock that holds the wallet
+ *             (another worker or keeld), while this statement holds the
+ *             user row that unlock's foreign-key checks need: a deadlock.
  * A unique violation on email (two users racing to one address) fails the
  * statement; the caller runs it once more, when the winner is visible.
  * $1 sub, $2 token email ('' when absent: no link, no insert, no email
- * change), $3 full name from user_metadata or NULL, $4 initial credits.
+ * change), $3 full name from user_metadata or NULL, $4 initial credits,
+ * $5 the role of a new row, from keel__role_from_metadata().
  */
 static const char sync_sql[] =
     "WITH known AS ("
@@ -121,7 +119,7 @@ static const char sync_sql[] =
     "), created AS ("
     " INSERT INTO users AS u (supabase_user_id, email, full_name, role, status,"
     "                         subscription_tier, last_login, last_activity)"
-    " SELECT $1::uuid, $2::text, $3::text, 'user', 'active', 'free', now(), now()"
+    " SELECT $1::uuid, $2::text, $3::text, $5::text, 'active', 'free', now(), now()"
     "  WHERE $2::text <> '' AND NOT EXISTS (SELECT 1 FROM known)"
     "    AND NOT EXISTS (SELECT 1 FROM linked)"
     " ON CONFLICT (supabase_user_id) DO UPDATE"
@@ -131,7 +129,8 @@ static const char sync_sql[] =
     " SELECT * FROM known UNION ALL SELECT * FROM linked UNION ALL SELECT * FROM created"
     "), wallet AS ("
     " INSERT INTO credit_wallets (user_id, balance)"
-    " SELECT id, $4::bigint FROM synced"
+    " SELECT id, $4::bigint FROM synced s"
+    "  WHERE NOT EXISTS (SELECT 1 FROM credit_wallets w WHERE w.user_id = s.id)"
     " ON CONFLICT (user_id) DO NOTHING"
     " RETURNING user_id, balance"
     "), granted AS ("
@@ -141,21 +140,38 @@ static const char sync_sql[] =
     ")"
     " SELECT id, email, full_name, role, status, subscription_tier FROM synced";
 
-/* FNV-1a.  The key is the sub of a token that already passed signature
- * verification, so nobody can choose keys to flood one bucket. */
-static uint64_t hash_key(const char *s)
+const char *keel__role_from_metadata(const json_t *user_metadata)
 {
-    uint64_t h = 14695981039346656037u;
-    for (; *s != '\0'; s++) {
-        h ^= (unsigned char)*s;
-        h *= 1099511628211u;
-    }
-    return h;
+    const char *r = json_string_value(json_object_get(user_metadata, "role"));
+
+    if (r == NULL)
+        return "free";
+    if (strcmp(r, "premium") == 0 || strcmp(r, "standard") == 0)
+        return r;
+    if (strcmp(r, "super_admin") == 0 || strcmp(r, "superadmin") == 0)
+        return "super_admin";
+    return "free";
 }
 
-static struct shard *shard_of(keel__usersync *us, uint64_t hash)
+const char *keel__role_public(const char *stored)
 {
-    return &us->shards[(hash >> 32) & (us->nshards - 1)];
+    static const char *const known[] = {"free",       "standard", "premium",
+                                        "enterprise", "admin",    "super_admin"};
+
+    for (size_t i = 0; stored != NULL && i < sizeof known / sizeof known[0]; i++)
+        if (strcmp(stored, known[i]) == 0)
+            return known[i];
+    if (stored != NULL && strcmp(stored, "superadmin") == 0)
+        return "super_admin";
+    /* Rows from before the mapping say "user": a plain, free account. */
+    return "free";
+}
+
+/* Keys are the sub of a token that already passed signature verification,
+ * so nobody can choose keys to flood one bucket. */
+static uint64_t hash_key(const char *sub)
+{
+    return keel__lru_hash(sub, strlen(sub));
 }
 
 static size_t fields_size(const char *const v[F_COUNT])
@@ -246,8 +262,8 @@ static struct entry *entry_new(const char *const v[F_COUNT], const char *token_e
     struct entry *e = malloc(sizeof *e + plen + elen);
     if (e == NULL)
         return NULL;
-    e->chain = e->newer = e->older = NULL;
-    e->hash = hash;
+    memset(&e->node, 0, sizeof e->node);
+    e->node.hash = hash;
     e->inserted = now;
     e->expires = now + ttl_s;
     fields_pack(v, e->blob, e->off);
@@ -262,74 +278,38 @@ static const char *entry_sub(const struct entry *e)
     return e->blob + e->off[F_SUPABASE_ID];
 }
 
-/* The entry for sub, or NULL.  Caller holds the shard lock. */
-static struct entry *shard_find(struct shard *sh, uint64_t hash, const char *sub)
+static bool entry_is(const struct keel__lru_node *n, const void *sub)
 {
-    for (struct entry *e = sh->buckets[hash & sh->bucket_mask]; e != NULL; e = e->chain)
-        if (e->hash == hash && strcmp(entry_sub(e), sub) == 0)
-            return e;
-    return NULL;
+    return strcmp(entry_sub((const struct entry *)n), sub) == 0;
 }
 
-static void lru_unlink(struct shard *sh, struct entry *e)
+static void entry_free(struct keel__lru_node *n)
 {
-    if (e->newer != NULL)
-        e->newer->older = e->older;
-    else
-        sh->newest = e->older;
-    if (e->older != NULL)
-        e->older->newer = e->newer;
-    else
-        sh->oldest = e->newer;
-    e->newer = e->older = NULL;
+    free(n);
 }
 
-static void lru_push(struct shard *sh, struct entry *e)
+/* The shard's own state and its part of the cache. */
+struct place {
+    struct keel__lru_shard *lru;
+    struct shard *sh;
+};
+
+static struct place place_of(keel__usersync *us, uint64_t hash)
 {
-    e->older = sh->newest;
-    e->newer = NULL;
-    if (sh->newest != NULL)
-        sh->newest->newer = e;
-    else
-        sh->oldest = e;
-    sh->newest = e;
+    return (struct place){keel__lru_shard(&us->cache, hash),
+                          &us->shards[keel__lru_shard_index(&us->cache, hash)]};
 }
 
-/* Removes e from its bucket and the LRU list.  Caller holds the lock and
- * frees e after releasing it. */
-static void shard_remove(struct shard *sh, struct entry *e)
+/* Removes e from the cache; the caller holds the lock and frees e after. */
+static void place_remove(struct place pl, struct entry *e)
 {
-    struct entry **pp = &sh->buckets[e->hash & sh->bucket_mask];
-    while (*pp != e)
-        pp = &(*pp)->chain;
-    *pp = e->chain;
-    e->chain = NULL;
-    lru_unlink(sh, e);
-    sh->count--;
-    atomic_store_explicit(&sh->entries, sh->count, memory_order_relaxed);
-}
-
-static void shard_insert(struct shard *sh, struct entry *e)
-{
-    struct entry **head = &sh->buckets[e->hash & sh->bucket_mask];
-    e->chain = *head;
-    *head = e;
-    lru_push(sh, e);
-    sh->count++;
-    atomic_store_explicit(&sh->entries, sh->count, memory_order_relaxed);
+    keel__lru_remove(pl.lru, &e->node);
+    atomic_store_explicit(&pl.sh->entries, pl.lru->count, memory_order_relaxed);
 }
 
 static void counter_add(atomic_uint_fast64_t *c)
 {
     atomic_fetch_add_explicit(c, 1, memory_order_relaxed);
-}
-
-static unsigned shard_count(int max_entries)
-{
-    unsigned n = 1;
-    while (n < MAX_SHARDS && max_entries / (int)(n * 2) >= MIN_PER_SHARD)
-        n *= 2;
-    return n;
 }
 
 int keel__usersync_new(const struct keel__usersync_conf *conf, keel__db *db, keel__usersync **out)
@@ -345,45 +325,26 @@ int keel__usersync_new(const struct keel__usersync_conf *conf, keel__db *db, kee
     us->ttl_s = conf->ttl_s;
     us->initial_credits = conf->initial_credits;
     us->caching = conf->ttl_s > 0 && conf->max_entries > 0;
-    us->nshards = shard_count(conf->max_entries);
-    us->shards = aligned_alloc(_Alignof(struct shard), us->nshards * sizeof *us->shards);
-    if (us->shards == NULL) {
+    if (keel__lru_init(&us->cache, (size_t)conf->max_entries, MIN_PER_SHARD, MAX_SHARDS,
+                       entry_is) != 0) {
         free(us);
         return KEEL_ENOMEM;
     }
-    memset(us->shards, 0, us->nshards * sizeof *us->shards);
-    unsigned ready = 0;
-    int rc = 0;
-    for (; ready < us->nshards; ready++) {
-        struct shard *sh = &us->shards[ready];
-        /* The remainder goes to the first shards so the capacities add up
-         * to exactly max_entries. */
-        sh->cap = (size_t)conf->max_entries / us->nshards +
-                  (ready < (size_t)conf->max_entries % us->nshards ? 1 : 0);
-        size_t nb = 8;
-        while (nb < sh->cap)
-            nb *= 2;
-        sh->buckets = calloc(nb, sizeof *sh->buckets);
-        if (sh->buckets == NULL) {
-            rc = KEEL_ENOMEM;
-            break;
-        }
-        sh->bucket_mask = nb - 1;
-        if (pthread_mutex_init(&sh->mu, NULL) != 0) {
-            free(sh->buckets);
-            rc = KEEL_ENOMEM;
-            break;
-        }
+    unsigned n = us->cache.nshards;
+    us->shards = aligned_alloc(_Alignof(struct shard), n * sizeof *us->shards);
+    if (us->shards == NULL) {
+        keel__lru_destroy(&us->cache, NULL);
+        free(us);
+        return KEEL_ENOMEM;
+    }
+    memset(us->shards, 0, n * sizeof *us->shards);
+    for (unsigned i = 0; i < n; i++) {
+        struct shard *sh = &us->shards[i];
         atomic_init(&sh->hits, 0);
         atomic_init(&sh->misses, 0);
         atomic_init(&sh->evictions, 0);
         atomic_init(&sh->sync_failures, 0);
         atomic_init(&sh->entries, 0);
-    }
-    if (rc != 0) {
-        us->nshards = ready;
-        keel__usersync_free(us);
-        return rc;
     }
     *out = us;
     return 0;
@@ -393,17 +354,7 @@ void keel__usersync_free(keel__usersync *us)
 {
     if (us == NULL)
         return;
-    for (unsigned i = 0; i < us->nshards; i++) {
-        struct shard *sh = &us->shards[i];
-        struct entry *e = sh->newest;
-        while (e != NULL) {
-            struct entry *next = e->older;
-            free(e);
-            e = next;
-        }
-        free(sh->buckets);
-        pthread_mutex_destroy(&sh->mu);
-    }
+    keel__lru_destroy(&us->cache, entry_free);
     free(us->shards);
     free(us);
 }
@@ -435,19 +386,19 @@ static void remember(struct last_known *lk, const struct entry *e)
  * synced with another email) is kept, its role, status and tier copied to
  * *lk: they are the user's last known state should the sync fail.
  */
-static bool cache_lookup(struct shard *sh, uint64_t hash, const struct keel__claims *c, int64_t now,
+static bool cache_lookup(keel__usersync *us, struct place pl, uint64_t hash,
+                         const struct keel__claims *c, int64_t now,
                          void *(*alloc)(void *ctx, size_t size), void *ctx,
                          struct keel__principal *p, int *rc, uint64_t *gen, struct last_known *lk)
 {
     bool hit = false;
 
-    pthread_mutex_lock(&sh->mu);
-    struct entry *e = shard_find(sh, hash, c->sub);
+    keel__lru_lock(pl.lru);
+    struct entry *e = (struct entry *)keel__lru_find(&us->cache, pl.lru, hash, c->sub);
     if (e != NULL && now >= e->inserted && now < e->expires &&
         strcmp(e->blob + e->token_email_off, claims_email(c)) == 0) {
         hit = true;
-        lru_unlink(sh, e);
-        lru_push(sh, e);
+        keel__lru_touch(pl.lru, &e->node);
         /* alloc is the request's arena: cheap and never re-entrant here, so
          * calling it under the lock costs less than a second copy. */
         char *block = alloc(ctx, e->principal_len);
@@ -464,33 +415,31 @@ static bool cache_lookup(struct shard *sh, uint64_t hash, const struct keel__cla
          * synced with another email.  A successful sync replaces it. */
         remember(lk, e);
     }
-    *gen = sh->generation;
-    pthread_mutex_unlock(&sh->mu);
+    *gen = pl.sh->generation;
+    keel__lru_unlock(pl.lru);
     return hit;
 }
 
 /* Caches e (taking it), replacing an older entry for the same user and
  * evicting the least recently used one when the shard is full.  Does nothing
  * if an evict ran since the lookup that led to this sync. */
-static void cache_put(struct shard *sh, struct entry *e, uint64_t gen)
+static void cache_put(keel__usersync *us, struct place pl, struct entry *e, uint64_t gen)
 {
     struct entry *drop[2] = {NULL, NULL};
 
-    pthread_mutex_lock(&sh->mu);
-    if (sh->generation != gen) {
+    keel__lru_lock(pl.lru);
+    if (pl.sh->generation != gen) {
         drop[0] = e;
     } else {
-        drop[0] = shard_find(sh, e->hash, entry_sub(e));
+        drop[0] = (struct entry *)keel__lru_find(&us->cache, pl.lru, e->node.hash, entry_sub(e));
         if (drop[0] != NULL)
-            shard_remove(sh, drop[0]);
-        shard_insert(sh, e);
-        if (sh->count > sh->cap) {
-            drop[1] = sh->oldest;
-            shard_remove(sh, drop[1]);
-            counter_add(&sh->evictions);
-        }
+            keel__lru_remove(pl.lru, &drop[0]->node);
+        drop[1] = (struct entry *)keel__lru_insert(pl.lru, &e->node);
+        if (drop[1] != NULL)
+            counter_add(&pl.sh->evictions);
+        atomic_store_explicit(&pl.sh->entries, pl.lru->count, memory_order_relaxed);
     }
-    pthread_mutex_unlock(&sh->mu);
+    keel__lru_unlock(pl.lru);
     free(drop[0]);
     free(drop[1]);
 }
@@ -513,12 +462,13 @@ static int sync_user(keel__usersync *us, const struct keel__claims *c, const cha
         return KEEL_EDB_UNAVAILABLE;
     }
     snprintf(credits, sizeof credits, "%ld", us->initial_credits);
-    const char *const params[4] = {c->sub, claims_email(c), full_name, credits};
+    const char *const params[5] = {c->sub, claims_email(c), full_name, credits,
+                                   keel__role_from_metadata(c->user_metadata)};
 
     rc = keel__db_acquire(us->db, &conn, err, errlen);
     if (rc != 0)
         return rc;
-    rc = keel__db_exec(us->db, conn, sync_sql, 4, params, &res, err, errlen);
+    rc = keel__db_exec(us->db, conn, sync_sql, 5, params, &res, err, errlen);
     /* A conflict is a lost race: on a unique email (the winner is committed
      * now, so the next run takes the path that does not collide), or a
      * deadlock or serialization failure against another process syncing the
@@ -531,7 +481,7 @@ static int sync_user(keel__usersync *us, const struct keel__claims *c, const cha
                   claims_who(c), attempt, err);
         struct timespec pause = {0, (long)(1 + (unsigned)rand() % 10) * 1000000L * attempt};
         nanosleep(&pause, NULL);
-        rc = keel__db_exec(us->db, conn, sync_sql, 4, params, &res, err, errlen);
+        rc = keel__db_exec(us->db, conn, sync_sql, 5, params, &res, err, errlen);
     }
     keel__db_release(us->db, conn);
     if (rc != 0)
@@ -554,12 +504,13 @@ int keel__usersync_resolve(keel__usersync *us, const struct keel__claims *claims
                            struct keel__principal *p)
 {
     uint64_t hash = hash_key(claims->sub);
-    struct shard *sh = shard_of(us, hash);
+    struct place pl = place_of(us, hash);
+    struct shard *sh = pl.sh;
     uint64_t gen = 0;
     int rc = 0;
     struct last_known lk = {.have = false};
 
-    if (us->caching && cache_lookup(sh, hash, claims, now, alloc, ctx, p, &rc, &gen, &lk)) {
+    if (us->caching && cache_lookup(us, pl, hash, claims, now, alloc, ctx, p, &rc, &gen, &lk)) {
         counter_add(&sh->hits);
         keel__log(KEEL_LOG_DEBUG, TAG, "SYNC-CACHE: Cache HIT for %s", claims_who(claims));
         return rc;
@@ -586,7 +537,7 @@ int keel__usersync_resolve(keel__usersync *us, const struct keel__claims *claims
             /* Without memory for an entry the request still has its
              * principal; the next one simply syncs again. */
             if (e != NULL)
-                cache_put(sh, e, gen);
+                cache_put(us, pl, e, gen);
         }
         PQclear(res);
         return rc;
@@ -614,7 +565,7 @@ int keel__usersync_resolve(keel__usersync *us, const struct keel__claims *claims
     v[F_SUPABASE_ID] = claims->sub;
     v[F_EMAIL] = claims_email(claims);
     v[F_FULL_NAME] = full_name;
-    v[F_ROLE] = lk.have ? lk.role : "user";
+    v[F_ROLE] = lk.have ? lk.role : keel__role_from_metadata(claims->user_metadata);
     v[F_STATUS] = lk.have ? lk.status : "active";
     v[F_TIER] = lk.have ? lk.tier : "free";
     return principal_fill(p, v, false, alloc, ctx);
@@ -644,45 +595,46 @@ static int evict_sub(keel__usersync *us, const char *key)
     for (size_t i = 0; i < sizeof sub; i++)
         sub[i] = (key[i] >= 'A' && key[i] <= 'Z') ? (char)(key[i] - 'A' + 'a') : key[i];
     uint64_t hash = hash_key(sub);
-    struct shard *sh = shard_of(us, hash);
+    struct place pl = place_of(us, hash);
 
-    pthread_mutex_lock(&sh->mu);
-    struct entry *e = shard_find(sh, hash, sub);
+    keel__lru_lock(pl.lru);
+    struct entry *e = (struct entry *)keel__lru_find(&us->cache, pl.lru, hash, sub);
     if (e != NULL)
-        shard_remove(sh, e);
-    sh->generation++;
-    pthread_mutex_unlock(&sh->mu);
+        place_remove(pl, e);
+    pl.sh->generation++;
+    keel__lru_unlock(pl.lru);
     free(e);
     return e != NULL ? 1 : 0;
 }
 
-/* An email is not the key, so every shard is searched; this is an admin
- * operation, not a request path. */
-/* Drops the entries for email, or every entry when email is NULL. */
+/* Drops the entries for email, or every entry when email is NULL.  An email
+ * is not the key, so every shard is searched; this is an admin operation,
+ * not a request path. */
 static int evict_email(keel__usersync *us, const char *email)
 {
     int dropped = 0;
-    for (unsigned i = 0; i < us->nshards; i++) {
-        struct shard *sh = &us->shards[i];
-        struct entry *doomed = NULL;
+    for (unsigned i = 0; i < us->cache.nshards; i++) {
+        struct place pl = {&us->cache.shards[i], &us->shards[i]};
+        struct keel__lru_node *doomed = NULL;
 
-        pthread_mutex_lock(&sh->mu);
-        struct entry *e = sh->newest;
-        while (e != NULL) {
-            struct entry *next = e->older;
+        keel__lru_lock(pl.lru);
+        struct keel__lru_node *n = pl.lru->newest;
+        while (n != NULL) {
+            struct keel__lru_node *next = n->older;
+            struct entry *e = (struct entry *)n;
             if (email == NULL || strcasecmp(e->blob + e->off[F_EMAIL], email) == 0 ||
                 strcasecmp(e->blob + e->token_email_off, email) == 0) {
-                shard_remove(sh, e);
-                e->chain = doomed;
-                doomed = e;
+                place_remove(pl, e);
+                n->chain = doomed;
+                doomed = n;
                 dropped++;
             }
-            e = next;
+            n = next;
         }
-        sh->generation++;
-        pthread_mutex_unlock(&sh->mu);
+        pl.sh->generation++;
+        keel__lru_unlock(pl.lru);
         while (doomed != NULL) {
-            struct entry *next = doomed->chain;
+            struct keel__lru_node *next = doomed->chain;
             free(doomed);
             doomed = next;
         }
@@ -709,7 +661,7 @@ void keel__usersync_stats(const keel__usersync *us, struct keel__usersync_stats 
     memset(out, 0, sizeof *out);
     if (us == NULL)
         return;
-    for (unsigned i = 0; i < us->nshards; i++) {
+    for (unsigned i = 0; i < us->cache.nshards; i++) {
         struct shard *sh = &us->shards[i];
         out->hits += atomic_load_explicit(&sh->hits, memory_order_relaxed);
         out->misses += atomic_load_explicit(&sh->misses, memory_order_relaxed);

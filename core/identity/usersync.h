@@ -1,15 +1,18 @@
 /*
- * User sync (CONTRACT section 3): turns verified token claims into the
+ * User sync (docs/architecture.md, Authentication): turns verified token claims into the
  * request's principal, upserting the user into `users` at most once per TTL.
  *
- * The cache is per process, keyed by Supabase id, split into shards that each
- * have their own mutex, so threads working for different users rarely touch
- * the same lock and no global lock sits on the hot path.  Each shard holds at
+ * The cache is per process, keyed by Supabase id, kept in the core's sharded
+ * LRU table (util/lru.h): shards with a mutex each, so threads working for
+ * different users rarely touch the same lock and no global lock sits on the
+ * hot path.  Each shard holds at
  * most max_entries / nshards entries and evicts the least recently used one.
  * Every lookup is counted as a hit or a miss and logged as
  * "SYNC-CACHE: Cache HIT for <email>" (debug) or "... MISS ..." (info).  A hit
  * does no database work.  When the sync fails (database down) the principal
- * is built from the claims, nothing is cached, and the next request retries.
+ * is built from the claims, with the last known role and status of a user
+ * the cache has seen (docs/reliability.md); nothing new is cached, and the
+ * next request retries.
  */
 #ifndef KEEL_CORE_IDENTITY_USERSYNC_H
 #define KEEL_CORE_IDENTITY_USERSYNC_H
@@ -76,5 +79,20 @@ struct keel__usersync_stats {
     uint64_t entries;
 };
 void keel__usersync_stats(const keel__usersync *us, struct keel__usersync_stats *out);
+
+/*
+ * The role a new user gets from the token's user_metadata.role, as the
+ * replaced system mapped it: free, premium and standard keep their name,
+ * super_admin and superadmin become super_admin, anything else (or none)
+ * is free.  Returns a static string.
+ */
+const char *keel__role_from_metadata(const json_t *user_metadata);
+/*
+ * The role /auth/me shows for a stored role: one the frontend knows (free,
+ * standard, premium, enterprise, admin, super_admin); "superadmin" reads as
+ * super_admin and anything else, such as the old default "user", as free.
+ * Returns a static string.
+ */
+const char *keel__role_public(const char *stored);
 
 #endif

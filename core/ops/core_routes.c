@@ -12,7 +12,9 @@
 #include "identity/notify.h"
 #include "util/log.h"
 #include "ops/metrics.h"
+#include "ops/openapi.h"
 #include "http/server.h"
+#include "plugin/hostapi.h"
 #include "plugin/registry.h"
 #include "plugin/snapshot.h"
 #include "process/worker.h"
@@ -43,20 +45,21 @@ static int route_health(keel_request *req)
     return keel__respond(req, 200, body, strlen(body));
 }
 
-/* The user's wallet balance (0 without a wallet). */
-static int read_balance(keel_request *req, const char *user_id, json_int_t *balance)
+/* The user's wallet balance (0 without a wallet) and the account's creation
+ * time (ISO 8601 UTC into created_at; "" when unknown). */
+static int read_account(keel_request *req, const char *user_id, json_int_t *balance,
+                        char *created_at, size_t size)
 {
-    if (keel__rt.db == NULL) {
-        snprintf(req->db_error, sizeof req->db_error, "no database is configured");
-        return KEEL_EDB_UNAVAILABLE;
-    }
     keel__db_conn *conn;
-    int rc = keel__db_acquire(keel__rt.db, &conn, req->db_error, sizeof req->db_error);
+    int rc = keel__req_db_acquire(req, &conn);
     if (rc != 0)
         return rc;
     const char *params[] = {user_id};
     PGresult *res;
-    rc = keel__db_exec(keel__rt.db, conn, "SELECT balance FROM credit_wallets WHERE user_id = $1",
+    rc = keel__db_exec(keel__rt.db, conn,
+                       "SELECT (SELECT balance FROM credit_wallets WHERE user_id = $1::uuid),"
+                       " (SELECT to_char(created_at AT TIME ZONE 'UTC',"
+                       "  'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') FROM users WHERE id = $1::uuid)",
                        1, params, &res, req->db_error, sizeof req->db_error);
     keel__db_release(keel__rt.db, conn);
     if (rc != 0)
@@ -64,20 +67,25 @@ static int read_balance(keel_request *req, const char *user_id, json_int_t *bala
     *balance = PQntuples(res) > 0 && !PQgetisnull(res, 0, 0)
                    ? (json_int_t)strtoll(PQgetvalue(res, 0, 0), NULL, 10)
                    : 0;
+    snprintf(created_at, size, "%s",
+             PQntuples(res) > 0 && !PQgetisnull(res, 0, 1) ? PQgetvalue(res, 0, 1) : "");
     PQclear(res);
     return 0;
 }
 
-/* GET /api/v1/auth/me: the principal plus the wallet balance.  Served by the
- * core because it needs nothing but the principal and one indexed read; a
- * failed read degrades the balance to 0 with X-Keel-Degraded. */
+/* GET /api/v1/auth/me: the principal plus the wallet balance and the
+ * account's creation time.  Served by the core because it needs nothing but
+ * the principal and one indexed read; a failed read degrades the balance to
+ * 0 (created_at null) with X-Keel-Degraded.  The role is one the frontend
+ * knows (keel__role_public). */
 static int route_me(keel_request *req)
 {
     const struct keel__principal *p = &req->principal;
     json_int_t balance = 0;
+    char created_at[40] = "";
     bool degraded = true;
     if (p->user_id != NULL) {
-        if (read_balance(req, p->user_id, &balance) == 0) {
+        if (read_account(req, p->user_id, &balance, created_at, sizeof created_at) == 0) {
             degraded = false;
         } else {
             keel__log(KEEL_LOG_WARN, "core", "req=%llu auth/me: balance unavailable: %s",
@@ -86,12 +94,13 @@ static int route_me(keel_request *req)
     }
     if (degraded)
         keel__req_add_header(req, "X-Keel-Degraded", "database");
-    return keel__respond_json(req, 200,
-                              json_pack("{s:s?, s:s?, s:s?, s:s?, s:s?, s:s?, s:{s:I}}", "id",
-                                        p->user_id ? p->user_id : p->supabase_id, "email", p->email,
-                                        "full_name", p->full_name, "role", p->role, "status",
-                                        p->status, "subscription_tier", p->tier, "credits",
-                                        "balance", balance));
+    return keel__respond_json(
+        req, 200,
+        json_pack("{s:s?, s:s?, s:s?, s:s?, s:s?, s:s?, s:s?, s:{s:I}}", "id",
+                  p->user_id ? p->user_id : p->supabase_id, "email", p->email, "full_name",
+                  p->full_name, "role", keel__role_public(p->role), "status", p->status,
+                  "subscription_tier", p->tier, "created_at",
+                  created_at[0] != '\0' ? created_at : NULL, "credits", "balance", balance));
 }
 
 /*
@@ -299,6 +308,9 @@ static int route_evict(keel_request *req)
 const struct keel__core_route keel__core_routes[] = {
     {KEEL__LISTENER_MAIN, "GET", "/health", KEEL__AUTH_PUBLIC, route_health},
     {KEEL__LISTENER_MAIN, "GET", "/api/v1/auth/me", KEEL__AUTH_USER, route_me},
+    {KEEL__LISTENER_MAIN, "GET", "/openapi.json", KEEL__AUTH_PUBLIC, keel__route_openapi},
+    {KEEL__LISTENER_MAIN, "GET", "/docs", KEEL__AUTH_PUBLIC, keel__route_docs},
+    {KEEL__LISTENER_MAIN, "GET", "/docs/{file}", KEEL__AUTH_PUBLIC, keel__route_docs_file},
     {KEEL__LISTENER_ADMIN, "GET", "/health", KEEL__AUTH_ADMIN, route_health},
     {KEEL__LISTENER_ADMIN, "GET", "/admin/plugins", KEEL__AUTH_ADMIN, route_plugins},
     {KEEL__LISTENER_ADMIN, "POST", "/admin/reload", KEEL__AUTH_ADMIN, route_reload},

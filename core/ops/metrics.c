@@ -22,6 +22,7 @@
 #include "plugin/registry.h"
 #include "util/counters.h"
 #include "identity/usersync.h"
+#include "ops/plugin_metrics.h"
 
 /* A growing text buffer for the exposition. */
 struct text {
@@ -297,6 +298,12 @@ char *keel__metrics_render(void)
     render_plugins(&t);
     render_db(&t);
     render_usersync(&t);
+    char *plugin_families = keel__plugin_metrics_render();
+    if (plugin_families == NULL)
+        t.failed = true;
+    else
+        emit(&t, "%s", plugin_families);
+    free(plugin_families);
     if (t.failed) {
         free(t.buf);
         return NULL;

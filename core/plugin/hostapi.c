@@ -11,6 +11,9 @@
 
 #include "util/log.h"
 #include "http/body.h"
+#include "net/upstream.h"
+#include "ops/plugin_metrics.h"
+#include "plugin/tasks.h"
 #include "http/routes.h"
 #include "http/server.h"
 
@@ -148,17 +151,22 @@ static void host_db_result_free(keel_db_result *res)
     res->req->spare_results = res;
 }
 
+int keel__req_db_acquire(keel_request *req, keel__db_conn **conn)
+{
+    if (keel__rt.db == NULL) {
+        keel__set_err(req->db_error, sizeof req->db_error, "no database is configured");
+        return KEEL_EDB_UNAVAILABLE;
+    }
+    return keel__db_acquire(keel__rt.db, conn, req->db_error, sizeof req->db_error);
+}
+
 static int host_db_query(keel_request *req, const char *sql, int nparams, const char *const *params,
                          keel_db_result **out)
 {
     if (out != NULL)
         *out = NULL;
-    if (keel__rt.db == NULL) {
-        snprintf(req->db_error, sizeof req->db_error, "no database is configured");
-        return KEEL_EDB_UNAVAILABLE;
-    }
     keel__db_conn *conn;
-    int rc = keel__db_acquire(keel__rt.db, &conn, req->db_error, sizeof req->db_error);
+    int rc = keel__req_db_acquire(req, &conn);
     if (rc != 0)
         return rc;
     rc = run_on(req, conn, sql, nparams, params, out);
@@ -181,14 +189,10 @@ static int host_db_tx_query(keel_db_tx *tx, const char *sql, int nparams, const 
 
 static int host_db_transaction(keel_request *req, keel_db_tx_fn fn, void *arg)
 {
-    if (keel__rt.db == NULL) {
-        snprintf(req->db_error, sizeof req->db_error, "no database is configured");
-        return KEEL_EDB_UNAVAILABLE;
-    }
     int rc = 0;
     for (int attempt = 0; attempt < TX_ATTEMPTS; attempt++) {
         keel__db_conn *conn;
-        rc = keel__db_acquire(keel__rt.db, &conn, req->db_error, sizeof req->db_error);
+        rc = keel__req_db_acquire(req, &conn);
         if (rc != 0)
             return rc;
         struct keel_db_tx tx = {.req = req, .conn = conn};
@@ -269,6 +273,17 @@ static const keel_host host_api = {
     .db_result_free = host_db_result_free,
     .req_query_arg = keel__req_query_arg,
     .req_body_line = keel__body_line,
+    .task_add = keel__host_task_add,
+    .task_notify = keel__host_task_notify,
+    .task_stopping = keel__host_task_stopping,
+    .task_sleep = keel__host_task_sleep,
+    .upstream_add = keel__host_upstream_add,
+    .upstream_request = keel__host_upstream_request,
+    .upstream_last_error = keel__host_upstream_last_error,
+    .upstream_open = keel__host_upstream_open,
+    .metric_add = keel__host_metric_add,
+    .metric_observe = keel__host_metric_observe,
+    .plugin_note = keel__host_plugin_note,
 };
 
 const keel_host *keel__host_api(void)

@@ -19,6 +19,8 @@
 
 #include "util/scoreboard.h"
 #include "util/log.h"
+#include "plugin/tasks.h"
+#include "data/migrate.h"
 
 /* Loads are serialised: libltdl keeps global state, and so does the message
  * our loader vtable leaves for the caller. */
@@ -183,8 +185,15 @@ int keel__loader_init(void)
     return 0;
 }
 
+/* Where plugins' own migrations are checked; NULL (keel-plugin-check, no
+ * database) skips the check. */
+static char *schema_conninfo, *schema_dir;
+
 void keel__loader_shutdown(void)
 {
+    free(schema_conninfo);
+    free(schema_dir);
+    schema_conninfo = schema_dir = NULL;
     if (copy_dir[0] != '\0' && rmdir(copy_dir) != 0 && errno != ENOENT)
         log_warn("cannot remove %s: %s", copy_dir, strerror(errno));
     copy_dir[0] = '\0';
@@ -220,8 +229,9 @@ static const struct {
     const char *name;
     unsigned minor;
 } host_capabilities[] = {
-    {"log", 0}, {"request", 0},        {"response", 0},  {"json_body", 0},  {"user", 0},
-    {"db", 0},  {"db_result_free", 1}, {"query_arg", 1}, {"body_lines", 2},
+    {"log", 0},        {"request", 0}, {"response", 0},       {"json_body", 0},
+    {"user", 0},       {"db", 0},      {"db_result_free", 1}, {"query_arg", 1},
+    {"body_lines", 2}, {"tasks", 3},   {"upstream", 3},       {"metrics", 3},
 };
 
 int keel__abi_check(const keel_plugin *d, const char *expected_name, char *err, size_t errlen)
@@ -373,12 +383,14 @@ static void fail(struct keel__load_error *err, int stage, int reason, const char
     err->reason = reason;
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(err->message, sizeof err->message, fmt, ap);
+    keel__vset_err(err->message, sizeof err->message, fmt, ap);
     va_end(ap);
 }
 
 static void generation_destroy(struct keel__generation *g)
 {
+    keel__gen_free(g->res);
+    g->res = NULL;
     if (g->handle != NULL) {
         pthread_mutex_lock(&load_lock);
         lt_dlclose(g->handle);
@@ -390,6 +402,47 @@ static void generation_destroy(struct keel__generation *g)
     free(g->file);
     free(g->copy_path);
     free(g);
+}
+
+int keel__loader_set_schema(const char *conninfo, const char *migrations_dir)
+{
+    free(schema_conninfo);
+    free(schema_dir);
+    schema_conninfo = conninfo != NULL && *conninfo != '\0' ? strdup(conninfo) : NULL;
+    schema_dir = migrations_dir != NULL ? strdup(migrations_dir) : NULL;
+    return (conninfo != NULL && *conninfo != '\0' && schema_conninfo == NULL) ||
+                   (migrations_dir != NULL && schema_dir == NULL)
+               ? KEEL_ENOMEM
+               : 0;
+}
+
+/* True (with a message) when the plugin's own migrations are not all
+ * applied: its code would meet tables it does not know.  A database that
+ * cannot be reached does not refuse the plugin; it serves degraded answers. */
+static bool schema_behind(const struct keel__manifest *m, char *msg, size_t msglen)
+{
+    if (schema_conninfo == NULL)
+        return false;
+    char *dir = keel__plugin_migrations_dir(m->migrations, schema_dir);
+    if (dir == NULL)
+        return false;
+    int behind = 0;
+    char err[400];
+    int rc = keel__db_plugin_schema_behind(schema_conninfo, m->name, dir, &behind, err, sizeof err);
+    bool refuse = false;
+    if (rc == KEEL_EDB_UNAVAILABLE) {
+        keel__log(KEEL_LOG_WARN, m->name, "cannot check its schema (%s); loading anyway", err);
+    } else if (rc != 0) {
+        snprintf(msg, msglen, "cannot check the plugin's migrations: %s", err);
+        refuse = true;
+    } else if (behind > 0) {
+        snprintf(msg, msglen,
+                 "database schema is %d migration(s) behind %.300s: run `keeld --migrate` first",
+                 behind, dir);
+        refuse = true;
+    }
+    free(dir);
+    return refuse;
 }
 
 /* One init call, shared by the loading thread and the thread running init:
@@ -407,6 +460,9 @@ struct init_call {
     json_t *config;
     char *name;
     uint64_t number;
+    /* What init registered (tasks, upstreams); taken by run_init, or freed
+     * here when init was abandoned (its tasks never started). */
+    struct keel__gen_res *res;
 };
 
 static void init_call_unref(struct init_call *c)
@@ -417,6 +473,7 @@ static void init_call_unref(struct init_call *c)
     if (left > 0)
         return;
     json_decref(c->config);
+    keel__gen_free(c->res);
     free(c->name);
     pthread_cond_destroy(&c->cond);
     pthread_mutex_destroy(&c->lock);
@@ -428,11 +485,16 @@ static void *init_thread(void *arg)
     struct init_call *c = arg;
     void *state = NULL;
     keel__plugin_call_enter(c->name, c->number, KEEL__CALL_INIT, "init", NULL, 0);
+    /* Registrations (task_add, upstream_add, ...) are collected per thread:
+     * this one, for the duration of init. */
+    keel__gen_init_begin(c->name, c->number);
     int rc = c->desc->init(c->host, c->config, &state);
+    struct keel__gen_res *res = keel__gen_init_end(rc == 0);
     keel__plugin_call_leave();
     pthread_mutex_lock(&c->lock);
     c->rc = rc;
     c->state = state;
+    c->res = res;
     c->done = true;
     pthread_cond_signal(&c->cond);
     pthread_mutex_unlock(&c->lock);
@@ -487,6 +549,8 @@ static int run_init(struct keel__generation *g, const keel_host *host, json_t *c
     if (c->done) {
         *rc = c->rc;
         g->state = c->state;
+        g->res = c->res;
+        c->res = NULL;
     } else {
         result = KEEL_ETIMEOUT;
     }
@@ -582,6 +646,12 @@ int keel__generation_load(const struct keel__manifest *m, uint64_t number, const
         return KEEL_EROUTES;
     }
 
+    if (m->migrations != NULL && schema_behind(m, msg, sizeof msg)) {
+        generation_destroy(g);
+        fail(err, KEEL__STAGE_INIT, KEEL__REASON_INIT_FAILED, "%s", msg);
+        return KEEL_EINIT;
+    }
+
     if (g->desc->init != NULL) {
         int rc = 0;
         int irc = run_init(g, host, m->config, &rc);
@@ -609,6 +679,8 @@ int keel__generation_load(const struct keel__manifest *m, uint64_t number, const
         }
     }
 
+    if (keel__tasks_autostart)
+        keel__gen_start(g->res);
     g->loaded_at = (int64_t)time(NULL);
     atomic_store(&g->refs, 1);
     atomic_fetch_add(&live_generations, 1);
@@ -629,6 +701,8 @@ void keel__generation_unref(struct keel__generation *g)
         return;
     keel__log(KEEL_LOG_INFO, g->name, "generation %llu retired: finalising and unloading %s",
               (unsigned long long)g->number, g->copy_path);
+    /* No task of this generation may run once its fini starts. */
+    keel__gen_stop(g->res, 10000);
     if (g->desc != NULL && g->desc->fini != NULL) {
         keel__plugin_call_enter(g->name, g->number, KEEL__CALL_FINI, "fini", NULL, 0);
         g->desc->fini(g->state);

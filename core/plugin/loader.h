@@ -66,10 +66,15 @@ struct keel__generation {
     int64_t loaded_at; /* unix seconds */
     atomic_long in_flight;
     atomic_ullong requests;
+    struct keel__gen_res *res; /* tasks and upstreams init declared (plugin/tasks.h) */
 };
 
 /* Sets up libltdl and the private copy directory.  Call once at start-up. */
 int keel__loader_init(void) KEEL_WARN_UNUSED;
+/* Where each plugin's own migrations ("migrations" in its manifest) are
+ * compared with the database before init (copied; conninfo NULL or ""
+ * turns the check off).  0 or KEEL_ENOMEM. */
+int keel__loader_set_schema(const char *conninfo, const char *migrations_dir) KEEL_WARN_UNUSED;
 /* Where keel__loader_init makes its directory of private plugin copies
  * (server.runtime_dir); NULL or "" = $TMPDIR or /tmp.  Copies left there by
  * a keeld that no longer runs are removed by keel__loader_init. */

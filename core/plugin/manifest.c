@@ -1,8 +1,9 @@
 /*
  * Plugin manifests: the "plugin" object of a conf.d file, parsed into a
- * struct keel__manifest (conf.h).  conf.c hands every manifest it reads to
- * keel__manifest_parse() once plugin_dir is final; the loader calls it again
- * on reload with the file's fresh contents.
+ * struct keel__manifest (conf/conf.h).  The conf.d loader (conf/conf.c) hands
+ * every manifest it reads to keel__manifest_parse(), through the ops that
+ * keel__manifest_install() gives it, once plugin_dir is final; a reload reads
+ * conf.d again and so parses the file's fresh contents.
  */
 #include "config.h"
 
@@ -34,13 +35,16 @@ void keel__manifest_clear(struct keel__manifest *m)
     free(m->source);
     free(m->file);
     free(m->file_spec);
+    free(m->migrations);
     json_decref(m->config);
+    json_decref(m->schemas);
     for (size_t i = 0; i < m->nroutes; i++) {
         struct keel__manifest_route *r = &m->routes[i];
         free(r->method);
         free(r->path);
         json_decref(r->fallback);
         json_decref(r->fallback_headers);
+        json_decref(r->doc);
     }
     free(m->routes);
     memset(m, 0, sizeof *m);
@@ -167,12 +171,105 @@ static int parse_fallback(const json_t *fb, const char *source, size_t i,
     return 0;
 }
 
+/* A JSON Schema is an object or a boolean (OpenAPI 3.1 takes JSON Schema
+ * 2020-12 as it is; the document's validators check the rest). */
+static bool is_schema(const json_t *v)
+{
+    return json_is_object(v) || json_is_boolean(v);
+}
+
+/* "100".."599" or "default", the keys of an OpenAPI responses object. */
+static bool valid_status_key(const char *k)
+{
+    if (strcmp(k, "default") == 0)
+        return true;
+    return strlen(k) == 3 && k[0] >= '1' && k[0] <= '5' && k[1] >= '0' && k[1] <= '9' &&
+           k[2] >= '0' && k[2] <= '9';
+}
+
+/*
+ * The optional documentation keys of a route, checked for shape so that a
+ * typo fails at --check instead of producing a document validators refuse.
+ * The accepted value is kept as written in r->doc.
+ */
+static int parse_doc(const json_t *obj, const char *source, size_t i,
+                     struct keel__manifest_route *r, char *err, size_t errlen)
+{
+    static const char *const doc_keys[] = {"summary", "description", "parameters", "request_body",
+                                           "responses"};
+    static const char *const response_keys[] = {"description", "schema", "headers", NULL};
+    const char *key;
+    json_t *v, *x;
+    size_t j;
+
+    for (j = 0; j < sizeof doc_keys / sizeof doc_keys[0]; j++) {
+        v = json_object_get(obj, doc_keys[j]);
+        if (v == NULL)
+            continue;
+        if (j < 2 && !keel__conf_is_text(v))
+            return keel__conf_fail(err, errlen, "%s: plugin.routes[%zu].%s: expected a string",
+                                   source, i, doc_keys[j]);
+        if (j == 3 && !is_schema(v))
+            return keel__conf_fail(err, errlen,
+                                   "%s: plugin.routes[%zu].request_body: expected a JSON Schema",
+                                   source, i);
+        if (r->doc == NULL && (r->doc = json_object()) == NULL)
+            return keel__conf_nomem(err, errlen);
+        if (json_object_set_new(r->doc, doc_keys[j], json_deep_copy(v)) != 0)
+            return keel__conf_nomem(err, errlen);
+    }
+    v = json_object_get(obj, "parameters");
+    if (v != NULL && !json_is_array(v))
+        return keel__conf_fail(err, errlen, "%s: plugin.routes[%zu].parameters: expected an array",
+                               source, i);
+    json_array_foreach(v, j, x)
+    {
+        const char *in = json_string_value(json_object_get(x, "in"));
+        if (!json_is_object(x) || !keel__conf_is_text(json_object_get(x, "name")) || in == NULL ||
+            (strcmp(in, "query") != 0 && strcmp(in, "header") != 0 && strcmp(in, "path") != 0))
+            return keel__conf_fail(err, errlen,
+                                   "%s: plugin.routes[%zu].parameters[%zu]: expected an object "
+                                   "with \"name\" and \"in\" (query, header or path)",
+                                   source, i, j);
+    }
+    v = json_object_get(obj, "responses");
+    if (v != NULL && !json_is_object(v))
+        return keel__conf_fail(err, errlen,
+                               "%s: plugin.routes[%zu].responses: expected an object keyed by "
+                               "status code",
+                               source, i);
+    json_object_foreach(v, key, x)
+    {
+        const char *bad;
+        if (!valid_status_key(key) || !json_is_object(x))
+            return keel__conf_fail(err, errlen,
+                                   "%s: plugin.routes[%zu].responses.%s: expected a status code "
+                                   "(100-599) mapped to {description, schema, headers}",
+                                   source, i, key);
+        if ((bad = keel__conf_unknown_key(x, response_keys)) != NULL)
+            return keel__conf_fail(err, errlen,
+                                   "%s: plugin.routes[%zu].responses.%s.%s: unknown key", source, i,
+                                   key, bad);
+        if ((json_object_get(x, "description") != NULL &&
+             !keel__conf_is_text(json_object_get(x, "description"))) ||
+            (json_object_get(x, "schema") != NULL && !is_schema(json_object_get(x, "schema"))) ||
+            (json_object_get(x, "headers") != NULL &&
+             !json_is_object(json_object_get(x, "headers"))))
+            return keel__conf_fail(err, errlen,
+                                   "%s: plugin.routes[%zu].responses.%s: description must be a "
+                                   "string, schema a JSON Schema, headers an object",
+                                   source, i, key);
+    }
+    return 0;
+}
+
 static int parse_route(const json_t *obj, const char *source, size_t i,
                        struct keel__manifest_route *r, char *err, size_t errlen)
 {
     static const char *const methods[] = {"GET", "POST", "PUT", "PATCH", "DELETE"};
-    static const char *const keys[] = {"method", "path",     "auth", "listener",
-                                       "body",   "fallback", NULL};
+    static const char *const keys[] = {"method",     "path",         "auth",      "listener",
+                                       "body",       "fallback",     "summary",   "description",
+                                       "parameters", "request_body", "responses", NULL};
     const char *key;
     char why[256];
 
@@ -244,6 +341,9 @@ static int parse_route(const json_t *obj, const char *source, size_t i,
     r->path = strdup(json_string_value(path));
     if (r->method == NULL || r->path == NULL)
         return keel__conf_nomem(err, errlen);
+    int drc = parse_doc(obj, source, i, r, err, errlen);
+    if (drc < 0)
+        return drc;
 
     json_t *fb = json_object_get(obj, "fallback");
     if (fb != NULL) {
@@ -295,7 +395,8 @@ out:
 static int manifest_parse(const json_t *obj, const char *source, const char *plugin_dir,
                           struct keel__manifest *out, char *err, size_t errlen)
 {
-    static const char *const keys[] = {"name", "enabled", "file", "config", "routes", NULL};
+    static const char *const keys[] = {"name",   "enabled", "file",       "config",
+                                       "routes", "schemas", "migrations", NULL};
     const char *key;
 
     if (!json_is_object(obj))
@@ -320,6 +421,20 @@ static int manifest_parse(const json_t *obj, const char *source, const char *plu
     json_t *config = json_object_get(obj, "config");
     if (config != NULL && !json_is_object(config))
         return keel__conf_fail(err, errlen, "%s: plugin.config: expected an object", source);
+    json_t *migrations = json_object_get(obj, "migrations");
+    if (migrations != NULL &&
+        (!keel__conf_is_text(migrations) || json_string_length(migrations) == 0 ||
+         strstr(json_string_value(migrations), "..") != NULL))
+        return keel__conf_fail(err, errlen,
+                               "%s: plugin.migrations: expected a directory name (no \"..\")",
+                               source);
+    if (migrations != NULL && (out->migrations = strdup(json_string_value(migrations))) == NULL)
+        return keel__conf_nomem(err, errlen);
+    json_t *schemas = json_object_get(obj, "schemas");
+    if (schemas != NULL && !json_is_object(schemas))
+        return keel__conf_fail(err, errlen,
+                               "%s: plugin.schemas: expected an object of named JSON Schemas",
+                               source);
     json_t *routes = json_object_get(obj, "routes");
     if (routes != NULL && (!json_is_array(routes) || json_array_size(routes) > MAX_ROUTES))
         return keel__conf_fail(err, errlen,
@@ -331,7 +446,9 @@ static int manifest_parse(const json_t *obj, const char *source, const char *plu
     out->file_spec = strdup(json_string_value(file));
     out->enabled = enabled == NULL || json_is_true(enabled);
     out->config = config ? json_deep_copy(config) : json_object();
-    if (out->name == NULL || out->source == NULL || out->file_spec == NULL || out->config == NULL)
+    out->schemas = schemas ? json_deep_copy(schemas) : NULL;
+    if ((schemas != NULL && out->schemas == NULL) || out->name == NULL || out->source == NULL ||
+        out->file_spec == NULL || out->config == NULL)
         return keel__conf_nomem(err, errlen);
     out->file = keel__manifest_resolve_file(out->file_spec, plugin_dir);
     if (out->file == NULL)

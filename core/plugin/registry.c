@@ -8,6 +8,7 @@
 #include <time.h>
 
 #include "util/log.h"
+#include "plugin/tasks.h"
 
 /* Plugins a new worker must not load (quarantined by the supervisor), set
  * before keel__plugins_start; a reload of one lifts it. */
@@ -67,8 +68,10 @@ int keel__manifest_copy(struct keel__manifest *dst, const struct keel__manifest 
     dst->source = src->source ? strdup(src->source) : NULL;
     dst->file = strdup(src->file);
     dst->file_spec = src->file_spec ? strdup(src->file_spec) : NULL;
+    dst->migrations = src->migrations ? strdup(src->migrations) : NULL;
     dst->enabled = src->enabled;
     dst->config = json_deep_copy(src->config);
+    dst->schemas = src->schemas ? json_incref(src->schemas) : NULL;
     dst->routes = calloc(src->nroutes ? src->nroutes : 1, sizeof *dst->routes);
     if (dst->name == NULL || dst->file == NULL || dst->config == NULL || dst->routes == NULL) {
         keel__manifest_clear(dst);
@@ -86,6 +89,8 @@ int keel__manifest_copy(struct keel__manifest *dst, const struct keel__manifest 
         b->fallback_status = a->fallback_status;
         b->fallback = a->fallback ? json_deep_copy(a->fallback) : NULL;
         b->fallback_headers = a->fallback_headers ? json_deep_copy(a->fallback_headers) : NULL;
+        /* Never modified after parsing, so the copies share it. */
+        b->doc = a->doc ? json_incref(a->doc) : NULL;
         if (b->method == NULL || b->path == NULL) {
             keel__manifest_clear(dst);
             return KEEL_ENOMEM;
@@ -438,25 +443,26 @@ json_t *keel__plugins_describe(void)
             last = json_pack("{s:b, s:s, s:s?, s:o}", "ok", s->last_ok, "stage",
                              keel__stage_name(s->last_stage), "error",
                              s->last_ok ? NULL : s->last_error, "at", keel__json_time(s->last_at));
-        json_array_append_new(
-            list,
-            json_pack("{s:s, s:s?, s:s, s:s?, s:I, s:s?, s:s, s:o, s:I, s:I, s:I, s:o, s:b, s:I, "
-                      "s:s?, s:s?, s:s?}",
-                      "name", s->name, "version", g ? g->desc->version : NULL, "state",
-                      g                                   ? "loaded"
-                      : s->reason == KEEL__REASON_CRASHED ? "quarantined"
-                      : s->reason == KEEL__REASON_HUNG    ? "quarantined"
-                                                          : "fallback",
-                      "reason", g ? NULL : keel__reason_name(s->reason), "generation",
-                      (json_int_t)(g ? g->number : 0), "abi", g ? abi : NULL, "file",
-                      s->manifest.file ? s->manifest.file : "", "loaded_at",
-                      keel__json_time(g ? g->loaded_at : 0), "in_flight",
-                      (json_int_t)(g ? atomic_load(&g->in_flight) : 0), "requests",
-                      (json_int_t)atomic_load(&s->requests), "reloads", (json_int_t)s->reloads,
-                      "last_reload", last, "enabled", s->manifest.enabled, "routes",
-                      (json_int_t)s->manifest.nroutes, "stage",
-                      g ? NULL : keel__stage_name(s->stage), "error", g ? NULL : s->error, "source",
-                      s->manifest.source));
+        json_t *entry = json_pack(
+            "{s:s, s:s?, s:s, s:s?, s:I, s:s?, s:s, s:o, s:I, s:I, s:I, s:o, s:b, s:I, "
+            "s:s?, s:s?, s:s?}",
+            "name", s->name, "version", g ? g->desc->version : NULL, "state",
+            g                                   ? "loaded"
+            : s->reason == KEEL__REASON_CRASHED ? "quarantined"
+            : s->reason == KEEL__REASON_HUNG    ? "quarantined"
+                                                : "fallback",
+            "reason", g ? NULL : keel__reason_name(s->reason), "generation",
+            (json_int_t)(g ? g->number : 0), "abi", g ? abi : NULL, "file",
+            s->manifest.file ? s->manifest.file : "", "loaded_at",
+            keel__json_time(g ? g->loaded_at : 0), "in_flight",
+            (json_int_t)(g ? atomic_load(&g->in_flight) : 0), "requests",
+            (json_int_t)atomic_load(&s->requests), "reloads", (json_int_t)s->reloads, "last_reload",
+            last, "enabled", s->manifest.enabled, "routes", (json_int_t)s->manifest.nroutes,
+            "stage", g ? NULL : keel__stage_name(s->stage), "error", g ? NULL : s->error, "source",
+            s->manifest.source);
+        if (g != NULL)
+            keel__gen_describe(g->res, entry);
+        json_array_append_new(list, entry);
     }
     pthread_mutex_unlock(&keel__reg.lock);
     json_t *d = json_pack("{s:o}", "plugins", list);

@@ -307,7 +307,12 @@ json_t *keel__plugins_reload(const char *only, bool *unknown)
         npend++;
     }
 
-    bool committed = !out_of_memory && commit(pend, npend) == 0;
+    /* A reload in which every plugin failed before the commit changes
+     * nothing, not even the table's serial. */
+    bool anything = false;
+    for (size_t i = 0; i < npend; i++)
+        anything = anything || !pend[i].failed || pend[i].is_new;
+    bool committed = !out_of_memory && (!anything || commit(pend, npend) == 0);
     if (!committed) {
         keel__log(KEEL_LOG_ERROR, "core",
                   "reload not committed: out of memory; every plugin keeps what it served");

@@ -20,6 +20,8 @@ static void snapshot_free(struct keel__snapshot *s)
         free(t->routes[i].fallback_header);
         if (t->routes[i].stub_headers != NULL)
             json_decref(t->routes[i].stub_headers);
+        json_decref(t->routes[i].doc);
+        json_decref(t->routes[i].schemas);
     }
     free(t->routes);
     if (s->health != NULL)
@@ -137,6 +139,8 @@ static int add_view_routes(struct keel__snapshot *s, const struct keel__slot_vie
         r->owner_slot = v->owner;
         r->plugin_requests = v->requests;
         r->metrics = keel__metrics_route(mr->listener, mr->method, mr->path, r->plugin);
+        r->doc = mr->doc ? json_incref(mr->doc) : NULL;
+        r->schemas = m->schemas ? json_incref(m->schemas) : NULL;
         if (v->gen != NULL) {
             r->owner_gen = v->gen;
             r->generation = v->gen->number;

@@ -25,6 +25,9 @@
 #include "plugin/registry.h"
 #include "util/counters.h"
 #include "identity/usersync.h"
+#include "net/upstream.h"
+#include "ops/plugin_metrics.h"
+#include "plugin/tasks.h"
 #include "util/scoreboard.h"
 #include "process/supervisor.h"
 #include "process/worker.h"
@@ -208,6 +211,26 @@ static void *db_ticker(void *arg)
     return NULL;
 }
 
+/* Applies one plugin's own migrations (its manifest's "migrations"),
+ * disabled plugins included, so enabling one later finds its tables. */
+static int migrate_plugin(const struct keel__conf *c, const struct keel__manifest *m)
+{
+    if (m->migrations == NULL)
+        return 0;
+    char *dir = keel__plugin_migrations_dir(m->migrations, c->database.migrations_dir);
+    if (dir == NULL)
+        return KEEL_ENOMEM;
+    char err[1024];
+    int applied = 0;
+    int rc = keel__db_migrate_plugin(c->database.url, m->name, dir, &applied, err, sizeof err);
+    if (rc != 0)
+        fprintf(stderr, "keeld: migration of plugin %s failed: %s\n", m->name, err);
+    else
+        printf("keeld: %d migration(s) of plugin %s applied from %s\n", applied, m->name, dir);
+    free(dir);
+    return rc;
+}
+
 /* The LISTEN connection that keeps this process's user cache in step with
  * the rest of the fleet (every worker has its own, as it has its own cache). */
 static keel__notify *user_changes;
@@ -322,6 +345,9 @@ int main(int argc, char **argv)
         usage(stderr);
         return 2;
     }
+    /* A configuration check loads plugins but must not start their work. */
+    if (check)
+        keel__tasks_autostart = false;
 
     char err[1024];
     struct keel__conf *conf = NULL;
@@ -358,6 +384,8 @@ int main(int argc, char **argv)
         else
             printf("keeld: %d migration(s) applied from %s\n", applied,
                    conf->database.migrations_dir);
+        for (size_t i = 0; rc == 0 && i < conf->nplugins; i++)
+            rc = migrate_plugin(conf, &conf->plugins[i]);
         keel__conf_free(conf);
         return rc == 0 ? 0 : 1;
     }
@@ -387,9 +415,13 @@ static int serve_check(struct keel__conf *conf, const char *confdir)
         goto out;
     keel__rt.host = keel__host_api();
     keel__loader_set_runtime_dir(conf->server.runtime_dir);
+    if (keel__upstream_global_init() != 0)
+        goto out;
     if (keel__loader_init() != 0)
         goto out;
     loader_up = true;
+    if (keel__loader_set_schema(conf->database.url, conf->database.migrations_dir) != 0)
+        goto out;
     int prc = keel__plugins_start(conf, keel__rt.host, keel__core_routes, keel__ncore_routes);
     plugins_up = true;
     print_check_report();
@@ -402,6 +434,7 @@ out:
         keel__plugins_stop();
     if (loader_up)
         keel__loader_shutdown();
+    keel__plugin_metrics_free();
     keel__usersync_free(keel__rt.usersync);
     keel__auth_free(keel__rt.auth);
     keel__metrics_free();
@@ -441,9 +474,13 @@ static int serve(struct keel__conf *conf)
     start_notify(conf);
     keel__rt.host = keel__host_api();
     keel__loader_set_runtime_dir(conf->server.runtime_dir);
+    if (keel__upstream_global_init() != 0)
+        goto out;
     if (keel__loader_init() != 0)
         goto out;
     loader_up = true;
+    if (keel__loader_set_schema(conf->database.url, conf->database.migrations_dir) != 0)
+        goto out;
     int prc = keel__plugins_start(conf, keel__rt.host, keel__core_routes, keel__ncore_routes);
     plugins_up = true;
     if (prc == KEEL_ENOMEM)
@@ -464,6 +501,9 @@ static int serve(struct keel__conf *conf)
         _exit(0);
     }
     keel__server_stop(1);
+    /* Plugins' tasks are stopped with the plugins below; cut their calls to
+     * other services short so that cannot outlast the drain. */
+    keel__tasks_abort_all();
     status = 0;
 
 out:
@@ -475,6 +515,7 @@ out:
         keel__plugins_stop();
     if (loader_up)
         keel__loader_shutdown();
+    keel__plugin_metrics_free();
     keel__notify_stop(user_changes);
     keel__usersync_free(keel__rt.usersync);
     if (keel__rt.db != NULL)

@@ -715,17 +715,17 @@ static void report_crash(struct worker *w, unsigned slot, int sig)
                   (int)w->pid, signal_name(sig), w->crash_text[0] ? w->crash_text : "(none)");
         return;
     }
-    static const char *const kinds[] = {"-", "init", "handler", "fini"};
+    static const char *const kinds[] = {"-", "init", "handler", "fini", "task"};
     char report[2048];
     snprintf(report, sizeof report,
              "worker %d died of %s in plugin %s generation %llu %s %s request %llu; backtrace: %s",
              (int)w->pid, signal_name(sig), t.plugin, (unsigned long long)t.generation,
-             t.kind >= 0 && t.kind <= 3 ? kinds[t.kind] : "-", t.route,
+             t.kind >= 0 && t.kind <= 4 ? kinds[t.kind] : "-", t.route,
              (unsigned long long)t.request_id, w->crash_text[0] ? w->crash_text : "(none)");
     log_error("crash report: plugin=%s generation=%llu route=\"%s\" request=%llu signal=%s "
               "stage=%s worker=%d backtrace: %s",
               t.plugin, (unsigned long long)t.generation, t.route, (unsigned long long)t.request_id,
-              signal_name(sig), t.kind >= 0 && t.kind <= 3 ? kinds[t.kind] : "-", (int)w->pid,
+              signal_name(sig), t.kind >= 0 && t.kind <= 4 ? kinds[t.kind] : "-", (int)w->pid,
               w->crash_text[0] ? w->crash_text : "(none)");
     struct plugin_state *p = plugin_get(t.plugin);
     if (p == NULL)

@@ -131,12 +131,16 @@ void keel__log(int level, const char *tag, const char *fmt, ...)
     va_end(ap);
 }
 
+void keel__vset_err(char *err, size_t errlen, const char *fmt, va_list ap)
+{
+    if (err != NULL && errlen > 0)
+        vsnprintf(err, errlen, fmt, ap);
+}
+
 void keel__set_err(char *err, size_t errlen, const char *fmt, ...)
 {
-    if (err == NULL || errlen == 0)
-        return;
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
+    keel__vset_err(err, errlen, fmt, ap);
     va_end(ap);
 }

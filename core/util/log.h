@@ -39,6 +39,7 @@ void keel__vlog(int level, const char *tag, const char *fmt, va_list ap) KEEL_PR
  * report failures through err/errlen); does nothing when err is NULL or
  * errlen is 0. */
 void keel__set_err(char *err, size_t errlen, const char *fmt, ...) KEEL_PRINTF(3, 4);
+void keel__vset_err(char *err, size_t errlen, const char *fmt, va_list ap) KEEL_PRINTF(3, 0);
 
 #define log_error(...) keel__log(KEEL_LOG_ERROR, "core", __VA_ARGS__)
 #define log_warn(...) keel__log(KEEL_LOG_WARN, "core", __VA_ARGS__)

@@ -28,7 +28,16 @@
  * unrecorded (their crashes are reported as core crashes). */
 #define KEEL__SB_THREADS 1100
 
-enum keel__call_kind { KEEL__CALL_NONE = 0, KEEL__CALL_INIT, KEEL__CALL_HANDLER, KEEL__CALL_FINI };
+/* KEEL__CALL_TASK: a plugin's background task (plugin/tasks.c); attributed
+ * like a handler when it crashes, never counted as a hang (tasks may wait
+ * on other services for as long as their timeouts allow). */
+enum keel__call_kind {
+    KEEL__CALL_NONE = 0,
+    KEEL__CALL_INIT,
+    KEEL__CALL_HANDLER,
+    KEEL__CALL_FINI,
+    KEEL__CALL_TASK
+};
 
 struct keel__sb_thread {
     /* 0 = not in plugin code; otherwise changes on every entry, stored last

@@ -30,7 +30,9 @@ extern "C" {
     X(RESPONDED, -17, "a response was already queued")                                             \
     X(UNSUPPORTED, -18, "not supported by this host")                                              \
     X(AUTH, -19, "authentication failed")                                                          \
-    X(TIMEOUT, -20, "timed out")
+    X(TIMEOUT, -20, "timed out")                                                                   \
+    X(UPSTREAM, -21, "upstream service unavailable")                                               \
+    X(BADRESPONSE, -22, "upstream answer unusable")
 
 typedef enum keel_errno {
 #define KEEL__ERRNO_ENUM(name, value, text) KEEL_E##name = (value),

@@ -22,6 +22,9 @@
  *   1.1  "db_result_free"  db_result_free
  *        "query_arg"       req_query_arg
  *   1.2  "body_lines"      req_body_line
+ *   1.3  "tasks"           task_add .. task_sleep
+ *        "upstream"        upstream_add .. upstream_open
+ *        "metrics"         metric_add, metric_observe (and plugin_note)
  *
  * Rules every plugin relies on:
  *  - Concurrency.  Handlers of one generation run concurrently on many server
@@ -42,6 +45,11 @@
  *    id when req is given), init and fini included: pass req == NULL there.
  *  - Errors.  Host functions returning int return 0 or a negative KEEL_E*
  *    code from keel/error.h.
+ *  - Background work.  A plugin never starts threads of its own: it registers
+ *    tasks at init (task_add) and the host runs, stops and joins them, all
+ *    before fini, so a reload never unmaps code that is still running.
+ *    Registration calls (task_add, upstream_add, metric_add, plugin_note) are
+ *    only accepted while init runs, on init's thread.
  */
 #ifndef KEEL_PLUGIN_H
 #define KEEL_PLUGIN_H
@@ -59,7 +67,7 @@ extern "C" {
 #endif
 
 #define KEEL_ABI_MAJOR 1
-#define KEEL_ABI_MINOR 2
+#define KEEL_ABI_MINOR 3
 
 /* "KEEL" in ASCII; the first member of every descriptor. */
 #define KEEL_PLUGIN_MAGIC 0x4b45454cu
@@ -73,6 +81,12 @@ typedef struct keel_request keel_request;
 typedef struct keel_db_result keel_db_result;
 /* A database transaction in progress; valid only inside its callback. */
 typedef struct keel_db_tx keel_db_tx;
+/* A background task registered at init (ABI 1.3).  Opaque. */
+typedef struct keel_task keel_task;
+/* An upstream HTTP service declared at init (ABI 1.3).  Opaque. */
+typedef struct keel_upstream keel_upstream;
+/* A plugin metric registered at init (ABI 1.3).  Opaque. */
+typedef struct keel_metric keel_metric;
 
 enum keel_log_level {
     KEEL_LOG_ERROR = 0,
@@ -119,6 +133,23 @@ typedef struct keel_route {
  * Positive values are reserved; do not return them.
  */
 typedef int (*keel_db_tx_fn)(keel_db_tx *tx, void *arg);
+
+/*
+ * One run of a background task (ABI 1.3, see task_add).  `req` is a request
+ * the host made for this run alone: it has no connection, user, parameters
+ * or body, but log, req_alloc, req_on_cleanup, db_query, db_transaction and
+ * upstream_request work on it exactly as in a handler, and everything it
+ * owns is released when the run returns.  Responding on it does nothing.
+ * Returns 0 or a negative KEEL_E* code (logged by the host).
+ */
+typedef int (*keel_task_fn)(keel_task *task, keel_request *req, void *arg);
+
+/* Kinds of plugin metrics (metric_add). */
+enum keel_metric_kind {
+    KEEL_METRIC_COUNTER = 0,  /* metric_observe adds v (v >= 0) */
+    KEEL_METRIC_GAUGE = 1,    /* metric_observe sets v */
+    KEEL_METRIC_HISTOGRAM = 2 /* metric_observe records v (seconds, say) */
+};
 
 /*
  * The host API table.  Members are only ever appended; `size` tells how many
@@ -241,6 +272,89 @@ typedef struct keel_host {
      * in-memory bodies as well.  Capability "body_lines".
      */
     int (*req_body_line)(keel_request *req, const char **line, size_t *len);
+
+    /* --- ABI 1.3: background tasks (capability "tasks") ---------------- */
+    /*
+     * Registers a task; only valid while the plugin's init runs.  The host
+     * runs fn(task, req, arg) on a thread of its own: every every_ms
+     * milliseconds (0 = only when woken by task_notify), never two runs of
+     * one task at once.  Tasks start once the generation is loaded and are
+     * stopped and joined before fini, so a reload never unmaps running code:
+     * a run should return soon after task_stopping() turns true.  A run
+     * longer than every_ms is logged as an overrun.  name (1-63 of
+     * [a-z0-9_-]) is copied; arg is the plugin's.  *out (may be NULL) stays
+     * valid until fini.  Returns 0, KEEL_EINVAL (outside init, bad name or
+     * duplicate) or KEEL_ENOMEM.
+     */
+    int (*task_add)(const char *name, unsigned every_ms, keel_task_fn fn, void *arg,
+                    keel_task **out);
+    /* Wakes the task now (a run starts soon unless one is running, in which
+     * case one more follows it).  Callable from any thread, handlers too. */
+    void (*task_notify)(keel_task *task);
+    /* True once the host asked the task to stop (reload, unload, shutdown). */
+    int (*task_stopping)(const keel_task *task);
+    /* Sleeps up to ms, returning early when the task is asked to stop;
+     * returns task_stopping().  For backoff inside a run. */
+    int (*task_sleep)(keel_task *task, unsigned ms);
+
+    /* --- ABI 1.3: upstream HTTP client (capability "upstream") --------- */
+    /*
+     * Declares an upstream service; only valid while init runs.  config is
+     * an object (borrowed):
+     *   "url"              base URL, http:// or https:// (required)
+     *   "timeout_ms"       per attempt, default 5000
+     *   "max_bytes"        response body cap, default 1048576
+     *   "retries"          extra attempts on errors and 5xx, default 2
+     *   "backoff_ms"       first backoff, doubled per retry, default 200
+     *   "token_env"        environment variable holding a bearer token
+     *   "breaker_failures" consecutive failures that open the breaker, default 5
+     *   "breaker_open_ms"  time open before a probe, default 5000
+     * Unknown keys are ignored, so an upstream can live inside a larger
+     * object.  The token is read at declaration and never logged.  Counters,
+     * latency and breaker state are exported per upstream on /metrics.
+     * Returns 0, KEEL_EINVAL (outside init, bad name) or KEEL_ECONFIG (bad
+     * config, logged).
+     */
+    int (*upstream_add)(const char *name, const json_t *config, keel_upstream **out);
+    /*
+     * Sends one request: method ("GET", "POST", ...) to the base URL +
+     * path, with body (may be NULL) as JSON.  From a handler deadline_ms is
+     * required, 1-5000 (a handler must not wait long on another service);
+     * from a task 0 means the upstream's timeout and retries.  Errors and
+     * 5xx answers are retried with backoff inside the deadline.  Returns 0
+     * when an answer arrived: *status is its HTTP status and *json (may be
+     * NULL) its parsed body, owned by req (NULL when empty, or when a non-2xx
+     * body is not JSON).  Failures: KEEL_EUPSTREAM (unreachable, TLS error,
+     * circuit open), KEEL_ETIMEOUT, KEEL_ETOOBIG (over max_bytes),
+     * KEEL_EBADRESPONSE (2xx that is not JSON, redirect to another host),
+     * KEEL_EINVAL; upstream_last_error() then says why.
+     */
+    int (*upstream_request)(keel_request *req, keel_upstream *up, const char *method,
+                            const char *path, const json_t *body, unsigned deadline_ms,
+                            long *status, json_t **json);
+    /* The message of req's last upstream failure, or "". */
+    const char *(*upstream_last_error)(const keel_request *req);
+    /* True while the upstream's circuit breaker would refuse a call now. */
+    int (*upstream_open)(const keel_upstream *up);
+
+    /* --- ABI 1.3: plugin metrics (capability "metrics") ---------------- */
+    /*
+     * Registers a metric; only valid while init runs.  name (a Prometheus
+     * name, [a-z_][a-z0-9_]*, at most 63) starts with the plugin's name and
+     * '_' ('-' in the plugin name becomes '_'), e.g. "creator_jobs_total",
+     * and is exported as keel_plugin_<name>{plugin="<plugin>"}.  Values survive reloads: a new
+     * generation registering the same name and kind gets the same metric.
+     * Returns 0, KEEL_EINVAL or KEEL_EEXISTS (the name has another kind).
+     */
+    int (*metric_add)(int kind, const char *name, const char *help, keel_metric **out);
+    /* Counts, sets or records v (see enum keel_metric_kind); lock-free. */
+    void (*metric_observe)(keel_metric *m, double v);
+
+    /* --- ABI 1.3: admin status ------------------------------------------ */
+    /* Sets a one-line note that GET /admin/plugins shows for this
+     * generation ("note"), e.g. why a feature is off; only valid while init
+     * runs.  text is copied (at most 255 bytes kept).  0 or KEEL_EINVAL. */
+    int (*plugin_note)(const char *text);
 } keel_host;
 
 /* True when the running host's table has member `m` and it is set. */

@@ -1,5 +1,5 @@
 /*
- * The creator plugin's admin routes (CONTRACT section 6), served on the
+ * The creator plugin's admin routes (docs/operations.md), served on the
  * admin listener: POST /admin/import (NDJSON profiles with their posts) and
  * POST /admin/credits (add credits to a user's wallet).
  *
@@ -257,6 +257,7 @@ struct import_line {
     char *ai_language;   /* malloc'd JSON text */
     char *posts;         /* malloc'd JSON array for json_to_recordset, or NULL */
     long jobs_completed; /* out */
+    bool summarize;      /* no "ai": compute the profile's summary from its posts */
     char err[IMPORT_ERROR_MAX];
 };
 
@@ -540,8 +541,15 @@ static int import_in_tx(keel_db_tx *tx, void *arg)
                         &res);
     if (rc != 0)
         return rc;
+    if (l->summarize && strcmp(l->params[P_AI], "false") == 0) {
+        rc = h->db_tx_query(tx, creator_ai_summary_sql, 1, (const char *const[]){profile_id}, &res);
+        if (rc != 0)
+            return rc;
+    }
     rc = h->db_tx_query(tx,
-                        "UPDATE search_jobs SET status = 'complete', updated_at = now()"
+                        "UPDATE search_jobs SET status = 'complete', progress_percent = 100,"
+                        "   progress_message = 'Completed', error = NULL, lease_owner = NULL,"
+                        "   lease_until = NULL, updated_at = now()"
                         " WHERE username = $1 AND status IN ('queued', 'processing')",
                         1, (const char *const[]){l->params[P_USERNAME]}, &res);
     if (rc != 0)
@@ -605,6 +613,30 @@ static int import_one(keel_request *req, const char *text, size_t len, long line
     }
     *ok = true;
     return 0;
+}
+
+int creator_import_doc(keel_request *req, const json_t *doc, bool summarize, char *err,
+                       size_t errlen)
+{
+    struct import_line *l = creator_host->req_alloc(req, sizeof *l);
+    int rc;
+
+    if (l == NULL)
+        return KEEL_ENOMEM;
+    l->summarize = summarize;
+    if (!import_validate(req, l, doc)) {
+        import_line_clear(l);
+        snprintf(err, errlen, "%s", l->err);
+        return KEEL_EINVAL;
+    }
+    rc = creator_host->db_transaction(req, import_in_tx, l);
+    import_line_clear(l);
+    if (rc != 0) {
+        const char *detail = creator_host->db_last_error(req);
+
+        snprintf(err, errlen, "%s", detail != NULL && *detail != '\0' ? detail : keel_strerror(rc));
+    }
+    return rc;
 }
 
 static bool blank(const char *s, size_t len)

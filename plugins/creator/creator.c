@@ -192,7 +192,31 @@ json_t *creator_pagination(long long page, long long page_size, long long total)
                      (json_int_t)pages, "has_next", page<pages, "has_previous", page> 1);
 }
 
+long long creator_page_offset(long long page, long long page_size)
+{
+    if (page - 1 > LLONG_MAX / page_size)
+        return LLONG_MAX;
+    return (page - 1) * page_size;
+}
+
 /* ------------------------------------------------------------- validation */
+
+bool creator_is_uuid(const char *s)
+{
+    static const char hex[] = "0123456789abcdefABCDEF";
+
+    if (s == NULL || strlen(s) != 36)
+        return false;
+    for (int i = 0; i < 36; i++) {
+        if (i == 8 || i == 13 || i == 18 || i == 23) {
+            if (s[i] != '-')
+                return false;
+        } else if (strchr(hex, s[i]) == NULL) {
+            return false;
+        }
+    }
+    return true;
+}
 
 void creator_add_error(json_t *errors, const char *kind, const char *name, const char *msg,
                        const char *type)
@@ -298,6 +322,17 @@ void creator_page_args(keel_request *req, long long default_size, long long *pag
     page_arg(req, "page_size", 1, 100, page_size, errors);
 }
 
+void creator_limit_args(keel_request *req, long long default_size, long long *limit,
+                        long long *offset, bool *given, json_t *errors)
+{
+    *limit = default_size;
+    *offset = 0;
+    *given = creator_host->req_query(req, "limit") != NULL ||
+             creator_host->req_query(req, "offset") != NULL;
+    page_arg(req, "limit", 1, 100, limit, errors);
+    page_arg(req, "offset", 0, LLONG_MAX, offset, errors);
+}
+
 /* ------------------------------------------------------------ failure answers */
 
 const char *creator_user_id(keel_request *req)
@@ -396,9 +431,15 @@ static int creator_init(const keel_host *host, const json_t *config, void **stat
         json_object_foreach((json_t *)config, key, value)
         {
             if (strcmp(key, "unlock_cost") != 0 && strcmp(key, "unlock_days") != 0 &&
-                strcmp(key, "max_posts") != 0)
+                strcmp(key, "max_posts") != 0 && strcmp(key, "provider") != 0)
                 host->log(NULL, KEEL_LOG_WARN, "config.%s: unknown key ignored", key);
         }
+    }
+    rc = creator_runner_init(host, config ? json_object_get(config, "provider") : NULL,
+                             &conf->runner);
+    if (rc != 0) {
+        free(conf);
+        return rc;
     }
     host->log(NULL, KEEL_LOG_INFO,
               "creator ready: unlock_cost=%lld unlock_days=%lld max_posts=%lld", conf->unlock_cost,
@@ -409,6 +450,11 @@ static int creator_init(const keel_host *host, const json_t *config, void **stat
 
 static void creator_fini(void *state)
 {
+    struct creator_conf *conf = state;
+
+    /* The host has stopped the runner's tasks before calling fini. */
+    if (conf != NULL)
+        creator_runner_free(conf->runner);
     free(state);
 }
 
@@ -419,9 +465,13 @@ static const keel_route creator_routes[] = {
     {"GET", "/api/v1/simple/creator/{username}/status", creator_status},
     {"GET", "/api/v1/simple/creator/{username}/posts", creator_posts},
     {"POST", "/api/v1/simple/creator/search/{username}", creator_search},
+    {"GET", "/api/v1/search/creator/{username}", creator_search},
     {"POST", "/api/v1/simple/creator/unlock/{username}", creator_unlock},
     {"POST", "/api/v1/discovery/unlock-profile", creator_discovery_unlock},
     {"GET", "/api/v1/jobs/{job_id}/status", creator_job_status},
+    {"GET", "/api/v1/jobs/{job_id}/result", creator_job_result},
+    {"GET", "/api/v1/auth/unlocked", creator_auth_unlocked},
+    {"GET", "/api/v1/auth/unlocked-profiles", creator_auth_unlocked_profiles},
     {"POST", "/admin/import", creator_admin_import},
     {"POST", "/admin/credits", creator_admin_credits},
     {NULL, NULL, NULL},

@@ -1,6 +1,6 @@
 /*
- * The creator plugin's internal interface: the route handlers of CONTRACT
- * sections 4-6 (creator API, job status, admin import and credits) and the
+ * The creator plugin's internal interface: the route handlers (creator API,
+ * job status, admin import and credits, as the web frontend calls them) and the
  * helpers they share.  Nothing here is exported from the shared object; the
  * only exported symbol is keel_plugin_entry() in creator.c.
  *
@@ -24,9 +24,10 @@
 
 /* The plugin's configuration, one copy per generation (the handler state). */
 struct creator_conf {
-    long long unlock_cost; /* credits per unlock, default 25 */
-    long long unlock_days; /* days an unlock lasts, default 30 */
-    long long max_posts;   /* posts embedded in a full search answer, default 50 */
+    long long unlock_cost;         /* credits per unlock, default 25 */
+    long long unlock_days;         /* days an unlock lasts, default 30 */
+    long long max_posts;           /* posts embedded in a full search answer, default 50 */
+    struct creator_runner *runner; /* NULL when no provider is configured */
 };
 
 /* The host table, set by init before any handler runs. */
@@ -75,7 +76,7 @@ json_t *creator_set_columns(json_t *obj, const keel_db_result *res, int row,
  * obj, or NULL (both released) when either is NULL or memory runs out. */
 json_t *creator_with_ai(json_t *obj, json_t *ai);
 
-/* The base profile fields of CONTRACT section 4 from a row with the columns
+/* The base profile fields of the creator API from a row with the columns
  * id, username, full_name, biography, followers_count, following_count,
  * posts_count, is_verified, is_private, profile_pic_url.  New reference. */
 json_t *creator_profile_base(const keel_db_result *res, int row);
@@ -94,6 +95,8 @@ json_t *creator_post_json(const keel_db_result *res, int row);
 
 /* {"page","page_size","total","total_pages","has_next","has_previous"}. */
 json_t *creator_pagination(long long page, long long page_size, long long total);
+/* OFFSET for a page, saturating instead of overflowing for absurd pages. */
+long long creator_page_offset(long long page, long long page_size);
 
 /* --- request validation -------------------------------------------------- */
 
@@ -112,6 +115,12 @@ const char *creator_path_username(keel_request *req, int *rc);
  * default_size), appending a 422 entry per bad argument to errors. */
 void creator_page_args(keel_request *req, long long default_size, long long *page,
                        long long *page_size, json_t *errors);
+/* Reads ?limit (1-100) and ?offset (>= 0), the frontend's spelling of a
+ * page.  *given is true when either was sent; defaults are default_size, 0. */
+void creator_limit_args(keel_request *req, long long default_size, long long *limit,
+                        long long *offset, bool *given, json_t *errors);
+/* True for the 8-4-4-4-12 hex form of a UUID (either case). */
+bool creator_is_uuid(const char *s);
 /* Appends {"loc":[kind,name],"msg":msg,"type":type} to errors. */
 void creator_add_error(json_t *errors, const char *kind, const char *name, const char *msg,
                        const char *type);
@@ -133,6 +142,26 @@ int creator_unavailable(keel_request *req);
 /* Answers a JSON body (stolen), or 500 when building it ran out of memory. */
 int creator_respond(keel_request *req, unsigned status, json_t *body);
 
+/* --- import and the job runner (admin.c, runner.c, provider.c) ----------- */
+
+/*
+ * Stores one profile line (the POST /admin/import format, already parsed)
+ * in one transaction and completes the open search jobs for its username,
+ * exactly as the import route does.  summarize: when the line has no "ai",
+ * the profile's AI summary is computed from its stored posts.  Returns 0,
+ * KEEL_EINVAL (the line is invalid; err says why) or a KEEL_EDB_* code.
+ */
+int creator_import_doc(keel_request *req, const json_t *doc, bool summarize, char *err,
+                       size_t errlen);
+/* SQL ($1 = profile id) computing a profile's AI summary from its posts. */
+extern const char creator_ai_summary_sql[];
+
+struct creator_runner;
+/* Reads config.provider and registers the runner's tasks, upstream and
+ * metrics; with no provider, notes that jobs stay queued.  0 or a code. */
+int creator_runner_init(const keel_host *host, const json_t *provider, struct creator_runner **out);
+void creator_runner_free(struct creator_runner *r);
+
 /* --- route handlers ------------------------------------------------------ */
 
 int creator_stats(keel_request *req, void *state);
@@ -142,6 +171,18 @@ int creator_status(keel_request *req, void *state);
 int creator_posts(keel_request *req, void *state);
 int creator_job_status(keel_request *req, void *state);
 int creator_search(keel_request *req, void *state);
+int creator_job_result(keel_request *req, void *state);
+int creator_auth_unlocked(keel_request *req, void *state);
+int creator_auth_unlocked_profiles(keel_request *req, void *state);
+
+/*
+ * The answer a search for username by user uid gives now: full analytics,
+ * a preview, or (queue true) a search job; queue false answers 404 for a
+ * profile that is not stored.  Used by the search routes and by a finished
+ * job's result.
+ */
+int creator_search_answer(keel_request *req, const struct creator_conf *conf, const char *uid,
+                          const char *username, bool queue);
 int creator_unlock(keel_request *req, void *state);
 int creator_discovery_unlock(keel_request *req, void *state);
 int creator_admin_import(keel_request *req, void *state);

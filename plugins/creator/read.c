@@ -1,11 +1,11 @@
 /*
  * The creator plugin's read routes: system stats, the unlocked list, a
- * profile, its status, its posts, and a search job's status.
+ * profile, its status and its posts (search jobs are in jobs.c).
  *
  * Reads never fail with 5xx because of the database: when it is unavailable
  * (or the caller's local user id is unknown) each route answers 200 with its
  * degraded body and X-Keel-Degraded: database.  The degraded bodies of stats
- * and unlocked are fixed by CONTRACT section 4.  The others are this
+ * and unlocked are fixed by what the frontend expects.  The others are this
  * plugin's choice: the route's usual top-level keys ("profile": null,
  * "posts": [], "status": "unknown" where a value cannot be known) plus
  * "success": false, "error": "Database connectivity issues" and a "message".
@@ -92,14 +92,6 @@ static int unlocked_degraded(keel_request *req)
                             "Unable to retrieve unlocked profiles - database connection issues");
 }
 
-/* OFFSET for a page, saturating instead of overflowing for absurd pages. */
-static long long page_offset(long long page, long long page_size)
-{
-    if (page - 1 > LLONG_MAX / page_size)
-        return LLONG_MAX;
-    return (page - 1) * page_size;
-}
-
 static const struct creator_column unlocked_columns[] = {
     {"profile_id", "id", creator_json_text},
     {"username", "username", creator_json_text},
@@ -162,7 +154,7 @@ int creator_unlocked(keel_request *req, void *state)
         total = 0;
 
     snprintf(limit, sizeof limit, "%lld", page_size);
-    snprintf(offset, sizeof offset, "%lld", page_offset(page, page_size));
+    snprintf(offset, sizeof offset, "%lld", creator_page_offset(page, page_size));
     /* Walks (user_id, granted_at DESC, id DESC) in order and stops after
      * LIMIT + OFFSET rows; no sort of the caller's whole history. */
     rc = creator_host->db_query(
@@ -292,15 +284,36 @@ static int posts_degraded(keel_request *req, const char *username)
                             "Posts temporarily unavailable - database connection issues");
 }
 
+/*
+ * Both spellings of a page, in one object: the contract's page/page_size
+ * keys and the frontend's limit/offset keys describe the same slice.
+ */
+static json_t *posts_pagination(long long limit, long long offset, long long total)
+{
+    json_t *p = creator_pagination(offset / limit + 1, limit, total);
+    long long pages = total > 0 ? total / limit + (total % limit != 0) : 0;
+
+    if (p != NULL &&
+        json_object_update_new(p, json_pack("{s:I,s:I,s:I,s:I,s:b}", "limit", (json_int_t)limit,
+                                            "offset", (json_int_t)offset, "total_count",
+                                            (json_int_t)total, "total_pages", (json_int_t)pages,
+                                            "has_more", offset < total - limit)) != 0) {
+        json_decref(p);
+        return NULL;
+    }
+    return p;
+}
+
 int creator_posts(keel_request *req, void *state)
 {
     const struct creator_conf *conf = state;
     json_t *errors = json_array();
     json_t *posts;
     keel_db_result *res = NULL;
-    long long page, page_size, total = 0;
+    long long page, page_size, lim, off, total = 0;
     char limit[24], offset[24], message[64];
     const char *username, *uid, *profile_id, *unlocked;
+    bool sliced;
     int rc;
 
     if (errors == NULL)
@@ -308,9 +321,12 @@ int creator_posts(keel_request *req, void *state)
     username = creator_username(req, creator_host->req_param(req, "username"), errors, "path",
                                 "username");
     creator_page_args(req, 20, &page, &page_size, errors);
+    creator_limit_args(req, page_size, &lim, &off, &sliced, errors);
     if (json_array_size(errors) > 0)
         return creator_reject(req, errors);
     json_decref(errors);
+    if (!sliced)
+        off = creator_page_offset(page, page_size);
 
     if ((uid = creator_user_id(req)) == NULL)
         return posts_degraded(req, username);
@@ -337,8 +353,8 @@ int creator_posts(keel_request *req, void *state)
     if (!creator_parse_ll(creator_col(res, 0, "total"), &total))
         total = 0;
 
-    snprintf(limit, sizeof limit, "%lld", page_size);
-    snprintf(offset, sizeof offset, "%lld", page_offset(page, page_size));
+    snprintf(limit, sizeof limit, "%lld", lim);
+    snprintf(offset, sizeof offset, "%lld", off);
     /* The order is exactly the posts_profile_taken index's. */
     rc = creator_host->db_query(req,
                                 "SELECT " CREATOR_POST_COLUMNS
@@ -354,77 +370,8 @@ int creator_posts(keel_request *req, void *state)
     for (int i = 0; posts != NULL && i < creator_host->db_rows(res); i++)
         json_array_append_new(posts, creator_post_json(res, i));
     snprintf(message, sizeof message, "Found %lld posts", total);
-    return creator_respond(
-        req, 200,
-        json_pack("{s:b,s:s,s:o,s:o,s:s}", "success", 1, "username", username, "posts", posts,
-                  "pagination", creator_pagination(page, page_size, total), "message", message));
-}
-
-/* --------------------------------------------------------------- job status */
-
-static bool is_uuid(const char *s)
-{
-    static const char hex[] = "0123456789abcdefABCDEF";
-
-    if (s == NULL || strlen(s) != 36)
-        return false;
-    for (int i = 0; i < 36; i++) {
-        if (i == 8 || i == 13 || i == 18 || i == 23) {
-            if (s[i] != '-')
-                return false;
-        } else if (strchr(hex, s[i]) == NULL) {
-            return false;
-        }
-    }
-    return true;
-}
-
-static const struct creator_column job_columns[] = {
-    {"job_id", "id", creator_json_text},
-    {"status", "status", creator_json_text},
-    {"username", "username", creator_json_text},
-    {"created_at", "created_at", creator_json_text},
-    {"updated_at", "updated_at", creator_json_text},
-    {NULL, NULL, NULL},
-};
-
-static int job_degraded(keel_request *req, const char *job_id)
-{
-    return creator_degraded(req, json_pack("{s:s,s:s}", "job_id", job_id, "status", "unknown"),
-                            "Job status temporarily unavailable - database connection issues");
-}
-
-int creator_job_status(keel_request *req, void *state)
-{
-    const char *job_id = creator_host->req_param(req, "job_id");
-    keel_db_result *res = NULL;
-    const char *uid;
-    int rc;
-
-    if (!is_uuid(job_id)) {
-        json_t *errors = json_array();
-
-        creator_add_error(errors, "path", "job_id", "value is not a valid uuid", "type_error.uuid");
-        return creator_reject(req, errors);
-    }
-    if ((uid = creator_user_id(req)) == NULL)
-        return job_degraded(req, job_id);
-    /* The primary key finds the row; user_id makes another user's job look
-     * exactly like a missing one. */
-    rc = creator_host->db_query(
-        req,
-        "SELECT id, status, username,"
-        "       " CREATOR_ISO(
-            "created_at") " AS created_at,"
-                          "       " CREATOR_ISO(
-                              "updated_at") " AS updated_at"
-                                            "  FROM search_jobs WHERE id = $1 AND user_id = $2",
-        2, (const char *const[]){job_id, uid}, &res);
-    if (rc != 0) {
-        creator_log_db(req, rc, "job status");
-        return job_degraded(req, job_id);
-    }
-    if (creator_host->db_rows(res) == 0)
-        return creator_host->respond_error(req, 404, "Job not found");
-    return creator_respond(req, 200, creator_set_columns(json_object(), res, 0, job_columns));
+    return creator_respond(req, 200,
+                           json_pack("{s:b,s:s,s:o,s:o,s:s}", "success", 1, "username", username,
+                                     "posts", posts, "pagination",
+                                     posts_pagination(lim, off, total), "message", message));
 }

@@ -1,7 +1,9 @@
 /*
- * POST /api/v1/simple/creator/search/{username}: full analytics for a stored
- * profile the caller has unlocked, a preview for a stored one they have not,
- * and a search job (202) for a profile that is not stored yet.
+ * POST /api/v1/simple/creator/search/{username} (also GET
+ * /api/v1/search/creator/{username}, the frontend's spelling): full analytics
+ * for a stored profile the caller has unlocked, a preview for a stored one
+ * they have not, and a search job (202) for a profile that is not stored yet.
+ * A finished job's result (jobs.c) is the same answer without the queueing.
  *
  * Finding out which case applies is a read, so a database failure there
  * answers the degraded 200 body.  Creating the job is a write, so a failure
@@ -30,11 +32,13 @@ static const struct creator_column rate_columns[] = {
 };
 
 static const struct creator_column full_ai_columns[] = {
+    {"available", "ai_analyzed", creator_json_bool},
     {"primary_content_type", "ai_primary_content_type", creator_json_text},
     {"content_distribution", "ai_content_distribution", creator_json_doc},
     {"language_distribution", "ai_language_distribution", creator_json_doc},
     {"avg_sentiment_score", "ai_avg_sentiment_score", creator_json_real},
     {"content_quality_score", "ai_content_quality_score", creator_json_real},
+    {"profile_analyzed_at", "ai_analyzed_at", creator_json_text},
     {NULL, NULL, NULL},
 };
 
@@ -51,7 +55,7 @@ static int search_full(keel_request *req, const struct creator_conf *conf, const
     const char *profile_id = creator_col(profile, 0, "id");
     keel_db_result *res = NULL;
     char limit[24];
-    json_t *posts;
+    json_t *posts, *body;
     int rc;
 
     snprintf(limit, sizeof limit, "%lld", conf->max_posts);
@@ -67,11 +71,19 @@ static int search_full(keel_request *req, const struct creator_conf *conf, const
     posts = json_array();
     for (int i = 0; posts != NULL && i < creator_host->db_rows(res); i++)
         json_array_append_new(posts, creator_post_json(res, i));
+    /* The posts live inside the profile, where the replaced system put them
+     * and the frontend reads them. */
+    body = full_profile(profile);
+    if (body != NULL && json_object_set_new(body, "posts", posts) != 0) {
+        json_decref(body);
+        body = NULL;
+    } else if (body == NULL) {
+        json_decref(posts);
+    }
     return creator_respond(req, 200,
-                           json_pack("{s:b,s:o,s:o,s:b,s:b,s:b,s:s}", "success", 1, "profile",
-                                     full_profile(profile), "posts", posts, "unlocked", 1,
-                                     "unlock_required", 0, "preview_mode", 0, "message",
-                                     "Full analytics loaded"));
+                           json_pack("{s:b,s:o,s:b,s:b,s:b,s:s}", "success", 1, "profile", body,
+                                     "unlocked", 1, "unlock_required", 0, "preview_mode", 0,
+                                     "message", "Full analytics loaded"));
 }
 
 static int search_preview(keel_request *req, const struct creator_conf *conf, const char *username,
@@ -137,37 +149,48 @@ static int search_queue(keel_request *req, const char *uid, const char *username
                   "Profile not in the database yet - search queued", "polling_url", polling));
 }
 
-int creator_search(keel_request *req, void *state)
+int creator_search_answer(keel_request *req, const struct creator_conf *conf, const char *uid,
+                          const char *username, bool queue)
 {
-    const struct creator_conf *conf = state;
     keel_db_result *res = NULL;
-    const char *username, *uid, *unlocked;
+    const char *unlocked;
     int rc;
 
-    if ((username = creator_path_username(req, &rc)) == NULL)
-        return rc;
-
-    if ((uid = creator_user_id(req)) == NULL)
-        return search_degraded(req, username);
     rc = creator_host->db_query(
         req,
         "SELECT " CREATOR_PROFILE_COLUMNS ","
-        "       p.engagement_rate, p.avg_likes, p.avg_comments, p.ai_primary_content_type,"
-        "       p.ai_content_distribution, p.ai_language_distribution,"
-        "       p.ai_avg_sentiment_score, p.ai_content_quality_score,"
-        "       EXISTS (SELECT 1 FROM user_profile_access a"
-        "                WHERE a.user_id = $1 AND a.profile_id = p.id"
-        "                  AND a.expires_at > now()) AS unlocked"
-        "  FROM profiles p WHERE p.username = $2",
+        "       p.engagement_rate, p.avg_likes, p.avg_comments, p.ai_analyzed,"
+        "       p.ai_primary_content_type, p.ai_content_distribution,"
+        "       p.ai_language_distribution, p.ai_avg_sentiment_score,"
+        "       p.ai_content_quality_score,"
+        "       " CREATOR_ISO(
+            "p.ai_analyzed_at") " AS ai_analyzed_at,"
+                                "       EXISTS (SELECT 1 FROM user_profile_access a"
+                                "                WHERE a.user_id = $1 AND a.profile_id = p.id"
+                                "                  AND a.expires_at > now()) AS unlocked"
+                                "  FROM profiles p WHERE p.username = $2",
         2, (const char *const[]){uid, username}, &res);
     if (rc != 0) {
         creator_log_db(req, rc, "search lookup");
         return search_degraded(req, username);
     }
     if (creator_host->db_rows(res) == 0)
-        return search_queue(req, uid, username);
+        return queue ? search_queue(req, uid, username)
+                     : creator_host->respond_error(req, 404, "Profile not found");
     unlocked = creator_col(res, 0, "unlocked");
     if (unlocked != NULL && unlocked[0] == 't')
         return search_full(req, conf, username, res);
     return search_preview(req, conf, username, res);
+}
+
+int creator_search(keel_request *req, void *state)
+{
+    const char *username, *uid;
+    int rc;
+
+    if ((username = creator_path_username(req, &rc)) == NULL)
+        return rc;
+    if ((uid = creator_user_id(req)) == NULL)
+        return search_degraded(req, username);
+    return creator_search_answer(req, state, uid, username, true);
 }

@@ -16,7 +16,7 @@ HARNESSES += fuzz_import
 CREATOR_SRCS := $(wildcard $(SRC)/plugins/creator/*.c)
 CREATOR_OBJS := $(patsubst $(SRC)/plugins/creator/%.c,$(OUT)/obj/creator/%.o,$(CREATOR_SRCS))
 
-PKGS = libmicrohttpd libpq jansson libjwt libcrypto
+PKGS = libmicrohttpd libpq jansson libjwt libcrypto libcurl
 DEP_CFLAGS := $(shell pkg-config --cflags $(PKGS))
 DEP_LIBS := $(shell pkg-config --libs $(PKGS)) -lltdl -lpthread
 

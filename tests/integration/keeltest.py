@@ -300,10 +300,12 @@ def _admin_url():
 def _migrations_digest():
     h = hashlib.sha256()
     h.update(KEELD.encode())
-    if os.path.isdir(MIGRATIONSDIR):
-        for name in sorted(os.listdir(MIGRATIONSDIR)):
-            h.update(name.encode())
-            with open(os.path.join(MIGRATIONSDIR, name), "rb") as f:
+    # Plugins' own migrations live in subdirectories (migrations/creator/).
+    for root, dirs, files in sorted(os.walk(MIGRATIONSDIR)):
+        dirs.sort()
+        for name in sorted(files):
+            h.update(os.path.relpath(os.path.join(root, name), MIGRATIONSDIR).encode())
+            with open(os.path.join(root, name), "rb") as f:
                 h.update(f.read())
     return h.hexdigest()[:16]
 

@@ -1,4 +1,4 @@
-"""Adversarial requests (issue 8): hostile tokens, bodies, headers, paths and
+"""Adversarial requests: hostile tokens, bodies, headers, paths and
 methods, and object-level authorisation probes.  Every case has its expected
 status, and after every case the server must still answer GET /health 200.
 
@@ -467,7 +467,8 @@ def test_object_level_authorization():
         # Bob's unlock costs Bob, not Alice (he has no credits: 402).
         r = k.post(BASE + "/unlock/" + name, token=bob)
         b.check("unlock without credits", r, 402,
-                lambda body: body["detail"]["error"] == "insufficient_credits")
+                lambda body: body["error"] == "insufficient_credits"
+                and "Insufficient credits" in body["detail"])
         # Without a token, nothing; the admin listener's routes are not on the main one.
         b.check("job without token", k.get("/api/v1/jobs/%s/status" % job), 403)
         b.check("admin route on main", k.post("/admin/credits", body={

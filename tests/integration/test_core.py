@@ -1,4 +1,4 @@
-"""Core host (issue 2): plugin loading, fallback stubs, routing, CORS, --check
+"""Core host: plugin loading, fallback stubs, routing, CORS, --check
 and the token battery, against the installed keeld on loopback."""
 
 import base64
@@ -51,7 +51,7 @@ def test_loaded_plugin_answers():
         r = k.get("/api/v1/example/echo/caf%C3%A9")
         assert r.json() == {"word": "café"}, r
         h = k.get("/health").json()
-        assert h["plugins"] == {"example": "loaded", "creator": "loaded"}, h
+        assert h["plugins"] == {"example": "loaded", "creator": "loaded", "credits": "loaded"}, h
 
 
 def test_missing_so_gives_not_installed_stubs():

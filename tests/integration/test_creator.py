@@ -1,5 +1,5 @@
-"""The creator plugin (issue 5): every route of CONTRACT section 4, job
-status (section 5), admin import and credits (section 6), money under
+"""The creator plugin: every route of the creator API, job
+status, admin import and credits, money under
 concurrency, isolation between users, a stopped database, and the manifest
 fallbacks when the plugin is missing.
 
@@ -402,8 +402,12 @@ def test_search_queues_one_job_per_user_and_name():
         r = u.get(body["polling_url"])
         assert r.status == 200, r
         jb = r.json()
-        assert set(jb) == {"job_id", "status", "username", "created_at", "updated_at"}, jb
+        assert set(jb) == {"success", "job_id", "job_type", "status", "progress_percent",
+                           "progress_message", "username", "created_at", "updated_at",
+                           "error"}, jb
         assert jb["job_id"] == job and jb["status"] == "queued" and jb["username"] == n, jb
+        assert jb["job_type"] == "creator_search" and jb["progress_percent"] == 0, jb
+        assert jb["error"] is None and isinstance(jb["progress_message"], str), jb
         assert ISO.match(jb["created_at"]) and ISO.match(jb["updated_at"]), jb
 
         # Another user's job and an unknown id look the same.
@@ -415,8 +419,9 @@ def test_search_queues_one_job_per_user_and_name():
         # The import completes both users' open jobs; the search then previews.
         body = import_ok(k, [profile_line(n, ai=False)])
         assert body["jobs_completed"] == 2, body
-        assert u.get("/api/v1/jobs/%s/status" % job).json()["status"] == "complete"
-        assert other.get("/api/v1/jobs/%s/status" % theirs).json()["status"] == "complete"
+        # The jobs API says "completed" (the table stores 'complete').
+        assert u.get("/api/v1/jobs/%s/status" % job).json()["status"] == "completed"
+        assert other.get("/api/v1/jobs/%s/status" % theirs).json()["status"] == "completed"
         r = u.post(BASE + "/search/" + n)
         assert r.status == 200 and r.json()["preview_mode"] is True, r
         # A completed job does not block a new one for a name not stored.
@@ -468,7 +473,10 @@ def test_search_preview_then_full_analytics_and_posts():
         assert body["unlock_required"] is False and body["preview_mode"] is False, body
         p = body["profile"]
         assert set(p) == PROFILE_BASE_KEYS | {"engagement_rate", "avg_likes", "avg_comments",
-                                              "ai_analysis"}, p
+                                              "ai_analysis", "posts"}, p
+        assert "posts" not in body, sorted(body)
+        assert ISO.match(p["ai_analysis"].pop("profile_analyzed_at")), p
+        assert p["ai_analysis"].pop("available") is True, p
         assert p["ai_analysis"] == {"primary_content_type": "travel",
                                     "content_distribution": {"travel": 0.75, "food": 0.25},
                                     "language_distribution": {"en": 1.0},
@@ -480,7 +488,7 @@ def test_search_preview_then_full_analytics_and_posts():
         assert math.isclose(p["avg_comments"], avg_comments), p
         assert math.isclose(p["engagement_rate"], (avg_likes + avg_comments) / 2000 * 100), p
 
-        got = body["posts"]
+        got = p["posts"]
         assert len(got) == 50, len(got)
         # Newest first: post 59 is the newest, post 0 (2024) is newer than all.
         expected = [0] + list(range(59, 10, -1))
@@ -504,7 +512,8 @@ def test_search_preview_then_full_analytics_and_posts():
         body = r.json()
         assert body["success"] is True and body["username"] == n, body
         assert body["pagination"] == {"page": 3, "page_size": 25, "total": 60, "total_pages": 3,
-                                      "has_next": False, "has_previous": True}, body
+                                      "has_next": False, "has_previous": True, "limit": 25,
+                                      "offset": 50, "total_count": 60, "has_more": False}, body
         assert [q["shortcode"] for q in body["posts"]] == \
             ["%s_%02d" % (n, i) for i in range(10, 0, -1)], body
         body = u.get(BASE + "/%s/posts" % n).json()
@@ -544,10 +553,11 @@ def test_unlock_charges_once_and_refuses_without_credits():
 
         r = u.post(BASE + "/unlock/" + b)
         assert r.status == 402, r
-        assert r.json() == {"detail": {"error": "insufficient_credits", "required": 25,
-                                       "balance": 5}}, r.json()
+        assert r.json() == {"detail": "Insufficient credits: 25 required, 5 available",
+                            "error": "insufficient_credits", "required": 25,
+                            "balance": 5}, r.json()
         r = u.post("/api/v1/discovery/unlock-profile", body={"username": b})
-        assert r.status == 402 and r.json()["detail"]["balance"] == 5, r
+        assert r.status == 402 and r.json()["balance"] == 5, r
 
         assert u.ledger() == [("-25", "5", "unlock", a)], u.ledger()
         assert u.balance() == 5 and u.grants() == 1
@@ -562,8 +572,8 @@ def test_unlock_charges_once_and_refuses_without_credits():
         k.db.query("DELETE FROM credit_wallets WHERE user_id = %s", poor.id)
         r = poor.post(BASE + "/unlock/" + a)
         assert r.status == 402, r
-        assert r.json() == {"detail": {"error": "insufficient_credits", "required": 25,
-                                       "balance": 0}}
+        assert r.json() == {"detail": "Insufficient credits: 25 required, 0 available",
+                            "error": "insufficient_credits", "required": 25, "balance": 0}
         assert poor.grants() == 0
 
         # An expired grant is renewed in place and charged again.
@@ -611,8 +621,9 @@ def test_concurrent_unlocks_of_different_profiles_stop_at_the_balance():
         refused = [r for r in results if r.status == 402]
         assert len(ok) == 4 and len(refused) == 6, [(r.status, r.text) for r in results]
         for r in refused:
-            assert r.json() == {"detail": {"error": "insufficient_credits", "required": 25,
-                                           "balance": 10}}, r.json()
+            assert r.json() == {"detail": "Insufficient credits: 25 required, 10 available",
+                                "error": "insufficient_credits", "required": 25,
+                                "balance": 10}, r.json()
         assert all(results[names.index(n)].json()["credits_spent"] == 25 for n in ok)
 
         ledger = u.ledger()
@@ -703,7 +714,7 @@ def test_admin_import_reports_each_line_and_completes_jobs():
         # Nothing of the failed lines was written.
         assert k.db.scalar("SELECT count(*) FROM posts WHERE shortcode = 'dup'") == "0"
 
-        assert u.get("/api/v1/jobs/%s/status" % job).json()["status"] == "complete"
+        assert u.get("/api/v1/jobs/%s/status" % job).json()["status"] == "completed"
 
         # Re-importing is an update: a missing field keeps its stored value.
         body = import_ok(k, [{"username": good, "followers_count": 1000}])
@@ -810,7 +821,8 @@ def test_database_down_degrades_reads_and_refuses_writes():
                     "message": "Creator search temporarily unavailable - database connection "
                                "issues"})
                 assert_degraded(get("/api/v1/jobs/%s/status" % job), {
-                    "success": False, "job_id": job, "status": "unknown", "error": DB_ERROR,
+                    "success": False, "job_id": job, "job_type": "creator_search",
+                    "status": "unknown", "error": DB_ERROR,
                     "message": "Job status temporarily unavailable - database connection issues"})
 
                 for r in [post(BASE + "/unlock/" + n),
@@ -849,6 +861,10 @@ ROUTES = [
     ("POST", BASE + "/unlock/{username}"),
     ("POST", "/api/v1/discovery/unlock-profile"),
     ("GET", "/api/v1/jobs/{job_id}/status"),
+    ("GET", "/api/v1/search/creator/{username}"),
+    ("GET", "/api/v1/jobs/{job_id}/result"),
+    ("GET", "/api/v1/auth/unlocked"),
+    ("GET", "/api/v1/auth/unlocked-profiles"),
     ("POST", "/admin/import"),
     ("POST", "/admin/credits"),
 ]
@@ -875,12 +891,17 @@ def test_manifest_lists_every_route():
         assert r["auth"] == ("admin" if admin else "user"), r
         assert r.get("listener", "main") == ("admin" if admin else "main"), r
         fb = r["fallback"]
-        if r["method"] == "POST":
+        # Routes that answer with a job or a search: retry later, not an empty 200.
+        if r["method"] == "POST" or r["path"] in ("/api/v1/jobs/{job_id}/result",
+                                                  "/api/v1/search/creator/{username}"):
             assert fb["status"] == 503 and "detail" in fb["body"], r
             if not admin:
                 assert "Retry-After" in fb["headers"], r
         else:
-            assert fb.get("status", 200) == 200 and fb["body"]["success"] in (True, False), r
+            # Only the stats fallback claims success (with zeroed counts); every
+            # other read's fallback says it failed.
+            stats = r["path"] == BASE + "/system/stats"
+            assert fb.get("status", 200) == 200 and fb["body"]["success"] is stats, r
 
 
 def test_missing_plugin_serves_fallbacks():

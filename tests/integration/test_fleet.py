@@ -68,7 +68,7 @@ def test_status_change_reaches_every_instance_within_2s():
         # A role change is announced the same way.
         sub2, token2 = new_user()
         for k in (a, b):
-            assert k.get("/api/v1/auth/me", token=token2).json()["role"] == "user"
+            assert k.get("/api/v1/auth/me", token=token2).json()["role"] == "free"
         a.db.query("UPDATE users SET role = 'admin' WHERE supabase_user_id = %s", sub2)
         t0 = time.monotonic()
         for k in (a, b):

@@ -1,4 +1,4 @@
-"""Identity (issue 4): cached user sync, account state, asymmetric keys,
+"""Identity: cached user sync, account state, asymmetric keys,
 /api/v1/auth/me — against the real server and a real PostgreSQL."""
 
 import os
@@ -51,7 +51,7 @@ def test_first_request_creates_one_row_then_hits_write_nothing():
         assert r.status == 200, r
         me = r.json()
         assert me["email"] == email and me["full_name"] == "Ada Sync"
-        assert me["status"] == "active" and me["role"] == "user"
+        assert me["status"] == "active" and me["role"] == "free"
         assert me["subscription_tier"] == "free" and me["credits"] == {"balance": 0}
         rows = k.db.query("SELECT id, update_count FROM users WHERE supabase_user_id = %s", sub)
         assert len(rows) == 1, rows
@@ -181,7 +181,9 @@ def test_database_down_cached_and_new_users_still_authenticated():
     cached_sub, cached_email = new_user()
     new_sub, new_email = new_user()
     with Keeld(env={"KEEL_DATABASE_URL": url}) as k:
-        assert k.get("/api/v1/auth/me", token=tok(cached_sub, cached_email)).json()["credits"] is not None
+        me = k.get("/api/v1/auth/me", token=tok(cached_sub, cached_email))
+        assert me.status == 200 and me.json()["credits"] == {"balance": 0}, me
+        assert me.header("X-Keel-Degraded") is None, me.headers
         pg.stop()
         r = k.get("/api/v1/auth/me", token=tok(cached_sub, cached_email))
         assert r.status == 200 and r.json()["email"] == cached_email, r

@@ -106,7 +106,8 @@ def test_deb_builds_installs_and_serves():
                     time.sleep(0.1)
             h = r.json()
             assert r.status == 200 and h["plugins"] == {"example": "loaded",
-                                                        "creator": "loaded"}, h
+                                                        "creator": "loaded",
+                                                        "credits": "loaded"}, h
             r = keeltest.http("GET", "http://127.0.0.1:%d/api/v1/example/whoami" % port,
                               headers=keeltest.bearer(keeltest.user_token()))
             assert r.status == 200, r

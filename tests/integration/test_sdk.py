@@ -1,4 +1,4 @@
-"""Third-party plugin SDK and conformance kit (issue 7).
+"""Third-party plugin SDK and conformance kit.
 
 The installed prefix ($KEEL_PREFIX) plays "an installed keel": a plugin made
 by `keelctl new-plugin` is built with nothing but the installed headers and
@@ -13,6 +13,9 @@ import json
 import os
 import shutil
 import subprocess
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import keeltest
 from keeltest import Keeld, built_plugin, installed_plugin, scaled
@@ -104,16 +107,36 @@ def test_installed_headers_and_pkg_config():
 
 # ------------------------------------------------------------------ new-plugin end to end
 
+class UpstreamOK(BaseHTTPRequestHandler):
+    """The service the generated plugin's task calls: GET / answers JSON."""
+    calls = 0
+
+    def log_message(self, *a):
+        pass
+
+    def do_GET(self):
+        UpstreamOK.calls += 1
+        body = b'{"ok":true}'
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
 def test_new_plugin_builds_checks_installs_reloads_and_serves():
     proj = new_project()
-    for f in (NAME + ".c", NAME + ".json", "Makefile", "exports.map", "test.sh"):
+    for f in (NAME + ".c", NAME + ".json", "Makefile", "exports.map", "test.sh",
+              "migrations/0001_%s.sql" % NAME):
         assert os.path.isfile(os.path.join(proj, f)), f
     assert os.access(os.path.join(proj, "test.sh"), os.X_OK)
     with open(os.path.join(proj, NAME + ".json")) as f:
         manifest = json.load(f)["plugin"]
     assert manifest["file"] == NAME + ".so"
     assert {(r["path"], r["auth"]) for r in manifest["routes"]} == {
-        ("/api/v1/%s/hello" % NAME, "public"), ("/api/v1/%s/me" % NAME, "user")}
+        ("/api/v1/%s/hello" % NAME, "public"), ("/api/v1/%s/me" % NAME, "user"),
+        ("/api/v1/%s/ticks" % NAME, "public")}
+    assert manifest["migrations"] == NAME
     assert all("fallback" in r for r in manifest["routes"])
 
     # Build with only the installed keel: warnings are errors for the template.
@@ -132,9 +155,31 @@ def test_new_plugin_builds_checks_installs_reloads_and_serves():
         hello = "/api/v1/%s/hello" % NAME
         assert k.get(hello).status == 404  # not installed yet: no manifest, no route
 
-        must(["make", "install", "PLUGINDIR=" + plugdir, "CONFDIR=" + k.confdir], cwd=proj)
+        migdir = keeltest._mkdtemp("sdk-migrations")
+        must(["make", "install", "PLUGINDIR=" + plugdir, "CONFDIR=" + k.confdir,
+              "MIGRATIONSDIR=" + migdir], cwd=proj)
         assert os.path.isfile(os.path.join(plugdir, NAME + ".so"))
         assert os.path.isfile(os.path.join(k.confdir, NAME + ".json"))
+        assert os.path.isfile(os.path.join(migdir, NAME, "0001_%s.sql" % NAME))
+
+        # The task calls an upstream service once config.upstream names one.
+        upstream = ThreadingHTTPServer(("127.0.0.1", 0), UpstreamOK)
+        threading.Thread(target=upstream.serve_forever, daemon=True).start()
+        installed = os.path.join(k.confdir, NAME + ".json")
+        with open(installed) as f:
+            doc = json.load(f)
+        assert doc["plugin"]["migrations"] == os.path.join(migdir, NAME), doc
+        doc["plugin"]["config"]["upstream"] = {
+            "url": "http://127.0.0.1:%d" % upstream.server_address[1], "timeout_ms": 2000}
+        with open(installed, "w") as f:
+            json.dump(doc, f)
+
+        # Its table does not exist yet: the reload is refused at init ...
+        r = k.keelctl("reload", NAME)
+        assert r.returncode != 0 and "keeld --migrate" in r.stdout, r.stdout
+        # ... until keeld --migrate has created it.
+        p = k.run("--migrate")
+        assert p.returncode == 0 and "1 migration(s) of plugin %s" % NAME in p.stdout, p.stdout
 
         r = k.keelctl("reload", NAME)
         assert r.returncode == 0, r.stdout
@@ -162,6 +207,26 @@ def test_new_plugin_builds_checks_installs_reloads_and_serves():
 
         plugins = k.admin_get("/admin/plugins").json()
         assert NAME in json.dumps(plugins), plugins
+
+        # The periodic task (every 2 s) writes rows to the plugin's own table.
+        deadline = time.monotonic() + keeltest.scaled(15)
+        while True:
+            r = k.get("/api/v1/%s/ticks" % NAME)
+            assert r.status == 200, r
+            if r.json()["ticks"] >= 1:
+                break
+            assert time.monotonic() < deadline, r
+            time.sleep(0.25)
+        metrics = k.admin_get("/metrics").text
+        assert 'keel_plugin_%s_ticks_total{plugin="%s"}' % (NAME, NAME) in metrics
+        # ... after calling the upstream service, whose status it stored.
+        assert UpstreamOK.calls >= 1
+        statuses = k.db.query("SELECT DISTINCT upstream_status FROM %s_ticks" % NAME)
+        assert statuses == [("200",)], statuses
+        assert ('keel_upstream_requests_total{plugin="%s",upstream="upstream",class="2xx"}'
+                % NAME) in metrics
+        upstream.shutdown()
+        upstream.server_close()
 
         # The script fails when the plugin answers something else.
         p = run(["./test.sh"], cwd=proj,

@@ -612,6 +612,78 @@ static void test_manifest_parse_direct(void **state)
     json_decref(obj);
 }
 
+/* Parses {"name":"p","file":"p.so","routes":[<route>]} plus extra members. */
+static int parse_one_route(const char *route, const char *extra, struct keel__manifest *m,
+                           char *err, size_t errlen)
+{
+    char text[2048];
+    json_error_t je;
+    snprintf(text, sizeof text, "{\"name\":\"p\",\"file\":\"p.so\"%s,\"routes\":[%s]}", extra,
+             route);
+    json_t *obj = json_loads(text, 0, &je);
+    assert_non_null(obj);
+    int rc = keel__manifest_parse(obj, "doc.json", "/d", m, err, errlen);
+    json_decref(obj);
+    return rc;
+}
+
+/* The optional documentation of a route (GET /openapi.json). */
+static void test_manifest_route_docs(void **state)
+{
+    (void)state;
+    char err[512];
+    struct keel__manifest m;
+    static const char *const bad[][2] = {
+        {"\"summary\":3", "plugin.routes[0].summary: expected a string"},
+        {"\"description\":[]", "plugin.routes[0].description: expected a string"},
+        {"\"request_body\":\"x\"", "plugin.routes[0].request_body: expected a JSON Schema"},
+        {"\"parameters\":{}", "plugin.routes[0].parameters: expected an array"},
+        {"\"parameters\":[{\"name\":\"q\",\"in\":\"body\"}]",
+         "plugin.routes[0].parameters[0]: expected an object with \"name\" and \"in\""},
+        {"\"parameters\":[{\"in\":\"query\"}]",
+         "plugin.routes[0].parameters[0]: expected an object with \"name\" and \"in\""},
+        {"\"responses\":[]", "plugin.routes[0].responses: expected an object"},
+        {"\"responses\":{\"2xx\":{}}", "plugin.routes[0].responses.2xx: expected a status code"},
+        {"\"responses\":{\"600\":{}}", "plugin.routes[0].responses.600: expected a status code"},
+        {"\"responses\":{\"200\":{\"schema\":3}}",
+         "plugin.routes[0].responses.200: description must be a string"},
+        {"\"responses\":{\"200\":{\"example\":{}}}",
+         "plugin.routes[0].responses.200.example: unknown key"},
+        {"\"sumary\":\"typo\"", "plugin.routes[0].sumary: unknown key"},
+    };
+    char route[512];
+
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        snprintf(route, sizeof route,
+                 "{\"method\":\"GET\",\"path\":\"/a/{x}\",\"auth\":\"user\",%s}", bad[i][0]);
+        assert_int_equal(parse_one_route(route, "", &m, err, sizeof err), KEEL_ECONFIG);
+        if (strstr(err, bad[i][1]) == NULL)
+            fail_msg("%s: got \"%s\"", bad[i][0], err);
+    }
+    assert_int_equal(parse_one_route("{\"method\":\"GET\",\"path\":\"/a\",\"auth\":\"user\"}",
+                                     ",\"schemas\":[]", &m, err, sizeof err),
+                     KEEL_ECONFIG);
+    assert_non_null(strstr(err, "plugin.schemas: expected an object"));
+
+    /* Accepted documentation is kept as written; no documentation is NULL. */
+    assert_int_equal(
+        parse_one_route("{\"method\":\"GET\",\"path\":\"/a\",\"auth\":\"user\",\"summary\":\"S\","
+                        "\"parameters\":[{\"name\":\"q\",\"in\":\"query\"}],"
+                        "\"responses\":{\"200\":{\"description\":\"ok\",\"schema\":{\"$ref\":"
+                        "\"#/components/schemas/T\"}},\"default\":{}}},"
+                        "{\"method\":\"GET\",\"path\":\"/b\",\"auth\":\"user\"}",
+                        ",\"schemas\":{\"T\":{\"type\":\"object\"}}", &m, err, sizeof err),
+        0);
+    assert_int_equal(m.nroutes, 2);
+    assert_non_null(m.routes[0].doc);
+    assert_string_equal(json_string_value(json_object_get(m.routes[0].doc, "summary")), "S");
+    assert_int_equal(json_object_size(m.routes[0].doc), 3);
+    assert_null(m.routes[1].doc);
+    assert_non_null(json_object_get(m.schemas, "T"));
+    keel__manifest_clear(&m);
+    assert_null(m.schemas);
+}
+
 static void test_parse_listen(void **state)
 {
     (void)state;
@@ -853,6 +925,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_manifest_errors, setup, teardown),
         cmocka_unit_test_setup_teardown(test_duplicate_plugin, setup, teardown),
         cmocka_unit_test(test_manifest_parse_direct),
+        cmocka_unit_test(test_manifest_route_docs),
         cmocka_unit_test(test_parse_listen),
         cmocka_unit_test_setup_teardown(test_env, setup, teardown),
         cmocka_unit_test_setup_teardown(test_admin_host_in_file, setup, teardown),

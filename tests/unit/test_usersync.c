@@ -149,6 +149,47 @@ static int log_quiet(void)
 
 /* ------------------------------------------------------------ no database */
 
+/* user_metadata.role -> the role of a new user, as the replaced system mapped it. */
+static void test_role_from_metadata(void **state)
+{
+    static const char *const cases[][2] = {
+        {"{\"role\":\"free\"}", "free"},
+        {"{\"role\":\"premium\"}", "premium"},
+        {"{\"role\":\"standard\"}", "standard"},
+        {"{\"role\":\"super_admin\"}", "super_admin"},
+        {"{\"role\":\"superadmin\"}", "super_admin"},
+        {"{\"role\":\"admin\"}", "free"},
+        {"{\"role\":\"enterprise\"}", "free"},
+        {"{\"role\":\"Premium\"}", "free"},
+        {"{\"role\":7}", "free"},
+        {"{}", "free"},
+        {"[]", "free"},
+    };
+    (void)state;
+    assert_string_equal(keel__role_from_metadata(NULL), "free");
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        json_t *md = json_loads(cases[i][0], JSON_DECODE_ANY, NULL);
+        assert_non_null(md);
+        assert_string_equal(keel__role_from_metadata(md), cases[i][1]);
+        json_decref(md);
+    }
+}
+
+/* A stored role -> a role the frontend knows. */
+static void test_role_public(void **state)
+{
+    static const char *const known[] = {"free",       "standard", "premium",
+                                        "enterprise", "admin",    "super_admin"};
+    (void)state;
+    for (size_t i = 0; i < sizeof known / sizeof known[0]; i++)
+        assert_string_equal(keel__role_public(known[i]), known[i]);
+    assert_string_equal(keel__role_public("superadmin"), "super_admin");
+    assert_string_equal(keel__role_public("user"), "free");
+    assert_string_equal(keel__role_public("root"), "free");
+    assert_string_equal(keel__role_public(""), "free");
+    assert_string_equal(keel__role_public(NULL), "free");
+}
+
 static void test_conf_rejected(void **state)
 {
     keel__usersync *us = (keel__usersync *)1;
@@ -185,7 +226,7 @@ static void test_no_db_every_lookup_misses(void **state)
         assert_string_equal(p.supabase_id, c1.sub);
         assert_string_equal(p.email, "ann@example.test");
         assert_string_equal(p.full_name, "Ann Example");
-        assert_string_equal(p.role, "user");
+        assert_string_equal(p.role, "free");
         assert_string_equal(p.status, "active");
         assert_string_equal(p.tier, "free");
     }
@@ -423,7 +464,7 @@ static void test_db_sync_then_hit_then_expiry(void **state)
     assert_string_equal(p.supabase_id, sub);
     assert_string_equal(p.email, email);
     assert_string_equal(p.full_name, "First User");
-    assert_string_equal(p.role, "user");
+    assert_string_equal(p.role, "free");
     assert_string_equal(p.status, "active");
     assert_string_equal(p.tier, "free");
     char *user_id = strdup(p.user_id);
@@ -1099,6 +1140,8 @@ int main(void)
     run_id = (unsigned)ts.tv_sec ^ ((unsigned)ts.tv_nsec << 8) ^ ((unsigned)getpid() << 16);
 
     const struct CMUnitTest local[] = {
+        cmocka_unit_test(test_role_from_metadata),
+        cmocka_unit_test(test_role_public),
         cmocka_unit_test(test_conf_rejected),
         cmocka_unit_test(test_no_db_every_lookup_misses),
         cmocka_unit_test(test_alloc_failure_is_enomem),

@@ -1,0 +1,33 @@
+#include "config.h"
+
+#include "identity/claims.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+void keel__claims_clear(struct keel__claims *c)
+{
+    if (c == NULL)
+        return;
+    free(c->email);
+    free(c->role);
+    json_decref(c->user_metadata);
+    memset(c, 0, sizeof *c);
+}
+
+bool keel__claims_copy(struct keel__claims *dst, const struct keel__claims *src)
+{
+    memset(dst, 0, sizeof *dst);
+    memcpy(dst->sub, src->sub, sizeof dst->sub);
+    dst->exp = src->exp;
+    dst->email = strdup(src->email ? src->email : "");
+    dst->role = strdup(src->role ? src->role : "");
+    if (src->user_metadata != NULL)
+        dst->user_metadata = json_deep_copy(src->user_metadata);
+    if (dst->email == NULL || dst->role == NULL ||
+        (src->user_metadata != NULL && dst->user_metadata == NULL)) {
+        keel__claims_clear(dst);
+        return false;
+    }
+    return true;
+}
