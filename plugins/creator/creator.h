@@ -41,6 +41,19 @@ extern const keel_host *creator_host;
 /* ISO 8601 UTC rendering of a timestamptz column inside SQL text. */
 #define CREATOR_ISO(col) "to_char((" col ") AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')"
 
+/* The caller's unexpired unlocks, newest first, one page ($1 user id, $2
+ * limit, $3 offset): the tail of every query that lists them, after the
+ * profile columns the caller picks from p. */
+#define CREATOR_UNLOCKED_PAGE_TAIL                                                                          \
+    CREATOR_ISO("a.granted_at")                                                                             \
+    " AS unlocked_at, " CREATOR_ISO(                                                                        \
+        "a.expires_at") " AS expires_at,"                                                                   \
+                        " ceil(extract(epoch FROM a.expires_at - now()) / 86400)::bigint AS days_remaining" \
+                        "  FROM user_profile_access a JOIN profiles p ON p.id = a.profile_id"               \
+                        " WHERE a.user_id = $1 AND a.expires_at > now()"                                    \
+                        " ORDER BY a.granted_at DESC, a.id DESC"                                            \
+                        " LIMIT $2 OFFSET $3"
+
 /* --- database rows -> JSON ----------------------------------------------- */
 
 /* The text of column `name` in `row`, or NULL (SQL NULL or no such column). */

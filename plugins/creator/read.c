@@ -162,15 +162,7 @@ int creator_unlocked(keel_request *req, void *state)
         "SELECT p.id, p.username, p.full_name, p.followers_count, p.following_count,"
         "       p.posts_count, p.profile_pic_url, p.is_verified, p.engagement_rate,"
         "       p.ai_primary_content_type, p.ai_avg_sentiment_score,"
-        "       " CREATOR_ISO(
-            "a.granted_at") " AS unlocked_at,"
-                            "       " CREATOR_ISO(
-                                "a.expires_at") " AS expires_at,"
-                                                "       ceil(extract(epoch FROM a.expires_at - now()) / 86400)::bigint AS days_remaining"
-                                                "  FROM user_profile_access a JOIN profiles p ON p.id = a.profile_id"
-                                                " WHERE a.user_id = $1 AND a.expires_at > now()"
-                                                " ORDER BY a.granted_at DESC, a.id DESC"
-                                                " LIMIT $2 OFFSET $3",
+        "       " CREATOR_UNLOCKED_PAGE_TAIL,
         3, (const char *const[]){uid, limit, offset}, &res);
     if (rc != 0) {
         creator_log_db(req, rc, "unlocked list");
