@@ -9,6 +9,7 @@
 #include <sys/mman.h>
 #include <time.h>
 
+/* include-ok: a thread's scoreboard slot and its crash stack are set up together */
 #include "util/crash.h"
 
 static struct keel__sb_worker *board;
