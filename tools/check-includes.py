@@ -7,8 +7,8 @@ layer, and nothing below it may include it (they count through
 util/counters instead).  A file and its header count as one unit; two units
 that include each other, directly or through others, form a circle.
 
-An include is exempt when the line itself, or the comment line right above
-it, carries "include-ok:" followed by the reason.  Exempt includes are left
+An include is exempt when the line itself, or the comment right above it,
+carries "include-ok:" followed by the reason.  Exempt includes are left
 out of both checks.
 
 Usage: check-includes.py [CORE_DIR]; exits 1 and lists each violation.
@@ -40,12 +40,12 @@ def main():
     for layer, base, path in units(core):
         src = f"{layer}/{base}"
         edges.setdefault(src, set())
-        prev = ""
+        comment = ""
         with open(path, encoding="utf-8") as f:
             for lineno, line in enumerate(f, 1):
                 m = INCLUDE.match(line)
                 if m and m.group(1) in RANK:
-                    exempt = "include-ok:" in line or "include-ok:" in prev
+                    exempt = "include-ok:" in line or "include-ok:" in comment
                     dst = f"{m.group(1)}/{m.group(2)}"
                     where = f"{os.path.relpath(path, os.path.dirname(core))}:{lineno}"
                     if not exempt and dst != src:
@@ -53,7 +53,11 @@ def main():
                         if RANK[m.group(1)] < RANK[layer]:
                             problems.append(f"{where}: {layer}/ includes {dst}.h,"
                                             f" which is a higher layer")
-                prev = line
+                stripped = line.strip()
+                if stripped.startswith(("/*", "*", "//")):
+                    comment = stripped if stripped.startswith(("/*", "//")) else comment + stripped
+                else:
+                    comment = ""
     # Circles: strongly connected components with more than one unit.
     index, low, stack, on, comps = {}, {}, [], set(), []
 
