@@ -12,9 +12,7 @@
 #include "util/log.h"
 #include "http/body.h"
 #include "net/upstream.h"
-/* include-ok: points up: the plugin metric registry lives beside its renderer in
- * ops/; its registration half belongs in plugin/ or util/. */
-#include "ops/plugin_metrics.h"
+#include "plugin/plugin_metrics.h"
 #include "plugin/tasks.h"
 #include "http/routes.h"
 #include "http/server.h"

@@ -26,7 +26,7 @@
 #include "util/counters.h"
 #include "identity/usersync.h"
 #include "net/upstream.h"
-#include "ops/plugin_metrics.h"
+#include "plugin/plugin_metrics.h"
 #include "plugin/tasks.h"
 #include "util/scoreboard.h"
 #include "process/supervisor.h"

@@ -1,6 +1,6 @@
 #include "config.h"
 
-#include "ops/plugin_metrics.h"
+#include "plugin/plugin_metrics.h"
 
 #include <math.h>
 #include <pthread.h>

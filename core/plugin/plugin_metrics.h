@@ -5,8 +5,8 @@
  * process runs, so a pointer a plugin holds stays valid across reloads and a
  * reload does not reset its values; the hot path is one atomic update.
  */
-#ifndef KEEL_CORE_OPS_PLUGIN_METRICS_H
-#define KEEL_CORE_OPS_PLUGIN_METRICS_H
+#ifndef KEEL_CORE_PLUGIN_PLUGIN_METRICS_H
+#define KEEL_CORE_PLUGIN_PLUGIN_METRICS_H
 
 #include <stdbool.h>
 #include <stddef.h>
