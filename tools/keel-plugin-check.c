@@ -59,7 +59,7 @@
 #include "plugin/manifest.h"
 #include "plugin/tasks.h"
 #include "net/upstream.h"
-#include "ops/plugin_metrics.h"
+#include "plugin/plugin_metrics.h"
 #include "util/time.h"
 #include "util/log.h"
 #include "http/request.h"

@@ -15,6 +15,7 @@
 
 #include <jansson.h>
 
+/* include-ok: schema.h is the table half of conf; its entries name conf.h's structs */
 #include "conf/conf.h"
 
 /* What one key of a section is while it is being parsed. */

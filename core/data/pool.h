@@ -15,6 +15,7 @@
 #include <libpq-fe.h>
 
 #include "data/breaker.h"
+/* include-ok: pool.h is the private half of db.c and exec.c, not a separate unit */
 #include "data/db.h"
 
 /*

@@ -14,7 +14,7 @@
 
 #include "conf/conf.h"
 #include "http/request.h"
-#include "http/server.h"
+#include "http/runtime.h"
 #include "http/routes.h"
 #include "util/log.h"
 

@@ -19,7 +19,7 @@
 #include <keel/error.h>
 
 #include "http/request.h"
-#include "http/server.h"
+#include "http/runtime.h"
 
 bool keel__request_id_valid(const char *id)
 {

@@ -13,7 +13,7 @@
 
 #include "conf/conf.h"
 #include "http/request.h"
-#include "http/server.h"
+#include "http/runtime.h"
 
 static const struct keel__edge_verdict accepted = {0, NULL};
 

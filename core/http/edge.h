@@ -30,11 +30,10 @@
 #include <keel/common.h>
 #include <keel/plugin.h>
 
-/* A refusal: HTTP status and the detail message (static text). */
-struct keel__edge_verdict {
-    unsigned status; /* 0 = accepted */
-    const char *detail;
-};
+#include "http/request.h"
+
+/* struct keel__edge_verdict (a refusal) is in http/request.h, which keeps
+ * one per request; edge.c reads the request, so the include points this way. */
 
 /* One header as libmicrohttpd handed it out: pointers into its buffer. */
 struct keel__edge_field {

@@ -19,7 +19,6 @@
 
 #include <keel/plugin.h>
 
-#include "http/edge.h"
 #include "http/router.h"
 #include "identity/usersync.h"
 
@@ -28,6 +27,13 @@ struct keel__cleanup;
 struct keel__table;
 struct keel__route;
 struct keel__spool;
+
+/* A refusal at the edge (core/http/edge.h): HTTP status and the detail
+ * message (static text).  Here because every request keeps one. */
+struct keel__edge_verdict {
+    unsigned status; /* 0 = accepted */
+    const char *detail;
+};
 
 struct keel__header {
     char *name;

@@ -16,6 +16,8 @@
 #include "data/breaker.h"
 #include "util/time.h"
 #include "http/request.h"
+/* include-ok: points up: keel__host_upstream_add is a host API member that hands the
+ * upstream to the plugin generation being registered; it belongs in plugin/. */
 #include "plugin/tasks.h"
 #include "util/log.h"
 

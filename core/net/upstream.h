@@ -16,7 +16,7 @@
 
 #include <keel/plugin.h>
 
-#include "ops/plugin_metrics.h"
+#include "util/counters.h"
 
 /* Once per process, before any thread calls an upstream. */
 int keel__upstream_global_init(void) KEEL_WARN_UNUSED;

@@ -17,7 +17,32 @@
 #include "plugin/hostapi.h"
 #include "plugin/registry.h"
 #include "plugin/snapshot.h"
-#include "process/worker.h"
+
+static bool no_worker(void)
+{
+    return false;
+}
+
+static int default_reload_timeout_ms(void)
+{
+    return 60000;
+}
+
+static int no_fanout(const char *verb, const char *arg, int timeout_ms, char **reply)
+{
+    (void)verb, (void)arg, (void)timeout_ms;
+    *reply = NULL;
+    return KEEL_EUNSUPPORTED;
+}
+
+static const struct keel__process_hooks alone = {no_worker, no_worker, default_reload_timeout_ms,
+                                                 no_fanout};
+static const struct keel__process_hooks *proc = &alone;
+
+void keel__core_routes_set_process(const struct keel__process_hooks *hooks)
+{
+    proc = hooks ? hooks : &alone;
+}
 
 static bool db_up(void)
 {
@@ -29,7 +54,7 @@ static bool db_up(void)
 static int route_health(keel_request *req)
 {
     const struct keel__snapshot *t = req->table ? keel__snapshot_of(req->table) : NULL;
-    if (keel__worker_draining()) {
+    if (proc->draining()) {
         /* Lame duck: load balancers take this instance out of rotation
          * while its routes still answer. */
         return keel__respond_json(req, 503,
@@ -114,7 +139,7 @@ static json_t *whole_server(keel_request *req, const char *verb, const char *arg
 {
     *answered = false;
     char *text = NULL;
-    int rc = keel__worker_fanout(verb, arg, timeout_ms, &text);
+    int rc = proc->fanout(verb, arg, timeout_ms, &text);
     if (rc == KEEL_EUNSUPPORTED)
         return NULL;
     json_t *j = rc == 0 ? json_loads(text, 0, NULL) : NULL;
@@ -143,11 +168,11 @@ static int route_reload(keel_request *req)
     const char *only = keel__req_query(req, "plugin");
     bool unknown = false;
     json_t *r;
-    if (keel__worker_active()) {
+    if (proc->active()) {
         /* Every plugin's init may take up to its timeout. */
         bool answered;
-        r = whole_server(req, "reload", only && *only ? only : NULL,
-                         keel__worker_reload_timeout_ms(), &answered);
+        r = whole_server(req, "reload", only && *only ? only : NULL, proc->reload_timeout_ms(),
+                         &answered);
         if (answered)
             return 0;
         unknown = json_is_true(json_object_get(r, "unknown"));
@@ -226,7 +251,7 @@ json_t *keel__admin_status(const struct keel__table *table)
 static int route_metrics(keel_request *req)
 {
     char *text = NULL;
-    int frc = keel__worker_fanout("metrics", NULL, 5000, &text);
+    int frc = proc->fanout("metrics", NULL, 5000, &text);
     if (frc != 0 && frc != KEEL_EUNSUPPORTED) {
         keel__log(KEEL_LOG_ERROR, "admin", "metrics: no answer from the supervisor (%s)",
                   keel_strerror(frc));
@@ -246,8 +271,7 @@ static int route_metrics(keel_request *req)
 static int route_upgrade(keel_request *req)
 {
     bool answered;
-    json_t *j = whole_server(req, "upgrade", NULL, keel__worker_reload_timeout_ms() + 10000,
-                             &answered);
+    json_t *j = whole_server(req, "upgrade", NULL, proc->reload_timeout_ms() + 10000, &answered);
     if (answered)
         return 0;
     if (j == NULL)

@@ -12,4 +12,16 @@ extern const size_t keel__ncore_routes;
  * new reference. */
 json_t *keel__admin_status(const struct keel__table *table);
 
+/* What the admin routes ask of the process layer above them: worker state
+ * and the whole-server fan-out (see process/worker.h).  main.c installs it
+ * at start-up so ops/ need not include process/; until then this process
+ * answers alone, as outside a worker. */
+struct keel__process_hooks {
+    bool (*active)(void);
+    bool (*draining)(void);
+    int (*reload_timeout_ms)(void);
+    int (*fanout)(const char *verb, const char *arg, int timeout_ms, char **reply);
+};
+void keel__core_routes_set_process(const struct keel__process_hooks *hooks);
+
 #endif

@@ -22,7 +22,7 @@
 #include "plugin/registry.h"
 #include "util/counters.h"
 #include "identity/usersync.h"
-#include "ops/plugin_metrics.h"
+#include "plugin/plugin_metrics.h"
 
 /* A growing text buffer for the exposition. */
 struct text {

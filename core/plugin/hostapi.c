@@ -12,7 +12,7 @@
 #include "util/log.h"
 #include "http/body.h"
 #include "net/upstream.h"
-#include "ops/plugin_metrics.h"
+#include "plugin/plugin_metrics.h"
 #include "plugin/tasks.h"
 #include "http/routes.h"
 #include "http/server.h"

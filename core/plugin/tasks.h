@@ -1,7 +1,7 @@
 /*
  * What a plugin generation registers during init beyond its routes:
  * background tasks, upstream services (core/net/upstream.h) and metrics
- * (core/ops/plugin_metrics.h).  docs/plugin-guide.md describes the API.
+ * (core/plugin/plugin_metrics.h).  docs/plugin-guide.md describes the API.
  *
  * Registration is only possible while init runs.  The loader brackets the
  * init call with keel__gen_init_begin()/keel__gen_init_end(); in between, the

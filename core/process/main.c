@@ -26,7 +26,7 @@
 #include "util/counters.h"
 #include "identity/usersync.h"
 #include "net/upstream.h"
-#include "ops/plugin_metrics.h"
+#include "plugin/plugin_metrics.h"
 #include "plugin/tasks.h"
 #include "util/scoreboard.h"
 #include "process/supervisor.h"
@@ -314,6 +314,11 @@ int main(int argc, char **argv)
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
+    static const struct keel__process_hooks worker_hooks = {keel__worker_active,
+                                                            keel__worker_draining,
+                                                            keel__worker_reload_timeout_ms,
+                                                            keel__worker_fanout};
+    keel__core_routes_set_process(&worker_hooks);
     int opt;
     while ((opt = getopt_long(argc, argv, "c:tCmVh", longopts, NULL)) != -1) {
         switch (opt) {

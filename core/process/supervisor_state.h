@@ -16,6 +16,7 @@
 
 #include "conf/conf.h"
 #include "process/channel.h"
+/* include-ok: the supervisor's private state, shared by its own files */
 #include "process/supervisor.h"
 
 enum wstate { W_FREE = 0, W_STARTING, W_READY, W_RETIRING, W_STOPPING };

@@ -3,6 +3,8 @@
 #include "util/counters.h"
 
 #include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -107,4 +109,63 @@ void keel__metrics_free(void)
     }
     registry = NULL;
     pthread_mutex_unlock(&registry_lock);
+}
+
+const double keel__mbuckets[KEEL__MBUCKETS] = {0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                                               0.5,   1.0,   2.5,  5.0,   10.0, 30.0};
+const size_t keel__nmbuckets = sizeof keel__mbuckets / sizeof keel__mbuckets[0];
+
+void keel__mtext_add(struct keel__mtext *t, const char *fmt, ...)
+{
+    if (t->failed)
+        return;
+    if (t->buf == NULL) {
+        t->cap = 4096;
+        t->buf = malloc(t->cap);
+        if (t->buf == NULL) {
+            t->failed = true;
+            return;
+        }
+        t->buf[0] = '\0';
+    }
+    for (;;) {
+        va_list ap;
+        va_start(ap, fmt);
+        int n = vsnprintf(t->buf + t->len, t->cap - t->len, fmt, ap);
+        va_end(ap);
+        if (n < 0) {
+            t->failed = true;
+            return;
+        }
+        if ((size_t)n < t->cap - t->len) {
+            t->len += (size_t)n;
+            return;
+        }
+        size_t cap = t->cap * 2 + (size_t)n;
+        char *grown = realloc(t->buf, cap);
+        if (grown == NULL) {
+            t->failed = true;
+            return;
+        }
+        t->buf = grown;
+        t->cap = cap;
+    }
+}
+
+const char *keel__mtext_label(const char *s, char *out, size_t outlen)
+{
+    size_t j = 0;
+    for (size_t i = 0; s[i] != '\0' && j + 3 < outlen; i++) {
+        if (s[i] == '"' || s[i] == '\\') {
+            out[j++] = '\\';
+            out[j++] = s[i];
+        } else if (s[i] == '\n') {
+            out[j++] = '\\';
+            out[j++] = 'n';
+        } else {
+            out[j++] = s[i];
+        }
+    }
+    out[j] = '\0';
+    return out;
 }

@@ -10,7 +10,10 @@
 
 #include <stdatomic.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
+
+#include <keel/common.h>
 
 #define KEEL__METRICS_NSTATUS 500 /* statuses 100..599 */
 #define KEEL__METRICS_NBUCKETS 14
@@ -67,5 +70,21 @@ void keel__metrics_each(void (*fn)(void *ctx, const struct keel__route_metrics *
 
 /* Frees every record (at exit, after the servers stopped). */
 void keel__metrics_free(void);
+
+/* Prometheus text building, shared by every family's renderer: a growing
+ * exposition buffer; `failed` latches an allocation failure. */
+struct keel__mtext {
+    char *buf;
+    size_t len, cap;
+    bool failed;
+};
+void keel__mtext_add(struct keel__mtext *t, const char *fmt, ...) KEEL_PRINTF(2, 3);
+/* Escapes a label value into out (truncating). */
+const char *keel__mtext_label(const char *s, char *out, size_t outlen);
+
+/* The histogram bounds shared by plugin and upstream histograms (seconds). */
+#define KEEL__MBUCKETS 13
+extern const double keel__mbuckets[KEEL__MBUCKETS];
+extern const size_t keel__nmbuckets;
 
 #endif

@@ -51,6 +51,9 @@ static void on_fatal(int sig, siginfo_t *si, void *uc)
 void keel__crash_install(int fd)
 {
     crash_fd = fd;
+    /* Every thread that claims a scoreboard slot from now on gets its own
+     * signal stack, so the handler runs even on a thread that overflowed. */
+    keel__sb_set_thread_hooks(keel__crash_thread_setup, keel__crash_thread_teardown);
     /* backtrace() loads libgcc's unwinder on first use, which is not
      * async-signal-safe: do it now, outside any handler. */
     void *frames[2];

@@ -9,8 +9,6 @@
 #include <sys/mman.h>
 #include <time.h>
 
-#include "util/crash.h"
-
 static struct keel__sb_worker *board;
 static unsigned nslots;
 static struct keel__sb_worker *self;
@@ -63,10 +61,26 @@ void keel__sb_reset(unsigned i)
         atomic_store(&w->threads[t].seq, 0);
 }
 
+typedef void (*thread_hook)(void);
+static _Atomic thread_hook on_claim, on_release;
+
+void keel__sb_set_thread_hooks(void (*setup)(void), void (*teardown)(void))
+{
+    atomic_store(&on_claim, setup);
+    atomic_store(&on_release, teardown);
+}
+
+static void run_hook(_Atomic thread_hook *hook)
+{
+    thread_hook fn = atomic_load(hook);
+    if (fn != NULL)
+        fn();
+}
+
 static void release_slot(void *arg)
 {
     int idx = (int)(intptr_t)arg - 1;
-    keel__crash_thread_teardown();
+    run_hook(&on_release);
     pthread_mutex_lock(&free_lock);
     int *grown = realloc(free_slots, (nfree + 1) * sizeof *grown);
     if (grown != NULL) {
@@ -112,7 +126,7 @@ static int claim_slot(void)
     /* The key's destructor gives the slot back when the thread exits;
      * stored +1 because a NULL value runs no destructor. */
     pthread_setspecific(slot_key, (void *)(intptr_t)(idx + 1));
-    keel__crash_thread_setup();
+    run_hook(&on_claim);
     return idx;
 }
 

@@ -72,6 +72,10 @@ void keel__sb_reset(unsigned i);
 
 /* Worker: slot i is this process's (called once after fork). */
 void keel__sb_bind(unsigned i);
+/* Run by every thread as it claims its slot and as it gives it back: the
+ * crash handler (util/crash.c) installs its per-thread signal stack here,
+ * so the scoreboard need not know about it.  NULL (the default) runs none. */
+void keel__sb_set_thread_hooks(void (*setup)(void), void (*teardown)(void));
 /* This process's slot, or NULL outside a worker. */
 struct keel__sb_worker *keel__sb_self(void);
 

@@ -1,4 +1,4 @@
-/* Unit tests for core/plugin/tasks.c, core/ops/plugin_metrics.c and the
+/* Unit tests for core/plugin/tasks.c, core/plugin/plugin_metrics.c and the
  * configuration side of core/net/upstream.c: what may be registered when,
  * how tasks run and stop, and how plugin metrics render. */
 #include "config.h"
@@ -17,7 +17,7 @@
 #include "data/breaker.h"
 #include "util/time.h"
 #include "net/upstream.h"
-#include "ops/plugin_metrics.h"
+#include "plugin/plugin_metrics.h"
 #include "plugin/tasks.h"
 #include "util/log.h"
 

@@ -1,6 +1,6 @@
 #include "config.h"
 
-#include "ops/plugin_metrics.h"
+#include "plugin/plugin_metrics.h"
 
 #include <math.h>
 #include <pthread.h>
@@ -18,10 +18,7 @@
 #define METRIC_HELP_MAX 200
 #define METRICS_MAX 1024
 
-const double keel__mbuckets[] = {0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
-                                 0.5,   1.0,   2.5,  5.0,   10.0, 30.0};
-const size_t keel__nmbuckets = sizeof keel__mbuckets / sizeof keel__mbuckets[0];
-#define NB (sizeof keel__mbuckets / sizeof keel__mbuckets[0])
+#define NB KEEL__MBUCKETS
 
 struct keel_metric {
     struct keel_metric *next;
@@ -40,61 +37,6 @@ struct keel_metric {
 static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct keel_metric *registry;
 static int nregistered;
-
-void keel__mtext_add(struct keel__mtext *t, const char *fmt, ...)
-{
-    if (t->failed)
-        return;
-    if (t->buf == NULL) {
-        t->cap = 4096;
-        t->buf = malloc(t->cap);
-        if (t->buf == NULL) {
-            t->failed = true;
-            return;
-        }
-        t->buf[0] = '\0';
-    }
-    for (;;) {
-        va_list ap;
-        va_start(ap, fmt);
-        int n = vsnprintf(t->buf + t->len, t->cap - t->len, fmt, ap);
-        va_end(ap);
-        if (n < 0) {
-            t->failed = true;
-            return;
-        }
-        if ((size_t)n < t->cap - t->len) {
-            t->len += (size_t)n;
-            return;
-        }
-        size_t cap = t->cap * 2 + (size_t)n;
-        char *grown = realloc(t->buf, cap);
-        if (grown == NULL) {
-            t->failed = true;
-            return;
-        }
-        t->buf = grown;
-        t->cap = cap;
-    }
-}
-
-const char *keel__mtext_label(const char *s, char *out, size_t outlen)
-{
-    size_t j = 0;
-    for (size_t i = 0; s[i] != '\0' && j + 3 < outlen; i++) {
-        if (s[i] == '"' || s[i] == '\\') {
-            out[j++] = '\\';
-            out[j++] = s[i];
-        } else if (s[i] == '\n') {
-            out[j++] = '\\';
-            out[j++] = 'n';
-        } else {
-            out[j++] = s[i];
-        }
-    }
-    out[j] = '\0';
-    return out;
-}
 
 static bool valid_metric_name(const char *n)
 {

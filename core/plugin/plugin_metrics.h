@@ -5,8 +5,8 @@
  * process runs, so a pointer a plugin holds stays valid across reloads and a
  * reload does not reset its values; the hot path is one atomic update.
  */
-#ifndef KEEL_CORE_OPS_PLUGIN_METRICS_H
-#define KEEL_CORE_OPS_PLUGIN_METRICS_H
+#ifndef KEEL_CORE_PLUGIN_PLUGIN_METRICS_H
+#define KEEL_CORE_PLUGIN_PLUGIN_METRICS_H
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -14,19 +14,7 @@
 #include <keel/common.h>
 #include <keel/plugin.h>
 
-/* A growing exposition buffer; `failed` latches an allocation failure. */
-struct keel__mtext {
-    char *buf;
-    size_t len, cap;
-    bool failed;
-};
-void keel__mtext_add(struct keel__mtext *t, const char *fmt, ...) KEEL_PRINTF(2, 3);
-/* Escapes a label value into out (truncating). */
-const char *keel__mtext_label(const char *s, char *out, size_t outlen);
-
-/* The histogram bounds shared by plugin and upstream histograms (seconds). */
-extern const double keel__mbuckets[];
-extern const size_t keel__nmbuckets;
+#include "util/counters.h"
 
 /* Host API members. */
 int keel__host_metric_add(int kind, const char *name, const char *help, keel_metric **out);
