@@ -72,24 +72,34 @@ static size_t pow2_at_least(size_t n)
     return p;
 }
 
+/* The limiter both kinds share: the bucket interval and tolerance from the
+ * configured rate and burst, and the number of keys to keep.  NULL when out of
+ * memory; *max_keys is set either way. */
+static keel__ratelimit *limiter_new(const struct keel__ratelimit_conf *conf, size_t *max_keys)
+{
+    *max_keys = conf->max_keys ? conf->max_keys : DEFAULT_MAX_KEYS;
+    if (*max_keys > MAX_KEYS_LIMIT)
+        *max_keys = MAX_KEYS_LIMIT;
+    unsigned burst = conf->burst ? conf->burst : conf->rate;
+    keel__ratelimit *rl = calloc(1, sizeof *rl);
+    if (rl == NULL)
+        return NULL;
+    rl->interval_ns = NS_PER_S / (int64_t)conf->rate;
+    if (rl->interval_ns < 1)
+        rl->interval_ns = 1;
+    rl->tolerance_ns = (int64_t)(burst - 1) * rl->interval_ns;
+    return rl;
+}
+
 int keel__ratelimit_new(const struct keel__ratelimit_conf *conf, keel__ratelimit **out)
 {
     *out = NULL;
     if (conf == NULL || conf->rate == 0)
         return KEEL_EINVAL;
-    size_t max_keys = conf->max_keys ? conf->max_keys : DEFAULT_MAX_KEYS;
-    if (max_keys > MAX_KEYS_LIMIT)
-        max_keys = MAX_KEYS_LIMIT;
-    unsigned burst = conf->burst ? conf->burst : conf->rate;
-
-    keel__ratelimit *rl = calloc(1, sizeof *rl);
+    size_t max_keys;
+    keel__ratelimit *rl = limiter_new(conf, &max_keys);
     if (rl == NULL)
         return KEEL_ENOMEM;
-    rl->interval_ns = NS_PER_S / (int64_t)conf->rate;
-    if (rl->interval_ns < 1)
-        rl->interval_ns = 1;
-    rl->tolerance_ns = (int64_t)(burst - 1) * rl->interval_ns;
-
     if (keel__lru_init(&rl->buckets, max_keys, MIN_PER_SHARD, MAX_SHARDS, bucket_is) != 0) {
         free(rl);
         return KEEL_ENOMEM;
@@ -103,17 +113,10 @@ int keel__ratelimit_new_shared(const struct keel__ratelimit_conf *conf, keel__ra
     *out = NULL;
     if (conf == NULL || conf->rate == 0)
         return KEEL_EINVAL;
-    size_t max_keys = conf->max_keys ? conf->max_keys : DEFAULT_MAX_KEYS;
-    if (max_keys > MAX_KEYS_LIMIT)
-        max_keys = MAX_KEYS_LIMIT;
-    unsigned burst = conf->burst ? conf->burst : conf->rate;
-    keel__ratelimit *rl = calloc(1, sizeof *rl);
+    size_t max_keys;
+    keel__ratelimit *rl = limiter_new(conf, &max_keys);
     if (rl == NULL)
         return KEEL_ENOMEM;
-    rl->interval_ns = NS_PER_S / (int64_t)conf->rate;
-    if (rl->interval_ns < 1)
-        rl->interval_ns = 1;
-    rl->tolerance_ns = (int64_t)(burst - 1) * rl->interval_ns;
     /* Twice the keys, so probes stay short. */
     rl->shared_slots = pow2_at_least(max_keys * 2);
     void *p = mmap(NULL, rl->shared_slots * sizeof *rl->shared, PROT_READ | PROT_WRITE,

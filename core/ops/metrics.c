@@ -3,7 +3,6 @@
 #include "ops/metrics.h"
 
 #include <pthread.h>
-#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -24,59 +23,6 @@
 #include "identity/usersync.h"
 #include "plugin/plugin_metrics.h"
 
-/* A growing text buffer for the exposition. */
-struct text {
-    char *buf;
-    size_t len, cap;
-    bool failed;
-};
-
-static void emit(struct text *t, const char *fmt, ...) KEEL_PRINTF(2, 3);
-
-static void emit(struct text *t, const char *fmt, ...)
-{
-    if (t->failed)
-        return;
-    for (;;) {
-        va_list ap;
-        va_start(ap, fmt);
-        int n = vsnprintf(t->buf + t->len, t->cap - t->len, fmt, ap);
-        va_end(ap);
-        if (n < 0) {
-            t->failed = true;
-            return;
-        }
-        if ((size_t)n < t->cap - t->len) {
-            t->len += (size_t)n;
-            return;
-        }
-        size_t cap = t->cap * 2 + (size_t)n;
-        char *grown = realloc(t->buf, cap);
-        if (grown == NULL) {
-            t->failed = true;
-            return;
-        }
-        t->buf = grown;
-        t->cap = cap;
-    }
-}
-
-/* Label values are ours (templates, plugin names) but escape anyway. */
-static const char *esc(const char *s, char *out, size_t outlen)
-{
-    size_t j = 0;
-    for (size_t i = 0; s[i] != '\0' && j + 2 < outlen; i++) {
-        if (s[i] == '"' || s[i] == '\\' || s[i] == '\n') {
-            out[j++] = '\\';
-            out[j++] = s[i] == '\n' ? 'n' : s[i];
-        } else {
-            out[j++] = s[i];
-        }
-    }
-    out[j] = '\0';
-    return out;
-}
-
 static const char *listener_name(int l)
 {
     return l == KEEL__LISTENER_ADMIN ? "admin" : "main";
@@ -84,36 +30,37 @@ static const char *listener_name(int l)
 
 static void render_route_statuses(void *ctx, const struct keel__route_metrics *m)
 {
-    struct text *t = ctx;
+    struct keel__mtext *t = ctx;
     char p[512], pl[128];
     for (unsigned s = 0; s < KEEL__METRICS_NSTATUS; s++) {
         unsigned long long n = atomic_load_explicit(&m->status[s], memory_order_relaxed);
         if (n == 0)
             continue;
-        emit(t,
-             "keel_http_requests_total{listener=\"%s\",method=\"%s\",route=\"%s\","
-             "plugin=\"%s\",status=\"%u\"} %llu\n",
-             listener_name(m->listener), m->method, esc(m->path, p, sizeof p),
-             esc(m->plugin ? m->plugin : "-", pl, sizeof pl), s + 100, n);
+        keel__mtext_add(t,
+                        "keel_http_requests_total{listener=\"%s\",method=\"%s\",route=\"%s\","
+                        "plugin=\"%s\",status=\"%u\"} %llu\n",
+                        listener_name(m->listener), m->method,
+                        keel__mtext_label(m->path, p, sizeof p),
+                        keel__mtext_label(m->plugin ? m->plugin : "-", pl, sizeof pl), s + 100, n);
     }
 }
 
 static void render_route_latency(void *ctx, const struct keel__route_metrics *m)
 {
-    struct text *t = ctx;
+    struct keel__mtext *t = ctx;
     char p[512];
     unsigned long long count = atomic_load_explicit(&m->count, memory_order_relaxed);
     if (count == 0)
         return;
     const char *ln = listener_name(m->listener);
-    esc(m->path, p, sizeof p);
+    keel__mtext_label(m->path, p, sizeof p);
     unsigned long long cum = 0;
     for (size_t i = 0; i < KEEL__METRICS_NBUCKETS; i++) {
         cum += atomic_load_explicit(&m->buckets[i], memory_order_relaxed);
-        emit(t,
-             "keel_http_request_duration_seconds_bucket{listener=\"%s\",method=\"%s\","
-             "route=\"%s\",le=\"%g\"} %llu\n",
-             ln, m->method, p, keel__metrics_bucket_bounds[i], cum);
+        keel__mtext_add(t,
+                        "keel_http_request_duration_seconds_bucket{listener=\"%s\",method=\"%s\","
+                        "route=\"%s\",le=\"%g\"} %llu\n",
+                        ln, m->method, p, keel__metrics_bucket_bounds[i], cum);
     }
     /* Requests complete while this renders, and an observation bumps its
      * bucket before the count: reading the count after the buckets and never
@@ -122,51 +69,53 @@ static void render_route_latency(void *ctx, const struct keel__route_metrics *m)
     count = atomic_load_explicit(&m->count, memory_order_relaxed);
     if (count < cum)
         count = cum;
-    emit(t,
-         "keel_http_request_duration_seconds_bucket{listener=\"%s\",method=\"%s\","
-         "route=\"%s\",le=\"+Inf\"} %llu\n",
-         ln, m->method, p, count);
-    emit(t,
-         "keel_http_request_duration_seconds_sum{listener=\"%s\",method=\"%s\",route=\"%s\"} "
-         "%.9f\n",
-         ln, m->method, p, (double)atomic_load_explicit(&m->sum_ns, memory_order_relaxed) / 1e9);
-    emit(t,
-         "keel_http_request_duration_seconds_count{listener=\"%s\",method=\"%s\","
-         "route=\"%s\"} %llu\n",
-         ln, m->method, p, count);
+    keel__mtext_add(t,
+                    "keel_http_request_duration_seconds_bucket{listener=\"%s\",method=\"%s\","
+                    "route=\"%s\",le=\"+Inf\"} %llu\n",
+                    ln, m->method, p, count);
+    keel__mtext_add(
+        t,
+        "keel_http_request_duration_seconds_sum{listener=\"%s\",method=\"%s\",route=\"%s\"} "
+        "%.9f\n",
+        ln, m->method, p, (double)atomic_load_explicit(&m->sum_ns, memory_order_relaxed) / 1e9);
+    keel__mtext_add(t,
+                    "keel_http_request_duration_seconds_count{listener=\"%s\",method=\"%s\","
+                    "route=\"%s\"} %llu\n",
+                    ln, m->method, p, count);
 }
 
 static void render_route_degraded(void *ctx, const struct keel__route_metrics *m)
 {
-    struct text *t = ctx;
+    struct keel__mtext *t = ctx;
     char p[512];
     for (size_t r = 0; r < 3; r++) {
         unsigned long long n = atomic_load_explicit(&m->degraded[r], memory_order_relaxed);
         if (n == 0)
             continue;
-        emit(t,
-             "keel_degraded_responses_total{listener=\"%s\",method=\"%s\",route=\"%s\","
-             "reason=\"%s\"} %llu\n",
-             listener_name(m->listener), m->method, esc(m->path, p, sizeof p),
-             keel__degraded_reason_names[r], n);
+        keel__mtext_add(t,
+                        "keel_degraded_responses_total{listener=\"%s\",method=\"%s\",route=\"%s\","
+                        "reason=\"%s\"} %llu\n",
+                        listener_name(m->listener), m->method,
+                        keel__mtext_label(m->path, p, sizeof p), keel__degraded_reason_names[r], n);
     }
 }
 
-static void render_routes(struct text *t)
+static void render_routes(struct keel__mtext *t)
 {
-    emit(t, "# HELP keel_http_requests_total HTTP requests by route and status.\n"
-            "# TYPE keel_http_requests_total counter\n");
+    keel__mtext_add(t, "# HELP keel_http_requests_total HTTP requests by route and status.\n"
+                       "# TYPE keel_http_requests_total counter\n");
     keel__metrics_each(render_route_statuses, t);
-    emit(t, "# HELP keel_degraded_responses_total Responses that were not the real answer: "
-            "degraded for lack of the database, or a plugin's fallback stub.\n"
-            "# TYPE keel_degraded_responses_total counter\n");
+    keel__mtext_add(t,
+                    "# HELP keel_degraded_responses_total Responses that were not the real answer: "
+                    "degraded for lack of the database, or a plugin's fallback stub.\n"
+                    "# TYPE keel_degraded_responses_total counter\n");
     keel__metrics_each(render_route_degraded, t);
-    emit(t, "# HELP keel_http_request_duration_seconds Request latency by route.\n"
-            "# TYPE keel_http_request_duration_seconds histogram\n");
+    keel__mtext_add(t, "# HELP keel_http_request_duration_seconds Request latency by route.\n"
+                       "# TYPE keel_http_request_duration_seconds histogram\n");
     keel__metrics_each(render_route_latency, t);
 }
 
-static void render_plugins(struct text *t)
+static void render_plugins(struct keel__mtext *t)
 {
     json_t *d = keel__plugins_describe();
     json_t *list = json_object_get(d, "plugins");
@@ -180,7 +129,8 @@ static void render_plugins(struct text *t)
     static const char *const keys[] = {NULL, "generation", "in_flight", "requests", "reloads"};
     char nm[128];
     for (size_t f = 0; f < sizeof fams / sizeof fams[0]; f++) {
-        emit(t, "# HELP %s %s\n# TYPE %s %s\n", fams[f][0], fams[f][2], fams[f][0], fams[f][1]);
+        keel__mtext_add(t, "# HELP %s %s\n# TYPE %s %s\n", fams[f][0], fams[f][2], fams[f][0],
+                        fams[f][1]);
         size_t i;
         json_t *p;
         json_array_foreach(list, i, p)
@@ -191,109 +141,113 @@ static void render_plugins(struct text *t)
                 v = strcmp(json_string_value(json_object_get(p, "state")), "loaded") == 0;
             else
                 v = (long long)json_integer_value(json_object_get(p, keys[f]));
-            emit(t, "%s{plugin=\"%s\"} %lld\n", fams[f][0], esc(name ? name : "", nm, sizeof nm),
-                 v);
+            keel__mtext_add(t, "%s{plugin=\"%s\"} %lld\n", fams[f][0],
+                            keel__mtext_label(name ? name : "", nm, sizeof nm), v);
         }
     }
     json_decref(d);
     struct keel__reload_counts rc;
     keel__metrics_reload_counts(&rc);
-    emit(t,
-         "# HELP keel_reloads_total Plugin reloads by result.\n# TYPE keel_reloads_total counter\n"
-         "keel_reloads_total{result=\"ok\"} %llu\nkeel_reloads_total{result=\"failed\"} %llu\n",
-         (unsigned long long)rc.ok, (unsigned long long)rc.failed);
-    emit(t,
-         "# HELP keel_plugin_generations_mapped Plugin generations currently loaded in memory.\n"
-         "# TYPE keel_plugin_generations_mapped gauge\nkeel_plugin_generations_mapped %ld\n",
-         keel__generations_live());
-    emit(t,
-         "# HELP keel_plugin_db_results_live Database results plugins hold right now.\n"
-         "# TYPE keel_plugin_db_results_live gauge\nkeel_plugin_db_results_live %ld\n",
-         keel__host_results_live());
+    keel__mtext_add(
+        t,
+        "# HELP keel_reloads_total Plugin reloads by result.\n# TYPE keel_reloads_total counter\n"
+        "keel_reloads_total{result=\"ok\"} %llu\nkeel_reloads_total{result=\"failed\"} %llu\n",
+        (unsigned long long)rc.ok, (unsigned long long)rc.failed);
+    keel__mtext_add(
+        t,
+        "# HELP keel_plugin_generations_mapped Plugin generations currently loaded in memory.\n"
+        "# TYPE keel_plugin_generations_mapped gauge\nkeel_plugin_generations_mapped %ld\n",
+        keel__generations_live());
+    keel__mtext_add(t,
+                    "# HELP keel_plugin_db_results_live Database results plugins hold right now.\n"
+                    "# TYPE keel_plugin_db_results_live gauge\nkeel_plugin_db_results_live %ld\n",
+                    keel__host_results_live());
 }
 
-static void render_db(struct text *t)
+static void render_db(struct keel__mtext *t)
 {
     struct keel__db_stats s = {0};
     if (keel__rt.db != NULL)
         keel__db_stats(keel__rt.db, &s);
-    emit(t,
-         "# HELP keel_db_pool_connections Pool connections by state.\n"
-         "# TYPE keel_db_pool_connections gauge\n"
-         "keel_db_pool_connections{state=\"in_use\"} %d\n"
-         "keel_db_pool_connections{state=\"idle\"} %d\n"
-         "# HELP keel_db_pool_size Configured pool size.\n# TYPE keel_db_pool_size gauge\n"
-         "keel_db_pool_size %d\n"
-         "# HELP keel_db_pool_waits_total Checkouts that had to wait for a connection.\n"
-         "# TYPE keel_db_pool_waits_total counter\nkeel_db_pool_waits_total %llu\n"
-         "# HELP keel_db_pool_wait_timeouts_total Checkouts that gave up waiting.\n"
-         "# TYPE keel_db_pool_wait_timeouts_total counter\nkeel_db_pool_wait_timeouts_total %llu\n"
-         "# HELP keel_db_connects_total Connection attempts by result.\n"
-         "# TYPE keel_db_connects_total counter\n"
-         "keel_db_connects_total{result=\"ok\"} %llu\n"
-         "keel_db_connects_total{result=\"failed\"} %llu\n",
-         s.in_use, s.idle, s.size, (unsigned long long)s.waits, (unsigned long long)s.wait_timeouts,
-         (unsigned long long)s.connects, (unsigned long long)s.connect_failures);
-    emit(t, "# HELP keel_db_breaker_state Circuit breaker state (1 = current).\n"
-            "# TYPE keel_db_breaker_state gauge\n");
+    keel__mtext_add(
+        t,
+        "# HELP keel_db_pool_connections Pool connections by state.\n"
+        "# TYPE keel_db_pool_connections gauge\n"
+        "keel_db_pool_connections{state=\"in_use\"} %d\n"
+        "keel_db_pool_connections{state=\"idle\"} %d\n"
+        "# HELP keel_db_pool_size Configured pool size.\n# TYPE keel_db_pool_size gauge\n"
+        "keel_db_pool_size %d\n"
+        "# HELP keel_db_pool_waits_total Checkouts that had to wait for a connection.\n"
+        "# TYPE keel_db_pool_waits_total counter\nkeel_db_pool_waits_total %llu\n"
+        "# HELP keel_db_pool_wait_timeouts_total Checkouts that gave up waiting.\n"
+        "# TYPE keel_db_pool_wait_timeouts_total counter\nkeel_db_pool_wait_timeouts_total %llu\n"
+        "# HELP keel_db_connects_total Connection attempts by result.\n"
+        "# TYPE keel_db_connects_total counter\n"
+        "keel_db_connects_total{result=\"ok\"} %llu\n"
+        "keel_db_connects_total{result=\"failed\"} %llu\n",
+        s.in_use, s.idle, s.size, (unsigned long long)s.waits, (unsigned long long)s.wait_timeouts,
+        (unsigned long long)s.connects, (unsigned long long)s.connect_failures);
+    keel__mtext_add(t, "# HELP keel_db_breaker_state Circuit breaker state (1 = current).\n"
+                       "# TYPE keel_db_breaker_state gauge\n");
     static const int states[] = {KEEL__BREAKER_CLOSED, KEEL__BREAKER_OPEN, KEEL__BREAKER_HALF_OPEN};
     for (size_t i = 0; i < 3; i++)
-        emit(t, "keel_db_breaker_state{state=\"%s\"} %d\n", keel__breaker_state_name(states[i]),
-             keel__rt.db != NULL ? s.breaker_state == states[i] : states[i] == KEEL__BREAKER_OPEN);
-    emit(t,
-         "# HELP keel_db_breaker_transitions_total Breaker transitions by target state.\n"
-         "# TYPE keel_db_breaker_transitions_total counter\n"
-         "keel_db_breaker_transitions_total{to=\"open\"} %llu\n"
-         "keel_db_breaker_transitions_total{to=\"half_open\"} %llu\n"
-         "keel_db_breaker_transitions_total{to=\"closed\"} %llu\n",
-         (unsigned long long)s.breaker_to_open, (unsigned long long)s.breaker_to_half_open,
-         (unsigned long long)s.breaker_to_closed);
+        keel__mtext_add(t, "keel_db_breaker_state{state=\"%s\"} %d\n",
+                        keel__breaker_state_name(states[i]),
+                        keel__rt.db != NULL ? s.breaker_state == states[i]
+                                            : states[i] == KEEL__BREAKER_OPEN);
+    keel__mtext_add(
+        t,
+        "# HELP keel_db_breaker_transitions_total Breaker transitions by target state.\n"
+        "# TYPE keel_db_breaker_transitions_total counter\n"
+        "keel_db_breaker_transitions_total{to=\"open\"} %llu\n"
+        "keel_db_breaker_transitions_total{to=\"half_open\"} %llu\n"
+        "keel_db_breaker_transitions_total{to=\"closed\"} %llu\n",
+        (unsigned long long)s.breaker_to_open, (unsigned long long)s.breaker_to_half_open,
+        (unsigned long long)s.breaker_to_closed);
 }
 
-static void render_usersync(struct text *t)
+static void render_usersync(struct keel__mtext *t)
 {
     struct keel__usersync_stats s = {0};
     if (keel__rt.usersync != NULL)
         keel__usersync_stats(keel__rt.usersync, &s);
-    emit(t,
-         "# HELP keel_usersync_cache_lookups_total User-sync cache lookups by result.\n"
-         "# TYPE keel_usersync_cache_lookups_total counter\n"
-         "keel_usersync_cache_lookups_total{result=\"hit\"} %llu\n"
-         "keel_usersync_cache_lookups_total{result=\"miss\"} %llu\n"
-         "# HELP keel_usersync_cache_hits_total User-sync cache hits.\n"
-         "# TYPE keel_usersync_cache_hits_total counter\nkeel_usersync_cache_hits_total %llu\n"
-         "# HELP keel_usersync_cache_misses_total User-sync cache misses.\n"
-         "# TYPE keel_usersync_cache_misses_total counter\nkeel_usersync_cache_misses_total %llu\n"
-         "# HELP keel_usersync_cache_evictions_total Entries evicted for capacity.\n"
-         "# TYPE keel_usersync_cache_evictions_total counter\n"
-         "keel_usersync_cache_evictions_total %llu\n"
-         "# HELP keel_usersync_sync_failures_total Syncs that failed and fell back to claims.\n"
-         "# TYPE keel_usersync_sync_failures_total counter\n"
-         "keel_usersync_sync_failures_total %llu\n"
-         "# HELP keel_usersync_cache_entries Entries in the user-sync cache.\n"
-         "# TYPE keel_usersync_cache_entries gauge\nkeel_usersync_cache_entries %llu\n",
-         (unsigned long long)s.hits, (unsigned long long)s.misses, (unsigned long long)s.hits,
-         (unsigned long long)s.misses, (unsigned long long)s.evictions,
-         (unsigned long long)s.sync_failures, (unsigned long long)s.entries);
+    keel__mtext_add(
+        t,
+        "# HELP keel_usersync_cache_lookups_total User-sync cache lookups by result.\n"
+        "# TYPE keel_usersync_cache_lookups_total counter\n"
+        "keel_usersync_cache_lookups_total{result=\"hit\"} %llu\n"
+        "keel_usersync_cache_lookups_total{result=\"miss\"} %llu\n"
+        "# HELP keel_usersync_cache_hits_total User-sync cache hits.\n"
+        "# TYPE keel_usersync_cache_hits_total counter\nkeel_usersync_cache_hits_total %llu\n"
+        "# HELP keel_usersync_cache_misses_total User-sync cache misses.\n"
+        "# TYPE keel_usersync_cache_misses_total counter\nkeel_usersync_cache_misses_total %llu\n"
+        "# HELP keel_usersync_cache_evictions_total Entries evicted for capacity.\n"
+        "# TYPE keel_usersync_cache_evictions_total counter\n"
+        "keel_usersync_cache_evictions_total %llu\n"
+        "# HELP keel_usersync_sync_failures_total Syncs that failed and fell back to claims.\n"
+        "# TYPE keel_usersync_sync_failures_total counter\n"
+        "keel_usersync_sync_failures_total %llu\n"
+        "# HELP keel_usersync_cache_entries Entries in the user-sync cache.\n"
+        "# TYPE keel_usersync_cache_entries gauge\nkeel_usersync_cache_entries %llu\n",
+        (unsigned long long)s.hits, (unsigned long long)s.misses, (unsigned long long)s.hits,
+        (unsigned long long)s.misses, (unsigned long long)s.evictions,
+        (unsigned long long)s.sync_failures, (unsigned long long)s.entries);
 }
 
 char *keel__metrics_render(void)
 {
-    struct text t = {.cap = 16384};
-    t.buf = malloc(t.cap);
-    if (t.buf == NULL)
-        return NULL;
-    t.buf[0] = '\0';
-    emit(&t,
-         "# HELP keel_build_info The running keeld's version and plugin ABI.\n"
-         "# TYPE keel_build_info gauge\nkeel_build_info{version=\"%s\",abi=\"%d.%d\"} 1\n"
-         "# HELP keel_start_time_seconds When this keeld started, in Unix seconds.\n"
-         "# TYPE keel_start_time_seconds gauge\nkeel_start_time_seconds %lld\n",
-         PACKAGE_VERSION, KEEL_ABI_MAJOR, KEEL_ABI_MINOR, (long long)keel__rt.started_at);
-    emit(&t,
-         "# HELP keel_requests_in_flight Requests being processed.\n"
-         "# TYPE keel_requests_in_flight gauge\nkeel_requests_in_flight %ld\n",
-         keel__server_in_flight());
+    struct keel__mtext t = {0};
+    keel__mtext_add(
+        &t,
+        "# HELP keel_build_info The running keeld's version and plugin ABI.\n"
+        "# TYPE keel_build_info gauge\nkeel_build_info{version=\"%s\",abi=\"%d.%d\"} 1\n"
+        "# HELP keel_start_time_seconds When this keeld started, in Unix seconds.\n"
+        "# TYPE keel_start_time_seconds gauge\nkeel_start_time_seconds %lld\n",
+        PACKAGE_VERSION, KEEL_ABI_MAJOR, KEEL_ABI_MINOR, (long long)keel__rt.started_at);
+    keel__mtext_add(&t,
+                    "# HELP keel_requests_in_flight Requests being processed.\n"
+                    "# TYPE keel_requests_in_flight gauge\nkeel_requests_in_flight %ld\n",
+                    keel__server_in_flight());
     render_routes(&t);
     render_plugins(&t);
     render_db(&t);
@@ -302,7 +256,7 @@ char *keel__metrics_render(void)
     if (plugin_families == NULL)
         t.failed = true;
     else
-        emit(&t, "%s", plugin_families);
+        keel__mtext_add(&t, "%s", plugin_families);
     free(plugin_families);
     if (t.failed) {
         free(t.buf);

@@ -405,6 +405,30 @@ int main(int argc, char **argv)
     return serve_check(conf, confdir);
 }
 
+/* The user-sync cache over the database set up by setup_db(). */
+static int setup_usersync(const struct keel__conf *conf)
+{
+    struct keel__usersync_conf uc = {.ttl_s = conf->usersync.ttl_s,
+                                     .max_entries = conf->usersync.max_entries,
+                                     .initial_credits = conf->usersync.initial_credits};
+    return keel__usersync_new(&uc, keel__rt.db, &keel__rt.usersync);
+}
+
+/* The host table, the upstream client and the plugin loader with the schema
+ * check it applies to plugins; *loader_up says whether the loader needs
+ * keel__loader_shutdown(), also on failure. */
+static int setup_loader(const struct keel__conf *conf, bool *loader_up)
+{
+    keel__rt.host = keel__host_api();
+    keel__loader_set_runtime_dir(conf->server.runtime_dir);
+    if (keel__upstream_global_init() != 0)
+        return KEEL_EINVAL;
+    if (keel__loader_init() != 0)
+        return KEEL_EINVAL;
+    *loader_up = true;
+    return keel__loader_set_schema(conf->database.url, conf->database.migrations_dir);
+}
+
 /* keeld --check: one process, no listeners. */
 static int serve_check(struct keel__conf *conf, const char *confdir)
 {
@@ -413,19 +437,9 @@ static int serve_check(struct keel__conf *conf, const char *confdir)
     keel__loader_set_init_timeout(conf->containment.init_timeout_ms);
     if (setup_auth(conf) != 0)
         goto out;
-    struct keel__usersync_conf uc = {.ttl_s = conf->usersync.ttl_s,
-                                     .max_entries = conf->usersync.max_entries,
-                                     .initial_credits = conf->usersync.initial_credits};
-    if (keel__usersync_new(&uc, keel__rt.db, &keel__rt.usersync) != 0)
+    if (setup_usersync(conf) != 0)
         goto out;
-    keel__rt.host = keel__host_api();
-    keel__loader_set_runtime_dir(conf->server.runtime_dir);
-    if (keel__upstream_global_init() != 0)
-        goto out;
-    if (keel__loader_init() != 0)
-        goto out;
-    loader_up = true;
-    if (keel__loader_set_schema(conf->database.url, conf->database.migrations_dir) != 0)
+    if (setup_loader(conf, &loader_up) != 0)
         goto out;
     int prc = keel__plugins_start(conf, keel__rt.host, keel__core_routes, keel__ncore_routes);
     plugins_up = true;
@@ -471,20 +485,10 @@ static int serve(struct keel__conf *conf)
         goto out;
     if (setup_db(conf) != 0)
         goto out;
-    struct keel__usersync_conf uc = {.ttl_s = conf->usersync.ttl_s,
-                                     .max_entries = conf->usersync.max_entries,
-                                     .initial_credits = conf->usersync.initial_credits};
-    if (keel__usersync_new(&uc, keel__rt.db, &keel__rt.usersync) != 0)
+    if (setup_usersync(conf) != 0)
         goto out;
     start_notify(conf);
-    keel__rt.host = keel__host_api();
-    keel__loader_set_runtime_dir(conf->server.runtime_dir);
-    if (keel__upstream_global_init() != 0)
-        goto out;
-    if (keel__loader_init() != 0)
-        goto out;
-    loader_up = true;
-    if (keel__loader_set_schema(conf->database.url, conf->database.migrations_dir) != 0)
+    if (setup_loader(conf, &loader_up) != 0)
         goto out;
     int prc = keel__plugins_start(conf, keel__rt.host, keel__core_routes, keel__ncore_routes);
     plugins_up = true;
