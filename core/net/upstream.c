@@ -16,9 +16,6 @@
 #include "data/breaker.h"
 #include "util/time.h"
 #include "http/request.h"
-/* include-ok: points up: keel__host_upstream_add is a host API member that hands the
- * upstream to the plugin generation being registered; it belongs in plugin/. */
-#include "plugin/tasks.h"
 #include "util/log.h"
 
 #define UPSTREAM_NAME_MAX 63
@@ -55,6 +52,18 @@ struct keel_upstream {
 
 static pthread_mutex_t stats_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct upstream_stats *all_stats;
+
+static atomic_bool aborting;
+
+void keel__upstream_abort_all(void)
+{
+    atomic_store(&aborting, true);
+}
+
+bool keel__upstream_aborting(void)
+{
+    return atomic_load_explicit(&aborting, memory_order_relaxed);
+}
 
 int keel__upstream_global_init(void)
 {
@@ -124,11 +133,11 @@ static bool valid_upstream_name(const char *n)
     return true;
 }
 
-int keel__host_upstream_add(const char *name, const json_t *config, keel_upstream **out)
+int keel__upstream_new(const char *plugin, const char *name, const json_t *config,
+                       keel_upstream **out)
 {
     if (out != NULL)
         *out = NULL;
-    const char *plugin = keel__gen_registering();
     if (plugin == NULL || out == NULL || !valid_upstream_name(name)) {
         keel__log(KEEL_LOG_ERROR, plugin ? plugin : "upstream",
                   "upstream_add: refused (outside init, or a bad name)");
@@ -193,10 +202,9 @@ int keel__host_upstream_add(const char *name, const json_t *config, keel_upstrea
     }
     up->stats = stats_for(plugin, name, (int)failures, (int)open_ms);
     if (up->url == NULL || up->stats == NULL ||
-        (token != NULL && *token != '\0' && up->auth_header == NULL) ||
-        (rc = keel__gen_add_upstream(up)) != 0) {
+        (token != NULL && *token != '\0' && up->auth_header == NULL)) {
         keel__upstream_free(up);
-        return rc != 0 ? rc : KEEL_ENOMEM;
+        return KEEL_ENOMEM;
     }
     size_t len = strlen(up->url);
     while (len > 0 && up->url[len - 1] == '/')
@@ -338,7 +346,7 @@ static int on_progress(void *arg, curl_off_t dltotal, curl_off_t dlnow, curl_off
     (void)dlnow;
     (void)ultotal;
     (void)ulnow;
-    return keel__tasks_aborting() ? 1 : 0;
+    return keel__upstream_aborting() ? 1 : 0;
 }
 
 static void perform(keel_upstream *up, const char *url, const char *method, const char *payload,
@@ -421,7 +429,7 @@ static void perform(keel_upstream *up, const char *url, const char *method, cons
 /* Sleeps ms in short steps so that a shutdown cuts a backoff short. */
 static void sleep_ms(long ms)
 {
-    while (ms > 0 && !keel__tasks_aborting()) {
+    while (ms > 0 && !keel__upstream_aborting()) {
         long step = ms < 50 ? ms : 50;
         struct timespec ts = {0, step * 1000000L};
         while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
@@ -501,7 +509,7 @@ int keel__host_upstream_request(keel_request *req, keel_upstream *up, const char
     struct body_buf buf = {.max = (size_t)up->max_bytes};
     for (long attempt = 0;; attempt++) {
         int64_t now = keel__now_ms();
-        if (keel__tasks_aborting()) {
+        if (keel__upstream_aborting()) {
             rc = KEEL_EUPSTREAM;
             set_error(req, "shutting down");
             break;

@@ -12,6 +12,8 @@
 #ifndef KEEL_CORE_NET_UPSTREAM_H
 #define KEEL_CORE_NET_UPSTREAM_H
 
+#include <stdbool.h>
+
 #include <jansson.h>
 
 #include <keel/plugin.h>
@@ -22,8 +24,21 @@
 int keel__upstream_global_init(void) KEEL_WARN_UNUSED;
 void keel__upstream_global_cleanup(void);
 
+/*
+ * Checks config and builds plugin's upstream `name` (counters and breaker
+ * shared with earlier generations of the same pair).  Registering it with
+ * the plugin's generation is plugin/'s part: keel__host_upstream_add in
+ * plugin/tasks.c.
+ */
+int keel__upstream_new(const char *plugin, const char *name, const json_t *config,
+                       keel_upstream **out);
+
+/* From keel__upstream_abort_all() on (the process is shutting down),
+ * transfers and backoff sleeps end at once with "shutting down". */
+void keel__upstream_abort_all(void);
+bool keel__upstream_aborting(void);
+
 /* Host API members. */
-int keel__host_upstream_add(const char *name, const json_t *config, keel_upstream **out);
 int keel__host_upstream_request(keel_request *req, keel_upstream *up, const char *method,
                                 const char *path, const json_t *body, unsigned deadline_ms,
                                 long *status, json_t **json);

@@ -53,16 +53,15 @@ struct keel__gen_res {
 
 bool keel__tasks_autostart = true;
 
-static atomic_bool aborting;
-
+/* The flag lives with the upstream client, whose transfers it cuts short. */
 void keel__tasks_abort_all(void)
 {
-    atomic_store(&aborting, true);
+    keel__upstream_abort_all();
 }
 
 bool keel__tasks_aborting(void)
 {
-    return atomic_load_explicit(&aborting, memory_order_relaxed);
+    return keel__upstream_aborting();
 }
 
 static _Thread_local struct keel__gen_res *registering;
@@ -114,7 +113,7 @@ struct keel__gen_res *keel__gen_init_end(bool ok)
     return res;
 }
 
-int keel__gen_add_upstream(keel_upstream *up)
+static int gen_add_upstream(keel_upstream *up)
 {
     struct keel__gen_res *res = current_res();
     if (res == NULL)
@@ -124,6 +123,23 @@ int keel__gen_add_upstream(keel_upstream *up)
         return KEEL_ENOMEM;
     res->upstreams = grown;
     res->upstreams[res->nupstreams++] = up;
+    return 0;
+}
+
+int keel__host_upstream_add(const char *name, const json_t *config, keel_upstream **out)
+{
+    if (out != NULL)
+        *out = NULL;
+    keel_upstream *up;
+    int rc = keel__upstream_new(keel__gen_registering(), name, config, out ? &up : NULL);
+    if (rc != 0)
+        return rc;
+    if ((rc = gen_add_upstream(up)) != 0) {
+        keel__upstream_free(up);
+        return rc;
+    }
+    if (out != NULL)
+        *out = up;
     return 0;
 }
 

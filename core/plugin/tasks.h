@@ -72,7 +72,8 @@ int keel__host_plugin_note(const char *text);
 /* Adds "note", "tasks" and "upstreams" of res to a /admin/plugins entry. */
 void keel__gen_describe(const struct keel__gen_res *res, json_t *entry);
 
-/* Adds an upstream to the registering record; see upstream.c. */
-int keel__gen_add_upstream(keel_upstream *up);
+/* Host API member: builds the upstream (net/upstream.c) and adds it to the
+ * generation whose init is running. */
+int keel__host_upstream_add(const char *name, const json_t *config, keel_upstream **out);
 
 #endif
