@@ -8,8 +8,10 @@ TIMEOUT (seconds) for all its tests, or a test may carry a `timeout` attribute
 filters run; filters come from the command line or KEEL_TEST_FILTER (separated
 by spaces or commas; shell wildcards allowed).
 
-Prints PASS/FAIL per test, the traceback and server log tail of each failure,
-and "N passed, N failed" at the end. Exit status 1 when anything failed.
+Prints PASS/FAIL/SKIP per test, the traceback and server log tail of each
+failure, and "N passed, N failed, N skipped" at the end (a test skips itself
+with keeltest.skip(reason); it is never counted as passed). Exit status 1 when
+anything failed.
 """
 
 import fnmatch
@@ -100,14 +102,17 @@ def print_failure(keeltest, label, tb, keelds):
 
 
 def run_test(keeltest, label, func, timeout):
-    """Runs one test; returns (passed, seconds)."""
+    """Runs one test; returns ("pass" | "fail" | "skip", seconds)."""
     keeltest._begin_test()
     start = time.monotonic()
     tb = None
+    skipped = None
     signal.signal(signal.SIGALRM, _on_alarm)
     signal.setitimer(signal.ITIMER_REAL, keeltest.scaled(timeout))
     try:
         func()
+    except keeltest.Skip as e:
+        skipped = str(e)
     except TestTimeout:
         tb = traceback.format_exc() + "\n(time bound: %.0f s)" % keeltest.scaled(timeout)
     except BaseException as e:  # noqa: BLE001 - a test may raise anything
@@ -134,11 +139,14 @@ def run_test(keeltest, label, func, timeout):
                 tb = "memory error reported by keeld (%s):\n%s" % (k.log_path, report)
                 break
     elapsed = time.monotonic() - start
+    if tb is None and skipped is not None:
+        print("SKIP %s (%.1fs): %s" % (label, elapsed, skipped), flush=True)
+        return "skip", elapsed
     if tb is None:
         print("PASS %s (%.1fs)" % (label, elapsed), flush=True)
-        return True, elapsed
-    print_failure(keeltest, label, tb, keelds)
-    return False, elapsed
+        return "pass", elapsed
+    print_failure(keeltest, label, tb + "\n(after %.1f s)" % elapsed, keelds)
+    return "fail", elapsed
 
 
 def main(argv):
@@ -155,7 +163,7 @@ def main(argv):
 
     filters = parse_filters(argv[1:])
     files = sorted(f for f in os.listdir(HERE) if f.startswith("test_") and f.endswith(".py"))
-    passed = failed = 0
+    passed = failed = skipped = 0
     ran_any = False
     for fname in files:
         mod_label = fname
@@ -175,9 +183,12 @@ def main(argv):
             for func in tests:
                 ran_any = True
                 label = "%s::%s" % (fname, func.__name__)
-                ok, _ = run_test(keeltest, label, func, getattr(func, "timeout", default_timeout))
-                if ok:
+                result, _ = run_test(keeltest, label, func,
+                                     getattr(func, "timeout", default_timeout))
+                if result == "pass":
                     passed += 1
+                elif result == "skip":
+                    skipped += 1
                 else:
                     failed += 1
         finally:
@@ -187,11 +198,11 @@ def main(argv):
         # Running nothing is a failure: a typo in a filter must not look green.
         print("no integration test matched%s" % (" the filter %r" % filters if filters else ""))
         failed = 1
-    print("%d passed, %d failed" % (passed, failed), flush=True)
+    print("%d passed, %d failed, %d skipped" % (passed, failed, skipped), flush=True)
     summary = os.environ.get("KEEL_TEST_SUMMARY")
     if summary:
         with open(summary, "w") as f:
-            f.write("%d %d\n" % (passed, failed))
+            f.write("%d %d %d\n" % (passed, failed, skipped))
     return 1 if failed else 0
 
 

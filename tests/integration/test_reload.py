@@ -469,16 +469,19 @@ def test_two_hundred_reloads_do_not_grow_resident_memory():
         # Each worker reloads every time: each is held to the bound.
         workers = k.workers()
         before = {pid: vmrss_kib(pid) for pid in workers}
-        cycle(200, 20)
+        # Under valgrind the figure is not checked (below), so a tenth of
+        # the reloads still shows every generation unmapped.
+        n = keeltest.scaled_count(200, 20)
+        cycle(n, 20)
         wait_generations_settle(k)
         assert k.workers() == workers, "a worker was replaced during the reloads"
         after = {pid: vmrss_kib(pid) for pid in workers}
-        assert plugins_of(k)["testplug"]["generation"] == 221
+        assert plugins_of(k)["testplug"]["generation"] == 21 + n
         for pid in workers:
             assert len(mapped_copies(pid, "testplug")) == 1
         if _instrumented(workers[0]):
-            print("note: resident-memory bound not checked under ASan/valgrind "
-                  "(VmRSS %r -> %r KiB)" % (before, after))
+            keeltest.note("resident-memory bound not checked under ASan/valgrind "
+                          "(VmRSS %r -> %r KiB)" % (before, after))
             return
         for pid in workers:
             assert after[pid] - before[pid] < 1024, \
