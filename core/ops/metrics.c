@@ -8,8 +8,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <jansson.h>
-
 #include <keel/plugin.h>
 
 #include "conf/conf.h"
@@ -117,8 +115,10 @@ static void render_routes(struct keel__mtext *t)
 
 static void render_plugins(struct keel__mtext *t)
 {
-    json_t *d = keel__plugins_describe();
-    json_t *list = json_object_get(d, "plugins");
+    struct keel__plugin_stats *st;
+    size_t n;
+    if (keel__plugins_stats(&st, &n) != 0)
+        t->failed = true;
     static const char *const fams[][3] = {
         {"keel_plugin_up", "gauge", "1 when the plugin's own code serves, 0 when stubs do."},
         {"keel_plugin_generation", "gauge", "Generation number serving the plugin."},
@@ -126,26 +126,20 @@ static void render_plugins(struct keel__mtext *t)
         {"keel_plugin_requests_total", "counter", "Requests routed to the plugin (or its stubs)."},
         {"keel_plugin_reloads_total", "counter", "Reloads of the plugin."},
     };
-    static const char *const keys[] = {NULL, "generation", "in_flight", "requests", "reloads"};
     char nm[128];
     for (size_t f = 0; f < sizeof fams / sizeof fams[0]; f++) {
         keel__mtext_add(t, "# HELP %s %s\n# TYPE %s %s\n", fams[f][0], fams[f][2], fams[f][0],
                         fams[f][1]);
-        size_t i;
-        json_t *p;
-        json_array_foreach(list, i, p)
-        {
-            const char *name = json_string_value(json_object_get(p, "name"));
-            long long v;
-            if (keys[f] == NULL)
-                v = strcmp(json_string_value(json_object_get(p, "state")), "loaded") == 0;
-            else
-                v = (long long)json_integer_value(json_object_get(p, keys[f]));
+        for (size_t i = 0; i < n; i++) {
+            const struct keel__plugin_stats *p = &st[i];
+            /* In the order of fams. */
+            const long long v[] = {p->up, (long long)p->generation, p->in_flight,
+                                   (long long)p->requests, (long long)p->reloads};
             keel__mtext_add(t, "%s{plugin=\"%s\"} %lld\n", fams[f][0],
-                            keel__mtext_label(name ? name : "", nm, sizeof nm), v);
+                            keel__mtext_label(p->name, nm, sizeof nm), v[f]);
         }
     }
-    json_decref(d);
+    free(st);
     struct keel__reload_counts rc;
     keel__metrics_reload_counts(&rc);
     keel__mtext_add(

@@ -18,10 +18,13 @@ static struct {
 } held[64];
 static size_t nheld;
 
-/* The last plugin list described, answered while a reload holds the
- * registry lock: the admin listener never waits for a plugin's init. */
+/* The last plugin list described and the last figures read, answered while
+ * a reload holds the registry lock: the admin listener never waits for a
+ * plugin's init. */
 static pthread_mutex_t described_lock = PTHREAD_MUTEX_INITIALIZER;
 static json_t *described;
+static struct keel__plugin_stats *stats_seen;
+static size_t nstats_seen;
 
 struct keel__registry keel__reg = {.lock = PTHREAD_MUTEX_INITIALIZER};
 
@@ -343,6 +346,13 @@ void keel__plugins_stop(void)
     keel__reg.nslots = 0;
     free(keel__reg.confdir);
     keel__reg.confdir = NULL;
+    pthread_mutex_lock(&described_lock);
+    json_decref(described);
+    described = NULL;
+    free(stats_seen);
+    stats_seen = NULL;
+    nstats_seen = 0;
+    pthread_mutex_unlock(&described_lock);
     pthread_mutex_unlock(&keel__reg.lock);
 }
 
@@ -417,6 +427,65 @@ int keel__plugins_quarantine(const char *name, int reason)
     return t != NULL ? 0 : KEEL_ENOMEM;
 }
 
+/* Keeps the figures of every slot for reads made during a reload; the
+ * registry lock is held.  Out of memory, the previous figures stay. */
+static void stats_remember_locked(void)
+{
+    struct keel__plugin_stats *st = calloc(keel__reg.nslots ? keel__reg.nslots : 1, sizeof *st);
+    if (st == NULL)
+        return;
+    for (size_t i = 0; i < keel__reg.nslots; i++) {
+        const struct keel__slot *s = keel__reg.slots[i];
+        const struct keel__generation *g = s->gen;
+        snprintf(st[i].name, sizeof st[i].name, "%s", s->name);
+        st[i].up = g != NULL;
+        st[i].generation = g ? g->number : 0;
+        st[i].in_flight = g ? atomic_load(&g->in_flight) : 0;
+        st[i].requests = atomic_load(&s->requests);
+        st[i].reloads = s->reloads;
+    }
+    pthread_mutex_lock(&described_lock);
+    free(stats_seen);
+    stats_seen = st;
+    nstats_seen = keel__reg.nslots;
+    pthread_mutex_unlock(&described_lock);
+}
+
+/* Copies the remembered figures into *out; false when there are none. */
+static bool stats_recall(struct keel__plugin_stats **out, size_t *n, int *rc)
+{
+    pthread_mutex_lock(&described_lock);
+    bool have = stats_seen != NULL;
+    if (have) {
+        *out = malloc((nstats_seen ? nstats_seen : 1) * sizeof **out);
+        if (*out == NULL) {
+            *rc = KEEL_ENOMEM;
+        } else {
+            memcpy(*out, stats_seen, nstats_seen * sizeof **out);
+            *n = nstats_seen;
+        }
+    }
+    pthread_mutex_unlock(&described_lock);
+    return have;
+}
+
+int keel__plugins_stats(struct keel__plugin_stats **out, size_t *n)
+{
+    *out = NULL;
+    *n = 0;
+    int rc = 0;
+    if (pthread_mutex_trylock(&keel__reg.lock) != 0) {
+        if (stats_recall(out, n, &rc))
+            return rc;
+        pthread_mutex_lock(&keel__reg.lock);
+    }
+    stats_remember_locked();
+    pthread_mutex_unlock(&keel__reg.lock);
+    if (!stats_recall(out, n, &rc))
+        rc = KEEL_ENOMEM;
+    return rc;
+}
+
 json_t *keel__plugins_describe(void)
 {
     if (pthread_mutex_trylock(&keel__reg.lock) != 0) {
@@ -464,6 +533,7 @@ json_t *keel__plugins_describe(void)
             keel__gen_describe(g->res, entry);
         json_array_append_new(list, entry);
     }
+    stats_remember_locked();
     pthread_mutex_unlock(&keel__reg.lock);
     json_t *d = json_pack("{s:o}", "plugins", list);
     json_t *copy = d ? json_deep_copy(d) : NULL;

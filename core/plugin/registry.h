@@ -59,6 +59,24 @@ void keel__plugins_lift_held(const char *only);
  * runs, the list last described, with "reload_in_progress": true. */
 json_t *keel__plugins_describe(void);
 
+/* One plugin's figures, as /metrics shows them. */
+struct keel__plugin_stats {
+    char name[65];
+    bool up; /* its own code serves (a generation is loaded), not stubs */
+    uint64_t generation;
+    long in_flight; /* requests holding the serving generation */
+    uint64_t requests;
+    uint64_t reloads;
+};
+
+/*
+ * Fills *out with a new array (free() it) of *n entries, one per plugin in
+ * the order of /admin/plugins.  While a reload runs, the figures last read
+ * (by this or keel__plugins_describe), so a scrape never waits for a
+ * plugin's init.  Returns 0 or KEEL_ENOMEM (*out NULL, *n 0).
+ */
+int keel__plugins_stats(struct keel__plugin_stats **out, size_t *n) KEEL_WARN_UNUSED;
+
 /* A Unix time as the admin API shows it, "2025-01-31T17:58:01Z", or null for
  * 0 (never).  New reference. */
 json_t *keel__json_time(int64_t t);

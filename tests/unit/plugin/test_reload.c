@@ -298,6 +298,41 @@ static void test_every_allocation_failure_leaves_everything_as_it_was(void **sta
     assert_true(at_commit > 0);
 }
 
+/* The figures /metrics renders come from the slots, and while a reload holds
+ * the registry lock they are the last ones read, without waiting. */
+static void test_stats_follow_the_slots_and_do_not_wait_for_a_reload(void **state)
+{
+    (void)state;
+    struct keel__plugin_stats *st;
+    size_t n;
+    assert_int_equal(keel__plugins_stats(&st, &n), 0);
+    assert_int_equal(n, 1);
+    json_t *d = keel__plugins_describe();
+    json_t *p = json_array_get(json_object_get(d, "plugins"), 0);
+    assert_string_equal(st[0].name, "testplug");
+    assert_true(st[0].up);
+    assert_int_equal(st[0].generation, json_integer_value(json_object_get(p, "generation")));
+    assert_int_equal(st[0].reloads, json_integer_value(json_object_get(p, "reloads")));
+    assert_int_equal(st[0].in_flight, 0);
+    json_decref(d);
+    uint64_t generation = st[0].generation;
+    free(st);
+
+    bool unknown = false;
+    json_decref(keel__plugins_reload("testplug", &unknown));
+    /* A reload in progress: the lock is held, the answer is the last read. */
+    pthread_mutex_lock(&keel__reg.lock);
+    int rc = keel__plugins_stats(&st, &n);
+    pthread_mutex_unlock(&keel__reg.lock);
+    assert_int_equal(rc, 0);
+    assert_int_equal(n, 1);
+    assert_int_equal(st[0].generation, generation);
+    free(st);
+    assert_int_equal(keel__plugins_stats(&st, &n), 0);
+    assert_int_equal(st[0].generation, generation + 1);
+    free(st);
+}
+
 /* A new plugin appearing in conf.d: when the commit fails, its slot must not
  * be left behind. */
 static void test_new_plugin_commit_failure_leaves_no_slot(void **state)
@@ -324,6 +359,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_reload_ok),
         cmocka_unit_test(test_every_allocation_failure_leaves_everything_as_it_was),
+        cmocka_unit_test(test_stats_follow_the_slots_and_do_not_wait_for_a_reload),
         cmocka_unit_test(test_new_plugin_commit_failure_leaves_no_slot),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
