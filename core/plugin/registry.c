@@ -331,6 +331,7 @@ int keel__plugins_start(const struct keel__conf *conf, const keel_host *host,
     }
     keel__table_publish(&t->table);
     print_summary();
+    keel__plugins_remember();
     pthread_mutex_unlock(&keel__reg.lock);
     return conflicts ? KEEL_EROUTES : 0;
 }
@@ -423,6 +424,7 @@ int keel__plugins_quarantine(const char *name, int reason)
     keel__generation_unref(old);
     keel__log(KEEL_LOG_WARN, name, "plugin %s quarantined (%s): its routes are served by stubs",
               name, keel__reason_name(reason));
+    keel__plugins_remember();
     pthread_mutex_unlock(&keel__reg.lock);
     return t != NULL ? 0 : KEEL_ENOMEM;
 }
@@ -486,20 +488,9 @@ int keel__plugins_stats(struct keel__plugin_stats **out, size_t *n)
     return rc;
 }
 
-json_t *keel__plugins_describe(void)
+/* The plugin list as it is now; the registry lock is held. */
+static json_t *describe_locked(void)
 {
-    if (pthread_mutex_trylock(&keel__reg.lock) != 0) {
-        /* A reload (or start-up) is running: answer what was last
-         * described rather than wait for a plugin's init. */
-        pthread_mutex_lock(&described_lock);
-        json_t *copy = described ? json_deep_copy(described) : NULL;
-        pthread_mutex_unlock(&described_lock);
-        if (copy != NULL) {
-            json_object_set_new(copy, "reload_in_progress", json_true());
-            return copy;
-        }
-        pthread_mutex_lock(&keel__reg.lock);
-    }
     json_t *list = json_array();
     for (size_t i = 0; i < keel__reg.nslots; i++) {
         const struct keel__slot *s = keel__reg.slots[i];
@@ -533,13 +524,48 @@ json_t *keel__plugins_describe(void)
             keel__gen_describe(g->res, entry);
         json_array_append_new(list, entry);
     }
+    return json_pack("{s:o}", "plugins", list);
+}
+
+/* Keeps d (or, when it is NULL or incomplete for lack of memory, the list
+ * before it) and the figures of every slot for reads made during a reload. */
+static void remember_locked(const json_t *d)
+{
+    json_t *copy = NULL;
+    if (d != NULL && json_array_size(json_object_get(d, "plugins")) == keel__reg.nslots)
+        copy = json_deep_copy(d);
+    if (copy != NULL) {
+        pthread_mutex_lock(&described_lock);
+        json_decref(described);
+        described = copy;
+        pthread_mutex_unlock(&described_lock);
+    }
     stats_remember_locked();
+}
+
+void keel__plugins_remember(void)
+{
+    json_t *d = describe_locked();
+    remember_locked(d);
+    json_decref(d);
+}
+
+json_t *keel__plugins_describe(void)
+{
+    if (pthread_mutex_trylock(&keel__reg.lock) != 0) {
+        /* A reload (or start-up) is running: answer what was last
+         * described rather than wait for a plugin's init. */
+        pthread_mutex_lock(&described_lock);
+        json_t *copy = described ? json_deep_copy(described) : NULL;
+        pthread_mutex_unlock(&described_lock);
+        if (copy != NULL) {
+            json_object_set_new(copy, "reload_in_progress", json_true());
+            return copy;
+        }
+        pthread_mutex_lock(&keel__reg.lock);
+    }
+    json_t *d = describe_locked();
+    remember_locked(d);
     pthread_mutex_unlock(&keel__reg.lock);
-    json_t *d = json_pack("{s:o}", "plugins", list);
-    json_t *copy = d ? json_deep_copy(d) : NULL;
-    pthread_mutex_lock(&described_lock);
-    json_decref(described);
-    described = copy;
-    pthread_mutex_unlock(&described_lock);
     return d;
 }

@@ -135,6 +135,9 @@ int keel__slot_load(struct keel__slot *s, const struct keel__manifest *m,
  * the core serve now; KEEL_EROUTES with err naming both owners. */
 int keel__slot_routes_check(const struct keel__slot *s, const struct keel__manifest *m, char *err,
                             size_t errlen);
+/* Keeps the plugin list and figures as they are now, for the reads made
+ * while the next reload holds the lock (registry lock held; best effort). */
+void keel__plugins_remember(void);
 /* The view of a slot as it serves now. */
 struct keel__slot_view keel__slot_view_of(struct keel__slot *s);
 

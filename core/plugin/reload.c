@@ -349,6 +349,7 @@ json_t *keel__plugins_reload(const char *only, bool *unknown)
     }
     free(pend);
     keel__conf_free(conf);
+    keel__plugins_remember();
     pthread_mutex_unlock(&keel__reg.lock);
     return json_pack("{s:b, s:o}", "ok", all_ok, "results", results);
 }

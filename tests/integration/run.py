@@ -108,13 +108,13 @@ def run_test(keeltest, label, func, timeout):
     tb = None
     skipped = None
     signal.signal(signal.SIGALRM, _on_alarm)
-    signal.setitimer(signal.ITIMER_REAL, keeltest.scaled(timeout))
+    signal.setitimer(signal.ITIMER_REAL, keeltest.bound(timeout))
     try:
         func()
     except keeltest.Skip as e:
         skipped = str(e)
     except TestTimeout:
-        tb = traceback.format_exc() + "\n(time bound: %.0f s)" % keeltest.scaled(timeout)
+        tb = traceback.format_exc() + "\n(time bound: %.0f s)" % keeltest.bound(timeout)
     except BaseException as e:  # noqa: BLE001 - a test may raise anything
         if isinstance(e, KeyboardInterrupt):
             raise

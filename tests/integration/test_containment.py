@@ -232,7 +232,8 @@ def test_sigkill_of_a_worker_under_load_is_replaced():
         m = k.wait_log(r"worker \d+ serving (\d+) ms after its start", since=0)
         # Replacement time, measured by the supervisor (fork to serving).
         times = [int(x) for x in re.findall(r"serving (\d+) ms after its start", k.log_text())]
-        assert max(times) < 1000, times
+        if keeltest.figure_checked("worker replacement time"):
+            assert max(times) < 1000, times
         assert m is not None
         assert metric(k, 'keel_worker_restarts_total{reason="killed"}') == 1
         # Nothing attributed to a plugin.
@@ -308,7 +309,12 @@ def test_spinning_handler_is_reported_quarantined_and_its_worker_replaced():
 
 def test_sigterm_while_handlers_spin_ends_by_the_deadline():
     # No watchdog here (30 s): only the shutdown deadline ends the spinning.
-    server = {"drain_s": 1, "shutdown_timeout_s": 2}
+    # Under valgrind the lame-duck period is longer, so that the slower
+    # signal hand-over still leaves time to see it, and the exit may take
+    # the leak checks of three processes on top of the deadline.
+    drain = 4 if keeltest.VALGRIND else 1
+    slack = 15 if keeltest.VALGRIND else 0
+    server = {"drain_s": drain, "shutdown_timeout_s": 2}
     with Keeld(setup(["spin"], server=server,
                      containment={"handler_timeout_ms": 30000})) as k:
         callers = [threading.Thread(target=boom, args=(k, "spin", 15), daemon=True)
@@ -321,12 +327,15 @@ def test_sigterm_while_handlers_spin_ends_by_the_deadline():
         # Lame duck: /health says draining, routes still serve.
         time.sleep(0.2)
         r = k.get(HEALTH)
+        while r.status == 200 and time.monotonic() - t0 < drain / 2:
+            time.sleep(0.05)
+            r = k.get(HEALTH)
         assert r.status == 503 and r.json()["status"] == "draining", r
         assert k.get(HELLO).status == 200
-        code = k.wait(timeout=1 + 2 + 2)
+        code = k.wait(timeout=drain + 2 + 2 + slack)
         took = time.monotonic() - t0
         assert code == 0, code
-        assert took <= 1 + 2 + 2, took
+        assert took <= drain + 2 + 2 + slack, took
 
 
 # ------------------------------------------------------------------ init timeout
@@ -355,10 +364,14 @@ def test_init_that_never_returns_is_refused_and_others_serve():
         t0 = time.monotonic()
         m = k.admin_get("/metrics", timeout=5)
         took_metrics = time.monotonic() - t0
-        t.join(timeout=30)
+        # Both answered while the reload still waited on the init.
+        answered_during_reload = t.is_alive()
+        t.join(timeout=keeltest.scaled(30))
         assert c.returncode == 0 and "init_hang" in c.stdout, c.stdout
         assert m.status == 200 and "keel_plugin_up" in m.text, m
-        assert took_ctl < 1.0 and took_metrics < 1.0, (took_ctl, took_metrics)
+        assert answered_during_reload, (took_ctl, took_metrics)
+        if keeltest.figure_checked("admin answer times during a reload"):
+            assert took_ctl < 1.0 and took_metrics < 1.0, (took_ctl, took_metrics)
         body = result["r"].json()
         res = body["results"][0]
         assert res["ok"] is False and res["stage"] == "init" and "timeout" in res["error"], body
@@ -367,7 +380,11 @@ def test_init_that_never_returns_is_refused_and_others_serve():
 # ------------------------------------------------------------------ leaks
 
 def test_leaking_worker_is_recycled_without_a_failed_request():
-    server = {"worker_max_rss_mb": 80, "shutdown_timeout_s": 5}
+    # A worker under valgrind starts at some 200 MiB resident (its shadow
+    # memory): the bound is set above that, and the leak (1 MiB a request)
+    # still has to pass it.
+    limit = 450 if keeltest.VALGRIND else 80
+    server = {"worker_max_rss_mb": limit, "shutdown_timeout_s": 5}
     with Keeld(setup(["leak"], server=server)) as k:
         before = worker_pids(k)
         with Load(k, paths=(HEALTH, HELLO, "/api/v1/leak/boom"), max_requests=600) as load:
@@ -378,8 +395,8 @@ def test_leaking_worker_is_recycled_without_a_failed_request():
             load.stop()
         assert load.failures() == [], load.failures()[:10]
         assert metric(k, 'keel_worker_restarts_total{reason="rss"}') >= 1
-        assert re.search(r"worker \d+ uses \d+ MiB \(server.worker_max_rss_mb 80\): recycled",
-                         k.log_text())
+        assert re.search(r"worker \d+ uses \d+ MiB \(server.worker_max_rss_mb %d\): recycled"
+                         % limit, k.log_text())
 
 
 def test_worker_max_requests_recycles_without_a_failed_request():
