@@ -9,6 +9,7 @@ import json
 import threading
 import time
 
+import keeltest
 from keeltest import Keeld
 from test_reload import SLOW, with_testplug
 
@@ -80,15 +81,19 @@ def test_forwarded_for_only_from_trusted_peers():
 
 
 def test_max_per_ip_counts_the_forwarded_client():
+    # The slow request must be in flight before the probes; under valgrind
+    # it takes longer to get there, so it starts earlier and lasts longer.
+    lead, ms = (2.0, 6000) if keeltest.VALGRIND else (0.5, 1500)
     with Keeld(proxied(["127.0.0.1/32"], max_per_ip=1)) as k:
         results = {}
 
         def slow():
-            results["slow"] = k.get(SLOW + "?ms=1500",
-                                    headers={"X-Forwarded-For": "198.51.100.7"}, timeout=10)
+            results["slow"] = k.get(SLOW + "?ms=%d" % ms,
+                                    headers={"X-Forwarded-For": "198.51.100.7"},
+                                    timeout=keeltest.scaled(10))
         t = threading.Thread(target=slow)
         t.start()
-        time.sleep(0.5)
+        time.sleep(lead)
         same = k.get("/health", headers={"X-Forwarded-For": "198.51.100.7"})
         other = k.get("/health", headers={"X-Forwarded-For": "198.51.100.8"})
         t.join()
