@@ -435,6 +435,8 @@ static int serve_check(struct keel__conf *conf, const char *confdir)
     int status = 1;
     bool loader_up = false, plugins_up = false;
     keel__loader_set_init_timeout(conf->containment.init_timeout_ms);
+    /* The report is about every plugin's init, however long it takes. */
+    keel__plugins_wait_for_init(true);
     if (setup_auth(conf) != 0)
         goto out;
     if (setup_usersync(conf) != 0)
@@ -498,6 +500,8 @@ static int serve(struct keel__conf *conf)
         goto out;
     if (keel__server_start() != 0)
         goto out;
+    /* Inits still running go on while the listeners serve the others. */
+    keel__plugins_finish_start();
     if (pthread_create(&ticker, NULL, db_ticker, NULL) == 0)
         ticker_up = true;
     log_info("keeld %s worker %d ready (config %s)", PACKAGE_VERSION, (int)getpid(), conf->dir);

@@ -334,7 +334,26 @@ def test_sigterm_while_handlers_spin_ends_by_the_deadline():
 # ------------------------------------------------------------------ init timeout
 
 def test_init_that_never_returns_is_refused_and_others_serve():
-    with Keeld(setup(["init_hang"], containment={"init_timeout_ms": 1000})) as k:
+    deadline_ms = 4000
+    with Keeld(setup(["init_hang"], containment={"init_timeout_ms": deadline_ms}),
+               start=False) as k:
+        # The listeners serve /health and the example plugin while that init
+        # is still running: its routes answer 503 "starting" meanwhile.
+        t0 = time.monotonic()
+        k.start()
+        assert k.get(HEALTH).status == 200
+        assert k.get(HELLO).status == 200
+        r = k.get("/api/v1/init_hang/ok")
+        served = time.monotonic() - t0
+        assert r.status == 503, r
+        assert r.header("X-Keel-Fallback") == "init_hang; reason=starting", r.headers
+        assert r.header("Retry-After") == "1", r.headers
+        assert served < keeltest.scaled(1.0), served
+        p = plugins_of(k)["init_hang"]
+        assert p["state"] == "starting" and p["reason"] == "starting", p
+        # Past the deadline it is refused at stage init (timeout).
+        wait_until(lambda: plugins_of(k)["init_hang"]["state"] == "fallback",
+                   "the init deadline", timeout=deadline_ms / 1000 + 2)
         p = plugins_of(k)["init_hang"]
         assert p["state"] == "fallback" and p["reason"] == "init_failed", p
         assert p["stage"] == "init" and "timeout" in p["error"], p
@@ -364,6 +383,24 @@ def test_init_that_never_returns_is_refused_and_others_serve():
         body = result["r"].json()
         res = body["results"][0]
         assert res["ok"] is False and res["stage"] == "init" and "timeout" in res["error"], body
+
+
+def test_slow_init_is_published_when_it_returns():
+    def mut(k):
+        setup(["init_hang"], containment={"init_timeout_ms": 10000})(k)
+        c = k.read_conf("70-init_hang.json")
+        c["plugin"]["config"] = {"init_ms": 1500}
+        k.write_conf("70-init_hang.json", c)
+    with Keeld(mut) as k:
+        assert k.get(HELLO).status == 200
+        r = k.get("/api/v1/init_hang/ok")
+        assert r.status == 503 and r.header("X-Keel-Fallback") == "init_hang; reason=starting", r
+        wait_until(lambda: plugins_of(k)["init_hang"]["state"] == "loaded", "the slow init",
+                   timeout=5)
+        r = k.get("/api/v1/init_hang/ok")
+        assert r.status == 200 and r.header("X-Keel-Fallback") is None, (r, r.headers)
+        assert r.json() == {"plugin": "init_hang", "ok": True}, r
+        assert k.log_text().count("init finished after the listeners opened") == 2
 
 
 # ------------------------------------------------------------------ leaks
