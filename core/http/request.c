@@ -10,6 +10,7 @@
 #include <strings.h>
 #include <time.h>
 
+#include "http/mhdpages.h"
 #include "http/routes.h"
 #include "util/counters.h"
 #include "util/log.h"
@@ -465,10 +466,18 @@ static int queue_response(keel_request *req, unsigned status, const char *conten
             free(body);
         return KEEL_ENOMEM;
     }
+    return keel__respond_mhd(req, status, resp, content_type);
+}
+
+int keel__respond_mhd(keel_request *req, unsigned status, struct MHD_Response *resp,
+                      const char *content_type)
+{
+    if (resp == NULL)
+        return KEEL_ENOMEM;
     MHD_add_response_header(resp, "Content-Type", content_type);
     for (const struct keel__header *h = req->headers; h != NULL; h = h->next)
         MHD_add_response_header(resp, h->name, h->value);
-    enum MHD_Result r = MHD_queue_response(req->conn, status, resp);
+    enum MHD_Result r = keel__mhd_queue(req->conn, status, resp);
     MHD_destroy_response(resp);
     /* Either way this request has had its one attempt. */
     req->responded = true;
