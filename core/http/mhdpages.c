@@ -25,18 +25,21 @@
 #include <ctype.h>
 #include <dlfcn.h>
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
 
-#include "http/runtime.h"
 #include "util/log.h"
 
 typedef enum MHD_Result (*queue_fn)(struct MHD_Connection *, unsigned int, struct MHD_Response *);
 
 static _Atomic(queue_fn) real_queue;
+/* The limits named in the 431 and 414 answers (set before serving). */
+static long max_header_bytes;
+static int max_uri_bytes;
 
-int keel__mhd_pages_init(void)
+static int find_real_queue(void)
 {
     if (atomic_load(&real_queue) != NULL)
         return 0;
@@ -50,12 +53,19 @@ int keel__mhd_pages_init(void)
     return 0;
 }
 
+int keel__mhd_pages_init(long header_limit, int uri_limit)
+{
+    max_header_bytes = header_limit;
+    max_uri_bytes = uri_limit;
+    return find_real_queue();
+}
+
 enum MHD_Result keel__mhd_queue(struct MHD_Connection *conn, unsigned int status,
                                 struct MHD_Response *resp)
 {
     queue_fn fn = atomic_load(&real_queue);
     if (fn == NULL) {
-        if (keel__mhd_pages_init() != 0)
+        if (find_real_queue() != 0)
             return MHD_NO;
         fn = atomic_load(&real_queue);
     }
@@ -81,7 +91,6 @@ static bool length_is_digits(const char *s)
 /* What keel says for a status libmicrohttpd chose; *status may change. */
 static void describe(struct MHD_Connection *conn, unsigned *status, char *out, size_t n)
 {
-    const struct keel__limits_conf *lim = &keel__rt.limits;
     const char *length = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Content-Length");
 
     switch (*status) {
@@ -95,10 +104,10 @@ static void describe(struct MHD_Connection *conn, unsigned *status, char *out, s
         snprintf(out, n, "Content-Length too large");
         return;
     case 414:
-        snprintf(out, n, "URI too long (limit %d bytes)", lim->max_uri_bytes);
+        snprintf(out, n, "URI too long (limit %d bytes)", max_uri_bytes);
         return;
     case 431:
-        snprintf(out, n, "Request headers too large (limit %ld bytes)", lim->max_header_bytes);
+        snprintf(out, n, "Request headers too large (limit %ld bytes)", max_header_bytes);
         return;
     case 505:
         snprintf(out, n, "HTTP version not supported (only HTTP/1.0 and HTTP/1.1)");

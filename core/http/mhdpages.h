@@ -7,8 +7,9 @@
 
 #include <microhttpd.h>
 
-/* Finds libmicrohttpd's MHD_queue_response; 0 or KEEL_EINVAL (logged). */
-int keel__mhd_pages_init(void);
+/* Finds libmicrohttpd's MHD_queue_response and notes the limits the 431
+ * and 414 answers name; 0 or KEEL_EINVAL (logged). */
+int keel__mhd_pages_init(long max_header_bytes, int max_uri_bytes);
 
 /* Queues a response keel made: libmicrohttpd's MHD_queue_response itself. */
 enum MHD_Result keel__mhd_queue(struct MHD_Connection *conn, unsigned int status,
