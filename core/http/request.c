@@ -508,7 +508,16 @@ int keel__respond_json(keel_request *req, unsigned status, json_t *body)
      * allocator, so libmicrohttpd's free() matches. */
     /* 15 significant digits print the stored rates and scores as written
      * (7.86, not 7.8600000000000003), as the service keel replaces did. */
-    char *text = json_dumps(body, JSON_COMPACT | JSON_REAL_PRECISION(15));
+    size_t flags = JSON_COMPACT | JSON_REAL_PRECISION(15);
+    /* Most bodies are small: dumped into the stack and copied once by
+     * libmicrohttpd, instead of grown by reallocation in json_dumps(). */
+    char small[1024];
+    size_t n = json_dumpb(body, small, sizeof small, flags);
+    if (n > 0 && n <= sizeof small) {
+        json_decref(body);
+        return queue_response(req, status, "application/json", small, n, MHD_RESPMEM_MUST_COPY);
+    }
+    char *text = json_dumps(body, flags);
     json_decref(body);
     if (text == NULL)
         return keel__respond(req, 500, "{\"detail\":\"Internal Server Error\"}", 34);
