@@ -19,6 +19,7 @@
 #include "plugin/hostapi.h"
 #include "plugin/loader.h"
 #include "plugin/manifest.h"
+#include "util/cpus.h"
 #include "util/log.h"
 #include "ops/metrics.h"
 #include "http/server.h"
@@ -97,7 +98,7 @@ static int setup_auth(const struct keel__conf *c)
  * servers. */
 static void setup_http(const struct keel__conf *c)
 {
-    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    long ncpu = (long)keel__cpus_allowed();
     keel__rt.server = (struct keel__server_conf){
         .host = c->server.host,
         .port = c->server.port,

@@ -500,3 +500,27 @@ def test_plugin_check_reports_hangs_by_route_and_stage():
     r = run("init_hang")
     assert r.returncode == 1, r.stdout
     assert "stage init" in r.stdout and "timeout" in r.stdout, r.stdout
+
+
+def test_one_worker_per_allowed_cpu_counts_the_affinity_mask():
+    """server.workers = 0 is one worker per CPU keeld may run on: confined
+    to one CPU (as taskset or a cpuset would), it starts one worker, however
+    many CPUs the machine has; its threads default to 4 per allowed CPU."""
+    before = os.sched_getaffinity(0)
+    first = min(before)
+    os.sched_setaffinity(0, {first})
+    try:
+        k = Keeld(setup(server={"workers": 0, "threads": 0}))
+        k.__enter__()
+    finally:
+        os.sched_setaffinity(0, before)
+    try:
+        assert len(worker_pids(k)) == 1, worker_pids(k)
+        assert k.get(HEALTH).status == 200
+        tasks = "/proc/%d/task" % worker_pids(k)[0]
+        for t in os.listdir(tasks):
+            with open(os.path.join(tasks, t, "status")) as f:
+                allowed = [l for l in f if l.startswith("Cpus_allowed_list:")][0]
+            assert allowed.split()[1] == str(first), allowed
+    finally:
+        k.__exit__(None, None, None)
