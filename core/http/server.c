@@ -20,6 +20,7 @@
 
 #include "util/log.h"
 #include "conf/conf.h"
+#include "http/acceptor.h"
 #include "http/accesslog.h"
 #include "http/clientaddr.h"
 #include "http/authorize.h"
@@ -27,6 +28,7 @@
 #include "http/cors.h"
 #include "http/deadline.h"
 #include "http/edge.h"
+#include "http/mhdpages.h"
 #include "identity/ratelimit.h"
 #include "http/routes.h"
 #include "util/scoreboard.h"
@@ -39,13 +41,16 @@ struct keel__runtime keel__rt;
 struct listener {
     int index; /* enum keel__listener */
     const char *name;
-    struct MHD_Daemon *daemon;
+    keel__acceptor *acceptor;
+    int fd;      /* listening socket */
+    bool own_fd; /* bound here (not inherited): closed by the server */
+    bool ipv6;
     bool loopback;
 };
 
 static struct listener listeners[2] = {
-    {.index = KEEL__LISTENER_MAIN, .name = "main"},
-    {.index = KEEL__LISTENER_ADMIN, .name = "admin"},
+    {.index = KEEL__LISTENER_MAIN, .name = "main", .fd = -1},
+    {.index = KEEL__LISTENER_ADMIN, .name = "admin", .fd = -1},
 };
 
 static atomic_long in_flight;
@@ -64,16 +69,8 @@ long keel__server_in_flight(void)
 
 long keel__server_connections(void)
 {
-    long n = 0;
-    for (size_t i = 0; i < 2; i++) {
-        if (listeners[i].daemon == NULL)
-            continue;
-        const union MHD_DaemonInfo *info = MHD_get_daemon_info(listeners[i].daemon,
-                                                               MHD_DAEMON_INFO_CURRENT_CONNECTIONS);
-        if (info != NULL)
-            n += (long)info->num_connections;
-    }
-    return n;
+    return keel__acceptor_connections(listeners[0].acceptor) +
+           keel__acceptor_connections(listeners[1].acceptor);
 }
 
 unsigned long long keel__server_requests_total(void)
@@ -354,10 +351,14 @@ static bool append_body(keel_request *req, const char *data, size_t len)
  * access log and metrics. */
 static void *on_uri(void *cls, const char *uri, struct MHD_Connection *conn)
 {
-    struct listener *l = cls;
+    struct keel__lane *lane = cls;
+    const struct listener *l = lane->cls;
     keel_request *req = keel__request_new(conn, l->index, NULL, uri);
     if (req == NULL)
         return NULL;
+    /* Counted until on_completed: the acceptor hands new connections to
+     * lanes with nothing in progress (core/http/acceptor.h). */
+    keel__lane_request_begin(lane, conn);
     req->max_json_depth = keel__rt.limits.max_json_depth;
     req->target = uri;
     req->target_len = strlen(uri);
@@ -404,11 +405,11 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
 static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
                          enum MHD_RequestTerminationCode toe)
 {
-    (void)cls;
     keel_request *req = *con_cls;
     if (req == NULL)
         return;
     *con_cls = NULL;
+    keel__lane_request_end(cls);
     int64_t ns = keel__request_elapsed_ns(req);
     unsigned status = keel__request_final_status(req, toe == MHD_REQUEST_TERMINATED_COMPLETED_OK);
     if (!req->responded) {
@@ -464,7 +465,88 @@ static bool is_loopback(const struct sockaddr *sa)
     return false;
 }
 
-static int start_daemon(struct listener *l, const char *host, int port, unsigned threads)
+/* Threads a listener may add to make up for those held by handlers. */
+#define MAX_SPARE_THREADS 32
+
+static void close_listener(struct listener *l)
+{
+    keel__acceptor_stop(l->acceptor);
+    l->acceptor = NULL;
+    if (l->own_fd && l->fd >= 0)
+        close(l->fd);
+    l->fd = -1;
+}
+
+/* The daemon of one lane (core/http/acceptor.h): one thread, no listening
+ * socket of its own; the acceptor hands it connections. */
+static struct MHD_Daemon *start_lane(struct keel__lane *lane)
+{
+    const struct listener *l = lane->cls;
+    const struct keel__server_conf *c = &keel__rt.server;
+    const struct keel__limits_conf *lim = &keel__rt.limits;
+    unsigned flags = MHD_USE_NO_LISTEN_SOCKET | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ITC |
+                     MHD_USE_ERROR_LOG;
+#ifdef __linux__
+    flags |= MHD_USE_EPOLL;
+#else
+    flags |= MHD_USE_POLL;
+#endif
+    if (l->ipv6)
+        flags |= MHD_USE_IPv6;
+    struct MHD_OptionItem opts[16];
+    size_t n = 0;
+    /* The logger must come first or MHD prints early messages itself. */
+    opts[n++] = (struct MHD_OptionItem){MHD_OPTION_EXTERNAL_LOGGER, (intptr_t)mhd_log, NULL};
+    opts[n++] = (struct MHD_OptionItem){MHD_OPTION_NOTIFY_COMPLETED, (intptr_t)on_completed, lane};
+    opts[n++] = (struct MHD_OptionItem){MHD_OPTION_URI_LOG_CALLBACK, (intptr_t)on_uri, lane};
+    opts[n++] = (struct MHD_OptionItem){MHD_OPTION_UNESCAPE_CALLBACK, (intptr_t)keep_escaped, NULL};
+    opts[n++] = (struct MHD_OptionItem){MHD_OPTION_CONNECTION_TIMEOUT,
+                                        (intptr_t)(unsigned)c->connection_timeout_s, NULL};
+    /* The acceptor enforces the limits over all lanes; this only keeps
+     * libmicrohttpd's own default (about a thousand) out of the way. */
+    if (lim->max_connections > 0)
+        opts[n++] = (struct MHD_OptionItem){MHD_OPTION_CONNECTION_LIMIT,
+                                            (intptr_t)(unsigned)lim->max_connections, NULL};
+    /* libmicrohttpd keeps the request line and headers in this per-connection
+     * memory and answers 431/414 itself (HTML body) when they do not fit;
+     * it also clears the memory between the requests of a connection, so
+     * every byte costs time on every request.  The header limit twice (the
+     * bytes, and as much again for its 56 bytes of bookkeeping per header)
+     * plus the URI limit lets begin() answer requests past keel's limits
+     * with JSON: measured in docs/performance.md, "Connection memory". */
+    size_t mem = 2 * (size_t)lim->max_header_bytes + (size_t)lim->max_uri_bytes;
+    if (mem < 32 * 1024)
+        mem = 32 * 1024;
+    opts[n++] = (struct MHD_OptionItem){MHD_OPTION_CONNECTION_MEMORY_LIMIT, (intptr_t)mem, NULL};
+    opts[n++] = (struct MHD_OptionItem){MHD_OPTION_NOTIFY_CONNECTION, (intptr_t)keel__lane_notify,
+                                        lane};
+    opts[n++] = (struct MHD_OptionItem){MHD_OPTION_END, 0, NULL};
+    return MHD_start_daemon(flags, 0, NULL, NULL, on_access, lane, MHD_OPTION_ARRAY, opts,
+                            MHD_OPTION_END);
+}
+
+/* A listening socket of this process's own (outside a worker). */
+static int bind_own(const struct addrinfo *ai)
+{
+    int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    int one = 1;
+    if (fd >= 0)
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (fd >= 0 && (bind(fd, ai->ai_addr, ai->ai_addrlen) != 0 || listen(fd, 1024) != 0)) {
+        close(fd);
+        fd = -1;
+    }
+    return fd;
+}
+
+/*
+ * threads lanes to begin with, up to max_threads when handlers hold them
+ * (core/http/acceptor.h).  Without trusted proxies the per-address limit
+ * counts connections here; with them it counts requests per client
+ * (core/http/clientaddr.h), since connections come from the proxies.
+ */
+static int start_listener(struct listener *l, const char *host, int port, unsigned threads,
+                          unsigned max_threads)
 {
     struct addrinfo hints = {.ai_family = AF_UNSPEC,
                              .ai_socktype = SOCK_STREAM,
@@ -477,75 +559,49 @@ static int start_daemon(struct listener *l, const char *host, int port, unsigned
         log_error("%s listener: cannot resolve %s: %s", l->name, host, gai_strerror(gai));
         return KEEL_ECONFIG;
     }
-    l->loopback = is_loopback(ai->ai_addr);
     int inherited = keel__rt.listen_inherited ? keel__rt.listen_fds[l->index] : -1;
-    if (inherited >= 0) {
-        /* A worker serves the socket its supervisor bound. */
-        struct sockaddr_storage ss;
-        socklen_t sl = sizeof ss;
-        if (getsockname(inherited, (struct sockaddr *)&ss, &sl) == 0)
-            l->loopback = is_loopback((const struct sockaddr *)&ss);
-    }
-    /* Before the daemon starts, so no admin request can see it unset. */
-    if (l->index == KEEL__LISTENER_ADMIN)
-        authorizer.admin_loopback = l->loopback;
-    const struct keel__server_conf *c = &keel__rt.server;
-    const struct keel__limits_conf *lim = &keel__rt.limits;
-    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ITC | MHD_USE_ERROR_LOG;
-#ifdef __linux__
-    flags |= MHD_USE_EPOLL;
-#else
-    flags |= MHD_USE_POLL;
-#endif
-    if (ai->ai_family == AF_INET6)
-        flags |= MHD_USE_IPv6;
-    struct MHD_OptionItem opts[16];
-    size_t n = 0;
-    /* The logger must come first or MHD prints early messages itself. */
-    opts[n++] = (struct MHD_OptionItem){MHD_OPTION_EXTERNAL_LOGGER, (intptr_t)mhd_log, NULL};
-    if (inherited >= 0)
-        opts[n++] = (struct MHD_OptionItem){MHD_OPTION_LISTEN_SOCKET, inherited, NULL};
-    else
-        opts[n++] = (struct MHD_OptionItem){MHD_OPTION_SOCK_ADDR, 0, ai->ai_addr};
-    opts[n++] = (struct MHD_OptionItem){MHD_OPTION_NOTIFY_COMPLETED, (intptr_t)on_completed, NULL};
-    opts[n++] = (struct MHD_OptionItem){MHD_OPTION_URI_LOG_CALLBACK, (intptr_t)on_uri, l};
-    opts[n++] = (struct MHD_OptionItem){MHD_OPTION_UNESCAPE_CALLBACK, (intptr_t)keep_escaped, NULL};
-    opts[n++] = (struct MHD_OptionItem){MHD_OPTION_CONNECTION_TIMEOUT,
-                                        (intptr_t)(unsigned)c->connection_timeout_s, NULL};
-    if (threads > 1)
-        opts[n++] = (struct MHD_OptionItem){MHD_OPTION_THREAD_POOL_SIZE, (intptr_t)threads, NULL};
-    if (lim->max_connections > 0)
-        opts[n++] = (struct MHD_OptionItem){MHD_OPTION_CONNECTION_LIMIT,
-                                            (intptr_t)(unsigned)lim->max_connections, NULL};
-    if (lim->max_per_ip > 0 && c->ntrusted_proxies == 0)
-        opts[n++] = (struct MHD_OptionItem){MHD_OPTION_PER_IP_CONNECTION_LIMIT,
-                                            (intptr_t)(unsigned)lim->max_per_ip, NULL};
-    /* libmicrohttpd keeps the request line and headers in this per-connection
-     * memory and answers 431/414 itself (HTML body) when they do not fit;
-     * it also clears the memory between the requests of a connection, so
-     * every byte costs time on every request.  The header limit twice (the
-     * bytes, and as much again for its 56 bytes of bookkeeping per header)
-     * plus the URI limit lets begin() answer requests past keel's limits
-     * with JSON: measured in docs/performance.md, "Connection memory". */
-    size_t mem = 2 * (size_t)lim->max_header_bytes + (size_t)lim->max_uri_bytes;
-    if (mem < 32 * 1024)
-        mem = 32 * 1024;
-    opts[n++] = (struct MHD_OptionItem){MHD_OPTION_CONNECTION_MEMORY_LIMIT, (intptr_t)mem, NULL};
-    if (l->index == KEEL__LISTENER_MAIN && deadlines != NULL)
-        opts[n++] = (struct MHD_OptionItem){MHD_OPTION_NOTIFY_CONNECTION,
-                                            (intptr_t)keel__deadlines_notify, deadlines};
-    opts[n++] = (struct MHD_OptionItem){MHD_OPTION_END, 0, NULL};
-
-    l->daemon = MHD_start_daemon(flags, (uint16_t)port, NULL, NULL, on_access, l, MHD_OPTION_ARRAY,
-                                 opts, MHD_OPTION_END);
+    l->own_fd = inherited < 0;
+    l->fd = inherited >= 0 ? inherited : bind_own(ai);
     freeaddrinfo(ai);
-    if (l->daemon == NULL) {
+    if (l->fd < 0) {
         log_error("%s listener: cannot listen on %s:%d (address in use or not permitted)", l->name,
                   host, port);
         return KEEL_EIO;
     }
-    log_info("%s listener on %s:%d (%u worker thread%s)", l->name, host, port, threads,
-             threads == 1 ? "" : "s");
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof ss;
+    if (getsockname(l->fd, (struct sockaddr *)&ss, &sl) == 0) {
+        l->loopback = is_loopback((const struct sockaddr *)&ss);
+        l->ipv6 = ss.ss_family == AF_INET6;
+    }
+    /* Before the daemon starts, so no admin request can see it unset. */
+    if (l->index == KEEL__LISTENER_ADMIN)
+        authorizer.admin_loopback = l->loopback;
+    const struct keel__limits_conf *lim = &keel__rt.limits;
+    struct keel__acceptor_conf ac = {
+        .name = l->name,
+        .fd = l->fd,
+        .lanes = threads,
+        .max_lanes = max_threads,
+        .max_connections = lim->max_connections,
+        .max_per_ip = keel__rt.server.ntrusted_proxies == 0 ? lim->max_per_ip : 0,
+        .start_lane = start_lane,
+        .cls = l,
+    };
+    if (l->index == KEEL__LISTENER_MAIN && deadlines != NULL) {
+        ac.chain_notify = keel__deadlines_notify;
+        ac.chain_cls = deadlines;
+    }
+    int rc = keel__acceptor_start(&ac, &l->acceptor);
+    if (rc != 0) {
+        log_error("%s listener: cannot start its threads on %s:%d", l->name, host, port);
+        if (l->own_fd)
+            close(l->fd);
+        l->fd = -1;
+        return rc;
+    }
+    log_info("%s listener on %s:%d (%u thread%s, up to %u while handlers hold them)", l->name, host,
+             port, threads, threads == 1 ? "" : "s", max_threads);
     return 0;
 }
 
@@ -553,6 +609,8 @@ int keel__server_start(void)
 {
     const struct keel__server_conf *c = &keel__rt.server;
     const struct keel__limits_conf *lim = &keel__rt.limits;
+    if (keel__mhd_pages_init(lim->max_header_bytes, lim->max_uri_bytes) != 0)
+        return KEEL_EINVAL;
     keel__access_log_open(c->access_log, c->access_json);
     if (lim->rate_per_user > 0 && keel__ratelimit_server_wide() != NULL) {
         /* In a worker: the supervisor's table, shared by every worker. */
@@ -583,14 +641,16 @@ int keel__server_start(void)
         long max = keel__rt.limits.max_connections;
         keel__deadlines_evict_at(deadlines, max - (max >= 64 ? max / 64 : 1));
     }
-    int rc = start_daemon(&listeners[0], c->host, c->port, (unsigned)c->threads);
+    /* Threads held by handlers that do not return (until the hang watchdog
+     * replaces the worker) are made up for, up to MAX_SPARE_THREADS more. */
+    unsigned threads = c->threads > 0 ? (unsigned)c->threads : 1;
+    int rc = start_listener(&listeners[0], c->host, c->port, threads, threads + MAX_SPARE_THREADS);
     if (rc == 0) {
-        /* The admin listener serves a handful of ops requests: two threads. */
-        rc = start_daemon(&listeners[1], c->admin_host, c->admin_port, 2);
-        if (rc != 0) {
-            MHD_stop_daemon(listeners[0].daemon);
-            listeners[0].daemon = NULL;
-        }
+        /* The admin listener serves a handful of ops requests: two threads,
+         * more while some wait on a reload. */
+        rc = start_listener(&listeners[1], c->admin_host, c->admin_port, 2, 2 + 8);
+        if (rc != 0)
+            close_listener(&listeners[0]);
     }
     if (rc != 0) {
         keel__access_log_close();
@@ -613,28 +673,18 @@ void keel__server_reopen_logs(void)
     keel__access_log_reopen();
 }
 
-static MHD_socket quiesced[2] = {MHD_INVALID_SOCKET, MHD_INVALID_SOCKET};
-static bool is_quiesced;
-
 void keel__server_quiesce(void)
 {
-    /* Stop accepting first, then let in-flight requests finish.  The
-     * threads drop the quiesced socket from their epoll sets on their own
-     * time, so it is only shut down here (new connections are refused) and
-     * closed once the daemons have stopped: closing it now would let its
-     * number be reused under a thread's epoll_ctl.  A socket inherited from
-     * the supervisor is shared with the other workers and the supervisor:
-     * shutting it down would refuse their connections too, so it is only
-     * left alone (the supervisor closes the listeners when it stops). */
-    if (is_quiesced)
-        return;
-    is_quiesced = true;
+    /* Stop accepting first, then let in-flight requests finish.  A socket
+     * inherited from the supervisor is shared with the other workers and
+     * the supervisor: shutting it down would refuse their connections too,
+     * so it is only left alone (the supervisor closes the listeners when it
+     * stops); one of this process's own is shut down (new connections are
+     * refused) and closed when the server stops. */
     for (size_t i = 0; i < 2; i++) {
-        if (listeners[i].daemon == NULL)
-            continue;
-        quiesced[i] = MHD_quiesce_daemon(listeners[i].daemon);
-        if (quiesced[i] != MHD_INVALID_SOCKET && !keel__rt.listen_inherited)
-            shutdown(quiesced[i], SHUT_RDWR);
+        keel__acceptor_quiesce(listeners[i].acceptor);
+        if (listeners[i].own_fd && listeners[i].fd >= 0)
+            shutdown(listeners[i].fd, SHUT_RDWR);
     }
 }
 
@@ -656,15 +706,8 @@ void keel__server_stop(int timeout_s)
         struct timespec ts = {0, 20 * 1000 * 1000};
         nanosleep(&ts, NULL);
     }
-    for (size_t i = 0; i < 2; i++) {
-        if (listeners[i].daemon != NULL)
-            MHD_stop_daemon(listeners[i].daemon);
-        listeners[i].daemon = NULL;
-        if (quiesced[i] != MHD_INVALID_SOCKET)
-            close(quiesced[i]);
-        quiesced[i] = MHD_INVALID_SOCKET;
-    }
-    is_quiesced = false;
+    for (size_t i = 0; i < 2; i++)
+        close_listener(&listeners[i]);
     keel__deadlines_stop(deadlines);
     deadlines = NULL;
     if (ratelimit != keel__ratelimit_server_wide())

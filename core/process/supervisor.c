@@ -31,6 +31,7 @@
 #include "process/supervisor_state.h"
 #include "process/upgrade.h"
 #include "process/worker.h"
+#include "util/cpus.h"
 #include "util/crash.h"
 #include "util/log.h"
 #include "util/scoreboard.h"
@@ -172,7 +173,7 @@ static void child_after_fork(unsigned slot, int ctl, int crash_w)
     c->limits.max_per_ip = (int)(((unsigned)c->limits.max_per_ip + n - 1) / n);
     /* server.threads is the server's too (default 4 per CPU): workers
      * sharing CPUs with more threads in all would only add switching. */
-    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    long ncpu = (long)keel__cpus_allowed();
     unsigned threads = c->server.threads > 0 ? (unsigned)c->server.threads
                                              : 4u * (unsigned)(ncpu > 0 ? ncpu : 1);
     threads = (threads + n - 1) / n;
@@ -487,7 +488,7 @@ int keel__supervisor_run(struct keel__conf *conf, const char *self_path, char *c
     keel__sup.serve = serve;
     keel__sup.self_path = self_path;
     keel__sup.argv = argv;
-    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    long ncpu = (long)keel__cpus_allowed();
     keel__sup.target = conf->server.workers > 0 ? (unsigned)conf->server.workers
                                                 : (unsigned)(ncpu > 0 ? ncpu : 1);
     keel__sup.nslots = keel__sup.target * 2 + 4;
