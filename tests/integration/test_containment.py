@@ -305,7 +305,9 @@ def test_spinning_handler_is_reported_quarantined_and_its_worker_replaced():
             t.join(timeout=scaled(15))
         # /health answered within 1 s throughout, with 20 calls spinning.
         assert probes[0] > 20, probes
-        assert slow == [], slow
+        assert [x for x in slow if x[0] != 200] == [], slow
+        if keeltest.figure_checked("/health answer times while handlers spin"):
+            assert slow == [], slow
         assert "every thread busy" in k.log_text(), "no thread was added"
         p = plugins_of(k)["spin"]
         assert p["state"] == "quarantined" and p["reason"] == "hung", p
@@ -407,10 +409,14 @@ def test_init_that_never_returns_is_refused_and_others_serve():
 
 
 def test_slow_init_is_published_when_it_returns():
+    # Under valgrind the listeners open and the first requests arrive much
+    # later after the init began: the init takes ten times as long there.
+    init_ms, limit_ms = (15000, 40000) if keeltest.VALGRIND else (1500, 10000)
+
     def mut(k):
-        setup(["init_hang"], containment={"init_timeout_ms": 10000})(k)
+        setup(["init_hang"], containment={"init_timeout_ms": limit_ms})(k)
         c = k.read_conf("70-init_hang.json")
-        c["plugin"]["config"] = {"init_ms": 1500}
+        c["plugin"]["config"] = {"init_ms": init_ms}
         k.write_conf("70-init_hang.json", c)
     with Keeld(mut) as k:
         assert k.get(HELLO).status == 200
@@ -433,6 +439,7 @@ def test_leaking_worker_is_recycled_without_a_failed_request():
     limit = 450 if keeltest.VALGRIND else 80
     server = {"worker_max_rss_mb": limit, "shutdown_timeout_s": 5}
     with Keeld(setup(["leak"], server=server)) as k:
+        k.leaks_on_purpose = True
         before = worker_pids(k)
         with Load(k, paths=(HEALTH, HELLO, "/api/v1/leak/boom"), max_requests=600) as load:
             wait_until(lambda: "recycled" in k.log_text(), "a recycle", timeout=60)
