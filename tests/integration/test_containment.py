@@ -355,7 +355,7 @@ def test_sigterm_while_handlers_spin_ends_by_the_deadline():
 def test_init_that_never_returns_is_refused_and_others_serve():
     deadline_ms = 4000
     with Keeld(setup(["init_hang"], containment={"init_timeout_ms": deadline_ms}),
-               start=False) as k:
+               start=False, wait_inits=False) as k:
         # The listeners serve /health and the example plugin while that init
         # is still running: its routes answer 503 "starting" meanwhile.
         t0 = time.monotonic()
@@ -418,7 +418,7 @@ def test_slow_init_is_published_when_it_returns():
         c = k.read_conf("70-init_hang.json")
         c["plugin"]["config"] = {"init_ms": init_ms}
         k.write_conf("70-init_hang.json", c)
-    with Keeld(mut) as k:
+    with Keeld(mut, wait_inits=False) as k:
         assert k.get(HELLO).status == 200
         r = k.get("/api/v1/init_hang/ok")
         assert r.status == 503 and r.header("X-Keel-Fallback") == "init_hang; reason=starting", r
