@@ -192,6 +192,32 @@ json_t *creator_pagination(long long page, long long page_size, long long total)
                      (json_int_t)pages, "has_next", page<pages, "has_previous", page> 1);
 }
 
+int creator_unlocked_total(keel_request *req, const char *uid, const keel_db_result *res,
+                           long long *total)
+{
+    keel_db_result *alone = NULL;
+    int rc;
+
+    if (creator_host->db_rows(res) == 0) {
+        rc = creator_host->db_query(req, "SELECT " CREATOR_UNLOCKED_TOTAL " AS total", 1,
+                                    (const char *const[]){uid}, &alone);
+        if (rc != 0)
+            return rc;
+        res = alone;
+    }
+    if (!creator_parse_ll(creator_col(res, 0, "total"), total))
+        *total = 0;
+    if (*total < 0) {
+        /* Only a count the triggers did not keep (disabled by an operator)
+         * can go below zero. */
+        creator_host->log(req, KEEL_LOG_ERROR,
+                          "unlocked total %lld is negative: user_unlock_counts needs a rebuild",
+                          *total);
+        *total = 0;
+    }
+    return 0;
+}
+
 long long creator_page_offset(long long page, long long page_size)
 {
     if (page - 1 > LLONG_MAX / page_size)
@@ -437,7 +463,11 @@ static int creator_init(const keel_host *host, const json_t *config, void **stat
     }
     rc = creator_runner_init(host, config ? json_object_get(config, "provider") : NULL,
                              &conf->runner);
+    if (rc == 0 && KEEL_HOST_HAS(host, task_add))
+        rc = host->task_add("unlock-count-sweep", CREATOR_SWEEP_PERIOD_MS, creator_sweep_task, NULL,
+                            NULL);
     if (rc != 0) {
+        creator_runner_free(conf->runner);
         free(conf);
         return rc;
     }

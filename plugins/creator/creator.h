@@ -41,18 +41,32 @@ extern const keel_host *creator_host;
 /* ISO 8601 UTC rendering of a timestamptz column inside SQL text. */
 #define CREATOR_ISO(col) "to_char((" col ") AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')"
 
+/*
+ * The caller's ($1) exact number of unexpired unlocks, from the per-user
+ * count the database keeps (migrations/0003_unlock_counts.sql): the row's
+ * live count less the grants that expired since its last sweep, which the
+ * (user_id, expires_at) index finds.  No row means no grants.
+ */
+#define CREATOR_UNLOCKED_TOTAL                                                                     \
+    "coalesce((SELECT c.live - (SELECT count(*) FROM user_profile_access x"                        \
+    "                            WHERE x.user_id = c.user_id AND x.expires_at > c.swept_to"        \
+    "                              AND x.expires_at <= now())"                                     \
+    "            FROM user_unlock_counts c WHERE c.user_id = $1), 0)"
+
 /* The caller's unexpired unlocks, newest first, one page ($1 user id, $2
  * limit, $3 offset): the tail of every query that lists them, after the
- * profile columns the caller picks from p. */
-#define CREATOR_UNLOCKED_PAGE_TAIL                                                                          \
-    CREATOR_ISO("a.granted_at")                                                                             \
-    " AS unlocked_at, " CREATOR_ISO(                                                                        \
-        "a.expires_at") " AS expires_at,"                                                                   \
-                        " ceil(extract(epoch FROM a.expires_at - now()) / 86400)::bigint AS days_remaining" \
-                        "  FROM user_profile_access a JOIN profiles p ON p.id = a.profile_id"               \
-                        " WHERE a.user_id = $1 AND a.expires_at > now()"                                    \
-                        " ORDER BY a.granted_at DESC, a.id DESC"                                            \
-                        " LIMIT $2 OFFSET $3"
+ * profile columns the caller picks from p.  Each row also carries the
+ * caller's total (CREATOR_UNLOCKED_TOTAL, computed once per statement), so
+ * a page and its total take one round trip. */
+#define CREATOR_UNLOCKED_PAGE_TAIL                                                                              \
+    CREATOR_UNLOCKED_TOTAL                                                                                      \
+        " AS total, " CREATOR_ISO("a.granted_at") " AS unlocked_at, " CREATOR_ISO(                              \
+            "a.expires_at") " AS expires_at,"                                                                   \
+                            " ceil(extract(epoch FROM a.expires_at - now()) / 86400)::bigint AS days_remaining" \
+                            "  FROM user_profile_access a JOIN profiles p ON p.id = a.profile_id"               \
+                            " WHERE a.user_id = $1 AND a.expires_at > now()"                                    \
+                            " ORDER BY a.granted_at DESC, a.id DESC"                                            \
+                            " LIMIT $2 OFFSET $3"
 
 /* --- database rows -> JSON ----------------------------------------------- */
 
@@ -105,6 +119,14 @@ json_t *creator_post_json(const keel_db_result *res, int row);
 #define CREATOR_PROFILE_COLUMNS                                                                    \
     "p.id, p.username, p.full_name, p.biography, p.followers_count, "                              \
     "p.following_count, p.posts_count, p.is_verified, p.is_private, p.profile_pic_url"
+
+/*
+ * The caller's unlocked total for a page read with CREATOR_UNLOCKED_PAGE_TAIL
+ * (res): taken from its first row, or, when the page is empty, asked of the
+ * database on its own.  0 or a KEEL_EDB_* code.
+ */
+int creator_unlocked_total(keel_request *req, const char *uid, const keel_db_result *res,
+                           long long *total);
 
 /* {"page","page_size","total","total_pages","has_next","has_previous"}. */
 json_t *creator_pagination(long long page, long long page_size, long long total);
@@ -172,6 +194,11 @@ extern const char creator_ai_summary_sql[];
 struct creator_runner;
 /* Reads config.provider and registers the runner's tasks, upstream and
  * metrics; with no provider, notes that jobs stay queued.  0 or a code. */
+/* The unlocked counts' sweep task (portfolio.c), run every
+ * CREATOR_SWEEP_PERIOD_MS when the host has tasks. */
+#define CREATOR_SWEEP_PERIOD_MS 30000
+int creator_sweep_task(keel_task *task, keel_request *req, void *arg);
+
 int creator_runner_init(const keel_host *host, const json_t *provider, struct creator_runner **out);
 void creator_runner_free(struct creator_runner *r);
 

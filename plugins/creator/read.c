@@ -140,23 +140,11 @@ int creator_unlocked(keel_request *req, void *state)
     if ((uid = creator_user_id(req)) == NULL)
         return unlocked_degraded(req);
 
-    /* The total counts every unexpired grant, not just this page; the
-     * (user_id, expires_at) index answers it without touching profiles. */
-    rc = creator_host->db_query(req,
-                                "SELECT count(*) AS n FROM user_profile_access"
-                                " WHERE user_id = $1 AND expires_at > now()",
-                                1, (const char *const[]){uid}, &res);
-    if (rc != 0) {
-        creator_log_db(req, rc, "unlocked list count");
-        return unlocked_degraded(req);
-    }
-    if (!creator_parse_ll(creator_col(res, 0, "n"), &total))
-        total = 0;
-
     snprintf(limit, sizeof limit, "%lld", page_size);
     snprintf(offset, sizeof offset, "%lld", creator_page_offset(page, page_size));
     /* Walks (user_id, granted_at DESC, id DESC) in order and stops after
-     * LIMIT + OFFSET rows; no sort of the caller's whole history. */
+     * LIMIT + OFFSET rows; no sort of the caller's whole history.  The
+     * total comes with the page (see CREATOR_UNLOCKED_TOTAL). */
     rc = creator_host->db_query(
         req,
         "SELECT p.id, p.username, p.full_name, p.followers_count, p.following_count,"
@@ -164,6 +152,8 @@ int creator_unlocked(keel_request *req, void *state)
         "       p.ai_primary_content_type, p.ai_avg_sentiment_score,"
         "       " CREATOR_UNLOCKED_PAGE_TAIL,
         3, (const char *const[]){uid, limit, offset}, &res);
+    if (rc == 0)
+        rc = creator_unlocked_total(req, uid, res, &total);
     if (rc != 0) {
         creator_log_db(req, rc, "unlocked list");
         return unlocked_degraded(req);
