@@ -447,33 +447,46 @@ static int creator_init(const keel_host *host, const json_t *config, void **stat
     conf->unlock_cost = 25;
     conf->unlock_days = 30;
     conf->max_posts = 50;
+    conf->stats_cache_ms = 1000;
+    conf->unlock_sweep_s = 30;
     if (config != NULL) {
         if ((rc = conf_int(config, "unlock_cost", 1, 1000000, &conf->unlock_cost)) != 0 ||
             (rc = conf_int(config, "unlock_days", 1, 3650, &conf->unlock_days)) != 0 ||
-            (rc = conf_int(config, "max_posts", 1, 1000, &conf->max_posts)) != 0) {
+            (rc = conf_int(config, "max_posts", 1, 1000, &conf->max_posts)) != 0 ||
+            (rc = conf_int(config, "stats_cache_ms", 0, 1000, &conf->stats_cache_ms)) != 0 ||
+            (rc = conf_int(config, "unlock_sweep_s", 0, 86400, &conf->unlock_sweep_s)) != 0) {
             free(conf);
             return rc;
         }
         json_object_foreach((json_t *)config, key, value)
         {
             if (strcmp(key, "unlock_cost") != 0 && strcmp(key, "unlock_days") != 0 &&
-                strcmp(key, "max_posts") != 0 && strcmp(key, "provider") != 0)
+                strcmp(key, "max_posts") != 0 && strcmp(key, "provider") != 0 &&
+                strcmp(key, "stats_cache_ms") != 0 && strcmp(key, "unlock_sweep_s") != 0)
                 host->log(NULL, KEEL_LOG_WARN, "config.%s: unknown key ignored", key);
         }
     }
     rc = creator_runner_init(host, config ? json_object_get(config, "provider") : NULL,
                              &conf->runner);
-    if (rc == 0 && KEEL_HOST_HAS(host, task_add))
-        rc = host->task_add("unlock-count-sweep", CREATOR_SWEEP_PERIOD_MS, creator_sweep_task, NULL,
-                            NULL);
+    if (rc == 0 && conf->unlock_sweep_s > 0 && KEEL_HOST_HAS(host, task_add))
+        rc = host->task_add("unlock-count-sweep", (unsigned)(conf->unlock_sweep_s * 1000),
+                            creator_sweep_task, NULL, NULL);
+    if (rc == 0 && KEEL_HOST_HAS(host, metric_add))
+        rc = host->metric_add(KEEL_METRIC_COUNTER, "creator_stats_reads_total",
+                              "system/stats answers read from the database (cache misses).",
+                              &conf->stats_reads);
+    if (rc == 0 && pthread_mutex_init(&conf->stats.lock, NULL) != 0)
+        rc = KEEL_ENOMEM;
     if (rc != 0) {
         creator_runner_free(conf->runner);
         free(conf);
         return rc;
     }
     host->log(NULL, KEEL_LOG_INFO,
-              "creator ready: unlock_cost=%lld unlock_days=%lld max_posts=%lld", conf->unlock_cost,
-              conf->unlock_days, conf->max_posts);
+              "creator ready: unlock_cost=%lld unlock_days=%lld max_posts=%lld"
+              " stats_cache_ms=%lld unlock_sweep_s=%lld",
+              conf->unlock_cost, conf->unlock_days, conf->max_posts, conf->stats_cache_ms,
+              conf->unlock_sweep_s);
     *state = conf;
     return 0;
 }
@@ -483,8 +496,10 @@ static void creator_fini(void *state)
     struct creator_conf *conf = state;
 
     /* The host has stopped the runner's tasks before calling fini. */
-    if (conf != NULL)
+    if (conf != NULL) {
         creator_runner_free(conf->runner);
+        pthread_mutex_destroy(&conf->stats.lock);
+    }
     free(state);
 }
 

@@ -16,18 +16,38 @@
 #ifndef KEEL_PLUGINS_CREATOR_CREATOR_H
 #define KEEL_PLUGINS_CREATOR_CREATOR_H
 
+#include <pthread.h>
 #include <stdbool.h>
+#include <time.h>
 
 #include <jansson.h>
 
 #include <keel/plugin.h>
+
+/*
+ * system/stats' cache (read.c), one per generation in each worker process:
+ * the counts last read and the monotonic time taken just before the query
+ * that read them, so an answer from the cache reflects the database as of
+ * at most stats_cache_ms earlier.  Handlers run concurrently: every field is
+ * read and written under lock.
+ */
+struct creator_stats_cache {
+    pthread_mutex_t lock;
+    bool valid;
+    struct timespec read_at;
+    long long counts[2][2]; /* [profiles|posts][total|ai] */
+};
 
 /* The plugin's configuration, one copy per generation (the handler state). */
 struct creator_conf {
     long long unlock_cost;         /* credits per unlock, default 25 */
     long long unlock_days;         /* days an unlock lasts, default 30 */
     long long max_posts;           /* posts embedded in a full search answer, default 50 */
+    long long stats_cache_ms;      /* system/stats staleness bound, default 1000; 0 = none */
+    long long unlock_sweep_s;      /* unlocked counts' sweep period, default 30; 0 = none */
     struct creator_runner *runner; /* NULL when no provider is configured */
+    struct creator_stats_cache stats;
+    keel_metric *stats_reads; /* system/stats queries sent (cache misses); may be NULL */
 };
 
 /* The host table, set by init before any handler runs. */
@@ -58,15 +78,15 @@ extern const keel_host *creator_host;
  * profile columns the caller picks from p.  Each row also carries the
  * caller's total (CREATOR_UNLOCKED_TOTAL, computed once per statement), so
  * a page and its total take one round trip. */
-#define CREATOR_UNLOCKED_PAGE_TAIL                                                                              \
-    CREATOR_UNLOCKED_TOTAL                                                                                      \
-        " AS total, " CREATOR_ISO("a.granted_at") " AS unlocked_at, " CREATOR_ISO(                              \
-            "a.expires_at") " AS expires_at,"                                                                   \
-                            " ceil(extract(epoch FROM a.expires_at - now()) / 86400)::bigint AS days_remaining" \
-                            "  FROM user_profile_access a JOIN profiles p ON p.id = a.profile_id"               \
-                            " WHERE a.user_id = $1 AND a.expires_at > now()"                                    \
-                            " ORDER BY a.granted_at DESC, a.id DESC"                                            \
-                            " LIMIT $2 OFFSET $3"
+#define CREATOR_UNLOCKED_PAGE_TAIL                                                                          \
+    CREATOR_UNLOCKED_TOTAL                                                                                  \
+    " AS total, " CREATOR_ISO("a.granted_at") " AS unlocked_at, " CREATOR_ISO(                              \
+        "a.expires_at") " AS expires_at,"                                                                   \
+                        " ceil(extract(epoch FROM a.expires_at - now()) / 86400)::bigint AS days_remaining" \
+                        "  FROM user_profile_access a JOIN profiles p ON p.id = a.profile_id"               \
+                        " WHERE a.user_id = $1 AND a.expires_at > now()"                                    \
+                        " ORDER BY a.granted_at DESC, a.id DESC"                                            \
+                        " LIMIT $2 OFFSET $3"
 
 /* --- database rows -> JSON ----------------------------------------------- */
 
@@ -194,9 +214,8 @@ extern const char creator_ai_summary_sql[];
 struct creator_runner;
 /* Reads config.provider and registers the runner's tasks, upstream and
  * metrics; with no provider, notes that jobs stay queued.  0 or a code. */
-/* The unlocked counts' sweep task (portfolio.c), run every
- * CREATOR_SWEEP_PERIOD_MS when the host has tasks. */
-#define CREATOR_SWEEP_PERIOD_MS 30000
+/* The unlocked counts' sweep task (portfolio.c), run every unlock_sweep_s
+ * seconds when the host has tasks. */
 int creator_sweep_task(keel_task *task, keel_request *req, void *arg);
 
 int creator_runner_init(const keel_host *host, const json_t *provider, struct creator_runner **out);
