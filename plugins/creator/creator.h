@@ -69,9 +69,8 @@ extern const keel_host *creator_host;
  */
 #define CREATOR_UNLOCKED_TOTAL                                                                     \
     "coalesce((SELECT c.live - (SELECT count(*) FROM user_profile_access x"                        \
-    "                            WHERE x.user_id = c.user_id AND x.expires_at > c.swept_to"        \
-    "                              AND x.expires_at <= now())"                                     \
-    "            FROM user_unlock_counts c WHERE c.user_id = $1), 0)"
+    " WHERE x.user_id = c.user_id AND x.expires_at > c.swept_to AND x.expires_at <= now())"        \
+    " FROM user_unlock_counts c WHERE c.user_id = $1), 0)"
 
 /* The caller's unexpired unlocks, newest first, one page ($1 user id, $2
  * limit, $3 offset): the tail of every query that lists them, after the

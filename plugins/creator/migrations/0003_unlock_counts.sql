@@ -162,10 +162,24 @@ BEGIN
     RETURN coalesce(cardinality(ids), 0);
 END $$;
 
--- The backfill: every user's unexpired grants, counted now (the grants are
--- locked against writers, see the top).
-INSERT INTO user_unlock_counts (user_id, live, swept_to)
-SELECT user_id, count(*) FILTER (WHERE expires_at > now()), now()
-  FROM user_profile_access GROUP BY user_id
-    ON CONFLICT (user_id) DO UPDATE SET live = EXCLUDED.live, swept_to = EXCLUDED.swept_to;
+-- Recounts every user's row from the grants (the backfill below; and for an
+-- operator after a restore or a bulk load made with triggers disabled).
+-- Returns the number of users with grants.
+CREATE OR REPLACE FUNCTION unlock_counts_rebuild() RETURNS bigint LANGUAGE plpgsql AS $$
+DECLARE
+    users bigint;
+BEGIN
+    -- Writers wait until the recount commits; those running finish first,
+    -- and the statements below, started after the lock, see their rows.
+    LOCK TABLE user_profile_access IN SHARE ROW EXCLUSIVE MODE;
+    DELETE FROM user_unlock_counts;
+    INSERT INTO user_unlock_counts (user_id, live, swept_to)
+    SELECT user_id, count(*) FILTER (WHERE expires_at > now()), now()
+      FROM user_profile_access GROUP BY user_id;
+    GET DIAGNOSTICS users = ROW_COUNT;
+    RETURN users;
+END $$;
+
+-- The backfill.
+SELECT unlock_counts_rebuild();
 INSERT INTO unlock_counts_sweep (one, swept_to) VALUES (true, now()) ON CONFLICT (one) DO NOTHING;
