@@ -69,7 +69,7 @@ extern const keel_host *creator_host;
  */
 #define CREATOR_UNLOCKED_TOTAL                                                                     \
     "coalesce((SELECT c.live - (SELECT count(*) FROM user_profile_access x"                        \
-    " WHERE x.user_id = c.user_id AND x.expires_at > c.swept_to AND x.expires_at <= now())"        \
+    " WHERE x.user_id = $1 AND x.expires_at > c.swept_to AND x.expires_at <= now())"               \
     " FROM user_unlock_counts c WHERE c.user_id = $1), 0)"
 
 /* The caller's unexpired unlocks, newest first, one page ($1 user id, $2
