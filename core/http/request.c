@@ -10,6 +10,7 @@
 #include <strings.h>
 #include <time.h>
 
+#include "http/mhdpages.h"
 #include "http/routes.h"
 #include "util/counters.h"
 #include "util/log.h"
@@ -465,10 +466,18 @@ static int queue_response(keel_request *req, unsigned status, const char *conten
             free(body);
         return KEEL_ENOMEM;
     }
+    return keel__respond_mhd(req, status, resp, content_type);
+}
+
+int keel__respond_mhd(keel_request *req, unsigned status, struct MHD_Response *resp,
+                      const char *content_type)
+{
+    if (resp == NULL)
+        return KEEL_ENOMEM;
     MHD_add_response_header(resp, "Content-Type", content_type);
     for (const struct keel__header *h = req->headers; h != NULL; h = h->next)
         MHD_add_response_header(resp, h->name, h->value);
-    enum MHD_Result r = MHD_queue_response(req->conn, status, resp);
+    enum MHD_Result r = keel__mhd_queue(req->conn, status, resp);
     MHD_destroy_response(resp);
     /* Either way this request has had its one attempt. */
     req->responded = true;
@@ -499,7 +508,16 @@ int keel__respond_json(keel_request *req, unsigned status, json_t *body)
      * allocator, so libmicrohttpd's free() matches. */
     /* 15 significant digits print the stored rates and scores as written
      * (7.86, not 7.8600000000000003), as the service keel replaces did. */
-    char *text = json_dumps(body, JSON_COMPACT | JSON_REAL_PRECISION(15));
+    size_t flags = JSON_COMPACT | JSON_REAL_PRECISION(15);
+    /* Most bodies are small: dumped into the stack and copied once by
+     * libmicrohttpd, instead of grown by reallocation in json_dumps(). */
+    char small[1024];
+    size_t n = json_dumpb(body, small, sizeof small, flags);
+    if (n > 0 && n <= sizeof small) {
+        json_decref(body);
+        return queue_response(req, status, "application/json", small, n, MHD_RESPMEM_MUST_COPY);
+    }
+    char *text = json_dumps(body, flags);
     json_decref(body);
     if (text == NULL)
         return keel__respond(req, 500, "{\"detail\":\"Internal Server Error\"}", 34);

@@ -199,6 +199,10 @@ int keel__respond(keel_request *req, unsigned status, const char *body, size_t l
 int keel__respond_json(keel_request *req, unsigned status, json_t *body);
 /* {"detail": detail}. */
 int keel__respond_detail(keel_request *req, unsigned status, const char *detail);
+/* Queues resp (taken over, NULL counts as out of memory) with the extra
+ * headers and content_type, for bodies libmicrohttpd streams itself. */
+int keel__respond_mhd(keel_request *req, unsigned status, struct MHD_Response *resp,
+                      const char *content_type);
 /* Queues body (malloc'd, always taken over) with its own Content-Type. */
 int keel__respond_owned(keel_request *req, unsigned status, const char *content_type, char *body,
                         size_t len);

@@ -27,6 +27,7 @@
 #include "http/cors.h"
 #include "http/deadline.h"
 #include "http/edge.h"
+#include "http/mhdpages.h"
 #include "identity/ratelimit.h"
 #include "http/routes.h"
 #include "util/scoreboard.h"
@@ -553,6 +554,8 @@ int keel__server_start(void)
 {
     const struct keel__server_conf *c = &keel__rt.server;
     const struct keel__limits_conf *lim = &keel__rt.limits;
+    if (keel__mhd_pages_init(lim->max_header_bytes, lim->max_uri_bytes) != 0)
+        return KEEL_EINVAL;
     keel__access_log_open(c->access_log, c->access_json);
     if (lim->rate_per_user > 0 && keel__ratelimit_server_wide() != NULL) {
         /* In a worker: the supervisor's table, shared by every worker. */

@@ -482,17 +482,9 @@ static const struct {
 static int respond_raw(keel_request *req, unsigned status, struct MHD_Response *resp,
                        const char *type)
 {
-    if (resp == NULL)
-        return KEEL_ENOMEM;
-    MHD_add_response_header(resp, "Content-Type", type);
-    MHD_add_response_header(resp, "X-Content-Type-Options", "nosniff");
-    for (const struct keel__header *h = req->headers; h != NULL; h = h->next)
-        MHD_add_response_header(resp, h->name, h->value);
-    enum MHD_Result r = MHD_queue_response(req->conn, status, resp);
-    MHD_destroy_response(resp);
-    req->responded = true;
-    req->status = status;
-    return r == MHD_YES ? 0 : KEEL_EIO;
+    if (resp != NULL)
+        MHD_add_response_header(resp, "X-Content-Type-Options", "nosniff");
+    return keel__respond_mhd(req, status, resp, type);
 }
 
 static bool docs_installed(void)

@@ -376,16 +376,15 @@ def test_hostile_headers_paths_and_methods():
                                                     [("X-H%d" % i, "v" * 60) for i in range(300)])),
                 431, "Request headers too large (limit 16384 bytes)")
         # Past libmicrohttpd's connection memory (twice the header limit plus
-        # the URI limit) it answers by itself, with its own HTML body: the
-        # documented exception.
+        # the URI limit) it refuses by itself; keel answers its page in JSON.
         b.check("70 KiB header", raw(k, request_head("GET", "/health", big(70000))), 431,
-                json_body=False)
+                "Request headers too large (limit 16384 bytes)")
         b.check("9 KiB URI", raw(k, request_head("GET", "/health?q=" + "a" * 9000)), 414,
                 "URI too long (limit 8192 bytes)")
         b.check("20 KiB path", raw(k, request_head("GET", "/" + "a" * 20000)), 414,
                 "URI too long (limit 8192 bytes)")
         b.check("70 KiB URI", raw(k, request_head("GET", "/health?q=" + "a" * 70000)), 414,
-                json_body=False)
+                "URI too long (limit 8192 bytes)")
         not_found = {"detail": "Not Found"}
         for path in ["/api/v1/example/echo/%00", "/api/v1/example/echo/a%00b",
                      "/api/v1/example/../example/hello", "/api/v1/example/%2e%2e/example/hello",
@@ -405,17 +404,20 @@ def test_hostile_headers_paths_and_methods():
             b.check("%s %s" % (method, path), r, status, "Method Not Allowed")
             if "allow" not in r.headers:
                 b.failures.append("%s %s: no Allow header" % (method, path))
-        # What libmicrohttpd refuses before keel sees a request (its own
-        # bodies): a request line without a version, a header line without
-        # a colon, an unparseable Content-Length.
-        for name, data, status in [
-            ("HTTP/0.9 request line", b"GET /health\r\n\r\n", 400),
-            ("header without colon", b"GET /health HTTP/1.1\r\nHost: x\r\nBad\r\n\r\n", 400),
-            ("negative Content-Length",
-             b"POST /health HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n", 400),
-            ("HTTP/2.0 version", b"GET /health HTTP/2.0\r\nHost: x\r\n\r\n", 505),
+        # What libmicrohttpd refuses before keel's handler sees a request: a
+        # request line without a version, a header line without a colon, an
+        # unparseable Content-Length; keel answers its page in JSON.  (An
+        # unparseable Content-Length is checked in test_edge.py, which reads
+        # past the head libmicrohttpd writes twice for it.)
+        for name, data, status, detail in [
+            ("HTTP/0.9 request line", b"GET /health\r\n\r\n", 400,
+             "Malformed request line or header line"),
+            ("header without colon", b"GET /health HTTP/1.1\r\nHost: x\r\nBad\r\n\r\n", 400,
+             "Malformed request line or header line"),
+            ("HTTP/2.0 version", b"GET /health HTTP/2.0\r\nHost: x\r\n\r\n", 505,
+             "HTTP version not supported (only HTTP/1.0 and HTTP/1.1)"),
         ]:
-            b.check(name, raw(k, data), status, json_body=False)
+            b.check(name, raw(k, data), status, detail)
         b.done()
 
 

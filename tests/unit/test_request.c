@@ -2,7 +2,8 @@
  * Unit tests for core/http/request.c: the arena, cleanups, the accessors
  * plugins get through the host table (driven through the synthetic-request
  * seam), responding once, and what a request records when libmicrohttpd
- * refuses its response (MHD_queue_response is wrapped at link time).
+ * refuses its response (keel__mhd_queue, keel's one call into
+ * MHD_queue_response, is wrapped at link time).
  */
 #include "config.h"
 
@@ -28,11 +29,11 @@
 static enum MHD_Result queue_result = MHD_YES;
 static unsigned queued_status;
 
-enum MHD_Result __wrap_MHD_queue_response(struct MHD_Connection *connection,
-                                          unsigned int status_code, struct MHD_Response *response);
+enum MHD_Result __wrap_keel__mhd_queue(struct MHD_Connection *connection, unsigned int status_code,
+                                       struct MHD_Response *response);
 
-enum MHD_Result __wrap_MHD_queue_response(struct MHD_Connection *connection,
-                                          unsigned int status_code, struct MHD_Response *response)
+enum MHD_Result __wrap_keel__mhd_queue(struct MHD_Connection *connection, unsigned int status_code,
+                                       struct MHD_Response *response)
 {
     (void)connection;
     (void)response;
