@@ -210,13 +210,13 @@ int creator_import_doc(keel_request *req, const json_t *doc, bool summarize, cha
 /* SQL ($1 = profile id) computing a profile's AI summary from its posts. */
 extern const char creator_ai_summary_sql[];
 
-struct creator_runner;
-/* Reads config.provider and registers the runner's tasks, upstream and
- * metrics; with no provider, notes that jobs stay queued.  0 or a code. */
 /* The unlocked counts' sweep task (portfolio.c), run every unlock_sweep_s
  * seconds when the host has tasks. */
 int creator_sweep_task(keel_task *task, keel_request *req, void *arg);
 
+struct creator_runner;
+/* Reads config.provider and registers the runner's tasks, upstream and
+ * metrics; with no provider, notes that jobs stay queued.  0 or a code. */
 int creator_runner_init(const keel_host *host, const json_t *provider, struct creator_runner **out);
 void creator_runner_free(struct creator_runner *r);
 

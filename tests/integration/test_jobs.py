@@ -553,7 +553,7 @@ def test_fresh_database_gets_the_creator_schema_from_the_plugin_migrations():
     try:
         # The template ran --migrate: the creator's tables come from its own files.
         rows = pg_db.query("SELECT plugin, version FROM plugin_migrations ORDER BY 1, 2")
-        assert rows == [("creator", "1"), ("creator", "2")], rows
+        assert rows == [("creator", "1"), ("creator", "2"), ("creator", "3")], rows
         assert pg_db.scalar("SELECT count(*) FROM stats_counters") == "2"
     finally:
         pg_db.drop()
@@ -571,7 +571,7 @@ def test_database_from_the_old_single_migration_still_works():
         db.query("INSERT INTO profiles (username) VALUES ('oldschema')")
         k = Keeld(start=False, db=db)
         r = k.run("--migrate")
-        assert r.returncode == 0 and "2 migration(s) of plugin creator" in r.stdout, r.stdout
+        assert r.returncode == 0 and "3 migration(s) of plugin creator" in r.stdout, r.stdout
         assert db.scalar("SELECT count(*) FROM profiles WHERE username = 'oldschema'") == "1"
         assert db.scalar("SELECT total FROM stats_counters WHERE name = 'profiles'") == "1"
     finally:
