@@ -18,8 +18,10 @@
 
 #include <openssl/crypto.h>
 
+#include "util/listen.h"
 #include "util/log.h"
 #include "conf/conf.h"
+#include "http/acceptor.h"
 #include "http/accesslog.h"
 #include "http/clientaddr.h"
 #include "http/authorize.h"
@@ -40,13 +42,16 @@ struct keel__runtime keel__rt;
 struct listener {
     int index; /* enum keel__listener */
     const char *name;
-    struct MHD_Daemon *daemon;
+    keel__acceptor *acceptor;
+    int fd;      /* listening socket */
+    bool own_fd; /* bound here (not inherited): closed by the server */
+    bool ipv6;
     bool loopback;
 };
 
 static struct listener listeners[2] = {
-    {.index = KEEL__LISTENER_MAIN, .name = "main"},
-    {.index = KEEL__LISTENER_ADMIN, .name = "admin"},
+    {.index = KEEL__LISTENER_MAIN, .name = "main", .fd = -1},
+    {.index = KEEL__LISTENER_ADMIN, .name = "admin", .fd = -1},
 };
 
 static atomic_long in_flight;
@@ -65,16 +70,8 @@ long keel__server_in_flight(void)
 
 long keel__server_connections(void)
 {
-    long n = 0;
-    for (size_t i = 0; i < 2; i++) {
-        if (listeners[i].daemon == NULL)
-            continue;
-        const union MHD_DaemonInfo *info = MHD_get_daemon_info(listeners[i].daemon,
-                                                               MHD_DAEMON_INFO_CURRENT_CONNECTIONS);
-        if (info != NULL)
-            n += (long)info->num_connections;
-    }
-    return n;
+    return keel__acceptor_connections(listeners[0].acceptor) +
+           keel__acceptor_connections(listeners[1].acceptor);
 }
 
 unsigned long long keel__server_requests_total(void)
@@ -355,10 +352,14 @@ static bool append_body(keel_request *req, const char *data, size_t len)
  * access log and metrics. */
 static void *on_uri(void *cls, const char *uri, struct MHD_Connection *conn)
 {
-    struct listener *l = cls;
+    struct keel__lane *lane = cls;
+    const struct listener *l = lane->cls;
     keel_request *req = keel__request_new(conn, l->index, NULL, uri);
     if (req == NULL)
         return NULL;
+    /* Counted until on_completed: the acceptor hands new connections to
+     * lanes with nothing in progress (core/http/acceptor.h). */
+    keel__lane_request_begin(lane, conn);
     req->max_json_depth = keel__rt.limits.max_json_depth;
     req->target = uri;
     req->target_len = strlen(uri);
@@ -405,11 +406,11 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
 static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
                          enum MHD_RequestTerminationCode toe)
 {
-    (void)cls;
     keel_request *req = *con_cls;
     if (req == NULL)
         return;
     *con_cls = NULL;
+    keel__lane_request_end(cls);
     int64_t ns = keel__request_elapsed_ns(req);
     unsigned status = keel__request_final_status(req, toe == MHD_REQUEST_TERMINATED_COMPLETED_OK);
     if (!req->responded) {
@@ -465,62 +466,48 @@ static bool is_loopback(const struct sockaddr *sa)
     return false;
 }
 
-static int start_daemon(struct listener *l, const char *host, int port, unsigned threads)
+/* Threads a listener may add to make up for those held by handlers. */
+#define MAX_SPARE_THREADS 32
+
+static void close_listener(struct listener *l)
 {
-    struct addrinfo hints = {.ai_family = AF_UNSPEC,
-                             .ai_socktype = SOCK_STREAM,
-                             .ai_flags = AI_PASSIVE};
-    struct addrinfo *ai = NULL;
-    char portstr[16];
-    snprintf(portstr, sizeof portstr, "%d", port);
-    int gai = getaddrinfo(host, portstr, &hints, &ai);
-    if (gai != 0) {
-        log_error("%s listener: cannot resolve %s: %s", l->name, host, gai_strerror(gai));
-        return KEEL_ECONFIG;
-    }
-    l->loopback = is_loopback(ai->ai_addr);
-    int inherited = keel__rt.listen_inherited ? keel__rt.listen_fds[l->index] : -1;
-    if (inherited >= 0) {
-        /* A worker serves the socket its supervisor bound. */
-        struct sockaddr_storage ss;
-        socklen_t sl = sizeof ss;
-        if (getsockname(inherited, (struct sockaddr *)&ss, &sl) == 0)
-            l->loopback = is_loopback((const struct sockaddr *)&ss);
-    }
-    /* Before the daemon starts, so no admin request can see it unset. */
-    if (l->index == KEEL__LISTENER_ADMIN)
-        authorizer.admin_loopback = l->loopback;
+    keel__acceptor_stop(l->acceptor);
+    l->acceptor = NULL;
+    if (l->own_fd && l->fd >= 0)
+        close(l->fd);
+    l->fd = -1;
+}
+
+/* The daemon of one lane (core/http/acceptor.h): one thread, no listening
+ * socket of its own; the acceptor hands it connections. */
+static struct MHD_Daemon *start_lane(struct keel__lane *lane)
+{
+    const struct listener *l = lane->cls;
     const struct keel__server_conf *c = &keel__rt.server;
     const struct keel__limits_conf *lim = &keel__rt.limits;
-    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ITC | MHD_USE_ERROR_LOG;
+    unsigned flags = MHD_USE_NO_LISTEN_SOCKET | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ITC |
+                     MHD_USE_ERROR_LOG;
 #ifdef __linux__
     flags |= MHD_USE_EPOLL;
 #else
     flags |= MHD_USE_POLL;
 #endif
-    if (ai->ai_family == AF_INET6)
+    if (l->ipv6)
         flags |= MHD_USE_IPv6;
     struct MHD_OptionItem opts[16];
     size_t n = 0;
     /* The logger must come first or MHD prints early messages itself. */
     opts[n++] = (struct MHD_OptionItem){MHD_OPTION_EXTERNAL_LOGGER, (intptr_t)mhd_log, NULL};
-    if (inherited >= 0)
-        opts[n++] = (struct MHD_OptionItem){MHD_OPTION_LISTEN_SOCKET, inherited, NULL};
-    else
-        opts[n++] = (struct MHD_OptionItem){MHD_OPTION_SOCK_ADDR, 0, ai->ai_addr};
-    opts[n++] = (struct MHD_OptionItem){MHD_OPTION_NOTIFY_COMPLETED, (intptr_t)on_completed, NULL};
-    opts[n++] = (struct MHD_OptionItem){MHD_OPTION_URI_LOG_CALLBACK, (intptr_t)on_uri, l};
+    opts[n++] = (struct MHD_OptionItem){MHD_OPTION_NOTIFY_COMPLETED, (intptr_t)on_completed, lane};
+    opts[n++] = (struct MHD_OptionItem){MHD_OPTION_URI_LOG_CALLBACK, (intptr_t)on_uri, lane};
     opts[n++] = (struct MHD_OptionItem){MHD_OPTION_UNESCAPE_CALLBACK, (intptr_t)keep_escaped, NULL};
     opts[n++] = (struct MHD_OptionItem){MHD_OPTION_CONNECTION_TIMEOUT,
                                         (intptr_t)(unsigned)c->connection_timeout_s, NULL};
-    if (threads > 1)
-        opts[n++] = (struct MHD_OptionItem){MHD_OPTION_THREAD_POOL_SIZE, (intptr_t)threads, NULL};
+    /* The acceptor enforces the limits over all lanes; this only keeps
+     * libmicrohttpd's own default (about a thousand) out of the way. */
     if (lim->max_connections > 0)
         opts[n++] = (struct MHD_OptionItem){MHD_OPTION_CONNECTION_LIMIT,
                                             (intptr_t)(unsigned)lim->max_connections, NULL};
-    if (lim->max_per_ip > 0 && c->ntrusted_proxies == 0)
-        opts[n++] = (struct MHD_OptionItem){MHD_OPTION_PER_IP_CONNECTION_LIMIT,
-                                            (intptr_t)(unsigned)lim->max_per_ip, NULL};
     /* libmicrohttpd keeps the request line and headers in this per-connection
      * memory and answers 431/414 itself (HTML body) when they do not fit;
      * it also clears the memory between the requests of a connection, so
@@ -532,21 +519,61 @@ static int start_daemon(struct listener *l, const char *host, int port, unsigned
     if (mem < 32 * 1024)
         mem = 32 * 1024;
     opts[n++] = (struct MHD_OptionItem){MHD_OPTION_CONNECTION_MEMORY_LIMIT, (intptr_t)mem, NULL};
-    if (l->index == KEEL__LISTENER_MAIN && deadlines != NULL)
-        opts[n++] = (struct MHD_OptionItem){MHD_OPTION_NOTIFY_CONNECTION,
-                                            (intptr_t)keel__deadlines_notify, deadlines};
+    opts[n++] = (struct MHD_OptionItem){MHD_OPTION_NOTIFY_CONNECTION, (intptr_t)keel__lane_notify,
+                                        lane};
     opts[n++] = (struct MHD_OptionItem){MHD_OPTION_END, 0, NULL};
+    return MHD_start_daemon(flags, 0, NULL, NULL, on_access, lane, MHD_OPTION_ARRAY, opts,
+                            MHD_OPTION_END);
+}
 
-    l->daemon = MHD_start_daemon(flags, (uint16_t)port, NULL, NULL, on_access, l, MHD_OPTION_ARRAY,
-                                 opts, MHD_OPTION_END);
-    freeaddrinfo(ai);
-    if (l->daemon == NULL) {
-        log_error("%s listener: cannot listen on %s:%d (address in use or not permitted)", l->name,
-                  host, port);
+/*
+ * threads lanes to begin with, up to max_threads when handlers hold them
+ * (core/http/acceptor.h).  Without trusted proxies the per-address limit
+ * counts connections here; with them it counts requests per client
+ * (core/http/clientaddr.h), since connections come from the proxies.
+ */
+static int start_listener(struct listener *l, const char *host, int port, unsigned threads,
+                          unsigned max_threads)
+{
+    int inherited = keel__rt.listen_inherited ? keel__rt.listen_fds[l->index] : -1;
+    l->own_fd = inherited < 0;
+    l->fd = inherited >= 0 ? inherited : keel__listen_tcp(l->name, host, port);
+    if (l->fd < 0)
         return KEEL_EIO;
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof ss;
+    if (getsockname(l->fd, (struct sockaddr *)&ss, &sl) == 0) {
+        l->loopback = is_loopback((const struct sockaddr *)&ss);
+        l->ipv6 = ss.ss_family == AF_INET6;
     }
-    log_info("%s listener on %s:%d (%u worker thread%s)", l->name, host, port, threads,
-             threads == 1 ? "" : "s");
+    /* Before the daemon starts, so no admin request can see it unset. */
+    if (l->index == KEEL__LISTENER_ADMIN)
+        authorizer.admin_loopback = l->loopback;
+    const struct keel__limits_conf *lim = &keel__rt.limits;
+    struct keel__acceptor_conf ac = {
+        .name = l->name,
+        .fd = l->fd,
+        .lanes = threads,
+        .max_lanes = max_threads,
+        .max_connections = lim->max_connections,
+        .max_per_ip = keel__rt.server.ntrusted_proxies == 0 ? lim->max_per_ip : 0,
+        .start_lane = start_lane,
+        .cls = l,
+    };
+    if (l->index == KEEL__LISTENER_MAIN && deadlines != NULL) {
+        ac.chain_notify = keel__deadlines_notify;
+        ac.chain_cls = deadlines;
+    }
+    int rc = keel__acceptor_start(&ac, &l->acceptor);
+    if (rc != 0) {
+        log_error("%s listener: cannot start its threads on %s:%d", l->name, host, port);
+        if (l->own_fd)
+            close(l->fd);
+        l->fd = -1;
+        return rc;
+    }
+    log_info("%s listener on %s:%d (%u thread%s, up to %u while handlers hold them)", l->name, host,
+             port, threads, threads == 1 ? "" : "s", max_threads);
     return 0;
 }
 
@@ -586,14 +613,16 @@ int keel__server_start(void)
         long max = keel__rt.limits.max_connections;
         keel__deadlines_evict_at(deadlines, max - (max >= 64 ? max / 64 : 1));
     }
-    int rc = start_daemon(&listeners[0], c->host, c->port, (unsigned)c->threads);
+    /* Threads held by handlers that do not return (until the hang watchdog
+     * replaces the worker) are made up for, up to MAX_SPARE_THREADS more. */
+    unsigned threads = c->threads > 0 ? (unsigned)c->threads : 1;
+    int rc = start_listener(&listeners[0], c->host, c->port, threads, threads + MAX_SPARE_THREADS);
     if (rc == 0) {
-        /* The admin listener serves a handful of ops requests: two threads. */
-        rc = start_daemon(&listeners[1], c->admin_host, c->admin_port, 2);
-        if (rc != 0) {
-            MHD_stop_daemon(listeners[0].daemon);
-            listeners[0].daemon = NULL;
-        }
+        /* The admin listener serves a handful of ops requests: two threads,
+         * more while some wait on a reload. */
+        rc = start_listener(&listeners[1], c->admin_host, c->admin_port, 2, 2 + 8);
+        if (rc != 0)
+            close_listener(&listeners[0]);
     }
     if (rc != 0) {
         keel__access_log_close();
@@ -616,28 +645,18 @@ void keel__server_reopen_logs(void)
     keel__access_log_reopen();
 }
 
-static MHD_socket quiesced[2] = {MHD_INVALID_SOCKET, MHD_INVALID_SOCKET};
-static bool is_quiesced;
-
 void keel__server_quiesce(void)
 {
-    /* Stop accepting first, then let in-flight requests finish.  The
-     * threads drop the quiesced socket from their epoll sets on their own
-     * time, so it is only shut down here (new connections are refused) and
-     * closed once the daemons have stopped: closing it now would let its
-     * number be reused under a thread's epoll_ctl.  A socket inherited from
-     * the supervisor is shared with the other workers and the supervisor:
-     * shutting it down would refuse their connections too, so it is only
-     * left alone (the supervisor closes the listeners when it stops). */
-    if (is_quiesced)
-        return;
-    is_quiesced = true;
+    /* Stop accepting first, then let in-flight requests finish.  A socket
+     * inherited from the supervisor is shared with the other workers and
+     * the supervisor: shutting it down would refuse their connections too,
+     * so it is only left alone (the supervisor closes the listeners when it
+     * stops); one of this process's own is shut down (new connections are
+     * refused) and closed when the server stops. */
     for (size_t i = 0; i < 2; i++) {
-        if (listeners[i].daemon == NULL)
-            continue;
-        quiesced[i] = MHD_quiesce_daemon(listeners[i].daemon);
-        if (quiesced[i] != MHD_INVALID_SOCKET && !keel__rt.listen_inherited)
-            shutdown(quiesced[i], SHUT_RDWR);
+        keel__acceptor_quiesce(listeners[i].acceptor);
+        if (listeners[i].own_fd && listeners[i].fd >= 0)
+            shutdown(listeners[i].fd, SHUT_RDWR);
     }
 }
 
@@ -659,15 +678,8 @@ void keel__server_stop(int timeout_s)
         struct timespec ts = {0, 20 * 1000 * 1000};
         nanosleep(&ts, NULL);
     }
-    for (size_t i = 0; i < 2; i++) {
-        if (listeners[i].daemon != NULL)
-            MHD_stop_daemon(listeners[i].daemon);
-        listeners[i].daemon = NULL;
-        if (quiesced[i] != MHD_INVALID_SOCKET)
-            close(quiesced[i]);
-        quiesced[i] = MHD_INVALID_SOCKET;
-    }
-    is_quiesced = false;
+    for (size_t i = 0; i < 2; i++)
+        close_listener(&listeners[i]);
     keel__deadlines_stop(deadlines);
     deadlines = NULL;
     if (ratelimit != keel__ratelimit_server_wide())

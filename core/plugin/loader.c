@@ -19,6 +19,7 @@
 
 #include "util/scoreboard.h"
 #include "util/log.h"
+#include "util/time.h"
 #include "plugin/tasks.h"
 #include "data/migrate.h"
 
@@ -213,9 +214,10 @@ const char *keel__stage_name(int stage)
 
 const char *keel__reason_name(int reason)
 {
-    static const char *const names[] = {"none",     "not_installed", "abi_mismatch", "init_failed",
-                                        "disabled", "load_failed",   "crashed",      "hung"};
-    return reason >= 0 && reason <= KEEL__REASON_HUNG ? names[reason] : "load_failed";
+    static const char *const names[] = {"none",        "not_installed", "abi_mismatch",
+                                        "init_failed", "disabled",      "load_failed",
+                                        "crashed",     "hung",          "starting"};
+    return reason >= 0 && reason <= KEEL__REASON_STARTING ? names[reason] : "load_failed";
 }
 
 long keel__generations_live(void)
@@ -502,13 +504,12 @@ static void *init_thread(void *arg)
     return NULL;
 }
 
-/*
- * Runs g's init on a thread of its own and waits up to the init timeout.
- * Returns 0 with the init's own result in *rc (and g->state set), or
- * KEEL_ETIMEOUT when init has not returned (it is left running).
- */
-static int run_init(struct keel__generation *g, const keel_host *host, json_t *config, int *rc)
+/* Starts g's init on a thread of its own; *out holds the caller's
+ * reference to the call. */
+static int start_init(struct keel__generation *g, const keel_host *host, json_t *config,
+                      struct init_call **out)
 {
+    *out = NULL;
     struct init_call *c = calloc(1, sizeof *c);
     if (c == NULL)
         return KEEL_ENOMEM;
@@ -532,19 +533,22 @@ static int run_init(struct keel__generation *g, const keel_host *host, json_t *c
         init_call_unref(c);
         return KEEL_ENOMEM;
     }
-    struct timespec until;
-    clock_gettime(CLOCK_REALTIME, &until);
-    int ms = atomic_load(&init_timeout_ms);
-    until.tv_sec += ms / 1000;
-    until.tv_nsec += (long)(ms % 1000) * 1000000L;
-    if (until.tv_nsec >= 1000000000L) {
-        until.tv_sec++;
-        until.tv_nsec -= 1000000000L;
-    }
+    *out = c;
+    return 0;
+}
+
+/*
+ * Waits for init call c of g until `until` (CLOCK_REALTIME).  Returns 0
+ * with the init's own result in *rc (and g->state set), or KEEL_ETIMEOUT
+ * when init has not returned (it is left running; c stays the caller's).
+ */
+static int wait_init(struct keel__generation *g, struct init_call *c, const struct timespec *until,
+                     int *rc)
+{
     int result = 0;
     pthread_mutex_lock(&c->lock);
     while (!c->done)
-        if (pthread_cond_timedwait(&c->cond, &c->lock, &until) == ETIMEDOUT)
+        if (pthread_cond_timedwait(&c->cond, &c->lock, until) == ETIMEDOUT)
             break;
     if (c->done) {
         *rc = c->rc;
@@ -555,14 +559,77 @@ static int run_init(struct keel__generation *g, const keel_host *host, json_t *c
         result = KEEL_ETIMEOUT;
     }
     pthread_mutex_unlock(&c->lock);
-    init_call_unref(c);
     return result;
+}
+
+/* An init still running when keel__generation_load_start returned. */
+struct keel__pending_init {
+    struct keel__generation *g;
+    struct init_call *c;
+    struct timespec until; /* the init deadline */
+};
+
+/* What follows init: its verdict, then the generation goes live. */
+static int finish_load(struct keel__generation *g, int irc, int rc, struct keel__generation **out,
+                       struct keel__load_error *err)
+{
+    if (irc == KEEL_ETIMEOUT) {
+        /* The init thread still runs the library's code: it stays
+         * mapped for good (only the copy's name goes). */
+        g->handle = NULL;
+        generation_destroy(g);
+        fail(err, KEEL__STAGE_INIT, KEEL__REASON_INIT_FAILED,
+             "init did not return within %d ms (timeout); its thread is abandoned",
+             atomic_load(&init_timeout_ms));
+        return KEEL_EINIT;
+    }
+    if (irc != 0) {
+        generation_destroy(g);
+        fail(err, KEEL__STAGE_INIT, KEEL__REASON_INIT_FAILED, "cannot start init: %s",
+             keel_strerror(irc));
+        return KEEL_EINIT;
+    }
+    if (rc != 0) {
+        generation_destroy(g);
+        fail(err, KEEL__STAGE_INIT, KEEL__REASON_INIT_FAILED, "init returned %d (%s)", rc,
+             keel_strerror(rc));
+        return KEEL_EINIT;
+    }
+    if (keel__tasks_autostart)
+        keel__gen_start(g->res);
+    g->loaded_at = (int64_t)time(NULL);
+    atomic_store(&g->refs, 1);
+    atomic_fetch_add(&live_generations, 1);
+    *out = g;
+    return 0;
+}
+
+int keel__generation_load_finish(struct keel__pending_init *p, struct keel__generation **out,
+                                 struct keel__load_error *err)
+{
+    *out = NULL;
+    memset(err, 0, sizeof *err);
+    int rc = 0;
+    int irc = wait_init(p->g, p->c, &p->until, &rc);
+    init_call_unref(p->c);
+    struct keel__generation *g = p->g;
+    free(p);
+    return finish_load(g, irc, rc, out, err);
 }
 
 int keel__generation_load(const struct keel__manifest *m, uint64_t number, const keel_host *host,
                           struct keel__generation **out, struct keel__load_error *err)
 {
+    return keel__generation_load_start(m, number, host, -1, out, NULL, err);
+}
+
+int keel__generation_load_start(const struct keel__manifest *m, uint64_t number,
+                                const keel_host *host, int wait_ms, struct keel__generation **out,
+                                struct keel__pending_init **pending, struct keel__load_error *err)
+{
     *out = NULL;
+    if (pending != NULL)
+        *pending = NULL;
     memset(err, 0, sizeof *err);
 
     struct keel__generation *g = calloc(1, sizeof *g);
@@ -652,40 +719,32 @@ int keel__generation_load(const struct keel__manifest *m, uint64_t number, const
         return KEEL_EINIT;
     }
 
-    if (g->desc->init != NULL) {
-        int rc = 0;
-        int irc = run_init(g, host, m->config, &rc);
-        if (irc == KEEL_ETIMEOUT) {
-            /* The init thread still runs the library's code: it stays
-             * mapped for good (only the copy's name goes). */
-            g->handle = NULL;
-            generation_destroy(g);
-            fail(err, KEEL__STAGE_INIT, KEEL__REASON_INIT_FAILED,
-                 "init did not return within %d ms (timeout); its thread is abandoned",
-                 atomic_load(&init_timeout_ms));
-            return KEEL_EINIT;
+    if (g->desc->init == NULL)
+        return finish_load(g, 0, 0, out, err);
+    struct init_call *c = NULL;
+    int irc = start_init(g, host, m->config, &c);
+    if (irc != 0)
+        return finish_load(g, irc, 0, out, err);
+    int timeout = atomic_load(&init_timeout_ms);
+    struct timespec deadline = keel__timespec_after(CLOCK_REALTIME, timeout);
+    struct timespec until = pending != NULL && wait_ms >= 0 && wait_ms < timeout
+                                ? keel__timespec_after(CLOCK_REALTIME, wait_ms)
+                                : deadline;
+    int rc = 0;
+    irc = wait_init(g, c, &until, &rc);
+    if (irc == KEEL_ETIMEOUT && pending != NULL && wait_ms >= 0 && wait_ms < timeout) {
+        struct keel__pending_init *p = calloc(1, sizeof *p);
+        if (p != NULL) {
+            p->g = g;
+            p->c = c;
+            p->until = deadline;
+            *pending = p;
+            return KEEL_EBUSY;
         }
-        if (irc != 0) {
-            generation_destroy(g);
-            fail(err, KEEL__STAGE_INIT, KEEL__REASON_INIT_FAILED, "cannot start init: %s",
-                 keel_strerror(irc));
-            return KEEL_EINIT;
-        }
-        if (rc != 0) {
-            generation_destroy(g);
-            fail(err, KEEL__STAGE_INIT, KEEL__REASON_INIT_FAILED, "init returned %d (%s)", rc,
-                 keel_strerror(rc));
-            return KEEL_EINIT;
-        }
+        irc = wait_init(g, c, &deadline, &rc);
     }
-
-    if (keel__tasks_autostart)
-        keel__gen_start(g->res);
-    g->loaded_at = (int64_t)time(NULL);
-    atomic_store(&g->refs, 1);
-    atomic_fetch_add(&live_generations, 1);
-    *out = g;
-    return 0;
+    init_call_unref(c);
+    return finish_load(g, irc, rc, out, err);
 }
 
 void keel__generation_ref(struct keel__generation *g)

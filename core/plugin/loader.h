@@ -45,7 +45,8 @@ enum keel__reason {
     KEEL__REASON_DISABLED,
     KEEL__REASON_LOAD_FAILED,
     KEEL__REASON_CRASHED, /* quarantined: crashed a worker */
-    KEEL__REASON_HUNG     /* quarantined: a handler ran past its timeout */
+    KEEL__REASON_HUNG,    /* quarantined: a handler ran past its timeout */
+    KEEL__REASON_STARTING /* init still running at start-up (stubs answer 503) */
 };
 
 struct keel__load_error {
@@ -93,6 +94,21 @@ void keel__loader_shutdown(void);
 int keel__generation_load(const struct keel__manifest *m, uint64_t number, const keel_host *host,
                           struct keel__generation **out,
                           struct keel__load_error *err) KEEL_WARN_UNUSED;
+
+/*
+ * The same, but with pending non-NULL and wait_ms below the init timeout,
+ * an init still running after wait_ms is left to run: KEEL_EBUSY, and
+ * *pending is for keel__generation_load_finish, which waits for it until
+ * the init deadline and completes the load (or refuses it at stage init).
+ */
+struct keel__pending_init;
+int keel__generation_load_start(const struct keel__manifest *m, uint64_t number,
+                                const keel_host *host, int wait_ms, struct keel__generation **out,
+                                struct keel__pending_init **pending,
+                                struct keel__load_error *err) KEEL_WARN_UNUSED;
+/* Takes p (freed).  Returns as keel__generation_load. */
+int keel__generation_load_finish(struct keel__pending_init *p, struct keel__generation **out,
+                                 struct keel__load_error *err) KEEL_WARN_UNUSED;
 
 void keel__generation_ref(struct keel__generation *g);
 /* Drops a reference; the last one finalises and unloads the generation. */

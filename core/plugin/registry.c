@@ -8,6 +8,7 @@
 #include <time.h>
 
 #include "util/log.h"
+#include "util/time.h"
 #include "plugin/tasks.h"
 
 /* Plugins a new worker must not load (quarantined by the supervisor), set
@@ -108,8 +109,11 @@ void keel__slot_log_down(const struct keel__slot *s, const struct keel__manifest
               m->nroutes);
 }
 
-int keel__slot_load(struct keel__slot *s, const struct keel__manifest *m,
-                    struct keel__generation **gen, struct keel__load_error *err)
+/* keel__slot_load, but an init still running after wait_ms is left to run
+ * (KEEL_EBUSY and *pending, see keel__generation_load_start). */
+static int slot_load_start(struct keel__slot *s, const struct keel__manifest *m, int wait_ms,
+                           struct keel__generation **gen, struct keel__pending_init **pending,
+                           struct keel__load_error *err)
 {
     *gen = NULL;
     for (size_t i = 0; i < nheld; i++) {
@@ -132,7 +136,14 @@ int keel__slot_load(struct keel__slot *s, const struct keel__manifest *m,
         return 1;
     }
     uint64_t number = s->next_number++;
-    return keel__generation_load(m, number, keel__reg.host, gen, err) == 0 ? 0 : -1;
+    int rc = keel__generation_load_start(m, number, keel__reg.host, wait_ms, gen, pending, err);
+    return rc == 0 ? 0 : rc == KEEL_EBUSY ? KEEL_EBUSY : -1;
+}
+
+int keel__slot_load(struct keel__slot *s, const struct keel__manifest *m,
+                    struct keel__generation **gen, struct keel__load_error *err)
+{
+    return slot_load_start(s, m, -1, gen, NULL, err);
 }
 
 struct keel__slot_view keel__slot_view_of(struct keel__slot *s)
@@ -243,24 +254,136 @@ static struct keel__snapshot *build_from_slots(int *conflicts)
     }
 }
 
+/*
+ * Start-up does not wait for a slow init: the listeners open once every
+ * plugin has loaded, failed, or spent its share of this budget in init;
+ * one whose init still runs then serves 503 stubs (reason starting) until
+ * its init returns or its deadline refuses it (finish_start).
+ */
+#define START_WAIT_MS 250
+
+struct start_pending {
+    char name[64];
+    uint64_t token;
+    struct keel__pending_init *init;
+    struct start_pending *next;
+};
+static struct start_pending *start_pending;
+static uint64_t start_tokens;
+static int64_t start_budget_end_ns;
+static int start_wait_ms = START_WAIT_MS;
+static bool registry_stopped;
+
+static void record_failure(struct keel__slot *s, const struct keel__load_error *le, bool conflicted)
+{
+    s->reason = le->reason;
+    s->stage = le->stage;
+    snprintf(s->error, sizeof s->error, "%s", le->message);
+    if (conflicted && le->stage == KEEL__STAGE_ROUTES)
+        exclude(s, le->message);
+    else
+        keel__slot_log_down(s, &s->manifest);
+}
+
 /* Loads s at start-up.  A plugin in a route conflict (conflicted) whose
  * manifest turns out to be wrong about its own routes is taken out of the
  * conflict altogether: no routes, not even stubs. */
 static void load_slot(struct keel__slot *s, bool conflicted)
 {
     struct keel__load_error le;
-    int rc = keel__slot_load(s, &s->manifest, &s->gen, &le);
+    int64_t left_ms = (start_budget_end_ns - keel__monotonic_ns()) / 1000000;
+    struct keel__pending_init *init = NULL;
+    /* A plugin in a conflict must know its verdict before the table is
+     * built: it is waited for in full. */
+    int wait = conflicted || start_wait_ms < 0 ? -1 : (int)(left_ms > 0 ? left_ms : 0);
+    int rc = slot_load_start(s, &s->manifest, wait, &s->gen, &init, &le);
+    if (rc == KEEL_EBUSY) {
+        struct start_pending *p = calloc(1, sizeof *p);
+        if (p != NULL) {
+            snprintf(p->name, sizeof p->name, "%s", s->name);
+            p->token = ++start_tokens;
+            p->init = init;
+            p->next = start_pending;
+            start_pending = p;
+            s->pending = p->token;
+            s->reason = KEEL__REASON_STARTING;
+            s->stage = KEEL__STAGE_INIT;
+            snprintf(s->error, sizeof s->error,
+                     "init still running; its routes answer 503 until it returns");
+            keel__log(KEEL_LOG_WARN, s->name,
+                      "plugin %s: init still running after %d ms; serving the others, its routes "
+                      "answer 503 (reason starting) until it returns or its deadline passes",
+                      s->name, start_wait_ms);
+            return;
+        }
+        rc = keel__generation_load_finish(init, &s->gen, &le);
+    }
     if (rc != 0) {
-        s->reason = le.reason;
-        s->stage = le.stage;
-        snprintf(s->error, sizeof s->error, "%s", le.message);
-        if (conflicted && le.stage == KEEL__STAGE_ROUTES)
-            exclude(s, le.message);
-        else
-            keel__slot_log_down(s, &s->manifest);
+        record_failure(s, &le, conflicted);
     } else {
         keel__log(KEEL_LOG_INFO, s->name, "loaded %s %s generation %llu from %s", s->name,
                   s->gen->desc->version, (unsigned long long)s->gen->number, s->manifest.file);
+    }
+}
+
+/* Waits for one start-up init left running, then publishes its verdict
+ * (unless a reload or a quarantine has decided for the plugin since). */
+static void *finish_start(void *arg)
+{
+    struct start_pending *p = arg;
+    struct keel__generation *g = NULL;
+    struct keel__load_error le;
+    int rc = keel__generation_load_finish(p->init, &g, &le);
+    pthread_mutex_lock(&keel__reg.lock);
+    struct keel__slot *s = registry_stopped ? NULL : keel__slot_find(p->name);
+    if (s == NULL || s->pending != p->token) {
+        pthread_mutex_unlock(&keel__reg.lock);
+        if (!registry_stopped)
+            keel__generation_unref(g);
+        free(p);
+        return NULL;
+    }
+    s->pending = 0;
+    if (rc == 0) {
+        s->gen = g;
+        s->reason = KEEL__REASON_NONE;
+        keel__log(KEEL_LOG_INFO, s->name,
+                  "loaded %s %s generation %llu from %s (init finished "
+                  "after the listeners opened)",
+                  s->name, g->desc->version, (unsigned long long)g->number, s->manifest.file);
+    } else {
+        record_failure(s, &le, false);
+    }
+    int conflicts = 0;
+    struct keel__snapshot *t = build_from_slots(&conflicts);
+    if (t != NULL)
+        keel__table_publish(&t->table);
+    pthread_mutex_unlock(&keel__reg.lock);
+    free(p);
+    return NULL;
+}
+
+void keel__plugins_wait_for_init(bool all)
+{
+    start_wait_ms = all ? -1 : START_WAIT_MS;
+}
+
+void keel__plugins_finish_start(void)
+{
+    pthread_mutex_lock(&keel__reg.lock);
+    struct start_pending *list = start_pending;
+    start_pending = NULL;
+    pthread_mutex_unlock(&keel__reg.lock);
+    while (list != NULL) {
+        struct start_pending *p = list;
+        list = p->next;
+        pthread_t t;
+        pthread_attr_t attr;
+        pthread_attr_init(&attr);
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        if (pthread_create(&t, &attr, finish_start, p) != 0)
+            finish_start(p);
+        pthread_attr_destroy(&attr);
     }
 }
 
@@ -279,6 +402,8 @@ int keel__plugins_start(const struct keel__conf *conf, const keel_host *host,
         return KEEL_ENOMEM;
     }
     int conflicts = 0;
+    registry_stopped = false;
+    start_budget_end_ns = keel__monotonic_ns() + (int64_t)start_wait_ms * 1000000;
     for (size_t i = 0; i < conf->nplugins; i++) {
         const struct keel__manifest *m = &conf->plugins[i];
         struct keel__slot *s = keel__slot_new(m->name);
@@ -335,6 +460,8 @@ int keel__plugins_start(const struct keel__conf *conf, const keel_host *host,
 void keel__plugins_stop(void)
 {
     pthread_mutex_lock(&keel__reg.lock);
+    /* An init still running belongs to a process on its way out. */
+    registry_stopped = true;
     keel__table_publish(NULL);
     for (size_t i = 0; i < keel__reg.nslots; i++)
         keel__slot_free(keel__reg.slots[i]);
@@ -401,6 +528,7 @@ int keel__plugins_quarantine(const char *name, int reason)
     }
     struct keel__generation *old = s->gen;
     s->gen = NULL;
+    s->pending = 0;
     s->reason = reason;
     s->stage = KEEL__STAGE_COMMIT;
     snprintf(s->error, sizeof s->error, "quarantined (%s): not loaded until `keelctl reload %s`",
@@ -447,10 +575,11 @@ json_t *keel__plugins_describe(void)
             "{s:s, s:s?, s:s, s:s?, s:I, s:s?, s:s, s:o, s:I, s:I, s:I, s:o, s:b, s:I, "
             "s:s?, s:s?, s:s?}",
             "name", s->name, "version", g ? g->desc->version : NULL, "state",
-            g                                   ? "loaded"
-            : s->reason == KEEL__REASON_CRASHED ? "quarantined"
-            : s->reason == KEEL__REASON_HUNG    ? "quarantined"
-                                                : "fallback",
+            g                                    ? "loaded"
+            : s->reason == KEEL__REASON_CRASHED  ? "quarantined"
+            : s->reason == KEEL__REASON_HUNG     ? "quarantined"
+            : s->reason == KEEL__REASON_STARTING ? "starting"
+                                                 : "fallback",
             "reason", g ? NULL : keel__reason_name(s->reason), "generation",
             (json_int_t)(g ? g->number : 0), "abi", g ? abi : NULL, "file",
             s->manifest.file ? s->manifest.file : "", "loaded_at",

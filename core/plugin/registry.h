@@ -32,6 +32,17 @@
  */
 int keel__plugins_start(const struct keel__conf *conf, const keel_host *host,
                         const struct keel__core_route *core, size_t ncore) KEEL_WARN_UNUSED;
+/*
+ * Start-up waits up to about 250 ms in all for plugin inits; a plugin whose
+ * init runs longer is published as "starting" (503 stubs, reason starting)
+ * and keel__plugins_finish_start, called once the listeners serve, waits
+ * for each such init on a thread of its own up to its deadline and
+ * publishes the plugin, or refuses it at stage init (timeout).  With
+ * keel__plugins_wait_for_init(true) (before start; keeld --check) every
+ * init is waited for in full.
+ */
+void keel__plugins_wait_for_init(bool all);
+void keel__plugins_finish_start(void);
 /* Drops the table and every generation (after the servers have stopped). */
 void keel__plugins_stop(void);
 
@@ -86,6 +97,9 @@ struct keel__slot {
     int64_t last_at;
     atomic_ullong requests;
     bool excluded; /* refused for its routes: no routes in the table */
+    /* Nonzero while the init of its start-up load still runs (reason
+     * starting): the token its completion must find to take effect. */
+    uint64_t pending;
 };
 
 struct keel__registry {

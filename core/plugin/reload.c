@@ -218,6 +218,7 @@ static void apply(struct pending *p)
     struct keel__generation *old_gen = s->gen;
     s->manifest = p->manifest;
     s->gen = p->gen;
+    s->pending = 0; /* this result wins over a start-up init still running */
     s->reason = s->gen ? KEEL__REASON_NONE : p->reason;
     s->stage = p->stage;
     s->excluded = false;

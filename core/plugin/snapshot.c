@@ -95,7 +95,11 @@ static int fill_stub(struct keel__route *r, const struct keel__manifest_route *m
 {
     const char *rname = keel__reason_name(reason);
     json_t *body;
-    if (mr->fallback != NULL) {
+    if (reason == KEEL__REASON_STARTING) {
+        /* Not a fallback answer: the plugin is about to serve. */
+        body = json_pack("{s:s}", "detail", "Service starting, retry shortly");
+        r->stub_status = 503;
+    } else if (mr->fallback != NULL) {
         body = substitute_reason(mr->fallback, rname);
         r->stub_status = mr->fallback_status ? mr->fallback_status : 200;
     } else {
@@ -152,7 +156,9 @@ static int add_view_routes(struct keel__snapshot *s, const struct keel__slot_vie
             r->reason = v->reason;
             if (fill_stub(r, mr, r->plugin, v->reason) != 0)
                 return KEEL_ENOMEM;
-            if (mr->fallback_headers != NULL)
+            if (v->reason == KEEL__REASON_STARTING)
+                r->stub_headers = json_pack("{s:s}", "Retry-After", "1");
+            else if (mr->fallback_headers != NULL)
                 r->stub_headers = json_incref(mr->fallback_headers);
         }
         int rc = keel__router_add(t->routers[mr->listener], mr->method, mr->path, r->plugin, r, err,

@@ -19,6 +19,7 @@
 #include "plugin/hostapi.h"
 #include "plugin/loader.h"
 #include "plugin/manifest.h"
+#include "util/cpus.h"
 #include "util/log.h"
 #include "ops/metrics.h"
 #include "http/server.h"
@@ -97,7 +98,7 @@ static int setup_auth(const struct keel__conf *c)
  * servers. */
 static void setup_http(const struct keel__conf *c)
 {
-    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    long ncpu = (long)keel__cpus_allowed();
     keel__rt.server = (struct keel__server_conf){
         .host = c->server.host,
         .port = c->server.port,
@@ -435,6 +436,8 @@ static int serve_check(struct keel__conf *conf, const char *confdir)
     int status = 1;
     bool loader_up = false, plugins_up = false;
     keel__loader_set_init_timeout(conf->containment.init_timeout_ms);
+    /* The report is about every plugin's init, however long it takes. */
+    keel__plugins_wait_for_init(true);
     if (setup_auth(conf) != 0)
         goto out;
     if (setup_usersync(conf) != 0)
@@ -498,6 +501,8 @@ static int serve(struct keel__conf *conf)
         goto out;
     if (keel__server_start() != 0)
         goto out;
+    /* Inits still running go on while the listeners serve the others. */
+    keel__plugins_finish_start();
     if (pthread_create(&ticker, NULL, db_ticker, NULL) == 0)
         ticker_up = true;
     log_info("keeld %s worker %d ready (config %s)", PACKAGE_VERSION, (int)getpid(), conf->dir);

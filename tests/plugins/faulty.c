@@ -3,7 +3,7 @@
  *   1 crash_null  GET /api/v1/crash_null/boom dereferences NULL
  *   2 crash_abort GET /api/v1/crash_abort/boom calls abort()
  *   3 spin        GET /api/v1/spin/boom never returns (a busy loop)
- *   4 init_hang   init never returns
+ *   4 init_hang   init never returns (or, with config "init_ms", is slow)
  *   5 leak        GET /api/v1/leak/boom leaks 1 MiB (touched) per request
  * Each also has GET /api/v1/<name>/ok, which behaves.  Public routes, so
  * the tests need no token.
@@ -35,6 +35,12 @@ static int faulty_init(const keel_host *h, const json_t *config, void **state)
     (void)state;
     host = h;
 #if FAULTY_KIND == 4
+    /* "init_ms": N makes init slow but finite (it returns after N ms). */
+    json_int_t ms = json_integer_value(json_object_get(config, "init_ms"));
+    if (ms > 0) {
+        usleep((useconds_t)ms * 1000);
+        return 0;
+    }
     for (;;)
         pause();
 #endif

@@ -1,0 +1,386 @@
+#include "config.h"
+
+#include "http/acceptor.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "http/clientaddr.h"
+#include "util/log.h"
+#include "util/time.h"
+
+/* How long the acceptor waits for a lane to clear before it starts another
+ * one.  A lane clears within microseconds of reading a new connection's
+ * first request, so a burst of connections (a client opening its pool)
+ * settles on the lanes there are; only lanes held by slow or stuck
+ * handlers outlast it. */
+#define CLEAR_WAIT_NS (2 * 1000 * 1000LL)
+#define CLEAR_POLL_NS (50 * 1000L)
+/* Connections taken off the listening socket per wake-up before the stop
+ * pipe is looked at again. */
+#define ACCEPT_BATCH 64
+
+struct keel__acceptor {
+    struct keel__acceptor_conf conf;
+    /* Appended by the acceptor thread only; readers load nlanes first. */
+    struct keel__lane **lanes;
+    atomic_uint nlanes;
+    atomic_long open;
+    int wake[2];
+    pthread_t thread;
+    bool running;
+    unsigned long long refused_ip;
+    bool full_logged;
+};
+
+/* Per descriptor: what the acceptor counted for the connection on it, so
+ * that the lane's callbacks, which see only the connection, can undo it.
+ * Indexed by fd (the process's descriptors are bounded by RLIMIT_NOFILE);
+ * a descriptor past the table is simply not tracked. */
+enum { FD_FRESH = 1, FD_PER_IP = 2 };
+static _Atomic unsigned char *fd_marks;
+static size_t nfd_marks;
+static pthread_once_t fd_marks_once = PTHREAD_ONCE_INIT;
+
+static void make_fd_marks(void)
+{
+    struct rlimit rl;
+    size_t n = 65536;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY)
+        n = (size_t)rl.rlim_cur;
+    if (n > (1u << 20))
+        n = 1u << 20;
+    fd_marks = calloc(n, sizeof *fd_marks);
+    nfd_marks = fd_marks != NULL ? n : 0;
+}
+
+static void mark_fd(int fd, unsigned char bits)
+{
+    if (fd >= 0 && (size_t)fd < nfd_marks)
+        atomic_store(&fd_marks[fd], bits);
+}
+
+/* Clears bits of fd's mark; returns the ones that were set. */
+static unsigned char unmark_fd(int fd, unsigned char bits)
+{
+    if (fd < 0 || (size_t)fd >= nfd_marks)
+        return 0;
+    return atomic_fetch_and(&fd_marks[fd], (unsigned char)~bits) & bits;
+}
+
+static int conn_fd(struct MHD_Connection *conn)
+{
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn,
+                                                                 MHD_CONNECTION_INFO_CONNECTION_FD);
+    return ci != NULL ? (int)ci->connect_fd : -1;
+}
+
+static void peer_key(const struct sockaddr *sa, char *out, size_t outlen)
+{
+    snprintf(out, outlen, "?");
+    if (sa == NULL)
+        return;
+    if (sa->sa_family == AF_INET)
+        inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, out, (socklen_t)outlen);
+    else if (sa->sa_family == AF_INET6)
+        inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, out, (socklen_t)outlen);
+}
+
+/* ------------------------------------------------------------ the choice */
+
+int keel__lane_pick(const struct keel__lane_load *loads, unsigned n, bool fallback)
+{
+    int best = -1;
+    for (unsigned i = 0; i < n; i++) {
+        const struct keel__lane_load *l = &loads[i];
+        if (l->fresh > 0 || l->active > 0)
+            continue;
+        if (best < 0 || l->conns < loads[best].conns)
+            best = (int)i;
+    }
+    if (best >= 0 || !fallback)
+        return best;
+    for (unsigned i = 0; i < n; i++) {
+        const struct keel__lane_load *l = &loads[i];
+        int work = l->fresh + l->active,
+            best_work = best < 0 ? 0 : loads[best].fresh + loads[best].active;
+        if (best < 0 || work < best_work || (work == best_work && l->conns < loads[best].conns))
+            best = (int)i;
+    }
+    return best;
+}
+
+static int pick(keel__acceptor *a, bool fallback)
+{
+    unsigned n = atomic_load(&a->nlanes);
+    struct keel__lane_load loads[n > 0 ? n : 1];
+    for (unsigned i = 0; i < n; i++) {
+        loads[i].conns = atomic_load_explicit(&a->lanes[i]->conns, memory_order_relaxed);
+        loads[i].fresh = atomic_load_explicit(&a->lanes[i]->fresh, memory_order_relaxed);
+        loads[i].active = atomic_load_explicit(&a->lanes[i]->active, memory_order_relaxed);
+    }
+    return keel__lane_pick(loads, n, fallback);
+}
+
+static struct keel__lane *add_lane(keel__acceptor *a)
+{
+    unsigned n = atomic_load(&a->nlanes);
+    if (n >= a->conf.max_lanes)
+        return NULL;
+    struct keel__lane *lane = calloc(1, sizeof *lane);
+    if (lane == NULL)
+        return NULL;
+    lane->acceptor = a;
+    lane->cls = a->conf.cls;
+    lane->daemon = a->conf.start_lane(lane);
+    if (lane->daemon == NULL) {
+        free(lane);
+        return NULL;
+    }
+    a->lanes[n] = lane;
+    atomic_store(&a->nlanes, n + 1);
+    return lane;
+}
+
+static struct keel__lane *choose(keel__acceptor *a)
+{
+    int i = pick(a, false);
+    if (i >= 0)
+        return a->lanes[i];
+    if (atomic_load(&a->nlanes) < a->conf.max_lanes) {
+        int64_t until = keel__monotonic_ns() + CLEAR_WAIT_NS;
+        while (keel__monotonic_ns() < until) {
+            struct timespec ts = {0, CLEAR_POLL_NS};
+            nanosleep(&ts, NULL);
+            i = pick(a, false);
+            if (i >= 0)
+                return a->lanes[i];
+        }
+        struct keel__lane *lane = add_lane(a);
+        if (lane != NULL) {
+            keel__log(KEEL_LOG_INFO, "core",
+                      "%s listener: every thread busy for %lld ms; started thread %u of at most %u",
+                      a->conf.name, CLEAR_WAIT_NS / 1000000, atomic_load(&a->nlanes),
+                      a->conf.max_lanes);
+            return lane;
+        }
+    }
+    return a->lanes[pick(a, true)];
+}
+
+/* ------------------------------------------------------------ accepting */
+
+static void admit(keel__acceptor *a, int fd, const struct sockaddr *sa, socklen_t salen)
+{
+    unsigned char marks = FD_FRESH;
+    char key[INET6_ADDRSTRLEN];
+    if (a->conf.max_per_ip > 0) {
+        peer_key(sa, key, sizeof key);
+        if (!keel__addr_limit_enter(key, a->conf.max_per_ip)) {
+            if (a->refused_ip++ % 1000 == 0)
+                keel__log(KEEL_LOG_INFO, "core",
+                          "%s listener: %s has %d connections open (limits.max_per_ip share): "
+                          "closing its new ones",
+                          a->conf.name, key, a->conf.max_per_ip);
+            close(fd);
+            return;
+        }
+        marks |= FD_PER_IP;
+    }
+    struct keel__lane *lane = choose(a);
+    /* Counted now, not when the lane's thread gets to it, so that the
+     * next choice and the limit see it. */
+    mark_fd(fd, marks);
+    atomic_fetch_add(&lane->fresh, 1);
+    atomic_fetch_add(&lane->conns, 1);
+    atomic_fetch_add(&a->open, 1);
+    if (MHD_add_connection(lane->daemon, fd, sa, salen) != MHD_YES) {
+        /* libmicrohttpd closed the socket. */
+        atomic_fetch_sub(&lane->conns, 1);
+        atomic_fetch_sub(&a->open, 1);
+        if (unmark_fd(fd, FD_FRESH))
+            atomic_fetch_sub(&lane->fresh, 1);
+        if (unmark_fd(fd, FD_PER_IP))
+            keel__addr_limit_leave(key);
+    }
+}
+
+static bool at_limit(keel__acceptor *a)
+{
+    long open = atomic_load(&a->open);
+    if (a->conf.max_connections <= 0 || open < a->conf.max_connections) {
+        a->full_logged = false;
+        return false;
+    }
+    if (!a->full_logged)
+        keel__log(KEEL_LOG_WARN, "core",
+                  "%s listener: %ld connections open (its share of limits.max_connections): new "
+                  "ones wait until one closes",
+                  a->conf.name, open);
+    a->full_logged = true;
+    return true;
+}
+
+static void *accept_main(void *arg)
+{
+    keel__acceptor *a = arg;
+    for (;;) {
+        /* At the connection limit, as libmicrohttpd does, new connections
+         * wait in the listen queue (or go to another worker) until one
+         * closes: only the stop pipe is watched, and the count looked at
+         * again every 10 ms. */
+        bool full = at_limit(a);
+        struct pollfd p[2] = {{.fd = a->wake[0], .events = POLLIN},
+                              {.fd = a->conf.fd, .events = POLLIN}};
+        int r = poll(p, full ? 1 : 2, full ? 10 : -1);
+        if (r < 0 && errno != EINTR)
+            break;
+        if (r <= 0)
+            continue;
+        if (p[0].revents != 0)
+            break;
+        for (int i = 0; i < ACCEPT_BATCH && !full && !at_limit(a); i++) {
+            struct sockaddr_storage ss;
+            socklen_t sl = sizeof ss;
+            /* accept4() wants _GNU_SOURCE; libmicrohttpd makes the socket
+             * non-blocking itself, close-on-exec is set here. */
+            int fd = accept(a->conf.fd, (struct sockaddr *)&ss, &sl);
+            if (fd < 0) {
+                if (errno == EINTR || errno == ECONNABORTED)
+                    continue;
+                if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+                    keel__log(KEEL_LOG_WARN, "core", "%s listener: accept: %s", a->conf.name,
+                              strerror(errno));
+                    struct timespec ts = {0, 10 * 1000 * 1000};
+                    nanosleep(&ts, NULL);
+                }
+                break; /* EAGAIN: another worker took it, or none left */
+            }
+            fcntl(fd, F_SETFD, FD_CLOEXEC);
+            admit(a, fd, (const struct sockaddr *)&ss, sl);
+        }
+    }
+    return NULL;
+}
+
+/* ------------------------------------------------------------ lane callbacks */
+
+void keel__lane_request_begin(struct keel__lane *lane, struct MHD_Connection *conn)
+{
+    atomic_fetch_add_explicit(&lane->active, 1, memory_order_relaxed);
+    if (atomic_load_explicit(&lane->fresh, memory_order_relaxed) > 0 &&
+        unmark_fd(conn_fd(conn), FD_FRESH))
+        atomic_fetch_sub_explicit(&lane->fresh, 1, memory_order_relaxed);
+}
+
+void keel__lane_request_end(struct keel__lane *lane)
+{
+    atomic_fetch_sub_explicit(&lane->active, 1, memory_order_relaxed);
+}
+
+void keel__lane_notify(void *cls, struct MHD_Connection *conn, void **socket_context,
+                       enum MHD_ConnectionNotificationCode toe)
+{
+    struct keel__lane *lane = cls;
+    keel__acceptor *a = lane->acceptor;
+    if (toe == MHD_CONNECTION_NOTIFY_CLOSED) {
+        int fd = conn_fd(conn);
+        if (unmark_fd(fd, FD_FRESH))
+            atomic_fetch_sub(&lane->fresh, 1);
+        if (unmark_fd(fd, FD_PER_IP)) {
+            const union MHD_ConnectionInfo *ci =
+                MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+            char key[INET6_ADDRSTRLEN];
+            peer_key(ci != NULL ? ci->client_addr : NULL, key, sizeof key);
+            keel__addr_limit_leave(key);
+        }
+        atomic_fetch_sub(&lane->conns, 1);
+        atomic_fetch_sub(&a->open, 1);
+    }
+    if (a->conf.chain_notify != NULL)
+        a->conf.chain_notify(a->conf.chain_cls, conn, socket_context, toe);
+}
+
+/* ------------------------------------------------------------ life cycle */
+
+int keel__acceptor_start(const struct keel__acceptor_conf *conf, keel__acceptor **out)
+{
+    *out = NULL;
+    pthread_once(&fd_marks_once, make_fd_marks);
+    keel__acceptor *a = calloc(1, sizeof *a);
+    if (a == NULL)
+        return KEEL_ENOMEM;
+    a->conf = *conf;
+    if (a->conf.lanes < 1)
+        a->conf.lanes = 1;
+    if (a->conf.max_lanes < a->conf.lanes)
+        a->conf.max_lanes = a->conf.lanes;
+    a->lanes = calloc(a->conf.max_lanes, sizeof *a->lanes);
+    a->wake[0] = a->wake[1] = -1;
+    int rc = a->lanes != NULL && pipe(a->wake) == 0 ? 0 : KEEL_ENOMEM;
+    if (rc == 0) {
+        fcntl(a->wake[0], F_SETFD, FD_CLOEXEC);
+        fcntl(a->wake[1], F_SETFD, FD_CLOEXEC);
+    }
+    for (unsigned i = 0; rc == 0 && i < a->conf.lanes; i++)
+        if (add_lane(a) == NULL)
+            rc = KEEL_EIO;
+    if (rc == 0 && pthread_create(&a->thread, NULL, accept_main, a) != 0)
+        rc = KEEL_ENOMEM;
+    if (rc != 0) {
+        keel__acceptor_stop(a);
+        return rc;
+    }
+    a->running = true;
+    *out = a;
+    return 0;
+}
+
+void keel__acceptor_quiesce(keel__acceptor *a)
+{
+    if (a == NULL || !a->running)
+        return;
+    a->running = false;
+    char c = 'q';
+    while (write(a->wake[1], &c, 1) < 0 && errno == EINTR)
+        ;
+    pthread_join(a->thread, NULL);
+}
+
+void keel__acceptor_stop(keel__acceptor *a)
+{
+    if (a == NULL)
+        return;
+    keel__acceptor_quiesce(a);
+    unsigned n = atomic_load(&a->nlanes);
+    for (unsigned i = 0; i < n; i++) {
+        MHD_stop_daemon(a->lanes[i]->daemon);
+        free(a->lanes[i]);
+    }
+    for (int i = 0; i < 2; i++)
+        if (a->wake[i] >= 0)
+            close(a->wake[i]);
+    free(a->lanes);
+    free(a);
+}
+
+long keel__acceptor_connections(const keel__acceptor *a)
+{
+    return a != NULL ? atomic_load(&((keel__acceptor *)a)->open) : 0;
+}
+
+unsigned keel__acceptor_lanes(const keel__acceptor *a)
+{
+    return a != NULL ? atomic_load(&((keel__acceptor *)a)->nlanes) : 0;
+}
