@@ -17,6 +17,7 @@
 #include "data/breaker.h"
 #include "data/sqlstate.h"
 #include "util/log.h"
+#include "util/time.h"
 
 #include "data/pool.h"
 /* Copies a libpq message into buf as one line: libpq ends its messages with
@@ -312,19 +313,6 @@ void keel__db_free(keel__db *db)
     pool_release(db);
 }
 
-static struct timespec deadline_after(int ms)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    ts.tv_sec += ms / 1000;
-    ts.tv_nsec += (long)(ms % 1000) * 1000000L;
-    if (ts.tv_nsec >= 1000000000L) {
-        ts.tv_sec++;
-        ts.tv_nsec -= 1000000000L;
-    }
-    return ts;
-}
-
 static void publish_counts_locked(keel__db *db)
 {
     atomic_store(&db->idle_count, db->nidle);
@@ -359,7 +347,7 @@ int keel__db_acquire(keel__db *db, keel__db_conn **out, char *err, size_t errlen
     pthread_mutex_lock(&db->mu);
     if (db->nidle == 0 && db->nempty == 0) {
         keel__db_count(&db->waits);
-        struct timespec until = deadline_after(db->wait_ms);
+        struct timespec until = keel__timespec_after(CLOCK_MONOTONIC, db->wait_ms);
         while (db->nidle == 0 && db->nempty == 0) {
             int rc = pthread_cond_timedwait(&db->cv, &db->mu, &until);
             if (rc == ETIMEDOUT && db->nidle == 0 && db->nempty == 0) {

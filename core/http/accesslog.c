@@ -18,6 +18,7 @@
 
 #include "http/routes.h"
 #include "util/log.h"
+#include "util/time.h"
 
 /* One thread's pending lines.  The owning thread appends under mu, which is
  * almost never contended: the flusher takes it ten times a second.  Every
@@ -178,13 +179,7 @@ static void *flusher_main(void *arg)
     (void)arg;
     pthread_mutex_lock(&flusher_mu);
     while (!flusher_stop) {
-        struct timespec until;
-        clock_gettime(CLOCK_MONOTONIC, &until);
-        until.tv_nsec += (long)KEEL__ACCESSLOG_FLUSH_MS * 1000000L;
-        if (until.tv_nsec >= 1000000000L) {
-            until.tv_sec++;
-            until.tv_nsec -= 1000000000L;
-        }
+        struct timespec until = keel__timespec_after(CLOCK_MONOTONIC, KEEL__ACCESSLOG_FLUSH_MS);
         while (!flusher_stop &&
                pthread_cond_timedwait(&flusher_cv, &flusher_mu, &until) != ETIMEDOUT)
             ;

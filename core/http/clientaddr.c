@@ -56,7 +56,24 @@ static void make_prefix(void)
 void keel__request_id_make(unsigned long long seq, char *out, size_t outlen)
 {
     pthread_once(&prefix_once, make_prefix);
-    snprintf(out, outlen, "%s-%llx", prefix, seq);
+    /* "<prefix>-<seq in hex>", without snprintf: this runs per request. */
+    char hex[2 * sizeof seq];
+    size_t n = 0;
+    do {
+        hex[n++] = "0123456789abcdef"[seq & 0xf];
+        seq >>= 4;
+    } while (seq != 0);
+    size_t plen = strlen(prefix);
+    if (outlen < plen + 1 + n + 1) {
+        if (outlen > 0)
+            out[0] = '\0';
+        return;
+    }
+    memcpy(out, prefix, plen);
+    out[plen] = '-';
+    for (size_t i = 0; i < n; i++)
+        out[plen + 1 + i] = hex[n - 1 - i];
+    out[plen + 1 + n] = '\0';
 }
 
 static bool trusted_addr(const char *addr, const struct keel__cidr *trusted, size_t n)

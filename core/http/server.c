@@ -18,6 +18,7 @@
 
 #include <openssl/crypto.h>
 
+#include "util/listen.h"
 #include "util/log.h"
 #include "conf/conf.h"
 #include "http/acceptor.h"
@@ -525,20 +526,6 @@ static struct MHD_Daemon *start_lane(struct keel__lane *lane)
                             MHD_OPTION_END);
 }
 
-/* A listening socket of this process's own (outside a worker). */
-static int bind_own(const struct addrinfo *ai)
-{
-    int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-    int one = 1;
-    if (fd >= 0)
-        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    if (fd >= 0 && (bind(fd, ai->ai_addr, ai->ai_addrlen) != 0 || listen(fd, 1024) != 0)) {
-        close(fd);
-        fd = -1;
-    }
-    return fd;
-}
-
 /*
  * threads lanes to begin with, up to max_threads when handlers hold them
  * (core/http/acceptor.h).  Without trusted proxies the per-address limit
@@ -548,26 +535,11 @@ static int bind_own(const struct addrinfo *ai)
 static int start_listener(struct listener *l, const char *host, int port, unsigned threads,
                           unsigned max_threads)
 {
-    struct addrinfo hints = {.ai_family = AF_UNSPEC,
-                             .ai_socktype = SOCK_STREAM,
-                             .ai_flags = AI_PASSIVE};
-    struct addrinfo *ai = NULL;
-    char portstr[16];
-    snprintf(portstr, sizeof portstr, "%d", port);
-    int gai = getaddrinfo(host, portstr, &hints, &ai);
-    if (gai != 0) {
-        log_error("%s listener: cannot resolve %s: %s", l->name, host, gai_strerror(gai));
-        return KEEL_ECONFIG;
-    }
     int inherited = keel__rt.listen_inherited ? keel__rt.listen_fds[l->index] : -1;
     l->own_fd = inherited < 0;
-    l->fd = inherited >= 0 ? inherited : bind_own(ai);
-    freeaddrinfo(ai);
-    if (l->fd < 0) {
-        log_error("%s listener: cannot listen on %s:%d (address in use or not permitted)", l->name,
-                  host, port);
+    l->fd = inherited >= 0 ? inherited : keel__listen_tcp(l->name, host, port);
+    if (l->fd < 0)
         return KEEL_EIO;
-    }
     struct sockaddr_storage ss;
     socklen_t sl = sizeof ss;
     if (getsockname(l->fd, (struct sockaddr *)&ss, &sl) == 0) {

@@ -19,6 +19,7 @@
 
 #include "util/scoreboard.h"
 #include "util/log.h"
+#include "util/time.h"
 #include "plugin/tasks.h"
 #include "data/migrate.h"
 
@@ -536,19 +537,6 @@ static int start_init(struct keel__generation *g, const keel_host *host, json_t 
     return 0;
 }
 
-static struct timespec realtime_in(int ms)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_REALTIME, &t);
-    t.tv_sec += ms / 1000;
-    t.tv_nsec += (long)(ms % 1000) * 1000000L;
-    if (t.tv_nsec >= 1000000000L) {
-        t.tv_sec++;
-        t.tv_nsec -= 1000000000L;
-    }
-    return t;
-}
-
 /*
  * Waits for init call c of g until `until` (CLOCK_REALTIME).  Returns 0
  * with the init's own result in *rc (and g->state set), or KEEL_ETIMEOUT
@@ -738,9 +726,9 @@ int keel__generation_load_start(const struct keel__manifest *m, uint64_t number,
     if (irc != 0)
         return finish_load(g, irc, 0, out, err);
     int timeout = atomic_load(&init_timeout_ms);
-    struct timespec deadline = realtime_in(timeout);
+    struct timespec deadline = keel__timespec_after(CLOCK_REALTIME, timeout);
     struct timespec until = pending != NULL && wait_ms >= 0 && wait_ms < timeout
-                                ? realtime_in(wait_ms)
+                                ? keel__timespec_after(CLOCK_REALTIME, wait_ms)
                                 : deadline;
     int rc = 0;
     irc = wait_init(g, c, &until, &rc);

@@ -222,23 +222,11 @@ int keel__host_task_stopping(const keel_task *t)
     return t == NULL || atomic_load(&t->stop);
 }
 
-static void deadline_after(struct timespec *ts, unsigned ms)
-{
-    clock_gettime(CLOCK_MONOTONIC, ts);
-    ts->tv_sec += ms / 1000;
-    ts->tv_nsec += (long)(ms % 1000) * 1000000L;
-    if (ts->tv_nsec >= 1000000000L) {
-        ts->tv_sec++;
-        ts->tv_nsec -= 1000000000L;
-    }
-}
-
 int keel__host_task_sleep(keel_task *t, unsigned ms)
 {
     if (t == NULL)
         return 1;
-    struct timespec until;
-    deadline_after(&until, ms);
+    struct timespec until = keel__timespec_after(CLOCK_MONOTONIC, ms);
     pthread_mutex_lock(&t->mu);
     while (!atomic_load(&t->stop))
         if (pthread_cond_timedwait(&t->cv, &t->mu, &until) == ETIMEDOUT)
@@ -287,7 +275,7 @@ static void *task_main(void *arg)
 {
     struct keel_task *t = arg;
     struct timespec next;
-    deadline_after(&next, t->every_ms);
+    next = keel__timespec_after(CLOCK_MONOTONIC, t->every_ms);
     for (;;) {
         pthread_mutex_lock(&t->mu);
         while (!atomic_load(&t->stop) && !t->notified) {
@@ -302,7 +290,7 @@ static void *task_main(void *arg)
             break;
         /* The next period counts from the start of this run, so a steady
          * task keeps its rhythm; an overrun starts the next one at once. */
-        deadline_after(&next, t->every_ms);
+        next = keel__timespec_after(CLOCK_MONOTONIC, t->every_ms);
         run_once(t);
     }
     atomic_store(&t->finished, true);

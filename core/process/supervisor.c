@@ -32,6 +32,7 @@
 #include "process/upgrade.h"
 #include "process/worker.h"
 #include "util/cpus.h"
+#include "util/listen.h"
 #include "util/crash.h"
 #include "util/log.h"
 #include "util/scoreboard.h"
@@ -85,36 +86,6 @@ void keel__sup_send(struct worker *w, char kind, unsigned long long id, const ch
 }
 
 /* ------------------------------------------------------------ listeners */
-
-static int bind_listener(const char *name, const char *host, int port)
-{
-    struct addrinfo hints = {.ai_family = AF_UNSPEC,
-                             .ai_socktype = SOCK_STREAM,
-                             .ai_flags = AI_PASSIVE};
-    struct addrinfo *ai = NULL;
-    char portstr[16];
-    snprintf(portstr, sizeof portstr, "%d", port);
-    int gai = getaddrinfo(host, portstr, &hints, &ai);
-    if (gai != 0) {
-        log_error("%s listener: cannot resolve %s: %s", name, host, gai_strerror(gai));
-        return -1;
-    }
-    int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    int one = 1;
-    if (fd >= 0)
-        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    if (fd < 0 || bind(fd, ai->ai_addr, ai->ai_addrlen) != 0 || listen(fd, 1024) != 0) {
-        log_error("%s listener: cannot listen on %s:%d: %s", name, host, port, strerror(errno));
-        if (fd >= 0)
-            close(fd);
-        freeaddrinfo(ai);
-        return -1;
-    }
-    freeaddrinfo(ai);
-    /* Workers poll it; accept must never block one of their threads. */
-    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
-    return fd;
-}
 
 /* ------------------------------------------------------------ workers */
 
@@ -501,10 +472,10 @@ int keel__supervisor_run(struct keel__conf *conf, const char *self_path, char *c
         keel__sup.w[i].ctl = keel__sup.w[i].crash = -1;
 
     if (!keel__upgrade_inherit()) {
-        keel__sup.listen_fds[0] = bind_listener("main", conf->server.host, conf->server.port);
+        keel__sup.listen_fds[0] = keel__listen_tcp("main", conf->server.host, conf->server.port);
         if (keel__sup.listen_fds[0] < 0)
             return 1;
-        keel__sup.listen_fds[1] = bind_listener("admin", conf->admin.host, conf->admin.port);
+        keel__sup.listen_fds[1] = keel__listen_tcp("admin", conf->admin.host, conf->admin.port);
         if (keel__sup.listen_fds[1] < 0)
             return 1;
     }

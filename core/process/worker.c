@@ -23,6 +23,7 @@
 #include "process/channel.h"
 #include "util/scoreboard.h"
 #include "util/log.h"
+#include "util/time.h"
 
 static int ctl_fd = -1;
 static pthread_mutex_t send_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -101,14 +102,7 @@ int keel__worker_fanout(const char *verb, const char *arg, int timeout_ms, char 
     snprintf(body, sizeof body, "%s%s%s", verb, arg ? " " : "", arg ? arg : "");
     int rc = send_frame('F', id, body);
 
-    struct timespec until;
-    clock_gettime(CLOCK_REALTIME, &until);
-    until.tv_sec += timeout_ms / 1000;
-    until.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
-    if (until.tv_nsec >= 1000000000L) {
-        until.tv_sec++;
-        until.tv_nsec -= 1000000000L;
-    }
+    struct timespec until = keel__timespec_after(CLOCK_REALTIME, timeout_ms);
     pthread_mutex_lock(&waiters.lock);
     while (rc == 0 && !waiters.w[slot].done)
         if (pthread_cond_timedwait(&waiters.cond, &waiters.lock, &until) == ETIMEDOUT)

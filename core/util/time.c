@@ -15,3 +15,16 @@ int64_t keel__now_ms(void)
 {
     return keel__monotonic_ns() / 1000000;
 }
+
+struct timespec keel__timespec_after(clockid_t clock, int64_t ms)
+{
+    struct timespec t;
+    clock_gettime(clock, &t);
+    t.tv_sec += (time_t)(ms / 1000);
+    t.tv_nsec += (long)(ms % 1000) * 1000000L;
+    if (t.tv_nsec >= 1000000000L) {
+        t.tv_sec++;
+        t.tv_nsec -= 1000000000L;
+    }
+    return t;
+}

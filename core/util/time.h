@@ -4,10 +4,15 @@
 #define KEEL_CORE_UTIL_TIME_H
 
 #include <stdint.h>
+#include <time.h>
 
 /* CLOCK_MONOTONIC in nanoseconds. */
 int64_t keel__monotonic_ns(void);
 /* CLOCK_MONOTONIC in milliseconds. */
 int64_t keel__now_ms(void);
+/* clock's time ms milliseconds from now: an absolute deadline for
+ * pthread_cond_timedwait (CLOCK_REALTIME unless the condition variable was
+ * set to another clock). */
+struct timespec keel__timespec_after(clockid_t clock, int64_t ms);
 
 #endif

@@ -58,13 +58,21 @@ bool creator_parse_ll(const char *s, long long *out)
 
 json_t *creator_json_text(const char *v)
 {
+    const char *p;
     json_t *j;
 
     if (v == NULL)
         return json_null();
-    /* A SQL_ASCII database can hold bytes that are not UTF-8; jansson refuses
-     * them, and null is better than dropping the whole answer. */
-    j = json_string(v);
+    /* Most values are ASCII, which is valid UTF-8: one tight pass instead of
+     * jansson's character-by-character check. */
+    for (p = v; *p != '\0' && (unsigned char)*p < 0x80; p++)
+        ;
+    if (*p == '\0')
+        j = json_stringn_nocheck(v, (size_t)(p - v));
+    else
+        /* A SQL_ASCII database can hold bytes that are not UTF-8; jansson
+         * refuses them, and null is better than dropping the whole answer. */
+        j = json_string(v);
     return j != NULL ? j : json_null();
 }
 
@@ -112,8 +120,9 @@ json_t *creator_set_columns(json_t *obj, const keel_db_result *res, int row,
                             const struct creator_column *cols)
 {
     for (; obj != NULL && cols->key != NULL; cols++) {
-        if (json_object_set_new(obj, cols->key,
-                                cols->convert(creator_col(res, row, cols->column))) != 0) {
+        /* The keys are this plugin's own ASCII names: no UTF-8 check. */
+        if (json_object_set_new_nocheck(obj, cols->key,
+                                        cols->convert(creator_col(res, row, cols->column))) != 0) {
             json_decref(obj);
             return NULL;
         }
@@ -190,6 +199,32 @@ json_t *creator_pagination(long long page, long long page_size, long long total)
     return json_pack("{s:I,s:I,s:I,s:I,s:b,s:b}", "page", (json_int_t)page, "page_size",
                      (json_int_t)page_size, "total", (json_int_t)total, "total_pages",
                      (json_int_t)pages, "has_next", page<pages, "has_previous", page> 1);
+}
+
+int creator_unlocked_total(keel_request *req, const char *uid, const keel_db_result *res,
+                           long long *total)
+{
+    keel_db_result *alone = NULL;
+    int rc;
+
+    if (creator_host->db_rows(res) == 0) {
+        rc = creator_host->db_query(req, "SELECT " CREATOR_UNLOCKED_TOTAL " AS total", 1,
+                                    (const char *const[]){uid}, &alone);
+        if (rc != 0)
+            return rc;
+        res = alone;
+    }
+    if (!creator_parse_ll(creator_col(res, 0, "total"), total))
+        *total = 0;
+    if (*total < 0) {
+        /* Only a count the triggers did not keep (disabled by an operator)
+         * can go below zero. */
+        creator_host->log(req, KEEL_LOG_ERROR,
+                          "unlocked total %lld is negative: user_unlock_counts needs a rebuild",
+                          *total);
+        *total = 0;
+    }
+    return 0;
 }
 
 long long creator_page_offset(long long page, long long page_size)
@@ -421,29 +456,46 @@ static int creator_init(const keel_host *host, const json_t *config, void **stat
     conf->unlock_cost = 25;
     conf->unlock_days = 30;
     conf->max_posts = 50;
+    conf->stats_cache_ms = 1000;
+    conf->unlock_sweep_s = 30;
     if (config != NULL) {
         if ((rc = conf_int(config, "unlock_cost", 1, 1000000, &conf->unlock_cost)) != 0 ||
             (rc = conf_int(config, "unlock_days", 1, 3650, &conf->unlock_days)) != 0 ||
-            (rc = conf_int(config, "max_posts", 1, 1000, &conf->max_posts)) != 0) {
+            (rc = conf_int(config, "max_posts", 1, 1000, &conf->max_posts)) != 0 ||
+            (rc = conf_int(config, "stats_cache_ms", 0, 1000, &conf->stats_cache_ms)) != 0 ||
+            (rc = conf_int(config, "unlock_sweep_s", 0, 86400, &conf->unlock_sweep_s)) != 0) {
             free(conf);
             return rc;
         }
         json_object_foreach((json_t *)config, key, value)
         {
             if (strcmp(key, "unlock_cost") != 0 && strcmp(key, "unlock_days") != 0 &&
-                strcmp(key, "max_posts") != 0 && strcmp(key, "provider") != 0)
+                strcmp(key, "max_posts") != 0 && strcmp(key, "provider") != 0 &&
+                strcmp(key, "stats_cache_ms") != 0 && strcmp(key, "unlock_sweep_s") != 0)
                 host->log(NULL, KEEL_LOG_WARN, "config.%s: unknown key ignored", key);
         }
     }
     rc = creator_runner_init(host, config ? json_object_get(config, "provider") : NULL,
                              &conf->runner);
+    if (rc == 0 && conf->unlock_sweep_s > 0 && KEEL_HOST_HAS(host, task_add))
+        rc = host->task_add("unlock-count-sweep", (unsigned)(conf->unlock_sweep_s * 1000),
+                            creator_sweep_task, NULL, NULL);
+    if (rc == 0 && KEEL_HOST_HAS(host, metric_add))
+        rc = host->metric_add(KEEL_METRIC_COUNTER, "creator_stats_reads_total",
+                              "system/stats answers read from the database (cache misses).",
+                              &conf->stats_reads);
+    if (rc == 0 && pthread_mutex_init(&conf->stats.lock, NULL) != 0)
+        rc = KEEL_ENOMEM;
     if (rc != 0) {
+        creator_runner_free(conf->runner);
         free(conf);
         return rc;
     }
     host->log(NULL, KEEL_LOG_INFO,
-              "creator ready: unlock_cost=%lld unlock_days=%lld max_posts=%lld", conf->unlock_cost,
-              conf->unlock_days, conf->max_posts);
+              "creator ready: unlock_cost=%lld unlock_days=%lld max_posts=%lld"
+              " stats_cache_ms=%lld unlock_sweep_s=%lld",
+              conf->unlock_cost, conf->unlock_days, conf->max_posts, conf->stats_cache_ms,
+              conf->unlock_sweep_s);
     *state = conf;
     return 0;
 }
@@ -453,8 +505,10 @@ static void creator_fini(void *state)
     struct creator_conf *conf = state;
 
     /* The host has stopped the runner's tasks before calling fini. */
-    if (conf != NULL)
+    if (conf != NULL) {
         creator_runner_free(conf->runner);
+        pthread_mutex_destroy(&conf->stats.lock);
+    }
     free(state);
 }
 

@@ -16,18 +16,38 @@
 #ifndef KEEL_PLUGINS_CREATOR_CREATOR_H
 #define KEEL_PLUGINS_CREATOR_CREATOR_H
 
+#include <pthread.h>
 #include <stdbool.h>
+#include <time.h>
 
 #include <jansson.h>
 
 #include <keel/plugin.h>
+
+/*
+ * system/stats' cache (read.c), one per generation in each worker process:
+ * the counts last read and the monotonic time taken just before the query
+ * that read them, so an answer from the cache reflects the database as of
+ * at most stats_cache_ms earlier.  Handlers run concurrently: every field is
+ * read and written under lock.
+ */
+struct creator_stats_cache {
+    pthread_mutex_t lock;
+    bool valid;
+    struct timespec read_at;
+    long long counts[2][2]; /* [profiles|posts][total|ai] */
+};
 
 /* The plugin's configuration, one copy per generation (the handler state). */
 struct creator_conf {
     long long unlock_cost;         /* credits per unlock, default 25 */
     long long unlock_days;         /* days an unlock lasts, default 30 */
     long long max_posts;           /* posts embedded in a full search answer, default 50 */
+    long long stats_cache_ms;      /* system/stats staleness bound, default 1000; 0 = none */
+    long long unlock_sweep_s;      /* unlocked counts' sweep period, default 30; 0 = none */
     struct creator_runner *runner; /* NULL when no provider is configured */
+    struct creator_stats_cache stats;
+    keel_metric *stats_reads; /* system/stats queries sent (cache misses); may be NULL */
 };
 
 /* The host table, set by init before any handler runs. */
@@ -41,12 +61,25 @@ extern const keel_host *creator_host;
 /* ISO 8601 UTC rendering of a timestamptz column inside SQL text. */
 #define CREATOR_ISO(col) "to_char((" col ") AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')"
 
+/*
+ * The caller's ($1) exact number of unexpired unlocks, from the per-user
+ * count the database keeps (migrations/0003_unlock_counts.sql): the row's
+ * live count less the grants that expired since its last sweep, which the
+ * (user_id, expires_at) index finds.  No row means no grants.
+ */
+#define CREATOR_UNLOCKED_TOTAL                                                                     \
+    "coalesce((SELECT c.live - (SELECT count(*) FROM user_profile_access x"                        \
+    " WHERE x.user_id = $1 AND x.expires_at > c.swept_to AND x.expires_at <= now())"               \
+    " FROM user_unlock_counts c WHERE c.user_id = $1), 0)"
+
 /* The caller's unexpired unlocks, newest first, one page ($1 user id, $2
  * limit, $3 offset): the tail of every query that lists them, after the
- * profile columns the caller picks from p. */
+ * profile columns the caller picks from p.  Each row also carries the
+ * caller's total (CREATOR_UNLOCKED_TOTAL, computed once per statement), so
+ * a page and its total take one round trip. */
 #define CREATOR_UNLOCKED_PAGE_TAIL                                                                          \
-    CREATOR_ISO("a.granted_at")                                                                             \
-    " AS unlocked_at, " CREATOR_ISO(                                                                        \
+    CREATOR_UNLOCKED_TOTAL                                                                                  \
+    " AS total, " CREATOR_ISO("a.granted_at") " AS unlocked_at, " CREATOR_ISO(                              \
         "a.expires_at") " AS expires_at,"                                                                   \
                         " ceil(extract(epoch FROM a.expires_at - now()) / 86400)::bigint AS days_remaining" \
                         "  FROM user_profile_access a JOIN profiles p ON p.id = a.profile_id"               \
@@ -105,6 +138,14 @@ json_t *creator_post_json(const keel_db_result *res, int row);
 #define CREATOR_PROFILE_COLUMNS                                                                    \
     "p.id, p.username, p.full_name, p.biography, p.followers_count, "                              \
     "p.following_count, p.posts_count, p.is_verified, p.is_private, p.profile_pic_url"
+
+/*
+ * The caller's unlocked total for a page read with CREATOR_UNLOCKED_PAGE_TAIL
+ * (res): taken from its first row, or, when the page is empty, asked of the
+ * database on its own.  0 or a KEEL_EDB_* code.
+ */
+int creator_unlocked_total(keel_request *req, const char *uid, const keel_db_result *res,
+                           long long *total);
 
 /* {"page","page_size","total","total_pages","has_next","has_previous"}. */
 json_t *creator_pagination(long long page, long long page_size, long long total);
@@ -168,6 +209,10 @@ int creator_import_doc(keel_request *req, const json_t *doc, bool summarize, cha
                        size_t errlen);
 /* SQL ($1 = profile id) computing a profile's AI summary from its posts. */
 extern const char creator_ai_summary_sql[];
+
+/* The unlocked counts' sweep task (portfolio.c), run every unlock_sweep_s
+ * seconds when the host has tasks. */
+int creator_sweep_task(keel_task *task, keel_request *req, void *arg);
 
 struct creator_runner;
 /* Reads config.provider and registers the runner's tasks, upstream and

@@ -13,6 +13,7 @@
 #include "creator.h"
 
 #include <stdio.h>
+#include <string.h>
 
 /* The most names the polled list returns; a portfolio larger than this is
  * paged through /auth/unlocked. */
@@ -96,17 +97,6 @@ int creator_auth_unlocked(keel_request *req, void *state)
 
     if ((uid = creator_user_id(req)) == NULL)
         return portfolio_degraded(req, portfolio_pagination(page, page_size, 0));
-    rc = creator_host->db_query(req,
-                                "SELECT count(*) AS n FROM user_profile_access"
-                                " WHERE user_id = $1 AND expires_at > now()",
-                                1, (const char *const[]){uid}, &res);
-    if (rc != 0) {
-        creator_log_db(req, rc, "portfolio count");
-        return portfolio_degraded(req, portfolio_pagination(page, page_size, 0));
-    }
-    if (!creator_parse_ll(creator_col(res, 0, "n"), &total))
-        total = 0;
-
     snprintf(limit, sizeof limit, "%lld", page_size);
     snprintf(offset, sizeof offset, "%lld", creator_page_offset(page, page_size));
     rc = creator_host->db_query(
@@ -116,6 +106,8 @@ int creator_auth_unlocked(keel_request *req, void *state)
         "       a.credits_spent,"
         "       " CREATOR_UNLOCKED_PAGE_TAIL,
         3, (const char *const[]){uid, limit, offset}, &res);
+    if (rc == 0)
+        rc = creator_unlocked_total(req, uid, res, &total);
     if (rc != 0) {
         creator_log_db(req, rc, "portfolio");
         return portfolio_degraded(req, portfolio_pagination(page, page_size, 0));
@@ -163,4 +155,30 @@ int creator_auth_unlocked_profiles(keel_request *req, void *state)
     for (int i = 0; profiles != NULL && i < creator_host->db_rows(res); i++)
         json_array_append_new(profiles, creator_set_columns(json_object(), res, i, name_columns));
     return creator_respond(req, 200, json_pack("{s:b,s:o}", "success", 1, "profiles", profiles));
+}
+
+/*
+ * The sweep of the unlocked counts (migrations/0003_unlock_counts.sql): the
+ * total a request reports is exact without it, but subtracts every grant
+ * that expired since the user's last sweep, so without sweeps that part of
+ * the count grows.  Every worker runs the task; the database lets one sweep
+ * run at a time and the others return at once.
+ */
+int creator_sweep_task(keel_task *task, keel_request *req, void *arg)
+{
+    keel_db_result *res = NULL;
+    const char *moved;
+    int rc;
+
+    (void)task;
+    (void)arg;
+    rc = creator_host->db_query(req, "SELECT unlock_counts_sweep() AS moved", 0, NULL, &res);
+    if (rc != 0) {
+        creator_log_db(req, rc, "unlocked counts sweep");
+        return 0;
+    }
+    moved = creator_col(res, 0, "moved");
+    if (moved != NULL && strcmp(moved, "0") != 0)
+        creator_host->log(req, KEEL_LOG_DEBUG, "unlocked counts swept for %s user(s)", moved);
+    return 0;
 }

@@ -17,6 +17,7 @@
 #include <limits.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 
 /* ------------------------------------------------------------- system stats */
 
@@ -49,32 +50,85 @@ static int stats_degraded(keel_request *req)
         "System statistics partially unavailable - system will retry automatically");
 }
 
+static long long elapsed_ms(const struct timespec *from, const struct timespec *to)
+{
+    return (long long)(to->tv_sec - from->tv_sec) * 1000 + (to->tv_nsec - from->tv_nsec) / 1000000;
+}
+
+/* The cached counts if they were read less than stats_cache_ms ago. */
+static bool stats_cached(struct creator_conf *conf, long long counts[2][2])
+{
+    struct creator_stats_cache *c = &conf->stats;
+    struct timespec now;
+    bool hit;
+
+    if (conf->stats_cache_ms <= 0)
+        return false;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    pthread_mutex_lock(&c->lock);
+    hit = c->valid && elapsed_ms(&c->read_at, &now) < conf->stats_cache_ms;
+    if (hit)
+        memcpy(counts, c->counts, sizeof c->counts);
+    pthread_mutex_unlock(&c->lock);
+    return hit;
+}
+
+/* Keeps counts read by a query sent at read_at, unless a concurrent
+ * handler has stored counts from a later query meanwhile. */
+static void stats_store(struct creator_conf *conf, const struct timespec *read_at,
+                        long long counts[2][2])
+{
+    struct creator_stats_cache *c = &conf->stats;
+
+    pthread_mutex_lock(&c->lock);
+    if (!c->valid || elapsed_ms(&c->read_at, read_at) >= 0) {
+        c->valid = true;
+        c->read_at = *read_at;
+        memcpy(c->counts, counts, sizeof c->counts);
+    }
+    pthread_mutex_unlock(&c->lock);
+}
+
+/*
+ * The counts are cached per worker process for stats_cache_ms (default
+ * 1000): an answer reflects the database as it was at most that long ago,
+ * measured from just before the query that read it was sent.
+ */
 int creator_stats(keel_request *req, void *state)
 {
+    struct creator_conf *conf = state;
     long long counts[2][2] = {{0, 0}, {0, 0}}; /* [profiles|posts][total|ai] */
     keel_db_result *res = NULL;
+    struct timespec read_at;
     int rc;
 
     if (creator_user_id(req) == NULL)
         return stats_degraded(req);
-    /* Two rows kept current by triggers: no COUNT over the big tables. */
-    rc = creator_host->db_query(req,
-                                "SELECT name, total, ai_analyzed FROM stats_counters"
-                                " WHERE name IN ('profiles', 'posts')",
-                                0, NULL, &res);
-    if (rc != 0) {
-        creator_log_db(req, rc, "system stats");
-        return stats_degraded(req);
-    }
-    for (int i = 0; i < creator_host->db_rows(res); i++) {
-        const char *name = creator_col(res, i, "name");
-        int which = name != NULL && strcmp(name, "posts") == 0;
-        long long v;
+    if (!stats_cached(conf, counts)) {
+        clock_gettime(CLOCK_MONOTONIC, &read_at);
+        /* Two rows kept current by triggers: no COUNT over the big tables. */
+        rc = creator_host->db_query(req,
+                                    "SELECT name, total, ai_analyzed FROM stats_counters"
+                                    " WHERE name IN ('profiles', 'posts')",
+                                    0, NULL, &res);
+        if (rc != 0) {
+            creator_log_db(req, rc, "system stats");
+            return stats_degraded(req);
+        }
+        for (int i = 0; i < creator_host->db_rows(res); i++) {
+            const char *name = creator_col(res, i, "name");
+            int which = name != NULL && strcmp(name, "posts") == 0;
+            long long v;
 
-        if (creator_parse_ll(creator_col(res, i, "total"), &v))
-            counts[which][0] = v;
-        if (creator_parse_ll(creator_col(res, i, "ai_analyzed"), &v))
-            counts[which][1] = v;
+            if (creator_parse_ll(creator_col(res, i, "total"), &v))
+                counts[which][0] = v;
+            if (creator_parse_ll(creator_col(res, i, "ai_analyzed"), &v))
+                counts[which][1] = v;
+        }
+        if (conf->stats_reads != NULL)
+            creator_host->metric_observe(conf->stats_reads, 1);
+        if (conf->stats_cache_ms > 0)
+            stats_store(conf, &read_at, counts);
     }
     return creator_respond(req, 200,
                            json_pack("{s:b,s:{s:o,s:o,s:{s:s,s:s}},s:s}", "success", 1, "stats",
@@ -140,23 +194,11 @@ int creator_unlocked(keel_request *req, void *state)
     if ((uid = creator_user_id(req)) == NULL)
         return unlocked_degraded(req);
 
-    /* The total counts every unexpired grant, not just this page; the
-     * (user_id, expires_at) index answers it without touching profiles. */
-    rc = creator_host->db_query(req,
-                                "SELECT count(*) AS n FROM user_profile_access"
-                                " WHERE user_id = $1 AND expires_at > now()",
-                                1, (const char *const[]){uid}, &res);
-    if (rc != 0) {
-        creator_log_db(req, rc, "unlocked list count");
-        return unlocked_degraded(req);
-    }
-    if (!creator_parse_ll(creator_col(res, 0, "n"), &total))
-        total = 0;
-
     snprintf(limit, sizeof limit, "%lld", page_size);
     snprintf(offset, sizeof offset, "%lld", creator_page_offset(page, page_size));
     /* Walks (user_id, granted_at DESC, id DESC) in order and stops after
-     * LIMIT + OFFSET rows; no sort of the caller's whole history. */
+     * LIMIT + OFFSET rows; no sort of the caller's whole history.  The
+     * total comes with the page (see CREATOR_UNLOCKED_TOTAL). */
     rc = creator_host->db_query(
         req,
         "SELECT p.id, p.username, p.full_name, p.followers_count, p.following_count,"
@@ -164,6 +206,8 @@ int creator_unlocked(keel_request *req, void *state)
         "       p.ai_primary_content_type, p.ai_avg_sentiment_score,"
         "       " CREATOR_UNLOCKED_PAGE_TAIL,
         3, (const char *const[]){uid, limit, offset}, &res);
+    if (rc == 0)
+        rc = creator_unlocked_total(req, uid, res, &total);
     if (rc != 0) {
         creator_log_db(req, rc, "unlocked list");
         return unlocked_degraded(req);

@@ -226,10 +226,18 @@ def test_validation_errors_are_422():
 
 # ---------------------------------------------------------------- stats
 
+def no_stats_cache(k):
+    """Counts read right after a change: without the cache's up to 1 s
+    (test_stats_cache.py tests the cache)."""
+    doc = k.read_conf("60-creator.json")
+    doc["plugin"]["config"]["stats_cache_ms"] = 0
+    k.write_conf("60-creator.json", doc)
+
+
 def test_system_stats_counts_and_rates():
     db = Database()
     try:
-        with Keeld(db=db) as k:
+        with Keeld(no_stats_cache, db=db) as k:
             u = User(k)
             r = u.get(BASE + "/system/stats")
             assert r.status == 200, r
@@ -771,7 +779,9 @@ def test_database_down_degrades_reads_and_refuses_writes():
         def query(sql, *params):
             return pg.query(sql, *params, dbname="keel")
 
-        with Keeld(env={"KEEL_DATABASE_URL": url}) as k:
+        # Reads must reach the database, not the stats cache (which may
+        # answer for up to its bound after the database went away).
+        with Keeld(no_stats_cache, env={"KEEL_DATABASE_URL": url}) as k:
             u = User(k, query=query)
             n, unknown = name("dn"), name("du")
             import_ok(k, [profile_line(n)])

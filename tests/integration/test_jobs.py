@@ -447,8 +447,8 @@ def test_twenty_reloads_while_jobs_run_lose_none_and_run_none_twice():
         assert "has not stopped after" not in log
         plugins = {p["name"]: p for p in k.admin_get("/admin/plugins").json()["plugins"]}
         assert plugins["creator"]["generation"] >= 21, plugins["creator"]
-        assert [t["name"] for t in plugins["creator"]["tasks"]] == ["job-runner-1",
-                                                                     "job-runner-2"]
+        assert [t["name"] for t in plugins["creator"]["tasks"]] == [
+            "job-runner-1", "job-runner-2", "unlock-count-sweep"]
 
 
 def test_no_provider_keeps_jobs_queued_and_admin_plugins_says_so():
@@ -459,7 +459,8 @@ def test_no_provider_keeps_jobs_queued_and_admin_plugins_says_so():
         assert db_job(k, job)[0] == "queued"
         creator = {p["name"]: p for p in k.admin_get("/admin/plugins").json()["plugins"]}["creator"]
         assert "no provider configured" in creator["note"], creator
-        assert creator["tasks"] == [], creator
+        # The unlocked counts' sweep is the only task without a provider.
+        assert [t["name"] for t in creator["tasks"]] == ["unlock-count-sweep"], creator
 
 
 def test_plugin_and_upstream_metrics_parse_as_prometheus_text():
@@ -552,7 +553,7 @@ def test_fresh_database_gets_the_creator_schema_from_the_plugin_migrations():
     try:
         # The template ran --migrate: the creator's tables come from its own files.
         rows = pg_db.query("SELECT plugin, version FROM plugin_migrations ORDER BY 1, 2")
-        assert rows == [("creator", "1"), ("creator", "2")], rows
+        assert rows == [("creator", "1"), ("creator", "2"), ("creator", "3")], rows
         assert pg_db.scalar("SELECT count(*) FROM stats_counters") == "2"
     finally:
         pg_db.drop()
@@ -570,7 +571,7 @@ def test_database_from_the_old_single_migration_still_works():
         db.query("INSERT INTO profiles (username) VALUES ('oldschema')")
         k = Keeld(start=False, db=db)
         r = k.run("--migrate")
-        assert r.returncode == 0 and "2 migration(s) of plugin creator" in r.stdout, r.stdout
+        assert r.returncode == 0 and "3 migration(s) of plugin creator" in r.stdout, r.stdout
         assert db.scalar("SELECT count(*) FROM profiles WHERE username = 'oldschema'") == "1"
         assert db.scalar("SELECT total FROM stats_counters WHERE name = 'profiles'") == "1"
     finally:

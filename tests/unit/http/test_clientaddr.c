@@ -104,6 +104,15 @@ static void request_ids(void **state)
     assert_true(keel__request_id_valid(a));
     assert_string_not_equal(a, b);
     assert_int_equal(strncmp(a, b, 12), 0); /* the per-process prefix */
+    assert_string_equal(a + 12, "-1");
+    keel__request_id_make(0xabcdef0123ULL, b, sizeof b);
+    assert_string_equal(b + 12, "-abcdef0123");
+    keel__request_id_make(0, b, sizeof b);
+    assert_string_equal(b + 12, "-0");
+    keel__request_id_make(~0ULL, b, sizeof b);
+    assert_string_equal(b + 12, "-ffffffffffffffff");
+    keel__request_id_make(~0ULL, b, 20); /* too small: empty, never cut */
+    assert_string_equal(b, "");
 }
 
 static void per_address_limit(void **state)
