@@ -72,6 +72,20 @@ def grant_sql(uid, username, expires, granted="now()"):
             % (uid, granted, expires, username))
 
 
+def grant_expired_by_the_clock(k, u, username):
+    """A grant of u's that expires a second from now, once it has."""
+    k.db.query(grant_sql(u.id, username, "now() + interval '1 second'"))
+    deadline = time.time() + keeltest.scaled(60)
+    while unexpired(u) == 1 and time.time() < deadline:
+        time.sleep(0.2)
+
+
+def psql_session(k):
+    """A psql session of the test's own, fed on stdin, answering on stdout."""
+    return subprocess.Popen([keeltest.PSQL, "-X", "-q", "-At", "-d", k.db.url],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+
 def test_plain_sql_writes_updates_deletes_and_the_clock_keep_the_total_exact():
     db = Database()
     try:
@@ -234,16 +248,11 @@ def test_repeatable_read_writer_racing_a_sweep_fails_instead_of_miscounting():
         with Keeld(no_sweep_task, db=db) as k:
             u = User(k)
             names = profiles(k, 3)
-            k.db.query(grant_sql(u.id, names[0], "now() + interval '1 second'"))
-            deadline = time.time() + keeltest.scaled(60)
-            while unexpired(u) == 1 and time.time() < deadline:
-                time.sleep(0.2)
+            grant_expired_by_the_clock(k, u, names[0])
             # The writer takes its snapshot, then waits for an advisory lock
             # this test holds in a session of its own; the sweep commits
             # meanwhile; then the writer adds a grant for the swept user.
-            holder = subprocess.Popen([keeltest.PSQL, "-X", "-q", "-At", "-d", k.db.url],
-                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                      text=True)
+            holder = psql_session(k)
             try:
                 holder.stdin.write("SELECT pg_advisory_lock(718281);\n\\echo held\n")
                 holder.stdin.flush()
@@ -300,14 +309,9 @@ def test_read_committed_writer_waiting_on_a_sweep_counts_against_the_new_mark():
         with Keeld(no_sweep_task, db=db) as k:
             u = User(k)
             names = profiles(k, 3)
-            k.db.query(grant_sql(u.id, names[0], "now() + interval '1 second'"))
-            deadline = time.time() + keeltest.scaled(60)
-            while unexpired(u) == 1 and time.time() < deadline:
-                time.sleep(0.2)
+            grant_expired_by_the_clock(k, u, names[0])
             # A sweep that has moved u's row and not committed yet.
-            holder = subprocess.Popen([keeltest.PSQL, "-X", "-q", "-At", "-d", k.db.url],
-                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                      text=True)
+            holder = psql_session(k)
             try:
                 holder.stdin.write("BEGIN;\nSELECT unlock_counts_sweep();\n\\echo swept\n")
                 holder.stdin.flush()
