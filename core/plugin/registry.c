@@ -2,6 +2,7 @@
 
 #include "plugin/registry.h"
 
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -272,6 +273,8 @@ struct start_pending {
     struct start_pending *next;
 };
 static struct start_pending *start_pending;
+/* Start-up inits still running (pending or being waited for). */
+static atomic_int start_unsettled;
 static uint64_t start_tokens;
 static int64_t start_budget_end_ns;
 static int start_wait_ms = START_WAIT_MS;
@@ -308,6 +311,7 @@ static void load_slot(struct keel__slot *s, bool conflicted)
             p->init = init;
             p->next = start_pending;
             start_pending = p;
+            atomic_fetch_add(&start_unsettled, 1);
             s->pending = p->token;
             s->reason = KEEL__REASON_STARTING;
             s->stage = KEEL__STAGE_INIT;
@@ -344,6 +348,7 @@ static void *finish_start(void *arg)
         if (!registry_stopped)
             keel__generation_unref(g);
         free(p);
+        atomic_fetch_sub(&start_unsettled, 1);
         return NULL;
     }
     s->pending = 0;
@@ -364,7 +369,13 @@ static void *finish_start(void *arg)
     keel__plugins_remember();
     pthread_mutex_unlock(&keel__reg.lock);
     free(p);
+    atomic_fetch_sub(&start_unsettled, 1);
     return NULL;
+}
+
+bool keel__plugins_start_settled(void)
+{
+    return atomic_load(&start_unsettled) == 0;
 }
 
 void keel__plugins_wait_for_init(bool all)

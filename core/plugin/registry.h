@@ -43,6 +43,10 @@ int keel__plugins_start(const struct keel__conf *conf, const keel_host *host,
  */
 void keel__plugins_wait_for_init(bool all);
 void keel__plugins_finish_start(void);
+/* True once no start-up init is still running: every plugin loaded,
+ * failed or was refused at its deadline.  A worker tells the supervisor,
+ * which only then lets the process or worker it replaces drain. */
+bool keel__plugins_start_settled(void);
 /* Drops the table and every generation (after the servers have stopped). */
 void keel__plugins_stop(void);
 

@@ -156,6 +156,13 @@ static void child_after_fork(unsigned slot, int ctl, int crash_w)
         if (keel__sup.plugins[i].quarantine != 0)
             (void)keel__plugins_quarantine(keel__sup.plugins[i].name,
                                            keel__sup.plugins[i].quarantine);
+    /* Only a keeld starting cold serves while a slow init runs (its routes
+     * answer 503 "starting"): a replacement worker, or the workers of an
+     * upgrade while the previous keeld still serves, share the listening
+     * socket with processes that serve every plugin, so they listen only
+     * once their inits are done. */
+    if (keel__sup.ever_ready || keel__sup.notify_fd >= 0)
+        keel__plugins_wait_for_init(true);
 }
 
 static struct worker *spawn(void)
@@ -322,10 +329,6 @@ static void on_frame(struct worker *w, struct keel__frame *f)
             log_info("worker %d serving %lld ms after its start", (int)w->pid, (long long)ms);
             if (!keel__sup.ever_ready)
                 keel__sup.ever_ready = true;
-            /* Its predecessor can drain now. */
-            for (unsigned i = 0; i < keel__sup.nslots; i++)
-                if (keel__sup.w[i].state == W_RETIRING && keel__sup.w[i].replaced_by == w->pid)
-                    keel__sup_send_retire(&keel__sup.w[i]);
 #ifdef HAVE_LIBSYSTEMD
             /* Type=notify: every worker serves, plugins loaded.  MAINPID
              * too, so that after an upgrade systemd follows the new
@@ -337,6 +340,17 @@ static void on_frame(struct worker *w, struct keel__frame *f)
                            (long)getpid(), keel__sup.target);
             }
 #endif
+        }
+        if (f->body != NULL && strcmp(f->body, "settled") == 0 && !w->settled &&
+            (w->state == W_READY || w->state == W_STARTING)) {
+            /* Every plugin of it loaded or refused: its predecessor (a
+             * recycled or stuck worker, or the previous keeld of an
+             * upgrade) may drain now without a request meeting a plugin
+             * that is still starting. */
+            w->settled = true;
+            for (unsigned i = 0; i < keel__sup.nslots; i++)
+                if (keel__sup.w[i].state == W_RETIRING && keel__sup.w[i].replaced_by == w->pid)
+                    keel__sup_send_retire(&keel__sup.w[i]);
             keel__upgrade_notify_serving();
         }
         free(f->body);

@@ -32,7 +32,8 @@ struct worker {
     int64_t started_ns;
     int64_t kill_at_ns; /* retiring/stopping: SIGKILL past this */
     const char *retire_reason;
-    pid_t replaced_by; /* retiring: waits for this worker to be ready */
+    pid_t replaced_by; /* retiring: waits for this worker to be settled */
+    bool settled;      /* no start-up init of its plugins still running */
     bool retire_sent;
     bool killed;
 };

@@ -232,7 +232,11 @@ void keel__upgrade_reaped(int status)
 
 void keel__upgrade_notify_serving(void)
 {
-    if (keel__sup.notify_fd >= 0 && keel__sup_count_state(W_READY, W_READY) >= keel__sup.target) {
+    unsigned settled = 0;
+    for (unsigned i = 0; i < keel__sup.nslots; i++)
+        if (keel__sup.w[i].state == W_READY && keel__sup.w[i].settled)
+            settled++;
+    if (keel__sup.notify_fd >= 0 && settled >= keel__sup.target) {
         if (write(keel__sup.notify_fd, "ready", 5) < 0)
             log_warn("cannot tell the previous keeld that this one serves");
         close(keel__sup.notify_fd);

@@ -270,7 +270,14 @@ int keel__worker_loop(const struct keel__conf *conf)
     int64_t stuck_after = (int64_t)conf->containment.handler_timeout_ms * 1000000;
 
     send_frame('N', 0, "ready");
+    /* Serving, but a plugin may still be starting (its routes answer 503):
+     * the supervisor retires a predecessor only once this one has settled. */
+    bool inits_settled = false;
     for (;;) {
+        if (!inits_settled && keel__plugins_start_settled()) {
+            send_frame('N', 0, "settled");
+            inits_settled = true;
+        }
         struct pollfd pfd[2] = {{.fd = ctl_fd, .events = POLLIN}, {.fd = sfd, .events = POLLIN}};
         int r = poll(pfd, sfd >= 0 ? 2 : 1, plan.stopping ? 20 : 100);
         if (me != NULL) {

@@ -509,6 +509,46 @@ def test_upgrade_under_load_fails_no_request():
                     os.kill(new_pid, signal.SIGKILL)
 
 
+def test_upgrade_waits_for_the_new_keelds_slow_inits():
+    """The previous keeld drains only once the new one's plugins have
+    settled: a plugin whose init outlasts the 250 ms the listeners wait for
+    answers 503 "starting" in the new keeld meanwhile, and no request may
+    meet that during an upgrade."""
+    init_ms = 1500
+
+    def mut(k):
+        setup(["init_hang"], containment={"init_timeout_ms": 20000})(k)
+        c = k.read_conf("70-init_hang.json")
+        c["plugin"]["config"] = {"init_ms": init_ms}
+        k.write_conf("70-init_hang.json", c)
+    slow = "/api/v1/init_hang/ok"
+    with Keeld(mut) as k:
+        new_pid = None
+        try:
+            wait_until(lambda: k.get(slow).status == 200, "the slow init to finish", timeout=30)
+            with Load(k, paths=(HEALTH, slow)) as load:
+                time.sleep(0.3)
+                c = k.keelctl("--json", "upgrade", timeout=90)
+                assert c.returncode == 0, c.stdout
+                body = json.loads(c.stdout)
+                new_pid = body["pid"]
+                assert k.wait(timeout=30) == 0
+                time.sleep(0.3)
+                load.stop()
+            assert load.failures() == [], load.failures()[:10]
+            served = [r for r in load.results if r[1] == slow and r[2] == 200]
+            assert served, "no request reached the slow plugin"
+            assert k.get(slow).status == 200
+        finally:
+            if new_pid is not None and keeltest._alive(new_pid):
+                os.kill(new_pid, signal.SIGTERM)
+                deadline = time.monotonic() + 15
+                while keeltest._alive(new_pid) and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                if keeltest._alive(new_pid):
+                    os.kill(new_pid, signal.SIGKILL)
+
+
 # ------------------------------------------------------------------ keel-plugin-check
 
 def test_plugin_check_reports_hangs_by_route_and_stage():
