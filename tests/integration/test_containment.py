@@ -470,6 +470,19 @@ def test_worker_max_requests_recycles_without_a_failed_request():
 
 # ------------------------------------------------------------------ upgrade
 
+def stop_upgraded(pid):
+    """Stops the keeld an upgrade started (the harness only knows the old
+    one): SIGTERM, then SIGKILL after 15 s."""
+    if pid is None or not keeltest._alive(pid):
+        return
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 15
+    while keeltest._alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if keeltest._alive(pid):
+        os.kill(pid, signal.SIGKILL)
+
+
 def test_upgrade_under_load_fails_no_request():
     with Keeld(setup()) as k:
         new_pid = None
@@ -500,13 +513,7 @@ def test_upgrade_under_load_fails_no_request():
             assert len(keeltest._children(new_pid)) == 2
             assert k.get(HEALTH).status == 200
         finally:
-            if new_pid is not None and keeltest._alive(new_pid):
-                os.kill(new_pid, signal.SIGTERM)
-                deadline = time.monotonic() + 15
-                while keeltest._alive(new_pid) and time.monotonic() < deadline:
-                    time.sleep(0.05)
-                if keeltest._alive(new_pid):
-                    os.kill(new_pid, signal.SIGKILL)
+            stop_upgraded(new_pid)
 
 
 def test_upgrade_waits_for_the_new_keelds_slow_inits():
@@ -540,13 +547,7 @@ def test_upgrade_waits_for_the_new_keelds_slow_inits():
             assert served, "no request reached the slow plugin"
             assert k.get(slow).status == 200
         finally:
-            if new_pid is not None and keeltest._alive(new_pid):
-                os.kill(new_pid, signal.SIGTERM)
-                deadline = time.monotonic() + 15
-                while keeltest._alive(new_pid) and time.monotonic() < deadline:
-                    time.sleep(0.05)
-                if keeltest._alive(new_pid):
-                    os.kill(new_pid, signal.SIGKILL)
+            stop_upgraded(new_pid)
 
 
 # ------------------------------------------------------------------ keel-plugin-check
