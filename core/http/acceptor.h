@@ -8,7 +8,10 @@
  * acceptor therefore gives a new connection only to a lane that is clear
  * (no request in progress, no connection waiting for its first request),
  * the one with the fewest connections, waits a moment for one when none
- * is, and then starts another lane, up to a cap.  A connection stays on its
+ * is, and then starts another lane, up to a cap.  The wait is longer while
+ * the lanes are finishing requests (they are only busy, and one will clear)
+ * than when none finishes any (they are held): busy lanes on a crowded CPU
+ * get no more threads, which would only add switching.  A connection stays on its
  * lane for its whole life (keep-alive included).
  *
  * Connection limits are the acceptor's, over all lanes: the total
@@ -35,6 +38,7 @@ struct keel__lane {
     atomic_int conns;  /* open connections */
     atomic_int fresh;  /* handed over, no request begun yet */
     atomic_int active; /* requests begun and not completed */
+    atomic_uint done;  /* requests completed, ever (wraps) */
 };
 
 struct keel__acceptor_conf {
