@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "http/clientaddr.h"
+#include "util/blocking.h"
 #include "util/log.h"
 #include "util/time.h"
 
@@ -30,7 +31,8 @@
  * it waits for the CPU, and another thread would not get more of it
  * (bench: lanes grew from 2 to 17 per worker over six bursts of 50
  * connections on a loaded machine).  A lane held by a handler that never
- * returns finishes nothing, so then the lane starts after CLEAR_WAIT_NS. */
+ * returns finishes nothing, and one waiting on the database would be
+ * overlapped by another thread: then the lane starts after CLEAR_WAIT_NS. */
 #define CLEAR_WAIT_NS (2 * 1000 * 1000LL)
 #define BUSY_WAIT_NS (50 * 1000 * 1000LL)
 #define CLEAR_POLL_NS (50 * 1000L)
@@ -170,6 +172,16 @@ static unsigned finished(keel__acceptor *a)
     return sum;
 }
 
+/* Whether a handler on some lane waits on the database or an upstream. */
+static bool waiting(keel__acceptor *a)
+{
+    unsigned n = atomic_load(&a->nlanes);
+    for (unsigned i = 0; i < n; i++)
+        if (atomic_load_explicit(&a->lanes[i]->blocked, memory_order_relaxed) > 0)
+            return true;
+    return false;
+}
+
 static struct keel__lane *choose(keel__acceptor *a)
 {
     int i = pick(a, false);
@@ -178,14 +190,15 @@ static struct keel__lane *choose(keel__acceptor *a)
     if (atomic_load(&a->nlanes) < a->conf.max_lanes) {
         int64_t start = keel__monotonic_ns(), now = start;
         unsigned before = finished(a);
-        bool moving = false;
-        while (now - start < (moving ? BUSY_WAIT_NS : CLEAR_WAIT_NS)) {
+        bool moving = false, io = false;
+        while (now - start < (moving && !io ? BUSY_WAIT_NS : CLEAR_WAIT_NS)) {
             struct timespec ts = {0, CLEAR_POLL_NS};
             nanosleep(&ts, NULL);
             i = pick(a, false);
             if (i >= 0)
                 return a->lanes[i];
             moving = moving || finished(a) != before;
+            io = io || waiting(a);
             now = keel__monotonic_ns();
         }
         struct keel__lane *lane = add_lane(a);
@@ -299,6 +312,8 @@ static void *accept_main(void *arg)
 
 void keel__lane_request_begin(struct keel__lane *lane, struct MHD_Connection *conn)
 {
+    /* The lane's thread is the only one that runs its requests. */
+    keel__blocking_counter = &lane->blocked;
     atomic_fetch_add_explicit(&lane->active, 1, memory_order_relaxed);
     if (atomic_load_explicit(&lane->fresh, memory_order_relaxed) > 0 &&
         unmark_fd(conn_fd(conn), FD_FRESH))
