@@ -225,11 +225,8 @@ static void put_integer(struct out *o, json_int_t v)
 /* "%.15g", then as jansson: ".0" when the text would read back as an integer,
  * the exponent without '+' and leading zeros, and '.' whatever the locale's
  * decimal point (only digits, signs and 'e' are not the point). */
-static int put_real(struct out *o, double d)
+static int put_real_printf(struct out *o, double d)
 {
-    /* jansson cannot hold a NaN or infinity; refused should one appear. */
-    if (!isfinite(d))
-        return KEEL_EINVAL;
     char text[48];
     int n = snprintf(text, sizeof text, "%.15g", d);
     if (n < 0 || (size_t)n >= sizeof text)
@@ -266,6 +263,79 @@ static int put_real(struct out *o, double d)
     }
     put(o, res, m);
     return 0;
+}
+
+static const double pow10_table[] = {1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9};
+static const uint64_t pow10_int[] = {1,      10,      100,      1000,      10000,
+                                     100000, 1000000, 10000000, 100000000, 1000000000};
+
+/*
+ * The reals keel answers with are mostly short decimals (rates, scores:
+ * 7.86), for which snprintf costs far more than the rest of the body.  When a
+ * is the double nearest to k / 10^j for an integer k < 10^15, "%.15g" prints
+ * exactly that decimal: a lies within half a binary unit (2^-53 relative) of
+ * it, and the 15-digit grid it is rounded to is at least 5e-16 relative apart
+ * at half a step, so the decimal is the grid point nearest to a.  "Nearest"
+ * is checked by dividing back: k and 10^j are exact doubles and IEEE division
+ * rounds correctly.  Fixed notation holds from 1e-4 up to below 1e15.
+ * Returns false to leave the value to snprintf.
+ */
+static bool put_real_short(struct out *o, double d)
+{
+    double a = fabs(d);
+    if (a < 1e-4 || a >= 1e15)
+        return false;
+    for (size_t j = 0; j < sizeof pow10_table / sizeof pow10_table[0]; j++) {
+        double s = a * pow10_table[j];
+        if (s >= 1e15)
+            return false;
+        uint64_t k = (uint64_t)s;
+        if ((double)k != s || (double)k / pow10_table[j] != a)
+            continue;
+        if (k * 10000 < pow10_int[j])
+            return false;
+        /* Trailing zeros of the fraction are not printed. */
+        size_t frac_digits = j;
+        while (frac_digits > 0 && k % 10 == 0) {
+            k /= 10;
+            frac_digits--;
+        }
+        char digits[40];
+        char *q = digits + sizeof digits;
+        if (frac_digits == 0)
+            *--q = '0';
+        for (size_t i = 0; i < frac_digits; i++) {
+            *--q = (char)('0' + k % 10);
+            k /= 10;
+        }
+        *--q = '.';
+        do {
+            *--q = (char)('0' + k % 10);
+            k /= 10;
+        } while (k != 0);
+        if (d < 0)
+            *--q = '-';
+        put(o, q, (size_t)(digits + sizeof digits - q));
+        return true;
+    }
+    return false;
+}
+
+static int put_real(struct out *o, double d)
+{
+    /* jansson cannot hold a NaN or infinity; refused should one appear. */
+    if (!isfinite(d))
+        return KEEL_EINVAL;
+    if (d == 0) {
+        if (signbit(d))
+            put(o, "-0.0", 4);
+        else
+            put(o, "0.0", 3);
+        return 0;
+    }
+    if (put_real_short(o, d))
+        return 0;
+    return put_real_printf(o, d);
 }
 
 static int put_value(struct out *o, const json_t *v, const struct open *up, int depth);

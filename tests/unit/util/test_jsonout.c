@@ -21,6 +21,17 @@
 
 #define FLAGS (JSON_COMPACT | JSON_REAL_PRECISION(15))
 
+/* A fixed-seed generator, so a failure repeats. */
+static uint64_t rng_state;
+
+static uint64_t rnd(void)
+{
+    rng_state ^= rng_state << 13;
+    rng_state ^= rng_state >> 7;
+    rng_state ^= rng_state << 17;
+    return rng_state;
+}
+
 /* jansson's text for v (malloc'd, *len set), or NULL when it refuses v. */
 static char *reference(const json_t *v, size_t *len)
 {
@@ -300,6 +311,61 @@ static void test_numbers(void **state)
     json_decref(a);
 }
 
+/* Checks the reals collected in *a against jansson, then empties it. */
+static void flush_reals(json_t *a)
+{
+    assert_true(check_same(a));
+    json_array_clear(a);
+}
+
+static void test_short_reals(void **state)
+{
+    (void)state;
+    /* Decimals k / 10^j, their neighbours one binary unit away (which may
+     * print the same at 15 digits, or not), and the edges of fixed notation;
+     * the writer prints some without snprintf, and all as jansson. */
+    rng_state = 0x7265616c73ULL;
+    json_t *a = json_array();
+    static const uint64_t mods[] = {
+        10, 1000, 1000000, 1000000000, 1000000000000000ULL, 10000000000000000ULL};
+    for (int j = 0; j <= 12; j++) {
+        for (int i = 0; i < 600; i++) {
+            uint64_t k = rnd() % mods[i % 6];
+            double d = (double)k / pow(10, j);
+            double v[] = {d, -d, nextafter(d, 0), nextafter(d, INFINITY)};
+            for (size_t x = 0; x < sizeof v / sizeof v[0]; x++)
+                json_array_append_new(a, json_real(v[x]));
+        }
+        flush_reals(a);
+    }
+    static const double edges[] = {1e-4,
+                                   1.5e-4,
+                                   0.0001234,
+                                   0.00099,
+                                   999999999999999.0,
+                                   999999999999999.9,
+                                   99999999999999.99,
+                                   1e15 - 1,
+                                   1e14,
+                                   123456789012345.0,
+                                   12345678901234.5,
+                                   0.5,
+                                   1.25,
+                                   1e-3,
+                                   2.675,
+                                   1.005,
+                                   0.015,
+                                   8.5e-5,
+                                   9.99999999999999e-5};
+    for (size_t i = 0; i < sizeof edges / sizeof edges[0]; i++) {
+        double v[] = {edges[i], -edges[i], nextafter(edges[i], 0), nextafter(edges[i], 1e300)};
+        for (size_t x = 0; x < sizeof v / sizeof v[0]; x++)
+            json_array_append_new(a, json_real(v[x]));
+    }
+    flush_reals(a);
+    json_decref(a);
+}
+
 static void test_containers(void **state)
 {
     (void)state;
@@ -384,17 +450,6 @@ static void test_depth(void **state)
     size_t len = 0;
     assert_int_equal(keel__json_dump(v, NULL, 0, &out, &len), KEEL_ETOOBIG);
     json_decref(v);
-}
-
-/* A fixed-seed generator, so a failure repeats. */
-static uint64_t rng_state;
-
-static uint64_t rnd(void)
-{
-    rng_state ^= rng_state << 13;
-    rng_state ^= rng_state >> 7;
-    rng_state ^= rng_state << 17;
-    return rng_state;
 }
 
 static size_t random_text(char *buf, size_t max, bool allow_invalid)
@@ -574,11 +629,11 @@ static void test_big_body(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_escapes),      cmocka_unit_test(test_utf8),
-        cmocka_unit_test(test_numbers),      cmocka_unit_test(test_containers),
-        cmocka_unit_test(test_loops),        cmocka_unit_test(test_depth),
-        cmocka_unit_test(test_random_trees), cmocka_unit_test(test_every_cut),
-        cmocka_unit_test(test_big_body),
+        cmocka_unit_test(test_escapes),    cmocka_unit_test(test_utf8),
+        cmocka_unit_test(test_numbers),    cmocka_unit_test(test_short_reals),
+        cmocka_unit_test(test_containers), cmocka_unit_test(test_loops),
+        cmocka_unit_test(test_depth),      cmocka_unit_test(test_random_trees),
+        cmocka_unit_test(test_every_cut),  cmocka_unit_test(test_big_body),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
