@@ -16,6 +16,7 @@
 
 #include "data/breaker.h"
 #include "data/sqlstate.h"
+#include "util/blocking.h"
 #include "util/log.h"
 #include "util/time.h"
 
@@ -348,9 +349,11 @@ int keel__db_acquire(keel__db *db, keel__db_conn **out, char *err, size_t errlen
     if (db->nidle == 0 && db->nempty == 0) {
         keel__db_count(&db->waits);
         struct timespec until = keel__timespec_after(CLOCK_MONOTONIC, db->wait_ms);
+        keel__blocking_enter();
         while (db->nidle == 0 && db->nempty == 0) {
             int rc = pthread_cond_timedwait(&db->cv, &db->mu, &until);
             if (rc == ETIMEDOUT && db->nidle == 0 && db->nempty == 0) {
+                keel__blocking_leave();
                 pthread_mutex_unlock(&db->mu);
                 keel__db_count(&db->wait_timeouts);
                 keel__set_err(
@@ -360,6 +363,7 @@ int keel__db_acquire(keel__db *db, keel__db_conn **out, char *err, size_t errlen
                 return KEEL_EDB_UNAVAILABLE;
             }
         }
+        keel__blocking_leave();
     }
     int slot = db->nidle > 0 ? db->idle[--db->nidle] : db->empty[--db->nempty];
     publish_counts_locked(db);
