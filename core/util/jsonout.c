@@ -271,13 +271,13 @@ static const uint64_t pow10_int[] = {1,      10,      100,      1000,      10000
 
 /*
  * The reals keel answers with are mostly short decimals (rates, scores:
- * 7.86), for which snprintf costs far more than the rest of the body.  When a
- * is the double nearest to k / 10^j for an integer k < 10^15, "%.15g" prints
- * exactly that decimal: a lies within half a binary unit (2^-53 relative) of
- * it, and the 15-digit grid it is rounded to is at least 5e-16 relative apart
- * at half a step, so the decimal is the grid point nearest to a.  "Nearest"
- * is checked by dividing back: k and 10^j are exact doubles and IEEE division
- * rounds correctly.  Fixed notation holds from 1e-4 up to below 1e15.
+ * 7.86), for which snprintf costs more than the rest of the body.  When a is
+ * the double nearest to the decimal D = k / 10^j with k < 10^15 (so at most
+ * 15 significant digits), "%.15g" prints D: a is within half a unit in the
+ * last place of D (2^-53 of a), while 15-digit decimals near a are at least
+ * 10^-15 of a apart, so D is the one printf rounds a to.  "Nearest" is
+ * checked by dividing back: k and 10^j are exact doubles and IEEE division
+ * rounds correctly.  From 1e-4 to below 1e15 printf uses fixed notation.
  * Returns false to leave the value to snprintf.
  */
 static bool put_real_short(struct out *o, double d)
