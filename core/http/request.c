@@ -501,10 +501,15 @@ int keel__respond(keel_request *req, unsigned status, const char *body, size_t l
                           MHD_RESPMEM_MUST_COPY);
 }
 
+/* The answer when a body cannot be made at all. */
+static const char internal_error[] = "{\"detail\":\"Internal Server Error\"}";
+
 int keel__respond_json(keel_request *req, unsigned status, json_t *body)
 {
+    /* No tree (a pack that ran out of memory): the literal answer, not
+     * keel__respond_detail, which packs again and would come back here. */
     if (body == NULL)
-        return keel__respond_detail(req, 500, "Internal Server Error");
+        return keel__respond(req, 500, internal_error, sizeof internal_error - 1);
     /* keel's writer (util/jsonout.h) gives the bytes of json_dumpb with
      * JSON_COMPACT | JSON_REAL_PRECISION(15): 15 significant digits print
      * the stored rates and scores as written (7.86, not 7.8600000000000003),
@@ -517,7 +522,7 @@ int keel__respond_json(keel_request *req, unsigned status, json_t *body)
     int rc = keel__json_dump(body, small, sizeof small, &text, &len);
     json_decref(body);
     if (rc < 0)
-        return keel__respond(req, 500, "{\"detail\":\"Internal Server Error\"}", 34);
+        return keel__respond(req, 500, internal_error, sizeof internal_error - 1);
     if (text == small)
         return queue_response(req, status, "application/json", small, len, MHD_RESPMEM_MUST_COPY);
     return queue_response(req, status, "application/json", text, len, MHD_RESPMEM_MUST_FREE);
