@@ -362,10 +362,7 @@ static int wait_for_slot_locked(keel__db *db)
     struct keel__db_waiter w = {.next = NULL, .slot = -1};
     if (pthread_cond_init(&w.cv, &db->cattr) != 0)
         return -1;
-    /* On this stack only while queued: every way out below unlinks it
-     * (timeout) or was unlinked by slot_return first. */
     *db->waiters_tail = &w;
-    // cppcheck-suppress autoVariables
     db->waiters_tail = &w.next;
     struct timespec until = keel__timespec_after(CLOCK_MONOTONIC, db->wait_ms);
     keel__blocking_enter();
