@@ -14,8 +14,7 @@ struct keel__claims {
     char *email;  /* may be "" when absent; owned */
     char *role;   /* the token's role claim ("authenticated"); owned */
     int64_t exp;
-    /* A reference (or NULL), read-only: copies share it. */
-    json_t *user_metadata;
+    json_t *user_metadata; /* owned reference, or NULL */
 };
 
 /* Frees what c owns and zeroes it; NULL is ignored. */

@@ -34,8 +34,8 @@
 struct creator_stats_cache {
     pthread_mutex_t lock;
     struct timespec read_at;
-    /* The answer built from the counts read at read_at (NULL: none yet).
-     * Each hit hands the host a reference: the host only reads a body. */
+    /* The answer built from the counts read at read_at (NULL: none yet);
+     * only this cache's functions touch it, under lock. */
     json_t *body;
 };
 

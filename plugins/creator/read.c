@@ -55,9 +55,11 @@ static long long elapsed_ms(const struct timespec *from, const struct timespec *
     return (long long)(to->tv_sec - from->tv_sec) * 1000 + (to->tv_nsec - from->tv_nsec) / 1000000;
 }
 
-/* A reference to the cached answer if its counts were read less than
- * stats_cache_ms ago, else NULL.  The tree is built once per read, not per
- * request (json_pack was most of a cached answer's own cost). */
+/* A copy of the cached answer if its counts were read less than
+ * stats_cache_ms ago, else NULL.  The tree is built once per read and
+ * copied per request (no format to parse, no rates to print); each request
+ * gets a tree of its own because jansson's reference counts are not meant
+ * to be shared between threads. */
 static json_t *stats_cached(struct creator_conf *conf)
 {
     struct creator_stats_cache *c = &conf->stats;
@@ -69,27 +71,32 @@ static json_t *stats_cached(struct creator_conf *conf)
     clock_gettime(CLOCK_MONOTONIC, &now);
     pthread_mutex_lock(&c->lock);
     if (c->body != NULL && elapsed_ms(&c->read_at, &now) < conf->stats_cache_ms)
-        body = json_incref(c->body);
+        body = json_deep_copy(c->body);
     pthread_mutex_unlock(&c->lock);
     return body;
 }
 
-/* Keeps (a reference to) the answer built from counts read by a query sent
- * at read_at, unless a concurrent handler has stored one from a later query
+/* Keeps a copy of the answer built from counts read by a query sent at
+ * read_at, unless a concurrent handler has stored one from a later query
  * meanwhile. */
-static void stats_store(struct creator_conf *conf, const struct timespec *read_at, json_t *body)
+static void stats_store(struct creator_conf *conf, const struct timespec *read_at,
+                        const json_t *body)
 {
     struct creator_stats_cache *c = &conf->stats;
-    json_t *old = NULL;
+    json_t *copy = json_deep_copy(body), *old = NULL;
 
+    if (copy == NULL)
+        return;
     pthread_mutex_lock(&c->lock);
     if (c->body == NULL || elapsed_ms(&c->read_at, read_at) >= 0) {
         old = c->body;
         c->read_at = *read_at;
-        c->body = json_incref(body);
+        c->body = copy;
+        copy = NULL;
     }
     pthread_mutex_unlock(&c->lock);
     json_decref(old);
+    json_decref(copy);
 }
 
 static json_t *stats_body(long long counts[2][2])
