@@ -15,6 +15,10 @@
 
 #include "plugin/registry.h"
 
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -104,6 +108,8 @@ static int prepare(struct pending *p, const struct keel__manifest *m)
         pending_fail(p, KEEL__STAGE_MANIFEST, "out of memory");
         return 0;
     }
+    if (!p->is_new)
+        keel__manifest_share(&p->manifest, &s->manifest);
     if (keel__slot_routes_check(s, &p->manifest, p->error, sizeof p->error) != 0) {
         /* Whatever the plugin served before (generation or stubs) stays. */
         p->failed = true;
@@ -253,6 +259,127 @@ static int commit(struct pending *pend, size_t npend)
     return 0;
 }
 
+/*
+ * conf.d is read, and its model freed, on a thread that does nothing else.
+ * The model is a reload's largest allocation by far (the default plugins'
+ * manifests carry their API documentation: about a megabyte of small JSON
+ * blocks) and lives only for the reload, while what the reload keeps (the
+ * new manifests, generations and snapshot) is built from it block by
+ * block.  Built on one thread, in one glibc arena, the two interleave: once
+ * the model is freed, the kept blocks are scattered over its pages, which
+ * stay resident in pieces too small to give back.  On a thread of its own
+ * the model has an arena of its own, which empties as a whole when the
+ * model is freed.  Reloads are serialised by the registry lock, so one
+ * request at a time.
+ */
+struct conf_request {
+    bool load;               /* load (and apply the environment), or free */
+    struct keel__conf *conf; /* loaded, or to free */
+    int rc;
+    char err[512];
+    bool done;
+};
+
+static struct {
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    struct conf_request *req;
+    bool started, running;
+} reader = {.lock = PTHREAD_MUTEX_INITIALIZER, .cond = PTHREAD_COND_INITIALIZER};
+
+static void conf_request_run(struct conf_request *r)
+{
+    if (!r->load) {
+        keel__conf_free(r->conf);
+        r->conf = NULL;
+        return;
+    }
+    r->conf = NULL;
+    r->rc = keel__conf_load(keel__reg.confdir, &r->conf, r->err, sizeof r->err);
+    if (r->rc == 0)
+        r->rc = keel__conf_apply_env(r->conf, r->err, sizeof r->err);
+}
+
+static void *reader_main(void *arg)
+{
+    (void)arg;
+    pthread_mutex_lock(&reader.lock);
+    for (;;) {
+        while (reader.req == NULL || reader.req->done)
+            pthread_cond_wait(&reader.cond, &reader.lock);
+        struct conf_request *r = reader.req;
+        pthread_mutex_unlock(&reader.lock);
+        conf_request_run(r);
+        pthread_mutex_lock(&reader.lock);
+        r->done = true;
+        pthread_cond_broadcast(&reader.cond);
+    }
+    return NULL;
+}
+
+/* Runs r on the reader thread (here, when that thread cannot start). */
+static void conf_request(struct conf_request *r)
+{
+    pthread_mutex_lock(&reader.lock);
+    if (!reader.started) {
+        reader.started = true;
+        pthread_t t;
+        pthread_attr_t attr;
+        pthread_attr_init(&attr);
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        reader.running = pthread_create(&t, &attr, reader_main, NULL) == 0;
+        pthread_attr_destroy(&attr);
+    }
+    if (!reader.running) {
+        pthread_mutex_unlock(&reader.lock);
+        conf_request_run(r);
+        return;
+    }
+    r->done = false;
+    reader.req = r;
+    pthread_cond_broadcast(&reader.cond);
+    while (!r->done)
+        pthread_cond_wait(&reader.cond, &reader.lock);
+    reader.req = NULL;
+    pthread_mutex_unlock(&reader.lock);
+}
+
+static int conf_read(struct keel__conf **out, char *err, size_t errlen)
+{
+    struct conf_request r = {.load = true};
+    conf_request(&r);
+    *out = r.conf;
+    if (r.rc != 0)
+        snprintf(err, errlen, "%s", r.err);
+    return r.rc;
+}
+
+static void conf_release(struct keel__conf *conf)
+{
+    if (conf == NULL)
+        return;
+    struct conf_request r = {.load = false, .conf = conf};
+    conf_request(&r);
+}
+
+/*
+ * Gives the pages a reload freed back to the system.  Most of what a reload
+ * allocates is transient: the parsed conf.d (about a megabyte of JSON with
+ * the default plugins' API documentation), the shadow-loaded generations
+ * that lost, the previous snapshot.  It is freed, but between the few
+ * blocks that stay (the new manifests, snapshot and generations) glibc
+ * keeps the freed pages resident for the next allocation, and a reload is
+ * the only thing in a worker that ever needs them.  So each reload ends by
+ * releasing them, rather than the worker carrying a reload's worth of
+ * freed heap for good.
+ */
+static void release_freed_heap(void)
+{
+#ifdef __GLIBC__
+    malloc_trim(0);
+#endif
+}
+
 json_t *keel__plugins_reload(const char *only, bool *unknown)
 {
     *unknown = false;
@@ -262,12 +389,10 @@ json_t *keel__plugins_reload(const char *only, bool *unknown)
 
     struct keel__conf *conf = NULL;
     char err[512];
-    int rc = keel__conf_load(keel__reg.confdir, &conf, err, sizeof err);
-    if (rc == 0)
-        rc = keel__conf_apply_env(conf, err, sizeof err);
+    int rc = conf_read(&conf, err, sizeof err);
     if (rc != 0) {
         json_t *r = refuse_conf(only, err, unknown);
-        keel__conf_free(conf);
+        conf_release(conf);
         pthread_mutex_unlock(&keel__reg.lock);
         return r;
     }
@@ -277,7 +402,7 @@ json_t *keel__plugins_reload(const char *only, bool *unknown)
         for (size_t i = 0; i < conf->nplugins && !found; i++)
             found = strcmp(conf->plugins[i].name, only) == 0;
         if (!found) {
-            keel__conf_free(conf);
+            conf_release(conf);
             pthread_mutex_unlock(&keel__reg.lock);
             *unknown = true;
             return NULL;
@@ -290,7 +415,7 @@ json_t *keel__plugins_reload(const char *only, bool *unknown)
         /* Nothing was loaded yet: report the reload as failed, change nothing. */
         free(pend);
         json_decref(results);
-        keel__conf_free(conf);
+        conf_release(conf);
         pthread_mutex_unlock(&keel__reg.lock);
         keel__log(KEEL_LOG_ERROR, "core", "reload refused: out of memory");
         return json_pack("{s:b, s:[]}", "ok", 0, "results");
@@ -349,8 +474,10 @@ json_t *keel__plugins_reload(const char *only, bool *unknown)
         keel__manifest_clear(&p->manifest);
     }
     free(pend);
-    keel__conf_free(conf);
+    conf_release(conf);
     keel__plugins_remember();
     pthread_mutex_unlock(&keel__reg.lock);
-    return json_pack("{s:b, s:o}", "ok", all_ok, "results", results);
+    json_t *answer = json_pack("{s:b, s:o}", "ok", all_ok, "results", results);
+    release_freed_heap();
+    return answer;
 }
