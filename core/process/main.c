@@ -469,6 +469,11 @@ out:
  * on the supervisor's sockets and answers its control channel until told
  * to stop.  Returns the exit status.
  */
+static int start_plugins(void *conf)
+{
+    return keel__plugins_start(conf, keel__rt.host, keel__core_routes, keel__ncore_routes);
+}
+
 static int serve(struct keel__conf *conf)
 {
     /* Again: the supervisor gave this worker its share of the limits. */
@@ -493,7 +498,7 @@ static int serve(struct keel__conf *conf)
     start_notify(conf);
     if (setup_loader(conf, &loader_up) != 0)
         goto out;
-    int prc = keel__plugins_start(conf, keel__rt.host, keel__core_routes, keel__ncore_routes);
+    int prc = keel__worker_run_on_reload_thread(start_plugins, conf);
     plugins_up = true;
     if (prc == KEEL_ENOMEM)
         goto out;

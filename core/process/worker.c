@@ -156,6 +156,11 @@ struct slow_job {
     char verb[16];
     char arg[256];
     char arg2[32];
+    /* Or a call whose caller waits (keel__worker_run_on_reload_thread). */
+    int (*fn)(void *);
+    void *fn_arg;
+    int rc;
+    bool done;
 };
 
 static struct {
@@ -192,10 +197,52 @@ static void *slow_jobs_main(void *arg)
         if (jobs.head == NULL)
             jobs.tail = &jobs.head;
         pthread_mutex_unlock(&jobs.lock);
+        if (job->fn != NULL) {
+            int rc = job->fn(job->fn_arg);
+            pthread_mutex_lock(&jobs.lock);
+            job->rc = rc;
+            job->done = true;
+            pthread_cond_broadcast(&jobs.cond);
+            pthread_mutex_unlock(&jobs.lock);
+            continue;
+        }
         slow_job_run(job);
         free(job);
     }
     return NULL;
+}
+
+/* Starts the thread if need be; false when it cannot (jobs.lock held). */
+static bool jobs_thread_up(void)
+{
+    if (!jobs.running) {
+        pthread_t t;
+        pthread_attr_t attr;
+        pthread_attr_init(&attr);
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        jobs.running = pthread_create(&t, &attr, slow_jobs_main, NULL) == 0;
+        pthread_attr_destroy(&attr);
+        jobs.head = NULL;
+        jobs.tail = &jobs.head;
+    }
+    return jobs.running;
+}
+
+int keel__worker_run_on_reload_thread(int (*fn)(void *), void *arg)
+{
+    struct slow_job job = {.fn = fn, .fn_arg = arg};
+    pthread_mutex_lock(&jobs.lock);
+    if (!jobs_thread_up()) {
+        pthread_mutex_unlock(&jobs.lock);
+        return fn(arg);
+    }
+    *jobs.tail = &job;
+    jobs.tail = &job.next;
+    pthread_cond_broadcast(&jobs.cond);
+    while (!job.done)
+        pthread_cond_wait(&jobs.cond, &jobs.lock);
+    pthread_mutex_unlock(&jobs.lock);
+    return job.rc;
 }
 
 static void start_slow_job(unsigned long long id, const char *verb, const char *args)
@@ -210,17 +257,7 @@ static void start_slow_job(unsigned long long id, const char *verb, const char *
     if (args != NULL)
         sscanf(args, "%255s %31s", job->arg, job->arg2);
     pthread_mutex_lock(&jobs.lock);
-    if (!jobs.running) {
-        pthread_t t;
-        pthread_attr_t attr;
-        pthread_attr_init(&attr);
-        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-        jobs.running = pthread_create(&t, &attr, slow_jobs_main, NULL) == 0;
-        pthread_attr_destroy(&attr);
-        jobs.head = NULL;
-        jobs.tail = &jobs.head;
-    }
-    if (!jobs.running) {
+    if (!jobs_thread_up()) {
         pthread_mutex_unlock(&jobs.lock);
         free(job);
         send_frame('R', id, "null");
@@ -228,7 +265,7 @@ static void start_slow_job(unsigned long long id, const char *verb, const char *
     }
     *jobs.tail = job;
     jobs.tail = &job->next;
-    pthread_cond_signal(&jobs.cond);
+    pthread_cond_broadcast(&jobs.cond);
     pthread_mutex_unlock(&jobs.lock);
 }
 
