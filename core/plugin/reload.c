@@ -260,21 +260,23 @@ static int commit(struct pending *pend, size_t npend)
 }
 
 /*
- * conf.d is read, and its model freed, on a thread that does nothing else.
- * The model is a reload's largest allocation by far (the default plugins'
- * manifests carry their API documentation: about a megabyte of small JSON
- * blocks) and lives only for the reload, while what the reload keeps (the
- * new manifests, generations and snapshot) is built from it block by
- * block.  Built on one thread, in one glibc arena, the two interleave: once
- * the model is freed, the kept blocks are scattered over its pages, which
- * stay resident in pieces too small to give back.  On a thread of its own
- * the model has an arena of its own, which empties as a whole when the
- * model is freed.  Reloads are serialised by the registry lock, so one
- * request at a time.
+ * conf.d is read on a thread that does nothing else.  The model is a
+ * reload's largest allocation by far (the default plugins' manifests carry
+ * their API documentation: about a megabyte of small JSON blocks) and lives
+ * only for the reload, while what the reload keeps (the new manifests,
+ * generations and snapshot) is built from it block by block.  Built on one
+ * thread, in one glibc arena, the two interleave: once the model is freed,
+ * the kept blocks are scattered over its pages, which stay resident in
+ * pieces too small to give back.  Read on a thread of its own, the model
+ * has an arena of its own, which empties as a whole when the model is
+ * freed.  The thread lives as long as the process: a fresh one per reload
+ * would be given whichever arena glibc has free, or share a busy one once
+ * there are as many arenas as glibc allows (8 per CPU, soon reached with a
+ * worker's listener threads).  Reloads are serialised by the registry
+ * lock, so there is one read at a time.
  */
-struct conf_request {
-    bool load;               /* load (and apply the environment), or free */
-    struct keel__conf *conf; /* loaded, or to free */
+struct conf_read {
+    struct keel__conf *conf;
     int rc;
     char err[512];
     bool done;
@@ -283,17 +285,12 @@ struct conf_request {
 static struct {
     pthread_mutex_t lock;
     pthread_cond_t cond;
-    struct conf_request *req;
+    struct conf_read *req;
     bool started, running;
 } reader = {.lock = PTHREAD_MUTEX_INITIALIZER, .cond = PTHREAD_COND_INITIALIZER};
 
-static void conf_request_run(struct conf_request *r)
+static void conf_read_run(struct conf_read *r)
 {
-    if (!r->load) {
-        keel__conf_free(r->conf);
-        r->conf = NULL;
-        return;
-    }
     r->conf = NULL;
     r->rc = keel__conf_load(keel__reg.confdir, &r->conf, r->err, sizeof r->err);
     if (r->rc == 0)
@@ -307,9 +304,9 @@ static void *reader_main(void *arg)
     for (;;) {
         while (reader.req == NULL || reader.req->done)
             pthread_cond_wait(&reader.cond, &reader.lock);
-        struct conf_request *r = reader.req;
+        struct conf_read *r = reader.req;
         pthread_mutex_unlock(&reader.lock);
-        conf_request_run(r);
+        conf_read_run(r);
         pthread_mutex_lock(&reader.lock);
         r->done = true;
         pthread_cond_broadcast(&reader.cond);
@@ -317,9 +314,10 @@ static void *reader_main(void *arg)
     return NULL;
 }
 
-/* Runs r on the reader thread (here, when that thread cannot start). */
-static void conf_request(struct conf_request *r)
+/* Loads conf.d on the reader thread (here, when that thread cannot start). */
+static int conf_read(struct keel__conf **out, char *err, size_t errlen)
 {
+    struct conf_read r = {.done = false};
     pthread_mutex_lock(&reader.lock);
     if (!reader.started) {
         reader.started = true;
@@ -330,36 +328,21 @@ static void conf_request(struct conf_request *r)
         reader.running = pthread_create(&t, &attr, reader_main, NULL) == 0;
         pthread_attr_destroy(&attr);
     }
-    if (!reader.running) {
+    if (reader.running) {
+        reader.req = &r;
+        pthread_cond_broadcast(&reader.cond);
+        while (!r.done)
+            pthread_cond_wait(&reader.cond, &reader.lock);
+        reader.req = NULL;
         pthread_mutex_unlock(&reader.lock);
-        conf_request_run(r);
-        return;
+    } else {
+        pthread_mutex_unlock(&reader.lock);
+        conf_read_run(&r);
     }
-    r->done = false;
-    reader.req = r;
-    pthread_cond_broadcast(&reader.cond);
-    while (!r->done)
-        pthread_cond_wait(&reader.cond, &reader.lock);
-    reader.req = NULL;
-    pthread_mutex_unlock(&reader.lock);
-}
-
-static int conf_read(struct keel__conf **out, char *err, size_t errlen)
-{
-    struct conf_request r = {.load = true};
-    conf_request(&r);
     *out = r.conf;
     if (r.rc != 0)
         snprintf(err, errlen, "%s", r.err);
     return r.rc;
-}
-
-static void conf_release(struct keel__conf *conf)
-{
-    if (conf == NULL)
-        return;
-    struct conf_request r = {.load = false, .conf = conf};
-    conf_request(&r);
 }
 
 /*
@@ -392,7 +375,7 @@ json_t *keel__plugins_reload(const char *only, bool *unknown)
     int rc = conf_read(&conf, err, sizeof err);
     if (rc != 0) {
         json_t *r = refuse_conf(only, err, unknown);
-        conf_release(conf);
+        keel__conf_free(conf);
         pthread_mutex_unlock(&keel__reg.lock);
         return r;
     }
@@ -402,7 +385,7 @@ json_t *keel__plugins_reload(const char *only, bool *unknown)
         for (size_t i = 0; i < conf->nplugins && !found; i++)
             found = strcmp(conf->plugins[i].name, only) == 0;
         if (!found) {
-            conf_release(conf);
+            keel__conf_free(conf);
             pthread_mutex_unlock(&keel__reg.lock);
             *unknown = true;
             return NULL;
@@ -415,7 +398,7 @@ json_t *keel__plugins_reload(const char *only, bool *unknown)
         /* Nothing was loaded yet: report the reload as failed, change nothing. */
         free(pend);
         json_decref(results);
-        conf_release(conf);
+        keel__conf_free(conf);
         pthread_mutex_unlock(&keel__reg.lock);
         keel__log(KEEL_LOG_ERROR, "core", "reload refused: out of memory");
         return json_pack("{s:b, s:[]}", "ok", 0, "results");
@@ -474,7 +457,7 @@ json_t *keel__plugins_reload(const char *only, bool *unknown)
         keel__manifest_clear(&p->manifest);
     }
     free(pend);
-    conf_release(conf);
+    keel__conf_free(conf);
     keel__plugins_remember();
     pthread_mutex_unlock(&keel__reg.lock);
     json_t *answer = json_pack("{s:b, s:o}", "ok", all_ok, "results", results);
