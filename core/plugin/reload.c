@@ -22,7 +22,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "util/counters.h"
 #include "util/log.h"
@@ -44,6 +46,105 @@ static void note_reload(struct keel__slot *s, bool ok, int stage, const char *er
     snprintf(s->last_error, sizeof s->last_error, "%s", ok ? "" : error);
     s->last_at = (int64_t)time(NULL);
     keel__metrics_reload(ok);
+}
+
+/*
+ * Scratch memory for the JSON of the conf.d model a reload reads.  That
+ * model is only read from, copied where something is kept, and freed whole
+ * at the end of the reload; the JSON is most of it.  While the reader
+ * thread parses, jansson takes its blocks from this mapping, one after the
+ * other, and a free of one does nothing; at the end of the reload the pages
+ * used go back to the system at once, whatever glibc would have kept.  The
+ * mapping is reserved once, before any thread starts (its address never
+ * changes, so any thread can tell a scratch block by it), and is
+ * inaccessible between reloads: a block kept past its reload would fault
+ * at once rather than read whatever came after.  A model larger than the
+ * mapping goes on in ordinary memory.
+ */
+#define SCRATCH_BYTES ((size_t)64 << 20)
+static char *scratch;
+static size_t scratch_used; /* the thread with scratch_on only */
+static _Thread_local bool scratch_on;
+
+static bool in_scratch(const void *p)
+{
+    return scratch != NULL && (const char *)p >= scratch &&
+           (const char *)p < scratch + SCRATCH_BYTES;
+}
+
+static void *json_alloc(size_t n)
+{
+    if (scratch_on) {
+        size_t need = (n + 15) & ~(size_t)15;
+        if (need >= n && need <= SCRATCH_BYTES - scratch_used) {
+            void *p = scratch + scratch_used;
+            scratch_used += need ? need : 16;
+            return p;
+        }
+    }
+    return malloc(n);
+}
+
+static void json_release(void *p)
+{
+    if (!in_scratch(p))
+        free(p);
+}
+
+void keel__reload_memory_init(void)
+{
+    void *m = mmap(NULL, SCRATCH_BYTES, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1,
+                   0);
+    if (m == MAP_FAILED)
+        return;
+    scratch = m;
+    json_set_alloc_funcs(json_alloc, json_release);
+}
+
+static void scratch_open(void)
+{
+    if (scratch != NULL && mprotect(scratch, SCRATCH_BYTES, PROT_READ | PROT_WRITE) == 0)
+        scratch_on = true;
+}
+
+static void scratch_close(void)
+{
+    scratch_on = false;
+}
+
+/* After the model is freed: its pages go back, the mapping closes. */
+static void scratch_reset(void)
+{
+    if (scratch == NULL)
+        return;
+    size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    size_t used = (scratch_used + page - 1) / page * page;
+    if (used > 0)
+        madvise(scratch, used, MADV_DONTNEED);
+    mprotect(scratch, SCRATCH_BYTES, PROT_NONE);
+    scratch_used = 0;
+}
+
+/* Gives m its own copies of the documentation still in scratch memory
+ * (what keel__manifest_share found changed); KEEL_ENOMEM when one fails. */
+static int own_docs(struct keel__manifest *m)
+{
+    int rc = 0;
+    json_t **docs[1 + m->nroutes];
+    size_t n = 0;
+    docs[n++] = &m->schemas;
+    for (size_t i = 0; i < m->nroutes; i++)
+        docs[n++] = &m->routes[i].doc;
+    for (size_t i = 0; i < n; i++) {
+        json_t *d = *docs[i];
+        if (d == NULL || !in_scratch(d))
+            continue;
+        *docs[i] = json_deep_copy(d);
+        json_decref(d);
+        if (*docs[i] == NULL)
+            rc = KEEL_ENOMEM;
+    }
+    return rc;
 }
 
 /* What a reload intends for one slot.  After the commit, manifest and gen
@@ -110,6 +211,10 @@ static int prepare(struct pending *p, const struct keel__manifest *m)
     }
     if (!p->is_new)
         keel__manifest_share(&p->manifest, &s->manifest);
+    if (own_docs(&p->manifest) != 0) {
+        pending_fail(p, KEEL__STAGE_MANIFEST, "out of memory");
+        return 0;
+    }
     if (keel__slot_routes_check(s, &p->manifest, p->error, sizeof p->error) != 0) {
         /* Whatever the plugin served before (generation or stubs) stays. */
         p->failed = true;
@@ -292,9 +397,18 @@ static struct {
 static void conf_read_run(struct conf_read *r)
 {
     r->conf = NULL;
+    scratch_open();
     r->rc = keel__conf_load(keel__reg.confdir, &r->conf, r->err, sizeof r->err);
     if (r->rc == 0)
         r->rc = keel__conf_apply_env(r->conf, r->err, sizeof r->err);
+    scratch_close();
+}
+
+/* The end of the model read by conf_read. */
+static void conf_done(struct keel__conf *conf)
+{
+    keel__conf_free(conf);
+    scratch_reset();
 }
 
 static void *reader_main(void *arg)
@@ -375,7 +489,7 @@ json_t *keel__plugins_reload(const char *only, bool *unknown)
     int rc = conf_read(&conf, err, sizeof err);
     if (rc != 0) {
         json_t *r = refuse_conf(only, err, unknown);
-        keel__conf_free(conf);
+        conf_done(conf);
         pthread_mutex_unlock(&keel__reg.lock);
         return r;
     }
@@ -385,7 +499,7 @@ json_t *keel__plugins_reload(const char *only, bool *unknown)
         for (size_t i = 0; i < conf->nplugins && !found; i++)
             found = strcmp(conf->plugins[i].name, only) == 0;
         if (!found) {
-            keel__conf_free(conf);
+            conf_done(conf);
             pthread_mutex_unlock(&keel__reg.lock);
             *unknown = true;
             return NULL;
@@ -398,7 +512,7 @@ json_t *keel__plugins_reload(const char *only, bool *unknown)
         /* Nothing was loaded yet: report the reload as failed, change nothing. */
         free(pend);
         json_decref(results);
-        keel__conf_free(conf);
+        conf_done(conf);
         pthread_mutex_unlock(&keel__reg.lock);
         keel__log(KEEL_LOG_ERROR, "core", "reload refused: out of memory");
         return json_pack("{s:b, s:[]}", "ok", 0, "results");
@@ -457,7 +571,7 @@ json_t *keel__plugins_reload(const char *only, bool *unknown)
         keel__manifest_clear(&p->manifest);
     }
     free(pend);
-    keel__conf_free(conf);
+    conf_done(conf);
     keel__plugins_remember();
     pthread_mutex_unlock(&keel__reg.lock);
     json_t *answer = json_pack("{s:b, s:o}", "ok", all_ok, "results", results);

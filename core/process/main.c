@@ -303,6 +303,8 @@ static int serve_check(struct keel__conf *conf, const char *confdir);
 
 int main(int argc, char **argv)
 {
+    /* Before any thread: every one of them allocates JSON through it. */
+    keel__reload_memory_init();
     const char *confdir = KEEL_SYSCONFDIR "/conf.d";
     bool check = false, migrate = false;
     check_connect = false;
