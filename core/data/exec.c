@@ -17,6 +17,7 @@
 #include "data/breaker.h"
 #include "data/pool.h"
 #include "data/sqlstate.h"
+#include "util/blocking.h"
 #include "util/log.h"
 
 /* ------------------------------------------------------------ statement cache */
@@ -117,6 +118,7 @@ static PGresult *wait_result(PGconn *pg, int sent)
     if (!sent)
         return NULL;
     PGresult *keep = NULL, *r;
+    keel__blocking_enter();
     while ((r = PQgetResult(pg)) != NULL) {
         if (keep == NULL ||
             (PQresultStatus(keep) != PGRES_FATAL_ERROR && PQresultStatus(r) == PGRES_FATAL_ERROR)) {
@@ -129,6 +131,7 @@ static PGresult *wait_result(PGconn *pg, int sent)
         if (PQstatus(pg) == CONNECTION_BAD)
             break;
     }
+    keel__blocking_leave();
     return keep;
 }
 

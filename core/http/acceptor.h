@@ -8,7 +8,12 @@
  * acceptor therefore gives a new connection only to a lane that is clear
  * (no request in progress, no connection waiting for its first request),
  * the one with the fewest connections, waits a moment for one when none
- * is, and then starts another lane, up to a cap.  A connection stays on its
+ * is, and then starts another lane, up to a cap.  The wait is longer while
+ * the lanes are finishing requests and none waits on the database or an
+ * upstream (they only run short of CPU, and one will clear) than when none
+ * finishes any (they are held) or some wait (another thread would overlap
+ * the wait): busy lanes on a crowded CPU get no more threads, which would
+ * only add switching.  A connection stays on its
  * lane for its whole life (keep-alive included).
  *
  * Connection limits are the acceptor's, over all lanes: the total
@@ -31,10 +36,12 @@ typedef struct keel__acceptor keel__acceptor;
 struct keel__lane {
     struct MHD_Daemon *daemon;
     keel__acceptor *acceptor;
-    void *cls;         /* the caller's (keel__acceptor_conf.cls) */
-    atomic_int conns;  /* open connections */
-    atomic_int fresh;  /* handed over, no request begun yet */
-    atomic_int active; /* requests begun and not completed */
+    void *cls;          /* the caller's (keel__acceptor_conf.cls) */
+    atomic_int conns;   /* open connections */
+    atomic_int fresh;   /* handed over, no request begun yet */
+    atomic_int active;  /* requests begun and not completed */
+    atomic_uint done;   /* requests completed, ever (wraps) */
+    atomic_int blocked; /* handlers waiting on the database or upstream (util/blocking.h) */
 };
 
 struct keel__acceptor_conf {

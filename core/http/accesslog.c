@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -39,6 +40,9 @@ static pthread_once_t buffer_key_once = PTHREAD_ONCE_INIT;
 static bool buffer_key_ok;
 
 static atomic_int log_fd = -1;
+/* How much of a buffer is filled before it is written (see
+ * KEEL__ACCESSLOG_BUFFER): set when the log is opened. */
+static size_t buffer_fill = KEEL__ACCESSLOG_PIPE_BUFFER;
 static bool log_json;
 static char *log_path; /* NULL for standard error */
 
@@ -136,9 +140,9 @@ void keel__access_log_line(const char *line, size_t len)
         return;
     }
     pthread_mutex_lock(&b->mu);
-    if (b->len + len > sizeof b->data)
+    if (b->len + len > buffer_fill)
         buffer_write_locked(b);
-    if (len > sizeof b->data)
+    if (len > buffer_fill)
         /* A line longer than a buffer (a long path) is written alone; the
          * thread's earlier lines went out just before it. */
         write_all(atomic_load(&log_fd), line, len);
@@ -228,6 +232,9 @@ int keel__access_log_open(const char *dest, bool json)
     pthread_cond_init(&flusher_cv, &attr);
     pthread_condattr_destroy(&attr);
     flusher_stop = false;
+    struct stat st;
+    buffer_fill = fstat(fd, &st) == 0 && S_ISREG(st.st_mode) ? KEEL__ACCESSLOG_BUFFER
+                                                             : KEEL__ACCESSLOG_PIPE_BUFFER;
     atomic_store(&log_fd, fd);
     /* Without the flusher lines still reach the file, only later: when a
      * buffer fills, its thread ends, or the log is closed. */
@@ -349,9 +356,12 @@ void keel__access_log(const keel_request *req, unsigned status, int64_t ns, cons
         ts_seconds_len = strftime(ts_seconds, sizeof ts_seconds, "%Y-%m-%dT%H:%M:%S", &tm);
         ts_second = now.tv_sec;
     }
-    long ms = now.tv_nsec / 1000000;
     memcpy(ts, ts_seconds, ts_seconds_len);
-    snprintf(ts + ts_seconds_len, sizeof ts - ts_seconds_len, ".%03ldZ", ms);
+    struct line t = {ts + ts_seconds_len};
+    put(&t, ".");
+    put_uint(&t, (unsigned long long)(now.tv_nsec / 1000000), 3);
+    put(&t, "Z");
+    *t.end = '\0';
     const struct keel__route *r = req->route;
     const char *plugin = r && r->plugin ? r->plugin : (r ? "core" : "-");
     unsigned long long gen = r ? (unsigned long long)r->generation : 0;

@@ -19,10 +19,13 @@
 
 /* How long a line may wait in a buffer. */
 #define KEEL__ACCESSLOG_FLUSH_MS 100
-/* A buffer's size: at most PIPE_BUF, so that a buffer written to a pipe
- * (stderr under a supervisor) arrives in one piece, never mixed with the
- * error log's lines. */
-#define KEEL__ACCESSLOG_BUFFER 4096
+/* A buffer's size.  Written to a pipe (stderr under a supervisor such as
+ * systemd's journal) only KEEL__ACCESSLOG_PIPE_BUFFER of it is used, PIPE_BUF,
+ * so that a buffer arrives in one piece, never mixed with the error log's
+ * lines; a regular file takes each write() whole, so there the buffer is
+ * used to the end: a quarter of the write() calls. */
+#define KEEL__ACCESSLOG_BUFFER 16384
+#define KEEL__ACCESSLOG_PIPE_BUFFER 4096
 
 /* Opens the access log: dest is a path (appended to, created 0640), "-" for
  * standard error, or NULL, "" or "off" for none (then every other call does

@@ -3,6 +3,8 @@
 #include "http/edge.h"
 
 #include <arpa/inet.h>
+#include <stddef.h>
+#include <stdint.h>
 #include <netinet/in.h>
 #include <stdio.h>
 #include <string.h>
@@ -22,25 +24,78 @@ static struct keel__edge_verdict refuse(unsigned status, const char *detail)
     return (struct keel__edge_verdict){status, detail};
 }
 
+/* RFC 9110 tchar: letters, digits and "!#$%&'*+-.^_`|~". */
+static bool is_tchar(unsigned char c)
+{
+    if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9'))
+        return true;
+    switch (c) {
+    case '!':
+    case '#':
+    case '$':
+    case '%':
+    case '&':
+    case '\'':
+    case '*':
+    case '+':
+    case '-':
+    case '.':
+    case '^':
+    case '_':
+    case '`':
+    case '|':
+    case '~':
+        return true;
+    default:
+        return false;
+    }
+}
+
+/* The length of s when it is a token, 0 when it is not (or empty). */
+static size_t token_len(const char *s)
+{
+    const unsigned char *p = (const unsigned char *)s;
+    while (*p != '\0' && is_tchar(*p))
+        p++;
+    return *p == '\0' ? (size_t)(p - (const unsigned char *)s) : 0;
+}
+
+/* The length of s when it holds no control character but tab, -1 when it
+ * does: one pass for the check and the length the caller needs anyway.
+ * Eight bytes at a time (a bearer token is hundreds of bytes); a word with a
+ * byte below 0x20 (tab included) or DEL is looked at byte by byte. */
+static ptrdiff_t value_len(const char *s)
+{
+    const uint64_t ones = 0x0101010101010101u, highs = 0x8080808080808080u;
+    size_t n = strlen(s), i = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t w, del;
+        memcpy(&w, s + i, 8);
+        del = w ^ (0x7f * ones);
+        if ((((w - 0x20 * ones) & ~w) | ((del - ones) & ~del)) & highs) {
+            for (size_t j = i; j < i + 8; j++) {
+                unsigned char c = (unsigned char)s[j];
+                if ((c < 0x20 && c != '\t') || c == 0x7f)
+                    return -1;
+            }
+        }
+    }
+    for (; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if ((c < 0x20 && c != '\t') || c == 0x7f)
+            return -1;
+    }
+    return (ptrdiff_t)n;
+}
+
 bool keel__edge_is_token(const char *s)
 {
-    if (s == NULL || *s == '\0')
-        return false;
-    for (const unsigned char *p = (const unsigned char *)s; *p != '\0'; p++) {
-        if ((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9'))
-            continue;
-        if (strchr("!#$%&'*+-.^_`|~", *p) == NULL)
-            return false;
-    }
-    return true;
+    return s != NULL && token_len(s) > 0;
 }
 
 bool keel__edge_value_ok(const char *s)
 {
-    for (const unsigned char *p = (const unsigned char *)s; *p != '\0'; p++)
-        if ((*p < 0x20 && *p != '\t') || *p == 0x7f)
-            return false;
-    return true;
+    return value_len(s) >= 0;
 }
 
 static bool is_ows(char c)
@@ -104,16 +159,18 @@ struct keel__edge_verdict keel__edge_check_fields(const char *version, const cha
         return refuse(400, "Malformed request head");
     for (size_t i = 0; i < n; i++) {
         const char *name = f[i].name, *value = f[i].value ? f[i].value : "";
-        if (!keel__edge_is_token(name))
+        size_t nlen = token_len(name);
+        if (nlen == 0)
             return refuse(400, "Invalid header name (whitespace before the colon or not a token)");
-        if (!keel__edge_value_ok(value))
+        ptrdiff_t checked = value_len(value);
+        if (checked < 0)
             return refuse(400, "Header value contains a control character");
+        size_t vlen = (size_t)checked;
         /* The end of the previous line: CRLF or LF, both written as NULs;
          * after a value also its trailing whitespace. */
         if (name < prev || name >= end || !gap_ok(prev, name, i > 0))
             return refuse(400, "Malformed header line (NUL byte or line folding)");
-        const char *name_end = name + strlen(name);
-        size_t vlen = strlen(value);
+        const char *name_end = name + nlen;
         if (vlen == 0 && (value <= name_end || value >= end)) {
             /* An empty value may be handed out as a pointer elsewhere. */
             prev = name_end + 1;

@@ -22,10 +22,13 @@ bool keel__claims_copy(struct keel__claims *dst, const struct keel__claims *src)
     dst->exp = src->exp;
     dst->email = strdup(src->email ? src->email : "");
     dst->role = strdup(src->role ? src->role : "");
-    if (src->user_metadata != NULL)
-        dst->user_metadata = json_deep_copy(src->user_metadata);
-    if (dst->email == NULL || dst->role == NULL ||
-        (src->user_metadata != NULL && dst->user_metadata == NULL)) {
+    /* Shared, not copied: nothing changes user_metadata once a token is
+     * decoded (it is only read), and jansson counts references atomically,
+     * so copies on other threads (the token cache's hits) may hold it.  A
+     * deep copy per cache hit was 1.6 % of the CPU of an authenticated
+     * request. */
+    dst->user_metadata = json_incref(src->user_metadata);
+    if (dst->email == NULL || dst->role == NULL) {
         keel__claims_clear(dst);
         return false;
     }

@@ -14,7 +14,8 @@ struct keel__claims {
     char *email;  /* may be "" when absent; owned */
     char *role;   /* the token's role claim ("authenticated"); owned */
     int64_t exp;
-    json_t *user_metadata; /* owned reference, or NULL */
+    /* A reference (or NULL), read-only: copies share it. */
+    json_t *user_metadata;
 };
 
 /* Frees what c owns and zeroes it; NULL is ignored. */

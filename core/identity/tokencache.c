@@ -65,18 +65,45 @@ void keel__tokencache_free(keel__tokencache *tc)
  * the digest on a cache hit (perf). */
 static EVP_MD *sha256;
 static pthread_once_t sha256_once = PTHREAD_ONCE_INIT;
+/* Each thread's digest context, kept between requests: EVP_Digest()
+ * allocates, sets up and frees one per call, most of its cost for a token of
+ * a few hundred bytes.  Freed when the thread ends. */
+static pthread_key_t ctx_key;
+static bool ctx_key_ok;
+
+static void free_ctx(void *ctx)
+{
+    EVP_MD_CTX_free(ctx);
+}
 
 static void fetch_sha256(void)
 {
     sha256 = EVP_MD_fetch(NULL, "SHA256", NULL);
+    ctx_key_ok = pthread_key_create(&ctx_key, free_ctx) == 0;
+}
+
+static EVP_MD_CTX *thread_ctx(void)
+{
+    if (!ctx_key_ok)
+        return NULL;
+    EVP_MD_CTX *ctx = pthread_getspecific(ctx_key);
+    if (ctx == NULL && (ctx = EVP_MD_CTX_new()) != NULL && pthread_setspecific(ctx_key, ctx) != 0) {
+        EVP_MD_CTX_free(ctx);
+        ctx = NULL;
+    }
+    return ctx;
 }
 
 static bool digest_of(const char *token, size_t len, unsigned char out[32])
 {
     pthread_once(&sha256_once, fetch_sha256);
+    const EVP_MD *md = sha256 != NULL ? sha256 : EVP_sha256();
     unsigned int n = 0;
-    return EVP_Digest(token, len, out, &n, sha256 != NULL ? sha256 : EVP_sha256(), NULL) == 1 &&
-           n == 32;
+    EVP_MD_CTX *ctx = thread_ctx();
+    if (ctx == NULL)
+        return EVP_Digest(token, len, out, &n, md, NULL) == 1 && n == 32;
+    return EVP_DigestInit_ex2(ctx, md, NULL) == 1 && EVP_DigestUpdate(ctx, token, len) == 1 &&
+           EVP_DigestFinal_ex(ctx, out, &n) == 1 && n == 32;
 }
 
 /* The digest is already a uniform hash of the token. */

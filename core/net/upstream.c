@@ -16,6 +16,7 @@
 #include "data/breaker.h"
 #include "util/time.h"
 #include "http/request.h"
+#include "util/blocking.h"
 #include "util/log.h"
 
 #define UPSTREAM_NAME_MAX 63
@@ -388,7 +389,9 @@ static void perform(keel_upstream *up, const char *url, const char *method, cons
         curl_easy_setopt(c, CURLOPT_HTTPGET, 1L);
     }
 
+    keel__blocking_enter();
     CURLcode cc = curl_easy_perform(c);
+    keel__blocking_leave();
     if (cc == CURLE_OK) {
         curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &a->status);
         if (a->status >= 300 && a->status < 400) {

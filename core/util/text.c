@@ -23,3 +23,19 @@ size_t keel__trim_newlines(char *s, int spaces)
         s[--n] = '\0';
     return n;
 }
+
+size_t keel__ipv4_text(const void *addr, char *out)
+{
+    const unsigned char *b = addr;
+    char *o = out;
+    for (int i = 0; i < 4; i++) {
+        unsigned v = b[i];
+        if (v >= 100)
+            *o++ = (char)('0' + v / 100);
+        if (v >= 10)
+            *o++ = (char)('0' + v / 10 % 10);
+        *o++ = (char)('0' + v % 10);
+        *o++ = i < 3 ? '.' : '\0';
+    }
+    return (size_t)(o - out - 1);
+}

@@ -12,4 +12,9 @@ int keel__hex_value(int c);
  * length. */
 size_t keel__trim_newlines(char *s, int spaces);
 
+/* Writes the IPv4 address at addr (4 bytes, network order) as a dotted
+ * quad with its NUL into out (at least 16 bytes), as inet_ntop() would,
+ * without going through sprintf; returns its length. */
+size_t keel__ipv4_text(const void *addr, char *out);
+
 #endif

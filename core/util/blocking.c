@@ -1,0 +1,5 @@
+#include "config.h"
+
+#include "util/blocking.h"
+
+_Thread_local atomic_int *keel__blocking_counter;
