@@ -59,7 +59,9 @@ static void note_reload(struct keel__slot *s, bool ok, int stage, const char *er
  * changes, so any thread can tell a scratch block by it), and is
  * inaccessible between reloads: a block kept past its reload would fault
  * at once rather than read whatever came after.  A model larger than the
- * mapping goes on in ordinary memory.
+ * mapping goes on in ordinary memory.  Only the reader's parse runs with
+ * scratch on, and it hands no jansson-allocated text (json_dumps) to
+ * free(); everywhere else jansson's blocks are plain malloc ones.
  */
 #define SCRATCH_BYTES ((size_t)64 << 20)
 static char *scratch;
@@ -125,25 +127,26 @@ static void scratch_reset(void)
     scratch_used = 0;
 }
 
+/* Replaces *doc by its own copy when it is still in scratch memory;
+ * KEEL_ENOMEM when the copy fails. */
+static int own_doc(json_t **doc)
+{
+    json_t *d = *doc;
+    if (d == NULL || !in_scratch(d))
+        return 0;
+    *doc = json_deep_copy(d);
+    json_decref(d);
+    return *doc != NULL ? 0 : KEEL_ENOMEM;
+}
+
 /* Gives m its own copies of the documentation still in scratch memory
  * (what keel__manifest_share found changed); KEEL_ENOMEM when one fails. */
 static int own_docs(struct keel__manifest *m)
 {
-    int rc = 0;
-    json_t **docs[1 + m->nroutes];
-    size_t n = 0;
-    docs[n++] = &m->schemas;
+    int rc = own_doc(&m->schemas);
     for (size_t i = 0; i < m->nroutes; i++)
-        docs[n++] = &m->routes[i].doc;
-    for (size_t i = 0; i < n; i++) {
-        json_t *d = *docs[i];
-        if (d == NULL || !in_scratch(d))
-            continue;
-        *docs[i] = json_deep_copy(d);
-        json_decref(d);
-        if (*docs[i] == NULL)
+        if (own_doc(&m->routes[i].doc) != 0)
             rc = KEEL_ENOMEM;
-    }
     return rc;
 }
 
