@@ -375,13 +375,14 @@ static int commit(struct pending *pend, size_t npend)
  * generations and snapshot) is built from it block by block.  Built on one
  * thread, in one glibc arena, the two interleave: once the model is freed,
  * the kept blocks are scattered over its pages, which stay resident in
- * pieces too small to give back.  Read on a thread of its own, the model
- * has an arena of its own, which empties as a whole when the model is
- * freed.  The thread lives as long as the process: a fresh one per reload
- * would be given whichever arena glibc has free, or share a busy one once
- * there are as many arenas as glibc allows (8 per CPU, soon reached with a
- * worker's listener threads).  Reloads are serialised by the registry
- * lock, so there is one read at a time.
+ * pieces too small to give back.  Its JSON goes to scratch memory (above);
+ * the rest of it (strings, route tables, the files' text) is read on a
+ * thread of its own, so into an arena of its own, which the reload's kept
+ * blocks do not share.  The thread lives as long as the process: a fresh
+ * one per reload would be given whichever arena glibc has free, or share a
+ * busy one once there are as many arenas as glibc allows (8 per CPU, soon
+ * reached with a worker's listener threads).  Reloads are serialised by
+ * the registry lock, so there is one read at a time.
  */
 struct conf_read {
     struct keel__conf *conf;
@@ -463,10 +464,10 @@ static int conf_read(struct keel__conf **out, char *err, size_t errlen)
 }
 
 /*
- * Gives the pages a reload freed back to the system.  Most of what a reload
- * allocates is transient: the parsed conf.d (about a megabyte of JSON with
- * the default plugins' API documentation), the shadow-loaded generations
- * that lost, the previous snapshot.  It is freed, but between the few
+ * Gives the pages a reload freed back to the system.  Besides the conf.d
+ * model, much of what a reload allocates is transient: the model's text and
+ * tables, the previous manifests, generations and snapshot, what the
+ * dynamic loader and the answer needed.  It is freed, but between the few
  * blocks that stay (the new manifests, snapshot and generations) glibc
  * keeps the freed pages resident for the next allocation, and a reload is
  * the only thing in a worker that ever needs them.  So each reload ends by

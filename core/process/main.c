@@ -466,16 +466,17 @@ out:
     return status;
 }
 
-/*
- * A worker (after the fork): sets up as a single keeld always did, serves
- * on the supervisor's sockets and answers its control channel until told
- * to stop.  Returns the exit status.
- */
+/* Runs on the worker's reload thread (keel__worker_run_on_reload_thread). */
 static int start_plugins(void *conf)
 {
     return keel__plugins_start(conf, keel__rt.host, keel__core_routes, keel__ncore_routes);
 }
 
+/*
+ * A worker (after the fork): sets up as a single keeld always did, serves
+ * on the supervisor's sockets and answers its control channel until told
+ * to stop.  Returns the exit status.
+ */
 static int serve(struct keel__conf *conf)
 {
     /* Again: the supervisor gave this worker its share of the limits. */
