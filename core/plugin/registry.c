@@ -104,6 +104,32 @@ int keel__manifest_copy(struct keel__manifest *dst, const struct keel__manifest 
     return 0;
 }
 
+/* Replaces the JSON in dst with prev's references where the two are equal
+ * and never modified after parsing. */
+static void share_equal(json_t **dst, json_t *prev)
+{
+    if (*dst != NULL && prev != NULL && *dst != prev && json_equal(*dst, prev)) {
+        json_decref(*dst);
+        *dst = json_incref(prev);
+    }
+}
+
+void keel__manifest_share(struct keel__manifest *dst, const struct keel__manifest *prev)
+{
+    share_equal(&dst->schemas, prev->schemas);
+    for (size_t i = 0; i < dst->nroutes; i++) {
+        struct keel__manifest_route *r = &dst->routes[i];
+        for (size_t j = 0; j < prev->nroutes; j++) {
+            const struct keel__manifest_route *o = &prev->routes[j];
+            if (o->method != NULL && o->path != NULL && strcmp(r->method, o->method) == 0 &&
+                strcmp(r->path, o->path) == 0) {
+                share_equal(&r->doc, o->doc);
+                break;
+            }
+        }
+    }
+}
+
 void keel__slot_log_down(const struct keel__slot *s, const struct keel__manifest *m)
 {
     keel__log(KEEL_LOG_ERROR, s->name,

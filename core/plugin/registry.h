@@ -143,6 +143,14 @@ struct keel__slot *keel__slot_new(const char *name);
 void keel__slot_free(struct keel__slot *s);
 /* Deep-copies a manifest so the conf model it came from can be freed. */
 int keel__manifest_copy(struct keel__manifest *dst, const struct keel__manifest *src);
+/* Reserves the scratch memory reloads read conf.d into and routes jansson's
+ * allocations through it: once per process, before any other thread. */
+void keel__reload_memory_init(void);
+/* Makes dst share prev's documentation (schemas, route docs) where it is
+ * unchanged: a reload then holds one copy of what stayed the same, not one
+ * per conf.d read since the start (the worker keeps the conf.d it started
+ * with, so the slots' first copies stay alive in it). */
+void keel__manifest_share(struct keel__manifest *dst, const struct keel__manifest *prev);
 /* Logs that s is down and its routes are served by stubs. */
 void keel__slot_log_down(const struct keel__slot *s, const struct keel__manifest *m);
 /* Loads a new generation of s for m; 1 (no generation) when m is disabled,

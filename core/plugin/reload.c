@@ -15,10 +15,16 @@
 
 #include "plugin/registry.h"
 
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "util/counters.h"
 #include "util/log.h"
@@ -40,6 +46,108 @@ static void note_reload(struct keel__slot *s, bool ok, int stage, const char *er
     snprintf(s->last_error, sizeof s->last_error, "%s", ok ? "" : error);
     s->last_at = (int64_t)time(NULL);
     keel__metrics_reload(ok);
+}
+
+/*
+ * Scratch memory for the JSON of the conf.d model a reload reads.  That
+ * model is only read from, copied where something is kept, and freed whole
+ * at the end of the reload; the JSON is most of it.  While the reader
+ * thread parses, jansson takes its blocks from this mapping, one after the
+ * other, and a free of one does nothing; at the end of the reload the pages
+ * used go back to the system at once, whatever glibc would have kept.  The
+ * mapping is reserved once, before any thread starts (its address never
+ * changes, so any thread can tell a scratch block by it), and is
+ * inaccessible between reloads: a block kept past its reload would fault
+ * at once rather than read whatever came after.  A model larger than the
+ * mapping goes on in ordinary memory.  Only the reader's parse runs with
+ * scratch on, and it hands no jansson-allocated text (json_dumps) to
+ * free(); everywhere else jansson's blocks are plain malloc ones.
+ */
+#define SCRATCH_BYTES ((size_t)64 << 20)
+static char *scratch;
+static size_t scratch_used; /* the thread with scratch_on only */
+static _Thread_local bool scratch_on;
+
+static bool in_scratch(const void *p)
+{
+    return scratch != NULL && (const char *)p >= scratch &&
+           (const char *)p < scratch + SCRATCH_BYTES;
+}
+
+static void *json_alloc(size_t n)
+{
+    if (scratch_on) {
+        size_t need = (n + 15) & ~(size_t)15;
+        if (need >= n && need <= SCRATCH_BYTES - scratch_used) {
+            void *p = scratch + scratch_used;
+            scratch_used += need ? need : 16;
+            return p;
+        }
+    }
+    return malloc(n);
+}
+
+static void json_release(void *p)
+{
+    if (!in_scratch(p))
+        free(p);
+}
+
+void keel__reload_memory_init(void)
+{
+    void *m = mmap(NULL, SCRATCH_BYTES, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1,
+                   0);
+    if (m == MAP_FAILED)
+        return;
+    scratch = m;
+    json_set_alloc_funcs(json_alloc, json_release);
+}
+
+static void scratch_open(void)
+{
+    if (scratch != NULL && mprotect(scratch, SCRATCH_BYTES, PROT_READ | PROT_WRITE) == 0)
+        scratch_on = true;
+}
+
+static void scratch_close(void)
+{
+    scratch_on = false;
+}
+
+/* After the model is freed: its pages go back, the mapping closes. */
+static void scratch_reset(void)
+{
+    if (scratch == NULL)
+        return;
+    size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    size_t used = (scratch_used + page - 1) / page * page;
+    if (used > 0)
+        madvise(scratch, used, MADV_DONTNEED);
+    mprotect(scratch, SCRATCH_BYTES, PROT_NONE);
+    scratch_used = 0;
+}
+
+/* Replaces *doc by its own copy when it is still in scratch memory;
+ * KEEL_ENOMEM when the copy fails. */
+static int own_doc(json_t **doc)
+{
+    json_t *d = *doc;
+    if (d == NULL || !in_scratch(d))
+        return 0;
+    *doc = json_deep_copy(d);
+    json_decref(d);
+    return *doc != NULL ? 0 : KEEL_ENOMEM;
+}
+
+/* Gives m its own copies of the documentation still in scratch memory
+ * (what keel__manifest_share found changed); KEEL_ENOMEM when one fails. */
+static int own_docs(struct keel__manifest *m)
+{
+    int rc = own_doc(&m->schemas);
+    for (size_t i = 0; i < m->nroutes; i++)
+        if (own_doc(&m->routes[i].doc) != 0)
+            rc = KEEL_ENOMEM;
+    return rc;
 }
 
 /* What a reload intends for one slot.  After the commit, manifest and gen
@@ -101,6 +209,12 @@ static int prepare(struct pending *p, const struct keel__manifest *m)
     }
     p->slot = s;
     if (keel__manifest_copy(&p->manifest, m) != 0) {
+        pending_fail(p, KEEL__STAGE_MANIFEST, "out of memory");
+        return 0;
+    }
+    if (!p->is_new)
+        keel__manifest_share(&p->manifest, &s->manifest);
+    if (own_docs(&p->manifest) != 0) {
         pending_fail(p, KEEL__STAGE_MANIFEST, "out of memory");
         return 0;
     }
@@ -253,6 +367,120 @@ static int commit(struct pending *pend, size_t npend)
     return 0;
 }
 
+/*
+ * conf.d is read on a thread that does nothing else.  The model is a
+ * reload's largest allocation by far (the default plugins' manifests carry
+ * their API documentation: about a megabyte of small JSON blocks) and lives
+ * only for the reload, while what the reload keeps (the new manifests,
+ * generations and snapshot) is built from it block by block.  Built on one
+ * thread, in one glibc arena, the two interleave: once the model is freed,
+ * the kept blocks are scattered over its pages, which stay resident in
+ * pieces too small to give back.  Its JSON goes to scratch memory (above);
+ * the rest of it (strings, route tables, the files' text) is read on a
+ * thread of its own, so into an arena of its own, which the reload's kept
+ * blocks do not share.  The thread lives as long as the process: a fresh
+ * one per reload would be given whichever arena glibc has free, or share a
+ * busy one once there are as many arenas as glibc allows (8 per CPU, soon
+ * reached with a worker's listener threads).  Reloads are serialised by
+ * the registry lock, so there is one read at a time.
+ */
+struct conf_read {
+    struct keel__conf *conf;
+    int rc;
+    char err[512];
+    bool done;
+};
+
+static struct {
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    struct conf_read *req;
+    bool started, running;
+} reader = {.lock = PTHREAD_MUTEX_INITIALIZER, .cond = PTHREAD_COND_INITIALIZER};
+
+static void conf_read_run(struct conf_read *r)
+{
+    r->conf = NULL;
+    scratch_open();
+    r->rc = keel__conf_load(keel__reg.confdir, &r->conf, r->err, sizeof r->err);
+    if (r->rc == 0)
+        r->rc = keel__conf_apply_env(r->conf, r->err, sizeof r->err);
+    scratch_close();
+}
+
+/* The end of the model read by conf_read. */
+static void conf_done(struct keel__conf *conf)
+{
+    keel__conf_free(conf);
+    scratch_reset();
+}
+
+static void *reader_main(void *arg)
+{
+    (void)arg;
+    pthread_mutex_lock(&reader.lock);
+    for (;;) {
+        while (reader.req == NULL || reader.req->done)
+            pthread_cond_wait(&reader.cond, &reader.lock);
+        struct conf_read *r = reader.req;
+        pthread_mutex_unlock(&reader.lock);
+        conf_read_run(r);
+        pthread_mutex_lock(&reader.lock);
+        r->done = true;
+        pthread_cond_broadcast(&reader.cond);
+    }
+    return NULL;
+}
+
+/* Loads conf.d on the reader thread (here, when that thread cannot start). */
+static int conf_read(struct keel__conf **out, char *err, size_t errlen)
+{
+    struct conf_read r = {.done = false};
+    pthread_mutex_lock(&reader.lock);
+    if (!reader.started) {
+        reader.started = true;
+        pthread_t t;
+        pthread_attr_t attr;
+        pthread_attr_init(&attr);
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        reader.running = pthread_create(&t, &attr, reader_main, NULL) == 0;
+        pthread_attr_destroy(&attr);
+    }
+    if (reader.running) {
+        reader.req = &r;
+        pthread_cond_broadcast(&reader.cond);
+        while (!r.done)
+            pthread_cond_wait(&reader.cond, &reader.lock);
+        reader.req = NULL;
+        pthread_mutex_unlock(&reader.lock);
+    } else {
+        pthread_mutex_unlock(&reader.lock);
+        conf_read_run(&r);
+    }
+    *out = r.conf;
+    if (r.rc != 0)
+        snprintf(err, errlen, "%s", r.err);
+    return r.rc;
+}
+
+/*
+ * Gives the pages a reload freed back to the system.  Besides the conf.d
+ * model, much of what a reload allocates is transient: the model's text and
+ * tables, the previous manifests, generations and snapshot, what the
+ * dynamic loader and the answer needed.  It is freed, but between the few
+ * blocks that stay (the new manifests, snapshot and generations) glibc
+ * keeps the freed pages resident for the next allocation, and a reload is
+ * the only thing in a worker that ever needs them.  So each reload ends by
+ * releasing them, rather than the worker carrying a reload's worth of
+ * freed heap for good.
+ */
+static void release_freed_heap(void)
+{
+#ifdef __GLIBC__
+    malloc_trim(0);
+#endif
+}
+
 json_t *keel__plugins_reload(const char *only, bool *unknown)
 {
     *unknown = false;
@@ -262,12 +490,10 @@ json_t *keel__plugins_reload(const char *only, bool *unknown)
 
     struct keel__conf *conf = NULL;
     char err[512];
-    int rc = keel__conf_load(keel__reg.confdir, &conf, err, sizeof err);
-    if (rc == 0)
-        rc = keel__conf_apply_env(conf, err, sizeof err);
+    int rc = conf_read(&conf, err, sizeof err);
     if (rc != 0) {
         json_t *r = refuse_conf(only, err, unknown);
-        keel__conf_free(conf);
+        conf_done(conf);
         pthread_mutex_unlock(&keel__reg.lock);
         return r;
     }
@@ -277,7 +503,7 @@ json_t *keel__plugins_reload(const char *only, bool *unknown)
         for (size_t i = 0; i < conf->nplugins && !found; i++)
             found = strcmp(conf->plugins[i].name, only) == 0;
         if (!found) {
-            keel__conf_free(conf);
+            conf_done(conf);
             pthread_mutex_unlock(&keel__reg.lock);
             *unknown = true;
             return NULL;
@@ -290,7 +516,7 @@ json_t *keel__plugins_reload(const char *only, bool *unknown)
         /* Nothing was loaded yet: report the reload as failed, change nothing. */
         free(pend);
         json_decref(results);
-        keel__conf_free(conf);
+        conf_done(conf);
         pthread_mutex_unlock(&keel__reg.lock);
         keel__log(KEEL_LOG_ERROR, "core", "reload refused: out of memory");
         return json_pack("{s:b, s:[]}", "ok", 0, "results");
@@ -349,8 +575,10 @@ json_t *keel__plugins_reload(const char *only, bool *unknown)
         keel__manifest_clear(&p->manifest);
     }
     free(pend);
-    keel__conf_free(conf);
+    conf_done(conf);
     keel__plugins_remember();
     pthread_mutex_unlock(&keel__reg.lock);
-    return json_pack("{s:b, s:o}", "ok", all_ok, "results", results);
+    json_t *answer = json_pack("{s:b, s:o}", "ok", all_ok, "results", results);
+    release_freed_heap();
+    return answer;
 }

@@ -2,6 +2,9 @@
 
 #include "process/fanout.h"
 
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -191,6 +194,26 @@ static void fanout_finish(struct fanout *f)
         answer = merged ? json_dumps(merged, JSON_COMPACT) : NULL;
         json_decref(merged);
     }
+    if (strcmp(f->verb, "reload") == 0) {
+        /* Workers started from now on read the conf.d just reloaded (done
+         * before the answer, so that a worker started after it does). */
+        struct keel__conf *fresh = NULL;
+        char err[512];
+        if (keel__conf_load(keel__sup.conf->dir, &fresh, err, sizeof err) == 0 &&
+            keel__conf_apply_env(fresh, err, sizeof err) == 0) {
+            keel__conf_free(keel__sup.conf);
+            keel__sup.conf = fresh;
+        } else {
+            keel__conf_free(fresh);
+        }
+#ifdef __GLIBC__
+        /* The new conf.d model was built while the old one still lived, so
+         * the old one's pages are now free but below live blocks: glibc
+         * would keep them resident for good (the supervisor allocates
+         * little else).  Hand them back. */
+        malloc_trim(0);
+#endif
+    }
     if (f->origin != 0) {
         struct worker *o = keel__sup_by_pid(f->origin);
         if (o != NULL)
@@ -201,18 +224,6 @@ static void fanout_finish(struct fanout *f)
         char name[64] = "";
         sscanf(f->arg, "%63s", name);
         log_info("plugin %s quarantined in every worker (%zu)", name, f->n);
-    }
-    if (strcmp(f->verb, "reload") == 0) {
-        /* Workers started from now on read the conf.d just reloaded. */
-        struct keel__conf *fresh = NULL;
-        char err[512];
-        if (keel__conf_load(keel__sup.conf->dir, &fresh, err, sizeof err) == 0 &&
-            keel__conf_apply_env(fresh, err, sizeof err) == 0) {
-            keel__conf_free(keel__sup.conf);
-            keel__sup.conf = fresh;
-        } else {
-            keel__conf_free(fresh);
-        }
     }
     free(answer);
     for (size_t i = 0; i < f->n; i++)

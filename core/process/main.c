@@ -303,6 +303,8 @@ static int serve_check(struct keel__conf *conf, const char *confdir);
 
 int main(int argc, char **argv)
 {
+    /* Before any thread: every one of them allocates JSON through it. */
+    keel__reload_memory_init();
     const char *confdir = KEEL_SYSCONFDIR "/conf.d";
     bool check = false, migrate = false;
     check_connect = false;
@@ -464,6 +466,12 @@ out:
     return status;
 }
 
+/* Runs on the worker's reload thread (keel__worker_run_on_reload_thread). */
+static int start_plugins(void *conf)
+{
+    return keel__plugins_start(conf, keel__rt.host, keel__core_routes, keel__ncore_routes);
+}
+
 /*
  * A worker (after the fork): sets up as a single keeld always did, serves
  * on the supervisor's sockets and answers its control channel until told
@@ -493,7 +501,7 @@ static int serve(struct keel__conf *conf)
     start_notify(conf);
     if (setup_loader(conf, &loader_up) != 0)
         goto out;
-    int prc = keel__plugins_start(conf, keel__rt.host, keel__core_routes, keel__ncore_routes);
+    int prc = keel__worker_run_on_reload_thread(start_plugins, conf);
     plugins_up = true;
     if (prc == KEEL_ENOMEM)
         goto out;

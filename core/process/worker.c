@@ -143,18 +143,35 @@ static void reply_json(unsigned long long id, json_t *j)
 }
 
 /* Reloads and quarantines take the registry lock and may wait on a
- * plugin's init: they run on a thread of their own so the control loop
- * keeps answering (describe, metrics) meanwhile. */
+ * plugin's init: they run off the control loop so that it keeps answering
+ * (describe, metrics) meanwhile.  They run one after another on one thread
+ * that lives as long as the worker: they would wait for each other on the
+ * registry lock anyway, and a fresh thread per reload would get a malloc
+ * arena of its own from glibc, so the parsed conf.d, the snapshot and the
+ * new generations would land in a different arena each time and every
+ * arena so visited would keep its pages. */
 struct slow_job {
+    struct slow_job *next;
     unsigned long long id;
     char verb[16];
     char arg[256];
     char arg2[32];
+    /* Or a call whose caller waits (keel__worker_run_on_reload_thread). */
+    int (*fn)(void *);
+    void *fn_arg;
+    int rc;
+    bool done;
 };
 
-static void *slow_job_run(void *p)
+static struct {
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    struct slow_job *head, **tail;
+    bool running;
+} jobs = {.lock = PTHREAD_MUTEX_INITIALIZER, .cond = PTHREAD_COND_INITIALIZER};
+
+static void slow_job_run(struct slow_job *job)
 {
-    struct slow_job *job = p;
     if (strcmp(job->verb, "reload") == 0) {
         bool unknown = false;
         json_t *r = keel__plugins_reload(job->arg[0] ? job->arg : NULL, &unknown);
@@ -166,8 +183,66 @@ static void *slow_job_run(void *p)
         int rc = keel__plugins_quarantine(job->arg, reason);
         send_frame('R', job->id, rc == 0 ? "ok" : "failed");
     }
-    free(job);
+}
+
+static void *slow_jobs_main(void *arg)
+{
+    (void)arg;
+    for (;;) {
+        pthread_mutex_lock(&jobs.lock);
+        while (jobs.head == NULL)
+            pthread_cond_wait(&jobs.cond, &jobs.lock);
+        struct slow_job *job = jobs.head;
+        jobs.head = job->next;
+        if (jobs.head == NULL)
+            jobs.tail = &jobs.head;
+        pthread_mutex_unlock(&jobs.lock);
+        if (job->fn != NULL) {
+            int rc = job->fn(job->fn_arg);
+            pthread_mutex_lock(&jobs.lock);
+            job->rc = rc;
+            job->done = true;
+            pthread_cond_broadcast(&jobs.cond);
+            pthread_mutex_unlock(&jobs.lock);
+            continue;
+        }
+        slow_job_run(job);
+        free(job);
+    }
     return NULL;
+}
+
+/* Starts the thread if need be; false when it cannot (jobs.lock held). */
+static bool jobs_thread_up(void)
+{
+    if (!jobs.running) {
+        pthread_t t;
+        pthread_attr_t attr;
+        pthread_attr_init(&attr);
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        jobs.running = pthread_create(&t, &attr, slow_jobs_main, NULL) == 0;
+        pthread_attr_destroy(&attr);
+        jobs.head = NULL;
+        jobs.tail = &jobs.head;
+    }
+    return jobs.running;
+}
+
+int keel__worker_run_on_reload_thread(int (*fn)(void *), void *arg)
+{
+    struct slow_job job = {.fn = fn, .fn_arg = arg};
+    pthread_mutex_lock(&jobs.lock);
+    if (!jobs_thread_up()) {
+        pthread_mutex_unlock(&jobs.lock);
+        return fn(arg);
+    }
+    *jobs.tail = &job;
+    jobs.tail = &job.next;
+    pthread_cond_broadcast(&jobs.cond);
+    while (!job.done)
+        pthread_cond_wait(&jobs.cond, &jobs.lock);
+    pthread_mutex_unlock(&jobs.lock);
+    return job.rc;
 }
 
 static void start_slow_job(unsigned long long id, const char *verb, const char *args)
@@ -181,15 +256,17 @@ static void start_slow_job(unsigned long long id, const char *verb, const char *
     snprintf(job->verb, sizeof job->verb, "%s", verb);
     if (args != NULL)
         sscanf(args, "%255s %31s", job->arg, job->arg2);
-    pthread_t t;
-    pthread_attr_t attr;
-    pthread_attr_init(&attr);
-    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-    if (pthread_create(&t, &attr, slow_job_run, job) != 0) {
+    pthread_mutex_lock(&jobs.lock);
+    if (!jobs_thread_up()) {
+        pthread_mutex_unlock(&jobs.lock);
         free(job);
         send_frame('R', id, "null");
+        return;
     }
-    pthread_attr_destroy(&attr);
+    *jobs.tail = job;
+    jobs.tail = &job->next;
+    pthread_cond_broadcast(&jobs.cond);
+    pthread_mutex_unlock(&jobs.lock);
 }
 
 struct stop_plan {

@@ -46,5 +46,10 @@ int keel__worker_fanout(const char *verb, const char *arg, int timeout_ms,
  * leave with _exit, since stopping the daemons would wait for them).
  */
 int keel__worker_loop(const struct keel__conf *conf);
+/* Runs fn(arg) on the worker thread that runs reloads, and returns its
+ * result: the plugins a worker starts with are then loaded where their
+ * reloads will replace them (in that thread's malloc arena), not in the
+ * main thread's heap, which would keep the holes they leave. */
+int keel__worker_run_on_reload_thread(int (*fn)(void *), void *arg);
 
 #endif

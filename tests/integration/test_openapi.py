@@ -256,6 +256,30 @@ def test_reload_adds_a_plugins_paths():
         assert rc == 0, (out, err)
 
 
+def test_reloads_serve_the_documentation_conf_d_says_changed_or_not():
+    """A reload copies what it keeps of the conf.d it read: documentation that
+    changed is served from then on, through later reloads that leave it as
+    it is, and so is the documentation nobody touched."""
+    with Keeld() as k:
+        stats = "/api/v1/simple/creator/system/stats"
+        before = k.get("/openapi.json").json()["paths"][stats]["get"]
+        conf = k.read_conf("50-example.json")
+        conf["plugin"]["routes"][0]["summary"] = "Says hello, first words"
+        k.write_conf("50-example.json", conf)
+        for words in ("first words", "first words", "second words", "second words"):
+            if words == "second words":
+                conf["plugin"]["routes"][0]["summary"] = "Says hello, second words"
+                k.write_conf("50-example.json", conf)
+            r = k.admin_post("/admin/reload", body={})
+            assert r.status == 200 and r.json()["ok"] is True, r
+            doc = k.get("/openapi.json").json()
+            op = doc["paths"]["/api/v1/example/hello"]["get"]
+            assert op["summary"] == "Says hello, " + words, op
+            assert doc["paths"][stats]["get"] == before
+        rc, out, err = validate(doc)
+        assert rc == 0, (out, err)
+
+
 def test_docs_page_renders_in_chromium():
     with Keeld() as k:
         r = k.get("/docs")
