@@ -33,6 +33,16 @@
 
 #include "util/cidr.h"
 
+/* The install paths behind the defaults of server.plugin_dir and
+ * database.migrations_dir: Makefile.am passes them; unit tests built by
+ * hand may not. */
+#ifndef KEEL_PLUGINDIR
+#define KEEL_PLUGINDIR "/usr/local/lib/keel"
+#endif
+#ifndef KEEL_DATADIR
+#define KEEL_DATADIR "/usr/local/share/keel"
+#endif
+
 enum keel__auth_level { KEEL__AUTH_PUBLIC = 0, KEEL__AUTH_USER = 1, KEEL__AUTH_ADMIN = 2 };
 enum keel__listener { KEEL__LISTENER_MAIN = 0, KEEL__LISTENER_ADMIN = 1 };
 
