@@ -12,6 +12,7 @@
 #include "plugin/loader.h"
 #include "process/merge.h"
 #include "process/supervisor_state.h"
+#include "util/counters.h"
 #include "util/log.h"
 #include "util/time.h"
 
@@ -107,39 +108,58 @@ static json_t *overlay_plugins(json_t *d)
     return d;
 }
 
+/* The supervisor's own families, merged into the workers' /metrics. */
 static char *supervisor_metrics(void)
 {
-    char *buf = NULL;
-    size_t len = 0;
-    FILE *m = open_memstream(&buf, &len);
-    if (m == NULL)
-        return NULL;
-    fprintf(m,
-            "# HELP keel_workers Worker processes serving.\n# TYPE keel_workers gauge\n"
-            "keel_workers %u\n",
-            keel__sup_count_state(W_READY, W_READY));
-    fprintf(m, "# HELP keel_worker_restarts_total Workers replaced, by reason.\n"
-               "# TYPE keel_worker_restarts_total counter\n");
+    struct keel__mtext t = {0};
+    keel__mtext_add(&t,
+                    "# HELP keel_workers Worker processes serving.\n# TYPE keel_workers gauge\n"
+                    "keel_workers %u\n",
+                    keel__sup_count_state(W_READY, W_READY));
+    keel__mtext_add(&t, "# HELP keel_worker_restarts_total Workers replaced, by reason.\n"
+                        "# TYPE keel_worker_restarts_total counter\n");
     for (size_t i = 0; keel__sup_restart_reasons[i] != NULL; i++)
-        fprintf(m, "keel_worker_restarts_total{reason=\"%s\"} %llu\n", keel__sup_restart_reasons[i],
-                keel__sup.restarts[i]);
-    fprintf(m, "# HELP keel_plugin_crashes_total Worker crashes inside the plugin's code.\n"
-               "# TYPE keel_plugin_crashes_total counter\n");
-    for (size_t i = 0; i < keel__sup.nplugins; i++)
-        fprintf(m, "keel_plugin_crashes_total{plugin=\"%s\"} %llu\n", keel__sup.plugins[i].name,
-                keel__sup.plugins[i].crashes);
-    fprintf(m, "# HELP keel_plugin_hangs_total Handlers that ran past plugins.handler_timeout_ms.\n"
-               "# TYPE keel_plugin_hangs_total counter\n");
-    for (size_t i = 0; i < keel__sup.nplugins; i++)
-        fprintf(m, "keel_plugin_hangs_total{plugin=\"%s\"} %llu\n", keel__sup.plugins[i].name,
-                keel__sup.plugins[i].hangs);
-    fprintf(m, "# HELP keel_plugin_quarantined 1 while the plugin is quarantined.\n"
-               "# TYPE keel_plugin_quarantined gauge\n");
-    for (size_t i = 0; i < keel__sup.nplugins; i++)
-        fprintf(m, "keel_plugin_quarantined{plugin=\"%s\"} %d\n", keel__sup.plugins[i].name,
-                keel__sup.plugins[i].quarantine != 0);
-    fclose(m);
-    return buf;
+        keel__mtext_add(&t, "keel_worker_restarts_total{reason=\"%s\"} %llu\n",
+                        keel__sup_restart_reasons[i], keel__sup.restarts[i]);
+    static const char *const fams[][3] = {
+        {"keel_plugin_crashes_total", "counter", "Worker crashes inside the plugin's code."},
+        {"keel_plugin_hangs_total", "counter",
+         "Handlers that ran past plugins.handler_timeout_ms."},
+        {"keel_plugin_quarantined", "gauge", "1 while the plugin is quarantined."},
+    };
+    char nm[128];
+    for (size_t f = 0; f < sizeof fams / sizeof fams[0]; f++) {
+        keel__mtext_add(&t, "# HELP %s %s\n# TYPE %s %s\n", fams[f][0], fams[f][2], fams[f][0],
+                        fams[f][1]);
+        for (size_t i = 0; i < keel__sup.nplugins; i++) {
+            const struct plugin_state *p = &keel__sup.plugins[i];
+            /* In the order of fams. */
+            const unsigned long long v[] = {p->crashes, p->hangs, p->quarantine != 0};
+            keel__mtext_add(&t, "%s{plugin=\"%s\"} %llu\n", fams[f][0],
+                            keel__mtext_label(p->name, nm, sizeof nm), v[f]);
+        }
+    }
+    if (t.failed) {
+        free(t.buf);
+        return NULL;
+    }
+    return t.buf;
+}
+
+/* Every worker asked has answered (or left, or the time is up). */
+static bool all_answered(const struct fanout *f)
+{
+    for (size_t i = 0; i < f->n; i++)
+        if (!f->answered[i])
+            return false;
+    return true;
+}
+
+static void fanout_free(struct fanout *f)
+{
+    for (size_t i = 0; i < f->n; i++)
+        free(f->part[i]);
+    free(f);
 }
 
 static void fanout_finish(struct fanout *f)
@@ -215,9 +235,7 @@ static void fanout_finish(struct fanout *f)
         }
     }
     free(answer);
-    for (size_t i = 0; i < f->n; i++)
-        free(f->part[i]);
-    free(f);
+    fanout_free(f);
 }
 
 void keel__fanout_collect(pid_t from, unsigned long long id, char *body)
@@ -232,10 +250,7 @@ void keel__fanout_collect(pid_t from, unsigned long long id, char *body)
                 body = NULL;
             }
         }
-        bool all = true;
-        for (size_t i = 0; i < f->n; i++)
-            all = all && f->answered[i];
-        if (all)
+        if (all_answered(f))
             fanout_finish(f);
         break;
     }
@@ -247,13 +262,10 @@ void keel__fanout_forget(pid_t pid)
     struct fanout *f = keel__sup.fanouts;
     while (f != NULL) {
         struct fanout *next = f->next;
-        bool all = true;
-        for (size_t i = 0; i < f->n; i++) {
+        for (size_t i = 0; i < f->n; i++)
             if (f->expect[i] == pid)
                 f->answered[i] = true;
-            all = all && f->answered[i];
-        }
-        if (all)
+        if (all_answered(f))
             fanout_finish(f);
         f = next;
     }
@@ -278,8 +290,6 @@ void keel__fanout_free_all(void)
     while (keel__sup.fanouts != NULL) {
         struct fanout *f = keel__sup.fanouts;
         keel__sup.fanouts = f->next;
-        for (size_t i = 0; i < f->n; i++)
-            free(f->part[i]);
-        free(f);
+        fanout_free(f);
     }
 }
