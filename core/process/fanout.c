@@ -276,9 +276,12 @@ void keel__fanout_expire(int64_t now)
     for (struct fanout *f = keel__sup.fanouts; f != NULL;) {
         struct fanout *next = f->next;
         if (now >= f->deadline_ns) {
-            log_warn("%s: %zu worker(s) did not answer in time", f->verb, f->n);
-            for (size_t i = 0; i < f->n; i++)
+            size_t silent = 0;
+            for (size_t i = 0; i < f->n; i++) {
+                silent += !f->answered[i];
                 f->answered[i] = true;
+            }
+            log_warn("%s: %zu of %zu worker(s) did not answer in time", f->verb, silent, f->n);
             fanout_finish(f);
         }
         f = next;
