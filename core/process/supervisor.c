@@ -144,9 +144,8 @@ static void child_after_fork(unsigned slot, int ctl, int crash_w)
     c->limits.max_per_ip = (int)(((unsigned)c->limits.max_per_ip + n - 1) / n);
     /* server.threads is the server's too (default 4 per CPU): workers
      * sharing CPUs with more threads in all would only add switching. */
-    long ncpu = (long)keel__cpus_allowed();
     unsigned threads = c->server.threads > 0 ? (unsigned)c->server.threads
-                                             : 4u * (unsigned)(ncpu > 0 ? ncpu : 1);
+                                             : 4u * keel__cpus_allowed();
     threads = (threads + n - 1) / n;
     c->server.threads = (int)(threads < 2 ? 2 : threads);
     keel__rt.listen_inherited = true;
@@ -473,9 +472,8 @@ int keel__supervisor_run(struct keel__conf *conf, const char *self_path, char *c
     keel__sup.serve = serve;
     keel__sup.self_path = self_path;
     keel__sup.argv = argv;
-    long ncpu = (long)keel__cpus_allowed();
     keel__sup.target = conf->server.workers > 0 ? (unsigned)conf->server.workers
-                                                : (unsigned)(ncpu > 0 ? ncpu : 1);
+                                                : keel__cpus_allowed();
     keel__sup.nslots = keel__sup.target * 2 + 4;
     keel__sup.w = calloc(keel__sup.nslots, sizeof *keel__sup.w);
     if (keel__sup.w == NULL || keel__sb_create(keel__sup.nslots) != 0) {
