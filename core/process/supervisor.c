@@ -4,8 +4,6 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <netdb.h>
-#include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
@@ -15,7 +13,6 @@
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
 #ifdef HAVE_LIBSYSTEMD
@@ -84,8 +81,6 @@ void keel__sup_send(struct worker *w, char kind, unsigned long long id, const ch
     if (keel__chan_send(w->ctl, kind, id, body, body ? strlen(body) : 0, 2000) != 0)
         log_warn("cannot reach worker %d on its control channel", (int)w->pid);
 }
-
-/* ------------------------------------------------------------ listeners */
 
 /* ------------------------------------------------------------ workers */
 
@@ -326,8 +321,7 @@ static void on_frame(struct worker *w, struct keel__frame *f)
             keel__sup.start_failures = 0;
             int64_t ms = (keel__monotonic_ns() - w->started_ns) / 1000000;
             log_info("worker %d serving %lld ms after its start", (int)w->pid, (long long)ms);
-            if (!keel__sup.ever_ready)
-                keel__sup.ever_ready = true;
+            keel__sup.ever_ready = true;
 #ifdef HAVE_LIBSYSTEMD
             /* Type=notify: every worker serves, plugins loaded.  MAINPID
              * too, so that after an upgrade systemd follows the new
