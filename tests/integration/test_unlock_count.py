@@ -86,6 +86,40 @@ def psql_session(k):
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
 
+def query_in_thread(k, sql, *args):
+    """Runs one query on a thread of its own: the thread, and a dict that
+    gets "ok" or the database's "error" when the query ends."""
+    out = {}
+
+    def run():
+        try:
+            k.db.query(sql, *args)
+            out["ok"] = True
+        except RuntimeError as e:
+            out["error"] = str(e)
+
+    t = threading.Thread(target=run)
+    t.start()
+    return t, out
+
+
+def wait_until_blocked(k, t, out, blocked_sql, what):
+    """Waits until blocked_sql finds the query running on t waiting for a lock."""
+    deadline = time.time() + keeltest.scaled(30)
+    while not k.db.query(blocked_sql):
+        assert time.time() < deadline, "the writer never waited for " + what
+        assert t.is_alive(), out
+        time.sleep(0.05)
+
+
+def release(holder, t, text):
+    """Lets the held session go on with text and waits for t to finish."""
+    holder.stdin.write(text)
+    holder.stdin.flush()
+    t.join(keeltest.scaled(30))
+    assert not t.is_alive()
+
+
 def test_plain_sql_writes_updates_deletes_and_the_clock_keep_the_total_exact():
     db = Database()
     try:
@@ -260,31 +294,14 @@ def test_repeatable_read_writer_racing_a_sweep_fails_instead_of_miscounting():
                 while line and line.strip() != "held":
                     line = holder.stdout.readline()
                 assert line.strip() == "held", line
-                out = {}
-
-                def writer():
-                    try:
-                        k.db.query("BEGIN ISOLATION LEVEL REPEATABLE READ;"
-                                   " SELECT count(*) FROM user_unlock_counts;"
-                                   " SELECT pg_advisory_lock_shared(718281); "
-                                   + grant_sql(u.id, names[1], "now()")
-                                   + "; COMMIT")
-                        out["ok"] = True
-                    except RuntimeError as e:
-                        out["error"] = str(e)
-
-                t = threading.Thread(target=writer)
-                t.start()
-                deadline = time.time() + keeltest.scaled(30)
-                while not k.db.query("SELECT 1 FROM pg_locks WHERE locktype = 'advisory'"
-                                     " AND objid = 718281 AND NOT granted"):
-                    assert time.time() < deadline, "the writer never waited for the lock"
-                    time.sleep(0.05)
+                t, out = query_in_thread(k, "BEGIN ISOLATION LEVEL REPEATABLE READ;"
+                                         " SELECT count(*) FROM user_unlock_counts;"
+                                         " SELECT pg_advisory_lock_shared(718281); "
+                                         + grant_sql(u.id, names[1], "now()") + "; COMMIT")
+                wait_until_blocked(k, t, out, "SELECT 1 FROM pg_locks WHERE locktype = 'advisory'"
+                                   " AND objid = 718281 AND NOT granted", "the lock")
                 assert k.db.scalar("SELECT unlock_counts_sweep()") == "1"
-                holder.stdin.write("SELECT pg_advisory_unlock(718281);\n")
-                holder.stdin.flush()
-                t.join(keeltest.scaled(30))
-                assert not t.is_alive()
+                release(holder, t, "SELECT pg_advisory_unlock(718281);\n")
             finally:
                 holder.stdin.close()
                 holder.wait(keeltest.scaled(10))
@@ -319,28 +336,13 @@ def test_read_committed_writer_waiting_on_a_sweep_counts_against_the_new_mark():
                 while not lines or lines[-1] not in ("swept", ""):
                     lines.append(holder.stdout.readline().strip())
                 assert lines[-2:] == ["1", "swept"], lines
-                out = {}
-
-                def writer():
-                    try:
-                        k.db.query("DELETE FROM user_profile_access WHERE user_id = %s",
-                                   u.id)
-                        out["ok"] = True
-                    except RuntimeError as e:
-                        out["error"] = str(e)
-
-                t = threading.Thread(target=writer)
-                t.start()
-                deadline = time.time() + keeltest.scaled(30)
-                while not k.db.query("SELECT 1 FROM pg_stat_activity WHERE wait_event_type ="
-                                     " 'Lock' AND query LIKE 'DELETE FROM user_profile_access%%'"):
-                    assert time.time() < deadline, "the writer never waited for the sweep"
-                    assert t.is_alive(), out
-                    time.sleep(0.05)
-                holder.stdin.write("COMMIT;\n")
-                holder.stdin.flush()
-                t.join(keeltest.scaled(30))
-                assert not t.is_alive()
+                t, out = query_in_thread(k, "DELETE FROM user_profile_access WHERE user_id = %s",
+                                         u.id)
+                wait_until_blocked(k, t, out, "SELECT 1 FROM pg_stat_activity WHERE"
+                                   " wait_event_type = 'Lock'"
+                                   " AND query LIKE 'DELETE FROM user_profile_access%%'",
+                                   "the sweep")
+                release(holder, t, "COMMIT;\n")
             finally:
                 holder.stdin.close()
                 holder.wait(keeltest.scaled(10))
