@@ -282,8 +282,6 @@ static int route_upgrade(keel_request *req)
     return keel__respond_json(req, 200, j);
 }
 
-/* POST /admin/usersync/evict {"user": "<email or supabase id>"}: applies a
- * suspension at once instead of after the cache TTL. */
 /* Tells every instance LISTENing on the database (this one included) to
  * drop the user too. */
 static bool notify_fleet(const char *user)
@@ -303,6 +301,8 @@ static bool notify_fleet(const char *user)
     return rc == 0;
 }
 
+/* POST /admin/usersync/evict {"user": "<email or supabase id>"}: applies a
+ * suspension at once instead of after the cache TTL. */
 static int route_evict(keel_request *req)
 {
     json_t *body;
