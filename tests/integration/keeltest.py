@@ -841,9 +841,10 @@ class Keeld:
                 m = re.search(r"valgrind\.(\d+)\.log$", path)
                 dead = (m is not None and int(m.group(1)) in killed) or \
                     _KILLED.search(vg) is not None
+                leaks_expected = dead or self.leaks_on_purpose
                 reports += [r for r in _valgrind_records(vg)
-                            if not _on_purpose(r) and not (dead and "lost in loss record" in r)
-                            and not (self.leaks_on_purpose and "lost in loss record" in r)]
+                            if not _on_purpose(r)
+                            and not (leaks_expected and "lost in loss record" in r)]
             if reports:
                 return "\n\n".join(reports)[:6000]
         return None
