@@ -86,6 +86,19 @@ def psql_session(k):
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
 
+def psql_until(holder, text, marker):
+    """Feeds text to a psql_session, then echoes marker; returns the lines
+    the session printed before the marker."""
+    holder.stdin.write(text + "\\echo " + marker + "\n")
+    holder.stdin.flush()
+    lines = []
+    for line in holder.stdout:
+        if line.strip() == marker:
+            return lines
+        lines.append(line.strip())
+    raise AssertionError("the session ended before %r: %r" % (marker, lines))
+
+
 def query_in_thread(k, sql, *args):
     """Runs one query on a thread of its own: the thread, and a dict that
     gets "ok" or the database's "error" when the query ends."""
@@ -288,12 +301,7 @@ def test_repeatable_read_writer_racing_a_sweep_fails_instead_of_miscounting():
             # meanwhile; then the writer adds a grant for the swept user.
             holder = psql_session(k)
             try:
-                holder.stdin.write("SELECT pg_advisory_lock(718281);\n\\echo held\n")
-                holder.stdin.flush()
-                line = "-"
-                while line and line.strip() != "held":
-                    line = holder.stdout.readline()
-                assert line.strip() == "held", line
+                psql_until(holder, "SELECT pg_advisory_lock(718281);\n", "held")
                 t, out = query_in_thread(k, "BEGIN ISOLATION LEVEL REPEATABLE READ;"
                                          " SELECT count(*) FROM user_unlock_counts;"
                                          " SELECT pg_advisory_lock_shared(718281); "
@@ -330,12 +338,8 @@ def test_read_committed_writer_waiting_on_a_sweep_counts_against_the_new_mark():
             # A sweep that has moved u's row and not committed yet.
             holder = psql_session(k)
             try:
-                holder.stdin.write("BEGIN;\nSELECT unlock_counts_sweep();\n\\echo swept\n")
-                holder.stdin.flush()
-                lines = []
-                while not lines or lines[-1] not in ("swept", ""):
-                    lines.append(holder.stdout.readline().strip())
-                assert lines[-2:] == ["1", "swept"], lines
+                lines = psql_until(holder, "BEGIN;\nSELECT unlock_counts_sweep();\n", "swept")
+                assert lines[-1:] == ["1"], lines
                 t, out = query_in_thread(k, "DELETE FROM user_profile_access WHERE user_id = %s",
                                          u.id)
                 wait_until_blocked(k, t, out, "SELECT 1 FROM pg_stat_activity WHERE"
