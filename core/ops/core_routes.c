@@ -57,10 +57,10 @@ static int route_health(keel_request *req)
     if (proc->draining()) {
         /* Lame duck: load balancers take this instance out of rotation
          * while its routes still answer. */
-        return keel__respond_json(req, 503,
-                                  json_pack("{s:s, s:s, s:O}", "status", "draining", "database",
-                                            db_up() ? "up" : "down", "plugins",
-                                            t && t->health ? t->health : json_object()));
+        return keel__respond_json(
+            req, 503,
+            json_pack("{s:s, s:s, s:o}", "status", "draining", "database", db_up() ? "up" : "down",
+                      "plugins", t && t->health ? json_incref(t->health) : json_object()));
     }
     if (t == NULL)
         return keel__respond_json(req, 200,
