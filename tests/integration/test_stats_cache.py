@@ -45,8 +45,7 @@ def cache_ms(ms):
 
 
 def test_a_change_shows_once_the_bound_has_passed():
-    db = Database()
-    try:
+    with Database() as db:
         with Keeld(db=db) as k:
             u = User(k)
             before = profiles_total(u)
@@ -60,21 +59,16 @@ def test_a_change_shows_once_the_bound_has_passed():
             time.sleep(max(0.0, committed + 1.05 - time.monotonic()))
             for _ in range(10):  # both workers, whichever takes the request
                 assert profiles_total(u) == before + 1
-    finally:
-        db.drop()
 
 
 def test_without_the_cache_a_change_shows_at_once():
-    db = Database()
-    try:
+    with Database() as db:
         with Keeld(cache_ms(0), db=db) as k:
             u = User(k)
             before = profiles_total(u)
             for i in range(3):
                 import_ok(k, [profile_line(name("sc"))])
                 assert profiles_total(u) == before + i + 1
-    finally:
-        db.drop()
 
 
 def test_sequential_reads_cost_at_most_one_query_per_worker_and_bound():

@@ -134,8 +134,7 @@ def release(holder, t, text):
 
 
 def test_plain_sql_writes_updates_deletes_and_the_clock_keep_the_total_exact():
-    db = Database()
-    try:
+    with Database() as db:
         with Keeld(no_sweep_task, db=db) as k:
             u, v = User(k), User(k)
             names = profiles(k, 24)
@@ -281,8 +280,6 @@ def test_plain_sql_writes_updates_deletes_and_the_clock_keep_the_total_exact():
             check(u, 0)
             k.db.query(grant_sql(u.id, names[0], "now() + interval '1 day'"))
             check(u, 1)
-    finally:
-        db.drop()
 
 
 def test_repeatable_read_writer_racing_a_sweep_fails_instead_of_miscounting():
@@ -290,8 +287,7 @@ def test_repeatable_read_writer_racing_a_sweep_fails_instead_of_miscounting():
     gets a serialization error from the count's row lock, not a wrong count:
     its grant expires between the old and the new sweep mark, so read with
     the old mark it would count as live."""
-    db = Database()
-    try:
+    with Database() as db:
         with Keeld(no_sweep_task, db=db) as k:
             u = User(k)
             names = profiles(k, 3)
@@ -318,8 +314,6 @@ def test_repeatable_read_writer_racing_a_sweep_fails_instead_of_miscounting():
             # The writer's retry, with a fresh snapshot, counts.
             k.db.query(grant_sql(u.id, names[1], "now() + interval '1 day'"))
             check(u, 1)
-    finally:
-        db.drop()
 
 
 def test_read_committed_writer_waiting_on_a_sweep_counts_against_the_new_mark():
@@ -329,8 +323,7 @@ def test_read_committed_writer_waiting_on_a_sweep_counts_against_the_new_mark():
     taken it out of the live count, so the delete must not take it again.
     (Inserts are kept apart by the row's unique key as well; a delete has
     only the row lock the trigger takes before it reads the mark.)"""
-    db = Database()
-    try:
+    with Database() as db:
         with Keeld(no_sweep_task, db=db) as k:
             u = User(k)
             names = profiles(k, 3)
@@ -354,13 +347,10 @@ def test_read_committed_writer_waiting_on_a_sweep_counts_against_the_new_mark():
             check(u, 0)
             assert u.scalar("SELECT live FROM user_unlock_counts WHERE user_id = %s",
                             u.id) == "0"
-    finally:
-        db.drop()
 
 
 def test_concurrent_writers_and_sweeps_keep_every_row_consistent():
-    db = Database()
-    try:
+    with Database() as db:
         with Keeld(no_sweep_task, db=db) as k:
             users = [User(k) for _ in range(3)]
             names = profiles(k, 40)
@@ -412,15 +402,12 @@ def test_concurrent_writers_and_sweeps_keep_every_row_consistent():
             k.db.query("SELECT unlock_counts_sweep()")
             for u in users:
                 check(u)
-    finally:
-        db.drop()
 
 
 def test_migration_backfills_existing_grants_and_runs_again_as_a_no_op():
     """The counts of grants written before the migration existed: the
     migration's own SQL, run on a database where it had not run, counts them."""
-    db = Database()
-    try:
+    with Database() as db:
         with Keeld(no_sweep_task, db=db) as k:
             u, v = User(k), User(k)
             names = profiles(k, 6)
@@ -450,5 +437,3 @@ def test_migration_backfills_existing_grants_and_runs_again_as_a_no_op():
             assert k.db.scalar("SELECT unlock_counts_rebuild()") == "2"
             check(u, 4)
             check(v, 2)
-    finally:
-        db.drop()
