@@ -108,6 +108,19 @@ def bound(seconds):
     return seconds * BOUND_FACTOR
 
 
+def wait_until(predicate, what, timeout=10):
+    """Polls predicate until it returns a true value, for up to `timeout`
+    seconds before scaling; returns that value."""
+    deadline = time.monotonic() + scaled(timeout)
+    while True:
+        v = predicate()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out waiting for " + what)
+        time.sleep(0.05)
+
+
 def timeout(seconds):
     """Decorator: a time bound (before scaling) for one test instead of the default."""
     def mark(func):

@@ -18,7 +18,7 @@ import threading
 import time
 
 import keeltest
-from keeltest import Keeld, built_plugin, scaled
+from keeltest import Keeld, built_plugin, scaled, wait_until
 
 TIMEOUT = 180
 
@@ -55,17 +55,6 @@ def setup(plugins=(), server=None, containment=None):
 
 def worker_pids(k):
     return sorted(keeltest._children(k.pid))
-
-
-def wait_until(predicate, what, timeout=10):
-    deadline = time.monotonic() + scaled(timeout)
-    while True:
-        v = predicate()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out waiting for " + what)
-        time.sleep(0.05)
 
 
 def plugins_of(k):
