@@ -35,9 +35,7 @@ void keel__fanout_start(pid_t origin, unsigned long long origin_id, const char *
     snprintf(f->arg, sizeof f->arg, "%s", arg ? arg : "");
     int timeout_ms = 10000;
     if (strcmp(verb, "reload") == 0) {
-        timeout_ms = keel__sup.conf->containment.init_timeout_ms *
-                         (int)(keel__sup.conf->nplugins + 1) +
-                     20000;
+        timeout_ms = (int)(keel__sup_inits_ms(keel__sup.conf) + 20000);
         /* A reload of a plugin lifts its quarantine: the operator asked
          * for it to run again. */
         for (size_t i = 0; i < keel__sup.nplugins; i++) {

@@ -474,8 +474,7 @@ static int serve(struct keel__conf *conf)
     setup_http(conf);
     keel__rt.started_at = (int64_t)time(NULL);
     keel__loader_set_init_timeout(conf->containment.init_timeout_ms);
-    keel__worker_set_reload_timeout(conf->containment.init_timeout_ms * (int)(conf->nplugins + 1) +
-                                    30000);
+    keel__worker_set_reload_timeout((int)(keel__sup_inits_ms(conf) + 30000));
     signal(SIGPIPE, SIG_IGN);
 
     int status = 1;

@@ -50,6 +50,11 @@ int keel__sup_pipe_cloexec(int p[2])
     return 0;
 }
 
+int64_t keel__sup_inits_ms(const struct keel__conf *conf)
+{
+    return (int64_t)conf->containment.init_timeout_ms * (int64_t)(conf->nplugins + 1);
+}
+
 void keel__sup_count_restart(const char *reason)
 {
     for (size_t i = 0; keel__sup_restart_reasons[i] != NULL; i++)

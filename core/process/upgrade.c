@@ -159,10 +159,7 @@ void keel__upgrade_start(pid_t origin, unsigned long long origin_id)
     keel__sup.upgrade_origin = origin;
     keel__sup.upgrade_origin_id = origin_id;
     keel__sup.upgrade_deadline_ns = keel__monotonic_ns() +
-                                    ((int64_t)keel__sup.conf->containment.init_timeout_ms *
-                                         (int64_t)(keel__sup.conf->nplugins + 1) +
-                                     30000) *
-                                        1000000;
+                                    (keel__sup_inits_ms(keel__sup.conf) + 30000) * 1000000;
     log_info("upgrade: started %s as pid %d with the listening sockets", keel__sup.self_path,
              (int)pid);
 }
