@@ -16,11 +16,19 @@
 #include "util/text.h"
 #include "util/time.h"
 
-struct plugin_state *keel__sup_plugin(const char *name)
+struct plugin_state *keel__sup_plugin_find(const char *name)
 {
-    for (size_t i = 0; i < keel__sup.nplugins; i++)
+    for (size_t i = 0; name != NULL && i < keel__sup.nplugins; i++)
         if (strcmp(keel__sup.plugins[i].name, name) == 0)
             return &keel__sup.plugins[i];
+    return NULL;
+}
+
+struct plugin_state *keel__sup_plugin(const char *name)
+{
+    struct plugin_state *known = keel__sup_plugin_find(name);
+    if (known != NULL)
+        return known;
     struct plugin_state *grown = realloc(keel__sup.plugins,
                                          (keel__sup.nplugins + 1) * sizeof *grown);
     if (grown == NULL)

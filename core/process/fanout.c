@@ -88,11 +88,8 @@ static json_t *overlay_plugins(json_t *d)
     json_t *e;
     json_array_foreach(list, i, e)
     {
-        const char *name = json_string_value(json_object_get(e, "name"));
-        struct plugin_state *p = NULL;
-        for (size_t k = 0; name != NULL && k < keel__sup.nplugins; k++)
-            if (strcmp(keel__sup.plugins[k].name, name) == 0)
-                p = &keel__sup.plugins[k];
+        const struct plugin_state *p = keel__sup_plugin_find(
+            json_string_value(json_object_get(e, "name")));
         json_object_set_new(e, "crashes", json_integer(p ? (json_int_t)p->crashes : 0));
         json_object_set_new(e, "hangs", json_integer(p ? (json_int_t)p->hangs : 0));
         json_object_set_new(e, "last_crash",
