@@ -117,18 +117,33 @@ json_t *creator_json_doc(const char *v)
     return j != NULL ? j : json_null();
 }
 
-json_t *creator_set_columns(json_t *obj, const keel_db_result *res, int row,
-                            const struct creator_column *cols)
+json_t *creator_set_columns_mapped(json_t *obj, const keel_db_result *res, int row,
+                                   const struct creator_column *cols, struct creator_colmap *map)
 {
-    for (; obj != NULL && cols->key != NULL; cols++) {
+    if (!map->resolved) {
+        for (int i = 0; i < CREATOR_COLUMNS_MAX && cols[i].key != NULL; i++)
+            map->col[i] = creator_host->db_column(res, cols[i].column);
+        map->resolved = true;
+    }
+    for (int i = 0; obj != NULL && cols[i].key != NULL; i++) {
+        const char *v = i < CREATOR_COLUMNS_MAX
+                            ? (map->col[i] < 0 ? NULL
+                                               : creator_host->db_value(res, row, map->col[i]))
+                            : creator_col(res, row, cols[i].column);
         /* The keys are this plugin's own ASCII names: no UTF-8 check. */
-        if (json_object_set_new_nocheck(obj, cols->key,
-                                        cols->convert(creator_col(res, row, cols->column))) != 0) {
+        if (json_object_set_new_nocheck(obj, cols[i].key, cols[i].convert(v)) != 0) {
             json_decref(obj);
             return NULL;
         }
     }
     return obj;
+}
+
+json_t *creator_set_columns(json_t *obj, const keel_db_result *res, int row,
+                            const struct creator_column *cols)
+{
+    struct creator_colmap map = {.resolved = false};
+    return creator_set_columns_mapped(obj, res, row, cols, &map);
 }
 
 json_t *creator_with_ai(json_t *obj, json_t *ai)

@@ -118,6 +118,18 @@ struct creator_column {
  */
 json_t *creator_set_columns(json_t *obj, const keel_db_result *res, int row,
                             const struct creator_column *cols);
+/*
+ * The same for the rows of one result in a loop: the column numbers of cols
+ * are looked up by name once, on the first row, and kept in *map (zeroed by
+ * the caller before the loop), instead of once per row and column.
+ */
+#define CREATOR_COLUMNS_MAX 32
+struct creator_colmap {
+    bool resolved;
+    int col[CREATOR_COLUMNS_MAX];
+};
+json_t *creator_set_columns_mapped(json_t *obj, const keel_db_result *res, int row,
+                                   const struct creator_column *cols, struct creator_colmap *map);
 /* Adds ai as obj's "ai_analysis" member.  Takes both references; returns
  * obj, or NULL (both released) when either is NULL or memory runs out. */
 json_t *creator_with_ai(json_t *obj, json_t *ai);

@@ -86,6 +86,7 @@ int creator_auth_unlocked(keel_request *req, void *state)
     long long page, page_size, total = 0;
     char limit[24], offset[24];
     const char *uid;
+    struct creator_colmap maps[2] = {{.resolved = false}, {.resolved = false}};
     int rc;
 
     if (errors == NULL)
@@ -116,8 +117,9 @@ int creator_auth_unlocked(keel_request *req, void *state)
     for (int i = 0; profiles != NULL && i < creator_host->db_rows(res); i++)
         json_array_append_new(
             profiles,
-            creator_with_ai(creator_set_columns(json_object(), res, i, portfolio_columns),
-                            creator_set_columns(json_object(), res, i, portfolio_ai_columns)));
+            creator_with_ai(
+                creator_set_columns_mapped(json_object(), res, i, portfolio_columns, &maps[0]),
+                creator_set_columns_mapped(json_object(), res, i, portfolio_ai_columns, &maps[1])));
     return creator_respond(req, 200,
                            json_pack("{s:b,s:o,s:o}", "success", 1, "profiles", profiles,
                                      "pagination", portfolio_pagination(page, page_size, total)));

@@ -168,10 +168,11 @@ static const struct creator_column unlocked_ai_columns[] = {
     {NULL, NULL, NULL},
 };
 
-static json_t *unlocked_entry(const keel_db_result *res, int row)
+static json_t *unlocked_entry(const keel_db_result *res, int row, struct creator_colmap maps[2])
 {
-    return creator_with_ai(creator_set_columns(json_object(), res, row, unlocked_columns),
-                           creator_set_columns(json_object(), res, row, unlocked_ai_columns));
+    return creator_with_ai(
+        creator_set_columns_mapped(json_object(), res, row, unlocked_columns, &maps[0]),
+        creator_set_columns_mapped(json_object(), res, row, unlocked_ai_columns, &maps[1]));
 }
 
 int creator_unlocked(keel_request *req, void *state)
@@ -182,6 +183,7 @@ int creator_unlocked(keel_request *req, void *state)
     long long page, page_size, total = 0;
     char limit[24], offset[24], message[64];
     const char *uid;
+    struct creator_colmap maps[2] = {{.resolved = false}, {.resolved = false}};
     int rc;
 
     if (errors == NULL)
@@ -214,7 +216,7 @@ int creator_unlocked(keel_request *req, void *state)
     }
     profiles = json_array();
     for (int i = 0; profiles != NULL && i < creator_host->db_rows(res); i++)
-        json_array_append_new(profiles, unlocked_entry(res, i));
+        json_array_append_new(profiles, unlocked_entry(res, i, maps));
     snprintf(message, sizeof message, "Found %lld unlocked profiles", total);
     body = json_pack("{s:b,s:o,s:o,s:s}", "success", 1, "profiles", profiles, "pagination",
                      creator_pagination(page, page_size, total), "message", message);
