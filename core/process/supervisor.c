@@ -267,9 +267,7 @@ static void reap(void)
         bool expected = was == W_RETIRING || was == W_STOPPING;
         if (WIFSIGNALED(status)) {
             int sig = WTERMSIG(status);
-            bool fatal = sig == SIGSEGV || sig == SIGBUS || sig == SIGILL || sig == SIGFPE ||
-                         sig == SIGABRT || sig == SIGSYS;
-            if (fatal) {
+            if (keel__crash_is_fatal(sig)) {
                 keel__sup_crash_report(w, slot, sig);
             } else if (!expected) {
                 log_error("worker %d was killed by %s (%d)", (int)pid, keel__sup_signal_name(sig),
