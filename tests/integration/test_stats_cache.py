@@ -13,7 +13,7 @@ import re
 import time
 
 from keeltest import Database, Keeld
-from test_creator import BASE, User, import_ok, name, profile_line
+from test_creator import BASE, User, import_ok, name, no_stats_cache, profile_line
 
 TIMEOUT = 180
 
@@ -36,14 +36,6 @@ def stats_reads(k):
     return float(m.group(1))
 
 
-def cache_ms(ms):
-    def mut(k):
-        doc = k.read_conf("60-creator.json")
-        doc["plugin"]["config"]["stats_cache_ms"] = ms
-        k.write_conf("60-creator.json", doc)
-    return mut
-
-
 def test_a_change_shows_once_the_bound_has_passed():
     with Database() as db:
         with Keeld(db=db) as k:
@@ -63,7 +55,7 @@ def test_a_change_shows_once_the_bound_has_passed():
 
 def test_without_the_cache_a_change_shows_at_once():
     with Database() as db:
-        with Keeld(cache_ms(0), db=db) as k:
+        with Keeld(no_stats_cache, db=db) as k:
             u = User(k)
             before = profiles_total(u)
             for i in range(3):

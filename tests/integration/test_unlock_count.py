@@ -12,7 +12,7 @@ import time
 
 import keeltest
 from keeltest import Database, Keeld
-from test_creator import BASE, User, import_ok, name, profile_line
+from test_creator import BASE, User, creator_config, import_ok, name, profile_line
 
 TIMEOUT = 240
 
@@ -27,11 +27,8 @@ ORPHANS = ("SELECT DISTINCT a.user_id FROM user_profile_access a"
            " WHERE NOT EXISTS (SELECT 1 FROM user_unlock_counts c WHERE c.user_id = a.user_id)")
 
 
-def no_sweep_task(k):
-    """Sweeps only when the test runs one: keeld's own task would race it."""
-    doc = k.read_conf("60-creator.json")
-    doc["plugin"]["config"]["unlock_sweep_s"] = 0
-    k.write_conf("60-creator.json", doc)
+# Sweeps only when the test runs one: keeld's own task would race it.
+no_sweep_task = creator_config(unlock_sweep_s=0)
 
 
 def unexpired(u):
