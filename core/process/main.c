@@ -429,6 +429,25 @@ static int setup_loader(const struct keel__conf *conf, bool *loader_up)
     return keel__loader_set_schema(conf->database.url, conf->database.migrations_dir);
 }
 
+/* Undoes what serve() or serve_check() set up, in the reverse order, and
+ * frees conf: the plugins and the loader when they were started, the rest
+ * whatever of it exists. */
+static void teardown(struct keel__conf *conf, bool plugins_up, bool loader_up)
+{
+    if (plugins_up)
+        keel__plugins_stop();
+    if (loader_up)
+        keel__loader_shutdown();
+    keel__plugin_metrics_free();
+    keel__notify_stop(user_changes);
+    keel__usersync_free(keel__rt.usersync);
+    if (keel__rt.db != NULL)
+        keel__db_free(keel__rt.db);
+    keel__auth_free(keel__rt.auth);
+    keel__metrics_free();
+    keel__conf_free(conf);
+}
+
 /* keeld --check: one process, no listeners. */
 static int serve_check(struct keel__conf *conf, const char *confdir)
 {
@@ -451,15 +470,7 @@ static int serve_check(struct keel__conf *conf, const char *confdir)
     printf("keeld --check: configuration %s is %s\n", confdir, ok ? "OK" : "NOT OK");
     status = ok ? 0 : 1;
 out:
-    if (plugins_up)
-        keel__plugins_stop();
-    if (loader_up)
-        keel__loader_shutdown();
-    keel__plugin_metrics_free();
-    keel__usersync_free(keel__rt.usersync);
-    keel__auth_free(keel__rt.auth);
-    keel__metrics_free();
-    keel__conf_free(conf);
+    teardown(conf, plugins_up, loader_up);
     return status;
 }
 
@@ -523,18 +534,7 @@ out:
         atomic_store(&ticker_stop, 1);
         pthread_join(ticker, NULL);
     }
-    if (plugins_up)
-        keel__plugins_stop();
-    if (loader_up)
-        keel__loader_shutdown();
-    keel__plugin_metrics_free();
-    keel__notify_stop(user_changes);
-    keel__usersync_free(keel__rt.usersync);
-    if (keel__rt.db != NULL)
-        keel__db_free(keel__rt.db);
-    keel__auth_free(keel__rt.auth);
-    keel__metrics_free();
-    keel__conf_free(conf);
+    teardown(conf, plugins_up, loader_up);
     if (status == 0)
         log_info("worker %d stopped", (int)getpid());
     return status;
