@@ -157,10 +157,35 @@ static void fanout_free(struct fanout *f)
     free(f);
 }
 
-static void fanout_finish(struct fanout *f)
+/* The merged JSON answer of a verb whose workers answer JSON (parts, n of
+ * them parsed), or NULL for another verb or when memory runs out. */
+static json_t *merge_json(const struct fanout *f, json_t *const *parts, size_t n)
 {
-    fanout_unlink(f);
-    char *answer = NULL;
+    if (strcmp(f->verb, "evict") == 0) {
+        json_int_t total = 0;
+        for (size_t i = 0; i < n; i++)
+            total += json_integer_value(json_object_get(parts[i], "evicted"));
+        return json_pack("{s:I}", "evicted", total);
+    }
+    if (strcmp(f->verb, "describe") == 0)
+        return overlay_plugins(keel__merge_describe(parts, n));
+    if (strcmp(f->verb, "reload") == 0)
+        return keel__merge_reload(parts, n);
+    if (strcmp(f->verb, "status") != 0)
+        return NULL;
+    json_t *merged = keel__merge_status(parts, n);
+    json_t *pids = json_array();
+    for (size_t i = 0; i < f->n; i++)
+        json_array_append_new(pids, json_integer(f->expect[i]));
+    json_object_set_new(merged, "workers", pids);
+    json_object_set_new(merged, "supervisor_pid", json_integer(getpid()));
+    return merged;
+}
+
+/* What the supervisor answers (or logs) for f: the workers' answers merged,
+ * or NULL when the verb has none or memory runs out. */
+static char *merged_answer(const struct fanout *f)
+{
     if (strcmp(f->verb, "metrics") == 0) {
         const char *texts[MAX_PARTS + 1];
         size_t n = 0;
@@ -169,43 +194,27 @@ static void fanout_finish(struct fanout *f)
                 texts[n++] = f->part[i];
         char *own = supervisor_metrics();
         texts[n++] = own;
-        answer = keel__merge_metrics(texts, n);
+        char *answer = keel__merge_metrics(texts, n);
         free(own);
-    } else if (strcmp(f->verb, "evict") == 0) {
-        json_int_t total = 0;
-        for (size_t i = 0; i < f->n; i++) {
-            json_t *j = f->part[i] ? json_loads(f->part[i], 0, NULL) : NULL;
-            total += json_integer_value(json_object_get(j, "evicted"));
-            json_decref(j);
-        }
-        json_t *merged = json_pack("{s:I}", "evicted", total);
-        answer = merged ? json_dumps(merged, JSON_COMPACT) : NULL;
-        json_decref(merged);
-    } else if (strcmp(f->verb, "describe") == 0 || strcmp(f->verb, "reload") == 0 ||
-               strcmp(f->verb, "status") == 0) {
-        json_t *parts[MAX_PARTS];
-        size_t n = 0;
-        for (size_t i = 0; i < f->n; i++)
-            if (f->part[i] != NULL && (parts[n] = json_loads(f->part[i], 0, NULL)) != NULL)
-                n++;
-        json_t *merged;
-        if (strcmp(f->verb, "describe") == 0)
-            merged = overlay_plugins(keel__merge_describe(parts, n));
-        else if (strcmp(f->verb, "reload") == 0)
-            merged = keel__merge_reload(parts, n);
-        else {
-            merged = keel__merge_status(parts, n);
-            json_t *pids = json_array();
-            for (size_t i = 0; i < f->n; i++)
-                json_array_append_new(pids, json_integer(f->expect[i]));
-            json_object_set_new(merged, "workers", pids);
-            json_object_set_new(merged, "supervisor_pid", json_integer(getpid()));
-        }
-        for (size_t i = 0; i < n; i++)
-            json_decref(parts[i]);
-        answer = merged ? json_dumps(merged, JSON_COMPACT) : NULL;
-        json_decref(merged);
+        return answer;
     }
+    json_t *parts[MAX_PARTS];
+    size_t n = 0;
+    for (size_t i = 0; i < f->n; i++)
+        if (f->part[i] != NULL && (parts[n] = json_loads(f->part[i], 0, NULL)) != NULL)
+            n++;
+    json_t *merged = merge_json(f, parts, n);
+    for (size_t i = 0; i < n; i++)
+        json_decref(parts[i]);
+    char *answer = merged ? json_dumps(merged, JSON_COMPACT) : NULL;
+    json_decref(merged);
+    return answer;
+}
+
+static void fanout_finish(struct fanout *f)
+{
+    fanout_unlink(f);
+    char *answer = merged_answer(f);
     if (f->origin != 0) {
         struct worker *o = keel__sup_by_pid(f->origin);
         if (o != NULL)
