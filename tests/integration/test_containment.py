@@ -19,6 +19,7 @@ import time
 
 import keeltest
 from keeltest import Keeld, built_plugin, scaled, wait_until
+from test_reload import plugins_of
 
 TIMEOUT = 180
 
@@ -55,12 +56,6 @@ def setup(plugins=(), server=None, containment=None):
 
 def worker_pids(k):
     return sorted(keeltest._children(k.pid))
-
-
-def plugins_of(k):
-    r = k.admin_get("/admin/plugins")
-    assert r.status == 200, r
-    return {p["name"]: p for p in r.json()["plugins"]}
 
 
 def metric(k, sample):
