@@ -13,6 +13,7 @@
 #include "http/mhdpages.h"
 #include "http/routes.h"
 #include "util/counters.h"
+#include "util/jsonout.h"
 #include "util/log.h"
 #include "util/text.h"
 #include "util/time.h"
@@ -500,29 +501,31 @@ int keel__respond(keel_request *req, unsigned status, const char *body, size_t l
                           MHD_RESPMEM_MUST_COPY);
 }
 
+/* The answer when a body cannot be made at all. */
+static const char internal_error[] = "{\"detail\":\"Internal Server Error\"}";
+
 int keel__respond_json(keel_request *req, unsigned status, json_t *body)
 {
+    /* No tree (a pack that ran out of memory): the literal answer, not
+     * keel__respond_detail, which packs again and would come back here. */
     if (body == NULL)
-        return keel__respond_detail(req, 500, "Internal Server Error");
-    /* json_dumps() allocates with malloc: keel never changes jansson's
-     * allocator, so libmicrohttpd's free() matches. */
-    /* 15 significant digits print the stored rates and scores as written
-     * (7.86, not 7.8600000000000003), as the service keel replaces did. */
-    size_t flags = JSON_COMPACT | JSON_REAL_PRECISION(15);
-    /* Most bodies are small: dumped into the stack and copied once by
-     * libmicrohttpd, instead of grown by reallocation in json_dumps(). */
+        return keel__respond(req, 500, internal_error, sizeof internal_error - 1);
+    /* keel's writer (util/jsonout.h) gives the bytes of json_dumpb with
+     * JSON_COMPACT | JSON_REAL_PRECISION(15): 15 significant digits print
+     * the stored rates and scores as written (7.86, not 7.8600000000000003),
+     * as the service keel replaces did.  Most bodies are small: written into
+     * the stack and copied once by libmicrohttpd; a larger one continues in
+     * malloc'd memory, which libmicrohttpd frees. */
     char small[1024];
-    size_t n = json_dumpb(body, small, sizeof small, flags);
-    if (n > 0 && n <= sizeof small) {
-        json_decref(body);
-        return queue_response(req, status, "application/json", small, n, MHD_RESPMEM_MUST_COPY);
-    }
-    char *text = json_dumps(body, flags);
+    char *text = NULL;
+    size_t len = 0;
+    int rc = keel__json_dump(body, small, sizeof small, &text, &len);
     json_decref(body);
-    if (text == NULL)
-        return keel__respond(req, 500, "{\"detail\":\"Internal Server Error\"}", 34);
-    return queue_response(req, status, "application/json", text, strlen(text),
-                          MHD_RESPMEM_MUST_FREE);
+    if (rc < 0)
+        return keel__respond(req, 500, internal_error, sizeof internal_error - 1);
+    if (text == small)
+        return queue_response(req, status, "application/json", small, len, MHD_RESPMEM_MUST_COPY);
+    return queue_response(req, status, "application/json", text, len, MHD_RESPMEM_MUST_FREE);
 }
 
 int keel__respond_detail(keel_request *req, unsigned status, const char *detail)

@@ -187,7 +187,10 @@ typedef struct keel_host {
     int (*req_on_cleanup)(keel_request *req, void (*fn)(void *), void *arg);
 
     /* --- ABI 1.0: responses --------------------------------------------- */
-    /* Queues `body` with `status`.  Always takes ownership of body. */
+    /* Queues `body` with `status`.  Always takes ownership of body (one
+     * reference).  The host only reads the tree, so a plugin may keep a
+     * tree it built once and answer it from several threads at once, each
+     * time handing over a reference of its own (json_incref). */
     int (*respond_json)(keel_request *req, unsigned status, json_t *body);
     /* Queues {"detail": detail} with `status`; detail is copied. */
     int (*respond_error)(keel_request *req, unsigned status, const char *detail);

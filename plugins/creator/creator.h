@@ -33,9 +33,10 @@
  */
 struct creator_stats_cache {
     pthread_mutex_t lock;
-    bool valid;
     struct timespec read_at;
-    long long counts[2][2]; /* [profiles|posts][total|ai] */
+    /* The answer built from the counts read at read_at (NULL: none yet).
+     * Each hit hands the host a reference: the host only reads a body. */
+    json_t *body;
 };
 
 /* The plugin's configuration, one copy per generation (the handler state). */

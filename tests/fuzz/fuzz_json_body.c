@@ -3,7 +3,8 @@
  * the host API's req_json_body): strict JSON with duplicate keys refused,
  * the nesting limit (32, the default limits.max_json_depth), and the
  * object-only rule.  A body that is accepted must be an object that nests
- * no deeper than the limit and serialises back to JSON that parses again;
+ * no deeper than the limit and serialises back to JSON that parses again,
+ * with keel's writer (util/jsonout.c) giving json_dumpb's bytes exactly;
  * a refusal's message must be valid UTF-8, since it is sent as JSON.
  */
 #include "config.h"
@@ -19,6 +20,7 @@
 
 #include "fuzz_common.h"
 #include "http/request.h"
+#include "util/jsonout.h"
 
 #define MAX_DEPTH 32
 
@@ -79,6 +81,20 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             abort();
         json_decref(again);
         free(text);
+        /* keel's writer answers with exactly jansson's bytes. */
+        size_t flags = JSON_COMPACT | JSON_REAL_PRECISION(15);
+        size_t want = json_dumpb(v, NULL, 0, flags);
+        char *ref = malloc(want ? want : 1);
+        char small[64];
+        char *out = NULL;
+        size_t len = 0;
+        if (ref == NULL || want == 0 || json_dumpb(v, ref, want, flags) != want ||
+            keel__json_dump(v, small, sizeof small, &out, &len) != 0 || len != want ||
+            memcmp(out, ref, want) != 0 || keel__json_write(v, NULL, 0) != (ssize_t)want)
+            abort();
+        if (out != small)
+            free(out);
+        free(ref);
         json_decref(v);
     } else {
         if (rc != KEEL_EINVAL || v != NULL || msg[0] == '\0')

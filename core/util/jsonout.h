@@ -1,0 +1,54 @@
+/*
+ * keel's JSON writer for jansson trees: the bytes of
+ * json_dumpb(v, ..., JSON_COMPACT | JSON_REAL_PRECISION(15)), without
+ * jansson's per-byte callback, per-character UTF-8 decoding, snprintf per
+ * integer and per-dump hash table of open containers.
+ *
+ * What is written is byte for byte what jansson 2.14 writes with those
+ * flags: keys in the object's iteration (insertion) order, no whitespace,
+ * strings with '"', '\\' and the control characters escaped (\b \f \n \r \t,
+ * the others as \u00XX in upper-case hex), everything else, '/', DEL and
+ * non-ASCII included, copied as it is; integers in decimal; reals as "%.15g"
+ * with ".0" added when that reads as an integer, and the exponent without
+ * '+' or leading zeros.  The same trees are refused: a top level that is not
+ * an array or object, a string (or key) that is not valid UTF-8, a container
+ * that contains itself.  tests/unit/util/test_jsonout.c holds this against
+ * the installed jansson.
+ *
+ * The one difference: nesting deeper than KEEL_JSON_MAX_DEPTH is refused
+ * (jansson recurses until the stack ends; its own parser stops at the same
+ * depth).
+ */
+#ifndef KEEL_CORE_UTIL_JSONOUT_H
+#define KEEL_CORE_UTIL_JSONOUT_H
+
+#include <stddef.h>
+#include <sys/types.h>
+
+#include <jansson.h>
+#include <keel/common.h>
+
+/* Containers nested deeper than this are refused with KEEL_ETOOBIG. */
+#define KEEL_JSON_MAX_DEPTH 2048
+
+/*
+ * Writes v into buf (cap bytes, no terminating NUL) and returns the length of
+ * the whole text, like snprintf: a result greater than cap means it did not
+ * fit and buf holds an unspecified part of it.  Returns KEEL_EINVAL for a tree
+ * jansson refuses to dump, KEEL_ETOOBIG for one nested too deep.  buf may be
+ * NULL when cap is 0.
+ */
+ssize_t keel__json_write(const json_t *v, char *buf, size_t cap) KEEL_WARN_UNUSED;
+
+/*
+ * Writes v into buf (cap bytes) and, when it does not fit, continues in a
+ * buffer allocated with malloc, so the text is produced in one pass.  On
+ * success returns 0 with *out pointing at the text (buf itself, or the
+ * malloc'd buffer the caller then owns and frees) and *len its length; no
+ * NUL is written.  On failure returns KEEL_EINVAL or KEEL_ETOOBIG as
+ * keel__json_write, or KEEL_ENOMEM, and allocates nothing.
+ */
+int keel__json_dump(const json_t *v, char *buf, size_t cap, char **out,
+                    size_t *len) KEEL_WARN_UNUSED;
+
+#endif
