@@ -103,12 +103,8 @@ static void child_after_fork(unsigned slot, int ctl, int crash_w)
 {
     /* Nothing of the supervisor's other workers may stay open here, or
      * their channels would never see EOF. */
-    for (unsigned i = 0; i < keel__sup.nslots; i++) {
-        if (keel__sup.w[i].ctl >= 0)
-            close(keel__sup.w[i].ctl);
-        if (keel__sup.w[i].crash >= 0)
-            close(keel__sup.w[i].crash);
-    }
+    for (unsigned i = 0; i < keel__sup.nslots; i++)
+        close_worker_fds(&keel__sup.w[i]);
     if (keel__sup.sfd >= 0)
         close(keel__sup.sfd);
     if (keel__sup.upgrade_fd >= 0)
