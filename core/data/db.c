@@ -266,15 +266,19 @@ int keel__db_new(const struct keel__db_conf *conf, keel__db **out)
     db->keywords[KW_END] = NULL;
     db->values[KW_END] = NULL;
 
-    if (pthread_condattr_init(&db->cattr) != 0)
+    pthread_condattr_t ca;
+    if (pthread_condattr_init(&ca) != 0)
         goto fail;
-    if (pthread_condattr_setclock(&db->cattr, CLOCK_MONOTONIC) != 0 ||
-        pthread_mutex_init(&db->mu, NULL) != 0) {
-        pthread_condattr_destroy(&db->cattr);
+    int crc = pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    if (crc == 0)
+        crc = pthread_cond_init(&db->cv, &ca);
+    pthread_condattr_destroy(&ca);
+    if (crc != 0)
+        goto fail;
+    if (pthread_mutex_init(&db->mu, NULL) != 0) {
+        pthread_cond_destroy(&db->cv);
         goto fail;
     }
-    db->waiters = NULL;
-    db->waiters_tail = &db->waiters;
 
     /* Slots are pushed in reverse so that slot 0 is used first. */
     for (int i = 0; i < db->size; i++) {
@@ -306,7 +310,7 @@ void keel__db_free(keel__db *db)
     for (int i = 0; i < db->size; i++)
         keel__db_conn_close(db, &db->conns[i]);
     pthread_mutex_destroy(&db->mu);
-    pthread_condattr_destroy(&db->cattr);
+    pthread_cond_destroy(&db->cv);
     pool_release(db);
 }
 
@@ -316,67 +320,17 @@ static void publish_counts_locked(keel__db *db)
     atomic_store(&db->in_use, db->size - db->nidle - db->nempty);
 }
 
-/* A caller waiting for a slot (on its own stack). */
-struct keel__db_waiter {
-    struct keel__db_waiter *next;
-    pthread_cond_t cv;
-    int slot; /* handed over by slot_return, or -1 */
-};
-
-static void waiter_unlink_locked(keel__db *db, struct keel__db_waiter *w)
-{
-    struct keel__db_waiter **p = &db->waiters;
-    while (*p != w)
-        p = &(*p)->next;
-    *p = w->next;
-    if (db->waiters_tail == &w->next)
-        db->waiters_tail = p;
-}
-
-/* Hands a slot to the oldest waiter, or puts it back on the right stack.
- * Handing over keeps the order of arrival: with the slot on a stack, a
- * caller arriving before the woken waiter runs would take it first, and on
- * a busy CPU the waiter could lose that race again and again (the p99 of
- * database routes). */
+/* Puts a slot back on the right stack and wakes one waiter. */
 static void slot_return(keel__db *db, keel__db_conn *c)
 {
     pthread_mutex_lock(&db->mu);
-    struct keel__db_waiter *w = db->waiters;
-    if (w != NULL) {
-        waiter_unlink_locked(db, w);
-        w->slot = c->slot;
-        pthread_cond_signal(&w->cv);
-    } else if (c->pg != NULL) {
+    if (c->pg != NULL)
         db->idle[db->nidle++] = c->slot;
-    } else {
+    else
         db->empty[db->nempty++] = c->slot;
-    }
     publish_counts_locked(db);
+    pthread_cond_signal(&db->cv);
     pthread_mutex_unlock(&db->mu);
-}
-
-/* Waits (mu held) until slot_return hands this caller a slot: the slot, or
- * -1 when none came within the pool's wait or the wait could not be set up. */
-static int wait_for_slot_locked(keel__db *db)
-{
-    struct keel__db_waiter w = {.next = NULL, .slot = -1};
-    if (pthread_cond_init(&w.cv, &db->cattr) != 0)
-        return -1;
-    /* On this stack only while queued: every way out below unlinks it
-     * (timeout) or was unlinked by slot_return first. */
-    *db->waiters_tail = &w;
-    // cppcheck-suppress autoVariables
-    db->waiters_tail = &w.next;
-    struct timespec until = keel__timespec_after(CLOCK_MONOTONIC, db->wait_ms);
-    keel__blocking_enter();
-    while (w.slot < 0)
-        if (pthread_cond_timedwait(&w.cv, &db->mu, &until) == ETIMEDOUT && w.slot < 0) {
-            waiter_unlink_locked(db, &w);
-            break;
-        }
-    keel__blocking_leave();
-    pthread_cond_destroy(&w.cv);
-    return w.slot;
 }
 
 int keel__db_acquire(keel__db *db, keel__db_conn **out, char *err, size_t errlen)
@@ -392,23 +346,28 @@ int keel__db_acquire(keel__db *db, keel__db_conn **out, char *err, size_t errlen
     }
 
     pthread_mutex_lock(&db->mu);
-    int slot;
-    if (db->waiters == NULL && (db->nidle > 0 || db->nempty > 0)) {
-        slot = db->nidle > 0 ? db->idle[--db->nidle] : db->empty[--db->nempty];
-        publish_counts_locked(db);
-    } else {
+    if (db->nidle == 0 && db->nempty == 0) {
         keel__db_count(&db->waits);
-        slot = wait_for_slot_locked(db);
+        struct timespec until = keel__timespec_after(CLOCK_MONOTONIC, db->wait_ms);
+        keel__blocking_enter();
+        while (db->nidle == 0 && db->nempty == 0) {
+            int rc = pthread_cond_timedwait(&db->cv, &db->mu, &until);
+            if (rc == ETIMEDOUT && db->nidle == 0 && db->nempty == 0) {
+                keel__blocking_leave();
+                pthread_mutex_unlock(&db->mu);
+                keel__db_count(&db->wait_timeouts);
+                keel__set_err(
+                    err, errlen,
+                    "database unavailable: no connection became free within %d ms (all %d in use)",
+                    db->wait_ms, db->size);
+                return KEEL_EDB_UNAVAILABLE;
+            }
+        }
+        keel__blocking_leave();
     }
+    int slot = db->nidle > 0 ? db->idle[--db->nidle] : db->empty[--db->nempty];
+    publish_counts_locked(db);
     pthread_mutex_unlock(&db->mu);
-    if (slot < 0) {
-        keel__db_count(&db->wait_timeouts);
-        keel__set_err(
-            err, errlen,
-            "database unavailable: no connection became free within %d ms (all %d in use)",
-            db->wait_ms, db->size);
-        return KEEL_EDB_UNAVAILABLE;
-    }
 
     keel__db_conn *c = &db->conns[slot];
     c->checkout_ok = false;

@@ -103,11 +103,7 @@ struct keel__db {
     keel__breaker *breaker;
 
     pthread_mutex_t mu;
-    /* Callers waiting for a slot, oldest first (under mu); a returned slot
-     * goes straight to the oldest, so a caller that just arrived never
-     * takes it first.  Each waiter's condition variable uses cattr. */
-    struct keel__db_waiter *waiters, **waiters_tail;
-    pthread_condattr_t cattr;
+    pthread_cond_t cv;
     struct keel__db_conn *conns;
     /* Two stacks of slot indexes, both guarded by mu: slots holding an open
      * connection, and slots whose connection has yet to be (re)made.  Open

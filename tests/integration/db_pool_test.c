@@ -611,74 +611,6 @@ static void test_wait_bound(const char *conninfo)
     printf("ok - a full pool turns callers away after wait_ms with a clear message\n");
 }
 
-/* ------------------------------------------------------------ order of waiters */
-
-struct queued {
-    keel__db *db;
-    int id, rc;
-    int *order, *norder;
-    pthread_mutex_t *mu;
-};
-
-/* Waits for the pool's one connection, records its turn, holds it 20 ms. */
-static void *queued_thread(void *arg)
-{
-    struct queued *q = arg;
-    keel__db_conn *c = NULL;
-    char err[256];
-    q->rc = keel__db_acquire(q->db, &c, err, sizeof err);
-    if (q->rc == 0) {
-        pthread_mutex_lock(q->mu);
-        q->order[(*q->norder)++] = q->id;
-        pthread_mutex_unlock(q->mu);
-        sleep_ms(20);
-        keel__db_release(q->db, c);
-    }
-    return NULL;
-}
-
-static void test_waiters_in_order(const char *conninfo)
-{
-    enum { WAITERS = 3 };
-    keel__db *db = pool_new(conninfo, 1, 5000, 5000, 1000, 3, 2000);
-    keel__db_conn *held = NULL;
-    char err[256];
-    CHECK(keel__db_acquire(db, &held, err, sizeof err) == 0, "%s", err);
-    int order[WAITERS + 1], norder = 0;
-    pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
-    struct queued q[WAITERS];
-    pthread_t t[WAITERS];
-    /* The waiters queue one after another (each is counted as waiting
-     * before the next starts). */
-    for (int i = 0; i < WAITERS; i++) {
-        q[i] = (struct queued){.db = db, .id = i, .order = order, .norder = &norder, .mu = &mu};
-        CHECK(pthread_create(&t[i], NULL, queued_thread, &q[i]) == 0, "pthread_create");
-        for (int round = 0; round < 500 && stats_of(db).waits < (uint64_t)i + 1; round++)
-            sleep_ms(2);
-        CHECK(stats_of(db).waits == (uint64_t)i + 1, "waiter %d is waiting", i);
-    }
-    /* Giving the connection back and asking again at once: the waiters
-     * were first, so this caller gets it last. */
-    keel__db_release(db, held);
-    keel__db_conn *again = NULL;
-    CHECK(keel__db_acquire(db, &again, err, sizeof err) == 0, "%s", err);
-    pthread_mutex_lock(&mu);
-    order[norder++] = -1;
-    pthread_mutex_unlock(&mu);
-    keel__db_release(db, again);
-    for (int i = 0; i < WAITERS; i++) {
-        pthread_join(t[i], NULL);
-        CHECK(q[i].rc == 0, "waiter %d got %d", i, q[i].rc);
-    }
-    CHECK(norder == WAITERS + 1, "every caller had its turn");
-    /* Arrival order: waiter 0, 1, 2, then the caller that came back. */
-    for (int i = 0; i < WAITERS; i++)
-        CHECK(order[i] == i, "turn %d went to %d", i, order[i]);
-    CHECK(order[WAITERS] == -1, "the caller that came back last got the connection last");
-    keel__db_free(db);
-    printf("ok - a returned connection goes to the callers that waited longest\n");
-}
-
 /* ------------------------------------------------------------ terminated backends */
 
 static void wait_gone(PGconn *admin, const int *pids, int n)
@@ -1030,7 +962,6 @@ int main(void)
     keel__db_free(db);
     test_many_threads(conninfo);
     test_wait_bound(conninfo);
-    test_waiters_in_order(conninfo);
     test_terminated_backends(conninfo, admin);
     test_timeouts(conninfo, admin);
     PQfinish(admin);
