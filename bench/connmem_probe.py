@@ -144,6 +144,12 @@ def cases(limits):
         ("both limits, %d-byte headers" % n, head(uri(umax), counted_headers(hmax - host, n)),
          404) for n in (256, 128, 64, 32)
     ] + [
+        # At one limit, the other part of an ordinary size.
+        ("header limit, short URI, %d-byte headers" % n, head(path, counted_headers(hmax - host, n)),
+         404) for n in (4096, 256, 128, 64)
+    ] + [
+        ("URI limit, 20 headers of 60 bytes", head(uri(umax), [("X-H%d" % i, "v" * 60)
+                                                               for i in range(20)]), 404),
         # Just past one limit, at the other: keel's JSON 431/414.
         ("header limit + 1, URI at limit", head(uri(umax), full_h + [("X-1", "")]), 431),
         ("URI limit + 1, headers at limit", head(uri(umax + 1), full_h), 414),

@@ -468,6 +468,9 @@ static bool is_loopback(const struct sockaddr *sa)
 
 /* Threads a listener may add to make up for those held by handlers. */
 #define MAX_SPARE_THREADS 32
+/* libmicrohttpd's connection memory never goes below this: the request line,
+ * a few headers and the answer's head. */
+#define KEEL__CONN_MEMORY_MIN (8 * 1024)
 
 static void close_listener(struct listener *l)
 {
@@ -509,15 +512,16 @@ static struct MHD_Daemon *start_lane(struct keel__lane *lane)
         opts[n++] = (struct MHD_OptionItem){MHD_OPTION_CONNECTION_LIMIT,
                                             (intptr_t)(unsigned)lim->max_connections, NULL};
     /* libmicrohttpd keeps the request line and headers in this per-connection
-     * memory and answers 431/414 itself (HTML body) when they do not fit;
-     * it also clears the memory between the requests of a connection, so
-     * every byte costs time on every request.  The header limit twice (the
-     * bytes, and as much again for its 56 bytes of bookkeeping per header)
-     * plus the URI limit lets begin() answer requests past keel's limits
-     * with JSON: measured in docs/performance.md, "Connection memory". */
-    size_t mem = 2 * (size_t)lim->max_header_bytes + (size_t)lim->max_uri_bytes;
-    if (mem < 32 * 1024)
-        mem = 32 * 1024;
+     * memory, refuses (431/414, answered in keel's JSON by http/mhdpages.c)
+     * what does not fit, and clears all of it between the requests of a
+     * connection: every KiB costs time on every request (docs/performance.md,
+     * round 5).  The header limit plus the URI limit: a request at either
+     * limit fits with room for its answer; one at both limits at once needs
+     * more (libmicrohttpd adds 56 bytes per header) and is refused 431 in the
+     * same words as keel's own. */
+    size_t mem = (size_t)lim->max_header_bytes + (size_t)lim->max_uri_bytes;
+    if (mem < KEEL__CONN_MEMORY_MIN)
+        mem = KEEL__CONN_MEMORY_MIN;
     opts[n++] = (struct MHD_OptionItem){MHD_OPTION_CONNECTION_MEMORY_LIMIT, (intptr_t)mem, NULL};
     opts[n++] = (struct MHD_OptionItem){MHD_OPTION_NOTIFY_CONNECTION, (intptr_t)keel__lane_notify,
                                         lane};

@@ -375,8 +375,8 @@ def test_hostile_headers_paths_and_methods():
         b.check("many headers", raw(k, request_head("GET", "/health",
                                                     [("X-H%d" % i, "v" * 60) for i in range(300)])),
                 431, "Request headers too large (limit 16384 bytes)")
-        # Past libmicrohttpd's connection memory (twice the header limit plus
-        # the URI limit) it refuses by itself; keel answers its page in JSON.
+        # Past libmicrohttpd's connection memory (the header limit plus the
+        # URI limit) it refuses by itself; keel answers its page in JSON.
         b.check("70 KiB header", raw(k, request_head("GET", "/health", big(70000))), 431,
                 "Request headers too large (limit 16384 bytes)")
         b.check("9 KiB URI", raw(k, request_head("GET", "/health?q=" + "a" * 9000)), 414,
