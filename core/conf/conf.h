@@ -33,6 +33,16 @@
 
 #include "util/cidr.h"
 
+/* The install paths behind the defaults of server.plugin_dir and
+ * database.migrations_dir: Makefile.am passes them; unit tests built by
+ * hand may not. */
+#ifndef KEEL_PLUGINDIR
+#define KEEL_PLUGINDIR "/usr/local/lib/keel"
+#endif
+#ifndef KEEL_DATADIR
+#define KEEL_DATADIR "/usr/local/share/keel"
+#endif
+
 enum keel__auth_level { KEEL__AUTH_PUBLIC = 0, KEEL__AUTH_USER = 1, KEEL__AUTH_ADMIN = 2 };
 enum keel__listener { KEEL__LISTENER_MAIN = 0, KEEL__LISTENER_ADMIN = 1 };
 
@@ -83,13 +93,13 @@ struct keel__conf {
     struct {
         char *host;  /* default 127.0.0.1 */
         int port;    /* default 8080 */
-        int threads; /* 0 = 4 x online CPUs */
+        int threads; /* 0 = 4 per usable CPU (util/cpus.h) */
         /* Default 30.  Bounds silence on a connection (libmicrohttpd) and the
          * time a request may take to arrive in full (core/http/deadline.h). */
         int connection_timeout_s;
         int shutdown_timeout_s;   /* SIGTERM drain deadline, default 10 */
         int drain_s;              /* lame duck: /health answers 503 this long first, default 5 */
-        int workers;              /* worker processes, default 2; 0 = one per online CPU */
+        int workers;              /* worker processes, default 2; 0 = one per usable CPU */
         int worker_max_rss_mb;    /* recycle a worker past this RSS; 0 = off (default) */
         long worker_max_requests; /* recycle a worker after this many requests; 0 = off */
         char *plugin_dir;         /* default KEEL_PLUGINDIR (the install's lib/keel) */

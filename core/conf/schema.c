@@ -12,14 +12,6 @@
 
 #include "util/log.h"
 
-/* Makefile.am passes the install paths; unit tests built by hand may not. */
-#ifndef KEEL_PLUGINDIR
-#define KEEL_PLUGINDIR "/usr/local/lib/keel"
-#endif
-#ifndef KEEL_DATADIR
-#define KEEL_DATADIR "/usr/local/share/keel"
-#endif
-
 /* Bounds on arrays read from conf.d, so a typo cannot ask for huge tables. */
 #define MAX_ORIGINS 256
 

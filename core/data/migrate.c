@@ -16,6 +16,7 @@
 
 #include "data/db.h"
 #include "util/log.h"
+#include "util/text.h"
 
 /*
  * Schema migrations: db/migrations/NNNN_name.sql, applied in file-name order.
@@ -42,13 +43,6 @@ struct migration {
     char file[MIGRATION_NAME_MAX];
     char name[MIGRATION_NAME_MAX]; /* the file name without "NNNN_" and ".sql" */
 };
-
-static void chomp(char *s)
-{
-    size_t n = strlen(s);
-    while (n > 0 && (s[n - 1] == '\n' || s[n - 1] == ' '))
-        s[--n] = '\0';
-}
 
 /* ^[0-9]{4}_[a-z0-9_]+\.sql$ */
 static bool migration_file_name(const char *n)
@@ -173,7 +167,7 @@ static void migrate_notice(void *arg, const PGresult *res)
 {
     char msg[512];
     snprintf(msg, sizeof msg, "%s", PQresultErrorMessage(res));
-    chomp(msg);
+    keel__trim_newlines(msg, 1);
     keel__log(KEEL_LOG_DEBUG, "migrate", "%s", msg);
 }
 
@@ -186,7 +180,7 @@ static PGconn *migrate_connect(const char *conninfo, char *err, size_t errlen)
     if (pg == NULL || PQstatus(pg) != CONNECTION_OK) {
         char msg[512];
         snprintf(msg, sizeof msg, "%s", pg ? PQerrorMessage(pg) : "out of memory");
-        chomp(msg);
+        keel__trim_newlines(msg, 1);
         keel__set_err(err, errlen, "cannot connect to the database: %s", msg);
         PQfinish(pg);
         return NULL;
@@ -219,7 +213,7 @@ static int sql_failure(PGconn *pg, PGresult *res, const char *what, const char *
     char msg[512];
     if (primary == NULL) {
         snprintf(msg, sizeof msg, "%s", PQerrorMessage(pg));
-        chomp(msg);
+        keel__trim_newlines(msg, 1);
         primary = msg;
     }
     char where[32] = "";

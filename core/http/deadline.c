@@ -22,7 +22,7 @@
 #define NS_PER_S 1000000000LL
 /* How often the sweeper looks.  The bound is in whole seconds, so a quarter
  * of a second late is within its resolution. */
-#define SWEEP_NS (250 * 1000 * 1000LL)
+#define SWEEP_MS 250
 
 /* One watched connection.  deadline is written by the worker that owns the
  * connection and read by the sweeper, hence atomic; 0 = not receiving. */
@@ -140,13 +140,7 @@ static void *sweeper_main(void *arg)
     keel__deadlines *d = arg;
     pthread_mutex_lock(&d->mu);
     while (!d->stopping) {
-        struct timespec until;
-        clock_gettime(CLOCK_REALTIME, &until);
-        until.tv_nsec += SWEEP_NS;
-        if (until.tv_nsec >= NS_PER_S) {
-            until.tv_sec++;
-            until.tv_nsec -= NS_PER_S;
-        }
+        struct timespec until = keel__timespec_after(CLOCK_REALTIME, SWEEP_MS);
         pthread_cond_timedwait(&d->wake, &d->mu, &until);
         if (!d->stopping)
             sweep(d);

@@ -667,14 +667,12 @@ void keel__server_quiesce(void)
 void keel__server_stop(int timeout_s)
 {
     keel__server_quiesce();
-    struct timespec start, now;
-    clock_gettime(CLOCK_MONOTONIC, &start);
+    int64_t until = keel__monotonic_ns() + (int64_t)timeout_s * 1000000000;
     for (;;) {
         long n = keel__server_in_flight();
         if (n == 0)
             break;
-        clock_gettime(CLOCK_MONOTONIC, &now);
-        if (now.tv_sec - start.tv_sec >= timeout_s) {
+        if (keel__monotonic_ns() >= until) {
             log_warn("shutdown deadline of %d s passed with %ld request(s) still running",
                      timeout_s, n);
             break;

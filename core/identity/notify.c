@@ -15,6 +15,7 @@
 #include <keel/error.h>
 
 #include "util/log.h"
+#include "util/time.h"
 
 #define TAG "notify"
 /* How often the thread looks at its stop flag while the socket is quiet. */
@@ -32,13 +33,6 @@ struct keel__notify {
     atomic_bool stop;
     atomic_bool listening;
 };
-
-static int64_t mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 /* Sleeps ms in POLL_MS steps; false when asked to stop meanwhile. */
 static bool pause_ms(keel__notify *n, int ms)
@@ -111,7 +105,7 @@ static void drain(keel__notify *n, PGconn *pg)
 /* Serves one connection until it breaks or stop is set. */
 static void serve(keel__notify *n, PGconn *pg)
 {
-    int64_t last_check = mono_ms();
+    int64_t last_check = keel__now_ms();
     while (!atomic_load(&n->stop)) {
         struct pollfd p = {.fd = PQsocket(pg), .events = POLLIN};
         int r = poll(&p, 1, POLL_MS);
@@ -122,14 +116,14 @@ static void serve(keel__notify *n, PGconn *pg)
         drain(n, pg);
         if (PQstatus(pg) != CONNECTION_OK)
             return;
-        if (mono_ms() - last_check >= CHECK_EVERY_MS) {
+        if (keel__now_ms() - last_check >= CHECK_EVERY_MS) {
             PGresult *res = PQexec(pg, "SELECT 1");
             bool ok = PQresultStatus(res) == PGRES_TUPLES_OK;
             PQclear(res);
             if (!ok)
                 return;
             drain(n, pg);
-            last_check = mono_ms();
+            last_check = keel__now_ms();
         }
     }
 }

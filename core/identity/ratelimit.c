@@ -72,62 +72,56 @@ static size_t pow2_at_least(size_t n)
     return p;
 }
 
-/* The limiter both kinds share: the bucket interval and tolerance from the
- * configured rate and burst, and the number of keys to keep.  NULL when out of
- * memory; *max_keys is set either way. */
-static keel__ratelimit *limiter_new(const struct keel__ratelimit_conf *conf, size_t *max_keys)
+/* The table of keel__ratelimit_new_shared: twice the keys, so probes stay
+ * short, in anonymous shared memory the processes forked later inherit. */
+static int shared_table_init(keel__ratelimit *rl, size_t max_keys)
 {
-    *max_keys = conf->max_keys ? conf->max_keys : DEFAULT_MAX_KEYS;
-    if (*max_keys > MAX_KEYS_LIMIT)
-        *max_keys = MAX_KEYS_LIMIT;
+    rl->shared_slots = pow2_at_least(max_keys * 2);
+    void *p = mmap(NULL, rl->shared_slots * sizeof *rl->shared, PROT_READ | PROT_WRITE,
+                   MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED)
+        return KEEL_ENOMEM;
+    rl->shared = p; /* zero-filled: every slot free */
+    return 0;
+}
+
+/* Both kinds of limiter: the bucket interval and tolerance from the
+ * configured rate and burst, then this process's LRU table or the shared
+ * one for max_keys keys. */
+static int limiter_new(const struct keel__ratelimit_conf *conf, bool shared, keel__ratelimit **out)
+{
+    *out = NULL;
+    if (conf == NULL || conf->rate == 0)
+        return KEEL_EINVAL;
+    size_t max_keys = conf->max_keys ? conf->max_keys : DEFAULT_MAX_KEYS;
+    if (max_keys > MAX_KEYS_LIMIT)
+        max_keys = MAX_KEYS_LIMIT;
     unsigned burst = conf->burst ? conf->burst : conf->rate;
     keel__ratelimit *rl = calloc(1, sizeof *rl);
     if (rl == NULL)
-        return NULL;
+        return KEEL_ENOMEM;
     rl->interval_ns = NS_PER_S / (int64_t)conf->rate;
     if (rl->interval_ns < 1)
         rl->interval_ns = 1;
     rl->tolerance_ns = (int64_t)(burst - 1) * rl->interval_ns;
-    return rl;
+    int rc = shared ? shared_table_init(rl, max_keys)
+                    : keel__lru_init(&rl->buckets, max_keys, MIN_PER_SHARD, MAX_SHARDS, bucket_is);
+    if (rc != 0) {
+        free(rl);
+        return KEEL_ENOMEM;
+    }
+    *out = rl;
+    return 0;
 }
 
 int keel__ratelimit_new(const struct keel__ratelimit_conf *conf, keel__ratelimit **out)
 {
-    *out = NULL;
-    if (conf == NULL || conf->rate == 0)
-        return KEEL_EINVAL;
-    size_t max_keys;
-    keel__ratelimit *rl = limiter_new(conf, &max_keys);
-    if (rl == NULL)
-        return KEEL_ENOMEM;
-    if (keel__lru_init(&rl->buckets, max_keys, MIN_PER_SHARD, MAX_SHARDS, bucket_is) != 0) {
-        free(rl);
-        return KEEL_ENOMEM;
-    }
-    *out = rl;
-    return 0;
+    return limiter_new(conf, false, out);
 }
 
 int keel__ratelimit_new_shared(const struct keel__ratelimit_conf *conf, keel__ratelimit **out)
 {
-    *out = NULL;
-    if (conf == NULL || conf->rate == 0)
-        return KEEL_EINVAL;
-    size_t max_keys;
-    keel__ratelimit *rl = limiter_new(conf, &max_keys);
-    if (rl == NULL)
-        return KEEL_ENOMEM;
-    /* Twice the keys, so probes stay short. */
-    rl->shared_slots = pow2_at_least(max_keys * 2);
-    void *p = mmap(NULL, rl->shared_slots * sizeof *rl->shared, PROT_READ | PROT_WRITE,
-                   MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-    if (p == MAP_FAILED) {
-        free(rl);
-        return KEEL_ENOMEM;
-    }
-    rl->shared = p; /* zero-filled: every slot free */
-    *out = rl;
-    return 0;
+    return limiter_new(conf, true, out);
 }
 
 void keel__ratelimit_set_server_wide(keel__ratelimit *rl)
@@ -138,6 +132,22 @@ void keel__ratelimit_set_server_wide(keel__ratelimit *rl)
 keel__ratelimit *keel__ratelimit_server_wide(void)
 {
     return server_wide;
+}
+
+/* The GCRA test for a bucket whose arrival time is tat (never before now):
+ * true when it is empty, with *retry_after_s the whole seconds (1 to a day)
+ * until the next token is back, which is when tat - tolerance is reached. */
+static bool refused(const keel__ratelimit *rl, int64_t tat, int64_t now_ns, unsigned *retry_after_s)
+{
+    if (tat - now_ns <= rl->tolerance_ns)
+        return false;
+    int64_t wait = tat - rl->tolerance_ns - now_ns;
+    int64_t secs = (wait + NS_PER_S - 1) / NS_PER_S;
+    if (secs < 1)
+        secs = 1;
+    if (retry_after_s != NULL)
+        *retry_after_s = secs > 86400 ? 86400u : (unsigned)secs;
+    return true;
 }
 
 /* GCRA on one shared slot; the compare-and-swap loop stands in for the
@@ -175,15 +185,8 @@ static int shared_take(keel__ratelimit *rl, uint64_t h, int64_t now_ns, unsigned
     int64_t old = atomic_load(&slot->tat);
     for (;;) {
         int64_t tat = old > now_ns ? old : now_ns;
-        if (tat - now_ns > rl->tolerance_ns) {
-            int64_t wait = tat - rl->tolerance_ns - now_ns;
-            int64_t secs = (wait + NS_PER_S - 1) / NS_PER_S;
-            if (secs < 1)
-                secs = 1;
-            if (retry_after_s != NULL)
-                *retry_after_s = secs > 86400 ? 86400u : (unsigned)secs;
+        if (refused(rl, tat, now_ns, retry_after_s))
             return KEEL_EBUSY;
-        }
         if (atomic_compare_exchange_weak(&slot->tat, &old, tat + rl->interval_ns))
             return 0;
     }
@@ -193,12 +196,10 @@ void keel__ratelimit_free(keel__ratelimit *rl)
 {
     if (rl == NULL)
         return;
-    if (rl->shared != NULL) {
+    if (rl->shared != NULL)
         munmap(rl->shared, rl->shared_slots * sizeof *rl->shared);
-        free(rl);
-        return;
-    }
-    keel__lru_destroy(&rl->buckets, bucket_free);
+    else
+        keel__lru_destroy(&rl->buckets, bucket_free);
     free(rl);
 }
 
@@ -252,18 +253,10 @@ int keel__ratelimit_take(keel__ratelimit *rl, const char *key, int64_t now_ns,
     }
     int64_t tat = b->tat > now_ns ? b->tat : now_ns;
     int rc = 0;
-    if (tat - now_ns > rl->tolerance_ns) {
-        /* The next token is back when tat - tolerance is reached. */
-        int64_t wait = tat - rl->tolerance_ns - now_ns;
-        int64_t secs = (wait + NS_PER_S - 1) / NS_PER_S;
-        if (secs < 1)
-            secs = 1;
-        if (retry_after_s != NULL)
-            *retry_after_s = secs > 86400 ? 86400u : (unsigned)secs;
+    if (refused(rl, tat, now_ns, retry_after_s))
         rc = KEEL_EBUSY;
-    } else {
+    else
         b->tat = tat + rl->interval_ns;
-    }
     keel__lru_unlock(s);
     return rc;
 }

@@ -294,10 +294,14 @@ struct place {
     struct shard *sh;
 };
 
+static struct place place_at(keel__usersync *us, unsigned i)
+{
+    return (struct place){&us->cache.shards[i], &us->shards[i]};
+}
+
 static struct place place_of(keel__usersync *us, uint64_t hash)
 {
-    return (struct place){keel__lru_shard(&us->cache, hash),
-                          &us->shards[keel__lru_shard_index(&us->cache, hash)]};
+    return place_at(us, keel__lru_shard_index(&us->cache, hash));
 }
 
 /* Removes e from the cache; the caller holds the lock and frees e after. */
@@ -614,7 +618,7 @@ static int evict_email(keel__usersync *us, const char *email)
 {
     int dropped = 0;
     for (unsigned i = 0; i < us->cache.nshards; i++) {
-        struct place pl = {&us->cache.shards[i], &us->shards[i]};
+        struct place pl = place_at(us, i);
         struct keel__lru_node *doomed = NULL;
 
         keel__lru_lock(pl.lru);

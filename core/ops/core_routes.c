@@ -57,10 +57,10 @@ static int route_health(keel_request *req)
     if (proc->draining()) {
         /* Lame duck: load balancers take this instance out of rotation
          * while its routes still answer. */
-        return keel__respond_json(req, 503,
-                                  json_pack("{s:s, s:s, s:O}", "status", "draining", "database",
-                                            db_up() ? "up" : "down", "plugins",
-                                            t && t->health ? t->health : json_object()));
+        return keel__respond_json(
+            req, 503,
+            json_pack("{s:s, s:s, s:o}", "status", "draining", "database", db_up() ? "up" : "down",
+                      "plugins", t && t->health ? json_incref(t->health) : json_object()));
     }
     if (t == NULL)
         return keel__respond_json(req, 200,
@@ -128,6 +128,16 @@ static int route_me(keel_request *req)
                   created_at[0] != '\0' ? created_at : NULL, "credits", "balance", balance));
 }
 
+/* Answers for a fan-out the supervisor did not complete (rc from
+ * proc->fanout): 504 when it ran out of time, 503 otherwise. */
+static int supervisor_silent(keel_request *req, const char *verb, int rc)
+{
+    keel__log(KEEL_LOG_ERROR, "admin", "%s: no answer from the supervisor (%s)", verb,
+              keel_strerror(rc));
+    return keel__respond_detail(req, rc == KEEL_ETIMEOUT ? 504 : 503,
+                                "The supervisor did not answer for every worker");
+}
+
 /*
  * In a worker, asks the supervisor for verb run on every worker and merged.
  * Returns the parsed JSON (new reference); NULL with *answered set when a
@@ -145,10 +155,7 @@ static json_t *whole_server(keel_request *req, const char *verb, const char *arg
     json_t *j = rc == 0 ? json_loads(text, 0, NULL) : NULL;
     free(text);
     if (j == NULL) {
-        keel__log(KEEL_LOG_ERROR, "admin", "%s: no answer from the supervisor (%s)", verb,
-                  keel_strerror(rc));
-        keel__respond_detail(req, rc == KEEL_ETIMEOUT ? 504 : 503,
-                             "The supervisor did not answer for every worker");
+        supervisor_silent(req, verb, rc);
         *answered = true;
     }
     return j;
@@ -252,12 +259,8 @@ static int route_metrics(keel_request *req)
 {
     char *text = NULL;
     int frc = proc->fanout("metrics", NULL, 5000, &text);
-    if (frc != 0 && frc != KEEL_EUNSUPPORTED) {
-        keel__log(KEEL_LOG_ERROR, "admin", "metrics: no answer from the supervisor (%s)",
-                  keel_strerror(frc));
-        return keel__respond_detail(req, frc == KEEL_ETIMEOUT ? 504 : 503,
-                                    "The supervisor did not answer for every worker");
-    }
+    if (frc != 0 && frc != KEEL_EUNSUPPORTED)
+        return supervisor_silent(req, "metrics", frc);
     if (frc == KEEL_EUNSUPPORTED)
         text = keel__metrics_render();
     if (text == NULL)
@@ -279,8 +282,6 @@ static int route_upgrade(keel_request *req)
     return keel__respond_json(req, 200, j);
 }
 
-/* POST /admin/usersync/evict {"user": "<email or supabase id>"}: applies a
- * suspension at once instead of after the cache TTL. */
 /* Tells every instance LISTENing on the database (this one included) to
  * drop the user too. */
 static bool notify_fleet(const char *user)
@@ -300,6 +301,8 @@ static bool notify_fleet(const char *user)
     return rc == 0;
 }
 
+/* POST /admin/usersync/evict {"user": "<email or supabase id>"}: applies a
+ * suspension at once instead of after the cache TTL. */
 static int route_evict(keel_request *req)
 {
     json_t *body;

@@ -86,7 +86,7 @@ static void render_route_degraded(void *ctx, const struct keel__route_metrics *m
 {
     struct keel__mtext *t = ctx;
     char p[512];
-    for (size_t r = 0; r < 3; r++) {
+    for (size_t r = 0; r < KEEL__DEGRADED_NREASONS; r++) {
         unsigned long long n = atomic_load_explicit(&m->degraded[r], memory_order_relaxed);
         if (n == 0)
             continue;

@@ -13,13 +13,22 @@
 #include "process/fanout.h"
 #include "util/log.h"
 #include "util/scoreboard.h"
+#include "util/text.h"
 #include "util/time.h"
+
+struct plugin_state *keel__sup_plugin_find(const char *name)
+{
+    for (size_t i = 0; name != NULL && i < keel__sup.nplugins; i++)
+        if (strcmp(keel__sup.plugins[i].name, name) == 0)
+            return &keel__sup.plugins[i];
+    return NULL;
+}
 
 struct plugin_state *keel__sup_plugin(const char *name)
 {
-    for (size_t i = 0; i < keel__sup.nplugins; i++)
-        if (strcmp(keel__sup.plugins[i].name, name) == 0)
-            return &keel__sup.plugins[i];
+    struct plugin_state *known = keel__sup_plugin_find(name);
+    if (known != NULL)
+        return known;
     struct plugin_state *grown = realloc(keel__sup.plugins,
                                          (keel__sup.nplugins + 1) * sizeof *grown);
     if (grown == NULL)
@@ -82,21 +91,27 @@ void keel__sup_crash_read(struct worker *w)
     w->crash_text[w->crash_len] = '\0';
 }
 
-/* One line: the backtrace's frames joined by " | ". */
+/* One line: the backtrace's frames joined by "|". */
 static void flatten(char *s)
 {
-    size_t n = strlen(s);
-    while (n > 0 && (s[n - 1] == '\n' || s[n - 1] == ' '))
-        s[--n] = '\0';
+    keel__trim_newlines(s, 1);
     for (char *p = s; *p != '\0'; p++)
         if (*p == '\n')
             *p = '|';
+}
+
+/* What `keelctl plugins` shows as the plugin's last crash or hang. */
+static void set_last_report(struct plugin_state *p, const char *report)
+{
+    free(p->last_report);
+    p->last_report = strdup(report);
 }
 
 void keel__sup_crash_report(struct worker *w, unsigned slot, int sig)
 {
     keel__sup_crash_read(w);
     flatten(w->crash_text);
+    const char *backtrace = w->crash_text[0] ? w->crash_text : "(none)";
     struct keel__sb_worker *sb = keel__sb_worker(slot);
     int ct = sb ? atomic_load(&sb->crash_thread) : -1;
     struct keel__sb_thread t;
@@ -115,28 +130,29 @@ void keel__sup_crash_report(struct worker *w, unsigned slot, int sig)
     if (!in_plugin) {
         log_error("crash report: core crash: worker %d died of %s outside plugin code; no plugin "
                   "is quarantined; backtrace: %s",
-                  (int)w->pid, keel__sup_signal_name(sig),
-                  w->crash_text[0] ? w->crash_text : "(none)");
+                  (int)w->pid, keel__sup_signal_name(sig), backtrace);
         return;
     }
     static const char *const kinds[] = {"-", "init", "handler", "fini", "task"};
+    const char *stage = t.kind >= 0 && t.kind <= 4 ? kinds[t.kind] : "-";
+    const char *signame = keel__sup_signal_name(sig);
+    /* A long backtrace is cut to what fits the report. */
     char report[2048];
-    snprintf(report, sizeof report,
-             "worker %d died of %s in plugin %s generation %llu %s %s request %llu; backtrace: %s",
-             (int)w->pid, keel__sup_signal_name(sig), t.plugin, (unsigned long long)t.generation,
-             t.kind >= 0 && t.kind <= 4 ? kinds[t.kind] : "-", t.route,
-             (unsigned long long)t.request_id, w->crash_text[0] ? w->crash_text : "(none)");
+    if (snprintf(report, sizeof report,
+                 "worker %d died of %s in plugin %s generation %llu %s %s request %llu; "
+                 "backtrace: %s",
+                 (int)w->pid, signame, t.plugin, (unsigned long long)t.generation, stage, t.route,
+                 (unsigned long long)t.request_id, backtrace) < 0)
+        report[0] = '\0';
     log_error("crash report: plugin=%s generation=%llu route=\"%s\" request=%llu signal=%s "
               "stage=%s worker=%d backtrace: %s",
               t.plugin, (unsigned long long)t.generation, t.route, (unsigned long long)t.request_id,
-              keel__sup_signal_name(sig), t.kind >= 0 && t.kind <= 4 ? kinds[t.kind] : "-",
-              (int)w->pid, w->crash_text[0] ? w->crash_text : "(none)");
+              signame, stage, (int)w->pid, backtrace);
     struct plugin_state *p = keel__sup_plugin(t.plugin);
     if (p == NULL)
         return;
     p->crashes++;
-    free(p->last_report);
-    p->last_report = strdup(report);
+    set_last_report(p, report);
     int64_t now = keel__monotonic_ns(),
             window = (int64_t)keel__sup.conf->containment.crash_window_s * 1000000000;
     size_t keep = 0;
@@ -186,8 +202,7 @@ void keel__sup_watchdog(void)
                      "handler %s request %llu ran for %lld ms in worker %d (generation %llu)",
                      first.route, (unsigned long long)first.request_id, ms, (int)w->pid,
                      (unsigned long long)first.generation);
-            free(p->last_report);
-            p->last_report = strdup(report);
+            set_last_report(p, report);
             quarantine(p, KEEL__REASON_HUNG);
         }
         keel__sup_retire(w, "hang");

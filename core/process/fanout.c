@@ -15,6 +15,7 @@
 #include "plugin/loader.h"
 #include "process/merge.h"
 #include "process/supervisor_state.h"
+#include "util/counters.h"
 #include "util/log.h"
 #include "util/time.h"
 
@@ -37,9 +38,7 @@ void keel__fanout_start(pid_t origin, unsigned long long origin_id, const char *
     snprintf(f->arg, sizeof f->arg, "%s", arg ? arg : "");
     int timeout_ms = 10000;
     if (strcmp(verb, "reload") == 0) {
-        timeout_ms = keel__sup.conf->containment.init_timeout_ms *
-                         (int)(keel__sup.conf->nplugins + 1) +
-                     20000;
+        timeout_ms = (int)(keel__sup_inits_ms(keel__sup.conf) + 20000);
         /* A reload of a plugin lifts its quarantine: the operator asked
          * for it to run again. */
         for (size_t i = 0; i < keel__sup.nplugins; i++) {
@@ -92,11 +91,8 @@ static json_t *overlay_plugins(json_t *d)
     json_t *e;
     json_array_foreach(list, i, e)
     {
-        const char *name = json_string_value(json_object_get(e, "name"));
-        struct plugin_state *p = NULL;
-        for (size_t k = 0; name != NULL && k < keel__sup.nplugins; k++)
-            if (strcmp(keel__sup.plugins[k].name, name) == 0)
-                p = &keel__sup.plugins[k];
+        const struct plugin_state *p = keel__sup_plugin_find(
+            json_string_value(json_object_get(e, "name")));
         json_object_set_new(e, "crashes", json_integer(p ? (json_int_t)p->crashes : 0));
         json_object_set_new(e, "hangs", json_integer(p ? (json_int_t)p->hangs : 0));
         json_object_set_new(e, "last_crash",
@@ -110,45 +106,89 @@ static json_t *overlay_plugins(json_t *d)
     return d;
 }
 
+/* The supervisor's own families, merged into the workers' /metrics. */
 static char *supervisor_metrics(void)
 {
-    char *buf = NULL;
-    size_t len = 0;
-    FILE *m = open_memstream(&buf, &len);
-    if (m == NULL)
-        return NULL;
-    fprintf(m,
-            "# HELP keel_workers Worker processes serving.\n# TYPE keel_workers gauge\n"
-            "keel_workers %u\n",
-            keel__sup_count_state(W_READY, W_READY));
-    fprintf(m, "# HELP keel_worker_restarts_total Workers replaced, by reason.\n"
-               "# TYPE keel_worker_restarts_total counter\n");
+    struct keel__mtext t = {0};
+    keel__mtext_add(&t,
+                    "# HELP keel_workers Worker processes serving.\n# TYPE keel_workers gauge\n"
+                    "keel_workers %u\n",
+                    keel__sup_count_state(W_READY, W_READY));
+    keel__mtext_add(&t, "# HELP keel_worker_restarts_total Workers replaced, by reason.\n"
+                        "# TYPE keel_worker_restarts_total counter\n");
     for (size_t i = 0; keel__sup_restart_reasons[i] != NULL; i++)
-        fprintf(m, "keel_worker_restarts_total{reason=\"%s\"} %llu\n", keel__sup_restart_reasons[i],
-                keel__sup.restarts[i]);
-    fprintf(m, "# HELP keel_plugin_crashes_total Worker crashes inside the plugin's code.\n"
-               "# TYPE keel_plugin_crashes_total counter\n");
-    for (size_t i = 0; i < keel__sup.nplugins; i++)
-        fprintf(m, "keel_plugin_crashes_total{plugin=\"%s\"} %llu\n", keel__sup.plugins[i].name,
-                keel__sup.plugins[i].crashes);
-    fprintf(m, "# HELP keel_plugin_hangs_total Handlers that ran past plugins.handler_timeout_ms.\n"
-               "# TYPE keel_plugin_hangs_total counter\n");
-    for (size_t i = 0; i < keel__sup.nplugins; i++)
-        fprintf(m, "keel_plugin_hangs_total{plugin=\"%s\"} %llu\n", keel__sup.plugins[i].name,
-                keel__sup.plugins[i].hangs);
-    fprintf(m, "# HELP keel_plugin_quarantined 1 while the plugin is quarantined.\n"
-               "# TYPE keel_plugin_quarantined gauge\n");
-    for (size_t i = 0; i < keel__sup.nplugins; i++)
-        fprintf(m, "keel_plugin_quarantined{plugin=\"%s\"} %d\n", keel__sup.plugins[i].name,
-                keel__sup.plugins[i].quarantine != 0);
-    fclose(m);
-    return buf;
+        keel__mtext_add(&t, "keel_worker_restarts_total{reason=\"%s\"} %llu\n",
+                        keel__sup_restart_reasons[i], keel__sup.restarts[i]);
+    static const char *const fams[][3] = {
+        {"keel_plugin_crashes_total", "counter", "Worker crashes inside the plugin's code."},
+        {"keel_plugin_hangs_total", "counter",
+         "Handlers that ran past plugins.handler_timeout_ms."},
+        {"keel_plugin_quarantined", "gauge", "1 while the plugin is quarantined."},
+    };
+    char nm[128];
+    for (size_t f = 0; f < sizeof fams / sizeof fams[0]; f++) {
+        keel__mtext_add(&t, "# HELP %s %s\n# TYPE %s %s\n", fams[f][0], fams[f][2], fams[f][0],
+                        fams[f][1]);
+        for (size_t i = 0; i < keel__sup.nplugins; i++) {
+            const struct plugin_state *p = &keel__sup.plugins[i];
+            /* In the order of fams. */
+            const unsigned long long v[] = {p->crashes, p->hangs, p->quarantine != 0};
+            keel__mtext_add(&t, "%s{plugin=\"%s\"} %llu\n", fams[f][0],
+                            keel__mtext_label(p->name, nm, sizeof nm), v[f]);
+        }
+    }
+    if (t.failed) {
+        free(t.buf);
+        return NULL;
+    }
+    return t.buf;
 }
 
-static void fanout_finish(struct fanout *f)
+/* Every worker asked has answered (or left, or the time is up). */
+static bool all_answered(const struct fanout *f)
 {
-    fanout_unlink(f);
-    char *answer = NULL;
+    for (size_t i = 0; i < f->n; i++)
+        if (!f->answered[i])
+            return false;
+    return true;
+}
+
+static void fanout_free(struct fanout *f)
+{
+    for (size_t i = 0; i < f->n; i++)
+        free(f->part[i]);
+    free(f);
+}
+
+/* The merged JSON answer of a verb whose workers answer JSON (parts, n of
+ * them parsed), or NULL for another verb or when memory runs out. */
+static json_t *merge_json(const struct fanout *f, json_t *const *parts, size_t n)
+{
+    if (strcmp(f->verb, "evict") == 0) {
+        json_int_t total = 0;
+        for (size_t i = 0; i < n; i++)
+            total += json_integer_value(json_object_get(parts[i], "evicted"));
+        return json_pack("{s:I}", "evicted", total);
+    }
+    if (strcmp(f->verb, "describe") == 0)
+        return overlay_plugins(keel__merge_describe(parts, n));
+    if (strcmp(f->verb, "reload") == 0)
+        return keel__merge_reload(parts, n);
+    if (strcmp(f->verb, "status") != 0)
+        return NULL;
+    json_t *merged = keel__merge_status(parts, n);
+    json_t *pids = json_array();
+    for (size_t i = 0; i < f->n; i++)
+        json_array_append_new(pids, json_integer(f->expect[i]));
+    json_object_set_new(merged, "workers", pids);
+    json_object_set_new(merged, "supervisor_pid", json_integer(getpid()));
+    return merged;
+}
+
+/* What the supervisor answers (or logs) for f: the workers' answers merged,
+ * or NULL when the verb has none or memory runs out. */
+static char *merged_answer(const struct fanout *f)
+{
     if (strcmp(f->verb, "metrics") == 0) {
         const char *texts[MAX_PARTS + 1];
         size_t n = 0;
@@ -157,43 +197,27 @@ static void fanout_finish(struct fanout *f)
                 texts[n++] = f->part[i];
         char *own = supervisor_metrics();
         texts[n++] = own;
-        answer = keel__merge_metrics(texts, n);
+        char *answer = keel__merge_metrics(texts, n);
         free(own);
-    } else if (strcmp(f->verb, "evict") == 0) {
-        json_int_t total = 0;
-        for (size_t i = 0; i < f->n; i++) {
-            json_t *j = f->part[i] ? json_loads(f->part[i], 0, NULL) : NULL;
-            total += json_integer_value(json_object_get(j, "evicted"));
-            json_decref(j);
-        }
-        json_t *merged = json_pack("{s:I}", "evicted", total);
-        answer = merged ? json_dumps(merged, JSON_COMPACT) : NULL;
-        json_decref(merged);
-    } else if (strcmp(f->verb, "describe") == 0 || strcmp(f->verb, "reload") == 0 ||
-               strcmp(f->verb, "status") == 0) {
-        json_t *parts[MAX_PARTS];
-        size_t n = 0;
-        for (size_t i = 0; i < f->n; i++)
-            if (f->part[i] != NULL && (parts[n] = json_loads(f->part[i], 0, NULL)) != NULL)
-                n++;
-        json_t *merged;
-        if (strcmp(f->verb, "describe") == 0)
-            merged = overlay_plugins(keel__merge_describe(parts, n));
-        else if (strcmp(f->verb, "reload") == 0)
-            merged = keel__merge_reload(parts, n);
-        else {
-            merged = keel__merge_status(parts, n);
-            json_t *pids = json_array();
-            for (size_t i = 0; i < f->n; i++)
-                json_array_append_new(pids, json_integer(f->expect[i]));
-            json_object_set_new(merged, "workers", pids);
-            json_object_set_new(merged, "supervisor_pid", json_integer(getpid()));
-        }
-        for (size_t i = 0; i < n; i++)
-            json_decref(parts[i]);
-        answer = merged ? json_dumps(merged, JSON_COMPACT) : NULL;
-        json_decref(merged);
+        return answer;
     }
+    json_t *parts[MAX_PARTS];
+    size_t n = 0;
+    for (size_t i = 0; i < f->n; i++)
+        if (f->part[i] != NULL && (parts[n] = json_loads(f->part[i], 0, NULL)) != NULL)
+            n++;
+    json_t *merged = merge_json(f, parts, n);
+    for (size_t i = 0; i < n; i++)
+        json_decref(parts[i]);
+    char *answer = merged ? json_dumps(merged, JSON_COMPACT) : NULL;
+    json_decref(merged);
+    return answer;
+}
+
+static void fanout_finish(struct fanout *f)
+{
+    fanout_unlink(f);
+    char *answer = merged_answer(f);
     if (strcmp(f->verb, "reload") == 0) {
         /* Workers started from now on read the conf.d just reloaded (done
          * before the answer, so that a worker started after it does). */
@@ -226,9 +250,7 @@ static void fanout_finish(struct fanout *f)
         log_info("plugin %s quarantined in every worker (%zu)", name, f->n);
     }
     free(answer);
-    for (size_t i = 0; i < f->n; i++)
-        free(f->part[i]);
-    free(f);
+    fanout_free(f);
 }
 
 void keel__fanout_collect(pid_t from, unsigned long long id, char *body)
@@ -243,10 +265,7 @@ void keel__fanout_collect(pid_t from, unsigned long long id, char *body)
                 body = NULL;
             }
         }
-        bool all = true;
-        for (size_t i = 0; i < f->n; i++)
-            all = all && f->answered[i];
-        if (all)
+        if (all_answered(f))
             fanout_finish(f);
         break;
     }
@@ -258,13 +277,10 @@ void keel__fanout_forget(pid_t pid)
     struct fanout *f = keel__sup.fanouts;
     while (f != NULL) {
         struct fanout *next = f->next;
-        bool all = true;
-        for (size_t i = 0; i < f->n; i++) {
+        for (size_t i = 0; i < f->n; i++)
             if (f->expect[i] == pid)
                 f->answered[i] = true;
-            all = all && f->answered[i];
-        }
-        if (all)
+        if (all_answered(f))
             fanout_finish(f);
         f = next;
     }
@@ -275,9 +291,12 @@ void keel__fanout_expire(int64_t now)
     for (struct fanout *f = keel__sup.fanouts; f != NULL;) {
         struct fanout *next = f->next;
         if (now >= f->deadline_ns) {
-            log_warn("%s: %zu worker(s) did not answer in time", f->verb, f->n);
-            for (size_t i = 0; i < f->n; i++)
+            size_t silent = 0;
+            for (size_t i = 0; i < f->n; i++) {
+                silent += !f->answered[i];
                 f->answered[i] = true;
+            }
+            log_warn("%s: %zu of %zu worker(s) did not answer in time", f->verb, silent, f->n);
             fanout_finish(f);
         }
         f = next;
@@ -289,8 +308,6 @@ void keel__fanout_free_all(void)
     while (keel__sup.fanouts != NULL) {
         struct fanout *f = keel__sup.fanouts;
         keel__sup.fanouts = f->next;
-        for (size_t i = 0; i < f->n; i++)
-            free(f->part[i]);
-        free(f);
+        fanout_free(f);
     }
 }

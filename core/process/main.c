@@ -98,11 +98,10 @@ static int setup_auth(const struct keel__conf *c)
  * servers. */
 static void setup_http(const struct keel__conf *c)
 {
-    long ncpu = (long)keel__cpus_allowed();
     keel__rt.server = (struct keel__server_conf){
         .host = c->server.host,
         .port = c->server.port,
-        .threads = c->server.threads > 0 ? c->server.threads : (int)(4 * (ncpu > 0 ? ncpu : 1)),
+        .threads = c->server.threads > 0 ? c->server.threads : (int)(4 * keel__cpus_allowed()),
         .connection_timeout_s = c->server.connection_timeout_s,
         .admin_host = c->admin.host,
         .admin_port = c->admin.port,
@@ -432,6 +431,25 @@ static int setup_loader(const struct keel__conf *conf, bool *loader_up)
     return keel__loader_set_schema(conf->database.url, conf->database.migrations_dir);
 }
 
+/* Undoes what serve() or serve_check() set up, in the reverse order, and
+ * frees conf: the plugins and the loader when they were started, the rest
+ * whatever of it exists. */
+static void teardown(struct keel__conf *conf, bool plugins_up, bool loader_up)
+{
+    if (plugins_up)
+        keel__plugins_stop();
+    if (loader_up)
+        keel__loader_shutdown();
+    keel__plugin_metrics_free();
+    keel__notify_stop(user_changes);
+    keel__usersync_free(keel__rt.usersync);
+    if (keel__rt.db != NULL)
+        keel__db_free(keel__rt.db);
+    keel__auth_free(keel__rt.auth);
+    keel__metrics_free();
+    keel__conf_free(conf);
+}
+
 /* keeld --check: one process, no listeners. */
 static int serve_check(struct keel__conf *conf, const char *confdir)
 {
@@ -454,15 +472,7 @@ static int serve_check(struct keel__conf *conf, const char *confdir)
     printf("keeld --check: configuration %s is %s\n", confdir, ok ? "OK" : "NOT OK");
     status = ok ? 0 : 1;
 out:
-    if (plugins_up)
-        keel__plugins_stop();
-    if (loader_up)
-        keel__loader_shutdown();
-    keel__plugin_metrics_free();
-    keel__usersync_free(keel__rt.usersync);
-    keel__auth_free(keel__rt.auth);
-    keel__metrics_free();
-    keel__conf_free(conf);
+    teardown(conf, plugins_up, loader_up);
     return status;
 }
 
@@ -483,8 +493,7 @@ static int serve(struct keel__conf *conf)
     setup_http(conf);
     keel__rt.started_at = (int64_t)time(NULL);
     keel__loader_set_init_timeout(conf->containment.init_timeout_ms);
-    keel__worker_set_reload_timeout(conf->containment.init_timeout_ms * (int)(conf->nplugins + 1) +
-                                    30000);
+    keel__worker_set_reload_timeout((int)(keel__sup_inits_ms(conf) + 30000));
     signal(SIGPIPE, SIG_IGN);
 
     int status = 1;
@@ -533,18 +542,7 @@ out:
         atomic_store(&ticker_stop, 1);
         pthread_join(ticker, NULL);
     }
-    if (plugins_up)
-        keel__plugins_stop();
-    if (loader_up)
-        keel__loader_shutdown();
-    keel__plugin_metrics_free();
-    keel__notify_stop(user_changes);
-    keel__usersync_free(keel__rt.usersync);
-    if (keel__rt.db != NULL)
-        keel__db_free(keel__rt.db);
-    keel__auth_free(keel__rt.auth);
-    keel__metrics_free();
-    keel__conf_free(conf);
+    teardown(conf, plugins_up, loader_up);
     if (status == 0)
         log_info("worker %d stopped", (int)getpid());
     return status;

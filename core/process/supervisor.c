@@ -4,8 +4,6 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <netdb.h>
-#include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
@@ -15,7 +13,6 @@
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
 #ifdef HAVE_LIBSYSTEMD
@@ -53,6 +50,11 @@ int keel__sup_pipe_cloexec(int p[2])
     return 0;
 }
 
+int64_t keel__sup_inits_ms(const struct keel__conf *conf)
+{
+    return (int64_t)conf->containment.init_timeout_ms * (int64_t)(conf->nplugins + 1);
+}
+
 void keel__sup_count_restart(const char *reason)
 {
     for (size_t i = 0; keel__sup_restart_reasons[i] != NULL; i++)
@@ -85,8 +87,6 @@ void keel__sup_send(struct worker *w, char kind, unsigned long long id, const ch
         log_warn("cannot reach worker %d on its control channel", (int)w->pid);
 }
 
-/* ------------------------------------------------------------ listeners */
-
 /* ------------------------------------------------------------ workers */
 
 static void close_worker_fds(struct worker *w)
@@ -103,12 +103,8 @@ static void child_after_fork(unsigned slot, int ctl, int crash_w)
 {
     /* Nothing of the supervisor's other workers may stay open here, or
      * their channels would never see EOF. */
-    for (unsigned i = 0; i < keel__sup.nslots; i++) {
-        if (keel__sup.w[i].ctl >= 0)
-            close(keel__sup.w[i].ctl);
-        if (keel__sup.w[i].crash >= 0)
-            close(keel__sup.w[i].crash);
-    }
+    for (unsigned i = 0; i < keel__sup.nslots; i++)
+        close_worker_fds(&keel__sup.w[i]);
     if (keel__sup.sfd >= 0)
         close(keel__sup.sfd);
     if (keel__sup.upgrade_fd >= 0)
@@ -144,9 +140,8 @@ static void child_after_fork(unsigned slot, int ctl, int crash_w)
     c->limits.max_per_ip = (int)(((unsigned)c->limits.max_per_ip + n - 1) / n);
     /* server.threads is the server's too (default 4 per CPU): workers
      * sharing CPUs with more threads in all would only add switching. */
-    long ncpu = (long)keel__cpus_allowed();
     unsigned threads = c->server.threads > 0 ? (unsigned)c->server.threads
-                                             : 4u * (unsigned)(ncpu > 0 ? ncpu : 1);
+                                             : 4u * keel__cpus_allowed();
     threads = (threads + n - 1) / n;
     c->server.threads = (int)(threads < 2 ? 2 : threads);
     keel__rt.listen_inherited = true;
@@ -268,9 +263,7 @@ static void reap(void)
         bool expected = was == W_RETIRING || was == W_STOPPING;
         if (WIFSIGNALED(status)) {
             int sig = WTERMSIG(status);
-            bool fatal = sig == SIGSEGV || sig == SIGBUS || sig == SIGILL || sig == SIGFPE ||
-                         sig == SIGABRT || sig == SIGSYS;
-            if (fatal) {
+            if (keel__crash_is_fatal(sig)) {
                 keel__sup_crash_report(w, slot, sig);
             } else if (!expected) {
                 log_error("worker %d was killed by %s (%d)", (int)pid, keel__sup_signal_name(sig),
@@ -327,8 +320,7 @@ static void on_frame(struct worker *w, struct keel__frame *f)
             keel__sup.start_failures = 0;
             int64_t ms = (keel__monotonic_ns() - w->started_ns) / 1000000;
             log_info("worker %d serving %lld ms after its start", (int)w->pid, (long long)ms);
-            if (!keel__sup.ever_ready)
-                keel__sup.ever_ready = true;
+            keel__sup.ever_ready = true;
 #ifdef HAVE_LIBSYSTEMD
             /* Type=notify: every worker serves, plugins loaded.  MAINPID
              * too, so that after an upgrade systemd follows the new
@@ -473,9 +465,8 @@ int keel__supervisor_run(struct keel__conf *conf, const char *self_path, char *c
     keel__sup.serve = serve;
     keel__sup.self_path = self_path;
     keel__sup.argv = argv;
-    long ncpu = (long)keel__cpus_allowed();
     keel__sup.target = conf->server.workers > 0 ? (unsigned)conf->server.workers
-                                                : (unsigned)(ncpu > 0 ? ncpu : 1);
+                                                : keel__cpus_allowed();
     keel__sup.nslots = keel__sup.target * 2 + 4;
     keel__sup.w = calloc(keel__sup.nslots, sizeof *keel__sup.w);
     if (keel__sup.w == NULL || keel__sb_create(keel__sup.nslots) != 0) {

@@ -10,6 +10,8 @@
 #ifndef KEEL_CORE_PROCESS_SUPERVISOR_H
 #define KEEL_CORE_PROCESS_SUPERVISOR_H
 
+#include <stdint.h>
+
 #include "conf/conf.h"
 
 /*
@@ -24,6 +26,14 @@ typedef int (*keel__serve_fn)(struct keel__conf *conf);
  * takes conf.  self_path is the keeld binary to exec on an upgrade and
  * argv the arguments to give it.  Returns the process's exit status.
  */
+/*
+ * How long the plugins' inits may take in all, each up to
+ * containment.init_timeout_ms, counting one more than conf.d names: what a
+ * whole-server reload or a new keeld's start may need.  Who waits for one
+ * adds a margin of its own.
+ */
+int64_t keel__sup_inits_ms(const struct keel__conf *conf);
+
 int keel__supervisor_run(struct keel__conf *conf, const char *self_path, char *const *argv,
                          keel__serve_fn serve);
 

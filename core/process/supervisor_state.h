@@ -112,6 +112,9 @@ void keel__sup_count_restart(const char *reason);
 struct worker *keel__sup_by_pid(pid_t pid);
 /* How many workers are in state a or b. */
 unsigned keel__sup_count_state(enum wstate a, enum wstate b);
+/* The bookkeeping of the plugin called name (containment.c), or NULL for
+ * one that never crashed, hung or was quarantined (or a NULL name). */
+struct plugin_state *keel__sup_plugin_find(const char *name);
 /* Sends one frame to w on its control channel (logged when it fails). */
 void keel__sup_send(struct worker *w, char kind, unsigned long long id, const char *body);
 /* Starts a replacement for w, then (once it serves) drains w. */

@@ -69,6 +69,30 @@ bool keel__upgrade_inherit(void)
     return inherit_listeners();
 }
 
+/* Answers the worker that asked for the upgrade (none for SIGUSR2, or gone
+ * since) with j, which is taken. */
+static void answer_origin(pid_t origin, unsigned long long origin_id, json_t *j)
+{
+    struct worker *o = keel__sup_by_pid(origin);
+    if (o != NULL) {
+        char *text = json_dumps(j, JSON_COMPACT);
+        keel__sup_send(o, 'R', origin_id, text);
+        free(text);
+    }
+    json_decref(j);
+}
+
+/* Appends what the new keeld wrote on its pipe to upgrade_msg, which stays
+ * NUL-terminated. */
+static void read_message(void)
+{
+    ssize_t r = read(keel__sup.upgrade_fd, keel__sup.upgrade_msg + keel__sup.upgrade_len,
+                     sizeof keel__sup.upgrade_msg - 1 - keel__sup.upgrade_len);
+    if (r > 0)
+        keel__sup.upgrade_len += (size_t)r;
+    keel__sup.upgrade_msg[keel__sup.upgrade_len] = '\0';
+}
+
 void keel__upgrade_start(pid_t origin, unsigned long long origin_id)
 {
     char why[256] = "";
@@ -124,14 +148,7 @@ void keel__upgrade_start(pid_t origin, unsigned long long origin_id)
             close(rp[1]);
         }
         log_error("upgrade refused: %s", why);
-        struct worker *o = keel__sup_by_pid(origin);
-        if (o != NULL) {
-            json_t *j = json_pack("{s:b, s:s}", "ok", 0, "error", why);
-            char *text = json_dumps(j, JSON_COMPACT);
-            keel__sup_send(o, 'R', origin_id, text);
-            free(text);
-            json_decref(j);
-        }
+        answer_origin(origin, origin_id, json_pack("{s:b, s:s}", "ok", 0, "error", why));
         return;
     }
     close(rp[1]);
@@ -142,10 +159,7 @@ void keel__upgrade_start(pid_t origin, unsigned long long origin_id)
     keel__sup.upgrade_origin = origin;
     keel__sup.upgrade_origin_id = origin_id;
     keel__sup.upgrade_deadline_ns = keel__monotonic_ns() +
-                                    ((int64_t)keel__sup.conf->containment.init_timeout_ms *
-                                         (int64_t)(keel__sup.conf->nplugins + 1) +
-                                     30000) *
-                                        1000000;
+                                    (keel__sup_inits_ms(keel__sup.conf) + 30000) * 1000000;
     log_info("upgrade: started %s as pid %d with the listening sockets", keel__sup.self_path,
              (int)pid);
 }
@@ -154,23 +168,13 @@ void keel__upgrade_poll(void)
 {
     if (keel__sup.upgrade_fd < 0)
         return;
-    ssize_t r = read(keel__sup.upgrade_fd, keel__sup.upgrade_msg + keel__sup.upgrade_len,
-                     sizeof keel__sup.upgrade_msg - 1 - keel__sup.upgrade_len);
-    if (r > 0)
-        keel__sup.upgrade_len += (size_t)r;
-    keel__sup.upgrade_msg[keel__sup.upgrade_len] = '\0';
+    read_message();
     if (strncmp(keel__sup.upgrade_msg, "ready", 5) == 0) {
         log_info("upgrade: the new keeld (pid %d) serves; this one drains its workers and exits",
                  (int)keel__sup.upgrade_pid);
-        struct worker *o = keel__sup_by_pid(keel__sup.upgrade_origin);
-        if (o != NULL) {
-            json_t *j = json_pack("{s:b, s:i, s:i}", "ok", 1, "pid", (int)keel__sup.upgrade_pid,
-                                  "previous_pid", (int)getpid());
-            char *text = json_dumps(j, JSON_COMPACT);
-            keel__sup_send(o, 'R', keel__sup.upgrade_origin_id, text);
-            free(text);
-            json_decref(j);
-        }
+        answer_origin(keel__sup.upgrade_origin, keel__sup.upgrade_origin_id,
+                      json_pack("{s:b, s:i, s:i}", "ok", 1, "pid", (int)keel__sup.upgrade_pid,
+                                "previous_pid", (int)getpid()));
         close(keel__sup.upgrade_fd);
         keel__sup.upgrade_fd = -1;
         /* The new supervisor outlives us: it is no longer ours to reap. */
@@ -206,24 +210,13 @@ void keel__upgrade_reaped(int status)
         snprintf(why, sizeof why, "the new keeld died of signal %d before serving",
                  WTERMSIG(status));
     /* Anything it wrote on the way out says more. */
-    if (keel__sup.upgrade_fd >= 0) {
-        ssize_t r = read(keel__sup.upgrade_fd, keel__sup.upgrade_msg + keel__sup.upgrade_len,
-                         sizeof keel__sup.upgrade_msg - 1 - keel__sup.upgrade_len);
-        if (r > 0)
-            keel__sup.upgrade_len += (size_t)r;
-        keel__sup.upgrade_msg[keel__sup.upgrade_len] = '\0';
-    }
+    if (keel__sup.upgrade_fd >= 0)
+        read_message();
     if (keel__sup.upgrade_len > 0 && strncmp(keel__sup.upgrade_msg, "ready", 5) != 0)
         snprintf(why + strlen(why), sizeof why - strlen(why), ": %.400s", keel__sup.upgrade_msg);
     log_error("upgrade failed: %s; this keeld keeps serving", why);
-    struct worker *o = keel__sup_by_pid(keel__sup.upgrade_origin);
-    if (o != NULL) {
-        json_t *j = json_pack("{s:b, s:s}", "ok", 0, "error", why);
-        char *text = json_dumps(j, JSON_COMPACT);
-        keel__sup_send(o, 'R', keel__sup.upgrade_origin_id, text);
-        free(text);
-        json_decref(j);
-    }
+    answer_origin(keel__sup.upgrade_origin, keel__sup.upgrade_origin_id,
+                  json_pack("{s:b, s:s}", "ok", 0, "error", why));
     if (keel__sup.upgrade_fd >= 0)
         close(keel__sup.upgrade_fd);
     keel__sup.upgrade_fd = -1;

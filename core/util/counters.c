@@ -65,13 +65,14 @@ void keel__metrics_observe(struct keel__route_metrics *m, unsigned status, int64
                               memory_order_relaxed);
 }
 
-const char *const keel__degraded_reason_names[3] = {"database", "fallback", "other"};
+const char *const keel__degraded_reason_names[KEEL__DEGRADED_NREASONS] = {"database", "fallback",
+                                                                          "other"};
 
 void keel__metrics_degraded(struct keel__route_metrics *m, enum keel__degraded_reason reason)
 {
     if (m == NULL)
         m = &unmatched;
-    if ((unsigned)reason < 3)
+    if ((unsigned)reason < KEEL__DEGRADED_NREASONS)
         atomic_fetch_add_explicit(&m->degraded[reason], 1, memory_order_relaxed);
 }
 

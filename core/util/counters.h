@@ -21,6 +21,16 @@
 /* Upper bounds (seconds) of the latency histogram's finite buckets. */
 extern const double keel__metrics_bucket_bounds[KEEL__METRICS_NBUCKETS];
 
+/* Why a response may not be the real answer though its status says so: a
+ * read served without the database (X-Keel-Degraded: database), some other
+ * degraded path, or a plugin's fallback stub (X-Keel-Fallback). */
+enum keel__degraded_reason {
+    KEEL__DEGRADED_DATABASE = 0,
+    KEEL__DEGRADED_FALLBACK = 1,
+    KEEL__DEGRADED_OTHER = 2,
+    KEEL__DEGRADED_NREASONS /* how many there are */
+};
+
 struct keel__route_metrics {
     struct keel__route_metrics *next;
     int listener;
@@ -31,18 +41,10 @@ struct keel__route_metrics {
     atomic_ullong buckets[KEEL__METRICS_NBUCKETS];
     atomic_ullong count;
     atomic_ullong sum_ns;
-    atomic_ullong degraded[3]; /* by enum keel__degraded_reason */
+    atomic_ullong degraded[KEEL__DEGRADED_NREASONS]; /* by enum keel__degraded_reason */
 };
 
-/* Why a response may not be the real answer though its status says so: a
- * read served without the database (X-Keel-Degraded: database), some other
- * degraded path, or a plugin's fallback stub (X-Keel-Fallback). */
-enum keel__degraded_reason {
-    KEEL__DEGRADED_DATABASE = 0,
-    KEEL__DEGRADED_FALLBACK = 1,
-    KEEL__DEGRADED_OTHER = 2,
-};
-extern const char *const keel__degraded_reason_names[3];
+extern const char *const keel__degraded_reason_names[KEEL__DEGRADED_NREASONS];
 
 /* Counts one degraded response; m NULL means "no route matched". */
 void keel__metrics_degraded(struct keel__route_metrics *m, enum keel__degraded_reason reason);

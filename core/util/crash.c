@@ -13,6 +13,14 @@
 static int crash_fd = -1;
 static const int fatal_signals[] = {SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT, SIGSYS};
 
+bool keel__crash_is_fatal(int sig)
+{
+    for (size_t i = 0; i < sizeof fatal_signals / sizeof fatal_signals[0]; i++)
+        if (fatal_signals[i] == sig)
+            return true;
+    return false;
+}
+
 static void write_all(const char *s, size_t n)
 {
     while (n > 0) {

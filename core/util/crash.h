@@ -9,6 +9,8 @@
 #ifndef KEEL_CORE_UTIL_CRASH_H
 #define KEEL_CORE_UTIL_CRASH_H
 
+#include <stdbool.h>
+
 /* Worker: installs the handlers; backtraces go to fd (-1 = none). */
 void keel__crash_install(int fd);
 /* Gives the calling thread an alternate signal stack, so that a stack
@@ -16,5 +18,8 @@ void keel__crash_install(int fd);
 void keel__crash_thread_setup(void);
 /* Drops the calling thread's alternate stack (as it exits). */
 void keel__crash_thread_teardown(void);
+/* sig is one of the signals above, which the handler reports: a worker
+ * that died of it crashed. */
+bool keel__crash_is_fatal(int sig);
 
 #endif

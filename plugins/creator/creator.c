@@ -17,6 +17,7 @@
 #include <errno.h>
 #include <limits.h>
 #include <math.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -434,28 +435,61 @@ int creator_unavailable(keel_request *req)
 
 /* -------------------------------------------------------------- descriptor */
 
-/* Reads one integer setting of the manifest's "config". */
-static int conf_int(const json_t *config, const char *key, long long min, long long max,
-                    long long *value)
-{
-    const json_t *v = json_object_get(config, key);
+/* The integer settings of the manifest's "config": where each goes in
+ * struct creator_conf, its default and its bounds. */
+static const struct {
+    const char *key;
+    size_t offset;
+    long long def, min, max;
+} conf_ints[] = {
+    {"unlock_cost", offsetof(struct creator_conf, unlock_cost), 25, 1, 1000000},
+    {"unlock_days", offsetof(struct creator_conf, unlock_days), 30, 1, 3650},
+    {"max_posts", offsetof(struct creator_conf, max_posts), 50, 1, 1000},
+    {"stats_cache_ms", offsetof(struct creator_conf, stats_cache_ms), 1000, 0, 1000},
+    {"unlock_sweep_s", offsetof(struct creator_conf, unlock_sweep_s), 30, 0, 86400},
+};
 
-    if (v == NULL)
-        return 0;
-    if (!json_is_integer(v) || json_integer_value(v) < min || json_integer_value(v) > max) {
-        creator_host->log(NULL, KEEL_LOG_ERROR, "config.%s: expected an integer %lld-%lld", key,
-                          min, max);
-        return KEEL_ECONFIG;
+#define NCONF_INTS (sizeof conf_ints / sizeof conf_ints[0])
+
+/* Sets conf's integer settings from config (may be NULL), each to its
+ * default when absent; warns about keys that are neither these nor
+ * "provider".  0 or KEEL_ECONFIG, logged. */
+static int conf_read(const json_t *config, struct creator_conf *conf)
+{
+    const char *key;
+    json_t *value;
+    size_t i;
+
+    for (i = 0; i < NCONF_INTS; i++) {
+        long long *slot = (long long *)(void *)((char *)conf + conf_ints[i].offset);
+        const json_t *v = json_object_get(config, conf_ints[i].key);
+
+        *slot = conf_ints[i].def;
+        if (v == NULL)
+            continue;
+        if (!json_is_integer(v) || json_integer_value(v) < conf_ints[i].min ||
+            json_integer_value(v) > conf_ints[i].max) {
+            creator_host->log(NULL, KEEL_LOG_ERROR, "config.%s: expected an integer %lld-%lld",
+                              conf_ints[i].key, conf_ints[i].min, conf_ints[i].max);
+            return KEEL_ECONFIG;
+        }
+        *slot = (long long)json_integer_value(v);
     }
-    *value = (long long)json_integer_value(v);
+    if (config == NULL)
+        return 0;
+    json_object_foreach((json_t *)config, key, value)
+    {
+        for (i = 0; i < NCONF_INTS && strcmp(key, conf_ints[i].key) != 0; i++)
+            ;
+        if (i == NCONF_INTS && strcmp(key, "provider") != 0)
+            creator_host->log(NULL, KEEL_LOG_WARN, "config.%s: unknown key ignored", key);
+    }
     return 0;
 }
 
 static int creator_init(const keel_host *host, const json_t *config, void **state)
 {
     struct creator_conf *conf;
-    const char *key;
-    json_t *value;
     int rc;
 
     /* Every member used here exists in ABI 1.0; the check guards against a
@@ -468,27 +502,9 @@ static int creator_init(const keel_host *host, const json_t *config, void **stat
     conf = calloc(1, sizeof *conf);
     if (conf == NULL)
         return KEEL_ENOMEM;
-    conf->unlock_cost = 25;
-    conf->unlock_days = 30;
-    conf->max_posts = 50;
-    conf->stats_cache_ms = 1000;
-    conf->unlock_sweep_s = 30;
-    if (config != NULL) {
-        if ((rc = conf_int(config, "unlock_cost", 1, 1000000, &conf->unlock_cost)) != 0 ||
-            (rc = conf_int(config, "unlock_days", 1, 3650, &conf->unlock_days)) != 0 ||
-            (rc = conf_int(config, "max_posts", 1, 1000, &conf->max_posts)) != 0 ||
-            (rc = conf_int(config, "stats_cache_ms", 0, 1000, &conf->stats_cache_ms)) != 0 ||
-            (rc = conf_int(config, "unlock_sweep_s", 0, 86400, &conf->unlock_sweep_s)) != 0) {
-            free(conf);
-            return rc;
-        }
-        json_object_foreach((json_t *)config, key, value)
-        {
-            if (strcmp(key, "unlock_cost") != 0 && strcmp(key, "unlock_days") != 0 &&
-                strcmp(key, "max_posts") != 0 && strcmp(key, "provider") != 0 &&
-                strcmp(key, "stats_cache_ms") != 0 && strcmp(key, "unlock_sweep_s") != 0)
-                host->log(NULL, KEEL_LOG_WARN, "config.%s: unknown key ignored", key);
-        }
+    if ((rc = conf_read(config, conf)) != 0) {
+        free(conf);
+        return rc;
     }
     rc = creator_runner_init(host, config ? json_object_get(config, "provider") : NULL,
                              &conf->runner);

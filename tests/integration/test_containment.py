@@ -18,7 +18,8 @@ import threading
 import time
 
 import keeltest
-from keeltest import Keeld, built_plugin, scaled
+from keeltest import Keeld, built_plugin, scaled, wait_until
+from test_reload import plugins_of
 
 TIMEOUT = 180
 
@@ -55,23 +56,6 @@ def setup(plugins=(), server=None, containment=None):
 
 def worker_pids(k):
     return sorted(keeltest._children(k.pid))
-
-
-def wait_until(predicate, what, timeout=10):
-    deadline = time.monotonic() + scaled(timeout)
-    while True:
-        v = predicate()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out waiting for " + what)
-        time.sleep(0.05)
-
-
-def plugins_of(k):
-    r = k.admin_get("/admin/plugins")
-    assert r.status == 200, r
-    return {p["name"]: p for p in r.json()["plugins"]}
 
 
 def metric(k, sample):

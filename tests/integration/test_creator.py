@@ -226,12 +226,18 @@ def test_validation_errors_are_422():
 
 # ---------------------------------------------------------------- stats
 
-def no_stats_cache(k):
-    """Counts read right after a change: without the cache's up to 1 s
-    (test_stats_cache.py tests the cache)."""
-    doc = k.read_conf("60-creator.json")
-    doc["plugin"]["config"]["stats_cache_ms"] = 0
-    k.write_conf("60-creator.json", doc)
+def creator_config(**settings):
+    """A conf.d mutator that sets keys of the creator plugin's config."""
+    def mut(k):
+        doc = k.read_conf("60-creator.json")
+        doc["plugin"]["config"].update(settings)
+        k.write_conf("60-creator.json", doc)
+    return mut
+
+
+# Counts read right after a change: without the cache's up to 1 s
+# (test_stats_cache.py tests the cache).
+no_stats_cache = creator_config(stats_cache_ms=0)
 
 
 def test_system_stats_counts_and_rates():

@@ -96,6 +96,20 @@ def assert_refused(a, status, detail_re, closed=True):
         assert a.rest == b"", "a second response followed: %r" % a
 
 
+def assert_each_refused(k, cases, also=None):
+    """Sends each (name, request bytes, status, detail regex) on a connection
+    of its own and checks keel's refusal (assert_refused, then also(answer)
+    if given); a failure names the case."""
+    for name, data, status, detail in cases:
+        a = send(k.port, data)
+        try:
+            assert_refused(a, status, detail)
+            if also is not None:
+                also(a)
+        except (AssertionError, ValueError) as e:
+            raise AssertionError("%s: %s" % (name, e))
+
+
 def settled(k):
     """The server log's size once the access log has caught up: its lines
     are written in batches, at most about 100 ms after their requests
@@ -243,16 +257,13 @@ def test_libmicrohttpd_own_refusals_answer_keel_json():
         ("HTTP/0.9 version", b"GET /health HTTP/0.9\r\n" + H + b"\r\n", 505,
          r"HTTP version not supported"),
     ]
+    def json_not_html(a):
+        assert a.headers.get("content-type") == "application/json", a.headers
+        assert b"<html" not in a.data.lower(), a
+        assert k.get("/health").status == 200
+
     with Keeld() as k:
-        for name, data, status, detail in cases:
-            a = send(k.port, data)
-            try:
-                assert_refused(a, status, detail)
-                assert a.headers.get("content-type") == "application/json", a.headers
-                assert b"<html" not in a.data.lower(), a
-            except (AssertionError, ValueError) as e:
-                raise AssertionError("%s: %s" % (name, e))
-            assert k.get("/health").status == 200, name
+        assert_each_refused(k, cases, json_not_html)
         mark = settled(k)
         send(k.port, cases[0][1])
         k.wait_log(r" main - /health 431 ", since=mark)
@@ -294,12 +305,7 @@ def test_host_version_folding_cr_nul_and_absolute_form():
             ("control byte in a value", b"GET /health HTTP/1.1\r\n" + H + b"X-A: b\x01\r\n\r\n",
              400, r"control character"),
         ]
-        for name, data, status, detail in cases:
-            a = send(k.port, data)
-            try:
-                assert_refused(a, status, detail)
-            except AssertionError as e:
-                raise AssertionError("%s: %s" % (name, e))
+        assert_each_refused(k, cases)
         # HTTP/1.0 needs no Host; absolute-form targets are routed by their path.
         a = send(k.port, b"GET /health HTTP/1.0\r\n\r\n")
         assert a.status == 200, a

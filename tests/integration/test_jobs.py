@@ -357,8 +357,7 @@ def test_provider_down_opens_the_breaker_and_jobs_wait_until_it_is_back():
 
 
 def test_sigkill_while_processing_completes_once_after_restart():
-    db = Database()
-    try:
+    with Database() as db:
         with FakeProvider() as fp:
             n = fresh()
             fp.delay[n] = 30  # the first keeld never sees an answer
@@ -385,8 +384,6 @@ def test_sigkill_while_processing_completes_once_after_restart():
                              " ON p.id = po.profile_id WHERE p.username = %s", n)
             assert posts == [("3",)], posts
             k2.stop()
-    finally:
-        db.drop()
 
 
 def test_sigterm_during_a_slow_fetch_exits_promptly_and_requeues_the_job():
@@ -408,8 +405,7 @@ def test_sigterm_during_a_slow_fetch_exits_promptly_and_requeues_the_job():
 
 
 def test_two_keelds_on_one_database_never_run_one_job_twice():
-    db = Database()
-    try:
+    with Database() as db:
         with FakeProvider() as fp:
             names = [fresh() for _ in range(12)]
             for n in names:
@@ -423,8 +419,6 @@ def test_two_keelds_on_one_database_never_run_one_job_twice():
             assert all(db_job(ks[0], j)[1] == "1" for j in jobs)
             for k in ks:
                 k.stop()
-    finally:
-        db.drop()
 
 
 @keeltest.timeout(180)
@@ -492,8 +486,7 @@ def notes_manifest(k, **config):
 
 
 def test_plugin_with_its_own_migration_task_upstream_and_metrics():
-    db = Database()
-    try:
+    with Database() as db:
         with FakeProvider() as fp:
             cfg = {"upstream": {"url": "http://127.0.0.1:%d" % fp.port, "timeout_ms": 1000},
                    "tls_upstream": {"url": "https://127.0.0.1:%d" % fp.port, "retries": 0}}
@@ -544,26 +537,20 @@ def test_plugin_with_its_own_migration_task_upstream_and_metrics():
             assert tls["rc"] == -21 and "TLS" in tls["error"], tls
             assert k.get("/health").status == 200
             k.stop()
-    finally:
-        db.drop()
 
 
 def test_fresh_database_gets_the_creator_schema_from_the_plugin_migrations():
-    pg_db = Database()
-    try:
+    with Database() as pg_db:
         # The template ran --migrate: the creator's tables come from its own files.
         rows = pg_db.query("SELECT plugin, version FROM plugin_migrations ORDER BY 1, 2")
         assert rows == [("creator", "1"), ("creator", "2"), ("creator", "3")], rows
         assert pg_db.scalar("SELECT count(*) FROM stats_counters") == "2"
-    finally:
-        pg_db.drop()
 
 
 def test_database_from_the_old_single_migration_still_works():
     """A database migrated when 0001_init.sql still created the creator tables:
     the plugin's files are no-ops there and get recorded."""
-    db = Database()
-    try:
+    with Database() as db:
         db.query("DELETE FROM plugin_migrations")
         db.query("ALTER TABLE search_jobs DROP COLUMN attempts, DROP COLUMN progress_percent,"
                  " DROP COLUMN progress_message, DROP COLUMN error, DROP COLUMN lease_owner,"
@@ -574,8 +561,6 @@ def test_database_from_the_old_single_migration_still_works():
         assert r.returncode == 0 and "3 migration(s) of plugin creator" in r.stdout, r.stdout
         assert db.scalar("SELECT count(*) FROM profiles WHERE username = 'oldschema'") == "1"
         assert db.scalar("SELECT total FROM stats_counters WHERE name = 'profiles'") == "1"
-    finally:
-        db.drop()
 
 
 # ---------------------------------------------------------------- keel-plugin-check

@@ -140,9 +140,7 @@ def test_failing_queries_turn_health_down_and_are_counted():
             s["server"]["workers"] = 1
             k.write_conf("10-server.json", s)
             # Every read must reach the database, not the stats cache.
-            c = k.read_conf("60-creator.json")
-            c["plugin"]["config"]["stats_cache_ms"] = 0
-            k.write_conf("60-creator.json", c)
+            test_creator.no_stats_cache(k)
         with Keeld(one_worker, db=db, env={"KEEL_DATABASE_URL": bouncer.url_for(db.name),
                                            "KEEL_DATABASE_POOLER": "pgbouncer-transaction"}) as k:
             token = keeltest.user_token()

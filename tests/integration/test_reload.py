@@ -21,7 +21,7 @@ import threading
 import time
 
 import keeltest
-from keeltest import Keeld, built_plugin, scaled
+from keeltest import Keeld, built_plugin, scaled, wait_until
 
 TIMEOUT = 240
 
@@ -92,18 +92,6 @@ def hello_version(k, token):
     body = r.json()
     assert body["plugin"] == "testplug", body
     return body["version"]
-
-
-def wait_until(predicate, what, timeout=10):
-    """Polls predicate until it returns a true value; returns that value."""
-    deadline = time.monotonic() + scaled(timeout)
-    while True:
-        v = predicate()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out waiting for " + what)
-        time.sleep(0.02)
 
 
 def metric_value(k, name, labels=None):

@@ -13,7 +13,7 @@ import re
 import time
 
 from keeltest import Database, Keeld
-from test_creator import BASE, User, import_ok, name, profile_line
+from test_creator import BASE, User, import_ok, name, no_stats_cache, profile_line
 
 TIMEOUT = 180
 
@@ -36,17 +36,8 @@ def stats_reads(k):
     return float(m.group(1))
 
 
-def cache_ms(ms):
-    def mut(k):
-        doc = k.read_conf("60-creator.json")
-        doc["plugin"]["config"]["stats_cache_ms"] = ms
-        k.write_conf("60-creator.json", doc)
-    return mut
-
-
 def test_a_change_shows_once_the_bound_has_passed():
-    db = Database()
-    try:
+    with Database() as db:
         with Keeld(db=db) as k:
             u = User(k)
             before = profiles_total(u)
@@ -60,21 +51,16 @@ def test_a_change_shows_once_the_bound_has_passed():
             time.sleep(max(0.0, committed + 1.05 - time.monotonic()))
             for _ in range(10):  # both workers, whichever takes the request
                 assert profiles_total(u) == before + 1
-    finally:
-        db.drop()
 
 
 def test_without_the_cache_a_change_shows_at_once():
-    db = Database()
-    try:
-        with Keeld(cache_ms(0), db=db) as k:
+    with Database() as db:
+        with Keeld(no_stats_cache, db=db) as k:
             u = User(k)
             before = profiles_total(u)
             for i in range(3):
                 import_ok(k, [profile_line(name("sc"))])
                 assert profiles_total(u) == before + i + 1
-    finally:
-        db.drop()
 
 
 def test_sequential_reads_cost_at_most_one_query_per_worker_and_bound():

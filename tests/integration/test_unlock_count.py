@@ -12,7 +12,7 @@ import time
 
 import keeltest
 from keeltest import Database, Keeld
-from test_creator import BASE, User, import_ok, name, profile_line
+from test_creator import BASE, User, creator_config, import_ok, name, profile_line
 
 TIMEOUT = 240
 
@@ -27,11 +27,8 @@ ORPHANS = ("SELECT DISTINCT a.user_id FROM user_profile_access a"
            " WHERE NOT EXISTS (SELECT 1 FROM user_unlock_counts c WHERE c.user_id = a.user_id)")
 
 
-def no_sweep_task(k):
-    """Sweeps only when the test runs one: keeld's own task would race it."""
-    doc = k.read_conf("60-creator.json")
-    doc["plugin"]["config"]["unlock_sweep_s"] = 0
-    k.write_conf("60-creator.json", doc)
+# Sweeps only when the test runs one: keeld's own task would race it.
+no_sweep_task = creator_config(unlock_sweep_s=0)
 
 
 def unexpired(u):
@@ -86,9 +83,55 @@ def psql_session(k):
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
 
+def psql_until(holder, text, marker):
+    """Feeds text to a psql_session, then echoes marker; returns the lines
+    the session printed before the marker."""
+    holder.stdin.write(text + "\\echo " + marker + "\n")
+    holder.stdin.flush()
+    lines = []
+    for line in holder.stdout:
+        if line.strip() == marker:
+            return lines
+        lines.append(line.strip())
+    raise AssertionError("the session ended before %r: %r" % (marker, lines))
+
+
+def query_in_thread(k, sql, *args):
+    """Runs one query on a thread of its own: the thread, and a dict that
+    gets "ok" or the database's "error" when the query ends."""
+    out = {}
+
+    def run():
+        try:
+            k.db.query(sql, *args)
+            out["ok"] = True
+        except RuntimeError as e:
+            out["error"] = str(e)
+
+    t = threading.Thread(target=run)
+    t.start()
+    return t, out
+
+
+def wait_until_blocked(k, t, out, blocked_sql, what):
+    """Waits until blocked_sql finds the query running on t waiting for a lock."""
+    deadline = time.time() + keeltest.scaled(30)
+    while not k.db.query(blocked_sql):
+        assert time.time() < deadline, "the writer never waited for " + what
+        assert t.is_alive(), out
+        time.sleep(0.05)
+
+
+def release(holder, t, text):
+    """Lets the held session go on with text and waits for t to finish."""
+    holder.stdin.write(text)
+    holder.stdin.flush()
+    t.join(keeltest.scaled(30))
+    assert not t.is_alive()
+
+
 def test_plain_sql_writes_updates_deletes_and_the_clock_keep_the_total_exact():
-    db = Database()
-    try:
+    with Database() as db:
         with Keeld(no_sweep_task, db=db) as k:
             u, v = User(k), User(k)
             names = profiles(k, 24)
@@ -234,8 +277,6 @@ def test_plain_sql_writes_updates_deletes_and_the_clock_keep_the_total_exact():
             check(u, 0)
             k.db.query(grant_sql(u.id, names[0], "now() + interval '1 day'"))
             check(u, 1)
-    finally:
-        db.drop()
 
 
 def test_repeatable_read_writer_racing_a_sweep_fails_instead_of_miscounting():
@@ -243,8 +284,7 @@ def test_repeatable_read_writer_racing_a_sweep_fails_instead_of_miscounting():
     gets a serialization error from the count's row lock, not a wrong count:
     its grant expires between the old and the new sweep mark, so read with
     the old mark it would count as live."""
-    db = Database()
-    try:
+    with Database() as db:
         with Keeld(no_sweep_task, db=db) as k:
             u = User(k)
             names = profiles(k, 3)
@@ -254,37 +294,15 @@ def test_repeatable_read_writer_racing_a_sweep_fails_instead_of_miscounting():
             # meanwhile; then the writer adds a grant for the swept user.
             holder = psql_session(k)
             try:
-                holder.stdin.write("SELECT pg_advisory_lock(718281);\n\\echo held\n")
-                holder.stdin.flush()
-                line = "-"
-                while line and line.strip() != "held":
-                    line = holder.stdout.readline()
-                assert line.strip() == "held", line
-                out = {}
-
-                def writer():
-                    try:
-                        k.db.query("BEGIN ISOLATION LEVEL REPEATABLE READ;"
-                                   " SELECT count(*) FROM user_unlock_counts;"
-                                   " SELECT pg_advisory_lock_shared(718281); "
-                                   + grant_sql(u.id, names[1], "now()")
-                                   + "; COMMIT")
-                        out["ok"] = True
-                    except RuntimeError as e:
-                        out["error"] = str(e)
-
-                t = threading.Thread(target=writer)
-                t.start()
-                deadline = time.time() + keeltest.scaled(30)
-                while not k.db.query("SELECT 1 FROM pg_locks WHERE locktype = 'advisory'"
-                                     " AND objid = 718281 AND NOT granted"):
-                    assert time.time() < deadline, "the writer never waited for the lock"
-                    time.sleep(0.05)
+                psql_until(holder, "SELECT pg_advisory_lock(718281);\n", "held")
+                t, out = query_in_thread(k, "BEGIN ISOLATION LEVEL REPEATABLE READ;"
+                                         " SELECT count(*) FROM user_unlock_counts;"
+                                         " SELECT pg_advisory_lock_shared(718281); "
+                                         + grant_sql(u.id, names[1], "now()") + "; COMMIT")
+                wait_until_blocked(k, t, out, "SELECT 1 FROM pg_locks WHERE locktype = 'advisory'"
+                                   " AND objid = 718281 AND NOT granted", "the lock")
                 assert k.db.scalar("SELECT unlock_counts_sweep()") == "1"
-                holder.stdin.write("SELECT pg_advisory_unlock(718281);\n")
-                holder.stdin.flush()
-                t.join(keeltest.scaled(30))
-                assert not t.is_alive()
+                release(holder, t, "SELECT pg_advisory_unlock(718281);\n")
             finally:
                 holder.stdin.close()
                 holder.wait(keeltest.scaled(10))
@@ -293,8 +311,6 @@ def test_repeatable_read_writer_racing_a_sweep_fails_instead_of_miscounting():
             # The writer's retry, with a fresh snapshot, counts.
             k.db.query(grant_sql(u.id, names[1], "now() + interval '1 day'"))
             check(u, 1)
-    finally:
-        db.drop()
 
 
 def test_read_committed_writer_waiting_on_a_sweep_counts_against_the_new_mark():
@@ -304,8 +320,7 @@ def test_read_committed_writer_waiting_on_a_sweep_counts_against_the_new_mark():
     taken it out of the live count, so the delete must not take it again.
     (Inserts are kept apart by the row's unique key as well; a delete has
     only the row lock the trigger takes before it reads the mark.)"""
-    db = Database()
-    try:
+    with Database() as db:
         with Keeld(no_sweep_task, db=db) as k:
             u = User(k)
             names = profiles(k, 3)
@@ -313,34 +328,15 @@ def test_read_committed_writer_waiting_on_a_sweep_counts_against_the_new_mark():
             # A sweep that has moved u's row and not committed yet.
             holder = psql_session(k)
             try:
-                holder.stdin.write("BEGIN;\nSELECT unlock_counts_sweep();\n\\echo swept\n")
-                holder.stdin.flush()
-                lines = []
-                while not lines or lines[-1] not in ("swept", ""):
-                    lines.append(holder.stdout.readline().strip())
-                assert lines[-2:] == ["1", "swept"], lines
-                out = {}
-
-                def writer():
-                    try:
-                        k.db.query("DELETE FROM user_profile_access WHERE user_id = %s",
-                                   u.id)
-                        out["ok"] = True
-                    except RuntimeError as e:
-                        out["error"] = str(e)
-
-                t = threading.Thread(target=writer)
-                t.start()
-                deadline = time.time() + keeltest.scaled(30)
-                while not k.db.query("SELECT 1 FROM pg_stat_activity WHERE wait_event_type ="
-                                     " 'Lock' AND query LIKE 'DELETE FROM user_profile_access%%'"):
-                    assert time.time() < deadline, "the writer never waited for the sweep"
-                    assert t.is_alive(), out
-                    time.sleep(0.05)
-                holder.stdin.write("COMMIT;\n")
-                holder.stdin.flush()
-                t.join(keeltest.scaled(30))
-                assert not t.is_alive()
+                lines = psql_until(holder, "BEGIN;\nSELECT unlock_counts_sweep();\n", "swept")
+                assert lines[-1:] == ["1"], lines
+                t, out = query_in_thread(k, "DELETE FROM user_profile_access WHERE user_id = %s",
+                                         u.id)
+                wait_until_blocked(k, t, out, "SELECT 1 FROM pg_stat_activity WHERE"
+                                   " wait_event_type = 'Lock'"
+                                   " AND query LIKE 'DELETE FROM user_profile_access%%'",
+                                   "the sweep")
+                release(holder, t, "COMMIT;\n")
             finally:
                 holder.stdin.close()
                 holder.wait(keeltest.scaled(10))
@@ -348,13 +344,10 @@ def test_read_committed_writer_waiting_on_a_sweep_counts_against_the_new_mark():
             check(u, 0)
             assert u.scalar("SELECT live FROM user_unlock_counts WHERE user_id = %s",
                             u.id) == "0"
-    finally:
-        db.drop()
 
 
 def test_concurrent_writers_and_sweeps_keep_every_row_consistent():
-    db = Database()
-    try:
+    with Database() as db:
         with Keeld(no_sweep_task, db=db) as k:
             users = [User(k) for _ in range(3)]
             names = profiles(k, 40)
@@ -406,15 +399,12 @@ def test_concurrent_writers_and_sweeps_keep_every_row_consistent():
             k.db.query("SELECT unlock_counts_sweep()")
             for u in users:
                 check(u)
-    finally:
-        db.drop()
 
 
 def test_migration_backfills_existing_grants_and_runs_again_as_a_no_op():
     """The counts of grants written before the migration existed: the
     migration's own SQL, run on a database where it had not run, counts them."""
-    db = Database()
-    try:
+    with Database() as db:
         with Keeld(no_sweep_task, db=db) as k:
             u, v = User(k), User(k)
             names = profiles(k, 6)
@@ -444,5 +434,3 @@ def test_migration_backfills_existing_grants_and_runs_again_as_a_no_op():
             assert k.db.scalar("SELECT unlock_counts_rebuild()") == "2"
             check(u, 4)
             check(v, 2)
-    finally:
-        db.drop()

@@ -22,14 +22,6 @@
 #include "conf/conf.h"
 #include "plugin/manifest.h"
 
-/* The same fallbacks as conf.c, for builds without Makefile.am's flags. */
-#ifndef KEEL_PLUGINDIR
-#define KEEL_PLUGINDIR "/usr/local/lib/keel"
-#endif
-#ifndef KEEL_DATADIR
-#define KEEL_DATADIR "/usr/local/share/keel"
-#endif
-
 struct fixture {
     char dir[64];
     char err[1024];
