@@ -251,9 +251,9 @@ static void peer_text(struct MHD_Connection *conn, char *out, size_t outlen)
                   (socklen_t)outlen);
 }
 
-static void leave_cleanup(void *arg)
+static void release_slot(keel_request *req)
 {
-    keel__addr_limit_leave(arg);
+    keel__addr_limit_leave(req->client_addr);
 }
 
 int keel__request_identify(keel_request *req)
@@ -278,17 +278,17 @@ int keel__request_identify(keel_request *req)
     keel__client_addr(peer, j.len > 0 ? j.buf : NULL, c->trusted_proxies, c->ntrusted_proxies,
                       req->client_addr, sizeof req->client_addr);
 
-    /* Without trusted proxies libmicrohttpd counts connections per peer
-     * (start_daemon); with them that count would throttle the proxies, so
+    /* Without trusted proxies the acceptor counts connections per peer
+     * (http/acceptor.c); with them that count would throttle the proxies, so
      * concurrent requests per client address are counted here instead. */
     int max = keel__rt.limits.max_per_ip;
     if (c->ntrusted_proxies == 0 || max <= 0)
         return 0;
     if (!keel__addr_limit_enter(req->client_addr, max))
         return KEEL_EBUSY;
-    if (keel__req_on_cleanup(req, leave_cleanup, req->client_addr) != 0) {
-        keel__addr_limit_leave(req->client_addr);
-        return 0;
-    }
+    /* Given back once the answer is queued (keel__respond_mhd), not when
+     * it has been sent: a client that reads its answer and asks again at
+     * once must not find its previous request still counted. */
+    req->on_answered = release_slot;
     return 0;
 }

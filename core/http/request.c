@@ -77,10 +77,19 @@ int64_t keel__request_elapsed_ns(const keel_request *req)
     return keel__monotonic_ns() - req->start_ns;
 }
 
+static void answered(keel_request *req)
+{
+    void (*fn)(keel_request *) = req->on_answered;
+    req->on_answered = NULL;
+    if (fn != NULL)
+        fn(req);
+}
+
 void keel__request_free(keel_request *req)
 {
     if (req == NULL)
         return;
+    answered(req);
     /* Cleanups first: they may still read arena memory. */
     struct keel__cleanup *c = req->cleanups;
     while (c != NULL) {
@@ -480,6 +489,7 @@ int keel__respond_mhd(keel_request *req, unsigned status, struct MHD_Response *r
         MHD_add_response_header(resp, h->name, h->value);
     enum MHD_Result r = keel__mhd_queue(req->conn, status, resp);
     MHD_destroy_response(resp);
+    answered(req);
     /* Either way this request has had its one attempt. */
     req->responded = true;
     if (r != MHD_YES) {

@@ -82,6 +82,10 @@ struct keel_request {
     /* See core/http/clientaddr.h: X-Request-Id and who sent the request. */
     char request_id[129];
     char client_addr[47];
+    /* Run once, when the answer is queued or at the latest when the request
+     * is freed: gives back what counts the request as in flight (its
+     * max_per_ip slot, http/clientaddr.c). */
+    void (*on_answered)(keel_request *req);
     int64_t start_ns;
 
     /* Routing: the table snapshot this request was dispatched on holds a
