@@ -19,6 +19,7 @@
 
 #include "util/scoreboard.h"
 #include "util/log.h"
+#include "util/thread.h"
 #include "util/time.h"
 #include "plugin/tasks.h"
 #include "data/migrate.h"
@@ -522,13 +523,7 @@ static int start_init(struct keel__generation *g, const keel_host *host, json_t 
     c->config = json_incref(config);
     c->name = strdup(g->name ? g->name : "?");
     c->number = g->number;
-    pthread_t t;
-    pthread_attr_t attr;
-    pthread_attr_init(&attr);
-    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-    int prc = pthread_create(&t, &attr, init_thread, c);
-    pthread_attr_destroy(&attr);
-    if (prc != 0) {
+    if (!keel__thread_detached(init_thread, c)) {
         c->refs = 1;
         init_call_unref(c);
         return KEEL_ENOMEM;

@@ -9,6 +9,7 @@
 #include <time.h>
 
 #include "util/log.h"
+#include "util/thread.h"
 #include "util/time.h"
 #include "plugin/tasks.h"
 
@@ -418,13 +419,8 @@ void keel__plugins_finish_start(void)
     while (list != NULL) {
         struct start_pending *p = list;
         list = p->next;
-        pthread_t t;
-        pthread_attr_t attr;
-        pthread_attr_init(&attr);
-        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-        if (pthread_create(&t, &attr, finish_start, p) != 0)
+        if (!keel__thread_detached(finish_start, p))
             finish_start(p);
-        pthread_attr_destroy(&attr);
     }
 }
 

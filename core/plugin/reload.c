@@ -28,6 +28,7 @@
 
 #include "util/counters.h"
 #include "util/log.h"
+#include "util/thread.h"
 
 static json_t *result_json(const char *plugin, bool ok, int stage, const char *error,
                            uint64_t generation)
@@ -439,12 +440,7 @@ static int conf_read(struct keel__conf **out, char *err, size_t errlen)
     pthread_mutex_lock(&reader.lock);
     if (!reader.started) {
         reader.started = true;
-        pthread_t t;
-        pthread_attr_t attr;
-        pthread_attr_init(&attr);
-        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-        reader.running = pthread_create(&t, &attr, reader_main, NULL) == 0;
-        pthread_attr_destroy(&attr);
+        reader.running = keel__thread_detached(reader_main, NULL);
     }
     if (reader.running) {
         reader.req = &r;

@@ -23,6 +23,7 @@
 #include "process/channel.h"
 #include "util/scoreboard.h"
 #include "util/log.h"
+#include "util/thread.h"
 #include "util/time.h"
 
 static int ctl_fd = -1;
@@ -216,12 +217,7 @@ static void *slow_jobs_main(void *arg)
 static bool jobs_thread_up(void)
 {
     if (!jobs.running) {
-        pthread_t t;
-        pthread_attr_t attr;
-        pthread_attr_init(&attr);
-        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-        jobs.running = pthread_create(&t, &attr, slow_jobs_main, NULL) == 0;
-        pthread_attr_destroy(&attr);
+        jobs.running = keel__thread_detached(slow_jobs_main, NULL);
         jobs.head = NULL;
         jobs.tail = &jobs.head;
     }
