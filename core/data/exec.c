@@ -19,19 +19,9 @@
 #include "data/sqlstate.h"
 #include "util/blocking.h"
 #include "util/log.h"
+#include "util/lru.h"
 
 /* ------------------------------------------------------------ statement cache */
-
-static uint64_t hash_sql(const char *s)
-{
-    /* FNV-1a: the keys are our own SQL texts, not attacker input. */
-    uint64_t h = 14695981039346656037ull;
-    for (; *s != '\0'; s++) {
-        h ^= (unsigned char)*s;
-        h *= 1099511628211ull;
-    }
-    return h;
-}
 
 /* The slot holding sql, or the free slot where it would go. */
 static struct stmt_entry *stmt_slot(keel__db_conn *c, const char *sql, uint64_t h)
@@ -319,7 +309,7 @@ int keel__db_exec(keel__db *db, keel__db_conn *c, const char *sql, int nparams,
         return KEEL_EDB_UNAVAILABLE;
     }
 
-    uint64_t h = hash_sql(sql);
+    uint64_t h = keel__lru_hash(sql, strlen(sql));
     bool outside_tx = PQtransactionStatus(c->pg) == PQTRANS_IDLE;
     struct attempt a;
     int rc;

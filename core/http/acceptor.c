@@ -416,8 +416,3 @@ long keel__acceptor_connections(const keel__acceptor *a)
 {
     return a != NULL ? atomic_load(&((keel__acceptor *)a)->open) : 0;
 }
-
-unsigned keel__acceptor_lanes(const keel__acceptor *a)
-{
-    return a != NULL ? atomic_load(&((keel__acceptor *)a)->nlanes) : 0;
-}

@@ -75,8 +75,6 @@ void keel__acceptor_stop(keel__acceptor *a);
 
 /* Open connections over all lanes. */
 long keel__acceptor_connections(const keel__acceptor *a);
-/* Lanes running now. */
-unsigned keel__acceptor_lanes(const keel__acceptor *a);
 
 /* From the lane's URI log callback (a request begins) and its completion
  * callback (it ends). */

@@ -82,19 +82,6 @@ static bool trusted_addr(const char *addr, const struct keel__cidr *trusted, siz
     return keel__cidr_match_text(trusted, n, addr);
 }
 
-/* snprintf(out, outlen, "%s", s) without the format parsing: this runs per
- * request. */
-static void copy_text(char *out, size_t outlen, const char *s)
-{
-    if (outlen == 0)
-        return;
-    size_t n = strlen(s);
-    if (n >= outlen)
-        n = outlen - 1;
-    memcpy(out, s, n);
-    out[n] = '\0';
-}
-
 static bool is_addr(const char *s)
 {
     unsigned char b[16];
@@ -104,7 +91,7 @@ static bool is_addr(const char *s)
 void keel__client_addr(const char *peer, const char *xff, const struct keel__cidr *trusted,
                        size_t ntrusted, char *out, size_t outlen)
 {
-    copy_text(out, outlen, peer ? peer : "-");
+    keel__copy_text(out, outlen, peer ? peer : "-");
     if (peer == NULL || xff == NULL || ntrusted == 0 || !trusted_addr(peer, trusted, ntrusted))
         return;
     /* Right to left: each hop we trust vouches for the one before it. */
@@ -126,7 +113,7 @@ void keel__client_addr(const char *peer, const char *xff, const struct keel__cid
         hop[len] = '\0';
         if (!is_addr(hop))
             return;
-        copy_text(out, outlen, hop);
+        keel__copy_text(out, outlen, hop);
         if (!trusted_addr(hop, trusted, ntrusted))
             return;
         end = start > xff ? start - 1 : xff;
@@ -238,7 +225,7 @@ static enum MHD_Result join_xff(void *cls, enum MHD_ValueKind kind, const char *
 
 static void peer_text(struct MHD_Connection *conn, char *out, size_t outlen)
 {
-    copy_text(out, outlen, "-");
+    keel__copy_text(out, outlen, "-");
     const union MHD_ConnectionInfo *ci =
         MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
     if (ci == NULL || ci->client_addr == NULL)
@@ -262,7 +249,7 @@ int keel__request_identify(keel_request *req)
     const char *given =
         req->conn ? MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND, "X-Request-Id") : NULL;
     if (keel__request_id_valid(given))
-        copy_text(req->request_id, sizeof req->request_id, given);
+        keel__copy_text(req->request_id, sizeof req->request_id, given);
     else
         keel__request_id_make((unsigned long long)req->id, req->request_id, sizeof req->request_id);
     (void)keel__req_add_header(req, "X-Request-Id", req->request_id);

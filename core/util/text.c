@@ -39,3 +39,14 @@ size_t keel__ipv4_text(const void *addr, char *out)
     }
     return (size_t)(o - out - 1);
 }
+
+void keel__copy_text(char *out, size_t outlen, const char *s)
+{
+    if (outlen == 0)
+        return;
+    size_t n = strlen(s);
+    if (n >= outlen)
+        n = outlen - 1;
+    memcpy(out, s, n);
+    out[n] = '\0';
+}

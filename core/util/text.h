@@ -12,6 +12,10 @@ int keel__hex_value(int c);
  * length. */
 size_t keel__trim_newlines(char *s, int spaces);
 
+/* snprintf(out, outlen, "%s", s) without the format parsing (out is
+ * always terminated when outlen > 0). */
+void keel__copy_text(char *out, size_t outlen, const char *s);
+
 /* Writes the IPv4 address at addr (4 bytes, network order) as a dotted
  * quad with its NUL into out (at least 16 bytes), as inet_ntop() would,
  * without going through sprintf; returns its length. */

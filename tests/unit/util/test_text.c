@@ -44,11 +44,41 @@ static void test_trim_newlines(void **state)
     assert_int_equal(keel__trim_newlines(d, 1), 0);
 }
 
+static void test_copy_text(void **state)
+{
+    (void)state;
+    char out[6];
+    keel__copy_text(out, sizeof out, "abc");
+    assert_string_equal(out, "abc");
+    keel__copy_text(out, sizeof out, "abcdef");
+    assert_string_equal(out, "abcde");
+    keel__copy_text(out, 1, "xyz");
+    assert_string_equal(out, "");
+    out[0] = 'q';
+    keel__copy_text(out, 0, "xyz");
+    assert_int_equal(out[0], 'q');
+}
+
+static void test_ipv4_text(void **state)
+{
+    (void)state;
+    char out[16];
+    const unsigned char a[][4] = {
+        {127, 0, 0, 1}, {0, 0, 0, 0}, {255, 255, 255, 255}, {10, 99, 100, 9}};
+    const char *want[] = {"127.0.0.1", "0.0.0.0", "255.255.255.255", "10.99.100.9"};
+    for (size_t i = 0; i < sizeof a / sizeof a[0]; i++) {
+        assert_int_equal(keel__ipv4_text(a[i], out), strlen(want[i]));
+        assert_string_equal(out, want[i]);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_hex_value),
         cmocka_unit_test(test_trim_newlines),
+        cmocka_unit_test(test_copy_text),
+        cmocka_unit_test(test_ipv4_text),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
