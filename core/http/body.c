@@ -32,11 +32,6 @@ struct keel__spool {
 
 static atomic_long admin_active;
 
-long keel__body_admin_active(void)
-{
-    return atomic_load(&admin_active);
-}
-
 static void admin_done(void *arg)
 {
     (void)arg;

@@ -48,7 +48,4 @@ int keel__spool_write(struct keel__spool *s, const char *data, size_t len) KEEL_
  */
 int keel__body_line(keel_request *req, const char **line, size_t *len);
 
-/* Admin requests with a body being received or handled now. */
-long keel__body_admin_active(void);
-
 #endif

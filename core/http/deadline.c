@@ -299,11 +299,6 @@ uint64_t keel__deadlines_closed(const keel__deadlines *d)
     return d ? atomic_load_explicit(&((keel__deadlines *)d)->closed, memory_order_relaxed) : 0;
 }
 
-uint64_t keel__deadlines_evicted(const keel__deadlines *d)
-{
-    return d ? atomic_load_explicit(&((keel__deadlines *)d)->evicted, memory_order_relaxed) : 0;
-}
-
 long keel__deadlines_watched(const keel__deadlines *d)
 {
     if (d == NULL)

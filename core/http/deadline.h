@@ -72,8 +72,6 @@ void keel__deadlines_rearm(struct MHD_Connection *conn);
 
 /* Connections closed for passing the bound since start. */
 uint64_t keel__deadlines_closed(const keel__deadlines *d);
-/* Connections closed to make room since start. */
-uint64_t keel__deadlines_evicted(const keel__deadlines *d);
 /* Connections watched right now. */
 long keel__deadlines_watched(const keel__deadlines *d);
 

@@ -196,8 +196,3 @@ void keel__notify_stop(keel__notify *n)
     free(n->conninfo);
     free(n);
 }
-
-bool keel__notify_listening(const keel__notify *n)
-{
-    return n != NULL && atomic_load(&n->listening);
-}

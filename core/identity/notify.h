@@ -31,7 +31,4 @@ int keel__notify_start(const char *conninfo, keel__usersync *us,
 /* Stops the thread (within about 250 ms) and closes its connection. */
 void keel__notify_stop(keel__notify *n);
 
-/* True while the LISTEN is in place. */
-bool keel__notify_listening(const keel__notify *n);
-
 #endif

@@ -518,17 +518,6 @@ void keel__plugins_stop(void)
     pthread_mutex_unlock(&keel__reg.lock);
 }
 
-bool keel__plugins_all_loaded(void)
-{
-    pthread_mutex_lock(&keel__reg.lock);
-    bool ok = true;
-    for (size_t i = 0; i < keel__reg.nslots; i++)
-        if (keel__reg.slots[i]->gen == NULL)
-            ok = false;
-    pthread_mutex_unlock(&keel__reg.lock);
-    return ok;
-}
-
 /* ------------------------------------------------------------ reporting */
 
 json_t *keel__json_time(int64_t t)

@@ -96,9 +96,6 @@ int keel__plugins_stats(struct keel__plugin_stats **out, size_t *n) KEEL_WARN_UN
  * 0 (never).  New reference. */
 json_t *keel__json_time(int64_t t);
 
-/* True when every plugin loaded (the --check verdict). */
-bool keel__plugins_all_loaded(void);
-
 /* ------------------------------------------------------------------
  * Shared by registry.c and reload.c only.
  */

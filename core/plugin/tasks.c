@@ -59,11 +59,6 @@ void keel__tasks_abort_all(void)
     keel__upstream_abort_all();
 }
 
-bool keel__tasks_aborting(void)
-{
-    return keel__upstream_aborting();
-}
-
 static _Thread_local struct keel__gen_res *registering;
 static _Thread_local bool registering_active;
 static _Thread_local const char *registering_name;

@@ -58,8 +58,6 @@ extern bool keel__tasks_autostart;
  * timeout.  A reload does not do this: its old tasks finish their work.
  */
 void keel__tasks_abort_all(void);
-/* True after keel__tasks_abort_all(). */
-bool keel__tasks_aborting(void);
 
 /* Host API members (hostapi.c puts them in the table). */
 int keel__host_task_add(const char *name, unsigned every_ms, keel_task_fn fn, void *arg,

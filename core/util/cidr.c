@@ -70,21 +70,6 @@ static bool match_bytes(const struct keel__cidr *r, int family, const unsigned c
     return prefix_equal(r->addr, addr, r->bits);
 }
 
-bool keel__cidr_match(const struct keel__cidr *r, const struct sockaddr *sa)
-{
-    if (r == NULL || sa == NULL)
-        return false;
-    if (sa->sa_family == AF_INET) {
-        const struct sockaddr_in *in = (const struct sockaddr_in *)(const void *)sa;
-        return match_bytes(r, AF_INET, (const unsigned char *)&in->sin_addr);
-    }
-    if (sa->sa_family == AF_INET6) {
-        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)(const void *)sa;
-        return match_bytes(r, AF_INET6, in6->sin6_addr.s6_addr);
-    }
-    return false;
-}
-
 bool keel__cidr_match_text(const struct keel__cidr *ranges, size_t n, const char *addr)
 {
     unsigned char bytes[16];

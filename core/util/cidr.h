@@ -23,9 +23,6 @@ struct keel__cidr {
  * optional "/bits" within the family's width. */
 int keel__cidr_parse(const char *text, struct keel__cidr *out) KEEL_WARN_UNUSED;
 
-/* True when sa (AF_INET or AF_INET6) lies inside range. */
-bool keel__cidr_match(const struct keel__cidr *range, const struct sockaddr *sa);
-
 /* True when the textual address lies inside one of the n ranges. */
 bool keel__cidr_match_text(const struct keel__cidr *ranges, size_t n, const char *addr);
 

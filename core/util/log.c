@@ -26,11 +26,6 @@ void keel__log_set_level(int level)
         atomic_store(&log_level, level);
 }
 
-int keel__log_get_level(void)
-{
-    return atomic_load(&log_level);
-}
-
 int keel__log_parse_level(const char *name)
 {
     if (name == NULL)

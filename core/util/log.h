@@ -10,7 +10,6 @@
 
 /* Sets the most verbose level that is written (KEEL_LOG_*). */
 void keel__log_set_level(int level);
-int keel__log_get_level(void);
 /* Maps "error|warn|info|debug" to KEEL_LOG_*; returns -1 for anything else. */
 int keel__log_parse_level(const char *name);
 /* Redirects log lines to fd (default 2).  The fd stays owned by the caller. */
