@@ -511,16 +511,23 @@ static int start_init(struct keel__generation *g, const keel_host *host, json_t 
                       struct init_call **out)
 {
     *out = NULL;
-    struct init_call *c = calloc(1, sizeof *c);
-    if (c == NULL)
+    /* The plugin may keep the config object, and it runs on another thread:
+     * it gets a copy of its own, never a value this thread also holds
+     * (jansson's counts are not meant to be shared between threads). */
+    json_t *own = config != NULL ? json_deep_copy(config) : NULL;
+    if (config != NULL && own == NULL)
         return KEEL_ENOMEM;
+    struct init_call *c = calloc(1, sizeof *c);
+    if (c == NULL) {
+        json_decref(own);
+        return KEEL_ENOMEM;
+    }
     pthread_mutex_init(&c->lock, NULL);
     pthread_cond_init(&c->cond, NULL);
     c->refs = 2;
     c->desc = g->desc;
     c->host = host;
-    /* The plugin may keep the config object: it gets its own reference. */
-    c->config = json_incref(config);
+    c->config = own;
     c->name = strdup(g->name ? g->name : "?");
     c->number = g->number;
     if (!keel__thread_detached(init_thread, c)) {
