@@ -95,17 +95,6 @@ static int conn_fd(struct MHD_Connection *conn)
     return ci != NULL ? (int)ci->connect_fd : -1;
 }
 
-static void peer_key(const struct sockaddr *sa, char *out, size_t outlen)
-{
-    snprintf(out, outlen, "?");
-    if (sa == NULL)
-        return;
-    if (sa->sa_family == AF_INET)
-        inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, out, (socklen_t)outlen);
-    else if (sa->sa_family == AF_INET6)
-        inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, out, (socklen_t)outlen);
-}
-
 /* ------------------------------------------------------------ the choice */
 
 int keel__lane_pick(const struct keel__lane_load *loads, unsigned n, bool fallback)
@@ -162,24 +151,18 @@ static struct keel__lane *add_lane(keel__acceptor *a)
     return lane;
 }
 
-/* Requests the lanes have finished so far, summed (wrapping is harmless:
- * only a change is looked at). */
-static unsigned finished(keel__acceptor *a)
+/* What the lanes are doing: the requests they have finished so far,
+ * summed (wrapping is harmless: only a change is looked at), and whether a
+ * handler on some lane waits on the database or an upstream. */
+static unsigned activity(keel__acceptor *a, bool *waiting)
 {
     unsigned n = atomic_load(&a->nlanes), sum = 0;
-    for (unsigned i = 0; i < n; i++)
+    for (unsigned i = 0; i < n; i++) {
         sum += atomic_load_explicit(&a->lanes[i]->done, memory_order_relaxed);
-    return sum;
-}
-
-/* Whether a handler on some lane waits on the database or an upstream. */
-static bool waiting(keel__acceptor *a)
-{
-    unsigned n = atomic_load(&a->nlanes);
-    for (unsigned i = 0; i < n; i++)
         if (atomic_load_explicit(&a->lanes[i]->blocked, memory_order_relaxed) > 0)
-            return true;
-    return false;
+            *waiting = true;
+    }
+    return sum;
 }
 
 static struct keel__lane *choose(keel__acceptor *a)
@@ -189,16 +172,15 @@ static struct keel__lane *choose(keel__acceptor *a)
         return a->lanes[i];
     if (atomic_load(&a->nlanes) < a->conf.max_lanes) {
         int64_t start = keel__monotonic_ns(), now = start;
-        unsigned before = finished(a);
         bool moving = false, io = false;
+        unsigned before = activity(a, &io);
         while (now - start < (moving && !io ? BUSY_WAIT_NS : CLEAR_WAIT_NS)) {
             struct timespec ts = {0, CLEAR_POLL_NS};
             nanosleep(&ts, NULL);
             i = pick(a, false);
             if (i >= 0)
                 return a->lanes[i];
-            moving = moving || finished(a) != before;
-            io = io || waiting(a);
+            moving = moving || activity(a, &io) != before;
             now = keel__monotonic_ns();
         }
         struct keel__lane *lane = add_lane(a);
@@ -220,7 +202,7 @@ static void admit(keel__acceptor *a, int fd, const struct sockaddr *sa, socklen_
     unsigned char marks = FD_FRESH;
     char key[INET6_ADDRSTRLEN];
     if (a->conf.max_per_ip > 0) {
-        peer_key(sa, key, sizeof key);
+        keel__addr_text(sa, key, sizeof key);
         if (!keel__addr_limit_enter(key, a->conf.max_per_ip)) {
             if (a->refused_ip++ % 1000 == 0)
                 keel__log(KEEL_LOG_INFO, "core",
@@ -339,7 +321,7 @@ void keel__lane_notify(void *cls, struct MHD_Connection *conn, void **socket_con
             const union MHD_ConnectionInfo *ci =
                 MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
             char key[INET6_ADDRSTRLEN];
-            peer_key(ci != NULL ? ci->client_addr : NULL, key, sizeof key);
+            keel__addr_text(ci != NULL ? ci->client_addr : NULL, key, sizeof key);
             keel__addr_limit_leave(key);
         }
         atomic_fetch_sub(&lane->conns, 1);

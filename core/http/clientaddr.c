@@ -223,19 +223,23 @@ static enum MHD_Result join_xff(void *cls, enum MHD_ValueKind kind, const char *
     return MHD_YES;
 }
 
-static void peer_text(struct MHD_Connection *conn, char *out, size_t outlen)
+void keel__addr_text(const struct sockaddr *sa, char *out, size_t outlen)
 {
     keel__copy_text(out, outlen, "-");
-    const union MHD_ConnectionInfo *ci =
-        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
-    if (ci == NULL || ci->client_addr == NULL)
+    if (sa == NULL)
         return;
-    const struct sockaddr *sa = ci->client_addr;
     if (sa->sa_family == AF_INET && outlen >= INET_ADDRSTRLEN)
         keel__ipv4_text(&((const struct sockaddr_in *)(const void *)sa)->sin_addr, out);
     else if (sa->sa_family == AF_INET6)
         inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)(const void *)sa)->sin6_addr, out,
                   (socklen_t)outlen);
+}
+
+static void peer_text(struct MHD_Connection *conn, char *out, size_t outlen)
+{
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+    keel__addr_text(ci != NULL ? ci->client_addr : NULL, out, outlen);
 }
 
 static void release_slot(keel_request *req)

@@ -49,6 +49,10 @@ void keel__client_addr(const char *peer, const char *xff, const struct keel__cid
  * keel__addr_limit_leave.
  */
 bool keel__addr_limit_enter(const char *addr, int max);
+/* sa's address as text (IPv4 dotted, IPv6 as inet_ntop writes it), "-"
+ * when there is none; out holds at least INET6_ADDRSTRLEN bytes. */
+struct sockaddr;
+void keel__addr_text(const struct sockaddr *sa, char *out, size_t outlen);
 void keel__addr_limit_leave(const char *addr);
 
 /*
