@@ -126,10 +126,9 @@ json_t *creator_set_columns_mapped(json_t *obj, const keel_db_result *res, int r
         map->resolved = true;
     }
     for (int i = 0; obj != NULL && cols[i].key != NULL; i++) {
-        const char *v = i < CREATOR_COLUMNS_MAX
-                            ? (map->col[i] < 0 ? NULL
-                                               : creator_host->db_value(res, row, map->col[i]))
-                            : creator_col(res, row, cols[i].column);
+        /* db_value answers NULL for a column the result lacks (-1). */
+        const char *v = i < CREATOR_COLUMNS_MAX ? creator_host->db_value(res, row, map->col[i])
+                                                : creator_col(res, row, cols[i].column);
         /* The keys are this plugin's own ASCII names: no UTF-8 check. */
         if (json_object_set_new_nocheck(obj, cols[i].key, cols[i].convert(v)) != 0) {
             json_decref(obj);
