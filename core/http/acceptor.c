@@ -25,16 +25,19 @@
  * one.  A lane clears within microseconds of reading a new connection's
  * first request, so a burst of connections (a client opening its pool)
  * settles on the lanes there are; only lanes held by slow or stuck
- * handlers outlast it.  While lanes go on finishing requests the wait
- * stretches to BUSY_WAIT_NS: on a CPU shared with other work a lane
- * running quick requests may not clear within CLEAR_WAIT_NS only because
- * it waits for the CPU, and another thread would not get more of it
- * (bench: lanes grew from 2 to 17 per worker over six bursts of 50
- * connections on a loaded machine).  A lane held by a handler that never
- * returns finishes nothing, and one waiting on the database would be
- * overlapped by another thread: then the lane starts after CLEAR_WAIT_NS. */
+ * handlers outlast it.  While some lane goes on finishing requests without
+ * waiting on I/O the wait stretches to BUSY_WAIT_NS: on a CPU shared with
+ * other work a lane running quick requests may not clear within
+ * CLEAR_WAIT_NS only because it waits for the CPU, and another thread
+ * would not get more of it (bench: lanes grew from 2 to 17 per worker over
+ * six bursts of 50 connections on a loaded machine; and to 19 when only
+ * the first request of a burst waited on the database, for its user).  A
+ * lane held by a handler that has not returned for STUCK_NS, and one
+ * waiting on the database, would be overlapped by another thread: when
+ * every lane is one of these the lane starts after CLEAR_WAIT_NS. */
 #define CLEAR_WAIT_NS (2 * 1000 * 1000LL)
 #define BUSY_WAIT_NS (50 * 1000 * 1000LL)
+#define STUCK_NS (20 * 1000 * 1000LL)
 #define CLEAR_POLL_NS (50 * 1000L)
 /* Connections taken off the listening socket per wake-up before the stop
  * pipe is looked at again. */
@@ -151,18 +154,38 @@ static struct keel__lane *add_lane(keel__acceptor *a)
     return lane;
 }
 
-/* What the lanes are doing: the requests they have finished so far,
- * summed (wrapping is harmless: only a change is looked at), and whether a
- * handler on some lane waits on the database or an upstream. */
-static unsigned activity(keel__acceptor *a, bool *waiting)
+/* What a lane had done when the wait for a clear lane began. */
+struct lane_mark {
+    unsigned done, waits;
+};
+
+static void mark_lanes(keel__acceptor *a, struct lane_mark *m, unsigned n)
 {
-    unsigned n = atomic_load(&a->nlanes), sum = 0;
     for (unsigned i = 0; i < n; i++) {
-        sum += atomic_load_explicit(&a->lanes[i]->done, memory_order_relaxed);
-        if (atomic_load_explicit(&a->lanes[i]->blocked, memory_order_relaxed) > 0)
-            *waiting = true;
+        m[i].done = atomic_load_explicit(&a->lanes[i]->done, memory_order_relaxed);
+        m[i].waits = atomic_load_explicit(&a->lanes[i]->blocked.waits, memory_order_relaxed);
     }
-    return sum;
+}
+
+/* Whether some lane will clear by itself once it gets the CPU: one that
+ * neither waits on the database or an upstream (now, or since m was taken)
+ * nor is stuck (a request in progress for STUCK_NS with nothing finished
+ * since m).  Another thread would overlap the others' waits; it would
+ * only share the CPU with this one. */
+static bool some_lane_runs(keel__acceptor *a, const struct lane_mark *m, unsigned n, int64_t now)
+{
+    for (unsigned i = 0; i < n; i++) {
+        struct keel__lane *l = a->lanes[i];
+        if (atomic_load_explicit(&l->blocked.now, memory_order_relaxed) > 0 ||
+            atomic_load_explicit(&l->blocked.waits, memory_order_relaxed) != m[i].waits)
+            continue;
+        if (atomic_load_explicit(&l->active, memory_order_relaxed) > 0 &&
+            atomic_load_explicit(&l->done, memory_order_relaxed) == m[i].done &&
+            now - atomic_load_explicit(&l->begun, memory_order_relaxed) >= STUCK_NS)
+            continue;
+        return true;
+    }
+    return false;
 }
 
 static struct keel__lane *choose(keel__acceptor *a)
@@ -170,17 +193,17 @@ static struct keel__lane *choose(keel__acceptor *a)
     int i = pick(a, false);
     if (i >= 0)
         return a->lanes[i];
-    if (atomic_load(&a->nlanes) < a->conf.max_lanes) {
+    unsigned n = atomic_load(&a->nlanes);
+    if (n < a->conf.max_lanes) {
+        struct lane_mark marks[n];
+        mark_lanes(a, marks, n);
         int64_t start = keel__monotonic_ns(), now = start;
-        bool moving = false, io = false;
-        unsigned before = activity(a, &io);
-        while (now - start < (moving && !io ? BUSY_WAIT_NS : CLEAR_WAIT_NS)) {
+        while (now - start < (some_lane_runs(a, marks, n, now) ? BUSY_WAIT_NS : CLEAR_WAIT_NS)) {
             struct timespec ts = {0, CLEAR_POLL_NS};
             nanosleep(&ts, NULL);
             i = pick(a, false);
             if (i >= 0)
                 return a->lanes[i];
-            moving = moving || activity(a, &io) != before;
             now = keel__monotonic_ns();
         }
         struct keel__lane *lane = add_lane(a);
@@ -292,8 +315,10 @@ static void *accept_main(void *arg)
 
 /* ------------------------------------------------------------ lane callbacks */
 
-void keel__lane_request_begin(struct keel__lane *lane, struct MHD_Connection *conn)
+void keel__lane_request_begin(struct keel__lane *lane, struct MHD_Connection *conn,
+                              int64_t start_ns)
 {
+    atomic_store_explicit(&lane->begun, start_ns, memory_order_relaxed);
     /* The lane's thread is the only one that runs its requests. */
     keel__blocking_counter = &lane->blocked;
     atomic_fetch_add_explicit(&lane->active, 1, memory_order_relaxed);

@@ -30,6 +30,8 @@
 #include <keel/common.h>
 #include <keel/error.h>
 
+#include "util/blocking.h"
+
 typedef struct keel__acceptor keel__acceptor;
 
 /* One lane: a libmicrohttpd daemon with one thread. */
@@ -41,7 +43,8 @@ struct keel__lane {
     atomic_int fresh;   /* handed over, no request begun yet */
     atomic_int active;  /* requests begun and not completed */
     atomic_uint done;   /* requests completed, ever (wraps) */
-    atomic_int blocked; /* handlers waiting on the database or upstream (util/blocking.h) */
+    atomic_llong begun; /* monotonic ns at which the latest request began */
+    struct keel__blocking blocked; /* waits on the database or upstream (util/blocking.h) */
 };
 
 struct keel__acceptor_conf {
@@ -76,9 +79,10 @@ void keel__acceptor_stop(keel__acceptor *a);
 /* Open connections over all lanes. */
 long keel__acceptor_connections(const keel__acceptor *a);
 
-/* From the lane's URI log callback (a request begins) and its completion
- * callback (it ends). */
-void keel__lane_request_begin(struct keel__lane *lane, struct MHD_Connection *conn);
+/* From the lane's URI log callback (a request begins, at start_ns on
+ * keel__monotonic_ns()'s clock) and its completion callback (it ends). */
+void keel__lane_request_begin(struct keel__lane *lane, struct MHD_Connection *conn,
+                              int64_t start_ns);
 void keel__lane_request_end(struct keel__lane *lane);
 /* The lane daemons' MHD_OPTION_NOTIFY_CONNECTION (cls = the lane). */
 void keel__lane_notify(void *cls, struct MHD_Connection *conn, void **socket_context,

@@ -359,7 +359,7 @@ static void *on_uri(void *cls, const char *uri, struct MHD_Connection *conn)
         return NULL;
     /* Counted until on_completed: the acceptor hands new connections to
      * lanes with nothing in progress (core/http/acceptor.h). */
-    keel__lane_request_begin(lane, conn);
+    keel__lane_request_begin(lane, conn, req->start_ns);
     req->max_json_depth = keel__rt.limits.max_json_depth;
     req->target = uri;
     req->target_len = strlen(uri);

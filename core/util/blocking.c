@@ -2,4 +2,4 @@
 
 #include "util/blocking.h"
 
-_Thread_local atomic_int *keel__blocking_counter;
+_Thread_local struct keel__blocking *keel__blocking_counter;

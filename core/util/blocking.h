@@ -13,19 +13,26 @@
 #include <stdatomic.h>
 #include <stddef.h>
 
-/* This thread's counter, or NULL. */
-extern _Thread_local atomic_int *keel__blocking_counter;
+struct keel__blocking {
+    atomic_int now;    /* waits in progress */
+    atomic_uint waits; /* waits begun, ever (wraps): a change says one began */
+};
+
+/* This thread's counters, or NULL. */
+extern _Thread_local struct keel__blocking *keel__blocking_counter;
 
 static inline void keel__blocking_enter(void)
 {
-    if (keel__blocking_counter != NULL)
-        atomic_fetch_add_explicit(keel__blocking_counter, 1, memory_order_relaxed);
+    if (keel__blocking_counter != NULL) {
+        atomic_fetch_add_explicit(&keel__blocking_counter->now, 1, memory_order_relaxed);
+        atomic_fetch_add_explicit(&keel__blocking_counter->waits, 1, memory_order_relaxed);
+    }
 }
 
 static inline void keel__blocking_leave(void)
 {
     if (keel__blocking_counter != NULL)
-        atomic_fetch_sub_explicit(keel__blocking_counter, 1, memory_order_relaxed);
+        atomic_fetch_sub_explicit(&keel__blocking_counter->now, 1, memory_order_relaxed);
 }
 
 #endif
