@@ -2,13 +2,10 @@
 
 #include "identity/tokencache.h"
 
-#include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-
-#include <openssl/evp.h>
 
 #include "util/lru.h"
 
@@ -19,22 +16,31 @@
 
 struct token {
     struct keel__lru_node node; /* first: the LRU hands back nodes */
-    unsigned char digest[32];
-    time_t since; /* when it verified */
-    time_t until; /* cache life end */
+    time_t since;               /* when it verified */
+    time_t until;               /* cache life end */
     struct keel__claims claims;
     /* One reference for the cache, one per request holding the claims: an
      * evicted token lives until the last of them is done. */
     struct keel__claims_pin pin;
+    size_t len;
+    char bytes[]; /* the token */
+};
+
+/* What a lookup matches: the token's bytes, whole. */
+struct token_key {
+    const char *bytes;
+    size_t len;
 };
 
 struct keel__tokencache {
-    struct keel__lru tokens; /* keyed by the token's SHA-256 */
+    struct keel__lru tokens; /* keyed by the token's bytes */
 };
 
-static bool token_is(const struct keel__lru_node *n, const void *digest)
+static bool token_is(const struct keel__lru_node *n, const void *key)
 {
-    return memcmp(((const struct token *)n)->digest, digest, 32) == 0;
+    const struct token *t = (const struct token *)n;
+    const struct token_key *k = key;
+    return t->len == k->len && memcmp(t->bytes, k->bytes, k->len) == 0;
 }
 
 static void token_release(struct keel__claims_pin *pin)
@@ -70,71 +76,17 @@ void keel__tokencache_free(keel__tokencache *tc)
     free(tc);
 }
 
-/* SHA-256 fetched from the provider once: EVP_sha256() makes OpenSSL 3
- * look the algorithm up again on every digest, which cost about a third of
- * the digest on a cache hit (perf). */
-static EVP_MD *sha256;
-static pthread_once_t sha256_once = PTHREAD_ONCE_INIT;
-/* Each thread's digest context, kept between requests: EVP_Digest()
- * allocates, sets up and frees one per call, most of its cost for a token of
- * a few hundred bytes.  Freed when the thread ends. */
-static pthread_key_t ctx_key;
-static bool ctx_key_ok;
-
-static void free_ctx(void *ctx)
-{
-    EVP_MD_CTX_free(ctx);
-}
-
-static void fetch_sha256(void)
-{
-    sha256 = EVP_MD_fetch(NULL, "SHA256", NULL);
-    ctx_key_ok = pthread_key_create(&ctx_key, free_ctx) == 0;
-}
-
-static EVP_MD_CTX *thread_ctx(void)
-{
-    if (!ctx_key_ok)
-        return NULL;
-    EVP_MD_CTX *ctx = pthread_getspecific(ctx_key);
-    if (ctx == NULL && (ctx = EVP_MD_CTX_new()) != NULL && pthread_setspecific(ctx_key, ctx) != 0) {
-        EVP_MD_CTX_free(ctx);
-        ctx = NULL;
-    }
-    return ctx;
-}
-
-static bool digest_of(const char *token, size_t len, unsigned char out[32])
-{
-    pthread_once(&sha256_once, fetch_sha256);
-    const EVP_MD *md = sha256 != NULL ? sha256 : EVP_sha256();
-    unsigned int n = 0;
-    EVP_MD_CTX *ctx = thread_ctx();
-    if (ctx == NULL)
-        return EVP_Digest(token, len, out, &n, md, NULL) == 1 && n == 32;
-    return EVP_DigestInit_ex2(ctx, md, NULL) == 1 && EVP_DigestUpdate(ctx, token, len) == 1 &&
-           EVP_DigestFinal_ex(ctx, out, &n) == 1 && n == 32;
-}
-
-/* The digest is already a uniform hash of the token. */
-static uint64_t hash_of(const unsigned char d[32])
-{
-    uint64_t h;
-    memcpy(&h, d, sizeof h);
-    return h;
-}
-
 bool keel__tokencache_get(keel__tokencache *tc, const char *token, size_t len, time_t now,
                           int exp_leeway, struct keel__claims *out)
 {
-    unsigned char d[32];
-    if (tc == NULL || !digest_of(token, len, d))
+    if (tc == NULL)
         return false;
-    uint64_t h = hash_of(d);
+    struct token_key k = {token, len};
+    uint64_t h = keel__lru_hash(token, len);
     struct keel__lru_shard *sh = keel__lru_shard(&tc->tokens, h);
     bool hit = false;
     keel__lru_lock(sh);
-    struct token *t = (struct token *)keel__lru_find(&tc->tokens, sh, h, d);
+    struct token *t = (struct token *)keel__lru_find(&tc->tokens, sh, h, &k);
     if (t != NULL && now >= t->since && now < t->until &&
         (int64_t)now <= t->claims.exp + exp_leeway) {
         keel__lru_touch(sh, &t->node);
@@ -151,11 +103,10 @@ bool keel__tokencache_get(keel__tokencache *tc, const char *token, size_t len, t
 void keel__tokencache_put(keel__tokencache *tc, const char *token, size_t len, time_t now,
                           const struct keel__claims *claims)
 {
-    unsigned char d[32];
-    if (tc == NULL || !digest_of(token, len, d))
+    if (tc == NULL || len > SIZE_MAX - sizeof(struct token))
         return;
     /* Copy outside the lock; inside, only pointers move. */
-    struct token *t = calloc(1, sizeof *t);
+    struct token *t = calloc(1, sizeof *t + len);
     if (t == NULL)
         return;
     if (!keel__claims_copy(&t->claims, claims)) {
@@ -164,13 +115,15 @@ void keel__tokencache_put(keel__tokencache *tc, const char *token, size_t len, t
     }
     atomic_init(&t->pin.refs, 1);
     t->pin.release = token_release;
-    memcpy(t->digest, d, sizeof d);
+    memcpy(t->bytes, token, len);
+    t->len = len;
+    struct token_key k = {t->bytes, len};
     t->since = now;
     t->until = now + KEEL__TOKENCACHE_TTL_S;
-    t->node.hash = hash_of(d);
+    t->node.hash = keel__lru_hash(token, len);
     struct keel__lru_shard *sh = keel__lru_shard(&tc->tokens, t->node.hash);
     keel__lru_lock(sh);
-    struct keel__lru_node *old = keel__lru_find(&tc->tokens, sh, t->node.hash, d);
+    struct keel__lru_node *old = keel__lru_find(&tc->tokens, sh, t->node.hash, &k);
     if (old != NULL)
         keel__lru_remove(sh, old);
     struct keel__lru_node *evicted = keel__lru_insert(sh, &t->node);

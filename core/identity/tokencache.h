@@ -2,15 +2,17 @@
  * A cache of verified tokens.  The frontend sends the same bearer token on
  * every request for up to an hour; verifying it costs two JSON parses and a
  * signature check (docs/performance.md measured 60% of an authenticated
- * route).  A token that verified is remembered by its SHA-256 digest for at
+ * route).  A token that verified is remembered, its bytes compared whole
+ * on a lookup (a hash picks the slot; no two tokens can meet), for at
  * most KEEL__TOKENCACHE_TTL_S seconds and never past its own exp (plus the
  * leeway), so a hit gives exactly the answer a full verification would.
  * Failed verifications are never cached.  Keys only change with a restart,
  * so nothing needs invalidating.
  *
  * Kept in the core's sharded LRU table (util/lru.h), at most a few thousand
- * tokens: a lookup takes one shard lock for a digest compare and lends
- * the cached claims under a reference count (no copy).
+ * tokens (each holds its bytes: at most max_token_bytes): a lookup takes one
+ * shard lock for a compare of the token and lends the cached claims under a
+ * reference count (no copy).
  */
 #ifndef KEEL_CORE_IDENTITY_TOKENCACHE_H
 #define KEEL_CORE_IDENTITY_TOKENCACHE_H

@@ -73,8 +73,9 @@ struct keel__lru_node *keel__lru_insert(struct keel__lru_shard *sh,
 /* Removes n from its shard; the caller frees it. */
 void keel__lru_remove(struct keel__lru_shard *sh, struct keel__lru_node *n);
 
-/* FNV-1a over n bytes: keys are ids the identity provider or the server
- * chose, not the client, so a keyed hash buys nothing. */
+/* A 64-bit hash of n bytes, eight at a time: keys are ids the identity
+ * provider or the server chose, or tokens that verified, not what a client
+ * makes up, so a keyed hash buys nothing. */
 uint64_t keel__lru_hash(const void *data, size_t n);
 
 #endif

@@ -56,6 +56,33 @@ static struct entry *get(struct keel__lru *lru, const char *key, bool touch)
     return (struct entry *)n;
 }
 
+/* The hash reads whole words and a tail: every prefix of a key (so every
+ * tail length) and every one-byte change of a long key (a token) gives
+ * another value, and the top bits, which pick the shard, vary too. */
+static void test_hash_sees_every_byte(void **state)
+{
+    (void)state;
+    unsigned char key[400];
+    for (size_t i = 0; i < sizeof key; i++)
+        key[i] = (unsigned char)('A' + i % 53);
+    uint64_t seen[41];
+    for (size_t n = 0; n <= 40; n++) {
+        seen[n] = keel__lru_hash(key, n);
+        for (size_t m = 0; m < n; m++)
+            assert_true(seen[m] != seen[n]);
+    }
+    uint64_t whole = keel__lru_hash(key, sizeof key), tops = 0;
+    for (size_t i = 0; i < sizeof key; i++) {
+        key[i] ^= 1;
+        uint64_t h = keel__lru_hash(key, sizeof key);
+        key[i] ^= 1;
+        assert_true(h != whole);
+        tops |= 1ull << (h >> 58);
+    }
+    /* 400 changes spread over most of the 64 top-six-bit values. */
+    assert_true(__builtin_popcountll(tops) > 48);
+}
+
 static void test_capacities_add_up_to_the_bound(void **state)
 {
     (void)state;
@@ -137,6 +164,7 @@ static void test_remove_and_destroy_hand_back_entries(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_hash_sees_every_byte),
         cmocka_unit_test(test_capacities_add_up_to_the_bound),
         cmocka_unit_test(test_full_shard_evicts_the_least_recently_used),
         cmocka_unit_test(test_remove_and_destroy_hand_back_entries),
