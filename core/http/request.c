@@ -595,6 +595,25 @@ int keel__respond_json(keel_request *req, unsigned status, json_t *body)
     return queue_response(req, status, "application/json", text, len, MHD_RESPMEM_MUST_FREE);
 }
 
+int keel__respond_packv(keel_request *req, unsigned status, const char *fmt, va_list ap)
+{
+    char small[1024];
+    char *text = NULL;
+    size_t len = 0;
+    const char *why = NULL;
+    int rc = keel__json_vpack(small, sizeof small, &text, &len, &why, fmt, ap);
+    if (rc < 0) {
+        keel__log(KEEL_LOG_ERROR, "core", "req=%llu %s %s: cannot write the response \"%s\": %s",
+                  (unsigned long long)req->id, req->method ? req->method : "-",
+                  req->path ? req->path : "-", fmt ? fmt : "", why);
+        keel__respond(req, 500, internal_error, sizeof internal_error - 1);
+        return rc == KEEL_ENOMEM ? rc : KEEL_EINVAL;
+    }
+    if (text == small)
+        return queue_response(req, status, "application/json", small, len, MHD_RESPMEM_MUST_COPY);
+    return queue_response(req, status, "application/json", text, len, MHD_RESPMEM_MUST_FREE);
+}
+
 int keel__respond_detail(keel_request *req, unsigned status, const char *detail)
 {
     return keel__respond_json(req, status, json_pack("{s:s}", "detail", detail));

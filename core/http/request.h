@@ -11,6 +11,7 @@
 #ifndef KEEL_CORE_HTTP_REQUEST_H
 #define KEEL_CORE_HTTP_REQUEST_H
 
+#include <stdarg.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -203,6 +204,10 @@ int keel__respond(keel_request *req, unsigned status, const char *body, size_t l
 int keel__respond_json(keel_request *req, unsigned status, json_t *body);
 /* {"detail": detail}. */
 int keel__respond_detail(keel_request *req, unsigned status, const char *detail);
+/* Queues the JSON a json_pack()-style format describes, written without a
+ * tree (util/jsonout.h: keel__json_vpack).  A format or value that cannot be
+ * written is logged and answered 500; KEEL_EINVAL is returned. */
+int keel__respond_packv(keel_request *req, unsigned status, const char *fmt, va_list ap);
 /* Queues resp (taken over, NULL counts as out of memory) with the extra
  * headers and content_type, for bodies libmicrohttpd streams itself. */
 int keel__respond_mhd(keel_request *req, unsigned status, struct MHD_Response *resp,

@@ -82,6 +82,17 @@ static int host_respond_error(keel_request *req, unsigned status, const char *de
     return keel__respond_detail(req, status, detail ? detail : "");
 }
 
+static int host_respond_pack(keel_request *req, unsigned status, const char *fmt, ...)
+{
+    if (status < 100 || status > 599)
+        return KEEL_EINVAL;
+    va_list ap;
+    va_start(ap, fmt);
+    int rc = keel__respond_packv(req, status, fmt, ap);
+    va_end(ap);
+    return rc;
+}
+
 static int host_set_header(keel_request *req, const char *name, const char *value)
 {
     if (name == NULL || value == NULL || strpbrk(name, "\r\n:") != NULL ||
@@ -284,6 +295,7 @@ static const keel_host host_api = {
     .metric_add = keel__host_metric_add,
     .metric_observe = keel__host_metric_observe,
     .plugin_note = keel__host_plugin_note,
+    .respond_pack = host_respond_pack,
 };
 
 const keel_host *keel__host_api(void)

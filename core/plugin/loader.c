@@ -232,9 +232,9 @@ static const struct {
     const char *name;
     unsigned minor;
 } host_capabilities[] = {
-    {"log", 0},        {"request", 0}, {"response", 0},       {"json_body", 0},
-    {"user", 0},       {"db", 0},      {"db_result_free", 1}, {"query_arg", 1},
-    {"body_lines", 2}, {"tasks", 3},   {"upstream", 3},       {"metrics", 3},
+    {"log", 0},      {"request", 0},        {"response", 0},      {"json_body", 0},  {"user", 0},
+    {"db", 0},       {"db_result_free", 1}, {"query_arg", 1},     {"body_lines", 2}, {"tasks", 3},
+    {"upstream", 3}, {"metrics", 3},        {"response_pack", 4},
 };
 
 int keel__abi_check(const keel_plugin *d, const char *expected_name, char *err, size_t errlen)

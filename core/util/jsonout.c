@@ -3,6 +3,7 @@
 #include "util/jsonout.h"
 
 #include <limits.h>
+#include <stdarg.h>
 #include <math.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -461,6 +462,179 @@ int keel__json_dump(const json_t *v, char *buf, size_t cap, char **out, size_t *
         rc = o.err;
     if (rc < 0) {
         free(o.heap);
+        return rc;
+    }
+    *out = o.start;
+    *len = (size_t)(o.p - o.start);
+    return 0;
+}
+
+/* ------------------------------------------------------------ packing */
+
+/* Containers a format may open inside each other. */
+#define PACK_MAX_DEPTH 32
+
+struct pack {
+    const char *f; /* next format character */
+    va_list ap;
+    const char *why; /* what was wrong, for the log */
+};
+
+/* The next format character, past the separators json_pack also skips. */
+static char pack_next(struct pack *k)
+{
+    while (*k->f == ' ' || *k->f == '\t' || *k->f == '\n' || *k->f == ',' || *k->f == ':')
+        k->f++;
+    return *k->f;
+}
+
+static bool pack_optional(struct pack *k)
+{
+    if (*k->f != '?')
+        return false;
+    k->f++;
+    return true;
+}
+
+static int pack_fail(struct pack *k, const char *why)
+{
+    k->why = why;
+    return KEEL_EINVAL;
+}
+
+/* One scalar value of the format (its character already taken in c). */
+static int pack_scalar(struct out *o, struct pack *k, char c)
+{
+    switch (c) {
+    case 's': {
+        const char *s = va_arg(k->ap, const char *);
+        if (s == NULL) {
+            if (!pack_optional(k))
+                return pack_fail(k, "NULL string for 's'");
+            put(o, "null", 4);
+            return 0;
+        }
+        pack_optional(k);
+        return put_string(o, s, strlen(s)) == 0 ? 0 : pack_fail(k, "string is not UTF-8");
+    }
+    case 'i':
+        put_integer(o, va_arg(k->ap, int));
+        return 0;
+    case 'I':
+        put_integer(o, va_arg(k->ap, json_int_t));
+        return 0;
+    case 'b':
+        if (va_arg(k->ap, int))
+            put(o, "true", 4);
+        else
+            put(o, "false", 5);
+        return 0;
+    case 'n':
+        put(o, "null", 4);
+        return 0;
+    case 'f':
+        return put_real(o, va_arg(k->ap, double)) == 0 ? 0 : pack_fail(k, "real is not finite");
+    case 'O': {
+        const json_t *v = va_arg(k->ap, const json_t *);
+        if (v == NULL) {
+            if (!pack_optional(k))
+                return pack_fail(k, "NULL value for 'O'");
+            put(o, "null", 4);
+            return 0;
+        }
+        pack_optional(k);
+        int rc = put_value(o, v, NULL, 1);
+        if (rc < 0)
+            k->why = "a value for 'O' cannot be written as JSON";
+        return rc;
+    }
+    default:
+        return pack_fail(k, "unknown format character");
+    }
+}
+
+/*
+ * The format is walked with an explicit stack of the open containers ('}'
+ * or ']' expected), never recursively: a plugin's format is short, but a
+ * mistake in one must not cost more than a refusal.
+ */
+static int pack_top(struct out *o, struct pack *k)
+{
+    char stack[PACK_MAX_DEPTH];
+    int depth = 0;
+    bool first[PACK_MAX_DEPTH];
+    char c = pack_next(k);
+    if (c != '{' && c != '[')
+        return pack_fail(k, "the format must start with '{' or '['");
+    do {
+        c = pack_next(k);
+        k->f++;
+        if (c == '\0')
+            return pack_fail(k, depth > 0 ? "the format ends inside a container" : "empty format");
+        if (depth > 0 && (c == '}' || c == ']')) {
+            if (c != stack[depth - 1])
+                return pack_fail(k, "mismatched '}' or ']'");
+            put1(o, c);
+            depth--;
+            continue;
+        }
+        if (depth > 0) {
+            if (!first[depth - 1])
+                put1(o, ',');
+            first[depth - 1] = false;
+            if (stack[depth - 1] == '}') {
+                /* A key, then its value. */
+                if (c != 's')
+                    return pack_fail(k, "an object key must be 's'");
+                const char *key = va_arg(k->ap, const char *);
+                if (key == NULL)
+                    return pack_fail(k, "NULL object key");
+                if (put_string(o, key, strlen(key)) != 0)
+                    return pack_fail(k, "object key is not UTF-8");
+                put1(o, ':');
+                c = pack_next(k);
+                k->f++;
+                if (c == '\0' || c == '}' || c == ']')
+                    return pack_fail(k, "an object key without a value");
+            }
+        }
+        if (c == '{' || c == '[') {
+            if (depth == PACK_MAX_DEPTH)
+                return pack_fail(k, "containers nested too deep");
+            put1(o, c);
+            stack[depth] = c == '{' ? '}' : ']';
+            first[depth] = true;
+            depth++;
+            continue;
+        }
+        int rc = pack_scalar(o, k, c);
+        if (rc < 0)
+            return rc;
+    } while (depth > 0);
+    if (pack_next(k) != '\0')
+        return pack_fail(k, "format goes on after the top-level container");
+    return 0;
+}
+
+int keel__json_vpack(char *buf, size_t cap, char **out, size_t *len, const char **why,
+                     const char *fmt, va_list ap)
+{
+    char none[1];
+    if (buf == NULL) {
+        buf = none;
+        cap = 0;
+    }
+    struct out o = {.start = buf, .p = buf, .end = buf + cap, .grow = true};
+    struct pack k = {.f = fmt != NULL ? fmt : "", .why = NULL};
+    va_copy(k.ap, ap);
+    int rc = pack_top(&o, &k);
+    va_end(k.ap);
+    if (rc == 0)
+        rc = o.err;
+    if (rc < 0) {
+        free(o.heap);
+        if (why != NULL)
+            *why = k.why != NULL ? k.why : rc == KEEL_ENOMEM ? "out of memory" : "invalid value";
         return rc;
     }
     *out = o.start;

@@ -22,6 +22,7 @@
 #ifndef KEEL_CORE_UTIL_JSONOUT_H
 #define KEEL_CORE_UTIL_JSONOUT_H
 
+#include <stdarg.h>
 #include <stddef.h>
 #include <sys/types.h>
 
@@ -50,5 +51,22 @@ ssize_t keel__json_write(const json_t *v, char *buf, size_t cap) KEEL_WARN_UNUSE
  */
 int keel__json_dump(const json_t *v, char *buf, size_t cap, char **out,
                     size_t *len) KEEL_WARN_UNUSED;
+
+/*
+ * Writes the JSON a json_pack() format describes straight into buf (growing
+ * into malloc'd memory as keel__json_dump does), without building a tree.
+ * The format is a subset of json_pack's: '{' '}' '[' ']', object keys 's',
+ * and the values 's' (const char *), 's?' (NULL writes null), 'i' (int),
+ * 'I' (json_int_t), 'b' (int, true when non-zero), 'f' (double, finite),
+ * 'n' (null), 'O' (a borrowed json_t *, written as keel__json_write would;
+ * 'O?' writes null for NULL).  Whitespace, ':' and ',' are skipped.  The
+ * top level is an object or an array.  Keys are written as given, in order:
+ * a repeated key is not detected.  Returns 0 with *out and *len as
+ * keel__json_dump, or KEEL_EINVAL (a bad format, a NULL where none may be,
+ * a string that is not UTF-8, a non-finite real) or KEEL_ENOMEM, with *why
+ * saying which.
+ */
+int keel__json_vpack(char *buf, size_t cap, char **out, size_t *len, const char **why,
+                     const char *fmt, va_list ap) KEEL_WARN_UNUSED;
 
 #endif

@@ -25,6 +25,7 @@
  *   1.3  "tasks"           task_add .. task_sleep
  *        "upstream"        upstream_add .. upstream_open
  *        "metrics"         metric_add, metric_observe (and plugin_note)
+ *   1.4  "response_pack"   respond_pack
  *
  * Rules every plugin relies on:
  *  - Concurrency.  Handlers of one generation run concurrently on many server
@@ -67,7 +68,7 @@ extern "C" {
 #endif
 
 #define KEEL_ABI_MAJOR 1
-#define KEEL_ABI_MINOR 3
+#define KEEL_ABI_MINOR 4
 
 /* "KEEL" in ASCII; the first member of every descriptor. */
 #define KEEL_PLUGIN_MAGIC 0x4b45454cu
@@ -355,6 +356,23 @@ typedef struct keel_host {
      * generation ("note"), e.g. why a feature is off; only valid while init
      * runs.  text is copied (at most 255 bytes kept).  0 or KEEL_EINVAL. */
     int (*plugin_note)(const char *text);
+
+    /* --- ABI 1.4: responses without a tree (capability "response_pack") - */
+    /*
+     * Queues the JSON body that json_pack(fmt, ...) would build, written
+     * straight out instead (no json_t is made and freed): for the small,
+     * fixed-shape answers most routes give.  The format is a subset of
+     * json_pack's: '{' '}' '[' ']', object keys 's', values 's' (const char
+     * *, UTF-8), 's?' (NULL writes null), 'i' (int), 'I' (json_int_t), 'b'
+     * (int), 'f' (double, finite), 'n' (null) and 'O' / 'O?' (a json_t *,
+     * borrowed: written, not stolen).  Whitespace, ':' and ',' are skipped.
+     * Keys are written as given, so the plugin keeps them unique.  A bad
+     * format or value (a NULL 's', a string that is not UTF-8) is logged and
+     * answered 500, and KEEL_EINVAL returned.
+     *
+     *     keel_api->respond_pack(req, 200, "{s:s, s:i}", "name", name, "n", n);
+     */
+    int (*respond_pack)(keel_request *req, unsigned status, const char *fmt, ...);
 } keel_host;
 
 /* True when the running host's table has member `m` and it is set. */

@@ -31,25 +31,24 @@ static void example_fini(void *s)
     (void)s;
 }
 
-/* GET /api/v1/example/hello (public) */
+/* GET /api/v1/example/hello (public).  A body of a fixed shape is written
+ * straight out by respond_pack (ABI 1.4): no json_t is built and freed. */
 static int example_hello(keel_request *req, void *s)
 {
     const struct example_state *st = s;
-    return keel_api->respond_json(
-        req, 200, json_pack("{s:s, s:s}", "plugin", "example", "message", st->greeting));
+    return keel_api->respond_pack(req, 200, "{s:s, s:s}", "plugin", "example", "message",
+                                  st->greeting);
 }
 
 /* GET /api/v1/example/whoami (user) */
 static int example_whoami(keel_request *req, void *s)
 {
     (void)s;
-    return keel_api->respond_json(
-        req, 200,
-        json_pack("{s:s, s:s?, s:s?, s:s?, s:b}", "plugin", "example", "email",
-                  keel_api->req_user(req, KEEL_USER_EMAIL), "supabase_id",
-                  keel_api->req_user(req, KEEL_USER_SUPABASE_ID), "role",
-                  keel_api->req_user(req, KEEL_USER_ROLE), "synced",
-                  strcmp(keel_api->req_user(req, KEEL_USER_SYNCED), "1") == 0));
+    return keel_api->respond_pack(req, 200, "{s:s, s:s?, s:s?, s:s?, s:b}", "plugin", "example",
+                                  "email", keel_api->req_user(req, KEEL_USER_EMAIL), "supabase_id",
+                                  keel_api->req_user(req, KEEL_USER_SUPABASE_ID), "role",
+                                  keel_api->req_user(req, KEEL_USER_ROLE), "synced",
+                                  strcmp(keel_api->req_user(req, KEEL_USER_SYNCED), "1") == 0);
 }
 
 /* GET /api/v1/example/echo/{word} (public): shows path parameters. */
@@ -67,7 +66,8 @@ static const keel_route example_routes[] = {
     {NULL, NULL, NULL},
 };
 
-static const char *const example_requires[] = {"log", "request", "response", "user", NULL};
+static const char *const example_requires[] = {"log",  "request",       "response",
+                                               "user", "response_pack", NULL};
 
 static const keel_plugin example_plugin = {
     KEEL_PLUGIN_HEADER,           .name = "example",    .version = "1.0.0",

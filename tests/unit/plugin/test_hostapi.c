@@ -157,6 +157,30 @@ static void test_respond_checks_status_and_headers(void **state)
     keel__request_free(req);
 }
 
+/* respond_pack (ABI 1.4) writes what json_pack would have built; a format
+ * it cannot write is answered 500 rather than queued half-written. */
+static void test_respond_pack(void **state)
+{
+    (void)state;
+    struct keel__synthetic syn;
+    keel_request *req = request(&syn);
+    assert_int_equal(host->respond_pack(req, 600, "{}"), KEEL_EINVAL);
+    assert_int_equal(syn.responses, 0);
+    assert_int_equal(host->respond_pack(req, 201, "{s:s, s:s?, s:i, s:[b,n]}", "name",
+                                        "caf\xc3\xa9", "email", NULL, "n", 7, "flags", 1),
+                     0);
+    assert_int_equal(syn.status, 201);
+    assert_string_equal(syn.body,
+                        "{\"name\":\"caf\xc3\xa9\",\"email\":null,\"n\":7,\"flags\":[true,null]}");
+    keel__request_free(req);
+
+    req = request(&syn);
+    assert_int_equal(host->respond_pack(req, 200, "{s:s}", "name", NULL), KEEL_EINVAL);
+    assert_int_equal(syn.status, 500);
+    assert_string_equal(syn.body, "{\"detail\":\"Internal Server Error\"}");
+    keel__request_free(req);
+}
+
 /* -------------------------------------------------------- results */
 
 struct import {
@@ -287,6 +311,7 @@ int main(void)
         cmocka_unit_test_setup(test_table_is_complete_and_versioned, setup),
         cmocka_unit_test_setup(test_host_has_checks_the_size, setup),
         cmocka_unit_test_setup(test_respond_checks_status_and_headers, setup),
+        cmocka_unit_test_setup(test_respond_pack, setup),
         cmocka_unit_test_setup(test_results_without_out_are_never_kept, setup),
         cmocka_unit_test_setup(test_freed_results_are_cleared_at_once, setup),
         cmocka_unit_test_setup(test_unfreed_results_go_with_the_request, setup),

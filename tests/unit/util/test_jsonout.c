@@ -627,14 +627,120 @@ static void test_big_body(void **state)
     json_decref(rows);
 }
 
+/* ------------------------------------------------------------ packing */
+
+/* keel__json_vpack(fmt, ...) against json_dumpb(json_pack(fmt, ...)),
+ * written into a buffer of cap bytes (so the growth path runs too). */
+static void same_as_pack(size_t cap, const char *fmt, ...)
+{
+    va_list ap, ap2;
+    va_start(ap, fmt);
+    va_copy(ap2, ap);
+    json_error_t jerr;
+    json_t *tree = json_vpack_ex(&jerr, 0, fmt, ap);
+    assert_non_null(tree);
+    size_t want_len = 0;
+    char *want = reference(tree, &want_len);
+    json_decref(tree);
+    char *buf = cap > 0 ? malloc(cap) : NULL;
+    char *text = NULL;
+    size_t len = 0;
+    const char *why = NULL;
+    int rc = keel__json_vpack(buf, cap, &text, &len, &why, fmt, ap2);
+    va_end(ap2);
+    va_end(ap);
+    if (rc != 0)
+        fail_msg("format \"%s\": %s", fmt, why ? why : "?");
+    if (len != want_len || memcmp(text, want, len) != 0)
+        fail_msg("format \"%s\": wrote %.*s, json_pack dumps %.*s", fmt, (int)len, text,
+                 (int)want_len, want);
+    if (text != buf)
+        free(text);
+    free(buf);
+    free(want);
+}
+
+static void refused(const char *want_why, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    char buf[64], *text = NULL;
+    size_t len = 0;
+    const char *why = NULL;
+    int rc = keel__json_vpack(buf, sizeof buf, &text, &len, &why, fmt, ap);
+    va_end(ap);
+    if (rc != KEEL_EINVAL)
+        fail_msg("format \"%s\" was not refused (%d)", fmt, rc);
+    assert_non_null(why);
+    if (strstr(why, want_why) == NULL)
+        fail_msg("format \"%s\": \"%s\", expected \"%s\"", fmt, why, want_why);
+}
+
+static void test_pack_matches_json_pack(void **state)
+{
+    (void)state;
+    size_t caps[] = {0, 1, 7, 64, 1024};
+    json_t *tree = json_pack("{s:[i,f,s],s:{s:n}}", "a", 1, 2.5, "x\n\"y\"", "o", "k");
+    for (size_t i = 0; i < sizeof caps / sizeof caps[0]; i++) {
+        size_t c = caps[i];
+        same_as_pack(c, "{}");
+        same_as_pack(c, "[]");
+        same_as_pack(c, "{s:s, s:s}", "plugin", "example", "message", "hello");
+        same_as_pack(c, "{s:s, s:s?, s:s?, s:s?, s:b}", "plugin", "example", "email",
+                     "ana@example.com", "supabase_id", NULL, "role", "free", "synced", 1);
+        same_as_pack(c, "{s:i, s:I, s:b, s:n, s:f, s:f}", "i", -2147483647 - 1, "I",
+                     (json_int_t)INT64_MIN, "b", 0, "n", "f", 7.86, "g", 1e300);
+        same_as_pack(c, "[s, [], {}, [[[i]]], {s:{s:[b,b]}}]", "caf\xc3\xa9 \xe2\x80\x94 \x01", 42,
+                     "k\tey", "in", 1, 0);
+        same_as_pack(c, " { s : O , s : O? , s:[O] } ", "tree", tree, "none", NULL, "again", tree);
+    }
+    json_decref(tree);
+}
+
+static void test_pack_refuses_what_it_cannot_write(void **state)
+{
+    (void)state;
+    refused("NULL string", "{s:s}", "k", NULL);
+    refused("NULL object key", "{s:i}", NULL, 1);
+    refused("not UTF-8", "[s]", "\xff");
+    refused("not UTF-8", "{s:i}", "\xc3", 1);
+    refused("not finite", "[f]", NAN);
+    refused("not finite", "[f]", INFINITY);
+    refused("NULL value", "[O]", NULL);
+    refused("start with", "s", "top-level string");
+    refused("start with", "");
+    refused("ends inside", "{s:i", "k", 1);
+    refused("mismatched", "[i}", 1);
+    refused("key must be", "{i:i}", 1, 2);
+    refused("without a value", "{s}", "k");
+    refused("goes on after", "{}[]");
+    refused("unknown format", "[x]");
+    refused("nested too deep",
+            "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[i]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]", 1);
+    json_t *loop = json_array(), *inner = json_array();
+    json_array_append(loop, inner);
+    json_array_append(inner, loop);
+    refused("cannot be written", "{s:O}", "loop", loop);
+    json_array_clear(inner);
+    json_decref(inner);
+    json_decref(loop);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_escapes),    cmocka_unit_test(test_utf8),
-        cmocka_unit_test(test_numbers),    cmocka_unit_test(test_short_reals),
-        cmocka_unit_test(test_containers), cmocka_unit_test(test_loops),
-        cmocka_unit_test(test_depth),      cmocka_unit_test(test_random_trees),
-        cmocka_unit_test(test_every_cut),  cmocka_unit_test(test_big_body),
+        cmocka_unit_test(test_escapes),
+        cmocka_unit_test(test_utf8),
+        cmocka_unit_test(test_numbers),
+        cmocka_unit_test(test_short_reals),
+        cmocka_unit_test(test_containers),
+        cmocka_unit_test(test_loops),
+        cmocka_unit_test(test_depth),
+        cmocka_unit_test(test_random_trees),
+        cmocka_unit_test(test_every_cut),
+        cmocka_unit_test(test_big_body),
+        cmocka_unit_test(test_pack_matches_json_pack),
+        cmocka_unit_test(test_pack_refuses_what_it_cannot_write),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
