@@ -38,12 +38,12 @@ typedef struct keel__acceptor keel__acceptor;
 struct keel__lane {
     struct MHD_Daemon *daemon;
     keel__acceptor *acceptor;
-    void *cls;          /* the caller's (keel__acceptor_conf.cls) */
-    atomic_int conns;   /* open connections */
-    atomic_int fresh;   /* handed over, no request begun yet */
-    atomic_int active;  /* requests begun and not completed */
-    atomic_uint done;   /* requests completed, ever (wraps) */
-    atomic_llong begun; /* monotonic ns at which the latest request began */
+    void *cls;                     /* the caller's (keel__acceptor_conf.cls) */
+    atomic_int conns;              /* open connections */
+    atomic_int fresh;              /* handed over, no request begun yet */
+    atomic_int active;             /* requests begun and not completed */
+    atomic_uint done;              /* requests completed, ever (wraps) */
+    atomic_llong begun;            /* monotonic ns at which the latest request began */
     struct keel__blocking blocked; /* waits on the database or upstream (util/blocking.h) */
 };
 

@@ -9,6 +9,11 @@ void keel__claims_clear(struct keel__claims *c)
 {
     if (c == NULL)
         return;
+    if (c->pin != NULL) {
+        keel__claims_pin_drop(c->pin);
+        memset(c, 0, sizeof *c);
+        return;
+    }
     free(c->email);
     free(c->role);
     json_decref(c->user_metadata);
@@ -33,4 +38,17 @@ bool keel__claims_copy(struct keel__claims *dst, const struct keel__claims *src)
         return false;
     }
     return true;
+}
+
+void keel__claims_pin_hold(struct keel__claims_pin *pin)
+{
+    atomic_fetch_add_explicit(&pin->refs, 1, memory_order_relaxed);
+}
+
+void keel__claims_pin_drop(struct keel__claims_pin *pin)
+{
+    /* Release, and acquire by the last: whatever a borrower read happens
+     * before the holder is freed, on whichever thread that is. */
+    if (atomic_fetch_sub_explicit(&pin->refs, 1, memory_order_acq_rel) == 1)
+        pin->release(pin);
 }

@@ -3,6 +3,7 @@
 #include "identity/tokencache.h"
 
 #include <pthread.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,6 +23,9 @@ struct token {
     time_t since; /* when it verified */
     time_t until; /* cache life end */
     struct keel__claims claims;
+    /* One reference for the cache, one per request holding the claims: an
+     * evicted token lives until the last of them is done. */
+    struct keel__claims_pin pin;
 };
 
 struct keel__tokencache {
@@ -33,11 +37,17 @@ static bool token_is(const struct keel__lru_node *n, const void *digest)
     return memcmp(((const struct token *)n)->digest, digest, 32) == 0;
 }
 
-static void token_free(struct keel__lru_node *n)
+static void token_release(struct keel__claims_pin *pin)
 {
-    struct token *t = (struct token *)n;
+    struct token *t = (struct token *)((char *)pin - offsetof(struct token, pin));
     keel__claims_clear(&t->claims);
     free(t);
+}
+
+/* The cache lets go of a token: evicted, replaced or the cache freed. */
+static void token_free(struct keel__lru_node *n)
+{
+    keel__claims_pin_drop(&((struct token *)n)->pin);
 }
 
 keel__tokencache *keel__tokencache_new(void)
@@ -128,7 +138,11 @@ bool keel__tokencache_get(keel__tokencache *tc, const char *token, size_t len, t
     if (t != NULL && now >= t->since && now < t->until &&
         (int64_t)now <= t->claims.exp + exp_leeway) {
         keel__lru_touch(sh, &t->node);
-        hit = keel__claims_copy(out, &t->claims);
+        /* Lent, not copied: the claims never change once cached. */
+        keel__claims_pin_hold(&t->pin);
+        *out = t->claims;
+        out->pin = &t->pin;
+        hit = true;
     }
     keel__lru_unlock(sh);
     return hit;
@@ -148,6 +162,8 @@ void keel__tokencache_put(keel__tokencache *tc, const char *token, size_t len, t
         free(t);
         return;
     }
+    atomic_init(&t->pin.refs, 1);
+    t->pin.release = token_release;
     memcpy(t->digest, d, sizeof d);
     t->since = now;
     t->until = now + KEEL__TOKENCACHE_TTL_S;

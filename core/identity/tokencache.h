@@ -9,8 +9,8 @@
  * so nothing needs invalidating.
  *
  * Kept in the core's sharded LRU table (util/lru.h), at most a few thousand
- * tokens: a lookup takes one shard lock for a digest compare and a few
- * string copies.
+ * tokens: a lookup takes one shard lock for a digest compare and lends
+ * the cached claims under a reference count (no copy).
  */
 #ifndef KEEL_CORE_IDENTITY_TOKENCACHE_H
 #define KEEL_CORE_IDENTITY_TOKENCACHE_H
@@ -28,8 +28,9 @@ typedef struct keel__tokencache keel__tokencache;
 keel__tokencache *keel__tokencache_new(void);
 void keel__tokencache_free(keel__tokencache *tc);
 
-/* On a hit fills *out with new copies (release with keel__claims_clear) and
- * returns true.  exp_leeway is the leeway applied to exp. */
+/* On a hit fills *out with the cached claims, lent (read-only; release
+ * with keel__claims_clear), and returns true.  exp_leeway is the leeway
+ * applied to exp. */
 bool keel__tokencache_get(keel__tokencache *tc, const char *token, size_t len, time_t now,
                           int exp_leeway, struct keel__claims *out);
 /* Remembers claims of a token that just verified (copies them). */

@@ -303,6 +303,12 @@ static void test_verified_token_cache(void **state)
         assert_string_equal(c.email, "ana@example.com");
         assert_string_equal(json_string_value(json_object_get(c.user_metadata, "full_name")),
                             "Ana");
+        /* The first verifies and owns its copies; the others are lent
+         * the cached entry's. */
+        if (i == 0)
+            assert_null(c.pin);
+        else
+            assert_non_null(c.pin);
         keel__claims_clear(&c);
     }
     /* exp is NOW+40, leeway 30: at NOW+71 the cached entry must not answer. */
@@ -464,6 +470,39 @@ static void test_issuer(void **state)
     assert_int_equal(keel__auth_verify(a, tok, strlen(tok), NOW, &c, &why), KEEL__TOKEN_INVALID);
     free(tok);
     keel__auth_free(a);
+}
+
+/* Claims the cache lent stay whole after the cache lets go of them (the
+ * cache freed here; an eviction is the same release): the request holding
+ * them frees them last (ASan and valgrind check the order). */
+static void test_cache_lends_past_its_life(void **state)
+{
+    (void)state;
+    struct keel__auth_conf conf = {.audience = "authenticated",
+                                   .leeway_s = 30,
+                                   .max_token_bytes = 8192};
+    keel__auth *a = NULL;
+    assert_int_equal(keel__auth_new(&conf, &a), 0);
+    assert_int_equal(keel__auth_add_hs256(a, NULL, (const unsigned char *)SECRET, strlen(SECRET)),
+                     0);
+    char p[512];
+    user_payload(p, sizeof p, 3600, "\"user_metadata\":{\"full_name\":\"Ana\"}");
+    char *tok = hs256(HS_HEADER, p);
+    struct keel__claims first, lent;
+    const char *why = NULL;
+    assert_int_equal(keel__auth_verify(a, tok, strlen(tok), NOW, &first, &why), KEEL__TOKEN_OK);
+    assert_int_equal(keel__auth_verify(a, tok, strlen(tok), NOW, &lent, &why), KEEL__TOKEN_OK);
+    assert_non_null(lent.pin);
+    keel__auth_free(a);
+    assert_string_equal(lent.sub, SUB);
+    assert_string_equal(lent.email, "ana@example.com");
+    assert_string_equal(json_string_value(json_object_get(lent.user_metadata, "full_name")), "Ana");
+    keel__claims_clear(&lent);
+    assert_null(lent.email);
+    /* The verifier's own copy was never the cache's. */
+    assert_string_equal(first.email, "ana@example.com");
+    keel__claims_clear(&first);
+    free(tok);
 }
 
 /* ------------------------------------------------------------ algorithms, signatures */
@@ -889,6 +928,7 @@ int main(void)
         cmocka_unit_test(test_expired),
         cmocka_unit_test(test_expired_within_leeway),
         cmocka_unit_test(test_verified_token_cache),
+        cmocka_unit_test(test_cache_lends_past_its_life),
         cmocka_unit_test(test_nbf),
         cmocka_unit_test(test_iat_future),
         cmocka_unit_test(test_wrong_aud),
