@@ -73,8 +73,9 @@ struct keel__table {
     keel__router *routers[2]; /* by listener */
     struct keel__route *routes;
     size_t nroutes;
-    /* Frees the table (and whatever the builder hung off it) once the last
-     * reference is gone. */
+    /* Called once the last reference is gone, on whichever thread dropped
+     * it: frees the table and whatever the builder hung off it, or hands
+     * them to the builder to free. */
     void (*destroy)(struct keel__table *t);
 };
 

@@ -56,11 +56,13 @@ static int route_health(keel_request *req)
     const struct keel__snapshot *t = req->table ? keel__snapshot_of(req->table) : NULL;
     if (proc->draining()) {
         /* Lame duck: load balancers take this instance out of rotation
-         * while its routes still answer. */
+         * while its routes still answer.  The table's plugin states are
+         * copied, not referenced: other lanes read the same object, and
+         * jansson's counts are not safe from two threads at once. */
         return keel__respond_json(
             req, 503,
             json_pack("{s:s, s:s, s:o}", "status", "draining", "database", db_up() ? "up" : "down",
-                      "plugins", t && t->health ? json_incref(t->health) : json_object()));
+                      "plugins", t && t->health ? json_deep_copy(t->health) : json_object()));
     }
     if (t == NULL)
         return keel__respond_json(req, 200,

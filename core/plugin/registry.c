@@ -106,7 +106,9 @@ int keel__manifest_copy(struct keel__manifest *dst, const struct keel__manifest 
 }
 
 /* Replaces the JSON in dst with prev's references where the two are equal
- * and never modified after parsing. */
+ * and never modified after parsing.  Generations and snapshots sharing one
+ * tree is safe because its count only changes under the registry lock
+ * (snapshot.c). */
 static void share_equal(json_t **dst, json_t *prev)
 {
     if (*dst != NULL && prev != NULL && *dst != prev && json_equal(*dst, prev)) {
@@ -392,7 +394,7 @@ static void *finish_start(void *arg)
     int conflicts = 0;
     struct keel__snapshot *t = build_from_slots(&conflicts);
     if (t != NULL)
-        keel__table_publish(&t->table);
+        keel__snapshot_publish(t);
     keel__plugins_remember();
     pthread_mutex_unlock(&keel__reg.lock);
     free(p);
@@ -488,7 +490,7 @@ int keel__plugins_start(const struct keel__conf *conf, const keel_host *host,
         pthread_mutex_unlock(&keel__reg.lock);
         return KEEL_ENOMEM;
     }
-    keel__table_publish(&t->table);
+    keel__snapshot_publish(t);
     print_summary();
     keel__plugins_remember();
     pthread_mutex_unlock(&keel__reg.lock);
@@ -500,7 +502,7 @@ void keel__plugins_stop(void)
     pthread_mutex_lock(&keel__reg.lock);
     /* An init still running belongs to a process on its way out. */
     registry_stopped = true;
-    keel__table_publish(NULL);
+    keel__snapshot_publish(NULL);
     for (size_t i = 0; i < keel__reg.nslots; i++)
         keel__slot_free(keel__reg.slots[i]);
     free(keel__reg.slots);
@@ -570,7 +572,7 @@ int keel__plugins_quarantine(const char *name, int reason)
     int conflicts = 0;
     struct keel__snapshot *t = build_from_slots(&conflicts);
     if (t != NULL)
-        keel__table_publish(&t->table);
+        keel__snapshot_publish(t);
     /* Requests already running on the old generation keep it alive. */
     keel__generation_unref(old);
     keel__log(KEEL_LOG_WARN, name, "plugin %s quarantined (%s): its routes are served by stubs",

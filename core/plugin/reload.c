@@ -364,7 +364,7 @@ static int commit(struct pending *pend, size_t npend)
     for (size_t i = 0; i < npend; i++)
         apply(&pend[i]);
     keel__reg.serial++;
-    keel__table_publish(&t->table);
+    keel__snapshot_publish(t);
     return 0;
 }
 

@@ -2,11 +2,36 @@
 
 #include "plugin/snapshot.h"
 
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "util/counters.h"
+
+/*
+ * A snapshot holds its manifests' JSON (route documentation, named schemas,
+ * fallback headers) by reference, and so do the slots' manifests and, when
+ * unchanged across reloads, every later generation's (keel__manifest_share).
+ * jansson's counts are not safe from two threads at once: json_decref reads
+ * the count with a plain load before its atomic decrement.  So every count
+ * on that JSON changes under the registry lock: snapshots are built, and
+ * manifests copied, shared and cleared, with it held.  The last reference
+ * to a published snapshot, though, may go on any thread (a request finishing
+ * on a lane, the control loop answering status).  That thread releases the
+ * snapshot's generations at once, so that a retired generation is finalised
+ * and unloaded as soon as its last request ends, and leaves the rest here;
+ * the next keel__snapshot_publish, under the registry lock, frees it.
+ */
+static pthread_mutex_t retired_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct keel__snapshot *retired;
+
+static void release_generations(struct keel__snapshot *s)
+{
+    for (size_t i = 0; i < s->ngens; i++)
+        keel__generation_unref(s->gens[i]);
+    s->ngens = 0;
+}
 
 static void snapshot_free(struct keel__snapshot *s)
 {
@@ -28,15 +53,34 @@ static void snapshot_free(struct keel__snapshot *s)
         json_decref(s->health);
     free(s->health_body[0]);
     free(s->health_body[1]);
-    for (size_t i = 0; i < s->ngens; i++)
-        keel__generation_unref(s->gens[i]);
+    release_generations(s);
     free(s->gens);
     free(s);
 }
 
-static void snapshot_destroy(struct keel__table *t)
+/* The table's destructor: runs where the last reference went. */
+static void snapshot_retire(struct keel__table *t)
 {
-    snapshot_free((struct keel__snapshot *)t);
+    struct keel__snapshot *s = (struct keel__snapshot *)t;
+    release_generations(s);
+    pthread_mutex_lock(&retired_lock);
+    s->next_retired = retired;
+    retired = s;
+    pthread_mutex_unlock(&retired_lock);
+}
+
+void keel__snapshot_publish(struct keel__snapshot *s)
+{
+    keel__table_publish(s != NULL ? &s->table : NULL);
+    pthread_mutex_lock(&retired_lock);
+    struct keel__snapshot *list = retired;
+    retired = NULL;
+    pthread_mutex_unlock(&retired_lock);
+    while (list != NULL) {
+        struct keel__snapshot *next = list->next_retired;
+        snapshot_free(list);
+        list = next;
+    }
 }
 
 void keel__snapshot_discard(struct keel__snapshot *s)
@@ -184,7 +228,7 @@ struct keel__snapshot *keel__snapshot_build(const struct keel__core_route *core,
     if (s == NULL)
         return NULL;
     struct keel__table *t = &s->table;
-    t->destroy = snapshot_destroy;
+    t->destroy = snapshot_retire;
     size_t total = ncore;
     for (size_t i = 0; i < nviews; i++)
         if (views[i].manifest != NULL)

@@ -41,6 +41,7 @@ struct keel__snapshot {
     json_t *health;       /* {"<plugin>":"loaded"|"fallback"}, immutable */
     char *health_body[2]; /* the /health body with the database down [0] or up [1] */
     bool all_loaded;
+    struct keel__snapshot *next_retired; /* snapshot.c's list of retired snapshots */
 };
 
 /*
@@ -56,6 +57,15 @@ struct keel__snapshot *keel__snapshot_build(const struct keel__core_route *core,
                                             size_t errlen);
 /* Frees a snapshot that was never published. */
 void keel__snapshot_discard(struct keel__snapshot *s);
+
+/*
+ * Makes s (one reference, which it takes over; NULL unpublishes) the table
+ * requests are dispatched on, then frees every snapshot whose last reference
+ * has gone since the previous call.  Call it with the registry lock held:
+ * a snapshot shares its manifests' JSON by reference, and every change to
+ * those reference counts is made under that lock (snapshot.c says why).
+ */
+void keel__snapshot_publish(struct keel__snapshot *s);
 
 /* The snapshot a table is (every published table is one). */
 const struct keel__snapshot *keel__snapshot_of(const struct keel__table *t);
