@@ -502,19 +502,29 @@ static int pack_fail(struct pack *k, const char *why)
     return KEEL_EINVAL;
 }
 
+/* A NULL argument: null where the format allows it ('?' follows), else a
+ * refusal.  Returns 1 when p was NULL and null is written, 0 when p is set
+ * (its '?', if any, skipped), or KEEL_EINVAL. */
+static int pack_null(struct out *o, struct pack *k, const void *p, const char *why)
+{
+    bool optional = pack_optional(k);
+    if (p != NULL)
+        return 0;
+    if (!optional)
+        return pack_fail(k, why);
+    put(o, "null", 4);
+    return 1;
+}
+
 /* One scalar value of the format (its character already taken in c). */
 static int pack_scalar(struct out *o, struct pack *k, char c)
 {
     switch (c) {
     case 's': {
         const char *s = va_arg(k->ap, const char *);
-        if (s == NULL) {
-            if (!pack_optional(k))
-                return pack_fail(k, "NULL string for 's'");
-            put(o, "null", 4);
-            return 0;
-        }
-        pack_optional(k);
+        int rc = pack_null(o, k, s, "NULL string for 's'");
+        if (rc != 0)
+            return rc < 0 ? rc : 0;
         return put_string(o, s, strlen(s)) == 0 ? 0 : pack_fail(k, "string is not UTF-8");
     }
     case 'i':
@@ -536,14 +546,10 @@ static int pack_scalar(struct out *o, struct pack *k, char c)
         return put_real(o, va_arg(k->ap, double)) == 0 ? 0 : pack_fail(k, "real is not finite");
     case 'O': {
         const json_t *v = va_arg(k->ap, const json_t *);
-        if (v == NULL) {
-            if (!pack_optional(k))
-                return pack_fail(k, "NULL value for 'O'");
-            put(o, "null", 4);
-            return 0;
-        }
-        pack_optional(k);
-        int rc = put_value(o, v, NULL, 1);
+        int rc = pack_null(o, k, v, "NULL value for 'O'");
+        if (rc != 0)
+            return rc < 0 ? rc : 0;
+        rc = put_value(o, v, NULL, 1);
         if (rc < 0)
             k->why = "a value for 'O' cannot be written as JSON";
         return rc;

@@ -439,16 +439,22 @@ static void test_bad_optional_types(void **state)
                   KEEL__TOKEN_INVALID, NULL);
 }
 
-static void test_issuer(void **state)
+/* A verifier of its own (not the fixture's) for SECRET, with issuer (or
+ * none) required. */
+static keel__auth *hs256_verifier(const char *issuer)
 {
-    struct keel__auth_conf conf = {.audience = "authenticated",
-                                   .issuer = "https://x.supabase.co/auth/v1",
-                                   .leeway_s = 30,
-                                   .max_token_bytes = 8192};
+    struct keel__auth_conf conf = {
+        .audience = "authenticated", .issuer = issuer, .leeway_s = 30, .max_token_bytes = 8192};
     keel__auth *a = NULL;
     assert_int_equal(keel__auth_new(&conf, &a), 0);
     assert_int_equal(keel__auth_add_hs256(a, NULL, (const unsigned char *)SECRET, strlen(SECRET)),
                      0);
+    return a;
+}
+
+static void test_issuer(void **state)
+{
+    keel__auth *a = hs256_verifier("https://x.supabase.co/auth/v1");
 
     struct keel__claims c;
     const char *why = NULL;
@@ -478,13 +484,7 @@ static void test_issuer(void **state)
 static void test_cache_lends_past_its_life(void **state)
 {
     (void)state;
-    struct keel__auth_conf conf = {.audience = "authenticated",
-                                   .leeway_s = 30,
-                                   .max_token_bytes = 8192};
-    keel__auth *a = NULL;
-    assert_int_equal(keel__auth_new(&conf, &a), 0);
-    assert_int_equal(keel__auth_add_hs256(a, NULL, (const unsigned char *)SECRET, strlen(SECRET)),
-                     0);
+    keel__auth *a = hs256_verifier(NULL);
     char p[512];
     user_payload(p, sizeof p, 3600, "\"user_metadata\":{\"full_name\":\"Ana\"}");
     char *tok = hs256(HS_HEADER, p);
