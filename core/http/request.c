@@ -52,6 +52,20 @@ static atomic_ullong next_request_id = 1;
 #define REQ_BLOCK (REQ_HEAD + sizeof(struct keel__arena_block) + ARENA_FIRST_BLOCK)
 #define REQ_SPARES 4
 
+/* Under AddressSanitizer a freed request goes back to malloc, so that a use
+ * after free is still caught. */
+#if defined(__SANITIZE_ADDRESS__)
+static void *req_block_get(void)
+{
+    return malloc(REQ_BLOCK);
+}
+
+static void req_block_put(void *block)
+{
+    free(block);
+}
+#else
+
 static _Thread_local struct {
     bool registered; /* with spares_key, so that thread exit frees them */
     unsigned n;
@@ -90,6 +104,7 @@ static void req_block_put(void *block)
     else
         free(block);
 }
+#endif
 
 static struct keel__arena_block *first_block(keel_request *req)
 {
