@@ -52,9 +52,17 @@ static atomic_ullong next_request_id = 1;
 #define REQ_BLOCK (REQ_HEAD + sizeof(struct keel__arena_block) + ARENA_FIRST_BLOCK)
 #define REQ_SPARES 4
 
-/* Under AddressSanitizer a freed request goes back to malloc, so that a use
- * after free is still caught. */
+/* Under AddressSanitizer (gcc says so with __SANITIZE_ADDRESS__, clang with
+ * __has_feature) a freed request goes back to malloc, so that a use after
+ * free is still caught. */
 #if defined(__SANITIZE_ADDRESS__)
+#define REQ_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define REQ_ASAN 1
+#endif
+#endif
+#ifdef REQ_ASAN
 static void *req_block_get(void)
 {
     return malloc(REQ_BLOCK);
