@@ -594,6 +594,15 @@ int keel__respond(keel_request *req, unsigned status, const char *body, size_t l
 /* The answer when a body cannot be made at all. */
 static const char internal_error[] = "{\"detail\":\"Internal Server Error\"}";
 
+/* Queues JSON text keel's writer made: copied out of small (the caller's
+ * stack) or, when it outgrew that, malloc'd memory libmicrohttpd frees. */
+static int queue_written(keel_request *req, unsigned status, char *small, char *text, size_t len)
+{
+    if (text == small)
+        return queue_response(req, status, "application/json", small, len, MHD_RESPMEM_MUST_COPY);
+    return queue_response(req, status, "application/json", text, len, MHD_RESPMEM_MUST_FREE);
+}
+
 int keel__respond_json(keel_request *req, unsigned status, json_t *body)
 {
     /* No tree (a pack that ran out of memory): the literal answer, not
@@ -613,9 +622,7 @@ int keel__respond_json(keel_request *req, unsigned status, json_t *body)
     json_decref(body);
     if (rc < 0)
         return keel__respond(req, 500, internal_error, sizeof internal_error - 1);
-    if (text == small)
-        return queue_response(req, status, "application/json", small, len, MHD_RESPMEM_MUST_COPY);
-    return queue_response(req, status, "application/json", text, len, MHD_RESPMEM_MUST_FREE);
+    return queue_written(req, status, small, text, len);
 }
 
 int keel__respond_packv(keel_request *req, unsigned status, const char *fmt, va_list ap)
@@ -632,9 +639,7 @@ int keel__respond_packv(keel_request *req, unsigned status, const char *fmt, va_
         keel__respond(req, 500, internal_error, sizeof internal_error - 1);
         return rc == KEEL_ENOMEM ? rc : KEEL_EINVAL;
     }
-    if (text == small)
-        return queue_response(req, status, "application/json", small, len, MHD_RESPMEM_MUST_COPY);
-    return queue_response(req, status, "application/json", text, len, MHD_RESPMEM_MUST_FREE);
+    return queue_written(req, status, small, text, len);
 }
 
 int keel__respond_detail(keel_request *req, unsigned status, const char *detail)

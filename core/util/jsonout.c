@@ -449,24 +449,37 @@ ssize_t keel__json_write(const json_t *v, char *buf, size_t cap)
     return n > (size_t)SSIZE_MAX ? KEEL_ETOOBIG : (ssize_t)n;
 }
 
-int keel__json_dump(const json_t *v, char *buf, size_t cap, char **out, size_t *len)
+/* A write into buf that grows into malloc'd memory when buf is full (buf
+ * may be NULL: then none, one byte, stands in). */
+static struct out out_growing(char *buf, size_t cap, char *none)
 {
-    char none[1];
     if (buf == NULL) {
         buf = none;
         cap = 0;
     }
-    struct out o = {.start = buf, .p = buf, .end = buf + cap, .grow = true};
-    int rc = put_top(&o, v);
+    return (struct out){.start = buf, .p = buf, .end = buf + cap, .grow = true};
+}
+
+/* Ends a growing write: the text and its length, or on failure (rc, or a
+ * growth that failed) nothing, what was grown freed. */
+static int out_done(struct out *o, int rc, char **out, size_t *len)
+{
     if (rc == 0)
-        rc = o.err;
+        rc = o->err;
     if (rc < 0) {
-        free(o.heap);
+        free(o->heap);
         return rc;
     }
-    *out = o.start;
-    *len = (size_t)(o.p - o.start);
+    *out = o->start;
+    *len = (size_t)(o->p - o->start);
     return 0;
+}
+
+int keel__json_dump(const json_t *v, char *buf, size_t cap, char **out, size_t *len)
+{
+    char none[1];
+    struct out o = out_growing(buf, cap, none);
+    return out_done(&o, put_top(&o, v), out, len);
 }
 
 /* ------------------------------------------------------------ packing */
@@ -626,24 +639,12 @@ int keel__json_vpack(char *buf, size_t cap, char **out, size_t *len, const char 
                      const char *fmt, va_list ap)
 {
     char none[1];
-    if (buf == NULL) {
-        buf = none;
-        cap = 0;
-    }
-    struct out o = {.start = buf, .p = buf, .end = buf + cap, .grow = true};
+    struct out o = out_growing(buf, cap, none);
     struct pack k = {.f = fmt != NULL ? fmt : "", .why = NULL};
     va_copy(k.ap, ap);
-    int rc = pack_top(&o, &k);
+    int rc = out_done(&o, pack_top(&o, &k), out, len);
     va_end(k.ap);
-    if (rc == 0)
-        rc = o.err;
-    if (rc < 0) {
-        free(o.heap);
-        if (why != NULL)
-            *why = k.why != NULL ? k.why : rc == KEEL_ENOMEM ? "out of memory" : "invalid value";
-        return rc;
-    }
-    *out = o.start;
-    *len = (size_t)(o.p - o.start);
-    return 0;
+    if (rc < 0 && why != NULL)
+        *why = k.why != NULL ? k.why : rc == KEEL_ENOMEM ? "out of memory" : "invalid value";
+    return rc;
 }
