@@ -538,7 +538,6 @@ static void creator_fini(void *state)
     if (conf != NULL) {
         creator_runner_free(conf->runner);
         pthread_mutex_destroy(&conf->stats.lock);
-        json_decref(conf->stats.body);
     }
     free(state);
 }

@@ -33,10 +33,9 @@
  */
 struct creator_stats_cache {
     pthread_mutex_t lock;
+    bool valid; /* false until the first read is stored */
     struct timespec read_at;
-    /* The answer built from the counts read at read_at (NULL: none yet);
-     * only this cache's functions touch it, under lock. */
-    json_t *body;
+    long long counts[2][2]; /* [profiles|posts][total|ai] */
 };
 
 /* The plugin's configuration, one copy per generation (the handler state). */

@@ -55,48 +55,39 @@ static long long elapsed_ms(const struct timespec *from, const struct timespec *
     return (long long)(to->tv_sec - from->tv_sec) * 1000 + (to->tv_nsec - from->tv_nsec) / 1000000;
 }
 
-/* A copy of the cached answer if its counts were read less than
- * stats_cache_ms ago, else NULL.  The tree is built once per read and
- * copied per request (no format to parse, no rates to print); each request
- * gets a tree of its own because jansson's reference counts are not meant
- * to be shared between threads. */
-static json_t *stats_cached(struct creator_conf *conf)
+/* Copies the cached counts into counts if they were read less than
+ * stats_cache_ms ago. */
+static bool stats_cached(struct creator_conf *conf, long long counts[2][2])
 {
     struct creator_stats_cache *c = &conf->stats;
     struct timespec now;
-    json_t *body = NULL;
+    bool hit;
 
     if (conf->stats_cache_ms <= 0)
-        return NULL;
+        return false;
     clock_gettime(CLOCK_MONOTONIC, &now);
     pthread_mutex_lock(&c->lock);
-    if (c->body != NULL && elapsed_ms(&c->read_at, &now) < conf->stats_cache_ms)
-        body = json_deep_copy(c->body);
+    hit = c->valid && elapsed_ms(&c->read_at, &now) < conf->stats_cache_ms;
+    if (hit)
+        memcpy(counts, c->counts, sizeof c->counts);
     pthread_mutex_unlock(&c->lock);
-    return body;
+    return hit;
 }
 
-/* Keeps a copy of the answer built from counts read by a query sent at
- * read_at, unless a concurrent handler has stored one from a later query
- * meanwhile. */
+/* Keeps counts read by a query sent at read_at, unless a concurrent
+ * handler has stored counts from a later query meanwhile. */
 static void stats_store(struct creator_conf *conf, const struct timespec *read_at,
-                        const json_t *body)
+                        long long counts[2][2])
 {
     struct creator_stats_cache *c = &conf->stats;
-    json_t *copy = json_deep_copy(body), *old = NULL;
 
-    if (copy == NULL)
-        return;
     pthread_mutex_lock(&c->lock);
-    if (c->body == NULL || elapsed_ms(&c->read_at, read_at) >= 0) {
-        old = c->body;
+    if (!c->valid || elapsed_ms(&c->read_at, read_at) >= 0) {
+        c->valid = true;
         c->read_at = *read_at;
-        c->body = copy;
-        copy = NULL;
+        memcpy(c->counts, counts, sizeof c->counts);
     }
     pthread_mutex_unlock(&c->lock);
-    json_decref(old);
-    json_decref(copy);
 }
 
 static json_t *stats_body(long long counts[2][2])
@@ -108,9 +99,11 @@ static json_t *stats_body(long long counts[2][2])
 }
 
 /*
- * The answer is cached per worker process for stats_cache_ms (default
- * 1000): it reflects the database as it was at most that long ago,
- * measured from just before the query that read it was sent.
+ * The counts are cached per worker process for stats_cache_ms (default
+ * 1000): an answer reflects the database as it was at most that long ago,
+ * measured from just before the query that read them was sent.  Only the
+ * counts are shared between handlers; each answer is built from a copy of
+ * them, outside the cache's lock.
  */
 int creator_stats(keel_request *req, void *state)
 {
@@ -118,39 +111,37 @@ int creator_stats(keel_request *req, void *state)
     long long counts[2][2] = {{0, 0}, {0, 0}}; /* [profiles|posts][total|ai] */
     keel_db_result *res = NULL;
     struct timespec read_at;
-    json_t *body;
     int rc;
 
     if (creator_user_id(req) == NULL)
         return stats_degraded(req);
-    if ((body = stats_cached(conf)) != NULL)
-        return creator_respond(req, 200, body);
-    clock_gettime(CLOCK_MONOTONIC, &read_at);
-    /* Two rows kept current by triggers: no COUNT over the big tables. */
-    rc = creator_host->db_query(req,
-                                "SELECT name, total, ai_analyzed FROM stats_counters"
-                                " WHERE name IN ('profiles', 'posts')",
-                                0, NULL, &res);
-    if (rc != 0) {
-        creator_log_db(req, rc, "system stats");
-        return stats_degraded(req);
-    }
-    for (int i = 0; i < creator_host->db_rows(res); i++) {
-        const char *name = creator_col(res, i, "name");
-        int which = name != NULL && strcmp(name, "posts") == 0;
-        long long v;
+    if (!stats_cached(conf, counts)) {
+        clock_gettime(CLOCK_MONOTONIC, &read_at);
+        /* Two rows kept current by triggers: no COUNT over the big tables. */
+        rc = creator_host->db_query(req,
+                                    "SELECT name, total, ai_analyzed FROM stats_counters"
+                                    " WHERE name IN ('profiles', 'posts')",
+                                    0, NULL, &res);
+        if (rc != 0) {
+            creator_log_db(req, rc, "system stats");
+            return stats_degraded(req);
+        }
+        for (int i = 0; i < creator_host->db_rows(res); i++) {
+            const char *name = creator_col(res, i, "name");
+            int which = name != NULL && strcmp(name, "posts") == 0;
+            long long v;
 
-        if (creator_parse_ll(creator_col(res, i, "total"), &v))
-            counts[which][0] = v;
-        if (creator_parse_ll(creator_col(res, i, "ai_analyzed"), &v))
-            counts[which][1] = v;
+            if (creator_parse_ll(creator_col(res, i, "total"), &v))
+                counts[which][0] = v;
+            if (creator_parse_ll(creator_col(res, i, "ai_analyzed"), &v))
+                counts[which][1] = v;
+        }
+        if (conf->stats_reads != NULL)
+            creator_host->metric_observe(conf->stats_reads, 1);
+        if (conf->stats_cache_ms > 0)
+            stats_store(conf, &read_at, counts);
     }
-    if (conf->stats_reads != NULL)
-        creator_host->metric_observe(conf->stats_reads, 1);
-    body = stats_body(counts);
-    if (body != NULL && conf->stats_cache_ms > 0)
-        stats_store(conf, &read_at, body);
-    return creator_respond(req, 200, body);
+    return creator_respond(req, 200, stats_body(counts));
 }
 
 /* ------------------------------------------------------------ unlocked list */
