@@ -55,8 +55,7 @@ static int example_whoami(keel_request *req, void *s)
 static int example_echo(keel_request *req, void *s)
 {
     (void)s;
-    return keel_api->respond_json(req, 200,
-                                  json_pack("{s:s}", "word", keel_api->req_param(req, "word")));
+    return keel_api->respond_pack(req, 200, "{s:s}", "word", keel_api->req_param(req, "word"));
 }
 
 static const keel_route example_routes[] = {
