@@ -115,11 +115,13 @@ def query_in_thread(k, sql, *args):
 
 def wait_until_blocked(k, t, out, blocked_sql, what):
     """Waits until blocked_sql finds the query running on t waiting for a lock."""
-    deadline = time.time() + keeltest.scaled(30)
-    while not k.db.query(blocked_sql):
-        assert time.time() < deadline, "the writer never waited for " + what
+    def blocked():
+        if k.db.query(blocked_sql):
+            return True
         assert t.is_alive(), out
-        time.sleep(0.05)
+        return False
+
+    keeltest.wait_until(blocked, "the writer to wait for " + what, timeout=30)
 
 
 def release(holder, t, text):
