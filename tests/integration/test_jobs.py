@@ -20,7 +20,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import keeltest
 from keeltest import Database, Keeld, user_token
-from test_reload import parse_prometheus, fams_samples
+from test_creator import creator_config
+from test_reload import parse_prometheus, fams_samples, plugins_of
 
 TIMEOUT = 240
 
@@ -179,12 +180,7 @@ def with_provider(port, kind="keel", **extra):
            "lease_s": int(keeltest.scaled(4)),
            "max_bytes": 1024 * 1024}
     cfg.update(extra)
-
-    def mut(k):
-        doc = k.read_conf("60-creator.json")
-        doc["plugin"]["config"]["provider"] = cfg
-        k.write_conf("60-creator.json", doc)
-    return mut
+    return creator_config(provider=cfg)
 
 
 def fresh(prefix="ok"):
@@ -439,9 +435,9 @@ def test_twenty_reloads_while_jobs_run_lose_none_and_run_none_twice():
         log = k.log_text()
         assert log.count("retired: finalising and unloading") >= 19, log[-2000:]
         assert "has not stopped after" not in log
-        plugins = {p["name"]: p for p in k.admin_get("/admin/plugins").json()["plugins"]}
-        assert plugins["creator"]["generation"] >= 21, plugins["creator"]
-        assert [t["name"] for t in plugins["creator"]["tasks"]] == [
+        creator = plugins_of(k)["creator"]
+        assert creator["generation"] >= 21, creator
+        assert [t["name"] for t in creator["tasks"]] == [
             "job-runner-1", "job-runner-2", "unlock-count-sweep"]
 
 
@@ -451,7 +447,7 @@ def test_no_provider_keeps_jobs_queued_and_admin_plugins_says_so():
         job = u.search(fresh())
         time.sleep(1.5)
         assert db_job(k, job)[0] == "queued"
-        creator = {p["name"]: p for p in k.admin_get("/admin/plugins").json()["plugins"]}["creator"]
+        creator = plugins_of(k)["creator"]
         assert "no provider configured" in creator["note"], creator
         # The unlocked counts' sweep is the only task without a provider.
         assert [t["name"] for t in creator["tasks"]] == ["unlock-count-sweep"], creator
