@@ -516,8 +516,7 @@ def test_reloads_of_the_installed_plugins_keep_no_reload_in_memory():
         # both started by the first reload and kept.
         for pid in workers:
             wait_until(lambda: thread_count(pid) <= threads[pid] + 2,
-                       "worker %d back to at most %d threads (has %d)" % (
-                           pid, threads[pid] + 2, thread_count(pid)))
+                       "worker %d back to at most %d threads" % (pid, threads[pid] + 2))
         after = {pid: vmrss_kib(pid) for pid in workers + [sup]}
         keeltest.note("VmRSS over %d reloads (supervisor %d): %r -> %r KiB" % (
             n, sup, before, after))
