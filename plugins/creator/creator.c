@@ -120,15 +120,24 @@ json_t *creator_json_doc(const char *v)
 json_t *creator_set_columns_mapped(json_t *obj, const keel_db_result *res, int row,
                                    const struct creator_column *cols, struct creator_colmap *map)
 {
-    if (!map->resolved) {
-        for (int i = 0; i < CREATOR_COLUMNS_MAX && cols[i].key != NULL; i++)
+    if (obj != NULL && !map->resolved) {
+        for (int i = 0; cols[i].key != NULL; i++) {
+            /* Every table is this plugin's own and far shorter; one that
+             * outgrew the map fails loudly instead of reading past it. */
+            if (i == CREATOR_COLUMNS_MAX) {
+                creator_host->log(NULL, KEEL_LOG_ERROR,
+                                  "creator: a column table (\"%s\", ...) has more than %d entries",
+                                  cols[0].key, CREATOR_COLUMNS_MAX);
+                json_decref(obj);
+                return NULL;
+            }
             map->col[i] = creator_host->db_column(res, cols[i].column);
+        }
         map->resolved = true;
     }
     for (int i = 0; obj != NULL && cols[i].key != NULL; i++) {
         /* db_value answers NULL for a column the result lacks (-1). */
-        const char *v = i < CREATOR_COLUMNS_MAX ? creator_host->db_value(res, row, map->col[i])
-                                                : creator_col(res, row, cols[i].column);
+        const char *v = creator_host->db_value(res, row, map->col[i]);
         /* The keys are this plugin's own ASCII names: no UTF-8 check. */
         if (json_object_set_new_nocheck(obj, cols[i].key, cols[i].convert(v)) != 0) {
             json_decref(obj);

@@ -121,7 +121,8 @@ json_t *creator_set_columns(json_t *obj, const keel_db_result *res, int row,
 /*
  * The same for the rows of one result in a loop: the column numbers of cols
  * are looked up by name once, on the first row, and kept in *map (zeroed by
- * the caller before the loop), instead of once per row and column.
+ * the caller before the loop), instead of once per row and column.  A table
+ * longer than CREATOR_COLUMNS_MAX is refused there (logged, NULL).
  */
 #define CREATOR_COLUMNS_MAX 32
 struct creator_colmap {
