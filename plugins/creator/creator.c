@@ -169,6 +169,13 @@ json_t *creator_with_ai(json_t *obj, json_t *ai)
     return obj;
 }
 
+json_t *creator_row_with_ai(const keel_db_result *res, int row, const struct creator_column *cols,
+                            const struct creator_column *ai_cols, struct creator_colmap maps[2])
+{
+    return creator_with_ai(creator_set_columns_mapped(json_object(), res, row, cols, &maps[0]),
+                           creator_set_columns_mapped(json_object(), res, row, ai_cols, &maps[1]));
+}
+
 static const struct creator_column profile_columns[] = {
     {"id", "id", creator_json_text},
     {"username", "username", creator_json_text},
@@ -208,12 +215,11 @@ json_t *creator_profile_base(const keel_db_result *res, int row)
     return creator_set_columns(json_object(), res, row, profile_columns);
 }
 
-json_t *creator_post_json(const keel_db_result *res, int row)
+json_t *creator_post_json(const keel_db_result *res, int row, struct creator_colmap maps[2])
 {
     /* The object is always present (fields null when not analysed) so a
      * client can read post.ai_analysis.x without a guard. */
-    return creator_with_ai(creator_set_columns(json_object(), res, row, post_columns),
-                           creator_set_columns(json_object(), res, row, post_ai_columns));
+    return creator_row_with_ai(res, row, post_columns, post_ai_columns, maps);
 }
 
 json_t *creator_pagination(long long page, long long page_size, long long total)

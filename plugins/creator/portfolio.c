@@ -115,11 +115,8 @@ int creator_auth_unlocked(keel_request *req, void *state)
     }
     profiles = json_array();
     for (int i = 0; profiles != NULL && i < creator_host->db_rows(res); i++)
-        json_array_append_new(
-            profiles,
-            creator_with_ai(
-                creator_set_columns_mapped(json_object(), res, i, portfolio_columns, &maps[0]),
-                creator_set_columns_mapped(json_object(), res, i, portfolio_ai_columns, &maps[1])));
+        json_array_append_new(profiles, creator_row_with_ai(res, i, portfolio_columns,
+                                                            portfolio_ai_columns, maps));
     return creator_respond(req, 200,
                            json_pack("{s:b,s:o,s:o}", "success", 1, "profiles", profiles,
                                      "pagination", portfolio_pagination(page, page_size, total)));

@@ -174,13 +174,6 @@ static const struct creator_column unlocked_ai_columns[] = {
     {NULL, NULL, NULL},
 };
 
-static json_t *unlocked_entry(const keel_db_result *res, int row, struct creator_colmap maps[2])
-{
-    return creator_with_ai(
-        creator_set_columns_mapped(json_object(), res, row, unlocked_columns, &maps[0]),
-        creator_set_columns_mapped(json_object(), res, row, unlocked_ai_columns, &maps[1]));
-}
-
 int creator_unlocked(keel_request *req, void *state)
 {
     json_t *errors = json_array();
@@ -222,7 +215,8 @@ int creator_unlocked(keel_request *req, void *state)
     }
     profiles = json_array();
     for (int i = 0; profiles != NULL && i < creator_host->db_rows(res); i++)
-        json_array_append_new(profiles, unlocked_entry(res, i, maps));
+        json_array_append_new(profiles, creator_row_with_ai(res, i, unlocked_columns,
+                                                            unlocked_ai_columns, maps));
     snprintf(message, sizeof message, "Found %lld unlocked profiles", total);
     body = json_pack("{s:b,s:o,s:o,s:s}", "success", 1, "profiles", profiles, "pagination",
                      creator_pagination(page, page_size, total), "message", message);
@@ -358,6 +352,7 @@ int creator_posts(keel_request *req, void *state)
     char limit[24], offset[24], message[64];
     const char *username, *uid, *profile_id, *unlocked;
     bool sliced;
+    struct creator_colmap maps[2] = {{.resolved = false}, {.resolved = false}};
     int rc;
 
     if (errors == NULL)
@@ -412,7 +407,7 @@ int creator_posts(keel_request *req, void *state)
     }
     posts = json_array();
     for (int i = 0; posts != NULL && i < creator_host->db_rows(res); i++)
-        json_array_append_new(posts, creator_post_json(res, i));
+        json_array_append_new(posts, creator_post_json(res, i, maps));
     snprintf(message, sizeof message, "Found %lld posts", total);
     return creator_respond(req, 200,
                            json_pack("{s:b,s:s,s:o,s:o,s:s}", "success", 1, "username", username,

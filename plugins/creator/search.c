@@ -56,6 +56,7 @@ static int search_full(keel_request *req, const struct creator_conf *conf, const
     keel_db_result *res = NULL;
     char limit[24];
     json_t *posts, *body;
+    struct creator_colmap maps[2] = {{.resolved = false}, {.resolved = false}};
     int rc;
 
     snprintf(limit, sizeof limit, "%lld", conf->max_posts);
@@ -70,7 +71,7 @@ static int search_full(keel_request *req, const struct creator_conf *conf, const
     }
     posts = json_array();
     for (int i = 0; posts != NULL && i < creator_host->db_rows(res); i++)
-        json_array_append_new(posts, creator_post_json(res, i));
+        json_array_append_new(posts, creator_post_json(res, i, maps));
     /* The posts live inside the profile, where the replaced system put them
      * and the frontend reads them. */
     body = full_profile(profile);
