@@ -28,6 +28,7 @@
 
 #include "util/counters.h"
 #include "util/log.h"
+#include "util/text.h"
 #include "util/thread.h"
 
 static json_t *result_json(const char *plugin, bool ok, int stage, const char *error,
@@ -455,7 +456,7 @@ static int conf_read(struct keel__conf **out, char *err, size_t errlen)
     }
     *out = r.conf;
     if (r.rc != 0)
-        snprintf(err, errlen, "%s", r.err);
+        keel__copy_text(err, errlen, r.err);
     return r.rc;
 }
 
