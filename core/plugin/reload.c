@@ -404,9 +404,7 @@ static void conf_read_run(struct conf_read *r)
 {
     r->conf = NULL;
     scratch_open();
-    r->rc = keel__conf_load(keel__reg.confdir, &r->conf, r->err, sizeof r->err);
-    if (r->rc == 0)
-        r->rc = keel__conf_apply_env(r->conf, r->err, sizeof r->err);
+    r->rc = keel__conf_read(keel__reg.confdir, &r->conf, r->err, sizeof r->err);
     scratch_close();
 }
 
