@@ -232,6 +232,11 @@ int keel__conf_load(const char *dir, struct keel__conf **out, char *err,
  */
 int keel__conf_apply_env(struct keel__conf *conf, char *err, size_t errlen) KEEL_WARN_UNUSED;
 
+/* keel__conf_load then keel__conf_apply_env: the model keeld runs with.  On
+ * failure *out is NULL (nothing to free) and err says why. */
+int keel__conf_read(const char *dir, struct keel__conf **out, char *err,
+                    size_t errlen) KEEL_WARN_UNUSED;
+
 /*
  * How conf.d's "plugin" objects become manifests.  The parser belongs to the
  * plugin layer (core/plugin/manifest.c, which checks route templates with

@@ -232,3 +232,13 @@ out:
         return rc == KEEL_ENOMEM ? rc : KEEL_ECONFIG;
     return 0;
 }
+
+int keel__conf_read(const char *dir, struct keel__conf **out, char *err, size_t errlen)
+{
+    int rc = keel__conf_load(dir, out, err, errlen);
+    if (rc == 0 && (rc = keel__conf_apply_env(*out, err, errlen)) != 0) {
+        keel__conf_free(*out);
+        *out = NULL;
+    }
+    return rc;
+}

@@ -235,7 +235,7 @@ void keel__addr_text(const struct sockaddr *sa, char *out, size_t outlen)
                   (socklen_t)outlen);
 }
 
-static void peer_text(struct MHD_Connection *conn, char *out, size_t outlen)
+void keel__conn_addr_text(struct MHD_Connection *conn, char *out, size_t outlen)
 {
     const union MHD_ConnectionInfo *ci =
         MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
@@ -261,7 +261,7 @@ int keel__request_identify(keel_request *req)
         return 0;
 
     char peer[KEEL__CLIENT_ADDR_MAX + 1];
-    peer_text(req->conn, peer, sizeof peer);
+    keel__conn_addr_text(req->conn, peer, sizeof peer);
     struct xff_join j = {.len = 0};
     j.buf[0] = '\0';
     if (c->ntrusted_proxies > 0)

@@ -53,6 +53,9 @@ bool keel__addr_limit_enter(const char *addr, int max);
  * when there is none; out holds at least INET6_ADDRSTRLEN bytes. */
 struct sockaddr;
 void keel__addr_text(const struct sockaddr *sa, char *out, size_t outlen);
+/* The same for a libmicrohttpd connection's peer. */
+struct MHD_Connection;
+void keel__conn_addr_text(struct MHD_Connection *conn, char *out, size_t outlen);
 void keel__addr_limit_leave(const char *addr);
 
 /*

@@ -16,6 +16,7 @@
 
 #include <keel/error.h>
 
+#include "http/clientaddr.h"
 #include "util/log.h"
 #include "util/time.h"
 
@@ -55,20 +56,6 @@ struct keel__deadlines {
     char evicted_last[INET6_ADDRSTRLEN];
     pthread_t sweeper;
 };
-
-static void describe_peer(struct MHD_Connection *conn, char *out, size_t outlen)
-{
-    snprintf(out, outlen, "?");
-    const union MHD_ConnectionInfo *ci =
-        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
-    if (ci == NULL || ci->client_addr == NULL)
-        return;
-    const struct sockaddr *sa = ci->client_addr;
-    if (sa->sa_family == AF_INET)
-        inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, out, (socklen_t)outlen);
-    else if (sa->sa_family == AF_INET6)
-        inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, out, (socklen_t)outlen);
-}
 
 /* True when the client has closed its end (or reset it) and libmicrohttpd
  * has already read everything before that.  Peeking consumes nothing, so
@@ -241,7 +228,7 @@ void keel__deadlines_notify(void *cls, struct MHD_Connection *conn, void **socke
         w->bound_ns = d->bound_ns;
         atomic_init(&w->deadline, keel__monotonic_ns() + d->bound_ns);
         atomic_init(&w->first, true);
-        describe_peer(conn, w->peer, sizeof w->peer);
+        keel__conn_addr_text(conn, w->peer, sizeof w->peer);
         pthread_mutex_lock(&d->mu);
         w->next = d->head;
         if (d->head != NULL)

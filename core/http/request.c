@@ -605,8 +605,7 @@ static int queue_written(keel_request *req, unsigned status, char *small, char *
 
 int keel__respond_json(keel_request *req, unsigned status, json_t *body)
 {
-    /* No tree (a pack that ran out of memory): the literal answer, not
-     * keel__respond_detail, which packs again and would come back here. */
+    /* No tree (a pack that ran out of memory): the literal answer. */
     if (body == NULL)
         return keel__respond(req, 500, internal_error, sizeof internal_error - 1);
     /* keel's writer (util/jsonout.h) gives the bytes of json_dumpb with
@@ -642,9 +641,18 @@ int keel__respond_packv(keel_request *req, unsigned status, const char *fmt, va_
     return queue_written(req, status, small, text, len);
 }
 
+int keel__respond_pack(keel_request *req, unsigned status, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    int rc = keel__respond_packv(req, status, fmt, ap);
+    va_end(ap);
+    return rc;
+}
+
 int keel__respond_detail(keel_request *req, unsigned status, const char *detail)
 {
-    return keel__respond_json(req, status, json_pack("{s:s}", "detail", detail));
+    return keel__respond_pack(req, status, "{s:s}", "detail", detail);
 }
 
 int keel__respond_owned(keel_request *req, unsigned status, const char *content_type, char *body,

@@ -205,9 +205,12 @@ int keel__respond_json(keel_request *req, unsigned status, json_t *body);
 /* {"detail": detail}. */
 int keel__respond_detail(keel_request *req, unsigned status, const char *detail);
 /* Queues the JSON a json_pack()-style format describes, written without a
- * tree (util/jsonout.h: keel__json_vpack).  A format or value that cannot be
- * written is logged and answered 500; KEEL_EINVAL is returned. */
+ * tree (util/jsonout.h: keel__json_vpack; 'O' values are only read, so a
+ * tree other threads also read may be written).  A format or value that
+ * cannot be written is logged and answered 500, and KEEL_EINVAL returned
+ * (KEEL_ENOMEM when memory ran out). */
 int keel__respond_packv(keel_request *req, unsigned status, const char *fmt, va_list ap);
+int keel__respond_pack(keel_request *req, unsigned status, const char *fmt, ...);
 /* Queues resp (taken over, NULL counts as out of memory) with the extra
  * headers and content_type, for bodies libmicrohttpd streams itself. */
 int keel__respond_mhd(keel_request *req, unsigned status, struct MHD_Response *resp,

@@ -470,7 +470,7 @@ static bool is_loopback(const struct sockaddr *sa)
 #define MAX_SPARE_THREADS 32
 /* libmicrohttpd's connection memory never goes below this: the request line,
  * a few headers and the answer's head. */
-#define KEEL__CONN_MEMORY_MIN (8 * 1024)
+#define CONN_MEMORY_MIN (8 * 1024)
 
 static void close_listener(struct listener *l)
 {
@@ -520,8 +520,8 @@ static struct MHD_Daemon *start_lane(struct keel__lane *lane)
      * more (libmicrohttpd adds 56 bytes per header) and is refused 431 in the
      * same words as keel's own. */
     size_t mem = (size_t)lim->max_header_bytes + (size_t)lim->max_uri_bytes;
-    if (mem < KEEL__CONN_MEMORY_MIN)
-        mem = KEEL__CONN_MEMORY_MIN;
+    if (mem < CONN_MEMORY_MIN)
+        mem = CONN_MEMORY_MIN;
     opts[n++] = (struct MHD_OptionItem){MHD_OPTION_CONNECTION_MEMORY_LIMIT, (intptr_t)mem, NULL};
     opts[n++] = (struct MHD_OptionItem){MHD_OPTION_NOTIFY_CONNECTION, (intptr_t)keel__lane_notify,
                                         lane};

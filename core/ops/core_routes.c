@@ -57,12 +57,14 @@ static int route_health(keel_request *req)
     if (proc->draining()) {
         /* Lame duck: load balancers take this instance out of rotation
          * while its routes still answer.  The table's plugin states are
-         * copied, not referenced: other lanes read the same object, and
-         * jansson's counts are not safe from two threads at once. */
-        return keel__respond_json(
-            req, 503,
-            json_pack("{s:s, s:s, s:o}", "status", "draining", "database", db_up() ? "up" : "down",
-                      "plugins", t && t->health ? json_deep_copy(t->health) : json_object()));
+         * written straight from the table ('O' only reads them: other
+         * lanes read the same object). */
+        const char *database = db_up() ? "up" : "down";
+        if (t == NULL || t->health == NULL)
+            return keel__respond_pack(req, 503, "{s:s, s:s, s:{}}", "status", "draining",
+                                      "database", database, "plugins");
+        return keel__respond_pack(req, 503, "{s:s, s:s, s:O}", "status", "draining", "database",
+                                  database, "plugins", t->health);
     }
     if (t == NULL)
         return keel__respond_json(req, 200,

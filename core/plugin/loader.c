@@ -511,9 +511,9 @@ static int start_init(struct keel__generation *g, const keel_host *host, json_t 
                       struct init_call **out)
 {
     *out = NULL;
-    /* The plugin may keep the config object, and it runs on another thread:
-     * it gets a copy of its own, never a value this thread also holds
-     * (jansson's counts are not meant to be shared between threads). */
+    /* The plugin may keep the config object, change it, and it runs on
+     * another thread: it gets a copy of its own, never a value this thread
+     * also holds. */
     json_t *own = config != NULL ? json_deep_copy(config) : NULL;
     if (config != NULL && own == NULL)
         return KEEL_ENOMEM;

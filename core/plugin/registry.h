@@ -96,6 +96,10 @@ int keel__plugins_stats(struct keel__plugin_stats **out, size_t *n) KEEL_WARN_UN
  * 0 (never).  New reference. */
 json_t *keel__json_time(int64_t t);
 
+/* Reserves the scratch memory reloads read conf.d into and routes jansson's
+ * allocations through it: once per process, before any other thread. */
+void keel__reload_memory_init(void);
+
 /* ------------------------------------------------------------------
  * Shared by registry.c and reload.c only.
  */
@@ -140,9 +144,6 @@ struct keel__slot *keel__slot_new(const char *name);
 void keel__slot_free(struct keel__slot *s);
 /* Deep-copies a manifest so the conf model it came from can be freed. */
 int keel__manifest_copy(struct keel__manifest *dst, const struct keel__manifest *src);
-/* Reserves the scratch memory reloads read conf.d into and routes jansson's
- * allocations through it: once per process, before any other thread. */
-void keel__reload_memory_init(void);
 /* Makes dst share prev's documentation (schemas, route docs) where it is
  * unchanged: a reload then holds one copy of what stayed the same, not one
  * per conf.d read since the start (the worker keeps the conf.d it started

@@ -28,6 +28,7 @@
 
 #include "util/counters.h"
 #include "util/log.h"
+#include "util/text.h"
 #include "util/thread.h"
 
 static json_t *result_json(const char *plugin, bool ok, int stage, const char *error,
@@ -403,9 +404,7 @@ static void conf_read_run(struct conf_read *r)
 {
     r->conf = NULL;
     scratch_open();
-    r->rc = keel__conf_load(keel__reg.confdir, &r->conf, r->err, sizeof r->err);
-    if (r->rc == 0)
-        r->rc = keel__conf_apply_env(r->conf, r->err, sizeof r->err);
+    r->rc = keel__conf_read(keel__reg.confdir, &r->conf, r->err, sizeof r->err);
     scratch_close();
 }
 
@@ -455,7 +454,7 @@ static int conf_read(struct keel__conf **out, char *err, size_t errlen)
     }
     *out = r.conf;
     if (r.rc != 0)
-        snprintf(err, errlen, "%s", r.err);
+        keel__copy_text(err, errlen, r.err);
     return r.rc;
 }
 

@@ -13,15 +13,19 @@
  * A snapshot holds its manifests' JSON (route documentation, named schemas,
  * fallback headers) by reference, and so do the slots' manifests and, when
  * unchanged across reloads, every later generation's (keel__manifest_share).
- * jansson's counts are not safe from two threads at once: json_decref reads
- * the count with a plain load before its atomic decrement.  So every count
- * on that JSON changes under the registry lock: snapshots are built, and
+ * jansson 2.14 changes its counts atomically, but json_decref first reads
+ * the count with a plain load (to spot the never-freed sentinel), which
+ * ThreadSanitizer reports as a race with another thread's json_incref; to
+ * keep `./dev tsan` clean, every count on that JSON changes under the
+ * registry lock instead: snapshots are built, and
  * manifests copied, shared and cleared, with it held.  The last reference
  * to a published snapshot, though, may go on any thread (a request finishing
  * on a lane, the control loop answering status).  That thread releases the
  * snapshot's generations at once, so that a retired generation is finalised
  * and unloaded as soon as its last request ends, and leaves the rest here;
- * the next keel__snapshot_publish, under the registry lock, frees it.
+ * the next keel__snapshot_publish, under the registry lock, frees it (so
+ * until the next reload a worker may hold one retired table, its JSON
+ * included, and one left at shutdown is not freed).
  */
 static pthread_mutex_t retired_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct keel__snapshot *retired;

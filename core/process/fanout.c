@@ -223,12 +223,9 @@ static void fanout_finish(struct fanout *f)
          * before the answer, so that a worker started after it does). */
         struct keel__conf *fresh = NULL;
         char err[512];
-        if (keel__conf_load(keel__sup.conf->dir, &fresh, err, sizeof err) == 0 &&
-            keel__conf_apply_env(fresh, err, sizeof err) == 0) {
+        if (keel__conf_read(keel__sup.conf->dir, &fresh, err, sizeof err) == 0) {
             keel__conf_free(keel__sup.conf);
             keel__sup.conf = fresh;
-        } else {
-            keel__conf_free(fresh);
         }
 #ifdef __GLIBC__
         /* The new conf.d model was built while the old one still lived, so

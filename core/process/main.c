@@ -359,11 +359,9 @@ int main(int argc, char **argv)
     char err[1024];
     struct keel__conf *conf = NULL;
     keel__manifest_install();
-    if (keel__conf_load(confdir, &conf, err, sizeof err) != 0 ||
-        keel__conf_apply_env(conf, err, sizeof err) != 0) {
+    if (keel__conf_read(confdir, &conf, err, sizeof err) != 0) {
         log_error("configuration error: %s", err);
         fprintf(stderr, "keeld: configuration error: %s\n", err);
-        keel__conf_free(conf);
         return 1;
     }
     keel__log_set_level(conf->log.level);

@@ -22,11 +22,6 @@
 typedef int (*keel__serve_fn)(struct keel__conf *conf);
 
 /*
- * Runs the supervisor until SIGTERM/SIGINT (or an upgrade hands over);
- * takes conf.  self_path is the keeld binary to exec on an upgrade and
- * argv the arguments to give it.  Returns the process's exit status.
- */
-/*
  * How long the plugins' inits may take in all, each up to
  * containment.init_timeout_ms, counting one more than conf.d names: what a
  * whole-server reload or a new keeld's start may need.  Who waits for one
@@ -34,6 +29,11 @@ typedef int (*keel__serve_fn)(struct keel__conf *conf);
  */
 int64_t keel__sup_inits_ms(const struct keel__conf *conf);
 
+/*
+ * Runs the supervisor until SIGTERM/SIGINT (or an upgrade hands over);
+ * takes conf.  self_path is the keeld binary to exec on an upgrade and
+ * argv the arguments to give it.  Returns the process's exit status.
+ */
 int keel__supervisor_run(struct keel__conf *conf, const char *self_path, char *const *argv,
                          keel__serve_fn serve);
 

@@ -143,33 +143,17 @@ static size_t utf8_length(const unsigned char *p, const unsigned char *end)
 
 static void put_escape(struct out *o, unsigned char c)
 {
+    /* The characters with a two-character escape; the others \u00XX. */
+    static const char two[] = {['"'] = '"',  ['\\'] = '\\', ['\b'] = 'b', ['\f'] = 'f',
+                               ['\n'] = 'n', ['\r'] = 'r',  ['\t'] = 't'};
     static const char hex[] = "0123456789ABCDEF";
     char e[6] = {'\\', 'u', '0', '0', hex[c >> 4], hex[c & 15]};
-    switch (c) {
-    case '"':
-    case '\\':
-        e[1] = (char)c;
-        break;
-    case '\b':
-        e[1] = 'b';
-        break;
-    case '\f':
-        e[1] = 'f';
-        break;
-    case '\n':
-        e[1] = 'n';
-        break;
-    case '\r':
-        e[1] = 'r';
-        break;
-    case '\t':
-        e[1] = 't';
-        break;
-    default:
+    if (c < sizeof two && two[c] != '\0') {
+        e[1] = two[c];
+        put(o, e, 2);
+    } else {
         put(o, e, 6);
-        return;
     }
-    put(o, e, 2);
 }
 
 /* Runs of bytes that need nothing are found 8 at a time and copied with one
@@ -267,8 +251,6 @@ static int put_real_printf(struct out *o, double d)
 }
 
 static const double pow10_table[] = {1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9};
-static const uint64_t pow10_int[] = {1,      10,      100,      1000,      10000,
-                                     100000, 1000000, 10000000, 100000000, 1000000000};
 
 /*
  * The reals keel answers with are mostly short decimals (rates, scores:
@@ -293,8 +275,6 @@ static bool put_real_short(struct out *o, double d)
         uint64_t k = (uint64_t)s;
         if ((double)k != s || (double)k / pow10_table[j] != a)
             continue;
-        if (k * 10000 < pow10_int[j])
-            return false;
         /* Trailing zeros of the fraction are not printed. */
         size_t frac_digits = j;
         while (frac_digits > 0 && k % 10 == 0) {
@@ -516,17 +496,19 @@ static int pack_fail(struct pack *k, const char *why)
 }
 
 /* A NULL argument: null where the format allows it ('?' follows), else a
- * refusal.  Returns 1 when p was NULL and null is written, 0 when p is set
- * (its '?', if any, skipped), or KEEL_EINVAL. */
-static int pack_null(struct out *o, struct pack *k, const void *p, const char *why)
+ * refusal. */
+static int pack_null(struct out *o, struct pack *k, const char *why)
 {
-    bool optional = pack_optional(k);
-    if (p != NULL)
-        return 0;
-    if (!optional)
+    if (!pack_optional(k))
         return pack_fail(k, why);
     put(o, "null", 4);
-    return 1;
+    return 0;
+}
+
+/* A string argument, as a value or an object key. */
+static int pack_string(struct out *o, struct pack *k, const char *s, const char *what)
+{
+    return put_string(o, s, strlen(s)) == 0 ? 0 : pack_fail(k, what);
 }
 
 /* One scalar value of the format (its character already taken in c). */
@@ -535,10 +517,10 @@ static int pack_scalar(struct out *o, struct pack *k, char c)
     switch (c) {
     case 's': {
         const char *s = va_arg(k->ap, const char *);
-        int rc = pack_null(o, k, s, "NULL string for 's'");
-        if (rc != 0)
-            return rc < 0 ? rc : 0;
-        return put_string(o, s, strlen(s)) == 0 ? 0 : pack_fail(k, "string is not UTF-8");
+        if (s == NULL)
+            return pack_null(o, k, "NULL string for 's'");
+        pack_optional(k);
+        return pack_string(o, k, s, "string is not UTF-8");
     }
     case 'i':
         put_integer(o, va_arg(k->ap, int));
@@ -559,10 +541,10 @@ static int pack_scalar(struct out *o, struct pack *k, char c)
         return put_real(o, va_arg(k->ap, double)) == 0 ? 0 : pack_fail(k, "real is not finite");
     case 'O': {
         const json_t *v = va_arg(k->ap, const json_t *);
-        int rc = pack_null(o, k, v, "NULL value for 'O'");
-        if (rc != 0)
-            return rc < 0 ? rc : 0;
-        rc = put_value(o, v, NULL, 1);
+        if (v == NULL)
+            return pack_null(o, k, "NULL value for 'O'");
+        pack_optional(k);
+        int rc = put_value(o, v, NULL, 1);
         if (rc < 0)
             k->why = "a value for 'O' cannot be written as JSON";
         return rc;
@@ -608,8 +590,8 @@ static int pack_top(struct out *o, struct pack *k)
                 const char *key = va_arg(k->ap, const char *);
                 if (key == NULL)
                     return pack_fail(k, "NULL object key");
-                if (put_string(o, key, strlen(key)) != 0)
-                    return pack_fail(k, "object key is not UTF-8");
+                if (pack_string(o, k, key, "object key is not UTF-8") != 0)
+                    return KEEL_EINVAL;
                 put1(o, ':');
                 c = pack_next(k);
                 k->f++;

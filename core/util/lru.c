@@ -19,6 +19,14 @@ static uint64_t mix(uint64_t h)
     return h;
 }
 
+/* Folds one word into the state: a multiply spreads it upwards, the shift
+ * brings the high bits back down. */
+static inline uint64_t fold(uint64_t h, uint64_t w)
+{
+    h = (h ^ w) * 0xc6a4a7935bd1e995ull;
+    return h ^ (h >> 29);
+}
+
 uint64_t keel__lru_hash(const void *data, size_t n)
 {
     /* Eight bytes a step (a token is hundreds of bytes; FNV's byte loop cost
@@ -30,14 +38,12 @@ uint64_t keel__lru_hash(const void *data, size_t n)
     for (; n >= 8; s += 8, n -= 8) {
         uint64_t w;
         memcpy(&w, s, 8);
-        h = (h ^ w) * 0xc6a4a7935bd1e995ull;
-        h ^= h >> 29;
+        h = fold(h, w);
     }
     if (n > 0) {
         uint64_t w = 0;
         memcpy(&w, s, n);
-        h = (h ^ w) * 0xc6a4a7935bd1e995ull;
-        h ^= h >> 29;
+        h = fold(h, w);
     }
     return mix(h);
 }

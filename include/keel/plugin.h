@@ -368,7 +368,8 @@ typedef struct keel_host {
      * borrowed: written, not stolen).  Whitespace, ':' and ',' are skipped.
      * Keys are written as given, so the plugin keeps them unique.  A bad
      * format or value (a NULL 's', a string that is not UTF-8) is logged and
-     * answered 500, and KEEL_EINVAL returned.
+     * answered 500, and KEEL_EINVAL returned (KEEL_ENOMEM when memory
+     * runs out).
      *
      *     keel_api->respond_pack(req, 200, "{s:s, s:i}", "name", name, "n", n);
      */
