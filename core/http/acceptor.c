@@ -327,9 +327,15 @@ void keel__lane_request_begin(struct keel__lane *lane, struct MHD_Connection *co
         atomic_fetch_sub_explicit(&lane->fresh, 1, memory_order_relaxed);
 }
 
-void keel__lane_request_end(struct keel__lane *lane)
+void keel__lane_request_park(struct keel__lane *lane)
 {
     atomic_fetch_sub_explicit(&lane->active, 1, memory_order_relaxed);
+}
+
+void keel__lane_request_end(struct keel__lane *lane, bool parked)
+{
+    if (!parked)
+        atomic_fetch_sub_explicit(&lane->active, 1, memory_order_relaxed);
     atomic_fetch_add_explicit(&lane->done, 1, memory_order_relaxed);
 }
 

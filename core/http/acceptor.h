@@ -83,7 +83,11 @@ long keel__acceptor_connections(const keel__acceptor *a);
  * keel__monotonic_ns()'s clock) and its completion callback (it ends). */
 void keel__lane_request_begin(struct keel__lane *lane, struct MHD_Connection *conn,
                               int64_t start_ns);
-void keel__lane_request_end(struct keel__lane *lane);
+void keel__lane_request_end(struct keel__lane *lane, bool parked);
+/* The request left the lane's thread (core/http/offload.h): the lane is
+ * clear of it, though it ends (keel__lane_request_end, parked true) only
+ * once its response is done. */
+void keel__lane_request_park(struct keel__lane *lane);
 /* The lane daemons' MHD_OPTION_NOTIFY_CONNECTION (cls = the lane). */
 void keel__lane_notify(void *cls, struct MHD_Connection *conn, void **socket_context,
                        enum MHD_ConnectionNotificationCode toe);

@@ -184,6 +184,8 @@ void keel__request_free(keel_request *req)
     }
     if (req->json_body != NULL)
         json_decref(req->json_body);
+    if (req->parked != NULL) /* its connection ended before it went out */
+        MHD_destroy_response(req->parked);
     if (req->table != NULL)
         keel__table_release(req->table, req->route);
     free(req->body);
@@ -559,6 +561,8 @@ static int queue_response(keel_request *req, unsigned status, const char *conten
     return keel__respond_mhd(req, status, resp, content_type);
 }
 
+static int queue_now(keel_request *req, struct MHD_Response *resp);
+
 int keel__respond_mhd(keel_request *req, unsigned status, struct MHD_Response *resp,
                       const char *content_type)
 {
@@ -567,11 +571,32 @@ int keel__respond_mhd(keel_request *req, unsigned status, struct MHD_Response *r
     MHD_add_response_header(resp, "Content-Type", content_type);
     for (const struct keel__header *h = req->headers; h != NULL; h = h->next)
         MHD_add_response_header(resp, h->name, h->value);
-    enum MHD_Result r = keel__mhd_queue(req->conn, status, resp);
-    MHD_destroy_response(resp);
     answered(req);
     /* Either way this request has had its one attempt. */
     req->responded = true;
+    req->status = status;
+    if (req->parking) {
+        req->parked = resp;
+        return 0;
+    }
+    return queue_now(req, resp);
+}
+
+int keel__request_unpark(keel_request *req)
+{
+    struct MHD_Response *resp = req->parked;
+    req->parked = NULL;
+    req->parking = false;
+    return resp != NULL ? queue_now(req, resp) : KEEL_ENOMEM;
+}
+
+/* Queues resp with req->status on req's connection and drops the
+ * caller's reference. */
+static int queue_now(keel_request *req, struct MHD_Response *resp)
+{
+    unsigned status = req->status;
+    enum MHD_Result r = keel__mhd_queue(req->conn, status, resp);
+    MHD_destroy_response(resp);
     if (r != MHD_YES) {
         /* Nothing goes out; what is recorded must say so, not claim the
          * status that was meant. */

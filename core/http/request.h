@@ -114,6 +114,13 @@ struct keel_request {
     /* Response. */
     bool responded;
     unsigned status;
+    /* Run off the event loop (core/http/offload.h): the connection is
+     * suspended, so the response is parked here and its lane queues it
+     * once the connection is resumed (keel__request_unpark). */
+    bool parking;
+    bool offloaded; /* it went to the pool (its lane was cleared of it) */
+    bool waited;    /* its handler waited on I/O (util/blocking.h) */
+    struct MHD_Response *parked;
     struct keel__header *headers; /* extra response headers */
     const char *origin;           /* allowed CORS origin to echo, or NULL */
 
@@ -133,6 +140,10 @@ struct keel_request {
  * the server sets it once the headers are. */
 keel_request *keel__request_new(struct MHD_Connection *conn, int listener, const char *method,
                                 const char *url);
+/* Queues the response parked while the request ran off the event loop, on
+ * the connection's own thread.  Returns 0, KEEL_ENOMEM when none was
+ * parked, or KEEL_EIO (recorded as 500). */
+int keel__request_unpark(keel_request *req);
 /* Runs cleanups in reverse order, drops the table reference, frees everything. */
 void keel__request_free(keel_request *req);
 

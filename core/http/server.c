@@ -30,10 +30,12 @@
 #include "http/deadline.h"
 #include "http/edge.h"
 #include "http/mhdpages.h"
+#include "http/offload.h"
 #include "identity/ratelimit.h"
 #include "http/routes.h"
 #include "util/scoreboard.h"
 #include "util/counters.h"
+#include "util/blocking.h"
 #include "util/text.h"
 #include "util/time.h"
 
@@ -118,8 +120,70 @@ static void dispatch(keel_request *req)
         keel__respond_detail(req, 500, "Internal Server Error");
 }
 
+/* Authorizes and runs the route's handler, on a lane or a pool thread;
+ * notes whether it waited on I/O (the route's score, on_completed). */
+static void serve(keel_request *req)
+{
+    const struct keel__blocking *b = keel__blocking_counter;
+    unsigned waits = b != NULL ? atomic_load_explicit(&b->waits, memory_order_relaxed) : 0;
+    if (keel__authorize(req, req->route->auth, &authorizer))
+        dispatch(req);
+    req->waited = b != NULL && atomic_load_explicit(&b->waits, memory_order_relaxed) != waits;
+}
+
+/* On a pool thread (core/http/offload.h).  The response is parked on the
+ * request; once the connection is resumed its lane queues it (on_access)
+ * and may complete and free the request: nothing here touches it after. */
+static void run_parked(void *arg)
+{
+    keel_request *req = arg;
+    struct MHD_Connection *conn = req->conn;
+    serve(req);
+    MHD_resume_connection(conn);
+}
+
+/* The request leaves its lane for the pool: the lane goes on with its
+ * other connections meanwhile. */
+static void park(keel_request *req, struct keel__lane *lane)
+{
+    req->parking = true;
+    req->offloaded = true;
+    MHD_suspend_connection(req->conn);
+    keel__lane_request_park(lane);
+    if (keel__offload_submit(run_parked, req) != 0)
+        run_parked(req); /* no pool thread to be had: here, as before */
+}
+
+/* Whether the route's requests run in the pool now. */
+static bool offloading(const struct keel__route *route)
+{
+    return (route->handler != NULL || route->core_handler != NULL) && route->metrics != NULL &&
+           keel__offload_on(
+               atomic_load_explicit(&route->metrics->wait_score, memory_order_relaxed));
+}
+
+/* Moves the route's score by one request that ended after ns (on_completed). */
+static void observe_waits(const keel_request *req, int64_t ns)
+{
+    const struct keel__route *route = req->route;
+    if (route == NULL || route->metrics == NULL ||
+        (route->handler == NULL && route->core_handler == NULL))
+        return;
+    atomic_uint *score = &route->metrics->wait_score;
+    unsigned was = atomic_load_explicit(score, memory_order_relaxed);
+    unsigned now = keel__offload_score(was, req->waited || ns > KEEL__OFFLOAD_SLOW_NS);
+    if (now == was)
+        return;
+    atomic_store_explicit(score, now, memory_order_relaxed);
+    if ((now & KEEL__OFFLOAD_SEEN_BIT) && !(was & KEEL__OFFLOAD_SEEN_BIT))
+        keel__log(KEEL_LOG_INFO, "core",
+                  "%s %s waits on I/O or takes over 2 ms: its requests now run off the serving "
+                  "threads while it does",
+                  route->method, route->path_template);
+}
+
 /* Called once the whole request (headers and body) has arrived. */
-static void finish(keel_request *req)
+static void finish(keel_request *req, struct keel__lane *lane)
 {
     keel__cors_decide(req, &keel__rt.cors);
 
@@ -165,9 +229,10 @@ static void finish(keel_request *req)
         keel__respond_detail(req, 413, msg);
         return;
     }
-    if (!keel__authorize(req, req->route->auth, &authorizer))
-        return;
-    dispatch(req);
+    if (offloading(req->route))
+        park(req, lane);
+    else
+        serve(req);
 }
 
 /* What begin() learns from one pass over the request's headers and query. */
@@ -373,7 +438,6 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
                                  const char *method, const char *version, const char *upload_data,
                                  size_t *upload_data_size, void **con_cls)
 {
-    (void)cls;
     keel_request *req = *con_cls;
     if (req == NULL)
         return MHD_NO; /* on_uri ran out of memory */
@@ -394,10 +458,14 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
         *upload_data_size = 0;
         return MHD_YES;
     }
+    /* Back from the pool: the response waits on the request.  Nothing
+     * parked (out of memory) or nothing queued closes the connection. */
+    if (req->parking)
+        return keel__request_unpark(req) == 0 ? MHD_YES : MHD_NO;
     /* The request is complete: the handler's time is not the client's. */
     keel__deadlines_received(conn);
     if (!req->responded)
-        finish(req);
+        finish(req, cls);
     return MHD_YES;
 }
 
@@ -410,8 +478,9 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     if (req == NULL)
         return;
     *con_cls = NULL;
-    keel__lane_request_end(cls);
+    keel__lane_request_end(cls, req->offloaded);
     int64_t ns = keel__request_elapsed_ns(req);
+    observe_waits(req, ns);
     unsigned status = keel__request_final_status(req, toe == MHD_REQUEST_TERMINATED_COMPLETED_OK);
     if (!req->responded) {
         /* libmicrohttpd may have answered it itself: record what it sent. */
@@ -468,6 +537,9 @@ static bool is_loopback(const struct sockaddr *sa)
 
 /* Threads a listener may add to make up for those held by handlers. */
 #define MAX_SPARE_THREADS 32
+/* Threads running the requests of routes that wait (http/offload.h), for
+ * both listeners: the requests waiting on I/O at once, before more queue. */
+#define MAX_OFFLOAD_THREADS 64
 /* libmicrohttpd's connection memory never goes below this: the request line,
  * a few headers and the answer's head. */
 #define CONN_MEMORY_MIN (8 * 1024)
@@ -489,7 +561,7 @@ static struct MHD_Daemon *start_lane(struct keel__lane *lane)
     const struct keel__server_conf *c = &keel__rt.server;
     const struct keel__limits_conf *lim = &keel__rt.limits;
     unsigned flags = MHD_USE_NO_LISTEN_SOCKET | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ITC |
-                     MHD_USE_ERROR_LOG;
+                     MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
 #ifdef __linux__
     flags |= MHD_USE_EPOLL;
 #else
@@ -617,6 +689,8 @@ int keel__server_start(void)
         long max = keel__rt.limits.max_connections;
         keel__deadlines_evict_at(deadlines, max - (max >= 64 ? max / 64 : 1));
     }
+    /* Handlers that wait run off the serving threads (http/offload.h). */
+    keel__offload_init(MAX_OFFLOAD_THREADS);
     /* Threads held by handlers that do not return (until the hang watchdog
      * replaces the worker) are made up for, up to MAX_SPARE_THREADS more. */
     unsigned threads = c->threads > 0 ? (unsigned)c->threads : 1;
@@ -679,6 +753,14 @@ void keel__server_stop(int timeout_s)
         }
         struct timespec ts = {0, 20 * 1000 * 1000};
         nanosleep(&ts, NULL);
+    }
+    /* libmicrohttpd cannot stop a daemon with a connection suspended: with
+     * a request still running in the pool the lanes are left as they are
+     * (the process is on its way out), with what the access log holds
+     * written out. */
+    if (keel__offload_stop() > 0) {
+        keel__access_log_flush();
+        return;
     }
     for (size_t i = 0; i < 2; i++)
         close_listener(&listeners[i]);

@@ -15,6 +15,7 @@
 #include "data/breaker.h"
 #include "plugin/hostapi.h"
 #include "plugin/loader.h"
+#include "http/offload.h"
 #include "http/server.h"
 #include "plugin/registry.h"
 #include "util/counters.h"
@@ -240,8 +241,14 @@ char *keel__metrics_render(void)
         PACKAGE_VERSION, KEEL_ABI_MAJOR, KEEL_ABI_MINOR, (long long)keel__rt.started_at);
     keel__mtext_add(&t,
                     "# HELP keel_requests_in_flight Requests being processed.\n"
-                    "# TYPE keel_requests_in_flight gauge\nkeel_requests_in_flight %ld\n",
-                    keel__server_in_flight());
+                    "# TYPE keel_requests_in_flight gauge\nkeel_requests_in_flight %ld\n"
+                    "# HELP keel_offloaded_requests_total Requests whose handler ran on the pool "
+                    "of handlers that wait.\n"
+                    "# TYPE keel_offloaded_requests_total counter\n"
+                    "keel_offloaded_requests_total %llu\n"
+                    "# HELP keel_offload_threads Threads of that pool.\n"
+                    "# TYPE keel_offload_threads gauge\nkeel_offload_threads %u\n",
+                    keel__server_in_flight(), keel__offload_total(), keel__offload_threads());
     render_routes(&t);
     render_plugins(&t);
     render_db(&t);

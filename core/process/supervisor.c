@@ -138,12 +138,12 @@ static void child_after_fork(unsigned slot, int ctl, int crash_w)
     unsigned n = keel__sup.target;
     c->limits.max_connections = (int)(((unsigned)c->limits.max_connections + n - 1) / n);
     c->limits.max_per_ip = (int)(((unsigned)c->limits.max_per_ip + n - 1) / n);
-    /* server.threads is the server's too (default 4 per CPU): workers
-     * sharing CPUs with more threads in all would only add switching. */
-    unsigned threads = c->server.threads > 0 ? (unsigned)c->server.threads
-                                             : 4u * keel__cpus_allowed();
+    /* server.threads is the server's too (default 1 per CPU): workers
+     * sharing CPUs with more threads in all would only add switching.
+     * Handlers that wait do so off these threads (core/http/offload.h). */
+    unsigned threads = c->server.threads > 0 ? (unsigned)c->server.threads : keel__cpus_allowed();
     threads = (threads + n - 1) / n;
-    c->server.threads = (int)(threads < 2 ? 2 : threads);
+    c->server.threads = (int)(threads < 1 ? 1 : threads);
     keel__rt.listen_inherited = true;
     keel__rt.listen_fds[0] = keel__sup.listen_fds[0];
     keel__rt.listen_fds[1] = keel__sup.listen_fds[1];

@@ -42,6 +42,8 @@ struct keel__route_metrics {
     atomic_ullong count;
     atomic_ullong sum_ns;
     atomic_ullong degraded[KEEL__DEGRADED_NREASONS]; /* by enum keel__degraded_reason */
+    /* Whether the route's handlers wait: keel__offload_score (core/http/offload.h). */
+    atomic_uint wait_score;
 };
 
 extern const char *const keel__degraded_reason_names[KEEL__DEGRADED_NREASONS];

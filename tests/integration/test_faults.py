@@ -7,7 +7,9 @@ of attempts, every HTTP request has a client timeout, and nothing asserts
 how fast something happened, only that it happened and what was answered.
 """
 
+import http.client
 import random
+import re
 import secrets
 import select
 import socket
@@ -531,6 +533,71 @@ def test_connection_limits():
                 except OSError:
                     return False
             assert wait_for(served, attempts=40), limit
+
+
+# ---------------------------------------------------------------- waiting handlers
+
+def test_a_route_that_waits_leaves_the_serving_thread_to_its_neighbours():
+    """One worker with one serving thread, and two kept-alive connections
+    on it.  Once the unlock route has waited on the database a few times
+    its requests run off the serving thread: while one waits on a wallet
+    row locked elsewhere, the other connection is answered, and the waiting
+    unlock is answered once the lock goes (docs/operations.md, "Threads
+    and connections").  Before, the second connection waited behind it."""
+    def conf(k):
+        server_conf(workers=1, threads=1)(k)
+        db_conf(lock_timeout_ms=0, statement_timeout_ms=60000)(k)
+    with Keeld(conf) as k:
+        query = k.db.query
+        profiles = add_profiles(query, 4)
+        u = User(k, query, credits=10 * COST)
+        auth = {"Authorization": "Bearer " + u.token}
+        a = http.client.HTTPConnection("127.0.0.1", k.port, timeout=keeltest.scaled(60))
+        b = http.client.HTTPConnection("127.0.0.1", k.port, timeout=keeltest.scaled(30))
+
+        def call(conn, method, path):
+            conn.request(method, path, headers=auth)
+            r = conn.getresponse()
+            return r.status, r.read()
+        # Both open before anything waits: the one serving thread has both.
+        assert call(a, "GET", "/health")[0] == 200
+        assert call(b, "GET", "/health")[0] == 200
+        for p in profiles[:3]:
+            status, body = call(a, "POST", BASE + "/unlock/" + p)
+            assert status == 200, body
+        k.wait_log(r"POST /api/v1/simple/creator/unlock/\{username\} waits on I/O")
+
+        holder = LockHolder(k.db.url, u.id, 60)
+        holder.wait_locked()
+        result = {}
+
+        def waiting_unlock():
+            result["a"] = call(a, "POST", BASE + "/unlock/" + profiles[3])
+        t = threading.Thread(target=waiting_unlock)
+        t.start()
+        try:
+            def lock_waiters():
+                return int(query("SELECT count(*) FROM pg_stat_activity WHERE datname ="
+                                 " current_database() AND wait_event_type = 'Lock'")[0][0])
+            assert wait_for(lock_waiters), "the unlock never waited on the lock"
+            for i in range(5):
+                status, body = call(b, "GET", "/api/v1/auth/me")
+                assert status == 200, (i, body)
+            # Answered while the unlock still waits on the same thread's
+            # other connection.
+            assert t.is_alive() and "a" not in result
+            assert lock_waiters() == 1
+        finally:
+            holder.release()
+            t.join(keeltest.scaled(30))
+        assert result["a"][0] == 200, result
+        holder.wait()
+        assert_ledger_consistent(query, [u.id])
+        metrics = k.admin_get("/metrics").text
+        offloaded = re.search(r"^keel_offloaded_requests_total (\d+)$", metrics, re.M)
+        assert offloaded and int(offloaded.group(1)) >= 1, metrics[:2000]
+        a.close()
+        b.close()
 
 
 # ---------------------------------------------------------------- clients leaving
