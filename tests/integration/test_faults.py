@@ -543,9 +543,11 @@ def test_a_route_that_waits_leaves_the_serving_thread_to_its_neighbours():
     its requests run off the serving thread: while one waits on a wallet
     row locked elsewhere, the other connection is answered, and the waiting
     unlock is answered once the lock goes (docs/operations.md, "Threads
-    and connections").  Before, the second connection waited behind it."""
+    and connections").  Before, the second connection waited behind it.
+    The unlock waits past the connection timeout: a suspended connection
+    is not timed out for its handler's time."""
     def conf(k):
-        server_conf(workers=1, threads=1)(k)
+        server_conf(workers=1, threads=1, connection_timeout_s=2)(k)
         db_conf(lock_timeout_ms=0, statement_timeout_ms=60000)(k)
     with Keeld(conf) as k:
         query = k.db.query
@@ -587,6 +589,7 @@ def test_a_route_that_waits_leaves_the_serving_thread_to_its_neighbours():
             # other connection.
             assert t.is_alive() and "a" not in result
             assert lock_waiters() == 1
+            time.sleep(3)  # past connection_timeout_s
         finally:
             holder.release()
             t.join(keeltest.scaled(30))
