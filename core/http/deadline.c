@@ -273,12 +273,11 @@ void keel__deadlines_received(struct MHD_Connection *conn)
     }
 }
 
-void keel__deadlines_rearm(struct MHD_Connection *conn)
+void keel__deadlines_rearm(struct MHD_Connection *conn, int64_t now_ns)
 {
     struct watch *w = watch_of(conn);
     if (w != NULL)
-        atomic_store_explicit(&w->deadline, keel__monotonic_ns() + w->bound_ns,
-                              memory_order_relaxed);
+        atomic_store_explicit(&w->deadline, now_ns + w->bound_ns, memory_order_relaxed);
 }
 
 uint64_t keel__deadlines_closed(const keel__deadlines *d)

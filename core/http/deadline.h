@@ -67,8 +67,9 @@ void keel__deadlines_notify(void *cls, struct MHD_Connection *conn, void **socke
 
 /* The request on conn has fully arrived: its clock stops. */
 void keel__deadlines_received(struct MHD_Connection *conn);
-/* The response on conn is done: the clock for the next request starts. */
-void keel__deadlines_rearm(struct MHD_Connection *conn);
+/* The response on conn is done (at now_ns, keel__monotonic_ns()'s clock,
+ * which the caller read anyway): the clock for the next request starts. */
+void keel__deadlines_rearm(struct MHD_Connection *conn, int64_t now_ns);
 
 /* Connections closed for passing the bound since start. */
 uint64_t keel__deadlines_closed(const keel__deadlines *d);

@@ -157,11 +157,6 @@ void keel__request_restart_clock(keel_request *req)
     req->start_ns = keel__monotonic_ns();
 }
 
-int64_t keel__request_elapsed_ns(const keel_request *req)
-{
-    return keel__monotonic_ns() - req->start_ns;
-}
-
 static void answered(keel_request *req)
 {
     void (*fn)(keel_request *) = req->on_answered;

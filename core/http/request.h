@@ -155,8 +155,6 @@ unsigned keel__request_final_status(const keel_request *req, bool completed_ok);
 /* The request's clock starts again now: latency counts from the moment its
  * headers are in, not from its request line (a slow client's own time). */
 void keel__request_restart_clock(keel_request *req);
-/* Nanoseconds since the request arrived (monotonic). */
-int64_t keel__request_elapsed_ns(const keel_request *req);
 
 /* Request-lifetime allocation (zeroed), aligned for any type.  NULL when
  * memory runs out or size is absurd (beyond SIZE_MAX / 4). */

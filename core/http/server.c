@@ -479,7 +479,10 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
         return;
     *con_cls = NULL;
     keel__lane_request_end(cls, req->offloaded);
-    int64_t ns = keel__request_elapsed_ns(req);
+    /* One clock read for the request's latency and the connection's next
+     * deadline. */
+    int64_t end_ns = keel__monotonic_ns();
+    int64_t ns = end_ns - req->start_ns;
     observe_waits(req, ns);
     unsigned status = keel__request_final_status(req, toe == MHD_REQUEST_TERMINATED_COMPLETED_OK);
     if (!req->responded) {
@@ -499,7 +502,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     keel__request_free(req);
     atomic_fetch_sub(&in_flight, 1);
     /* A kept-alive connection now waits for its next request, on a clock. */
-    keel__deadlines_rearm(conn);
+    keel__deadlines_rearm(conn, end_ns);
 }
 
 /* ------------------------------------------------------------ daemons */

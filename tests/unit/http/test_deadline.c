@@ -27,6 +27,7 @@
 
 #include "http/deadline.h"
 #include "util/log.h"
+#include "util/time.h"
 
 struct server {
     struct MHD_Daemon *daemon;
@@ -66,7 +67,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     if (*con_cls != NULL)
         atomic_fetch_sub(&srv.open_requests, 1);
     *con_cls = NULL;
-    keel__deadlines_rearm(conn);
+    keel__deadlines_rearm(conn, keel__monotonic_ns());
 }
 
 static int start(int bound_s)
