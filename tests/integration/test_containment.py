@@ -303,6 +303,65 @@ def test_spinning_handler_is_reported_quarantined_and_its_worker_replaced():
         assert k.get(HELLO).status == 200
 
 
+def test_crash_and_hang_on_a_pool_thread_are_attributed_and_contained():
+    """A route whose calls took over 2 ms runs on the worker's pool of
+    handlers that wait (docs/operations.md, "Threads and connections"); a
+    crash or a hang there is blamed on its plugin and route like one on a
+    serving thread: crash report, quarantine, the worker replaced, and
+    /health answered meanwhile."""
+    names = ("crash_null", "spin")
+    env = None
+    if "ASAN_OPTIONS" in os.environ:
+        env = {"ASAN_OPTIONS": os.environ["ASAN_OPTIONS"] + ":handle_segv=0:handle_abort=0"
+               ":handle_sigbus=0:handle_sigill=0:handle_sigfpe=0"}
+    # One worker: every call moves the same route score.
+    with Keeld(setup(names, server={"workers": 1, "shutdown_timeout_s": 3},
+                     containment={"handler_timeout_ms": 3000}), env=env) as k:
+        for name in names:
+            for _ in range(3):
+                r = k.get("/api/v1/%s/boom?slow_ms=5" % name)
+                assert r.status == 200 and r.json()["slow"] is True, r
+            k.wait_log(r"GET /api/v1/%s/boom waits on I/O or takes over 2 ms" % name)
+
+        mark = k.log_mark()
+        r = boom(k, "crash_null")
+        assert not hasattr(r, "status"), r
+        k.wait_log(r"crash report: plugin=crash_null generation=\d+ "
+                   r"route=\"GET /api/v1/crash_null/boom\" request=\d+ signal=SIGSEGV",
+                   since=mark)
+        k.wait_log(r"plugin crash_null quarantined in every worker", since=mark)
+        wait_until(lambda: len(worker_pids(k)) == 1, "the replacement")
+        r = k.get("/api/v1/crash_null/boom")
+        assert r.header("X-Keel-Fallback") == "crash_null; reason=crashed", r.headers
+
+        # The replacement starts with fresh scores: send spin's route to
+        # the pool again, then hang it there.
+        for _ in range(3):
+            assert k.get("/api/v1/spin/boom?slow_ms=5").status == 200
+        before = worker_pids(k)
+        mark = k.log_mark()
+        caller = threading.Thread(target=boom, args=(k, "spin", 15), daemon=True)
+        caller.start()
+        # The call spins on a pool thread (the watchdog waits 3 s): the
+        # serving threads are clear, so /health is answered by the same
+        # worker meanwhile and no serving thread had to be added for it.
+        wait_until(lambda: (metric(k, "keel_offloaded_requests_total") or 0) >= 1,
+                   "the call to go to the pool")
+        assert k.get(HEALTH, timeout=5).status == 200
+        assert "every thread busy" not in k.log_text()[mark:], k.log_text()[mark:]
+        report = k.wait_log(r"hang report: plugin=spin generation=\d+ "
+                            r"route=\"GET /api/v1/spin/boom\" request=\d+ running for (\d+) ms",
+                            since=mark)
+        assert int(report.group(1)) >= 3000, report.group(0)
+        k.wait_log(r"plugin spin quarantined in every worker", since=mark)
+        wait_until(lambda: worker_pids(k) != before and len(worker_pids(k)) == 1,
+                   "the stuck worker to be replaced", timeout=3 + 5)
+        caller.join(timeout=scaled(15))
+        p = plugins_of(k)
+        assert p["crash_null"]["reason"] == "crashed" and p["spin"]["reason"] == "hung", p
+        assert k.get(HELLO).status == 200
+
+
 def test_sigterm_while_handlers_spin_ends_by_the_deadline():
     # No watchdog here (30 s): only the shutdown deadline ends the spinning.
     # Under valgrind the lame-duck period is longer, so that the slower

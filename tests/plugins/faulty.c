@@ -6,7 +6,9 @@
  *   4 init_hang   init never returns (or, with config "init_ms", is slow)
  *   5 leak        GET /api/v1/leak/boom leaks 1 MiB (touched) per request
  * Each also has GET /api/v1/<name>/ok, which behaves.  Public routes, so
- * the tests need no token.
+ * the tests need no token.  GET .../boom?slow_ms=N behaves too, after N ms:
+ * a few of those send the route to the pool of handlers that wait
+ * (core/http/offload.h), so the next boom misbehaves on a pool thread.
  */
 #include <signal.h>
 #include <stdlib.h>
@@ -65,6 +67,12 @@ static void *volatile leaked;
 static FAULTY_NO_UBSAN int faulty_boom(keel_request *req, void *state)
 {
     (void)state;
+    const char *slow = host->req_query(req, "slow_ms");
+    if (slow != NULL) {
+        usleep((useconds_t)strtoul(slow, NULL, 10) * 1000);
+        return host->respond_json(req, 200,
+                                  json_pack("{s:s, s:b}", "plugin", FAULTY_NAME, "slow", 1));
+    }
 #if FAULTY_KIND == 1
     *nowhere = 42;
 #elif FAULTY_KIND == 2
