@@ -1,9 +1,10 @@
 /*
  * Unit tests for core/http/request.c: the arena, cleanups, the accessors
  * plugins get through the host table (driven through the synthetic-request
- * seam), responding once, and what a request records when libmicrohttpd
+ * seam), responding once, what a request records when libmicrohttpd
  * refuses its response (keel__mhd_queue, keel's one call into
- * MHD_queue_response, is wrapped at link time).
+ * MHD_queue_response, is wrapped at link time), and the responses parked
+ * while a handler runs off its connection's thread (core/http/offload.h).
  */
 #include "config.h"
 
@@ -275,6 +276,57 @@ static void test_refused_response_is_not_recorded_as_sent(void **state)
     queue_result = MHD_YES;
 }
 
+/* -------------------------------------------------------- parked responses */
+
+static void test_parked_response_is_queued_once_by_unpark(void **state)
+{
+    (void)state;
+    queue_result = MHD_YES;
+    queued_status = 0;
+    keel_request *req = conn_request();
+    req->parking = true; /* the handler runs off the connection's thread */
+    assert_int_equal(keel__respond_detail(req, 202, "later"), 0);
+    /* Parked, not queued: the connection is suspended. */
+    assert_int_equal(queued_status, 0);
+    assert_non_null(req->parked);
+    assert_int_equal(keel__respond_detail(req, 500, "again"), KEEL_ERESPONDED);
+    /* Back on its thread: queued with the status it was given. */
+    assert_int_equal(keel__request_unpark(req), 0);
+    assert_int_equal(queued_status, 202);
+    assert_null(req->parked);
+    assert_false(req->parking);
+    assert_int_equal(keel__request_final_status(req, true), 202);
+    keel__request_free(req);
+}
+
+static void test_parked_response_refused_or_missing(void **state)
+{
+    (void)state;
+    /* libmicrohttpd refuses it at unpark: recorded as 500, not as sent. */
+    queue_result = MHD_NO;
+    keel_request *req = conn_request();
+    req->parking = true;
+    assert_int_equal(keel__respond_detail(req, 200, "never sent"), 0);
+    assert_int_equal(keel__request_unpark(req), KEEL_EIO);
+    assert_int_equal(keel__request_final_status(req, true), 500);
+    keel__request_free(req);
+    queue_result = MHD_YES;
+
+    /* Nothing parked (the handler's response could not be made). */
+    req = conn_request();
+    req->parking = true;
+    assert_int_equal(keel__request_unpark(req), KEEL_ENOMEM);
+    keel__request_free(req);
+
+    /* The connection ended before it was unparked: freeing the request
+     * drops the parked response (no leak under valgrind or ASan). */
+    req = conn_request();
+    req->parking = true;
+    assert_int_equal(keel__respond_detail(req, 200, "orphaned"), 0);
+    assert_non_null(req->parked);
+    keel__request_free(req);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -286,6 +338,8 @@ int main(void)
         cmocka_unit_test(test_respond_once),
         cmocka_unit_test(test_status_recorded_is_what_was_sent),
         cmocka_unit_test(test_refused_response_is_not_recorded_as_sent),
+        cmocka_unit_test(test_parked_response_is_queued_once_by_unpark),
+        cmocka_unit_test(test_parked_response_refused_or_missing),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
