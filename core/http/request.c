@@ -556,7 +556,23 @@ static int queue_response(keel_request *req, unsigned status, const char *conten
     return keel__respond_mhd(req, status, resp, content_type);
 }
 
-static int queue_now(keel_request *req, struct MHD_Response *resp);
+/* Queues resp with req->status on req's connection and drops the
+ * caller's reference. */
+static int queue_now(keel_request *req, struct MHD_Response *resp)
+{
+    enum MHD_Result r = keel__mhd_queue(req->conn, req->status, resp);
+    MHD_destroy_response(resp);
+    if (r != MHD_YES) {
+        /* Nothing goes out; what is recorded must say so, not claim the
+         * status that was meant. */
+        keel__log(KEEL_LOG_ERROR, "core",
+                  "req=%llu %s %s: could not queue the %u response; recorded as 500",
+                  (unsigned long long)req->id, req->method, req->path, req->status);
+        req->status = 500;
+        return KEEL_EIO;
+    }
+    return 0;
+}
 
 int keel__respond_mhd(keel_request *req, unsigned status, struct MHD_Response *resp,
                       const char *content_type)
@@ -583,26 +599,6 @@ int keel__request_unpark(keel_request *req)
     req->parked = NULL;
     req->parking = false;
     return resp != NULL ? queue_now(req, resp) : KEEL_ENOMEM;
-}
-
-/* Queues resp with req->status on req's connection and drops the
- * caller's reference. */
-static int queue_now(keel_request *req, struct MHD_Response *resp)
-{
-    unsigned status = req->status;
-    enum MHD_Result r = keel__mhd_queue(req->conn, status, resp);
-    MHD_destroy_response(resp);
-    if (r != MHD_YES) {
-        /* Nothing goes out; what is recorded must say so, not claim the
-         * status that was meant. */
-        keel__log(KEEL_LOG_ERROR, "core",
-                  "req=%llu %s %s: could not queue the %u response; recorded as 500",
-                  (unsigned long long)req->id, req->method, req->path, status);
-        req->status = 500;
-        return KEEL_EIO;
-    }
-    req->status = status;
-    return 0;
 }
 
 int keel__respond(keel_request *req, unsigned status, const char *body, size_t len)

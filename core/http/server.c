@@ -154,22 +154,29 @@ static void park(keel_request *req, struct keel__lane *lane)
         run_parked(req); /* no pool thread to be had: here, as before */
 }
 
+/* The route's wait score (http/offload.h), or NULL for a route that runs
+ * no handler (a stub) or has no metrics record (out of memory). */
+static atomic_uint *wait_score(const struct keel__route *route)
+{
+    if (route == NULL || route->metrics == NULL ||
+        (route->handler == NULL && route->core_handler == NULL))
+        return NULL;
+    return &route->metrics->wait_score;
+}
+
 /* Whether the route's requests run in the pool now. */
 static bool offloading(const struct keel__route *route)
 {
-    return (route->handler != NULL || route->core_handler != NULL) && route->metrics != NULL &&
-           keel__offload_on(
-               atomic_load_explicit(&route->metrics->wait_score, memory_order_relaxed));
+    const atomic_uint *score = wait_score(route);
+    return score != NULL && keel__offload_on(atomic_load_explicit(score, memory_order_relaxed));
 }
 
 /* Moves the route's score by one request that ended after ns (on_completed). */
 static void observe_waits(const keel_request *req, int64_t ns)
 {
-    const struct keel__route *route = req->route;
-    if (route == NULL || route->metrics == NULL ||
-        (route->handler == NULL && route->core_handler == NULL))
+    atomic_uint *score = wait_score(req->route);
+    if (score == NULL)
         return;
-    atomic_uint *score = &route->metrics->wait_score;
     unsigned was = atomic_load_explicit(score, memory_order_relaxed);
     unsigned now = keel__offload_score(was, req->waited || ns > KEEL__OFFLOAD_SLOW_NS);
     if (now == was)
@@ -177,9 +184,10 @@ static void observe_waits(const keel_request *req, int64_t ns)
     atomic_store_explicit(score, now, memory_order_relaxed);
     if ((now & KEEL__OFFLOAD_SEEN_BIT) && !(was & KEEL__OFFLOAD_SEEN_BIT))
         keel__log(KEEL_LOG_INFO, "core",
-                  "%s %s waits on I/O or takes over 2 ms: its requests now run off the serving "
-                  "threads while it does",
-                  route->method, route->path_template);
+                  "%s %s waits on I/O or takes over %lld ms: its requests now run off the "
+                  "serving threads while it does",
+                  req->route->method, req->route->path_template,
+                  (long long)(KEEL__OFFLOAD_SLOW_NS / 1000000));
 }
 
 /* Called once the whole request (headers and body) has arrived. */
