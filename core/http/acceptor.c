@@ -349,10 +349,8 @@ void keel__lane_notify(void *cls, struct MHD_Connection *conn, void **socket_con
         if (unmark_fd(fd, FD_FRESH))
             atomic_fetch_sub(&lane->fresh, 1);
         if (unmark_fd(fd, FD_PER_IP)) {
-            const union MHD_ConnectionInfo *ci =
-                MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
             char key[INET6_ADDRSTRLEN];
-            keel__addr_text(ci != NULL ? ci->client_addr : NULL, key, sizeof key);
+            keel__conn_addr_text(conn, key, sizeof key);
             keel__addr_limit_leave(key);
         }
         atomic_fetch_sub(&lane->conns, 1);

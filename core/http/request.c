@@ -202,9 +202,10 @@ void *keel__req_alloc(keel_request *req, size_t size)
     size = (size + align - 1) & ~(align - 1);
     if (size == 0)
         size = align;
+    /* Never NULL: keel__request_new gives every request its first block. */
     struct keel__arena_block *b = req->arena;
-    if (b == NULL || b->size - b->used < size) {
-        size_t want = b == NULL ? ARENA_FIRST_BLOCK : b->size * 2;
+    if (b->size - b->used < size) {
+        size_t want = b->size * 2;
         while (want < size)
             want *= 2;
         struct keel__arena_block *nb = malloc(sizeof *nb + want);
@@ -541,8 +542,8 @@ static int respond_synthetic(keel_request *req, unsigned status, const char *bod
 static int queue_response(keel_request *req, unsigned status, const char *content_type, char *body,
                           size_t len, enum MHD_ResponseMemoryMode mode)
 {
-    if (req->conn == NULL || req->responded) {
-        int rc = req->conn == NULL ? respond_synthetic(req, status, body, len) : KEEL_ERESPONDED;
+    if (req->conn == NULL) {
+        int rc = respond_synthetic(req, status, body, len);
         if (mode == MHD_RESPMEM_MUST_FREE)
             free(body);
         return rc;
@@ -579,6 +580,12 @@ int keel__respond_mhd(keel_request *req, unsigned status, struct MHD_Response *r
 {
     if (resp == NULL)
         return KEEL_ENOMEM;
+    /* Every response comes through here (the JSON helpers, and bodies
+     * libmicrohttpd streams): the one place that keeps it to one. */
+    if (req->responded) {
+        MHD_destroy_response(resp);
+        return KEEL_ERESPONDED;
+    }
     MHD_add_response_header(resp, "Content-Type", content_type);
     for (const struct keel__header *h = req->headers; h != NULL; h = h->next)
         MHD_add_response_header(resp, h->name, h->value);

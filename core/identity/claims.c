@@ -27,9 +27,10 @@ bool keel__claims_copy(struct keel__claims *dst, const struct keel__claims *src)
     dst->exp = src->exp;
     dst->email = strdup(src->email ? src->email : "");
     dst->role = strdup(src->role ? src->role : "");
-    /* A copy of its own, not a shared reference: the copy may be read and
-     * released on another thread (a token cache hit), and jansson's
-     * json_decref reads the count without an atomic load. */
+    /* A copy of its own, not a shared reference: src's metadata belongs to
+     * the verified token's payload, freed with it, while the copy lives in
+     * the token cache and is read by other threads (jansson's json_decref
+     * reads the count without an atomic load). */
     if (src->user_metadata != NULL)
         dst->user_metadata = json_deep_copy(src->user_metadata);
     if (dst->email == NULL || dst->role == NULL ||

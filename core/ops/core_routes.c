@@ -54,23 +54,21 @@ static bool db_up(void)
 static int route_health(keel_request *req)
 {
     const struct keel__snapshot *t = req->table ? keel__snapshot_of(req->table) : NULL;
-    if (proc->draining()) {
-        /* Lame duck: load balancers take this instance out of rotation
-         * while its routes still answer.  The table's plugin states are
-         * written straight from the table ('O' only reads them: other
-         * lanes read the same object). */
-        const char *database = db_up() ? "up" : "down";
-        if (t == NULL || t->health == NULL)
-            return keel__respond_pack(req, 503, "{s:s, s:s, s:{}}", "status", "draining",
-                                      "database", database, "plugins");
+    bool up = db_up(), draining = proc->draining();
+    const char *database = up ? "up" : "down";
+    /* No table yet: no plugin states to report. */
+    if (t == NULL)
+        return keel__respond_pack(req, draining ? 503 : 200, "{s:s, s:s, s:{}}", "status",
+                                  draining ? "draining" : "degraded", "database", database,
+                                  "plugins");
+    /* Lame duck: load balancers take this instance out of rotation while
+     * its routes still answer.  The plugin states are written straight
+     * from the table ('O' only reads them: other lanes read the same
+     * object); a published table always has them (snapshot.c). */
+    if (draining)
         return keel__respond_pack(req, 503, "{s:s, s:s, s:O}", "status", "draining", "database",
                                   database, "plugins", t->health);
-    }
-    if (t == NULL)
-        return keel__respond_json(req, 200,
-                                  json_pack("{s:s, s:s, s:{}}", "status", "degraded", "database",
-                                            db_up() ? "up" : "down", "plugins"));
-    const char *body = t->health_body[db_up() ? 1 : 0];
+    const char *body = t->health_body[up ? 1 : 0];
     return keel__respond(req, 200, body, strlen(body));
 }
 

@@ -66,9 +66,15 @@ static void host_log(keel_request *req, int level, const char *fmt, ...)
 
 /* ------------------------------------------------------------ responses */
 
+/* A status a plugin may answer with. */
+static bool status_ok(unsigned status)
+{
+    return status >= 100 && status <= 599;
+}
+
 static int host_respond_json(keel_request *req, unsigned status, json_t *body)
 {
-    if (status < 100 || status > 599) {
+    if (!status_ok(status)) {
         json_decref(body);
         return KEEL_EINVAL;
     }
@@ -77,14 +83,14 @@ static int host_respond_json(keel_request *req, unsigned status, json_t *body)
 
 static int host_respond_error(keel_request *req, unsigned status, const char *detail)
 {
-    if (status < 100 || status > 599)
+    if (!status_ok(status))
         return KEEL_EINVAL;
     return keel__respond_detail(req, status, detail ? detail : "");
 }
 
 static int host_respond_pack(keel_request *req, unsigned status, const char *fmt, ...)
 {
-    if (status < 100 || status > 599)
+    if (!status_ok(status))
         return KEEL_EINVAL;
     va_list ap;
     va_start(ap, fmt);

@@ -226,6 +226,10 @@ static void fanout_finish(struct fanout *f)
         if (keel__conf_read(keel__sup.conf->dir, &fresh, err, sizeof err) == 0) {
             keel__conf_free(keel__sup.conf);
             keel__sup.conf = fresh;
+        } else {
+            log_warn("reload: conf.d not re-read for workers started from now on (they keep "
+                     "the previous one): %s",
+                     err);
         }
 #ifdef __GLIBC__
         /* The new conf.d model was built while the old one still lived, so

@@ -101,7 +101,7 @@ static void setup_http(const struct keel__conf *c)
     keel__rt.server = (struct keel__server_conf){
         .host = c->server.host,
         .port = c->server.port,
-        .threads = c->server.threads > 0 ? c->server.threads : (int)keel__cpus_allowed(),
+        .threads = (int)keel__per_cpu(c->server.threads),
         .connection_timeout_s = c->server.connection_timeout_s,
         .admin_host = c->admin.host,
         .admin_port = c->admin.port,

@@ -141,9 +141,7 @@ static void child_after_fork(unsigned slot, int ctl, int crash_w)
     /* server.threads is the server's too (default 1 per CPU): workers
      * sharing CPUs with more threads in all would only add switching.
      * Handlers that wait do so off these threads (core/http/offload.h). */
-    unsigned threads = c->server.threads > 0 ? (unsigned)c->server.threads : keel__cpus_allowed();
-    threads = (threads + n - 1) / n;
-    c->server.threads = (int)(threads < 1 ? 1 : threads);
+    c->server.threads = (int)((keel__per_cpu(c->server.threads) + n - 1) / n);
     keel__rt.listen_inherited = true;
     keel__rt.listen_fds[0] = keel__sup.listen_fds[0];
     keel__rt.listen_fds[1] = keel__sup.listen_fds[1];
@@ -465,8 +463,7 @@ int keel__supervisor_run(struct keel__conf *conf, const char *self_path, char *c
     keel__sup.serve = serve;
     keel__sup.self_path = self_path;
     keel__sup.argv = argv;
-    keel__sup.target = conf->server.workers > 0 ? (unsigned)conf->server.workers
-                                                : keel__cpus_allowed();
+    keel__sup.target = keel__per_cpu(conf->server.workers);
     keel__sup.nslots = keel__sup.target * 2 + 4;
     keel__sup.w = calloc(keel__sup.nslots, sizeof *keel__sup.w);
     if (keel__sup.w == NULL || keel__sb_create(keel__sup.nslots) != 0) {

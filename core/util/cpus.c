@@ -19,3 +19,8 @@ unsigned keel__cpus_allowed(void)
     long online = sysconf(_SC_NPROCESSORS_ONLN);
     return online > 0 ? (unsigned)online : 1u;
 }
+
+unsigned keel__per_cpu(int configured)
+{
+    return configured > 0 ? (unsigned)configured : keel__cpus_allowed();
+}

@@ -413,22 +413,6 @@ static int put_top(struct out *o, const json_t *v)
     return put_value(o, v, NULL, 1);
 }
 
-ssize_t keel__json_write(const json_t *v, char *buf, size_t cap)
-{
-    /* A zero-sized buffer still needs a valid pointer for memcpy of 0 bytes. */
-    char none[1];
-    if (buf == NULL) {
-        buf = none;
-        cap = 0;
-    }
-    struct out o = {.start = buf, .p = buf, .end = buf + cap};
-    int rc = put_top(&o, v);
-    if (rc < 0)
-        return rc;
-    size_t n = (size_t)(o.p - o.start) + o.dropped;
-    return n > (size_t)SSIZE_MAX ? KEEL_ETOOBIG : (ssize_t)n;
-}
-
 /* A write into buf that grows into malloc'd memory when buf is full (buf
  * may be NULL: then none, one byte, stands in). */
 static struct out out_growing(char *buf, size_t cap, char *none)
@@ -438,6 +422,18 @@ static struct out out_growing(char *buf, size_t cap, char *none)
         cap = 0;
     }
     return (struct out){.start = buf, .p = buf, .end = buf + cap, .grow = true};
+}
+
+ssize_t keel__json_write(const json_t *v, char *buf, size_t cap)
+{
+    char none[1];
+    struct out o = out_growing(buf, cap, none);
+    o.grow = false; /* counts what does not fit instead */
+    int rc = put_top(&o, v);
+    if (rc < 0)
+        return rc;
+    size_t n = (size_t)(o.p - o.start) + o.dropped;
+    return n > (size_t)SSIZE_MAX ? KEEL_ETOOBIG : (ssize_t)n;
 }
 
 /* Ends a growing write: the text and its length, or on failure (rc, or a

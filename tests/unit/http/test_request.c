@@ -318,6 +318,22 @@ static void test_parked_response_refused_or_missing(void **state)
     assert_int_equal(keel__request_unpark(req), KEEL_ENOMEM);
     keel__request_free(req);
 
+    /* A second response made by hand (a streamed body) is refused too,
+     * parked or not, and dropped: the first one stays. */
+    req = conn_request();
+    req->parking = true;
+    assert_int_equal(keel__respond_detail(req, 201, "first"), 0);
+    struct MHD_Response *parked = req->parked;
+    struct MHD_Response *second = MHD_create_response_from_buffer(2, "no", MHD_RESPMEM_PERSISTENT);
+    assert_int_equal(keel__respond_mhd(req, 200, second, "text/plain"), KEEL_ERESPONDED);
+    assert_ptr_equal(req->parked, parked);
+    assert_int_equal(keel__request_unpark(req), 0);
+    assert_int_equal(queued_status, 201);
+    second = MHD_create_response_from_buffer(2, "no", MHD_RESPMEM_PERSISTENT);
+    assert_int_equal(keel__respond_mhd(req, 200, second, "text/plain"), KEEL_ERESPONDED);
+    assert_int_equal(queued_status, 201);
+    keel__request_free(req);
+
     /* The connection ended before it was unparked: freeing the request
      * drops the parked response (no leak under valgrind or ASan). */
     req = conn_request();
