@@ -9,10 +9,12 @@
  * Failed verifications are never cached.  Keys only change with a restart,
  * so nothing needs invalidating.
  *
- * Kept in the core's sharded LRU table (util/lru.h), at most a few thousand
- * tokens (each holds its bytes: at most max_token_bytes): a lookup takes one
- * shard lock for a compare of the token and lends the cached claims under a
- * reference count (no copy).
+ * Kept in the core's sharded LRU table (util/lru.h), at most 4096 tokens
+ * per worker, each holding its bytes: Supabase tokens are about 1 KiB (4 MiB
+ * for a full cache), and at most max_token_bytes (8 KiB by default: 32 MiB
+ * for a cache full of the largest tokens keel accepts).  A lookup takes
+ * one shard lock for a compare of the token and lends the cached claims
+ * under a reference count (no copy).
  */
 #ifndef KEEL_CORE_IDENTITY_TOKENCACHE_H
 #define KEEL_CORE_IDENTITY_TOKENCACHE_H

@@ -117,8 +117,21 @@ json_t *creator_json_doc(const char *v)
     return j != NULL ? j : json_null();
 }
 
-json_t *creator_set_columns_mapped(json_t *obj, const keel_db_result *res, int row,
-                                   const struct creator_column *cols, struct creator_colmap *map)
+/*
+ * creator_set_columns for the rows of one result in a loop: the column
+ * numbers of cols are looked up by name once, on the first row, and kept in
+ * *map (zeroed before the loop), instead of once per row and column.  A
+ * table longer than CREATOR_COLUMNS_MAX is refused there (logged, NULL).
+ */
+#define CREATOR_COLUMNS_MAX 32
+struct creator_colmap {
+    bool resolved;
+    int col[CREATOR_COLUMNS_MAX];
+};
+
+static json_t *creator_set_columns_mapped(json_t *obj, const keel_db_result *res, int row,
+                                          const struct creator_column *cols,
+                                          struct creator_colmap *map)
 {
     if (obj != NULL && !map->resolved) {
         for (int i = 0; cols[i].key != NULL; i++) {
@@ -169,11 +182,20 @@ json_t *creator_with_ai(json_t *obj, json_t *ai)
     return obj;
 }
 
-json_t *creator_row_with_ai(const keel_db_result *res, int row, const struct creator_column *cols,
-                            const struct creator_column *ai_cols, struct creator_colmap maps[2])
+json_t *creator_rows(const keel_db_result *res, const struct creator_column *cols,
+                     const struct creator_column *ai_cols)
 {
-    return creator_with_ai(creator_set_columns_mapped(json_object(), res, row, cols, &maps[0]),
-                           creator_set_columns_mapped(json_object(), res, row, ai_cols, &maps[1]));
+    struct creator_colmap map = {.resolved = false}, ai_map = {.resolved = false};
+    json_t *rows = json_array();
+
+    for (int i = 0; rows != NULL && i < creator_host->db_rows(res); i++) {
+        json_t *row = creator_set_columns_mapped(json_object(), res, i, cols, &map);
+        if (ai_cols != NULL)
+            row = creator_with_ai(row, creator_set_columns_mapped(json_object(), res, i, ai_cols,
+                                                                  &ai_map));
+        json_array_append_new(rows, row);
+    }
+    return rows;
 }
 
 static const struct creator_column profile_columns[] = {
@@ -215,11 +237,11 @@ json_t *creator_profile_base(const keel_db_result *res, int row)
     return creator_set_columns(json_object(), res, row, profile_columns);
 }
 
-json_t *creator_post_json(const keel_db_result *res, int row, struct creator_colmap maps[2])
+json_t *creator_posts_json(const keel_db_result *res)
 {
     /* The object is always present (fields null when not analysed) so a
      * client can read post.ai_analysis.x without a guard. */
-    return creator_row_with_ai(res, row, post_columns, post_ai_columns, maps);
+    return creator_rows(res, post_columns, post_ai_columns);
 }
 
 json_t *creator_pagination(long long page, long long page_size, long long total)

@@ -118,36 +118,24 @@ struct creator_column {
  */
 json_t *creator_set_columns(json_t *obj, const keel_db_result *res, int row,
                             const struct creator_column *cols);
-/*
- * The same for the rows of one result in a loop: the column numbers of cols
- * are looked up by name once, on the first row, and kept in *map (zeroed by
- * the caller before the loop), instead of once per row and column.  A table
- * longer than CREATOR_COLUMNS_MAX is refused there (logged, NULL).
- */
-#define CREATOR_COLUMNS_MAX 32
-struct creator_colmap {
-    bool resolved;
-    int col[CREATOR_COLUMNS_MAX];
-};
-json_t *creator_set_columns_mapped(json_t *obj, const keel_db_result *res, int row,
-                                   const struct creator_column *cols, struct creator_colmap *map);
 /* Adds ai as obj's "ai_analysis" member.  Takes both references; returns
  * obj, or NULL (both released) when either is NULL or memory runs out. */
 json_t *creator_with_ai(json_t *obj, json_t *ai);
-/* One row of a list: the members of cols plus an "ai_analysis" object with
- * the members of ai_cols, their column numbers kept in maps[0] and maps[1]
- * (both zeroed by the caller before the loop).  New reference, or NULL. */
-json_t *creator_row_with_ai(const keel_db_result *res, int row, const struct creator_column *cols,
-                            const struct creator_column *ai_cols, struct creator_colmap maps[2]);
+/* A list: per row of res, the members of cols, plus (ai_cols not NULL) an
+ * "ai_analysis" object with the members of ai_cols; column numbers are
+ * looked up once, on the first row.  New reference, or NULL when memory
+ * runs out. */
+json_t *creator_rows(const keel_db_result *res, const struct creator_column *cols,
+                     const struct creator_column *ai_cols);
 
 /* The base profile fields of the creator API from a row with the columns
  * id, username, full_name, biography, followers_count, following_count,
  * posts_count, is_verified, is_private, profile_pic_url.  New reference. */
 json_t *creator_profile_base(const keel_db_result *res, int row);
-/* One post as in the search answer (columns of CREATOR_POST_COLUMNS), for
- * the rows of one result in a loop (maps as for creator_row_with_ai). */
-json_t *creator_post_json(const keel_db_result *res, int row, struct creator_colmap maps[2]);
-/* The select list creator_post_json() reads, for table alias "po". */
+/* The posts of res as in the search answer (columns of
+ * CREATOR_POST_COLUMNS), a list as creator_rows makes. */
+json_t *creator_posts_json(const keel_db_result *res);
+/* The select list creator_posts_json() reads, for table alias "po". */
 #define CREATOR_POST_COLUMNS                                                                       \
     "po.id, po.shortcode, po.caption, po.likes_count, po.comments_count, "                         \
     "po.engagement_rate, po.display_url, " CREATOR_ISO(                                            \

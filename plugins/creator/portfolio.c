@@ -86,7 +86,6 @@ int creator_auth_unlocked(keel_request *req, void *state)
     long long page, page_size, total = 0;
     char limit[24], offset[24];
     const char *uid;
-    struct creator_colmap maps[2] = {{.resolved = false}, {.resolved = false}};
     int rc;
 
     if (errors == NULL)
@@ -113,10 +112,7 @@ int creator_auth_unlocked(keel_request *req, void *state)
         creator_log_db(req, rc, "portfolio");
         return portfolio_degraded(req, portfolio_pagination(page, page_size, 0));
     }
-    profiles = json_array();
-    for (int i = 0; profiles != NULL && i < creator_host->db_rows(res); i++)
-        json_array_append_new(profiles, creator_row_with_ai(res, i, portfolio_columns,
-                                                            portfolio_ai_columns, maps));
+    profiles = creator_rows(res, portfolio_columns, portfolio_ai_columns);
     return creator_respond(req, 200,
                            json_pack("{s:b,s:o,s:o}", "success", 1, "profiles", profiles,
                                      "pagination", portfolio_pagination(page, page_size, total)));
@@ -150,9 +146,7 @@ int creator_auth_unlocked_profiles(keel_request *req, void *state)
         creator_log_db(req, rc, "unlocked names");
         return portfolio_degraded(req, NULL);
     }
-    profiles = json_array();
-    for (int i = 0; profiles != NULL && i < creator_host->db_rows(res); i++)
-        json_array_append_new(profiles, creator_set_columns(json_object(), res, i, name_columns));
+    profiles = creator_rows(res, name_columns, NULL);
     return creator_respond(req, 200, json_pack("{s:b,s:o}", "success", 1, "profiles", profiles));
 }
 

@@ -98,6 +98,41 @@ static json_t *stats_body(long long counts[2][2])
                      "ai_system", "active", "message", "System statistics retrieved successfully");
 }
 
+/* Reads the counts from the database into counts (and the cache).  0, or
+ * the database's error code (logged). */
+static int stats_read(keel_request *req, struct creator_conf *conf, long long counts[2][2])
+{
+    keel_db_result *res = NULL;
+    struct timespec read_at;
+    int rc;
+
+    clock_gettime(CLOCK_MONOTONIC, &read_at);
+    /* Two rows kept current by triggers: no COUNT over the big tables. */
+    rc = creator_host->db_query(req,
+                                "SELECT name, total, ai_analyzed FROM stats_counters"
+                                " WHERE name IN ('profiles', 'posts')",
+                                0, NULL, &res);
+    if (rc != 0) {
+        creator_log_db(req, rc, "system stats");
+        return rc;
+    }
+    for (int i = 0; i < creator_host->db_rows(res); i++) {
+        const char *name = creator_col(res, i, "name");
+        int which = name != NULL && strcmp(name, "posts") == 0;
+        long long v;
+
+        if (creator_parse_ll(creator_col(res, i, "total"), &v))
+            counts[which][0] = v;
+        if (creator_parse_ll(creator_col(res, i, "ai_analyzed"), &v))
+            counts[which][1] = v;
+    }
+    if (conf->stats_reads != NULL)
+        creator_host->metric_observe(conf->stats_reads, 1);
+    if (conf->stats_cache_ms > 0)
+        stats_store(conf, &read_at, counts);
+    return 0;
+}
+
 /*
  * The counts are cached per worker process for stats_cache_ms (default
  * 1000): an answer reflects the database as it was at most that long ago,
@@ -109,38 +144,11 @@ int creator_stats(keel_request *req, void *state)
 {
     struct creator_conf *conf = state;
     long long counts[2][2] = {{0, 0}, {0, 0}}; /* [profiles|posts][total|ai] */
-    keel_db_result *res = NULL;
-    struct timespec read_at;
-    int rc;
 
     if (creator_user_id(req) == NULL)
         return stats_degraded(req);
-    if (!stats_cached(conf, counts)) {
-        clock_gettime(CLOCK_MONOTONIC, &read_at);
-        /* Two rows kept current by triggers: no COUNT over the big tables. */
-        rc = creator_host->db_query(req,
-                                    "SELECT name, total, ai_analyzed FROM stats_counters"
-                                    " WHERE name IN ('profiles', 'posts')",
-                                    0, NULL, &res);
-        if (rc != 0) {
-            creator_log_db(req, rc, "system stats");
-            return stats_degraded(req);
-        }
-        for (int i = 0; i < creator_host->db_rows(res); i++) {
-            const char *name = creator_col(res, i, "name");
-            int which = name != NULL && strcmp(name, "posts") == 0;
-            long long v;
-
-            if (creator_parse_ll(creator_col(res, i, "total"), &v))
-                counts[which][0] = v;
-            if (creator_parse_ll(creator_col(res, i, "ai_analyzed"), &v))
-                counts[which][1] = v;
-        }
-        if (conf->stats_reads != NULL)
-            creator_host->metric_observe(conf->stats_reads, 1);
-        if (conf->stats_cache_ms > 0)
-            stats_store(conf, &read_at, counts);
-    }
+    if (!stats_cached(conf, counts) && stats_read(req, conf, counts) != 0)
+        return stats_degraded(req);
     return creator_respond(req, 200, stats_body(counts));
 }
 
@@ -182,7 +190,6 @@ int creator_unlocked(keel_request *req, void *state)
     long long page, page_size, total = 0;
     char limit[24], offset[24], message[64];
     const char *uid;
-    struct creator_colmap maps[2] = {{.resolved = false}, {.resolved = false}};
     int rc;
 
     if (errors == NULL)
@@ -213,10 +220,7 @@ int creator_unlocked(keel_request *req, void *state)
         creator_log_db(req, rc, "unlocked list");
         return unlocked_degraded(req);
     }
-    profiles = json_array();
-    for (int i = 0; profiles != NULL && i < creator_host->db_rows(res); i++)
-        json_array_append_new(profiles, creator_row_with_ai(res, i, unlocked_columns,
-                                                            unlocked_ai_columns, maps));
+    profiles = creator_rows(res, unlocked_columns, unlocked_ai_columns);
     snprintf(message, sizeof message, "Found %lld unlocked profiles", total);
     body = json_pack("{s:b,s:o,s:o,s:s}", "success", 1, "profiles", profiles, "pagination",
                      creator_pagination(page, page_size, total), "message", message);
@@ -352,7 +356,6 @@ int creator_posts(keel_request *req, void *state)
     char limit[24], offset[24], message[64];
     const char *username, *uid, *profile_id, *unlocked;
     bool sliced;
-    struct creator_colmap maps[2] = {{.resolved = false}, {.resolved = false}};
     int rc;
 
     if (errors == NULL)
@@ -405,9 +408,7 @@ int creator_posts(keel_request *req, void *state)
         creator_log_db(req, rc, "posts list");
         return posts_degraded(req, username);
     }
-    posts = json_array();
-    for (int i = 0; posts != NULL && i < creator_host->db_rows(res); i++)
-        json_array_append_new(posts, creator_post_json(res, i, maps));
+    posts = creator_posts_json(res);
     snprintf(message, sizeof message, "Found %lld posts", total);
     return creator_respond(req, 200,
                            json_pack("{s:b,s:s,s:o,s:o,s:s}", "success", 1, "username", username,

@@ -56,7 +56,6 @@ static int search_full(keel_request *req, const struct creator_conf *conf, const
     keel_db_result *res = NULL;
     char limit[24];
     json_t *posts, *body;
-    struct creator_colmap maps[2] = {{.resolved = false}, {.resolved = false}};
     int rc;
 
     snprintf(limit, sizeof limit, "%lld", conf->max_posts);
@@ -69,9 +68,7 @@ static int search_full(keel_request *req, const struct creator_conf *conf, const
         creator_log_db(req, rc, "search posts");
         return search_degraded(req, username);
     }
-    posts = json_array();
-    for (int i = 0; posts != NULL && i < creator_host->db_rows(res); i++)
-        json_array_append_new(posts, creator_post_json(res, i, maps));
+    posts = creator_posts_json(res);
     /* The posts live inside the profile, where the replaced system put them
      * and the frontend reads them. */
     body = full_profile(profile);
