@@ -555,6 +555,25 @@ static int pack_scalar(struct out *o, struct pack *k, char c)
  * or ']' expected), never recursively: a plugin's format is short, but a
  * mistake in one must not cost more than a refusal.
  */
+/* An object member's key (c, its format character, must be 's'), written
+ * with its ':'; *c becomes the format character of the member's value. */
+static int pack_key(struct out *o, struct pack *k, char *c)
+{
+    if (*c != 's')
+        return pack_fail(k, "an object key must be 's'");
+    const char *key = va_arg(k->ap, const char *);
+    if (key == NULL)
+        return pack_fail(k, "NULL object key");
+    if (pack_string(o, k, key, "object key is not UTF-8") != 0)
+        return KEEL_EINVAL;
+    put1(o, ':');
+    *c = pack_next(k);
+    k->f++;
+    if (*c == '\0' || *c == '}' || *c == ']')
+        return pack_fail(k, "an object key without a value");
+    return 0;
+}
+
 static int pack_top(struct out *o, struct pack *k)
 {
     char stack[PACK_MAX_DEPTH];
@@ -579,21 +598,8 @@ static int pack_top(struct out *o, struct pack *k)
             if (!first[depth - 1])
                 put1(o, ',');
             first[depth - 1] = false;
-            if (stack[depth - 1] == '}') {
-                /* A key, then its value. */
-                if (c != 's')
-                    return pack_fail(k, "an object key must be 's'");
-                const char *key = va_arg(k->ap, const char *);
-                if (key == NULL)
-                    return pack_fail(k, "NULL object key");
-                if (pack_string(o, k, key, "object key is not UTF-8") != 0)
-                    return KEEL_EINVAL;
-                put1(o, ':');
-                c = pack_next(k);
-                k->f++;
-                if (c == '\0' || c == '}' || c == ']')
-                    return pack_fail(k, "an object key without a value");
-            }
+            if (stack[depth - 1] == '}' && pack_key(o, k, &c) != 0)
+                return KEEL_EINVAL;
         }
         if (c == '{' || c == '[') {
             if (depth == PACK_MAX_DEPTH)
