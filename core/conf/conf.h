@@ -187,8 +187,8 @@ struct keel__conf {
         int max_admin_bodies;     /* admin requests with a body at once, default 2 */
         long max_body_line_bytes; /* one line of a streamed body, default 8 MiB */
         int max_json_depth;       /* default 32 */
-        long max_header_bytes;    /* request headers, default 16 KiB: 431 past it */
-        int max_uri_bytes;        /* path and query string, default 8 KiB: 414 past it */
+        long max_header_bytes;    /* request headers, default 12 KiB: 431 past it */
+        int max_uri_bytes;        /* path and query string, default 4 KiB: 414 past it */
         /* An oversized chunked body is read and thrown away for up to this
          * many more bytes so the client still gets its 413; past that the
          * connection is closed.  Default 32 MiB. */

@@ -35,9 +35,13 @@
 int keel__access_log_open(const char *dest, bool json);
 
 /* Formats and queues the line of req, which ended with status after ns
- * nanoseconds on listener ("main", "admin").  Never blocks on the disk for longer
- * than one write() of the calling thread's own buffer. */
-void keel__access_log(const keel_request *req, unsigned status, int64_t ns, const char *listener);
+ * nanoseconds, at end_ns on keel__monotonic_ns()'s clock, on listener
+ * ("main", "admin").  The line's wall-clock time is end_ns moved onto
+ * CLOCK_REALTIME by an offset each thread takes again every second, so a
+ * step of the wall clock shows within a second.  Never blocks on the disk
+ * for longer than one write() of the calling thread's own buffer. */
+void keel__access_log(const keel_request *req, unsigned status, int64_t ns, int64_t end_ns,
+                      const char *listener);
 
 /* Queues one preformatted line (len bytes, ending in '\n'). */
 void keel__access_log_line(const char *line, size_t len);

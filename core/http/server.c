@@ -248,6 +248,7 @@ struct header_scan {
     size_t header_bytes; /* as sent: "Name: value\r\n" each */
     size_t query_bytes;  /* "k=v&" each */
     unsigned content_lengths, transfer_encodings;
+    const char *content_length, *transfer_encoding; /* the first of each */
 };
 
 static enum MHD_Result scan_header(void *cls, enum MHD_ValueKind kind, const char *key,
@@ -256,10 +257,13 @@ static enum MHD_Result scan_header(void *cls, enum MHD_ValueKind kind, const cha
     (void)kind;
     struct header_scan *s = cls;
     s->header_bytes += strlen(key) + (value != NULL ? strlen(value) : 0) + 4;
-    if (strcasecmp(key, "Content-Length") == 0)
-        s->content_lengths++;
-    else if (strcasecmp(key, "Transfer-Encoding") == 0)
-        s->transfer_encodings++;
+    if (strcasecmp(key, "Content-Length") == 0) {
+        if (s->content_lengths++ == 0)
+            s->content_length = value;
+    } else if (strcasecmp(key, "Transfer-Encoding") == 0) {
+        if (s->transfer_encodings++ == 0)
+            s->transfer_encoding = value;
+    }
     return MHD_YES;
 }
 
@@ -323,8 +327,7 @@ static bool begin(keel_request *req, const char *version)
                              "Request has more than one Content-Length or Transfer-Encoding");
         return true;
     }
-    const char *cl = MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND, "Content-Length");
-    const char *te = MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND, "Transfer-Encoding");
+    const char *cl = scan.content_length, *te = scan.transfer_encoding;
     if (cl != NULL && te != NULL) {
         keel__respond_detail(req, 400, "Request has both Content-Length and Transfer-Encoding");
         return true;
@@ -506,7 +509,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     }
     keel__metrics_observe(req->route ? req->route->metrics : NULL, status, ns);
     keel__req_count_degraded(req);
-    keel__access_log(req, status, ns, listeners[req->listener].name);
+    keel__access_log(req, status, ns, end_ns, listeners[req->listener].name);
     keel__request_free(req);
     atomic_fetch_sub(&in_flight, 1);
     /* A kept-alive connection now waits for its next request, on a clock. */

@@ -158,7 +158,7 @@ void keel__plugin_call_enter(const char *plugin, uint64_t generation, int kind, 
         return;
     static atomic_ullong entries;
     struct keel__sb_thread *t = &self->threads[my_index];
-    t->since_ns = keel__monotonic_ns();
+    t->since_ns = keel__monotonic_coarse_ns();
     t->kind = kind;
     t->generation = generation;
     t->request_id = request_id;

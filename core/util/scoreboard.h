@@ -44,7 +44,7 @@ struct keel__sb_thread {
      * (release) so a reader that sees the same value before and after
      * copying the fields has a consistent copy. */
     atomic_ullong seq;
-    int64_t since_ns; /* CLOCK_MONOTONIC (system wide) at entry */
+    int64_t since_ns; /* CLOCK_MONOTONIC (system wide) at entry, at the tick */
     int kind;         /* enum keel__call_kind */
     uint64_t generation;
     uint64_t request_id;

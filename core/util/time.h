@@ -8,6 +8,10 @@
 
 /* CLOCK_MONOTONIC in nanoseconds. */
 int64_t keel__monotonic_ns(void);
+/* The same clock at the kernel's tick (a few milliseconds behind at most),
+ * for timestamps only compared against seconds: a fraction of the cost of
+ * a full read. */
+int64_t keel__monotonic_coarse_ns(void);
 /* CLOCK_MONOTONIC in milliseconds. */
 int64_t keel__now_ms(void);
 /* clock's time ms milliseconds from now: an absolute deadline for

@@ -167,6 +167,21 @@ def _b64(data):
     return tokens.b64url(data)
 
 
+def sized_token(claims, size):
+    """A token signed with the test secret, exactly size bytes long (padded
+    with a claim, and with a second one to land on the byte)."""
+    for extra in range(0, 4):
+        base = len(tokens.make_token(dict(claims, pad="", pad2="y" * extra), secret=keeltest.SECRET))
+        for n in range(max(0, (size - base) * 3 // 4 - 4), size):
+            tok = tokens.make_token(dict(claims, pad="x" * n, pad2="y" * extra),
+                                    secret=keeltest.SECRET)
+            if len(tok) == size:
+                return tok
+            if len(tok) > size:
+                break
+    raise AssertionError("no token of %d bytes" % size)
+
+
 def test_hostile_tokens():
     sub = str(uuid.uuid4())
     good = tokens.user_claims(sub, "adv@test.keel")
@@ -182,10 +197,14 @@ def test_hostile_tokens():
 
     payload = json.dumps(good)
     cases = [
-        ("9 KiB token", tokens.make_token(dict(good, pad="x" * 9216), secret=S), 401,
+        # Tokens past auth.max_token_bytes (8 KiB) but within the header
+        # limit (12 KiB) reach authentication and are refused there.
+        ("8193-byte token", sized_token(good, 8193), 401, error_is("malformed_token")),
+        ("9 KiB token", tokens.make_token(dict(good, pad="x" * 6600), secret=S), 401,
          error_is("malformed_token")),
-        ("15 KB token", tokens.make_token(dict(good, pad="x" * 11000), secret=S), 401,
+        ("11 KB token", tokens.make_token(dict(good, pad="x" * 7800), secret=S), 401,
          error_is("malformed_token")),
+        ("8192-byte token", sized_token(good, 8192), 200, None),
         ("three dots", "...", 401, error_is("malformed_token")),
         ("one segment", "abc", 401, error_is("malformed_token")),
         ("padding in segment", _b64('{"alg":"HS256"}') + "==." + _b64(payload) + ".sig", 401,
@@ -371,20 +390,20 @@ def test_hostile_headers_paths_and_methods():
         b = Battery(k)
         big = lambda n: [("X-Big", "a" * n)]  # noqa: E731
         b.check("20 KiB header", raw(k, request_head("GET", "/health", big(20000))), 431,
-                "Request headers too large (limit 16384 bytes)")
+                "Request headers too large (limit 12288 bytes)")
         b.check("many headers", raw(k, request_head("GET", "/health",
                                                     [("X-H%d" % i, "v" * 60) for i in range(300)])),
-                431, "Request headers too large (limit 16384 bytes)")
+                431, "Request headers too large (limit 12288 bytes)")
         # Past libmicrohttpd's connection memory (the header limit plus the
         # URI limit) it refuses by itself; keel answers its page in JSON.
         b.check("70 KiB header", raw(k, request_head("GET", "/health", big(70000))), 431,
-                "Request headers too large (limit 16384 bytes)")
+                "Request headers too large (limit 12288 bytes)")
         b.check("9 KiB URI", raw(k, request_head("GET", "/health?q=" + "a" * 9000)), 414,
-                "URI too long (limit 8192 bytes)")
+                "URI too long (limit 4096 bytes)")
         b.check("20 KiB path", raw(k, request_head("GET", "/" + "a" * 20000)), 414,
-                "URI too long (limit 8192 bytes)")
+                "URI too long (limit 4096 bytes)")
         b.check("70 KiB URI", raw(k, request_head("GET", "/health?q=" + "a" * 70000)), 414,
-                "URI too long (limit 8192 bytes)")
+                "URI too long (limit 4096 bytes)")
         not_found = {"detail": "Not Found"}
         for path in ["/api/v1/example/echo/%00", "/api/v1/example/echo/a%00b",
                      "/api/v1/example/../example/hello", "/api/v1/example/%2e%2e/example/hello",

@@ -220,7 +220,7 @@ def test_404_and_405_bodies():
 
 
 def test_long_path_still_matches_its_route():
-    # Paths up to the URI limit (8 KiB) are matched like short ones: a 2,000
+    # Paths up to the URI limit (4 KiB) are matched like short ones: a 2,000
     # byte username reaches the creator route and gets its validation error.
     long_name = "a" * 2000
     with Keeld() as k:

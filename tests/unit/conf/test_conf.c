@@ -185,7 +185,8 @@ static void test_defaults(void **state)
     assert_false(c->cors.credentials);
     assert_int_equal(c->limits.max_body_bytes, 1024 * 1024);
     assert_int_equal(c->limits.max_json_depth, 32);
-    assert_int_equal(c->limits.max_header_bytes, 16 * 1024);
+    assert_int_equal(c->limits.max_header_bytes, 12 * 1024);
+    assert_int_equal(c->limits.max_uri_bytes, 4 * 1024);
     assert_int_equal(c->limits.max_connections, 1024);
     assert_int_equal(c->limits.max_per_ip, 0);
     assert_int_equal(c->limits.rate_per_user, 0);
