@@ -43,7 +43,7 @@ struct keel__lane {
     atomic_int fresh;              /* handed over, no request begun yet */
     atomic_int active;             /* requests begun and not completed */
     atomic_uint done;              /* requests completed, ever (wraps) */
-    atomic_llong begun;            /* monotonic ns at which the latest request began */
+    atomic_llong begun;            /* monotonic ns the latest request began (its headers in) */
     struct keel__blocking blocked; /* waits on the database or upstream (util/blocking.h) */
 };
 

@@ -292,12 +292,13 @@ struct line {
     char *end;
 };
 
-static void put(struct line *l, const char *s)
+static void put_n(struct line *l, const char *s, size_t n)
 {
-    size_t n = strlen(s);
     memcpy(l->end, s, n);
     l->end += n;
 }
+
+#define PUT_LIT(l, s) put_n((l), (s), sizeof(s) - 1)
 
 /* v in decimal, zero-padded to at least width digits (at most 20). */
 static void put_uint(struct line *l, unsigned long long v, int width)
@@ -379,10 +380,11 @@ void keel__access_log(const keel_request *req, unsigned status, int64_t ns, int6
     }
     memcpy(ts, ts_seconds, ts_seconds_len);
     struct line t = {ts + ts_seconds_len};
-    put(&t, ".");
+    PUT_LIT(&t, ".");
     put_uint(&t, (unsigned long long)(now.tv_nsec / 1000000), 3);
-    put(&t, "Z");
+    PUT_LIT(&t, "Z");
     *t.end = '\0';
+    size_t ts_len = (size_t)(t.end - ts);
     const struct keel__route *r = req->route;
     const char *plugin = r && r->plugin ? r->plugin : (r ? "core" : "-");
     unsigned long long gen = r ? (unsigned long long)r->generation : 0;
@@ -400,39 +402,40 @@ void keel__access_log(const keel_request *req, unsigned status, int64_t ns, int6
      * formatting.  The line is put together by hand: snprintf's format
      * parsing was the larger part of its cost (docs/performance.md). */
     long long us = ns > 0 ? (ns + 500) / 1000 : 0;
-    const char *method = req->method, *path = req->path, *client = req->client_addr,
-               *rid = req->request_id;
-    size_t need = strlen(ts) + strlen(listener) + strlen(method) + strlen(path) + strlen(plugin) +
-                  strlen(user) + strlen(client) + strlen(rid) + 3 * 20 + 48;
+    size_t listener_len = strlen(listener), method_len = strlen(req->method),
+           path_len = strlen(req->path), plugin_len = strlen(plugin), user_len = strlen(user),
+           client_len = strlen(req->client_addr), rid_len = strlen(req->request_id);
+    size_t need = ts_len + listener_len + method_len + path_len + plugin_len + user_len +
+                  client_len + rid_len + 3 * 20 + 48;
     char stack[1024];
     char *buf = need <= sizeof stack ? stack : malloc(need);
     if (buf == NULL)
         return;
     struct line l = {buf};
-    put(&l, ts);
-    put(&l, " ");
-    put(&l, listener);
-    put(&l, " ");
-    put(&l, method);
-    put(&l, " ");
-    put(&l, path);
-    put(&l, " ");
+    put_n(&l, ts, ts_len);
+    PUT_LIT(&l, " ");
+    put_n(&l, listener, listener_len);
+    PUT_LIT(&l, " ");
+    put_n(&l, req->method, method_len);
+    PUT_LIT(&l, " ");
+    put_n(&l, req->path, path_len);
+    PUT_LIT(&l, " ");
     put_uint(&l, status, 0);
-    put(&l, " ");
+    PUT_LIT(&l, " ");
     put_uint(&l, (unsigned long long)(us / 1000), 0);
-    put(&l, ".");
+    PUT_LIT(&l, ".");
     put_uint(&l, (unsigned long long)(us % 1000), 3);
-    put(&l, "ms plugin=");
-    put(&l, plugin);
-    put(&l, " gen=");
+    PUT_LIT(&l, "ms plugin=");
+    put_n(&l, plugin, plugin_len);
+    PUT_LIT(&l, " gen=");
     put_uint(&l, gen, 0);
-    put(&l, " user=");
-    put(&l, user);
-    put(&l, " client=");
-    put(&l, client);
-    put(&l, " rid=");
-    put(&l, rid);
-    put(&l, "\n");
+    PUT_LIT(&l, " user=");
+    put_n(&l, user, user_len);
+    PUT_LIT(&l, " client=");
+    put_n(&l, req->client_addr, client_len);
+    PUT_LIT(&l, " rid=");
+    put_n(&l, req->request_id, rid_len);
+    PUT_LIT(&l, "\n");
     keel__access_log_line(buf, (size_t)(l.end - buf));
     if (buf != stack)
         free(buf);

@@ -136,7 +136,10 @@ keel_request *keel__request_new(struct MHD_Connection *conn, int listener, const
     req->method = method;
     req->path = url;
     req->id = atomic_fetch_add_explicit(&next_request_id, 1, memory_order_relaxed);
-    req->start_ns = keel__monotonic_ns();
+    /* At the tick: the request's clock starts again, exactly, once its
+     * headers are in (keel__request_restart_clock); this one only serves
+     * requests that never get that far, and the lane's "begun". */
+    req->start_ns = keel__monotonic_coarse_ns();
     req->request_id[0] = '-';
     req->client_addr[0] = '-';
     return req;
@@ -194,7 +197,7 @@ void keel__request_free(keel_request *req)
     req_block_put(req);
 }
 
-void *keel__req_alloc(keel_request *req, size_t size)
+void *keel__req_alloc_raw(keel_request *req, size_t size)
 {
     const size_t align = sizeof(max_align_t);
     if (size > ARENA_MAX_ALLOC)
@@ -219,7 +222,14 @@ void *keel__req_alloc(keel_request *req, size_t size)
     }
     void *p = (char *)b->data + b->used;
     b->used += size;
-    memset(p, 0, size);
+    return p;
+}
+
+void *keel__req_alloc(keel_request *req, size_t size)
+{
+    void *p = keel__req_alloc_raw(req, size);
+    if (p != NULL)
+        memset(p, 0, size);
     return p;
 }
 
@@ -241,7 +251,7 @@ char *keel__req_strdup(keel_request *req, const char *s)
     if (s == NULL)
         return NULL;
     size_t n = strlen(s);
-    char *d = keel__req_alloc(req, n + 1);
+    char *d = keel__req_alloc_raw(req, n + 1);
     if (d != NULL)
         memcpy(d, s, n + 1);
     return d;
@@ -276,7 +286,7 @@ int keel__req_add_header(keel_request *req, const char *name, const char *value)
 {
     size_t nl = strlen(name), vl = strlen(value);
     /* One arena allocation holds the node and both strings. */
-    struct keel__header *h = keel__req_alloc(req, sizeof *h + nl + vl + 2);
+    struct keel__header *h = keel__req_alloc_raw(req, sizeof *h + nl + vl + 2);
     if (h == NULL)
         return KEEL_ENOMEM;
     h->name = (char *)(h + 1);

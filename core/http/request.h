@@ -159,6 +159,8 @@ void keel__request_restart_clock(keel_request *req);
 /* Request-lifetime allocation (zeroed), aligned for any type.  NULL when
  * memory runs out or size is absurd (beyond SIZE_MAX / 4). */
 void *keel__req_alloc(keel_request *req, size_t size);
+/* The same, not zeroed: for memory the caller fills at once. */
+void *keel__req_alloc_raw(keel_request *req, size_t size);
 /* Bytes the request's arena has taken from malloc so far (for tests). */
 size_t keel__request_arena_bytes(const keel_request *req);
 /* Matches the usersync allocator signature: ctx is the request. */

@@ -34,7 +34,8 @@ struct route {
 };
 
 struct node {
-    char *literal;          /* NULL for the root and for parameter nodes */
+    char *literal; /* NULL for the root and for parameter nodes */
+    size_t literal_len;
     struct node **children; /* literal children, sorted by strcmp */
     size_t nchildren;
     struct node *param; /* the one "{...}" child; names live in routes */
@@ -234,10 +235,12 @@ static struct node *find_child(const struct node *n, const char *seg, size_t len
     size_t lo = 0, hi = n->nchildren;
     while (lo < hi) {
         size_t mid = lo + (hi - lo) / 2;
-        const char *lit = n->children[mid]->literal;
-        int c = strncmp(lit, seg, len);
-        if (c == 0 && lit[len] != '\0')
-            c = 1;
+        /* strcmp's order, from the lengths both sides already know. */
+        const struct node *child = n->children[mid];
+        size_t ll = child->literal_len;
+        int c = memcmp(child->literal, seg, ll < len ? ll : len);
+        if (c == 0)
+            c = (ll > len) - (ll < len);
         if (c == 0) {
             if (pos)
                 *pos = mid;
@@ -272,6 +275,7 @@ static struct node *add_literal_child(struct node *n, const char *seg, size_t le
         free(c);
         return NULL;
     }
+    c->literal_len = len;
     memmove(&n->children[pos + 1], &n->children[pos], (n->nchildren - pos) * sizeof *grown);
     n->children[pos] = c;
     n->nchildren++;
@@ -421,6 +425,7 @@ static bool utf8_valid(const unsigned char *s, size_t n)
 /* The state of one lookup; lives on the caller's stack. */
 struct search {
     const char *segs[KEEL__ROUTER_MAX_SEGMENTS];
+    size_t lens[KEEL__ROUTER_MAX_SEGMENTS];
     size_t nsegs;
     int method;
     unsigned allow_mask;
@@ -447,7 +452,7 @@ static bool search(const struct node *n, size_t depth, size_t nvals, struct sear
         return false;
     }
     const char *seg = s->segs[depth];
-    const struct node *c = find_child(n, seg, strlen(seg), NULL);
+    const struct node *c = find_child(n, seg, s->lens[depth], NULL);
     if (c && search(c, depth + 1, nvals, s))
         return true;
     if (n->param && nvals < KEEL__ROUTER_MAX_PARAMS) {
@@ -497,6 +502,7 @@ static bool split_path(const char *path, struct search *s, char *scratch, size_t
             return false;
         if (!utf8_valid((const unsigned char *)out, len))
             return false;
+        s->lens[s->nsegs] = len;
         s->segs[s->nsegs++] = out;
         used += len + 1;
         if (*p == '\0')

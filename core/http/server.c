@@ -198,7 +198,7 @@ static void finish(keel_request *req, struct keel__lane *lane)
     /* The router decodes the path into this; the decoded path is never
      * longer than the path, which the URI limit bounds. */
     size_t scratch_len = strlen(req->path) + 1;
-    req->match_scratch = keel__req_alloc(req, scratch_len);
+    req->match_scratch = keel__req_alloc_raw(req, scratch_len);
     if (req->match_scratch == NULL) {
         keel__respond_detail(req, 503, "Service temporarily unavailable");
         return;
@@ -256,11 +256,13 @@ static enum MHD_Result scan_header(void *cls, enum MHD_ValueKind kind, const cha
 {
     (void)kind;
     struct header_scan *s = cls;
-    s->header_bytes += strlen(key) + (value != NULL ? strlen(value) : 0) + 4;
-    if (strcasecmp(key, "Content-Length") == 0) {
+    size_t klen = strlen(key);
+    s->header_bytes += klen + (value != NULL ? strlen(value) : 0) + 4;
+    if (klen == sizeof "Content-Length" - 1 && strcasecmp(key, "Content-Length") == 0) {
         if (s->content_lengths++ == 0)
             s->content_length = value;
-    } else if (strcasecmp(key, "Transfer-Encoding") == 0) {
+    } else if (klen == sizeof "Transfer-Encoding" - 1 &&
+               strcasecmp(key, "Transfer-Encoding") == 0) {
         if (s->transfer_encodings++ == 0)
             s->transfer_encoding = value;
     }
@@ -456,6 +458,9 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
         req->method = method;
         req->path = url;
         keel__request_restart_clock(req);
+        /* The lane's handler clock, exact from here (on_uri's is coarse). */
+        atomic_store_explicit(&((struct keel__lane *)cls)->begun, req->start_ns,
+                              memory_order_relaxed);
         return begin(req, version) ? MHD_YES : MHD_NO;
     }
     if (*upload_data_size != 0) {

@@ -130,15 +130,21 @@ static int claim_slot(void)
     return idx;
 }
 
+/* a, a space and b into dst, cut to fit; either may be NULL. */
 static void copy_text(char *dst, size_t cap, const char *a, const char *b)
 {
     size_t n = 0;
-    for (const char *s = a; s != NULL && *s != '\0' && n + 1 < cap; s++)
-        dst[n++] = *s;
+    if (a != NULL) {
+        n = strnlen(a, cap - 1);
+        memcpy(dst, a, n);
+    }
     if (b != NULL && a != NULL && n + 1 < cap)
         dst[n++] = ' ';
-    for (const char *s = b; s != NULL && *s != '\0' && n + 1 < cap; s++)
-        dst[n++] = *s;
+    if (b != NULL) {
+        size_t m = strnlen(b, cap - 1 - n);
+        memcpy(dst + n, b, m);
+        n += m;
+    }
     dst[n] = '\0';
 }
 
