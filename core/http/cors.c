@@ -21,6 +21,8 @@ static const char *allowed_origin(const struct keel__cors_conf *c, const char *o
 
 void keel__cors_decide(keel_request *req, const struct keel__cors_conf *conf)
 {
+    if (conf == NULL || conf->norigins == 0)
+        return; /* no origin allowed: no header to look up */
     req->origin = allowed_origin(conf, keel__req_header(req, "Origin"));
     if (req->origin == NULL)
         return;

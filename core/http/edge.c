@@ -369,6 +369,8 @@ struct keel__edge_verdict keel__edge_check_request(keel_request *req, const char
     const char *end = hs != NULL ? req->method + hs->header_size : NULL;
     if (end == NULL || end <= version)
         return refuse(400, "Malformed request head");
+    req->fields = c.f;
+    req->nfields = c.n;
     v = keel__edge_check_fields(version, end, c.f, c.n);
     if (v.status != 0 || req->listener != KEEL__LISTENER_ADMIN)
         return v;

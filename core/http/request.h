@@ -36,6 +36,8 @@ struct keel__edge_verdict {
     const char *detail;
 };
 
+struct keel__edge_field; /* core/http/edge.h */
+
 struct keel__header {
     char *name;
     char *value;
@@ -79,6 +81,10 @@ struct keel_request {
     const char *target;
     size_t target_len;
     struct keel__edge_verdict target_verdict; /* keel__edge_check_target() */
+    /* The header fields in the order received, once keel__edge_check_request
+     * has collected them (in the request's memory); none before. */
+    const struct keel__edge_field *fields;
+    size_t nfields;
     uint64_t id;
     /* See core/http/clientaddr.h: X-Request-Id and who sent the request. */
     char request_id[129];

@@ -251,11 +251,8 @@ struct header_scan {
     const char *content_length, *transfer_encoding; /* the first of each */
 };
 
-static enum MHD_Result scan_header(void *cls, enum MHD_ValueKind kind, const char *key,
-                                   const char *value)
+static void scan_header(struct header_scan *s, const char *key, const char *value)
 {
-    (void)kind;
-    struct header_scan *s = cls;
     size_t klen = strlen(key);
     s->header_bytes += klen + (value != NULL ? strlen(value) : 0) + 4;
     if (klen == sizeof "Content-Length" - 1 && strcasecmp(key, "Content-Length") == 0) {
@@ -266,7 +263,6 @@ static enum MHD_Result scan_header(void *cls, enum MHD_ValueKind kind, const cha
         if (s->transfer_encodings++ == 0)
             s->transfer_encoding = value;
     }
-    return MHD_YES;
 }
 
 static enum MHD_Result scan_query(void *cls, enum MHD_ValueKind kind, const char *key,
@@ -305,7 +301,10 @@ static bool begin(keel_request *req, const char *version)
      * answer 431/414 with its own HTML body. */
     const struct keel__limits_conf *c = &keel__rt.limits;
     struct header_scan scan = {0};
-    MHD_get_connection_values(req->conn, MHD_HEADER_KIND, scan_header, &scan);
+    /* The fields the edge check collected: no second walk of
+     * libmicrohttpd's list. */
+    for (size_t i = 0; i < req->nfields; i++)
+        scan_header(&scan, req->fields[i].name, req->fields[i].value);
     MHD_get_connection_values(req->conn, MHD_GET_ARGUMENT_KIND, scan_query, &scan);
     if (scan.header_bytes > (size_t)c->max_header_bytes) {
         char msg[96];

@@ -22,6 +22,11 @@ static pthread_key_t slot_key;
 static pthread_once_t slot_key_once = PTHREAD_ONCE_INIT;
 
 static _Thread_local int my_index = -1;
+/* This thread's entries, numbered from a base of its own (taken once per
+ * thread from seq_bases, 2^32 apart): a slot's seq changes on every entry
+ * and never repeats another thread's, without an atomic add per call. */
+static _Thread_local unsigned long long my_seq;
+static atomic_ullong seq_bases;
 
 int keel__sb_create(unsigned n)
 {
@@ -159,10 +164,10 @@ void keel__plugin_call_enter(const char *plugin, uint64_t generation, int kind, 
             my_index = -2; /* no room: stay unrecorded, do not try again */
             return;
         }
+        my_seq = atomic_fetch_add(&seq_bases, 1) << 32;
     }
     if (my_index < 0)
         return;
-    static atomic_ullong entries;
     struct keel__sb_thread *t = &self->threads[my_index];
     t->since_ns = keel__monotonic_coarse_ns();
     t->kind = kind;
@@ -170,7 +175,7 @@ void keel__plugin_call_enter(const char *plugin, uint64_t generation, int kind, 
     t->request_id = request_id;
     copy_text(t->plugin, sizeof t->plugin, plugin, NULL);
     copy_text(t->route, sizeof t->route, method, route);
-    atomic_store_explicit(&t->seq, atomic_fetch_add(&entries, 1) + 1, memory_order_release);
+    atomic_store_explicit(&t->seq, ++my_seq, memory_order_release);
 }
 
 void keel__plugin_call_leave(void)
