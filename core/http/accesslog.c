@@ -19,6 +19,7 @@
 
 #include "http/routes.h"
 #include "util/log.h"
+#include "util/text.h"
 #include "util/time.h"
 
 /* One thread's pending lines.  The owning thread appends under mu, which is
@@ -36,6 +37,9 @@ struct buffer {
 static pthread_mutex_t list_mu = PTHREAD_MUTEX_INITIALIZER;
 static struct buffer *buffers;
 static pthread_key_t buffer_key;
+/* The calling thread's buffer, without pthread_getspecific on every line
+ * (the key is there for its destructor). */
+static _Thread_local struct buffer *my_buffer;
 static pthread_once_t buffer_key_once = PTHREAD_ONCE_INIT;
 static bool buffer_key_ok;
 
@@ -79,6 +83,8 @@ static void buffer_write_locked(struct buffer *b)
 static void buffer_release(void *p)
 {
     struct buffer *b = p;
+    if (my_buffer == b)
+        my_buffer = NULL;
     pthread_mutex_lock(&list_mu);
     pthread_mutex_lock(&b->mu);
     buffer_write_locked(b);
@@ -101,12 +107,14 @@ static void buffer_key_create(void)
 
 static struct buffer *thread_buffer(void)
 {
+    if (my_buffer != NULL)
+        return my_buffer;
     pthread_once(&buffer_key_once, buffer_key_create);
     if (!buffer_key_ok)
         return NULL;
     struct buffer *b = pthread_getspecific(buffer_key);
     if (b != NULL)
-        return b;
+        return my_buffer = b;
     b = malloc(sizeof *b);
     if (b == NULL)
         return NULL;
@@ -123,6 +131,7 @@ static struct buffer *thread_buffer(void)
         buffer_release(b);
         return NULL;
     }
+    my_buffer = b;
     return b;
 }
 
@@ -300,19 +309,10 @@ static void put_n(struct line *l, const char *s, size_t n)
 
 #define PUT_LIT(l, s) put_n((l), (s), sizeof(s) - 1)
 
-/* v in decimal, zero-padded to at least width digits (at most 20). */
+/* v in decimal, zero-padded to at least width digits. */
 static void put_uint(struct line *l, unsigned long long v, int width)
 {
-    char digits[20];
-    int n = 0;
-    do {
-        digits[n++] = (char)('0' + v % 10);
-        v /= 10;
-    } while (v != 0);
-    while (n < width)
-        digits[n++] = '0';
-    while (n > 0)
-        *l->end++ = digits[--n];
+    l->end += keel__uint_text(v, width, l->end);
 }
 
 static void json_line(const keel_request *req, const char *listener, unsigned status, int64_t ns,

@@ -631,8 +631,18 @@ static const char internal_error[] = "{\"detail\":\"Internal Server Error\"}";
  * stack) or, when it outgrew that, malloc'd memory libmicrohttpd frees. */
 static int queue_written(keel_request *req, unsigned status, char *small, char *text, size_t len)
 {
-    if (text == small)
+    if (text == small) {
+        /* Into the request's own memory, which outlives the response:
+         * libmicrohttpd has sent it, or given it up, before it reports the
+         * request complete (on_completed frees the request). */
+        char *kept = req->conn != NULL ? keel__req_alloc_raw(req, len) : NULL;
+        if (kept != NULL) {
+            memcpy(kept, small, len);
+            return queue_response(req, status, "application/json", kept, len,
+                                  MHD_RESPMEM_PERSISTENT);
+        }
         return queue_response(req, status, "application/json", small, len, MHD_RESPMEM_MUST_COPY);
+    }
     return queue_response(req, status, "application/json", text, len, MHD_RESPMEM_MUST_FREE);
 }
 

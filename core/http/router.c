@@ -481,6 +481,15 @@ static bool split_path(const char *path, struct search *s, char *scratch, size_t
             return false;
         char *out = scratch + used;
         size_t len = 0;
+        size_t raw = strcspn(p, "/%");
+        if (p[raw] != '%') {
+            /* Nothing to decode (the usual case): copied whole. */
+            if (used + raw + 1 > scratchlen)
+                return false;
+            memcpy(out, p, raw);
+            len = raw;
+            p += raw;
+        }
         while (*p != '/' && *p != '\0') {
             unsigned char c = (unsigned char)*p++;
             if (c == '%') {

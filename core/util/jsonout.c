@@ -1,6 +1,7 @@
 #include "config.h"
 
 #include "util/jsonout.h"
+#include "util/text.h"
 
 #include <limits.h>
 #include <stdarg.h>
@@ -194,17 +195,14 @@ static int put_string(struct out *o, const char *str, size_t len)
 
 static void put_integer(struct out *o, json_int_t v)
 {
-    char digits[24];
-    char *q = digits + sizeof digits;
+    char digits[KEEL__UINT_TEXT_MAX + 1];
+    size_t n = 0;
+    if (v < 0)
+        digits[n++] = '-';
     /* Negated in unsigned arithmetic, which INT64_MIN survives. */
     unsigned long long u = v < 0 ? 0ULL - (unsigned long long)v : (unsigned long long)v;
-    do {
-        *--q = (char)('0' + u % 10);
-        u /= 10;
-    } while (u != 0);
-    if (v < 0)
-        *--q = '-';
-    put(o, q, (size_t)(digits + sizeof digits - q));
+    n += keel__uint_text(u, 0, digits + n);
+    put(o, digits, n);
 }
 
 /* "%.15g", then as jansson: ".0" when the text would read back as an integer,

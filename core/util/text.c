@@ -24,6 +24,42 @@ size_t keel__trim_newlines(char *s, int spaces)
     return n;
 }
 
+static const char digit_pairs[] = "00010203040506070809"
+                                  "10111213141516171819"
+                                  "20212223242526272829"
+                                  "30313233343536373839"
+                                  "40414243444546474849"
+                                  "50515253545556575859"
+                                  "60616263646566676869"
+                                  "70717273747576777879"
+                                  "80818283848586878889"
+                                  "90919293949596979899";
+
+size_t keel__uint_text(unsigned long long v, int width, char *out)
+{
+    char rev[KEEL__UINT_TEXT_MAX]; /* the digits, last first */
+    int n = 0;
+    while (v >= 100) {
+        unsigned r = (unsigned)(v % 100);
+        v /= 100;
+        rev[n++] = digit_pairs[2 * r + 1];
+        rev[n++] = digit_pairs[2 * r];
+    }
+    if (v >= 10) {
+        rev[n++] = digit_pairs[2 * v + 1];
+        rev[n++] = digit_pairs[2 * v];
+    } else {
+        rev[n++] = (char)('0' + v);
+    }
+    if (width > KEEL__UINT_TEXT_MAX)
+        width = KEEL__UINT_TEXT_MAX;
+    while (n < width)
+        rev[n++] = '0';
+    for (int i = 0; i < n; i++)
+        out[i] = rev[n - 1 - i];
+    return (size_t)n;
+}
+
 size_t keel__ipv4_text(const void *addr, char *out)
 {
     const unsigned char *b = addr;

@@ -12,6 +12,14 @@ int keel__hex_value(int c);
  * length. */
 size_t keel__trim_newlines(char *s, int spaces);
 
+/* The longest text keel__uint_text writes without padding. */
+#define KEEL__UINT_TEXT_MAX 20
+
+/* v in decimal, zero-padded to at least width digits (width at most
+ * KEEL__UINT_TEXT_MAX), into out, not terminated; returns its length.  Two
+ * digits a step, without sprintf. */
+size_t keel__uint_text(unsigned long long v, int width, char *out);
+
 /* snprintf(out, outlen, "%s", s) without the format parsing (out is
  * always terminated when outlen > 0). */
 void keel__copy_text(char *out, size_t outlen, const char *s);

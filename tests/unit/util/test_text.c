@@ -8,6 +8,7 @@
 
 #include <cmocka.h>
 
+#include <stdio.h>
 #include <string.h>
 
 #include "util/text.h"
@@ -44,6 +45,45 @@ static void test_trim_newlines(void **state)
     assert_int_equal(keel__trim_newlines(d, 1), 0);
 }
 
+/* keel__uint_text against snprintf, at every length and at the edges. */
+static void test_uint_text(void **state)
+{
+    (void)state;
+    char out[KEEL__UINT_TEXT_MAX + 1], want[32];
+    unsigned long long vals[] = {0,
+                                 1,
+                                 9,
+                                 10,
+                                 11,
+                                 99,
+                                 100,
+                                 101,
+                                 999,
+                                 1000,
+                                 65535,
+                                 4294967295ULL,
+                                 1000000000000ULL,
+                                 18446744073709551615ULL};
+    for (size_t i = 0; i < sizeof vals / sizeof vals[0]; i++) {
+        for (int width = 0; width <= 5; width++) {
+            size_t n = keel__uint_text(vals[i], width, out);
+            out[n] = '\0';
+            snprintf(want, sizeof want, "%0*llu", width, vals[i]);
+            assert_string_equal(out, want);
+        }
+    }
+    for (unsigned long long v = 1; v < 10000000000000000000ULL; v *= 10) {
+        size_t n = keel__uint_text(v - 1, 0, out);
+        out[n] = '\0';
+        snprintf(want, sizeof want, "%llu", v - 1);
+        assert_string_equal(out, want);
+    }
+    /* Padding stops at the longest number. */
+    assert_int_equal(keel__uint_text(7, 40, out), KEEL__UINT_TEXT_MAX);
+    assert_int_equal(out[0], '0');
+    assert_int_equal(out[KEEL__UINT_TEXT_MAX - 1], '7');
+}
+
 static void test_copy_text(void **state)
 {
     (void)state;
@@ -75,9 +115,8 @@ static void test_ipv4_text(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_hex_value),
-        cmocka_unit_test(test_trim_newlines),
-        cmocka_unit_test(test_copy_text),
+        cmocka_unit_test(test_hex_value), cmocka_unit_test(test_trim_newlines),
+        cmocka_unit_test(test_uint_text), cmocka_unit_test(test_copy_text),
         cmocka_unit_test(test_ipv4_text),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
