@@ -199,6 +199,8 @@ struct keel__edge_verdict keel__edge_check_fields(const char *version, const cha
 const char *keel__edge_origin_path(const char *target)
 {
     const char *p;
+    if (target[0] == '/')
+        return target; /* origin form, nearly every request */
     if (prefix_ci(target, "http://"))
         p = target + 7;
     else if (prefix_ci(target, "https://"))

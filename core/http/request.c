@@ -125,7 +125,8 @@ keel_request *keel__request_new(struct MHD_Connection *conn, int listener, const
     keel_request *req = req_block_get();
     if (req == NULL)
         return NULL;
-    memset(req, 0, sizeof *req);
+    memset(req, 0, offsetof(keel_request, db_error));
+    req->db_error[0] = '\0';
     struct keel__arena_block *b = first_block(req);
     b->next = NULL;
     b->size = ARENA_FIRST_BLOCK;

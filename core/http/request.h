@@ -131,7 +131,6 @@ struct keel_request {
     const char *origin;           /* allowed CORS origin to echo, or NULL */
 
     /* Database. */
-    char db_error[256];
     /* Result wrappers freed early by the plugin, reused by the next
      * statement so that freeing keeps the request's memory flat. */
     struct keel_db_result *spare_results;
@@ -140,6 +139,10 @@ struct keel_request {
 
     struct keel__arena_block *arena;
     struct keel__cleanup *cleanups;
+
+    /* Text buffers last: keel__request_new zeroes the fields above and
+     * only terminates these. */
+    char db_error[256];
 };
 
 /* method is NULL while only the request line is in (the URI log callback);

@@ -238,7 +238,11 @@ static struct node *find_child(const struct node *n, const char *seg, size_t len
         /* strcmp's order, from the lengths both sides already know. */
         const struct node *child = n->children[mid];
         size_t ll = child->literal_len;
-        int c = memcmp(child->literal, seg, ll < len ? ll : len);
+        /* Most neighbours differ in their first byte (literals are never
+         * empty; an empty segment sorts first). */
+        int c = len == 0 ? 1 : (unsigned char)child->literal[0] - (unsigned char)seg[0];
+        if (c == 0)
+            c = memcmp(child->literal, seg, ll < len ? ll : len);
         if (c == 0)
             c = (ll > len) - (ll < len);
         if (c == 0) {
@@ -481,7 +485,9 @@ static bool split_path(const char *path, struct search *s, char *scratch, size_t
             return false;
         char *out = scratch + used;
         size_t len = 0;
-        size_t raw = strcspn(p, "/%");
+        size_t raw = 0;
+        while (p[raw] != '/' && p[raw] != '%' && p[raw] != '\0')
+            raw++;
         if (p[raw] != '%') {
             /* Nothing to decode (the usual case): copied whole. */
             if (used + raw + 1 > scratchlen)
