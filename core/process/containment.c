@@ -114,18 +114,11 @@ void keel__sup_crash_report(struct worker *w, unsigned slot, int sig)
     const char *backtrace = w->crash_text[0] ? w->crash_text : "(none)";
     struct keel__sb_worker *sb = keel__sb_worker(slot);
     int ct = sb ? atomic_load(&sb->crash_thread) : -1;
-    struct keel__sb_thread t;
+    struct keel__sb_call t;
     bool in_plugin = false;
-    if (sb != NULL && ct >= 0 && ct < KEEL__SB_THREADS) {
-        /* The worker is dead: its slot is final. */
-        const struct keel__sb_thread *s = &sb->threads[ct];
-        if (atomic_load(&s->seq) != 0) {
-            in_plugin = true;
-            t = *s;
-            t.plugin[sizeof t.plugin - 1] = '\0';
-            t.route[sizeof t.route - 1] = '\0';
-        }
-    }
+    /* The worker is dead: its slot is final. */
+    if (sb != NULL && ct >= 0 && ct < KEEL__SB_THREADS)
+        in_plugin = keel__sb_read_thread(sb, (unsigned)ct, &t);
     keel__sup_count_restart("crash");
     if (!in_plugin) {
         log_error("crash report: core crash: worker %d died of %s outside plugin code; no plugin "
@@ -177,9 +170,9 @@ void keel__sup_watchdog(void)
         struct keel__sb_worker *sb = keel__sb_worker(i);
         int top = atomic_load(&sb->nthreads);
         int stuck = 0;
-        struct keel__sb_thread first;
+        struct keel__sb_call first;
         for (int t = 0; t < top && t < KEEL__SB_THREADS; t++) {
-            struct keel__sb_thread th;
+            struct keel__sb_call th;
             if (!keel__sb_read_thread(sb, (unsigned)t, &th) || th.kind != KEEL__CALL_HANDLER ||
                 now - th.since_ns <= limit)
                 continue;

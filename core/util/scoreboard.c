@@ -135,8 +135,10 @@ static int claim_slot(void)
     return idx;
 }
 
-/* a, a space and b into dst, cut to fit; either may be NULL. */
-static void copy_text(char *dst, size_t cap, const char *a, const char *b)
+/* a, a space and b into dst, cut to fit, its NUL padded with zeros to a
+ * whole word (cap is a multiple of 8); either may be NULL.  Returns the
+ * length. */
+static size_t join_text(char *dst, size_t cap, const char *a, const char *b)
 {
     size_t n = 0;
     if (a != NULL) {
@@ -150,7 +152,33 @@ static void copy_text(char *dst, size_t cap, const char *a, const char *b)
         memcpy(dst + n, b, m);
         n += m;
     }
-    dst[n] = '\0';
+    memset(dst + n, 0, 8 * KEEL__SB_WORDS(n + 1) - n);
+    return n;
+}
+
+_Static_assert(sizeof((struct keel__sb_call *)0)->plugin % 8 == 0 &&
+                   sizeof((struct keel__sb_call *)0)->route % 8 == 0,
+               "slot text is copied in whole words");
+
+/* The words of text (len bytes, its NUL and the padding) into a slot's
+ * field. */
+static void store_words(atomic_ullong *words, size_t nwords, const char *text, size_t len)
+{
+    size_t used = KEEL__SB_WORDS(len + 1);
+    for (size_t i = 0; i < used && i < nwords; i++) {
+        unsigned long long w;
+        memcpy(&w, text + 8 * i, sizeof w);
+        atomic_store_explicit(&words[i], w, memory_order_relaxed);
+    }
+}
+
+static void load_words(char *text, size_t cap, const atomic_ullong *words)
+{
+    for (size_t i = 0; i < cap / 8; i++) {
+        unsigned long long w = atomic_load_explicit(&words[i], memory_order_relaxed);
+        memcpy(text + 8 * i, &w, sizeof w);
+    }
+    text[cap - 1] = '\0';
 }
 
 void keel__plugin_call_enter(const char *plugin, uint64_t generation, int kind, const char *method,
@@ -169,12 +197,16 @@ void keel__plugin_call_enter(const char *plugin, uint64_t generation, int kind, 
     if (my_index < 0)
         return;
     struct keel__sb_thread *t = &self->threads[my_index];
-    t->since_ns = keel__monotonic_coarse_ns();
-    t->kind = kind;
-    t->generation = generation;
-    t->request_id = request_id;
-    copy_text(t->plugin, sizeof t->plugin, plugin, NULL);
-    copy_text(t->route, sizeof t->route, method, route);
+    /* Whole words: the text is padded with the bytes after its NUL. */
+    char text[8 * KEEL__SB_WORDS(sizeof((struct keel__sb_call *)0)->route)];
+    atomic_store_explicit(&t->since_ns, keel__monotonic_coarse_ns(), memory_order_relaxed);
+    atomic_store_explicit(&t->kind, kind, memory_order_relaxed);
+    atomic_store_explicit(&t->generation, generation, memory_order_relaxed);
+    atomic_store_explicit(&t->request_id, request_id, memory_order_relaxed);
+    size_t n = join_text(text, sizeof((struct keel__sb_call *)0)->plugin, plugin, NULL);
+    store_words(t->plugin, sizeof t->plugin / sizeof t->plugin[0], text, n);
+    n = join_text(text, sizeof((struct keel__sb_call *)0)->route, method, route);
+    store_words(t->route, sizeof t->route / sizeof t->route[0], text, n);
     atomic_store_explicit(&t->seq, ++my_seq, memory_order_release);
 }
 
@@ -185,7 +217,7 @@ void keel__plugin_call_leave(void)
     atomic_store_explicit(&self->threads[my_index].seq, 0, memory_order_release);
 }
 
-bool keel__sb_read_thread(const struct keel__sb_worker *w, unsigned t, struct keel__sb_thread *out)
+bool keel__sb_read_thread(const struct keel__sb_worker *w, unsigned t, struct keel__sb_call *out)
 {
     if (w == NULL || t >= KEEL__SB_THREADS)
         return false;
@@ -193,17 +225,15 @@ bool keel__sb_read_thread(const struct keel__sb_worker *w, unsigned t, struct ke
     unsigned long long before = atomic_load_explicit(&s->seq, memory_order_acquire);
     if (before == 0)
         return false;
-    out->since_ns = s->since_ns;
-    out->kind = s->kind;
-    out->generation = s->generation;
-    out->request_id = s->request_id;
-    memcpy(out->plugin, s->plugin, sizeof out->plugin);
-    memcpy(out->route, s->route, sizeof out->route);
-    out->plugin[sizeof out->plugin - 1] = '\0';
-    out->route[sizeof out->route - 1] = '\0';
+    out->since_ns = atomic_load_explicit(&s->since_ns, memory_order_relaxed);
+    out->kind = atomic_load_explicit(&s->kind, memory_order_relaxed);
+    out->generation = atomic_load_explicit(&s->generation, memory_order_relaxed);
+    out->request_id = atomic_load_explicit(&s->request_id, memory_order_relaxed);
+    load_words(out->plugin, sizeof out->plugin, s->plugin);
+    load_words(out->route, sizeof out->route, s->route);
     atomic_thread_fence(memory_order_acquire);
     unsigned long long after = atomic_load_explicit(&s->seq, memory_order_relaxed);
-    atomic_store_explicit(&out->seq, before, memory_order_relaxed);
+    out->seq = before;
     return before == after;
 }
 
@@ -215,7 +245,7 @@ int keel__sb_stuck_handlers(int64_t limit_ns)
     int64_t now = keel__monotonic_ns();
     int top = atomic_load(&self->nthreads);
     for (int i = 0; i < top && i < KEEL__SB_THREADS; i++) {
-        struct keel__sb_thread t;
+        struct keel__sb_call t;
         if (keel__sb_read_thread(self, (unsigned)i, &t) && t.kind == KEEL__CALL_HANDLER &&
             now - t.since_ns > limit_ns)
             n++;

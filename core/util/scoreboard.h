@@ -39,17 +39,36 @@ enum keel__call_kind {
     KEEL__CALL_TASK
 };
 
-struct keel__sb_thread {
-    /* 0 = not in plugin code; otherwise changes on every entry, stored last
-     * (release) so a reader that sees the same value before and after
-     * copying the fields has a consistent copy. */
-    atomic_ullong seq;
+/* What one thread is doing in plugin code, as a reader copies it out of
+ * the thread's slot (keel__sb_read_thread). */
+struct keel__sb_call {
+    unsigned long long seq;
     int64_t since_ns; /* CLOCK_MONOTONIC (system wide) at entry, at the tick */
     int kind;         /* enum keel__call_kind */
     uint64_t generation;
     uint64_t request_id;
     char plugin[48];
     char route[160]; /* "GET /api/v1/..." template, or the stage for init/fini */
+};
+
+#define KEEL__SB_WORDS(n) (((n) + 7) / 8)
+
+/* A thread's slot: written by that thread only, read by others as a
+ * sequence lock.  Every field is atomic (relaxed; the text 8 bytes a word)
+ * so a reader copying while the thread enters its next call reads stale
+ * or mixed values, never undefined ones, and throws them away when seq
+ * moved. */
+struct keel__sb_thread {
+    /* 0 = not in plugin code; otherwise changes on every entry, stored last
+     * (release) so a reader that sees the same value before and after
+     * copying the fields has a consistent copy. */
+    atomic_ullong seq;
+    atomic_llong since_ns;
+    atomic_int kind;
+    atomic_ullong generation;
+    atomic_ullong request_id;
+    atomic_ullong plugin[KEEL__SB_WORDS(sizeof((struct keel__sb_call *)0)->plugin)];
+    atomic_ullong route[KEEL__SB_WORDS(sizeof((struct keel__sb_call *)0)->route)];
 };
 
 struct keel__sb_worker {
@@ -92,7 +111,7 @@ int keel__sb_thread_index(void);
 
 /* Supervisor: a consistent copy of thread slot t of w; false when the
  * thread is not in plugin code (or changed while copying). */
-bool keel__sb_read_thread(const struct keel__sb_worker *w, unsigned t, struct keel__sb_thread *out);
+bool keel__sb_read_thread(const struct keel__sb_worker *w, unsigned t, struct keel__sb_call *out);
 
 /* Threads of this process in plugin code for longer than limit_ns (handler
  * calls only): what a draining worker may leave behind. */
