@@ -11,6 +11,10 @@
 #include <strings.h>
 #include <sys/socket.h>
 
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
+
 #include <microhttpd.h>
 
 #include "conf/conf.h"
@@ -62,12 +66,26 @@ static size_t token_len(const char *s)
 
 /* The length of s when it holds no control character but tab, -1 when it
  * does: one pass for the check and the length the caller needs anyway.
- * Eight bytes at a time (a bearer token is hundreds of bytes); a word with a
- * byte below 0x20 (tab included) or DEL is looked at byte by byte. */
+ * Sixteen bytes a step with SSE2 (a bearer token is hundreds of bytes),
+ * else eight: a word with a byte below 0x20 (tab included) or DEL is looked
+ * at byte by byte. */
 static ptrdiff_t value_len(const char *s)
 {
-    const uint64_t ones = 0x0101010101010101u, highs = 0x8080808080808080u;
     size_t n = strlen(s), i = 0;
+#ifdef __SSE2__
+    const __m128i ctl_max = _mm_set1_epi8(0x1f), tab = _mm_set1_epi8('\t'),
+                  del_byte = _mm_set1_epi8(0x7f);
+    for (; i + 16 <= n; i += 16) {
+        __m128i v = _mm_loadu_si128((const __m128i *)(const void *)(s + i));
+        /* v <= 0x1f, unsigned, and not a tab; or DEL. */
+        __m128i ctl = _mm_cmpeq_epi8(_mm_min_epu8(v, ctl_max), v);
+        __m128i bad = _mm_or_si128(_mm_andnot_si128(_mm_cmpeq_epi8(v, tab), ctl),
+                                   _mm_cmpeq_epi8(v, del_byte));
+        if (_mm_movemask_epi8(bad) != 0)
+            return -1;
+    }
+#endif
+    const uint64_t ones = 0x0101010101010101u, highs = 0x8080808080808080u;
     for (; i + 8 <= n; i += 8) {
         uint64_t w, del;
         memcpy(&w, s + i, 8);

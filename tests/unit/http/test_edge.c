@@ -148,14 +148,15 @@ static void test_header_values(void **state)
     assert_false(keel__edge_value_ok("a\rb"));
     assert_false(keel__edge_value_ok("a\x01"));
     assert_false(keel__edge_value_ok("a\x7f"));
-    /* Long values are read eight bytes at a time: every byte value at every
-     * position of a 40-byte value (and its tail) is judged alike. */
+    /* Long values are read sixteen or eight bytes at a time: every byte
+     * value at every position of a 56-byte value (and its tail) is judged
+     * alike. */
     for (unsigned c = 1; c < 256; c++) {
         bool ok = c >= 0x20 ? c != 0x7f : c == '\t';
-        for (size_t at = 0; at < 40; at++) {
-            char v[41];
-            memset(v, 'v', 40);
-            v[40] = '\0';
+        for (size_t at = 0; at < 56; at++) {
+            char v[57];
+            memset(v, 'v', 56);
+            v[56] = '\0';
             v[at] = (char)c;
             assert_int_equal(keel__edge_value_ok(v), ok);
             v[at + 1] = '\0';
