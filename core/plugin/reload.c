@@ -16,7 +16,6 @@
 #include "plugin/registry.h"
 
 #ifdef __GLIBC__
-#include <malloc.h>
 #endif
 #include <pthread.h>
 #include <stdio.h>
@@ -27,6 +26,7 @@
 #include <unistd.h>
 
 #include "util/counters.h"
+#include "util/heap.h"
 #include "util/log.h"
 #include "util/text.h"
 #include "util/thread.h"
@@ -458,24 +458,6 @@ static int conf_read(struct keel__conf **out, char *err, size_t errlen)
     return r.rc;
 }
 
-/*
- * Gives the pages a reload freed back to the system.  Besides the conf.d
- * model, much of what a reload allocates is transient: the model's text and
- * tables, the previous manifests, generations and snapshot, what the
- * dynamic loader and the answer needed.  It is freed, but between the few
- * blocks that stay (the new manifests, snapshot and generations) glibc
- * keeps the freed pages resident for the next allocation, and a reload is
- * the only thing in a worker that ever needs them.  So each reload ends by
- * releasing them, rather than the worker carrying a reload's worth of
- * freed heap for good.
- */
-static void release_freed_heap(void)
-{
-#ifdef __GLIBC__
-    malloc_trim(0);
-#endif
-}
-
 json_t *keel__plugins_reload(const char *only, bool *unknown)
 {
     *unknown = false;
@@ -574,6 +556,11 @@ json_t *keel__plugins_reload(const char *only, bool *unknown)
     keel__plugins_remember();
     pthread_mutex_unlock(&keel__reg.lock);
     json_t *answer = json_pack("{s:b, s:o}", "ok", all_ok, "results", results);
-    release_freed_heap();
+    /* Much of what a reload allocates is transient (the conf.d model's text
+     * and tables, the previous manifests, generations and snapshot, what
+     * the dynamic loader and the answer needed), and a reload is the only
+     * thing in a worker that ever needs that much again: give the pages
+     * back rather than carry a reload's worth of freed heap for good. */
+    keel__heap_trim();
     return answer;
 }

@@ -2,9 +2,6 @@
 
 #include "process/fanout.h"
 
-#ifdef __GLIBC__
-#include <malloc.h>
-#endif
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,6 +13,7 @@
 #include "process/merge.h"
 #include "process/supervisor_state.h"
 #include "util/counters.h"
+#include "util/heap.h"
 #include "util/log.h"
 #include "util/time.h"
 
@@ -231,13 +229,11 @@ static void fanout_finish(struct fanout *f)
                      "the previous one): %s",
                      err);
         }
-#ifdef __GLIBC__
         /* The new conf.d model was built while the old one still lived, so
          * the old one's pages are now free but below live blocks: glibc
          * would keep them resident for good (the supervisor allocates
          * little else).  Hand them back. */
-        malloc_trim(0);
-#endif
+        keel__heap_trim();
     }
     if (f->origin != 0) {
         struct worker *o = keel__sup_by_pid(f->origin);
