@@ -327,6 +327,11 @@ void keel__lane_request_begin(struct keel__lane *lane, struct MHD_Connection *co
         atomic_fetch_sub_explicit(&lane->fresh, 1, memory_order_relaxed);
 }
 
+void keel__lane_request_started(struct keel__lane *lane, int64_t start_ns)
+{
+    atomic_store_explicit(&lane->begun, start_ns, memory_order_relaxed);
+}
+
 void keel__lane_request_park(struct keel__lane *lane)
 {
     atomic_fetch_sub_explicit(&lane->active, 1, memory_order_relaxed);

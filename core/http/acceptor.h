@@ -84,6 +84,9 @@ long keel__acceptor_connections(const keel__acceptor *a);
 void keel__lane_request_begin(struct keel__lane *lane, struct MHD_Connection *conn,
                               int64_t start_ns);
 void keel__lane_request_end(struct keel__lane *lane, bool parked);
+/* Its headers are in, at start_ns (exact; the begin's time may be at the
+ * tick): what "begun" holds from here. */
+void keel__lane_request_started(struct keel__lane *lane, int64_t start_ns);
 /* The request left the lane's thread (core/http/offload.h): the lane is
  * clear of it, though it ends (keel__lane_request_end, parked true) only
  * once its response is done. */

@@ -346,27 +346,26 @@ static void json_line(const keel_request *req, const char *listener, unsigned st
 /* CLOCK_REALTIME at mono_ns (keel__monotonic_ns()'s clock), through this
  * thread's offset between the two clocks: one clock read a second instead
  * of one a line. */
-static _Thread_local int64_t wall_offset_ns, wall_offset_taken_ns;
-static _Thread_local bool wall_offset_set;
+static _Thread_local int64_t wall_offset_ns, wall_offset_taken_ns; /* 0: none yet */
 
 static struct timespec wall_time(int64_t mono_ns)
 {
-    if (!wall_offset_set || mono_ns - wall_offset_taken_ns >= 1000000000 ||
+    if (wall_offset_taken_ns == 0 || mono_ns - wall_offset_taken_ns >= 1000000000 ||
         mono_ns < wall_offset_taken_ns) {
         struct timespec rt;
         clock_gettime(CLOCK_REALTIME, &rt);
         int64_t m = keel__monotonic_ns();
         wall_offset_ns = (int64_t)rt.tv_sec * 1000000000 + rt.tv_nsec - m;
         wall_offset_taken_ns = m;
-        wall_offset_set = true;
     }
     int64_t w = mono_ns + wall_offset_ns;
     return (struct timespec){.tv_sec = (time_t)(w / 1000000000), .tv_nsec = (long)(w % 1000000000)};
 }
 
-void keel__access_log(const keel_request *req, unsigned status, int64_t ns, int64_t end_ns,
+void keel__access_log(const keel_request *req, unsigned status, int64_t end_ns,
                       const char *listener)
 {
+    int64_t ns = end_ns - req->start_ns;
     if (atomic_load_explicit(&log_fd, memory_order_relaxed) < 0)
         return;
     /* ISO 8601 UTC with milliseconds, the same in both formats. */

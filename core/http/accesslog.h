@@ -34,13 +34,13 @@
  * then off). */
 int keel__access_log_open(const char *dest, bool json);
 
-/* Formats and queues the line of req, which ended with status after ns
- * nanoseconds, at end_ns on keel__monotonic_ns()'s clock, on listener
- * ("main", "admin").  The line's wall-clock time is end_ns moved onto
+/* Formats and queues the line of req, which ended with status at end_ns on
+ * keel__monotonic_ns()'s clock (its latency counted from req->start_ns), on
+ * listener ("main", "admin").  The line's wall-clock time is end_ns moved onto
  * CLOCK_REALTIME by an offset each thread takes again every second, so a
  * step of the wall clock shows within a second.  Never blocks on the disk
  * for longer than one write() of the calling thread's own buffer. */
-void keel__access_log(const keel_request *req, unsigned status, int64_t ns, int64_t end_ns,
+void keel__access_log(const keel_request *req, unsigned status, int64_t end_ns,
                       const char *listener);
 
 /* Queues one preformatted line (len bytes, ending in '\n'). */

@@ -559,6 +559,18 @@ static int queue_response(keel_request *req, unsigned status, const char *conten
             free(body);
         return rc;
     }
+    if (mode == MHD_RESPMEM_MUST_COPY) {
+        /* Copied into the request's own memory rather than a malloc'd
+         * buffer: it outlives the response, since libmicrohttpd has sent
+         * it, or given it up, before it reports the request complete
+         * (on_completed frees the request). */
+        char *kept = keel__req_alloc_raw(req, len);
+        if (kept != NULL) {
+            memcpy(kept, body, len);
+            body = kept;
+            mode = MHD_RESPMEM_PERSISTENT;
+        }
+    }
     struct MHD_Response *resp = MHD_create_response_from_buffer(len, body, mode);
     if (resp == NULL) {
         if (mode == MHD_RESPMEM_MUST_FREE)
@@ -632,19 +644,8 @@ static const char internal_error[] = "{\"detail\":\"Internal Server Error\"}";
  * stack) or, when it outgrew that, malloc'd memory libmicrohttpd frees. */
 static int queue_written(keel_request *req, unsigned status, char *small, char *text, size_t len)
 {
-    if (text == small) {
-        /* Into the request's own memory, which outlives the response:
-         * libmicrohttpd has sent it, or given it up, before it reports the
-         * request complete (on_completed frees the request). */
-        char *kept = req->conn != NULL ? keel__req_alloc_raw(req, len) : NULL;
-        if (kept != NULL) {
-            memcpy(kept, small, len);
-            return queue_response(req, status, "application/json", kept, len,
-                                  MHD_RESPMEM_PERSISTENT);
-        }
-        return queue_response(req, status, "application/json", small, len, MHD_RESPMEM_MUST_COPY);
-    }
-    return queue_response(req, status, "application/json", text, len, MHD_RESPMEM_MUST_FREE);
+    return queue_response(req, status, "application/json", text, len,
+                          text == small ? MHD_RESPMEM_MUST_COPY : MHD_RESPMEM_MUST_FREE);
 }
 
 int keel__respond_json(keel_request *req, unsigned status, json_t *body)

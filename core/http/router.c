@@ -235,11 +235,11 @@ static struct node *find_child(const struct node *n, const char *seg, size_t len
     size_t lo = 0, hi = n->nchildren;
     while (lo < hi) {
         size_t mid = lo + (hi - lo) / 2;
-        /* strcmp's order, from the lengths both sides already know. */
+        /* strcmp's order from the lengths both sides know; most neighbours
+         * differ in their first byte (literals are never empty, an empty
+         * segment sorts first). */
         const struct node *child = n->children[mid];
         size_t ll = child->literal_len;
-        /* Most neighbours differ in their first byte (literals are never
-         * empty; an empty segment sorts first). */
         int c = len == 0 ? 1 : (unsigned char)child->literal[0] - (unsigned char)seg[0];
         if (c == 0)
             c = memcmp(child->literal, seg, ll < len ? ll : len);
@@ -484,18 +484,15 @@ static bool split_path(const char *path, struct search *s, char *scratch, size_t
         if (s->nsegs == KEEL__ROUTER_MAX_SEGMENTS)
             return false;
         char *out = scratch + used;
+        /* What needs no decoding (usually the whole segment) is copied at
+         * once; the loop goes on from the first escape. */
         size_t len = 0;
-        size_t raw = 0;
-        while (p[raw] != '/' && p[raw] != '%' && p[raw] != '\0')
-            raw++;
-        if (p[raw] != '%') {
-            /* Nothing to decode (the usual case): copied whole. */
-            if (used + raw + 1 > scratchlen)
-                return false;
-            memcpy(out, p, raw);
-            len = raw;
-            p += raw;
-        }
+        while (p[len] != '/' && p[len] != '%' && p[len] != '\0')
+            len++;
+        if (used + len + 1 > scratchlen)
+            return false;
+        memcpy(out, p, len);
+        p += len;
         while (*p != '/' && *p != '\0') {
             unsigned char c = (unsigned char)*p++;
             if (c == '%') {

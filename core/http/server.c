@@ -457,9 +457,7 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
         req->method = method;
         req->path = url;
         keel__request_restart_clock(req);
-        /* The lane's handler clock, exact from here (on_uri's is coarse). */
-        atomic_store_explicit(&((struct keel__lane *)cls)->begun, req->start_ns,
-                              memory_order_relaxed);
+        keel__lane_request_started(cls, req->start_ns);
         return begin(req, version) ? MHD_YES : MHD_NO;
     }
     if (*upload_data_size != 0) {
@@ -513,7 +511,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     }
     keel__metrics_observe(req->route ? req->route->metrics : NULL, status, ns);
     keel__req_count_degraded(req);
-    keel__access_log(req, status, ns, end_ns, listeners[req->listener].name);
+    keel__access_log(req, status, end_ns, listeners[req->listener].name);
     keel__request_free(req);
     atomic_fetch_sub(&in_flight, 1);
     /* A kept-alive connection now waits for its next request, on a clock. */

@@ -156,10 +156,6 @@ static size_t join_text(char *dst, size_t cap, const char *a, const char *b)
     return n;
 }
 
-_Static_assert(sizeof((struct keel__sb_call *)0)->plugin % 8 == 0 &&
-                   sizeof((struct keel__sb_call *)0)->route % 8 == 0,
-               "slot text is copied in whole words");
-
 /* The words of text (len bytes, its NUL and the padding) into a slot's
  * field. */
 static void store_words(atomic_ullong *words, size_t nwords, const char *text, size_t len)
@@ -197,15 +193,14 @@ void keel__plugin_call_enter(const char *plugin, uint64_t generation, int kind, 
     if (my_index < 0)
         return;
     struct keel__sb_thread *t = &self->threads[my_index];
-    /* Whole words: the text is padded with the bytes after its NUL. */
-    char text[8 * KEEL__SB_WORDS(sizeof((struct keel__sb_call *)0)->route)];
+    char text[KEEL__SB_ROUTE_TEXT];
     atomic_store_explicit(&t->since_ns, keel__monotonic_coarse_ns(), memory_order_relaxed);
     atomic_store_explicit(&t->kind, kind, memory_order_relaxed);
     atomic_store_explicit(&t->generation, generation, memory_order_relaxed);
     atomic_store_explicit(&t->request_id, request_id, memory_order_relaxed);
-    size_t n = join_text(text, sizeof((struct keel__sb_call *)0)->plugin, plugin, NULL);
+    size_t n = join_text(text, KEEL__SB_PLUGIN_TEXT, plugin, NULL);
     store_words(t->plugin, sizeof t->plugin / sizeof t->plugin[0], text, n);
-    n = join_text(text, sizeof((struct keel__sb_call *)0)->route, method, route);
+    n = join_text(text, KEEL__SB_ROUTE_TEXT, method, route);
     store_words(t->route, sizeof t->route / sizeof t->route[0], text, n);
     atomic_store_explicit(&t->seq, ++my_seq, memory_order_release);
 }

@@ -39,6 +39,10 @@ enum keel__call_kind {
     KEEL__CALL_TASK
 };
 
+/* The text a slot keeps: whole 8-byte words (struct keel__sb_thread). */
+#define KEEL__SB_PLUGIN_TEXT 48
+#define KEEL__SB_ROUTE_TEXT 160
+
 /* What one thread is doing in plugin code, as a reader copies it out of
  * the thread's slot (keel__sb_read_thread). */
 struct keel__sb_call {
@@ -47,11 +51,13 @@ struct keel__sb_call {
     int kind;         /* enum keel__call_kind */
     uint64_t generation;
     uint64_t request_id;
-    char plugin[48];
-    char route[160]; /* "GET /api/v1/..." template, or the stage for init/fini */
+    char plugin[KEEL__SB_PLUGIN_TEXT];
+    char route[KEEL__SB_ROUTE_TEXT]; /* "GET /api/v1/..." template, or the stage for init/fini */
 };
 
 #define KEEL__SB_WORDS(n) (((n) + 7) / 8)
+_Static_assert(KEEL__SB_PLUGIN_TEXT % 8 == 0 && KEEL__SB_ROUTE_TEXT % 8 == 0,
+               "slot text is copied in whole words");
 
 /* A thread's slot: written by that thread only, read by others as a
  * sequence lock.  Every field is atomic (relaxed; the text 8 bytes a word)
@@ -67,8 +73,8 @@ struct keel__sb_thread {
     atomic_int kind;
     atomic_ullong generation;
     atomic_ullong request_id;
-    atomic_ullong plugin[KEEL__SB_WORDS(sizeof((struct keel__sb_call *)0)->plugin)];
-    atomic_ullong route[KEEL__SB_WORDS(sizeof((struct keel__sb_call *)0)->route)];
+    atomic_ullong plugin[KEEL__SB_WORDS(KEEL__SB_PLUGIN_TEXT)];
+    atomic_ullong route[KEEL__SB_WORDS(KEEL__SB_ROUTE_TEXT)];
 };
 
 struct keel__sb_worker {
