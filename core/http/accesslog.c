@@ -352,10 +352,8 @@ static struct timespec wall_time(int64_t mono_ns)
 {
     if (wall_offset_taken_ns == 0 || mono_ns - wall_offset_taken_ns >= 1000000000 ||
         mono_ns < wall_offset_taken_ns) {
-        struct timespec rt;
-        clock_gettime(CLOCK_REALTIME, &rt);
-        int64_t m = keel__monotonic_ns();
-        wall_offset_ns = (int64_t)rt.tv_sec * 1000000000 + rt.tv_nsec - m;
+        int64_t rt = keel__clock_ns(CLOCK_REALTIME), m = keel__monotonic_ns();
+        wall_offset_ns = rt - m;
         wall_offset_taken_ns = m;
     }
     int64_t w = mono_ns + wall_offset_ns;

@@ -4,18 +4,21 @@
 
 #include <time.h>
 
-int64_t keel__monotonic_ns(void)
+int64_t keel__clock_ns(clockid_t clock)
 {
     struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
+    clock_gettime(clock, &ts);
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+int64_t keel__monotonic_ns(void)
+{
+    return keel__clock_ns(CLOCK_MONOTONIC);
 }
 
 int64_t keel__monotonic_coarse_ns(void)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+    return keel__clock_ns(CLOCK_MONOTONIC_COARSE);
 }
 
 int64_t keel__now_ms(void)

@@ -6,6 +6,8 @@
 #include <stdint.h>
 #include <time.h>
 
+/* clock in nanoseconds. */
+int64_t keel__clock_ns(clockid_t clock);
 /* CLOCK_MONOTONIC in nanoseconds. */
 int64_t keel__monotonic_ns(void);
 /* The same clock at the kernel's tick (a few milliseconds behind at most),
