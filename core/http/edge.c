@@ -169,7 +169,7 @@ static bool gap_ok(const char *from, const char *to, bool ows_allowed)
 }
 
 struct keel__edge_verdict keel__edge_check_fields(const char *version, const char *end,
-                                                  const struct keel__edge_field *f, size_t n)
+                                                  struct keel__edge_field *f, size_t n)
 {
     const char *prev = version + strlen(version);
     unsigned hosts = 0;
@@ -201,7 +201,9 @@ struct keel__edge_verdict keel__edge_check_fields(const char *version, const cha
         }
         if (prev > end)
             return refuse(400, "Malformed request head");
-        if (strcasecmp(name, "Host") == 0)
+        f[i].name_len = nlen;
+        f[i].value_len = vlen;
+        if (nlen == 4 && strcasecmp(name, "Host") == 0)
             hosts++;
     }
     /* The last line end and the empty line. */
@@ -320,7 +322,7 @@ static enum MHD_Result collect_field(void *cls, enum MHD_ValueKind kind, const c
     struct collect *c = cls;
     if (c->n == c->max)
         return MHD_NO;
-    c->f[c->n++] = (struct keel__edge_field){key, value};
+    c->f[c->n++] = (struct keel__edge_field){.name = key, .value = value};
     return MHD_YES;
 }
 
@@ -389,10 +391,12 @@ struct keel__edge_verdict keel__edge_check_request(keel_request *req, const char
     const char *end = hs != NULL ? req->method + hs->header_size : NULL;
     if (end == NULL || end <= version)
         return refuse(400, "Malformed request head");
+    v = keel__edge_check_fields(version, end, c.f, c.n);
+    if (v.status != 0)
+        return v;
     req->fields = c.f;
     req->nfields = c.n;
-    v = keel__edge_check_fields(version, end, c.f, c.n);
-    if (v.status != 0 || req->listener != KEEL__LISTENER_ADMIN)
+    if (req->listener != KEEL__LISTENER_ADMIN)
         return v;
 
     const struct keel__server_conf *conf = &keel__rt.server;
@@ -403,8 +407,7 @@ struct keel__edge_verdict keel__edge_check_request(keel_request *req, const char
                                  .names = conf->admin_allowed_hosts,
                                  .nnames = conf->admin_nallowed_hosts};
     local_address(req->conn, local, sizeof local, &a.loopback);
-    return keel__edge_check_admin(
-        &a, req->method, MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND, "Host"),
-        MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND, "Origin"),
-        MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND, "Content-Type"));
+    return keel__edge_check_admin(&a, req->method, keel__req_header(req, "Host"),
+                                  keel__req_header(req, "Origin"),
+                                  keel__req_header(req, "Content-Type"));
 }

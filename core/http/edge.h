@@ -35,10 +35,13 @@
 /* struct keel__edge_verdict (a refusal) is in http/request.h, which keeps
  * one per request; edge.c reads the request, so the include points this way. */
 
-/* One header as libmicrohttpd handed it out: pointers into its buffer. */
+/* One header as libmicrohttpd handed it out: pointers into its buffer.  The
+ * lengths are keel__edge_check_fields()'s to fill in, as it checks them. */
 struct keel__edge_field {
     const char *name;
     const char *value;
+    size_t name_len;
+    size_t value_len;
 };
 
 /* True when s is a non-empty RFC 9110 token (a valid header name). */
@@ -71,10 +74,11 @@ struct keel__edge_verdict keel__edge_check_line(const char *method, const char *
  * Refuses (400) a name that is not a token, a value with a control byte,
  * bytes hidden between fields (a NUL inside a value, obsolete line
  * folding), fields out of order or outside the block, and a missing (on
- * HTTP/1.1) or repeated Host.
+ * HTTP/1.1) or repeated Host.  Sets each field's name_len and value_len
+ * (up to a field it refuses).
  */
 struct keel__edge_verdict keel__edge_check_fields(const char *version, const char *end,
-                                                  const struct keel__edge_field *f, size_t n);
+                                                  struct keel__edge_field *f, size_t n);
 
 /* The path of an absolute-form target ("http://h/p?q" -> "/p?q"; "/" when
  * there is none); any other target is returned as it is. */

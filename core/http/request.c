@@ -11,6 +11,7 @@
 #include <strings.h>
 #include <time.h>
 
+#include "http/edge.h"
 #include "http/mhdpages.h"
 #include "http/routes.h"
 #include "util/counters.h"
@@ -373,7 +374,17 @@ const char *keel__req_header(const keel_request *req, const char *name)
 {
     if (req->conn == NULL) /* a synthetic request (keel-plugin-check) */
         return keel__synthetic_lookup(req->synthetic ? req->synthetic->headers : NULL, name);
-    return MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND, name);
+    if (req->fields == NULL) /* before the edge check, or a head without fields */
+        return MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND, name);
+    /* libmicrohttpd's lookup, first match in the order received, from the
+     * fields the edge check collected and measured. */
+    size_t len = strlen(name);
+    for (size_t i = 0; i < req->nfields; i++) {
+        const struct keel__edge_field *f = &req->fields[i];
+        if (f->name_len == len && strcasecmp(f->name, name) == 0)
+            return f->value;
+    }
+    return NULL;
 }
 
 const char *keel__req_body(const keel_request *req, size_t *len)

@@ -81,8 +81,10 @@ struct keel_request {
     const char *target;
     size_t target_len;
     struct keel__edge_verdict target_verdict; /* keel__edge_check_target() */
-    /* The header fields in the order received, once keel__edge_check_request
-     * has collected them (in the request's memory); none before. */
+    /* The header fields in the order received, with their lengths, once
+     * keel__edge_check_request has collected and accepted them (in the
+     * request's memory); none before, and none for a head it refused.
+     * keel__req_header() looks them up instead of libmicrohttpd's list. */
     const struct keel__edge_field *fields;
     size_t nfields;
     uint64_t id;

@@ -251,17 +251,17 @@ struct header_scan {
     const char *content_length, *transfer_encoding; /* the first of each */
 };
 
-static void scan_header(struct header_scan *s, const char *key, const char *value)
+/* The lengths are the edge check's (keel__edge_check_fields). */
+static void scan_header(struct header_scan *s, const struct keel__edge_field *f)
 {
-    size_t klen = strlen(key);
-    s->header_bytes += klen + (value != NULL ? strlen(value) : 0) + 4;
-    if (klen == sizeof "Content-Length" - 1 && strcasecmp(key, "Content-Length") == 0) {
+    s->header_bytes += f->name_len + f->value_len + 4;
+    if (f->name_len == sizeof "Content-Length" - 1 && strcasecmp(f->name, "Content-Length") == 0) {
         if (s->content_lengths++ == 0)
-            s->content_length = value;
-    } else if (klen == sizeof "Transfer-Encoding" - 1 &&
-               strcasecmp(key, "Transfer-Encoding") == 0) {
+            s->content_length = f->value;
+    } else if (f->name_len == sizeof "Transfer-Encoding" - 1 &&
+               strcasecmp(f->name, "Transfer-Encoding") == 0) {
         if (s->transfer_encodings++ == 0)
-            s->transfer_encoding = value;
+            s->transfer_encoding = f->value;
     }
 }
 
@@ -304,7 +304,7 @@ static bool begin(keel_request *req, const char *version)
     /* The fields the edge check collected: no second walk of
      * libmicrohttpd's list. */
     for (size_t i = 0; i < req->nfields; i++)
-        scan_header(&scan, req->fields[i].name, req->fields[i].value);
+        scan_header(&scan, &req->fields[i]);
     MHD_get_connection_values(req->conn, MHD_GET_ARGUMENT_KIND, scan_query, &scan);
     if (scan.header_bytes > (size_t)c->max_header_bytes) {
         char msg[96];

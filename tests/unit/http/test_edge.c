@@ -15,6 +15,7 @@
 #include <cmocka.h>
 
 #include <stdbool.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "http/edge.h"
@@ -75,7 +76,7 @@ static void parse(struct head *h, const char *raw, size_t len)
         char *v = colon + 1;
         while (*v == ' ' || *v == '\t')
             v++;
-        h->f[h->n++] = (struct keel__edge_field){p, v};
+        h->f[h->n++] = (struct keel__edge_field){.name = p, .value = v};
         p = eol + 1;
     }
     /* The empty line. */
@@ -179,16 +180,25 @@ static void test_folded_line(void **state)
      * build the pieces by hand: the "  c" stays between two fields. */
     char buf[] = "GET /x HTTP/1.1\0\0Host\0 a\0\0X-A\0 b\0\0  c\0\0\0\0";
     const char *version = buf + 7;
-    struct keel__edge_field f[] = {{buf + 17, buf + 23}, {buf + 26, buf + 31}};
+    struct keel__edge_field f[] = {{.name = buf + 17, .value = buf + 23},
+                                   {.name = buf + 26, .value = buf + 31}};
     const char *end = buf + sizeof buf - 1;
     assert_int_equal(keel__edge_check_fields(version, end, f, 2).status, 400);
     /* Without the continuation the same head is fine. */
     char ok[] = "GET /x HTTP/1.1\0\0Host\0 a\0\0X-A\0 b\0\0\0\0";
-    struct keel__edge_field g[] = {{ok + 17, ok + 23}, {ok + 26, ok + 31}};
+    struct keel__edge_field g[] = {{.name = ok + 17, .value = ok + 23},
+                                   {.name = ok + 26, .value = ok + 31}};
     assert_int_equal(keel__edge_check_fields(ok + 7, ok + sizeof ok - 1, g, 2).status, 0);
+    /* An accepted field carries its lengths (the header scan and lookups
+     * read them instead of measuring again). */
+    assert_int_equal(g[0].name_len, 4);
+    assert_int_equal(g[0].value_len, 1);
+    assert_int_equal(g[1].name_len, 3);
+    assert_int_equal(g[1].value_len, 1);
     /* A field handed out from elsewhere (an unfolded copy) is refused. */
     static const char elsewhere[] = "X-Ac";
-    struct keel__edge_field h[] = {{ok + 17, ok + 23}, {elsewhere, ok + 31}};
+    struct keel__edge_field h[] = {{.name = ok + 17, .value = ok + 23},
+                                   {.name = elsewhere, .value = ok + 31}};
     assert_int_equal(keel__edge_check_fields(ok + 7, ok + sizeof ok - 1, h, 2).status, 400);
 }
 
@@ -199,6 +209,31 @@ static void test_host_count(void **state)
     assert_int_equal(fields_status(RAW("GET /x HTTP/1.0\r\n\r\n")), 0);
     assert_int_equal(fields_status(RAW("GET /x HTTP/1.1\r\nHost: a\r\nhost: b\r\n\r\n")), 400);
     assert_int_equal(fields_status(RAW("GET /x HTTP/1.0\r\nHost: a\r\nHost: a\r\n\r\n")), 400);
+}
+
+/* Every accepted field's lengths are strlen()'s, long values (the SSE2
+ * steps and the tail) and empty ones included. */
+static void test_field_lengths(void **state)
+{
+    (void)state;
+    struct head h;
+    char raw[400];
+    char longv[201];
+    memset(longv, 'x', 200);
+    longv[200] = '\0';
+    int n = snprintf(raw, sizeof raw,
+                     "GET /x HTTP/1.1\r\nHost: example.org\r\nX-Empty:\r\n"
+                     "Authorization: Bearer %s\r\nA: \tb\r\n\r\n",
+                     longv);
+    parse(&h, raw, (size_t)n);
+    assert_int_equal(h.n, 4);
+    assert_int_equal(keel__edge_check_fields(h.version, h.buf + h.len, h.f, h.n).status, 0);
+    for (size_t i = 0; i < h.n; i++) {
+        assert_int_equal(h.f[i].name_len, strlen(h.f[i].name));
+        assert_int_equal(h.f[i].value_len, strlen(h.f[i].value));
+    }
+    assert_int_equal(h.f[2].value_len, 207);
+    assert_int_equal(h.f[1].value_len, 0);
 }
 
 static void test_origin_path(void **state)
@@ -265,8 +300,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_request_line),  cmocka_unit_test(test_header_names),
         cmocka_unit_test(test_header_values), cmocka_unit_test(test_folded_line),
-        cmocka_unit_test(test_host_count),    cmocka_unit_test(test_origin_path),
-        cmocka_unit_test(test_admin),
+        cmocka_unit_test(test_host_count),    cmocka_unit_test(test_field_lengths),
+        cmocka_unit_test(test_origin_path),   cmocka_unit_test(test_admin),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
