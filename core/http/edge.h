@@ -32,17 +32,9 @@
 
 #include "http/request.h"
 
-/* struct keel__edge_verdict (a refusal) is in http/request.h, which keeps
- * one per request; edge.c reads the request, so the include points this way. */
-
-/* One header as libmicrohttpd handed it out: pointers into its buffer.  The
- * lengths are keel__edge_check_fields()'s to fill in, as it checks them. */
-struct keel__edge_field {
-    const char *name;
-    const char *value;
-    size_t name_len;
-    size_t value_len;
-};
+/* struct keel__edge_verdict (a refusal) and struct keel__edge_field (one
+ * collected header) are in http/request.h, which keeps them per request;
+ * edge.c reads the request, so the include points this way. */
 
 /* True when s is a non-empty RFC 9110 token (a valid header name). */
 bool keel__edge_is_token(const char *s);

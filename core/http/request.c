@@ -11,7 +11,6 @@
 #include <strings.h>
 #include <time.h>
 
-#include "http/edge.h"
 #include "http/mhdpages.h"
 #include "http/routes.h"
 #include "util/counters.h"

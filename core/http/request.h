@@ -36,7 +36,16 @@ struct keel__edge_verdict {
     const char *detail;
 };
 
-struct keel__edge_field; /* core/http/edge.h */
+/* One header as libmicrohttpd handed it out: pointers into its buffer.  The
+ * lengths are keel__edge_check_fields()'s (core/http/edge.h) to fill in, as
+ * it checks them.  Here because a request keeps its fields and
+ * keel__req_header() reads them. */
+struct keel__edge_field {
+    const char *name;
+    const char *value;
+    size_t name_len;
+    size_t value_len;
+};
 
 struct keel__header {
     char *name;
