@@ -15,8 +15,6 @@
 
 #include "plugin/registry.h"
 
-#ifdef __GLIBC__
-#endif
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>

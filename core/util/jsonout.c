@@ -411,22 +411,22 @@ static int put_top(struct out *o, const json_t *v)
     return put_value(o, v, NULL, 1);
 }
 
-/* A write into buf that grows into malloc'd memory when buf is full (buf
- * may be NULL: then none, one byte, stands in). */
-static struct out out_growing(char *buf, size_t cap, char *none)
+/* A write into buf (buf may be NULL: then none, one byte, stands in) that
+ * grows into malloc'd memory when buf is full, or (grow false) counts what
+ * does not fit. */
+static struct out out_into(char *buf, size_t cap, char *none, bool grow)
 {
     if (buf == NULL) {
         buf = none;
         cap = 0;
     }
-    return (struct out){.start = buf, .p = buf, .end = buf + cap, .grow = true};
+    return (struct out){.start = buf, .p = buf, .end = buf + cap, .grow = grow};
 }
 
 ssize_t keel__json_write(const json_t *v, char *buf, size_t cap)
 {
     char none[1];
-    struct out o = out_growing(buf, cap, none);
-    o.grow = false; /* counts what does not fit instead */
+    struct out o = out_into(buf, cap, none, false);
     int rc = put_top(&o, v);
     if (rc < 0)
         return rc;
@@ -452,7 +452,7 @@ static int out_done(struct out *o, int rc, char **out, size_t *len)
 int keel__json_dump(const json_t *v, char *buf, size_t cap, char **out, size_t *len)
 {
     char none[1];
-    struct out o = out_growing(buf, cap, none);
+    struct out o = out_into(buf, cap, none, true);
     return out_done(&o, put_top(&o, v), out, len);
 }
 
@@ -621,7 +621,7 @@ int keel__json_vpack(char *buf, size_t cap, char **out, size_t *len, const char 
                      const char *fmt, va_list ap)
 {
     char none[1];
-    struct out o = out_growing(buf, cap, none);
+    struct out o = out_into(buf, cap, none, true);
     struct pack k = {.f = fmt != NULL ? fmt : "", .why = NULL};
     va_copy(k.ap, ap);
     int rc = out_done(&o, pack_top(&o, &k), out, len);
