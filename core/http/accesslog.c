@@ -309,22 +309,6 @@ static void put_n(struct line *l, const char *s, size_t n)
 
 #define PUT_LIT(l, s) put_n((l), (s), sizeof(s) - 1)
 
-/* A piece of a line: its bytes and their number. */
-struct piece {
-    const char *s;
-    size_t n;
-};
-
-#define PIECE_LIT(lit)                                                                             \
-    {                                                                                              \
-        (lit), sizeof(lit) - 1                                                                     \
-    }
-
-static struct piece piece(const char *s)
-{
-    return (struct piece){s, strlen(s)};
-}
-
 /* v in decimal, zero-padded to at least width digits. */
 static void put_uint(struct line *l, unsigned long long v, int width)
 {
@@ -412,51 +396,47 @@ void keel__access_log(const keel_request *req, unsigned status, int64_t end_ns,
     }
     /* The latency in microseconds, rounded, printed as milliseconds with
      * three decimals: the digits of "%.3f" without glibc's floating-point
-     * formatting.  The line is put together by hand from pieces of known
-     * length: snprintf's format parsing was the larger part of its cost
-     * (docs/performance.md). */
+     * formatting.  The line is put together by hand: snprintf's format
+     * parsing was the larger part of its cost (docs/performance.md).  It
+     * is written out piece by piece on purpose: the separators' copies have
+     * constant sizes and compile to plain stores, where a loop over a table
+     * of pieces took a memcpy call each, about 480 instructions more a
+     * line (round 9). */
     long long us = ns > 0 ? (ns + 500) / 1000 : 0;
-    char status_text[KEEL__UINT_TEXT_MAX], ms_text[2 * KEEL__UINT_TEXT_MAX + 1],
-        gen_text[KEEL__UINT_TEXT_MAX];
-    struct line ms = {ms_text};
-    put_uint(&ms, (unsigned long long)(us / 1000), 0);
-    PUT_LIT(&ms, ".");
-    put_uint(&ms, (unsigned long long)(us % 1000), 3);
-    const struct piece pieces[] = {
-        {ts, ts_len},
-        PIECE_LIT(" "),
-        piece(listener),
-        PIECE_LIT(" "),
-        piece(req->method),
-        PIECE_LIT(" "),
-        piece(req->path),
-        PIECE_LIT(" "),
-        {status_text, keel__uint_text(status, 0, status_text)},
-        PIECE_LIT(" "),
-        {ms_text, (size_t)(ms.end - ms_text)},
-        PIECE_LIT("ms plugin="),
-        piece(plugin),
-        PIECE_LIT(" gen="),
-        {gen_text, keel__uint_text(gen, 0, gen_text)},
-        PIECE_LIT(" user="),
-        piece(user),
-        PIECE_LIT(" client="),
-        piece(req->client_addr),
-        PIECE_LIT(" rid="),
-        piece(req->request_id),
-        PIECE_LIT("\n"),
-    };
-    const size_t npieces = sizeof pieces / sizeof pieces[0];
-    size_t need = 0;
-    for (size_t i = 0; i < npieces; i++)
-        need += pieces[i].n;
+    size_t listener_len = strlen(listener), method_len = strlen(req->method),
+           path_len = strlen(req->path), plugin_len = strlen(plugin), user_len = strlen(user),
+           client_len = strlen(req->client_addr), rid_len = strlen(req->request_id);
+    size_t need = ts_len + listener_len + method_len + path_len + plugin_len + user_len +
+                  client_len + rid_len + 3 * 20 + 48;
     char stack[1024];
     char *buf = need <= sizeof stack ? stack : malloc(need);
     if (buf == NULL)
         return;
     struct line l = {buf};
-    for (size_t i = 0; i < npieces; i++)
-        put_n(&l, pieces[i].s, pieces[i].n);
+    put_n(&l, ts, ts_len);
+    PUT_LIT(&l, " ");
+    put_n(&l, listener, listener_len);
+    PUT_LIT(&l, " ");
+    put_n(&l, req->method, method_len);
+    PUT_LIT(&l, " ");
+    put_n(&l, req->path, path_len);
+    PUT_LIT(&l, " ");
+    put_uint(&l, status, 0);
+    PUT_LIT(&l, " ");
+    put_uint(&l, (unsigned long long)(us / 1000), 0);
+    PUT_LIT(&l, ".");
+    put_uint(&l, (unsigned long long)(us % 1000), 3);
+    PUT_LIT(&l, "ms plugin=");
+    put_n(&l, plugin, plugin_len);
+    PUT_LIT(&l, " gen=");
+    put_uint(&l, gen, 0);
+    PUT_LIT(&l, " user=");
+    put_n(&l, user, user_len);
+    PUT_LIT(&l, " client=");
+    put_n(&l, req->client_addr, client_len);
+    PUT_LIT(&l, " rid=");
+    put_n(&l, req->request_id, rid_len);
+    PUT_LIT(&l, "\n");
     keel__access_log_line(buf, (size_t)(l.end - buf));
     if (buf != stack)
         free(buf);
