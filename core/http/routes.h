@@ -23,6 +23,7 @@
 
 #include "http/router.h"
 #include "util/counters.h"
+#include "util/scoreboard.h"
 
 /* A route the core itself serves (health, metrics, admin). */
 struct keel__core_route {
@@ -44,6 +45,9 @@ struct keel__route {
     /* A plugin's handler and its generation's state (NULL for stubs and core). */
     keel_handler_fn handler;
     void *state;
+    /* The scoreboard's text of a call of handler: plugin, method and
+     * template, joined once when the table is built. */
+    struct keel__sb_text sb_text;
     int (*core_handler)(keel_request *req);
     /* Stub: served while the plugin is down (handler and core_handler NULL). */
     int reason;

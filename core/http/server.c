@@ -103,8 +103,8 @@ static void dispatch(keel_request *req)
     } else if (route->handler != NULL) {
         /* Recorded for the supervisor: a crash or a hang in here is
          * blamed on this plugin, generation, route and request. */
-        keel__plugin_call_enter(route->plugin, route->generation, KEEL__CALL_HANDLER, route->method,
-                                route->path_template, req->id);
+        keel__plugin_call_enter_text(&route->sb_text, route->generation, KEEL__CALL_HANDLER,
+                                     req->id);
         int rc = route->handler(req, route->state);
         keel__plugin_call_leave();
         if (!req->responded) {

@@ -200,6 +200,7 @@ static int add_view_routes(struct keel__snapshot *s, const struct keel__slot_vie
             r->gen_in_flight = &v->gen->in_flight;
             r->gen_requests = &v->gen->requests;
             r->handler = keel__generation_handler(v->gen, mr->method, mr->path);
+            keel__sb_text_make(&r->sb_text, r->plugin, r->method, r->path_template);
         } else {
             r->reason = v->reason;
             if (fill_stub(r, mr, r->plugin, v->reason) != 0)

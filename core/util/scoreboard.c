@@ -156,16 +156,26 @@ static size_t join_text(char *dst, size_t cap, const char *a, const char *b)
     return n;
 }
 
-/* The words of text (len bytes, its NUL and the padding) into a slot's
+/* The first nwords words of text (at least one: the NUL) into a slot's
  * field. */
-static void store_words(atomic_ullong *words, size_t nwords, const char *text, size_t len)
+static void store_words(atomic_ullong *words, const char *text, size_t nwords)
 {
-    size_t used = KEEL__SB_WORDS(len + 1);
-    for (size_t i = 0; i < used && i < nwords; i++) {
+    if (nwords == 0)
+        nwords = 1;
+    for (size_t i = 0; i < nwords; i++) {
         unsigned long long w;
         memcpy(&w, text + 8 * i, sizeof w);
         atomic_store_explicit(&words[i], w, memory_order_relaxed);
     }
+}
+
+void keel__sb_text_make(struct keel__sb_text *t, const char *plugin, const char *method,
+                        const char *route)
+{
+    size_t n = join_text(t->plugin, sizeof t->plugin, plugin, NULL);
+    t->plugin_words = (unsigned char)KEEL__SB_WORDS(n + 1);
+    n = join_text(t->route, sizeof t->route, method, route);
+    t->route_words = (unsigned char)KEEL__SB_WORDS(n + 1);
 }
 
 static void load_words(char *text, size_t cap, const atomic_ullong *words)
@@ -182,6 +192,16 @@ void keel__plugin_call_enter(const char *plugin, uint64_t generation, int kind, 
 {
     if (self == NULL)
         return;
+    struct keel__sb_text text;
+    keel__sb_text_make(&text, plugin, method, route);
+    keel__plugin_call_enter_text(&text, generation, kind, request_id);
+}
+
+void keel__plugin_call_enter_text(const struct keel__sb_text *text, uint64_t generation, int kind,
+                                  uint64_t request_id)
+{
+    if (self == NULL)
+        return;
     if (my_index < 0) {
         my_index = claim_slot();
         if (my_index < 0) {
@@ -193,15 +213,12 @@ void keel__plugin_call_enter(const char *plugin, uint64_t generation, int kind, 
     if (my_index < 0)
         return;
     struct keel__sb_thread *t = &self->threads[my_index];
-    char text[KEEL__SB_ROUTE_TEXT];
     atomic_store_explicit(&t->since_ns, keel__monotonic_coarse_ns(), memory_order_relaxed);
     atomic_store_explicit(&t->kind, kind, memory_order_relaxed);
     atomic_store_explicit(&t->generation, generation, memory_order_relaxed);
     atomic_store_explicit(&t->request_id, request_id, memory_order_relaxed);
-    size_t n = join_text(text, KEEL__SB_PLUGIN_TEXT, plugin, NULL);
-    store_words(t->plugin, sizeof t->plugin / sizeof t->plugin[0], text, n);
-    n = join_text(text, KEEL__SB_ROUTE_TEXT, method, route);
-    store_words(t->route, sizeof t->route / sizeof t->route[0], text, n);
+    store_words(t->plugin, text->plugin, text->plugin_words);
+    store_words(t->route, text->route, text->route_words);
     atomic_store_explicit(&t->seq, ++my_seq, memory_order_release);
 }
 

@@ -111,6 +111,22 @@ struct keel__sb_worker *keel__sb_self(void);
  */
 void keel__plugin_call_enter(const char *plugin, uint64_t generation, int kind, const char *method,
                              const char *route, uint64_t request_id);
+
+/* A call's text as a slot keeps it (NUL-padded to whole words), made once
+ * where many calls share it: a route's, when its table is built, so that a
+ * request does not join and measure the same names again. */
+struct keel__sb_text {
+    char plugin[KEEL__SB_PLUGIN_TEXT];
+    char route[KEEL__SB_ROUTE_TEXT];
+    unsigned char plugin_words, route_words; /* the words in use, NUL included */
+};
+/* plugin, and method and route joined by a space, cut to fit. */
+void keel__sb_text_make(struct keel__sb_text *t, const char *plugin, const char *method,
+                        const char *route);
+/* keel__plugin_call_enter with text made beforehand (a zeroed one records
+ * empty names). */
+void keel__plugin_call_enter_text(const struct keel__sb_text *text, uint64_t generation, int kind,
+                                  uint64_t request_id);
 void keel__plugin_call_leave(void);
 /* The calling thread's slot index, -1 when it has none (async-signal-safe). */
 int keel__sb_thread_index(void);
