@@ -43,11 +43,30 @@ struct node {
     unsigned mask; /* bit i set when by_method[i] != NULL */
 };
 
+/*
+ * Templates without parameters, by their text: a path spelled exactly as
+ * one of them needs no decoding (templates have no '%') and no search.
+ * The literal-first search would reach the same node first, since every
+ * segment of such a path matches a literal, so when that node has a route
+ * for the method it is the answer; otherwise the search runs as before
+ * (a parameter template may still take the method, and NO_METHOD needs the
+ * methods of every template matching the path).  Open addressing; the
+ * table is at most half full.
+ */
+struct exact {
+    const char *path; /* the template text, owned by its route */
+    size_t len;
+    size_t hash;
+    struct node *node;
+};
+
 struct keel__router {
     struct node root;
     struct route **routes; /* in the order added, for keel__router_each */
     size_t nroutes;
     size_t routes_cap;
+    struct exact *exact; /* exact_cap slots, a power of two, or NULL */
+    size_t nexact, exact_cap;
 };
 
 /* One segment of a parsed template: a view into the template string. */
@@ -226,7 +245,62 @@ void keel__router_free(keel__router *r)
     for (size_t i = 0; i < r->nroutes; i++)
         route_free(r->routes[i]);
     free(r->routes);
+    free(r->exact);
     free(r);
+}
+
+/* FNV-1a over the path's bytes. */
+static size_t path_hash(const char *p, size_t len)
+{
+    size_t h = (size_t)14695981039346656037ULL;
+    for (size_t i = 0; i < len; i++)
+        h = (h ^ (unsigned char)p[i]) * (size_t)1099511628211ULL;
+    return h;
+}
+
+static struct exact *exact_slot(struct exact *table, size_t cap, const char *path, size_t len,
+                                size_t hash)
+{
+    size_t i = hash & (cap - 1);
+    while (table[i].path != NULL &&
+           !(table[i].hash == hash && table[i].len == len && memcmp(table[i].path, path, len) == 0))
+        i = (i + 1) & (cap - 1);
+    return &table[i];
+}
+
+/* Records n as the node of the parameterless template tmpl (once per
+ * template, whatever its methods).  false when out of memory. */
+static bool exact_add(keel__router *r, const char *tmpl, struct node *n)
+{
+    size_t len = strlen(tmpl), hash = path_hash(tmpl, len);
+    if (r->exact != NULL && exact_slot(r->exact, r->exact_cap, tmpl, len, hash)->path != NULL)
+        return true;
+    if (2 * (r->nexact + 1) > r->exact_cap) {
+        size_t cap = r->exact_cap ? r->exact_cap * 2 : 16;
+        struct exact *grown = calloc(cap, sizeof *grown);
+        if (grown == NULL)
+            return false;
+        for (size_t i = 0; i < r->exact_cap; i++)
+            if (r->exact[i].path != NULL)
+                *exact_slot(grown, cap, r->exact[i].path, r->exact[i].len,
+                            r->exact[i].hash) = r->exact[i];
+        free(r->exact);
+        r->exact = grown;
+        r->exact_cap = cap;
+    }
+    *exact_slot(r->exact, r->exact_cap, tmpl, len,
+                hash) = (struct exact){.path = tmpl, .len = len, .hash = hash, .node = n};
+    r->nexact++;
+    return true;
+}
+
+/* The node of the parameterless template spelled exactly as path, or NULL. */
+static const struct node *exact_find(const keel__router *r, const char *path)
+{
+    if (r->exact == NULL)
+        return NULL;
+    size_t len = strlen(path);
+    return exact_slot(r->exact, r->exact_cap, path, len, path_hash(path, len))->node;
 }
 
 /* Binary search for the literal child equal to seg[0..len). */
@@ -372,6 +446,10 @@ int keel__router_add(keel__router *r, const char *method, const char *path_templ
     struct route *rt = route_new(mi, path_template, segs, nsegs, owner, data);
     if (rt == NULL)
         goto nomem;
+    if (rt->nparams == 0 && !exact_add(r, rt->tmpl, n)) {
+        route_free(rt);
+        goto nomem;
+    }
     r->routes[r->nroutes++] = rt;
     n->by_method[mi] = rt;
     n->mask |= 1u << mi;
@@ -552,9 +630,20 @@ int keel__router_match(const keel__router *r, const char *method, const char *pa
 
     if (allow && allowlen)
         allow[0] = '\0';
-    if (r == NULL || scratch == NULL || !split_path(path, &s, scratch, scratchlen))
+    if (r == NULL || scratch == NULL || path == NULL)
         return KEEL__MATCH_NOT_FOUND;
-    s.method = method_index(method);
+    int mi = method_index(method);
+    const struct node *n = mi >= 0 ? exact_find(r, path) : NULL;
+    if (n != NULL && n->by_method[mi] != NULL) {
+        const struct route *rt = n->by_method[mi];
+        m->data = rt->data;
+        m->template_path = rt->tmpl;
+        m->nparams = 0;
+        return KEEL__MATCH_OK;
+    }
+    if (!split_path(path, &s, scratch, scratchlen))
+        return KEEL__MATCH_NOT_FOUND;
+    s.method = mi;
     s.allow_mask = 0;
     s.found = NULL;
 

@@ -464,8 +464,12 @@ static void test_many_routes(void **state)
             snprintf(want, sizeof want, "v%d", g * 10 + mi);
             assert_string_equal(param(&l, "id"), want);
         }
-        /* POST on the literal falls back to the {id} template. */
+        /* GET on the literal is the literal's (the exact-path table,
+         * grown many times over here); POST falls back to {id}. */
         snprintf(path, sizeof path, "/api/v1/group%03d/special/item", g);
+        assert_int_equal(lookup(r, "GET", path, &l), KEEL__MATCH_OK);
+        assert_ptr_equal(l.m.data, &data[g][0]);
+        assert_int_equal(l.m.nparams, 0);
         assert_int_equal(lookup(r, "POST", path, &l), KEEL__MATCH_OK);
         assert_ptr_equal(l.m.data, &data[g][1]);
         assert_string_equal(param(&l, "id"), "special");
@@ -473,6 +477,46 @@ static void test_many_routes(void **state)
     assert_int_equal(lookup(r, "GET", "/api/v1/group200/x/item", &l), KEEL__MATCH_NOT_FOUND);
     assert_int_equal(lookup(r, "HEAD", "/api/v1/group007/x/item", &l), KEEL__MATCH_NO_METHOD);
     assert_string_equal(l.allow, "GET, POST, PUT, PATCH, DELETE, OPTIONS");
+    keel__router_free(r);
+}
+
+/* Paths spelled as a template without parameters take the exact-path
+ * table; what it answers must be what the search answers. */
+static void test_exact_paths(void **state)
+{
+    (void)state;
+    keel__router *r = keel__router_new();
+    struct lookup l;
+    assert_non_null(r);
+    add_ok(r, "GET", "/", "core", &tag_a);
+    add_ok(r, "GET", "/api/v1/example/hello", "example", &tag_b);
+    add_ok(r, "POST", "/api/v1/example/{word}", "example", &tag_c);
+    add_ok(r, "DELETE", "/api/v1/example/hello", "example", &tag_d);
+
+    assert_int_equal(lookup(r, "GET", "/", &l), KEEL__MATCH_OK);
+    assert_ptr_equal(l.m.data, &tag_a);
+    assert_int_equal(lookup(r, "GET", "/api/v1/example/hello", &l), KEEL__MATCH_OK);
+    assert_ptr_equal(l.m.data, &tag_b);
+    assert_int_equal(l.m.nparams, 0);
+    assert_string_equal(l.m.template_path, "/api/v1/example/hello");
+    assert_int_equal(lookup(r, "DELETE", "/api/v1/example/hello", &l), KEEL__MATCH_OK);
+    assert_ptr_equal(l.m.data, &tag_d);
+    /* The same path spelled with escapes decodes to the same route. */
+    assert_int_equal(lookup(r, "GET", "/api/v1/example/h%65llo", &l), KEEL__MATCH_OK);
+    assert_ptr_equal(l.m.data, &tag_b);
+    /* A method the literal lacks goes on to the parameter template... */
+    assert_int_equal(lookup(r, "POST", "/api/v1/example/hello", &l), KEEL__MATCH_OK);
+    assert_ptr_equal(l.m.data, &tag_c);
+    assert_string_equal(param(&l, "word"), "hello");
+    /* ...and one no template takes lists every template's methods. */
+    assert_int_equal(lookup(r, "PUT", "/api/v1/example/hello", &l), KEEL__MATCH_NO_METHOD);
+    assert_string_equal(l.allow, "GET, POST, DELETE, OPTIONS");
+    assert_int_equal(lookup(r, "BREW", "/api/v1/example/hello", &l), KEEL__MATCH_NO_METHOD);
+    /* Near spellings are not the template. */
+    assert_int_equal(lookup(r, "GET", "/api/v1/example/hello/", &l), KEEL__MATCH_NOT_FOUND);
+    assert_int_equal(lookup(r, "GET", "/api/v1/example/hell", &l), KEEL__MATCH_NO_METHOD);
+    assert_int_equal(lookup(r, "GET", "/api/v1/example//hello", &l), KEEL__MATCH_NOT_FOUND);
+    assert_int_equal(lookup(r, "GET", "/API/v1/example/hello", &l), KEEL__MATCH_NOT_FOUND);
     keel__router_free(r);
 }
 
@@ -490,6 +534,7 @@ int main(void)
         cmocka_unit_test(test_bad_templates),
         cmocka_unit_test(test_each),
         cmocka_unit_test(test_many_routes),
+        cmocka_unit_test(test_exact_paths),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
