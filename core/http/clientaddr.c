@@ -247,11 +247,10 @@ static void release_slot(keel_request *req)
     keel__addr_limit_leave(req->client_addr);
 }
 
-int keel__request_identify(keel_request *req)
+int keel__request_identify(keel_request *req, const char *peer_text)
 {
     const struct keel__server_conf *c = &keel__rt.server;
-    const char *given =
-        req->conn ? MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND, "X-Request-Id") : NULL;
+    const char *given = req->conn ? keel__req_header(req, "X-Request-Id") : NULL;
     if (keel__request_id_valid(given))
         keel__copy_text(req->request_id, sizeof req->request_id, given);
     else
@@ -261,12 +260,15 @@ int keel__request_identify(keel_request *req)
         return 0;
 
     char peer[KEEL__CLIENT_ADDR_MAX + 1];
-    keel__conn_addr_text(req->conn, peer, sizeof peer);
+    if (peer_text == NULL) {
+        keel__conn_addr_text(req->conn, peer, sizeof peer);
+        peer_text = peer;
+    }
     struct xff_join j = {.len = 0};
     j.buf[0] = '\0';
     if (c->ntrusted_proxies > 0)
         MHD_get_connection_values(req->conn, MHD_HEADER_KIND, join_xff, &j);
-    keel__client_addr(peer, j.len > 0 ? j.buf : NULL, c->trusted_proxies, c->ntrusted_proxies,
+    keel__client_addr(peer_text, j.len > 0 ? j.buf : NULL, c->trusted_proxies, c->ntrusted_proxies,
                       req->client_addr, sizeof req->client_addr);
 
     /* Without trusted proxies the acceptor counts connections per peer

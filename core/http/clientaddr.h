@@ -61,10 +61,13 @@ void keel__addr_limit_leave(const char *addr);
 /*
  * Sets req's request id (and the X-Request-Id response header) and client
  * address, and counts it against max_per_ip when trusted proxies are
- * configured.  KEEL_EBUSY: the client already has max_per_ip requests in
- * flight (the caller answers 429); else 0.
+ * configured.  peer_text is the connection's peer as keel__conn_addr_text()
+ * gives it when the caller has it already, else NULL.  The client's
+ * X-Request-Id is read with keel__req_header(), so from the fields the edge
+ * check collected when it has run.  KEEL_EBUSY: the client already has
+ * max_per_ip requests in flight (the caller answers 429); else 0.
  */
 struct keel_request;
-int keel__request_identify(struct keel_request *req) KEEL_WARN_UNUSED;
+int keel__request_identify(struct keel_request *req, const char *peer_text) KEEL_WARN_UNUSED;
 
 #endif

@@ -33,8 +33,8 @@ struct watch {
     /* Still waiting for its first request: such a connection may be
      * closed to make room when the table is full (under the lock). */
     atomic_bool first;
-    bool gone_once; /* the sweeper saw the client gone once (sweeper only) */
-    char peer[INET6_ADDRSTRLEN];
+    bool gone_once;                       /* the sweeper saw the client gone once (sweeper only) */
+    char peer[KEEL__CLIENT_ADDR_MAX + 1]; /* keel__conn_addr_text() */
 };
 
 struct keel__deadlines {
@@ -260,6 +260,12 @@ static struct watch *watch_of(struct MHD_Connection *conn)
     const union MHD_ConnectionInfo *ci =
         MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
     return ci != NULL ? ci->socket_context : NULL;
+}
+
+const char *keel__deadlines_peer(struct MHD_Connection *conn)
+{
+    const struct watch *w = watch_of(conn);
+    return w != NULL ? w->peer : NULL;
 }
 
 void keel__deadlines_received(struct MHD_Connection *conn)

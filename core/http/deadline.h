@@ -65,6 +65,11 @@ void keel__deadlines_evict_at(keel__deadlines *d, long watched);
 void keel__deadlines_notify(void *cls, struct MHD_Connection *conn, void **socket_context,
                             enum MHD_ConnectionNotificationCode toe);
 
+/* The peer address of a watched connection, as keel__conn_addr_text()
+ * wrote it when the connection began, or NULL.  Valid until the
+ * connection closes. */
+const char *keel__deadlines_peer(struct MHD_Connection *conn);
+
 /* The request on conn has fully arrived: its clock stops. */
 void keel__deadlines_received(struct MHD_Connection *conn);
 /* The response on conn is done (at now_ns, keel__monotonic_ns()'s clock,

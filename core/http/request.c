@@ -274,6 +274,10 @@ void keel__req_count_degraded(const keel_request *req)
 {
     struct keel__route_metrics *m = req->route ? req->route->metrics : NULL;
     for (const struct keel__header *h = req->headers; h != NULL; h = h->next) {
+        /* Both names have this length; most headers (X-Request-Id) do not. */
+        _Static_assert(sizeof "X-Keel-Degraded" == sizeof "X-Keel-Fallback", "one length");
+        if (h->name_len != sizeof "X-Keel-Degraded" - 1)
+            continue;
         if (strcasecmp(h->name, "X-Keel-Degraded") == 0)
             keel__metrics_degraded(m, strcasecmp(h->value, "database") == 0
                                           ? KEEL__DEGRADED_DATABASE
@@ -291,6 +295,7 @@ int keel__req_add_header(keel_request *req, const char *name, const char *value)
     if (h == NULL)
         return KEEL_ENOMEM;
     h->name = (char *)(h + 1);
+    h->name_len = nl;
     memcpy(h->name, name, nl + 1);
     h->value = h->name + nl + 1;
     memcpy(h->value, value, vl + 1);

@@ -50,6 +50,7 @@ struct keel__edge_field {
 struct keel__header {
     char *name;
     char *value;
+    size_t name_len;
     struct keel__header *next;
 };
 

@@ -279,16 +279,17 @@ static enum MHD_Result scan_query(void *cls, enum MHD_ValueKind kind, const char
  * close the connection without reading the body. */
 static bool begin(keel_request *req, const char *version)
 {
-    if (keel__request_identify(req) != 0) {
+    /* Malformed heads (smuggling attempts, NUL bytes, a foreign Host on
+     * the admin listener) are refused before anything else looks at them,
+     * and the connection is closed: its next bytes cannot be trusted.  The
+     * check comes first so that what follows reads the fields it collected;
+     * its verdict is answered after the address limit's. */
+    struct keel__edge_verdict v = keel__edge_check_request(req, version);
+    if (keel__request_identify(req, keel__deadlines_peer(req->conn)) != 0) {
         keel__respond_detail(req, 429, "Too many concurrent requests from this address");
         return true;
     }
     req->table = keel__table_acquire();
-
-    /* Malformed heads (smuggling attempts, NUL bytes, a foreign Host on
-     * the admin listener) are refused before anything else looks at them,
-     * and the connection is closed: its next bytes cannot be trusted. */
-    struct keel__edge_verdict v = keel__edge_check_request(req, version);
     if (v.status != 0) {
         keel__req_add_header(req, "Connection", "close");
         keel__respond_detail(req, v.status, v.detail);
