@@ -266,19 +266,8 @@ int keel__db_new(const struct keel__db_conf *conf, keel__db **out)
     db->keywords[KW_END] = NULL;
     db->values[KW_END] = NULL;
 
-    pthread_condattr_t ca;
-    if (pthread_condattr_init(&ca) != 0)
+    if (pthread_mutex_init(&db->mu, NULL) != 0)
         goto fail;
-    int crc = pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    if (crc == 0)
-        crc = pthread_cond_init(&db->cv, &ca);
-    pthread_condattr_destroy(&ca);
-    if (crc != 0)
-        goto fail;
-    if (pthread_mutex_init(&db->mu, NULL) != 0) {
-        pthread_cond_destroy(&db->cv);
-        goto fail;
-    }
 
     /* Slots are pushed in reverse so that slot 0 is used first. */
     for (int i = 0; i < db->size; i++) {
@@ -310,7 +299,6 @@ void keel__db_free(keel__db *db)
     for (int i = 0; i < db->size; i++)
         keel__db_conn_close(db, &db->conns[i]);
     pthread_mutex_destroy(&db->mu);
-    pthread_cond_destroy(&db->cv);
     pool_release(db);
 }
 
@@ -320,17 +308,96 @@ static void publish_counts_locked(keel__db *db)
     atomic_store(&db->in_use, db->size - db->nidle - db->nempty);
 }
 
-/* Puts a slot back on the right stack and wakes one waiter. */
+/* One caller waiting for a slot (keel__db_acquire).  A thread waits for one
+ * slot at a time, so each has one record, with a condition variable on the
+ * monotonic clock made the first time it waits. */
+struct keel__db_waiter {
+    pthread_cond_t cv;
+    int slot; /* -1 until slot_return hands it one */
+    struct keel__db_waiter *next;
+};
+
+static _Thread_local struct keel__db_waiter thread_waiter;
+static _Thread_local bool thread_waiter_ready;
+
+static struct keel__db_waiter *my_waiter(void)
+{
+    if (!thread_waiter_ready) {
+        pthread_condattr_t ca;
+        if (pthread_condattr_init(&ca) != 0)
+            return NULL;
+        int rc = pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+        if (rc == 0)
+            rc = pthread_cond_init(&thread_waiter.cv, &ca);
+        pthread_condattr_destroy(&ca);
+        if (rc != 0)
+            return NULL;
+        thread_waiter_ready = true;
+    }
+    return &thread_waiter;
+}
+
+/* Hands the slot to the oldest waiter, or puts it back on the right stack
+ * when nobody waits. */
 static void slot_return(keel__db *db, keel__db_conn *c)
 {
     pthread_mutex_lock(&db->mu);
-    if (c->pg != NULL)
+    struct keel__db_waiter *w = db->waiters;
+    if (w != NULL) {
+        db->waiters = w->next;
+        if (db->waiters == NULL)
+            db->waiters_tail = NULL;
+        w->slot = c->slot;
+        pthread_cond_signal(&w->cv);
+    } else if (c->pg != NULL) {
         db->idle[db->nidle++] = c->slot;
-    else
+    } else {
         db->empty[db->nempty++] = c->slot;
+    }
     publish_counts_locked(db);
-    pthread_cond_signal(&db->cv);
     pthread_mutex_unlock(&db->mu);
+}
+
+/* Takes w out of the queue (it gave up waiting). */
+static void waiter_unlink_locked(keel__db *db, struct keel__db_waiter *w)
+{
+    struct keel__db_waiter *prev = NULL;
+    for (struct keel__db_waiter *p = db->waiters; p != NULL; prev = p, p = p->next) {
+        if (p != w)
+            continue;
+        if (prev != NULL)
+            prev->next = w->next;
+        else
+            db->waiters = w->next;
+        if (db->waiters_tail == w)
+            db->waiters_tail = prev;
+        return;
+    }
+}
+
+/* Waits, under mu, for slot_return to hand this caller a slot: the slot,
+ * or -1 when wait_ms passed first. */
+static int slot_wait_locked(keel__db *db)
+{
+    struct keel__db_waiter *w = my_waiter();
+    if (w == NULL)
+        return -1;
+    w->slot = -1;
+    w->next = NULL;
+    if (db->waiters_tail != NULL)
+        db->waiters_tail->next = w;
+    else
+        db->waiters = w;
+    db->waiters_tail = w;
+    struct timespec until = keel__timespec_after(CLOCK_MONOTONIC, db->wait_ms);
+    while (w->slot < 0) {
+        int rc = pthread_cond_timedwait(&w->cv, &db->mu, &until);
+        if (rc == ETIMEDOUT && w->slot < 0) {
+            waiter_unlink_locked(db, w);
+            break;
+        }
+    }
+    return w->slot;
 }
 
 int keel__db_acquire(keel__db *db, keel__db_conn **out, char *err, size_t errlen)
@@ -346,27 +413,26 @@ int keel__db_acquire(keel__db *db, keel__db_conn **out, char *err, size_t errlen
     }
 
     pthread_mutex_lock(&db->mu);
-    if (db->nidle == 0 && db->nempty == 0) {
+    int slot;
+    if (db->waiters == NULL && (db->nidle > 0 || db->nempty > 0)) {
+        slot = db->nidle > 0 ? db->idle[--db->nidle] : db->empty[--db->nempty];
+        publish_counts_locked(db);
+    } else {
+        /* Behind the ones already waiting, never past them. */
         keel__db_count(&db->waits);
-        struct timespec until = keel__timespec_after(CLOCK_MONOTONIC, db->wait_ms);
         keel__blocking_enter();
-        while (db->nidle == 0 && db->nempty == 0) {
-            int rc = pthread_cond_timedwait(&db->cv, &db->mu, &until);
-            if (rc == ETIMEDOUT && db->nidle == 0 && db->nempty == 0) {
-                keel__blocking_leave();
-                pthread_mutex_unlock(&db->mu);
-                keel__db_count(&db->wait_timeouts);
-                keel__set_err(
-                    err, errlen,
-                    "database unavailable: no connection became free within %d ms (all %d in use)",
-                    db->wait_ms, db->size);
-                return KEEL_EDB_UNAVAILABLE;
-            }
-        }
+        slot = slot_wait_locked(db);
         keel__blocking_leave();
+        if (slot < 0) {
+            pthread_mutex_unlock(&db->mu);
+            keel__db_count(&db->wait_timeouts);
+            keel__set_err(
+                err, errlen,
+                "database unavailable: no connection became free within %d ms (all %d in use)",
+                db->wait_ms, db->size);
+            return KEEL_EDB_UNAVAILABLE;
+        }
     }
-    int slot = db->nidle > 0 ? db->idle[--db->nidle] : db->empty[--db->nempty];
-    publish_counts_locked(db);
     pthread_mutex_unlock(&db->mu);
 
     keel__db_conn *c = &db->conns[slot];

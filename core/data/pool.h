@@ -80,6 +80,8 @@ enum {
     KW_END
 };
 
+struct keel__db_waiter;
+
 struct keel__db {
     char *conninfo;
     char *options;
@@ -103,7 +105,11 @@ struct keel__db {
     keel__breaker *breaker;
 
     pthread_mutex_t mu;
-    pthread_cond_t cv;
+    /* Callers waiting for a slot, oldest first, under mu: a returned slot
+     * goes to the oldest directly, and no newcomer takes a slot while
+     * anyone waits, so a wait is bounded by the ones queued before it (the
+     * tail of a queued request's latency, docs/performance.md round 10). */
+    struct keel__db_waiter *waiters, *waiters_tail;
     struct keel__db_conn *conns;
     /* Two stacks of slot indexes, both guarded by mu: slots holding an open
      * connection, and slots whose connection has yet to be (re)made.  Open

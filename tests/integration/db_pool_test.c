@@ -611,6 +611,64 @@ static void test_wait_bound(const char *conninfo)
     printf("ok - a full pool turns callers away after wait_ms with a clear message\n");
 }
 
+/* Waiters are served in the order they came, and a newcomer does not take a
+ * slot past them: the tail of a request's wait on a full pool is bounded by
+ * the requests queued before it. */
+struct queued {
+    keel__db *db;
+    atomic_int *served;
+    int order; /* 0-based position it was served in */
+    int rc;
+};
+
+static void *queued_thread(void *arg)
+{
+    struct queued *q = arg;
+    keel__db_conn *c = NULL;
+    char err[256];
+    q->rc = keel__db_acquire(q->db, &c, err, sizeof err);
+    if (q->rc == 0) {
+        q->order = atomic_fetch_add(q->served, 1);
+        keel__db_release(q->db, c);
+    }
+    return NULL;
+}
+
+static void test_wait_order(const char *conninfo)
+{
+    enum { WAITERS = 6 };
+    keel__db *db = pool_new(conninfo, 1, 20000, 5000, 1000, 3, 2000);
+    keel__db_conn *held = NULL;
+    char err[256];
+    CHECK(keel__db_acquire(db, &held, err, sizeof err) == 0, "%s", err);
+    atomic_int served = 0;
+    struct queued q[WAITERS];
+    pthread_t t[WAITERS];
+    for (int i = 0; i < WAITERS; i++) {
+        q[i] = (struct queued){.db = db, .served = &served, .order = -1};
+        CHECK(pthread_create(&t[i], NULL, queued_thread, &q[i]) == 0, "pthread_create");
+        /* Queued (counted under the pool's lock as it joins the line)
+         * before the next one starts. */
+        while (stats_of(db).waits < (uint64_t)i + 1)
+            usleep(1000);
+    }
+    /* Give the slot back and ask again at once: the waiters come first. */
+    keel__db_release(db, held);
+    held = NULL;
+    CHECK(keel__db_acquire(db, &held, err, sizeof err) == 0, "%s", err);
+    int mine = atomic_fetch_add(&served, 1);
+    keel__db_release(db, held);
+    for (int i = 0; i < WAITERS; i++) {
+        pthread_join(t[i], NULL);
+        CHECK(q[i].rc == 0, "waiter %d got %d", i, q[i].rc);
+        CHECK(q[i].order == i, "waiter %d was served %d-th", i, q[i].order);
+    }
+    CHECK(mine == WAITERS, "the newcomer was served %d-th, before %d waiters", mine,
+          WAITERS - mine);
+    keel__db_free(db);
+    printf("ok - a full pool serves its waiters in order, newcomers behind them\n");
+}
+
 /* ------------------------------------------------------------ terminated backends */
 
 static void wait_gone(PGconn *admin, const int *pids, int n)
@@ -962,6 +1020,7 @@ int main(void)
     keel__db_free(db);
     test_many_threads(conninfo);
     test_wait_bound(conninfo);
+    test_wait_order(conninfo);
     test_terminated_backends(conninfo, admin);
     test_timeouts(conninfo, admin);
     PQfinish(admin);
