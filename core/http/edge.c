@@ -20,6 +20,7 @@
 #include "conf/conf.h"
 #include "http/request.h"
 #include "http/runtime.h"
+#include "util/text.h"
 
 static const struct keel__edge_verdict accepted = {0, NULL};
 
@@ -28,23 +29,9 @@ static struct keel__edge_verdict refuse(unsigned status, const char *detail)
     return (struct keel__edge_verdict){status, detail};
 }
 
-/* RFC 9110 tchar: letters, digits and "!#$%&'*+-.^_`|~": one load a byte
- * (a header name is checked a byte at a time).  Bytes from 0x80 are not
- * tokens: the rest of the table is zero. */
-static const unsigned char tchar_table[256] = {
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, /* 00 */
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, /* 10 */
-    0, 1, 0, 1, 1, 1, 1, 1, 0, 0, 1, 1, 0, 1, 1, 0, /* 20 */
-    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, /* 30 */
-    0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, /* 40 */
-    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 1, 1, /* 50 */
-    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, /* 60 */
-    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 1, 0, 1, 0, /* 70 */
-};
-
 static bool is_tchar(unsigned char c)
 {
-    return tchar_table[c] != 0;
+    return (keel__byte_class[c] & KEEL__BYTE_TCHAR) != 0;
 }
 
 /* The length of s when it is a token, 0 when it is not (or empty). */

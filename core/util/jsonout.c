@@ -88,23 +88,12 @@ static inline void put1(struct out *o, char c)
         put_slow(o, &c, 1);
 }
 
-/* A byte copied as it is: printable ASCII other than '"' and '\\'.  A
- * table, one load a byte: keys and short values are mostly shorter than
- * the eight bytes word_plain() takes at once.  From 0x80 on, zero. */
-static const unsigned char plain_table[256] = {
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, /* 00 */
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, /* 10 */
-    1, 1, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, /* 20 */
-    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, /* 30 */
-    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, /* 40 */
-    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1, 1, /* 50 */
-    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, /* 60 */
-    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, /* 70 */
-};
-
+/* A byte copied as it is: printable ASCII other than '"' and '\\' (a table:
+ * keys and short values are mostly shorter than the eight bytes
+ * word_plain() takes at once). */
 static inline bool byte_plain(unsigned char c)
 {
-    return plain_table[c] != 0;
+    return (keel__byte_class[c] & KEEL__BYTE_JSON_PLAIN) != 0;
 }
 
 #define ONES 0x0101010101010101ULL

@@ -4,6 +4,14 @@
 
 #include <stddef.h>
 
+/* Byte classes, one load a byte where a string is checked a byte at a
+ * time: bits of keel__byte_class[c]. */
+#define KEEL__BYTE_TCHAR 1u /* RFC 9110 tchar: letters, digits, "!#$%&'*+-.^_`|~" */
+#define KEEL__BYTE_JSON_PLAIN                                                                      \
+    2u /* written as is in a JSON string: printable
+                                  * ASCII other than '"' and '\\' */
+extern const unsigned char keel__byte_class[256];
+
 /* The value of hex digit c (either case), or -1. */
 int keel__hex_value(int c);
 
