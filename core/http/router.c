@@ -622,6 +622,19 @@ static void format_allow(unsigned mask, char *allow, size_t allowlen)
     }
 }
 
+/* The result for route rt, whose parameters' values are vals (NULL when it
+ * has none). */
+static void set_match(struct keel__route_match *m, const struct route *rt, const char *const *vals)
+{
+    m->data = rt->data;
+    m->template_path = rt->tmpl;
+    m->nparams = rt->nparams;
+    for (size_t i = 0; i < rt->nparams; i++) {
+        m->names[i] = rt->names[i];
+        m->values[i] = vals[i];
+    }
+}
+
 int keel__router_match(const keel__router *r, const char *method, const char *path,
                        struct keel__route_match *m, char *scratch, size_t scratchlen, char *allow,
                        size_t allowlen)
@@ -635,10 +648,7 @@ int keel__router_match(const keel__router *r, const char *method, const char *pa
     int mi = method_index(method);
     const struct node *n = mi >= 0 ? exact_find(r, path) : NULL;
     if (n != NULL && n->by_method[mi] != NULL) {
-        const struct route *rt = n->by_method[mi];
-        m->data = rt->data;
-        m->template_path = rt->tmpl;
-        m->nparams = 0;
+        set_match(m, n->by_method[mi], NULL);
         return KEEL__MATCH_OK;
     }
     if (!split_path(path, &s, scratch, scratchlen))
@@ -648,14 +658,7 @@ int keel__router_match(const keel__router *r, const char *method, const char *pa
     s.found = NULL;
 
     if (search(&r->root, 0, 0, &s)) {
-        const struct route *rt = s.found;
-        m->data = rt->data;
-        m->template_path = rt->tmpl;
-        m->nparams = rt->nparams;
-        for (size_t i = 0; i < rt->nparams; i++) {
-            m->names[i] = rt->names[i];
-            m->values[i] = s.vals[i];
-        }
+        set_match(m, s.found, s.vals);
         return KEEL__MATCH_OK;
     }
     if (s.allow_mask == 0)

@@ -5,11 +5,12 @@
 #include <stddef.h>
 
 /* Byte classes, one load a byte where a string is checked a byte at a
- * time: bits of keel__byte_class[c]. */
-#define KEEL__BYTE_TCHAR 1u /* RFC 9110 tchar: letters, digits, "!#$%&'*+-.^_`|~" */
-#define KEEL__BYTE_JSON_PLAIN                                                                      \
-    2u /* written as is in a JSON string: printable
-                                  * ASCII other than '"' and '\\' */
+ * time: bits of keel__byte_class[c]; bytes from 0x80 on are in none.
+ * KEEL__BYTE_TCHAR: RFC 9110 tchar (letters, digits, "!#$%&'*+-.^_`|~").
+ * KEEL__BYTE_JSON_PLAIN: written as is in a JSON string (printable ASCII
+ * other than '"' and '\\'). */
+#define KEEL__BYTE_TCHAR 1u
+#define KEEL__BYTE_JSON_PLAIN 2u
 extern const unsigned char keel__byte_class[256];
 
 /* The value of hex digit c (either case), or -1. */
