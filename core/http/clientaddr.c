@@ -266,8 +266,16 @@ int keel__request_identify(keel_request *req, const char *peer_text)
     }
     struct xff_join j = {.len = 0};
     j.buf[0] = '\0';
-    if (c->ntrusted_proxies > 0)
+    if (c->ntrusted_proxies > 0 && req->fields != NULL) {
+        /* The fields the edge check collected, in arrival order. */
+        for (size_t i = 0; i < req->nfields; i++)
+            if (req->fields[i].name_len == sizeof "X-Forwarded-For" - 1)
+                (void)join_xff(&j, MHD_HEADER_KIND, req->fields[i].name, req->fields[i].value);
+    } else if (c->ntrusted_proxies > 0) {
+        /* A head the edge check refused: libmicrohttpd's list, as
+         * keel__req_header() falls back to it. */
         MHD_get_connection_values(req->conn, MHD_HEADER_KIND, join_xff, &j);
+    }
     keel__client_addr(peer_text, j.len > 0 ? j.buf : NULL, c->trusted_proxies, c->ntrusted_proxies,
                       req->client_addr, sizeof req->client_addr);
 

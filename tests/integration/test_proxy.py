@@ -6,6 +6,7 @@ plugin's log lines of the request.
 """
 
 import json
+import socket
 import threading
 import time
 
@@ -73,6 +74,27 @@ def test_forwarded_for_only_from_trusted_peers():
                                   "X-Request-Id": "from-proxy"})
         e = wait_access(k, lambda e: e["request_id"] == "from-proxy")
         assert e["client"] == "198.51.100.7", e
+        # Repeated header lines are joined in the order they came: the
+        # right-most address of the last line is the client.
+        for rid, lines, client in (("two-lines-a", ("6.6.6.6", "198.51.100.9"), "198.51.100.9"),
+                                   ("two-lines-b", ("198.51.100.9", "6.6.6.6"), "6.6.6.6")):
+            head = "GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Request-Id: %s\r\n" % rid
+            head += "".join("X-Forwarded-For: %s\r\n" % a for a in lines)
+            head += "Connection: close\r\n\r\n"
+            s = socket.create_connection(("127.0.0.1", k.port), timeout=keeltest.scaled(10))
+            try:
+                s.sendall(head.encode())
+                answer = b""
+                while True:
+                    b = s.recv(65536)
+                    if not b:
+                        break
+                    answer += b
+            finally:
+                s.close()
+            assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+            e = wait_access(k, lambda e, rid=rid: e["request_id"] == rid)
+            assert e["client"] == client, (lines, e)
     with Keeld(proxied(["10.0.0.0/8"])) as k:
         k.get("/health", headers={"X-Forwarded-For": "198.51.100.7",
                                   "X-Request-Id": "not-a-proxy"})
