@@ -631,7 +631,7 @@ static void set_match(struct keel__route_match *m, const struct route *rt, const
     m->nparams = rt->nparams;
     for (size_t i = 0; i < rt->nparams; i++) {
         m->names[i] = rt->names[i];
-        m->values[i] = vals[i];
+        m->values[i] = vals != NULL ? vals[i] : NULL;
     }
 }
 
