@@ -6,12 +6,12 @@ plugin's log lines of the request.
 """
 
 import json
-import socket
 import threading
 import time
 
 import keeltest
 from keeltest import Keeld
+from test_edge import send
 from test_reload import SLOW, with_testplug
 
 TIMEOUT = 120
@@ -81,18 +81,8 @@ def test_forwarded_for_only_from_trusted_peers():
             head = "GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Request-Id: %s\r\n" % rid
             head += "".join("X-Forwarded-For: %s\r\n" % a for a in lines)
             head += "Connection: close\r\n\r\n"
-            s = socket.create_connection(("127.0.0.1", k.port), timeout=keeltest.scaled(10))
-            try:
-                s.sendall(head.encode())
-                answer = b""
-                while True:
-                    b = s.recv(65536)
-                    if not b:
-                        break
-                    answer += b
-            finally:
-                s.close()
-            assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+            answer = send(k.port, head.encode())
+            assert answer.status == 200, answer.data[:200]
             e = wait_access(k, lambda e, rid=rid: e["request_id"] == rid)
             assert e["client"] == client, (lines, e)
     with Keeld(proxied(["10.0.0.0/8"])) as k:
