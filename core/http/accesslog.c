@@ -315,6 +315,16 @@ static void put_uint(struct line *l, unsigned long long v, int width)
     l->end += keel__uint_text(v, width, l->end);
 }
 
+/* v (below 1000) as exactly three digits: a status, or the thousandths of
+ * a millisecond figure, without keel__uint_text()'s digit count. */
+static void put_3digits(struct line *l, unsigned v)
+{
+    l->end[0] = (char)('0' + v / 100);
+    l->end[1] = (char)('0' + v / 10 % 10);
+    l->end[2] = (char)('0' + v % 10);
+    l->end += 3;
+}
+
 static void json_line(const keel_request *req, const char *listener, unsigned status, int64_t ns,
                       const char *ts, const char *plugin, unsigned long long gen, const char *user)
 {
@@ -378,7 +388,7 @@ void keel__access_log(const keel_request *req, unsigned status, int64_t end_ns,
     memcpy(ts, ts_seconds, ts_seconds_len);
     struct line t = {ts + ts_seconds_len};
     PUT_LIT(&t, ".");
-    put_uint(&t, (unsigned long long)(now.tv_nsec / 1000000), 3);
+    put_3digits(&t, (unsigned)(now.tv_nsec / 1000000));
     PUT_LIT(&t, "Z");
     *t.end = '\0';
     size_t ts_len = (size_t)(t.end - ts);
@@ -421,11 +431,14 @@ void keel__access_log(const keel_request *req, unsigned status, int64_t end_ns,
     PUT_LIT(&l, " ");
     put_n(&l, req->path, path_len);
     PUT_LIT(&l, " ");
-    put_uint(&l, status, 0);
+    if (status >= 100 && status <= 999)
+        put_3digits(&l, status);
+    else
+        put_uint(&l, status, 0);
     PUT_LIT(&l, " ");
     put_uint(&l, (unsigned long long)(us / 1000), 0);
     PUT_LIT(&l, ".");
-    put_uint(&l, (unsigned long long)(us % 1000), 3);
+    put_3digits(&l, (unsigned)(us % 1000));
     PUT_LIT(&l, "ms plugin=");
     put_n(&l, plugin, plugin_len);
     PUT_LIT(&l, " gen=");

@@ -255,7 +255,7 @@ int keel__request_identify(keel_request *req, const char *peer_text)
         keel__copy_text(req->request_id, sizeof req->request_id, given);
     else
         keel__request_id_make((unsigned long long)req->id, req->request_id, sizeof req->request_id);
-    (void)keel__req_add_header(req, "X-Request-Id", req->request_id);
+    req->identified = true; /* keel__respond_mhd() sends it back as X-Request-Id */
     if (req->conn == NULL)
         return 0;
 

@@ -627,6 +627,10 @@ int keel__respond_mhd(keel_request *req, unsigned status, struct MHD_Response *r
     MHD_add_response_header(resp, "Content-Type", content_type);
     for (const struct keel__header *h = req->headers; h != NULL; h = h->next)
         MHD_add_response_header(resp, h->name, h->value);
+    /* Every identified request's response names it: last, as the header
+     * list's oldest entry was before, without a copy into the list first. */
+    if (req->identified)
+        MHD_add_response_header(resp, "X-Request-Id", req->request_id);
     answered(req);
     /* Either way this request has had its one attempt. */
     req->responded = true;

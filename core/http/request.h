@@ -98,7 +98,9 @@ struct keel_request {
     const struct keel__edge_field *fields;
     size_t nfields;
     uint64_t id;
-    /* See core/http/clientaddr.h: X-Request-Id and who sent the request. */
+    /* See core/http/clientaddr.h: X-Request-Id and who sent the request;
+     * identified once keel__request_identify() has set them ("-" before). */
+    bool identified;
     char request_id[129];
     char client_addr[47];
     /* Run once, when the answer is queued or at the latest when the request

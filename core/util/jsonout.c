@@ -159,10 +159,54 @@ static void put_escape(struct out *o, unsigned char c)
     }
 }
 
+/* A string of plain bytes only (nearly every key and short value) when the
+ * buffer has room for it: copied as it is checked, a word at a time, with no
+ * second pass and no memcpy call.  False, with nothing written, otherwise. */
+static bool put_plain_string(struct out *o, const unsigned char *p, size_t len)
+{
+    if ((size_t)(o->end - o->p) < len + 2)
+        return false;
+    char *d = o->p;
+    *d++ = '"';
+    if (len >= 4 && len <= 8) {
+        /* Two four-byte pieces that overlap when len < 8, checked as one
+         * word: most keys and short values. */
+        uint32_t head, tail;
+        memcpy(&head, p, sizeof head);
+        memcpy(&tail, p + len - 4, sizeof tail);
+        if (!word_plain(head | (uint64_t)tail << 32))
+            return false;
+        memcpy(d, &head, sizeof head);
+        memcpy(d + len - 4, &tail, sizeof tail);
+        d[len] = '"';
+        o->p = d + len + 1;
+        return true;
+    }
+    size_t i = 0;
+    for (; i + 8 <= len; i += 8) {
+        uint64_t w;
+        memcpy(&w, p + i, sizeof w);
+        if (!word_plain(w))
+            return false;
+        memcpy(d, &w, sizeof w);
+        d += 8;
+    }
+    for (; i < len; i++) {
+        if (!byte_plain(p[i]))
+            return false;
+        *d++ = (char)p[i];
+    }
+    *d++ = '"';
+    o->p = d;
+    return true;
+}
+
 /* Runs of bytes that need nothing are found 8 at a time and copied with one
  * memcpy; only non-ASCII bytes are decoded, and only to be validated. */
 static int put_string(struct out *o, const char *str, size_t len)
 {
+    if (put_plain_string(o, (const unsigned char *)str, len))
+        return 0;
     const unsigned char *p = (const unsigned char *)str;
     const unsigned char *end = p + len;
     const unsigned char *run = p;

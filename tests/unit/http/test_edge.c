@@ -123,6 +123,28 @@ static void test_request_line(void **state)
     assert_int_equal(line_status(RAW("GET / HTTP/2.0\r\n\r\n")), 505);
 }
 
+/* Every byte value at every position of a target long enough for the
+ * eight-bytes-a-step check and its byte-by-byte tail: refused exactly for
+ * control characters, space and DEL, wherever they are. */
+static void test_target_bytes(void **state)
+{
+    (void)state;
+    char target[27];
+    for (size_t pos = 1; pos < sizeof target - 1; pos++) {
+        for (unsigned c = 1; c < 256; c++) {
+            memcpy(target, "/api/v1/example/hello?a=bc", sizeof target - 1);
+            target[sizeof target - 1] = '\0';
+            target[pos] = (char)c;
+            bool bad = c <= 0x20 || c == 0x7f;
+            unsigned st = keel__edge_check_target(target, sizeof target - 1).status;
+            if (st != (bad ? 400u : 0u))
+                fail_msg("byte 0x%02x at %zu: status %u", c, pos, st);
+        }
+    }
+    /* A byte past the given length is not looked at. */
+    assert_int_equal(keel__edge_check_target("/abcdefgh ", 9).status, 0);
+}
+
 static void test_header_names(void **state)
 {
     (void)state;
@@ -306,10 +328,11 @@ static void test_admin(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_request_line),  cmocka_unit_test(test_header_names),
-        cmocka_unit_test(test_header_values), cmocka_unit_test(test_folded_line),
-        cmocka_unit_test(test_host_count),    cmocka_unit_test(test_field_lengths),
-        cmocka_unit_test(test_origin_path),   cmocka_unit_test(test_admin),
+        cmocka_unit_test(test_request_line),  cmocka_unit_test(test_target_bytes),
+        cmocka_unit_test(test_header_names),  cmocka_unit_test(test_header_values),
+        cmocka_unit_test(test_folded_line),   cmocka_unit_test(test_host_count),
+        cmocka_unit_test(test_field_lengths), cmocka_unit_test(test_origin_path),
+        cmocka_unit_test(test_admin),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

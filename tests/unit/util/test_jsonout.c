@@ -182,6 +182,21 @@ static void test_escapes(void **state)
         longer[at] = '\n';
         assert_true(check_string(longer, at + 1));
     }
+    /* Short strings (keys, most values) go through the plain-text path,
+     * four bytes at a time with two pieces that overlap: a byte that needs
+     * escaping or decoding at every position of every short length. */
+    static const char needs[] = {'"', '\\', '\n', '\x7f', '\x01', (char)0xc3};
+    for (size_t len = 1; len <= 17; len++) {
+        for (size_t at = 0; at < len; at++) {
+            for (size_t k = 0; k < sizeof needs; k++) {
+                char s[17];
+                memset(s, 'k', sizeof s);
+                s[at] = needs[k];
+                /* An 0xc3 not followed by a continuation byte is refused. */
+                assert_int_equal(check_string(s, len), needs[k] != (char)0xc3);
+            }
+        }
+    }
 }
 
 static void test_utf8(void **state)
