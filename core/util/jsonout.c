@@ -516,7 +516,7 @@ struct pack {
 /* The next format character, past the separators json_pack also skips. */
 static char pack_next(struct pack *k)
 {
-    while (*k->f == ' ' || *k->f == '\t' || *k->f == '\n' || *k->f == ',' || *k->f == ':')
+    while (keel__byte_class[(unsigned char)*k->f] & KEEL__BYTE_PACK_SEP)
         k->f++;
     return *k->f;
 }

@@ -8,9 +8,12 @@
  * time: bits of keel__byte_class[c]; bytes from 0x80 on are in none.
  * KEEL__BYTE_TCHAR: RFC 9110 tchar (letters, digits, "!#$%&'*+-.^_`|~").
  * KEEL__BYTE_JSON_PLAIN: written as is in a JSON string (printable ASCII
- * other than '"' and '\\'). */
+ * other than '"' and '\\').
+ * KEEL__BYTE_PACK_SEP: skipped between the characters of a pack format, as
+ * json_pack() does (space, tab, newline, ',' and ':'). */
 #define KEEL__BYTE_TCHAR 1u
 #define KEEL__BYTE_JSON_PLAIN 2u
+#define KEEL__BYTE_PACK_SEP 4u
 extern const unsigned char keel__byte_class[256];
 
 /* The value of hex digit c (either case), or -1. */

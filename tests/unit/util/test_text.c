@@ -8,10 +8,30 @@
 
 #include <cmocka.h>
 
+#include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
 
 #include "util/text.h"
+
+/* Each class bit of every byte, against its definition (text.h). */
+static void test_byte_classes(void **state)
+{
+    (void)state;
+    for (int c = 0; c < 256; c++) {
+        unsigned bits = keel__byte_class[c];
+        bool tchar = (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+                     (c != 0 && strchr("!#$%&'*+-.^_`|~", c) != NULL);
+        bool plain = c >= 0x20 && c < 0x80 && c != '"' && c != '\\';
+        bool sep = c == ' ' || c == '\t' || c == '\n' || c == ',' || c == ':';
+        if (((bits & KEEL__BYTE_TCHAR) != 0) != tchar ||
+            ((bits & KEEL__BYTE_JSON_PLAIN) != 0) != plain ||
+            ((bits & KEEL__BYTE_PACK_SEP) != 0) != sep)
+            fail_msg("byte 0x%02x: class bits %u", c, bits);
+        assert_int_equal(bits & ~(KEEL__BYTE_TCHAR | KEEL__BYTE_JSON_PLAIN | KEEL__BYTE_PACK_SEP),
+                         0);
+    }
+}
 
 static void test_hex_value(void **state)
 {
@@ -115,9 +135,9 @@ static void test_ipv4_text(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_hex_value), cmocka_unit_test(test_trim_newlines),
-        cmocka_unit_test(test_uint_text), cmocka_unit_test(test_copy_text),
-        cmocka_unit_test(test_ipv4_text),
+        cmocka_unit_test(test_byte_classes),  cmocka_unit_test(test_hex_value),
+        cmocka_unit_test(test_trim_newlines), cmocka_unit_test(test_uint_text),
+        cmocka_unit_test(test_copy_text),     cmocka_unit_test(test_ipv4_text),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
