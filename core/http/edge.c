@@ -389,8 +389,7 @@ struct keel__edge_verdict keel__edge_check_request(keel_request *req, const char
     v = keel__edge_check_fields(version, end, c.f, c.n);
     if (v.status != 0)
         return v;
-    req->fields = c.f;
-    req->nfields = c.n;
+    keel__req_set_fields(req, c.f, c.n);
     if (req->listener != KEEL__LISTENER_ADMIN)
         return v;
 

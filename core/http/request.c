@@ -374,6 +374,15 @@ const char *keel__req_query(const keel_request *req, const char *name)
     return keel__req_query_arg(req, name, &v) == 0 ? v : NULL;
 }
 
+void keel__req_set_fields(keel_request *req, const struct keel__edge_field *f, size_t n)
+{
+    req->fields = f;
+    req->nfields = n;
+    req->field_lengths = 0;
+    for (size_t i = 0; i < n; i++)
+        req->field_lengths |= 1ull << (f[i].name_len < 64 ? f[i].name_len : 0);
+}
+
 const char *keel__req_header(const keel_request *req, const char *name)
 {
     if (req->conn == NULL) /* a synthetic request (keel-plugin-check) */
@@ -383,6 +392,8 @@ const char *keel__req_header(const keel_request *req, const char *name)
     /* libmicrohttpd's lookup, first match in the order received, from the
      * fields the edge check collected and measured. */
     size_t len = strlen(name);
+    if (!(req->field_lengths >> (len < 64 ? len : 0) & 1))
+        return NULL; /* no field has a name of that length */
     for (size_t i = 0; i < req->nfields; i++) {
         const struct keel__edge_field *f = &req->fields[i];
         if (f->name_len == len && strcasecmp(f->name, name) == 0)

@@ -97,6 +97,10 @@ struct keel_request {
      * keel__req_header() looks them up instead of libmicrohttpd's list. */
     const struct keel__edge_field *fields;
     size_t nfields;
+    /* Bit n set when a collected field's name is n bytes long (n < 64; bit
+     * 0 for longer names): keel__req_header() answers "absent" for a name
+     * of no collected length without walking the fields. */
+    uint64_t field_lengths;
     uint64_t id;
     /* See core/http/clientaddr.h: X-Request-Id and who sent the request;
      * identified once keel__request_identify() has set them ("-" before). */
@@ -205,6 +209,9 @@ const char *keel__req_param(const keel_request *req, const char *name);
 const char *keel__req_query(const keel_request *req, const char *name);
 int keel__req_query_arg(const keel_request *req, const char *name, const char **value);
 const char *keel__req_header(const keel_request *req, const char *name);
+/* Gives req the n fields the edge check accepted (f stays the caller's, in
+ * the request's memory), for keel__req_header(). */
+void keel__req_set_fields(keel_request *req, const struct keel__edge_field *f, size_t n);
 const char *keel__req_body(const keel_request *req, size_t *len);
 /* Parses the body once (415/413/400 queued on failure); *out owned by req. */
 int keel__req_json_body(keel_request *req, json_t **out);

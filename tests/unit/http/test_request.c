@@ -138,6 +138,39 @@ static keel_request *synthetic(struct keel__synthetic *syn, const char *method, 
     return req;
 }
 
+/* Looked up from the fields the edge check collected: first match in the
+ * order received, any case; a name of no collected length, a longer name
+ * than 63 bytes and a same-length other name each answer right. */
+static void test_header_fields(void **state)
+{
+    (void)state;
+    static char conn_stub;
+    keel_request *req = keel__request_new((struct MHD_Connection *)(void *)&conn_stub, 0, "GET",
+                                          "/");
+    assert_non_null(req);
+    const char *lng = "X-A-Header-Name-Longer-Than-Sixty-Three-Bytes-For-The-Last-Bucket-Of-All";
+    struct keel__edge_field f[] = {
+        {.name = "Host", .value = "a", .name_len = 4},
+        {.name = "x-request-id", .value = "first", .name_len = 12},
+        {.name = lng, .value = "long", .name_len = strlen(lng)},
+        {.name = "X-Request-Id", .value = "second", .name_len = 12},
+    };
+    keel__req_set_fields(req, f, sizeof f / sizeof f[0]);
+    assert_string_equal(keel__req_header(req, "host"), "a");
+    assert_string_equal(keel__req_header(req, "X-Request-ID"), "first");
+    assert_string_equal(keel__req_header(req, lng), "long");
+    assert_null(keel__req_header(req, "Content-Type")); /* 12 bytes, another name */
+    assert_null(keel__req_header(req, "Origin"));       /* no 6-byte name */
+    assert_null(keel__req_header(
+        req, "X-Another-Header-Name-Longer-Than-Sixty-Three-Bytes-Not-Sent-At-All"));
+    keel__req_set_fields(req, f, 1);
+    assert_null(keel__req_header(req, "X-Request-Id"));
+    assert_null(keel__req_header(req, lng));
+    req->conn = NULL; /* not a connection to give back */
+    req->synthetic = NULL;
+    keel__request_free(req);
+}
+
 static void test_accessors(void **state)
 {
     (void)state;
@@ -349,6 +382,7 @@ int main(void)
         cmocka_unit_test(test_alloc_is_zeroed_aligned_and_grows),
         cmocka_unit_test(test_alloc_refuses_sizes_that_overflow),
         cmocka_unit_test(test_cleanups_run_in_reverse),
+        cmocka_unit_test(test_header_fields),
         cmocka_unit_test(test_accessors),
         cmocka_unit_test(test_json_body_refusals_answer_once),
         cmocka_unit_test(test_respond_once),
