@@ -53,6 +53,22 @@ static bool word_below_or_del(uint64_t w, unsigned char n)
     return ((((w - n * ones) & ~w) | ((del - ones) & ~del)) & highs) != 0;
 }
 
+/* Whether the 8 bytes at p hold no control character but tab, and no DEL:
+ * the word at once, byte by byte only when it has a tab or worse. */
+static bool value_word_ok(const char *p)
+{
+    uint64_t w;
+    memcpy(&w, p, 8);
+    if (!word_below_or_del(w, 0x20))
+        return true;
+    for (size_t j = 0; j < 8; j++) {
+        unsigned char c = (unsigned char)p[j];
+        if ((c < 0x20 && c != '\t') || c == 0x7f)
+            return false;
+    }
+    return true;
+}
+
 /* The length of s when it holds no control character but tab, -1 when it
  * does: one pass for the check and the length the caller needs anyway.
  * Sixteen bytes a step with SSE2 (a bearer token is hundreds of bytes),
@@ -74,17 +90,13 @@ static ptrdiff_t value_len(const char *s)
             return -1;
     }
 #endif
-    for (; i + 8 <= n; i += 8) {
-        uint64_t w;
-        memcpy(&w, s + i, 8);
-        if (word_below_or_del(w, 0x20)) {
-            for (size_t j = i; j < i + 8; j++) {
-                unsigned char c = (unsigned char)s[j];
-                if ((c < 0x20 && c != '\t') || c == 0x7f)
-                    return -1;
-            }
-        }
-    }
+    for (; i + 8 <= n; i += 8)
+        if (!value_word_ok(s + i))
+            return -1;
+    /* The last bytes of a value of 8 or more: the word that ends with
+     * them, overlapping what was checked (a Host value is 9-21 bytes). */
+    if (i < n && n >= 8)
+        return value_word_ok(s + n - 8) ? (ptrdiff_t)n : -1;
     for (; i < n; i++) {
         unsigned char c = (unsigned char)s[i];
         if ((c < 0x20 && c != '\t') || c == 0x7f)
