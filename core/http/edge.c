@@ -43,14 +43,10 @@ static size_t token_len(const char *s)
     return *p == '\0' ? (size_t)(p - (const unsigned char *)s) : 0;
 }
 
-/* Whether one of the 8 bytes of w is below n (n <= 0x80) or DEL:
- * (x - ONES * n) & ~x & HIGHS is non-zero exactly when a byte of x is below
- * n, and a byte equal to DEL is a zero byte of w ^ ONES * 0x7f. */
+/* Whether one of the 8 bytes of w is below n or DEL (util/text.h). */
 static bool word_below_or_del(uint64_t w, unsigned char n)
 {
-    const uint64_t ones = 0x0101010101010101u, highs = 0x8080808080808080u;
-    uint64_t del = w ^ (0x7f * ones);
-    return ((((w - n * ones) & ~w) | ((del - ones) & ~del)) & highs) != 0;
+    return (keel__word_below(w, n) | keel__word_equal(w, 0x7f)) != 0;
 }
 
 /* Whether the 8 bytes at p hold no control character but tab, and no DEL:

@@ -374,13 +374,19 @@ const char *keel__req_query(const keel_request *req, const char *name)
     return keel__req_query_arg(req, name, &v) == 0 ? v : NULL;
 }
 
+/* A field name's bit in keel_request.field_lengths. */
+static uint64_t name_length_bit(size_t len)
+{
+    return 1ull << (len < 64 ? len : 0);
+}
+
 void keel__req_set_fields(keel_request *req, const struct keel__edge_field *f, size_t n)
 {
     req->fields = f;
     req->nfields = n;
     req->field_lengths = 0;
     for (size_t i = 0; i < n; i++)
-        req->field_lengths |= 1ull << (f[i].name_len < 64 ? f[i].name_len : 0);
+        req->field_lengths |= name_length_bit(f[i].name_len);
 }
 
 const char *keel__req_header(const keel_request *req, const char *name)
@@ -392,7 +398,7 @@ const char *keel__req_header(const keel_request *req, const char *name)
     /* libmicrohttpd's lookup, first match in the order received, from the
      * fields the edge check collected and measured. */
     size_t len = strlen(name);
-    if (!(req->field_lengths >> (len < 64 ? len : 0) & 1))
+    if (!(req->field_lengths & name_length_bit(len)))
         return NULL; /* no field has a name of that length */
     for (size_t i = 0; i < req->nfields; i++) {
         const struct keel__edge_field *f = &req->fields[i];

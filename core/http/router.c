@@ -250,7 +250,6 @@ void keel__router_free(keel__router *r)
     free(r);
 }
 
-/* FNV-1a over the path's bytes. */
 /* Eight bytes a step, then the tail's bytes as one word: a path is tens of
  * bytes and is hashed on every request.  The multiplier is odd with its bits
  * spread; the final folds bring the high bits, where a product's mixing is,

@@ -96,21 +96,11 @@ static inline bool byte_plain(unsigned char c)
     return (keel__byte_class[c] & KEEL__BYTE_JSON_PLAIN) != 0;
 }
 
-#define ONES 0x0101010101010101ULL
-#define HIGHS 0x8080808080808080ULL
-
-/* Whether all 8 bytes of w are plain, tested at once: (x - ONES*n) & ~x &
- * HIGHS is non-zero exactly when some byte of x is below n (n <= 0x80), and a
- * byte equal to q is a zero byte of w ^ ONES*q. */
+/* Whether all 8 bytes of w are plain (util/text.h: the word tests). */
 static inline bool word_plain(uint64_t w)
 {
-    uint64_t bad = w & HIGHS;
-    bad |= (w - ONES * 0x20) & ~w & HIGHS;
-    uint64_t q = w ^ (ONES * '"');
-    bad |= (q - ONES) & ~q & HIGHS;
-    uint64_t b = w ^ (ONES * '\\');
-    bad |= (b - ONES) & ~b & HIGHS;
-    return bad == 0;
+    return ((w & 0x8080808080808080ULL) | keel__word_below(w, 0x20) | keel__word_equal(w, '"') |
+            keel__word_equal(w, '\\')) == 0;
 }
 
 static inline bool continuation(unsigned char c)

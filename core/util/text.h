@@ -2,7 +2,9 @@
 #ifndef KEEL_CORE_UTIL_TEXT_H
 #define KEEL_CORE_UTIL_TEXT_H
 
+#include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 /* Byte classes, one load a byte where a string is checked a byte at a
  * time: bits of keel__byte_class[c]; bytes from 0x80 on are in none.
@@ -15,6 +17,21 @@
 #define KEEL__BYTE_JSON_PLAIN 2u
 #define KEEL__BYTE_PACK_SEP 4u
 extern const unsigned char keel__byte_class[256];
+
+/* Eight bytes of a string at once, where it is checked for bytes it must
+ * not hold: (w - ONES * n) & ~w & HIGHS is non-zero exactly when a byte of
+ * w is below n (n <= 0x80); a byte equal to b is a zero byte of w ^ ONES * b,
+ * so below 1 there.  Masks, so that several tests are or-ed without a branch
+ * each. */
+static inline uint64_t keel__word_below(uint64_t w, unsigned char n)
+{
+    return (w - n * 0x0101010101010101ULL) & ~w & 0x8080808080808080ULL;
+}
+
+static inline uint64_t keel__word_equal(uint64_t w, unsigned char b)
+{
+    return keel__word_below(w ^ (b * 0x0101010101010101ULL), 1);
+}
 
 /* The value of hex digit c (either case), or -1. */
 int keel__hex_value(int c);
