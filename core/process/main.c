@@ -20,6 +20,7 @@
 #include "plugin/loader.h"
 #include "plugin/manifest.h"
 #include "util/cpus.h"
+#include "util/heap.h"
 #include "util/log.h"
 #include "ops/metrics.h"
 #include "http/server.h"
@@ -34,6 +35,16 @@
 #include "process/worker.h"
 #include "process/check.h"
 #include "identity/notify.h"
+
+/* keeld's calloc, for every library in the process (util/heap.h says
+ * why).  Sanitizer runtimes replace the allocator themselves and must see
+ * every calloc, so their builds keep the C library's. */
+#if defined(__GLIBC__) && !defined(__SANITIZE_ADDRESS__) && !defined(__SANITIZE_THREAD__)
+KEEL_EXPORT void *calloc(size_t n, size_t size)
+{
+    return keel__calloc(n, size);
+}
+#endif
 
 #ifndef KEEL_SYSCONFDIR
 #define KEEL_SYSCONFDIR "/usr/local/etc/keel"

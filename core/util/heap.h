@@ -1,6 +1,8 @@
-/* The process's freed heap. */
+/* The process's heap. */
 #ifndef KEEL_CORE_UTIL_HEAP_H
 #define KEEL_CORE_UTIL_HEAP_H
+
+#include <stddef.h>
 
 /* Gives the pages of freed heap memory back to the system.  glibc keeps
  * freed pages resident for the next allocation, even when the blocks that
@@ -9,5 +11,19 @@
  * will not repeat soon, this releases them (malloc_trim).  Does nothing
  * with other C libraries. */
 void keel__heap_trim(void);
+
+/* Blocks up to this size are zeroed by keel__calloc itself. */
+#define KEEL__CALLOC_SMALL 1024
+
+/* calloc for keeld's small blocks: malloc plus zeroing up to
+ * KEEL__CALLOC_SMALL bytes, the C library's calloc above.  glibc 2.36's
+ * calloc never takes a block from the per-thread cache that malloc and
+ * free use, so the blocks libmicrohttpd callocs for every response (the
+ * response, one per header) take the arena's locked path and their frees
+ * overflow the cache into it too: about 600 instructions a request
+ * (docs/performance.md, round 12).  keeld's own `calloc`
+ * (core/process/main.c) is this function; NULL with errno ENOMEM when
+ * n * size overflows. */
+void *keel__calloc(size_t n, size_t size);
 
 #endif
