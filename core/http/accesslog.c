@@ -162,6 +162,30 @@ void keel__access_log_line(const char *line, size_t len)
     pthread_mutex_unlock(&b->mu);
 }
 
+/* Room for a line of at most need bytes at the end of the calling thread's
+ * buffer, which is written out first when the line might not fit: the line
+ * is then formatted in place, with the buffer locked until line_commit.
+ * NULL, with nothing locked, when the line must go through
+ * keel__access_log_line instead (no buffer, or a line longer than one). */
+static char *line_reserve(struct buffer **bp, size_t need)
+{
+    struct buffer *b = thread_buffer();
+    if (b == NULL || need > buffer_fill)
+        return NULL;
+    pthread_mutex_lock(&b->mu);
+    if (b->len + need > buffer_fill)
+        buffer_write_locked(b);
+    *bp = b;
+    return b->data + b->len;
+}
+
+/* Keeps the len bytes written at line_reserve's place. */
+static void line_commit(struct buffer *b, size_t len)
+{
+    b->len += len;
+    pthread_mutex_unlock(&b->mu);
+}
+
 void keel__access_log_flush(void)
 {
     pthread_mutex_lock(&list_mu);
@@ -418,8 +442,13 @@ void keel__access_log(const keel_request *req, unsigned status, int64_t end_ns,
            client_len = strlen(req->client_addr), rid_len = strlen(req->request_id);
     size_t need = ts_len + listener_len + method_len + path_len + plugin_len + user_len +
                   client_len + rid_len + 3 * 20 + 48;
+    /* Written straight into the thread's buffer; a line that cannot be
+     * (see line_reserve) is put together here first. */
+    struct buffer *b = NULL;
     char stack[1024];
-    char *buf = need <= sizeof stack ? stack : malloc(need);
+    char *buf = line_reserve(&b, need);
+    if (buf == NULL)
+        buf = need <= sizeof stack ? stack : malloc(need);
     if (buf == NULL)
         return;
     struct line l = {buf};
@@ -450,6 +479,10 @@ void keel__access_log(const keel_request *req, unsigned status, int64_t end_ns,
     PUT_LIT(&l, " rid=");
     put_n(&l, req->request_id, rid_len);
     PUT_LIT(&l, "\n");
+    if (b != NULL) {
+        line_commit(b, (size_t)(l.end - buf));
+        return;
+    }
     keel__access_log_line(buf, (size_t)(l.end - buf));
     if (buf != stack)
         free(buf);

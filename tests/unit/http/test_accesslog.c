@@ -22,6 +22,7 @@
 #include <unistd.h>
 
 #include "http/accesslog.h"
+#include "http/request.h"
 
 #define WRITERS 4
 #define LINES 3000
@@ -202,6 +203,58 @@ static void test_long_line_keeps_order(void **state)
     free(big);
 }
 
+/* Request lines (keel__access_log), formatted in place in the thread's
+ * buffer, in order and whole across many buffers; a line longer than a
+ * buffer takes the separate path and still lands between its neighbours. */
+static void test_request_lines_in_order(void **state)
+{
+    (void)state;
+    char path[128];
+    path_of(path, sizeof path, "requests.log");
+    assert_int_equal(keel__access_log_open(path, false), 0);
+    enum { N = 1200, LONG_EVERY = 300 };
+    size_t long_len = KEEL__ACCESSLOG_BUFFER + 100;
+    char *target = malloc(long_len + 64);
+    assert_non_null(target);
+    for (int i = 0; i < N; i++) {
+        size_t pad = i % LONG_EVERY == LONG_EVERY - 1 ? long_len : (size_t)(i * 7) % 90;
+        int n = snprintf(target, 64, "/p/%d/", i);
+        memset(target + n, 'a' + i % 26, pad);
+        target[n + pad] = '\0';
+        keel_request *req = keel__request_new(NULL, 0, "GET", target);
+        assert_non_null(req);
+        keel__access_log(req, 200 + i % 300, req->start_ns + 1234567, "main");
+        keel__request_free(req);
+    }
+    keel__access_log_close();
+    char *all = NULL;
+    size_t len = 0;
+    slurp(path, &all, &len);
+    char *line = all;
+    for (int i = 0; i < N; i++) {
+        char *end = strchr(line, '\n');
+        assert_non_null(end);
+        *end = '\0';
+        size_t pad = i % LONG_EVERY == LONG_EVERY - 1 ? long_len : (size_t)(i * 7) % 90;
+        char want[64];
+        snprintf(want, sizeof want, " main GET /p/%d/", i);
+        char *at = strstr(line, want);
+        if (at == NULL)
+            fail_msg("line %d is not request %d: %.80s", i, i, line);
+        char *p = at + strlen(want);
+        for (size_t k = 0; k < pad; k++)
+            if (p[k] != 'a' + i % 26)
+                fail_msg("line %d: path byte %zu is '%c'", i, k, p[k]);
+        snprintf(want, sizeof want, " %03d 1.235ms plugin=- gen=0 user=- client=- rid=-",
+                 200 + i % 300);
+        assert_string_equal(p + pad, want);
+        line = end + 1;
+    }
+    assert_ptr_equal(line, all + len);
+    free(all);
+    free(target);
+}
+
 static void test_off_and_unopenable(void **state)
 {
     (void)state;
@@ -222,6 +275,7 @@ int main(void)
         cmocka_unit_test(test_rotation_under_load_loses_nothing),
         cmocka_unit_test(test_flusher_writes_without_close),
         cmocka_unit_test(test_long_line_keeps_order),
+        cmocka_unit_test(test_request_lines_in_order),
         cmocka_unit_test(test_off_and_unopenable),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
