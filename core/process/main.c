@@ -313,6 +313,8 @@ static int serve_check(struct keel__conf *conf, const char *confdir);
 
 int main(int argc, char **argv)
 {
+    /* Before any thread: large callocs go where they belong from here on. */
+    keel__heap_init();
     /* Before any thread: every one of them allocates JSON through it. */
     keel__reload_memory_init();
     const char *confdir = KEEL_SYSCONFDIR "/conf.d";
