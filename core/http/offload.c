@@ -32,6 +32,10 @@ static struct {
     atomic_ullong total;
 } pool = {.lock = PTHREAD_MUTEX_INITIALIZER, .work = PTHREAD_COND_INITIALIZER};
 
+/* This thread is one of the pool's; its job has called
+ * keel__offload_finishing. */
+static _Thread_local bool in_pool, finishing;
+
 void keel__offload_init(unsigned max_threads)
 {
     pthread_mutex_lock(&pool.lock);
@@ -46,6 +50,7 @@ void keel__offload_init(unsigned max_threads)
 static void *pool_main(void *arg)
 {
     (void)arg;
+    in_pool = true;
     /* What this thread's handlers wait on counts here: the server reads it
      * around each request to move its route's score. */
     struct keel__blocking waits = {0};
@@ -68,11 +73,25 @@ static void *pool_main(void *arg)
         pthread_mutex_lock(&pool.lock);
         j->next = pool.spare;
         pool.spare = j;
-        pool.idle++;
+        /* Counted idle already if the job said it was finishing. */
+        if (finishing)
+            finishing = false;
+        else
+            pool.idle++;
     }
     pool.idle--;
     pthread_mutex_unlock(&pool.lock);
     return NULL;
+}
+
+void keel__offload_finishing(void)
+{
+    if (!in_pool || finishing)
+        return;
+    pthread_mutex_lock(&pool.lock);
+    pool.idle++;
+    finishing = true;
+    pthread_mutex_unlock(&pool.lock);
 }
 
 int keel__offload_submit(void (*fn)(void *), void *arg)

@@ -78,6 +78,11 @@ void keel__offload_init(unsigned max_threads);
  * could be had (none running and none could start): the caller then runs
  * it itself. */
 int keel__offload_submit(void (*fn)(void *), void *arg) KEEL_WARN_UNUSED;
+/* Called by a job about to end (its last step hands the connection back):
+ * its thread counts as idle from now, so a request that the hand-back lets
+ * in at once waits for this thread instead of starting another.  Nothing
+ * outside a pool thread. */
+void keel__offload_finishing(void);
 /* Jobs queued or running. */
 long keel__offload_pending(void);
 /* Threads started, and requests handed over, since keel__offload_init. */

@@ -139,6 +139,9 @@ static void run_parked(void *arg)
     keel_request *req = arg;
     struct MHD_Connection *conn = req->conn;
     serve(req);
+    /* The connection's next request may be parked before this thread is
+     * back in the pool. */
+    keel__offload_finishing();
     MHD_resume_connection(conn);
 }
 

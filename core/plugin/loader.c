@@ -754,12 +754,16 @@ void keel__generation_ref(struct keel__generation *g)
     atomic_fetch_add_explicit(&g->refs, 1, memory_order_relaxed);
 }
 
-void keel__generation_unref(struct keel__generation *g)
+static _Atomic(keel__finaliser_post *) finaliser;
+
+void keel__generation_set_finaliser(keel__finaliser_post *post)
 {
-    if (g == NULL)
-        return;
-    if (atomic_fetch_sub_explicit(&g->refs, 1, memory_order_acq_rel) != 1)
-        return;
+    atomic_store(&finaliser, post);
+}
+
+static void generation_finalise(void *arg)
+{
+    struct keel__generation *g = arg;
     keel__log(KEEL_LOG_INFO, g->name, "generation %llu retired: finalising and unloading %s",
               (unsigned long long)g->number, g->copy_path);
     /* No task of this generation may run once its fini starts. */
@@ -771,4 +775,15 @@ void keel__generation_unref(struct keel__generation *g)
     }
     atomic_fetch_sub(&live_generations, 1);
     generation_destroy(g);
+}
+
+void keel__generation_unref(struct keel__generation *g)
+{
+    if (g == NULL)
+        return;
+    if (atomic_fetch_sub_explicit(&g->refs, 1, memory_order_acq_rel) != 1)
+        return;
+    keel__finaliser_post *post = atomic_load(&finaliser);
+    if (post == NULL || post(generation_finalise, g) != 0)
+        generation_finalise(g);
 }

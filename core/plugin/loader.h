@@ -111,8 +111,19 @@ int keel__generation_load_finish(struct keel__pending_init *p, struct keel__gene
                                  struct keel__load_error *err) KEEL_WARN_UNUSED;
 
 void keel__generation_ref(struct keel__generation *g);
-/* Drops a reference; the last one finalises and unloads the generation. */
+/* Drops a reference; the last one finalises and unloads the generation,
+ * here or through the finaliser below. */
 void keel__generation_unref(struct keel__generation *g);
+
+/* Where the last reference's work goes: post(fn, arg) runs fn(arg) later on
+ * a thread that serves no requests and returns 0, or returns nonzero (then
+ * the generation is finalised where its last reference went, as without a
+ * finaliser).  The last reference is often a request finishing on a
+ * serving thread: stopping the generation's tasks, its fini and the unload
+ * would hold up every connection of that thread (docs/performance.md,
+ * round 12).  NULL (the default) finalises in place. */
+typedef int keel__finaliser_post(void (*fn)(void *), void *arg);
+void keel__generation_set_finaliser(keel__finaliser_post *post);
 
 /* The handler of method+template in g's route table, or NULL. */
 keel_handler_fn keel__generation_handler(const struct keel__generation *g, const char *method,

@@ -157,9 +157,11 @@ struct slow_job {
     char verb[16];
     char arg[256];
     char arg2[32];
-    /* Or a call whose caller waits (keel__worker_run_on_reload_thread). */
+    /* Or a call whose caller waits (keel__worker_run_on_reload_thread), */
     int (*fn)(void *);
     void *fn_arg;
+    /* or one nobody waits for (post_finalise): run with fn_arg, then freed. */
+    void (*post)(void *);
     int rc;
     bool done;
 };
@@ -198,6 +200,11 @@ static void *slow_jobs_main(void *arg)
         if (jobs.head == NULL)
             jobs.tail = &jobs.head;
         pthread_mutex_unlock(&jobs.lock);
+        if (job->post != NULL) {
+            job->post(job->fn_arg);
+            free(job);
+            continue;
+        }
         if (job->fn != NULL) {
             int rc = job->fn(job->fn_arg);
             pthread_mutex_lock(&jobs.lock);
@@ -222,6 +229,58 @@ static bool jobs_thread_up(void)
         jobs.tail = &jobs.head;
     }
     return jobs.running;
+}
+
+/* The finaliser of retired generations (plugin/loader.h): their last
+ * reference often goes on a serving thread, and their tasks' stop, fini
+ * and unload then run here instead, in turn with the reloads. */
+static int post_finalise(void (*fn)(void *), void *arg)
+{
+    struct slow_job *job = calloc(1, sizeof *job);
+    if (job == NULL)
+        return -1;
+    job->post = fn;
+    job->fn_arg = arg;
+    pthread_mutex_lock(&jobs.lock);
+    if (!jobs_thread_up()) {
+        pthread_mutex_unlock(&jobs.lock);
+        free(job);
+        return -1;
+    }
+    *jobs.tail = job;
+    jobs.tail = &job->next;
+    pthread_cond_broadcast(&jobs.cond);
+    pthread_mutex_unlock(&jobs.lock);
+    return 0;
+}
+
+/* Runs here the finalisations still queued behind a reload, without
+ * waiting for the reload thread (which may be in a plugin's init). */
+static void finalise_queued_here(void)
+{
+    struct slow_job *mine = NULL, **tail = &mine;
+    pthread_mutex_lock(&jobs.lock);
+    for (struct slow_job **p = &jobs.head; *p != NULL;) {
+        struct slow_job *job = *p;
+        if (job->post == NULL) {
+            p = &job->next;
+            continue;
+        }
+        *p = job->next;
+        job->next = NULL;
+        *tail = job;
+        tail = &job->next;
+    }
+    jobs.tail = &jobs.head;
+    while (*jobs.tail != NULL)
+        jobs.tail = &(*jobs.tail)->next;
+    pthread_mutex_unlock(&jobs.lock);
+    while (mine != NULL) {
+        struct slow_job *job = mine;
+        mine = job->next;
+        job->post(job->fn_arg);
+        free(job);
+    }
 }
 
 int keel__worker_run_on_reload_thread(int (*fn)(void *), void *arg)
@@ -330,7 +389,7 @@ static void handle(const struct keel__frame *f, struct stop_plan *plan,
     free(f->body);
 }
 
-int keel__worker_loop(const struct keel__conf *conf)
+static int serve_loop(const struct keel__conf *conf)
 {
     sigset_t term;
     sigemptyset(&term);
@@ -429,4 +488,17 @@ int keel__worker_loop(const struct keel__conf *conf)
     if (sfd >= 0)
         close(sfd);
     return 0;
+}
+
+int keel__worker_loop(const struct keel__conf *conf)
+{
+    keel__generation_set_finaliser(post_finalise);
+    int stuck = serve_loop(conf);
+    /* From here on the last references finalise in place, and the ones
+     * already handed over but not yet begun are finalised now, before the
+     * plugins stop. */
+    keel__generation_set_finaliser(NULL);
+    if (stuck == 0)
+        finalise_queued_here();
+    return stuck;
 }
