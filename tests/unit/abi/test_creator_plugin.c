@@ -226,6 +226,62 @@ static void test_writes_are_503_with_retry_after(void **state)
     done(&c);
 }
 
+/* What a test finaliser was handed, and whether it takes the work. */
+static struct {
+    void (*fn)(void *);
+    void *arg;
+    int calls;
+    int answer;
+} handed;
+
+static int test_finaliser(void (*fn)(void *), void *arg)
+{
+    handed.fn = fn;
+    handed.arg = arg;
+    handed.calls++;
+    return handed.answer;
+}
+
+/* The last reference of a generation goes to the finaliser when one is set
+ * (the generation stays loaded until the finaliser runs the work), and is
+ * finalised in place when the finaliser declines or none is set. */
+static void test_last_reference_goes_to_the_finaliser(void **state)
+{
+    (void)state;
+    long live = keel__generations_live();
+    struct keel__generation *g2 = NULL;
+    struct keel__load_error le;
+    assert_int_equal(keel__generation_load(&manifest, 2, keel__host_api(), &g2, &le), 0);
+    assert_int_equal(keel__generations_live(), live + 1);
+    memset(&handed, 0, sizeof handed);
+    keel__generation_set_finaliser(test_finaliser);
+    keel__generation_ref(g2);
+    keel__generation_unref(g2); /* not the last: nothing handed over */
+    assert_int_equal(handed.calls, 0);
+    keel__generation_unref(g2);
+    assert_int_equal(handed.calls, 1);
+    assert_ptr_equal(handed.arg, g2);
+    assert_int_equal(keel__generations_live(), live + 1);
+    handed.fn(handed.arg);
+    assert_int_equal(keel__generations_live(), live);
+
+    /* A finaliser that cannot take it: finalised here. */
+    struct keel__generation *g3 = NULL;
+    assert_int_equal(keel__generation_load(&manifest, 3, keel__host_api(), &g3, &le), 0);
+    handed.answer = -1;
+    keel__generation_unref(g3);
+    assert_int_equal(handed.calls, 2);
+    assert_int_equal(keel__generations_live(), live);
+
+    /* None set: finalised here. */
+    keel__generation_set_finaliser(NULL);
+    struct keel__generation *g4 = NULL;
+    assert_int_equal(keel__generation_load(&manifest, 4, keel__host_api(), &g4, &le), 0);
+    keel__generation_unref(g4);
+    assert_int_equal(handed.calls, 2);
+    assert_int_equal(keel__generations_live(), live);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -233,6 +289,7 @@ int main(void)
         cmocka_unit_test(test_bad_page_arguments_are_422),
         cmocka_unit_test(test_reads_degrade_without_a_database),
         cmocka_unit_test(test_writes_are_503_with_retry_after),
+        cmocka_unit_test(test_last_reference_goes_to_the_finaliser),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

@@ -159,6 +159,41 @@ static void test_pool_runs_jobs_side_by_side(void **state)
     assert_int_equal(keel__offload_submit(held_job, &g), KEEL_ENOMEM);
 }
 
+/* A job that says it is finishing (it hands its connection back next),
+ * then holds its thread until the gate opens. */
+static void finishing_job(void *arg)
+{
+    keel__offload_finishing();
+    held_job(arg);
+}
+
+/* A finishing job's thread counts as idle: a job submitted meanwhile (the
+ * connection's next request) waits for that thread instead of starting a
+ * second one. */
+static void test_finishing_thread_takes_the_next_job(void **state)
+{
+    (void)state;
+    struct gate g = {.lock = PTHREAD_MUTEX_INITIALIZER, .cond = PTHREAD_COND_INITIALIZER};
+    keel__offload_finishing(); /* not a pool thread: nothing */
+    keel__offload_init(4);
+    assert_int_equal(keel__offload_submit(finishing_job, &g), 0);
+    assert_true(wait_count(&g, &g.started, 1));
+    assert_int_equal(keel__offload_submit(held_job, &g), 0);
+    assert_int_equal(keel__offload_threads(), 1);
+    pthread_mutex_lock(&g.lock);
+    g.open = 1;
+    pthread_cond_broadcast(&g.cond);
+    pthread_mutex_unlock(&g.lock);
+    assert_true(wait_count(&g, &g.done, 2));
+    assert_int_equal(keel__offload_threads(), 1);
+    for (int i = 0; i < 1000 && keel__offload_pending() > 0; i++) {
+        struct timespec ts = {0, 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+    assert_int_equal(keel__offload_pending(), 0);
+    assert_int_equal(keel__offload_stop(), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -167,6 +202,7 @@ int main(void)
         cmocka_unit_test(test_quick_requests_bring_it_back_with_hysteresis),
         cmocka_unit_test(test_waiting_half_the_time_goes),
         cmocka_unit_test(test_pool_runs_jobs_side_by_side),
+        cmocka_unit_test(test_finishing_thread_takes_the_next_job),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
