@@ -318,12 +318,12 @@ static void *accept_main(void *arg)
 /* A lane's active and done counts change only on the lane's own thread
  * (libmicrohttpd calls back on its daemon's thread; a parked request's
  * completion too), so a plain load and store keeps them: no locked
- * instruction on every request.  Other threads only read them. */
-static void lane_count_add(atomic_int *count, int delta)
-{
-    atomic_store_explicit(count, atomic_load_explicit(count, memory_order_relaxed) + delta,
-                          memory_order_relaxed);
-}
+ * instruction on every request.  Other threads only read them.  A macro:
+ * active is an atomic_int, done an atomic_uint. */
+#define LANE_COUNT_ADD(count, delta)                                                               \
+    atomic_store_explicit(&(count),                                                                \
+                          atomic_load_explicit(&(count), memory_order_relaxed) + (delta),          \
+                          memory_order_relaxed)
 
 void keel__lane_request_begin(struct keel__lane *lane, struct MHD_Connection *conn,
                               int64_t start_ns)
@@ -331,7 +331,7 @@ void keel__lane_request_begin(struct keel__lane *lane, struct MHD_Connection *co
     atomic_store_explicit(&lane->begun, start_ns, memory_order_relaxed);
     /* The lane's thread is the only one that runs its requests. */
     keel__blocking_counter = &lane->blocked;
-    lane_count_add(&lane->active, 1);
+    LANE_COUNT_ADD(lane->active, 1);
     if (atomic_load_explicit(&lane->fresh, memory_order_relaxed) > 0 &&
         unmark_fd(conn_fd(conn), FD_FRESH))
         atomic_fetch_sub_explicit(&lane->fresh, 1, memory_order_relaxed);
@@ -344,15 +344,14 @@ void keel__lane_request_started(struct keel__lane *lane, int64_t start_ns)
 
 void keel__lane_request_park(struct keel__lane *lane)
 {
-    lane_count_add(&lane->active, -1);
+    LANE_COUNT_ADD(lane->active, -1);
 }
 
 void keel__lane_request_end(struct keel__lane *lane, bool parked)
 {
     if (!parked)
-        lane_count_add(&lane->active, -1);
-    atomic_store_explicit(&lane->done, atomic_load_explicit(&lane->done, memory_order_relaxed) + 1,
-                          memory_order_relaxed);
+        LANE_COUNT_ADD(lane->active, -1);
+    LANE_COUNT_ADD(lane->done, 1);
 }
 
 void keel__lane_notify(void *cls, struct MHD_Connection *conn, void **socket_context,

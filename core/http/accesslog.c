@@ -135,33 +135,6 @@ static struct buffer *thread_buffer(void)
     return b;
 }
 
-void keel__access_log_line(const char *line, size_t len)
-{
-    if (atomic_load(&log_fd) < 0)
-        return;
-    struct buffer *b = thread_buffer();
-    if (b == NULL) {
-        /* No buffer (out of memory): the line goes out on its own, under
-         * the list lock so that close cannot close the file meanwhile. */
-        pthread_mutex_lock(&list_mu);
-        write_all(atomic_load(&log_fd), line, len);
-        pthread_mutex_unlock(&list_mu);
-        return;
-    }
-    pthread_mutex_lock(&b->mu);
-    if (b->len + len > buffer_fill)
-        buffer_write_locked(b);
-    if (len > buffer_fill)
-        /* A line longer than a buffer (a long path) is written alone; the
-         * thread's earlier lines went out just before it. */
-        write_all(atomic_load(&log_fd), line, len);
-    else {
-        memcpy(b->data + b->len, line, len);
-        b->len += len;
-    }
-    pthread_mutex_unlock(&b->mu);
-}
-
 /* Room for a line of at most need bytes at the end of the calling thread's
  * buffer, which is written out first when the line might not fit: the line
  * is then formatted in place, with the buffer locked until line_commit.
@@ -183,6 +156,34 @@ static char *line_reserve(struct buffer **bp, size_t need)
 static void line_commit(struct buffer *b, size_t len)
 {
     b->len += len;
+    pthread_mutex_unlock(&b->mu);
+}
+
+void keel__access_log_line(const char *line, size_t len)
+{
+    if (atomic_load(&log_fd) < 0)
+        return;
+    struct buffer *b = NULL;
+    char *at = line_reserve(&b, len);
+    if (at != NULL) {
+        memcpy(at, line, len);
+        line_commit(b, len);
+        return;
+    }
+    b = thread_buffer();
+    if (b == NULL) {
+        /* No buffer (out of memory): the line goes out on its own, under
+         * the list lock so that close cannot close the file meanwhile. */
+        pthread_mutex_lock(&list_mu);
+        write_all(atomic_load(&log_fd), line, len);
+        pthread_mutex_unlock(&list_mu);
+        return;
+    }
+    /* A line longer than a buffer (a long path) is written alone; the
+     * thread's earlier lines go out just before it. */
+    pthread_mutex_lock(&b->mu);
+    buffer_write_locked(b);
+    write_all(atomic_load(&log_fd), line, len);
     pthread_mutex_unlock(&b->mu);
 }
 

@@ -220,15 +220,22 @@ static void *slow_jobs_main(void *arg)
     return NULL;
 }
 
-/* Starts the thread if need be; false when it cannot (jobs.lock held). */
-static bool jobs_thread_up(void)
+/* Queues job, starting the thread if need be; false when the thread
+ * cannot start (nothing queued).  Called with jobs.lock held. */
+static bool jobs_push(struct slow_job *job)
 {
     if (!jobs.running) {
         jobs.running = keel__thread_detached(slow_jobs_main, NULL);
         jobs.head = NULL;
         jobs.tail = &jobs.head;
     }
-    return jobs.running;
+    if (!jobs.running)
+        return false;
+    job->next = NULL;
+    *jobs.tail = job;
+    jobs.tail = &job->next;
+    pthread_cond_broadcast(&jobs.cond);
+    return true;
 }
 
 /* The finaliser of retired generations (plugin/loader.h): their last
@@ -242,16 +249,11 @@ static int post_finalise(void (*fn)(void *), void *arg)
     job->post = fn;
     job->fn_arg = arg;
     pthread_mutex_lock(&jobs.lock);
-    if (!jobs_thread_up()) {
-        pthread_mutex_unlock(&jobs.lock);
-        free(job);
-        return -1;
-    }
-    *jobs.tail = job;
-    jobs.tail = &job->next;
-    pthread_cond_broadcast(&jobs.cond);
+    bool queued = jobs_push(job);
     pthread_mutex_unlock(&jobs.lock);
-    return 0;
+    if (!queued)
+        free(job);
+    return queued ? 0 : -1;
 }
 
 /* Runs here the finalisations still queued behind a reload, without
@@ -260,7 +262,8 @@ static void finalise_queued_here(void)
 {
     struct slow_job *mine = NULL, **tail = &mine;
     pthread_mutex_lock(&jobs.lock);
-    for (struct slow_job **p = &jobs.head; *p != NULL;) {
+    struct slow_job **p = &jobs.head;
+    while (*p != NULL) {
         struct slow_job *job = *p;
         if (job->post == NULL) {
             p = &job->next;
@@ -271,9 +274,8 @@ static void finalise_queued_here(void)
         *tail = job;
         tail = &job->next;
     }
-    jobs.tail = &jobs.head;
-    while (*jobs.tail != NULL)
-        jobs.tail = &(*jobs.tail)->next;
+    /* p is now the end of what stays queued. */
+    jobs.tail = p;
     pthread_mutex_unlock(&jobs.lock);
     while (mine != NULL) {
         struct slow_job *job = mine;
@@ -287,13 +289,10 @@ int keel__worker_run_on_reload_thread(int (*fn)(void *), void *arg)
 {
     struct slow_job job = {.fn = fn, .fn_arg = arg};
     pthread_mutex_lock(&jobs.lock);
-    if (!jobs_thread_up()) {
+    if (!jobs_push(&job)) {
         pthread_mutex_unlock(&jobs.lock);
         return fn(arg);
     }
-    *jobs.tail = &job;
-    jobs.tail = &job.next;
-    pthread_cond_broadcast(&jobs.cond);
     while (!job.done)
         pthread_cond_wait(&jobs.cond, &jobs.lock);
     pthread_mutex_unlock(&jobs.lock);
@@ -312,16 +311,12 @@ static void start_slow_job(unsigned long long id, const char *verb, const char *
     if (args != NULL)
         sscanf(args, "%255s %31s", job->arg, job->arg2);
     pthread_mutex_lock(&jobs.lock);
-    if (!jobs_thread_up()) {
-        pthread_mutex_unlock(&jobs.lock);
+    bool queued = jobs_push(job);
+    pthread_mutex_unlock(&jobs.lock);
+    if (!queued) {
         free(job);
         send_frame('R', id, "null");
-        return;
     }
-    *jobs.tail = job;
-    jobs.tail = &job->next;
-    pthread_cond_broadcast(&jobs.cond);
-    pthread_mutex_unlock(&jobs.lock);
 }
 
 struct stop_plan {
