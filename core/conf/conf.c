@@ -7,10 +7,13 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <keel/error.h>
 
@@ -44,6 +47,7 @@ struct load_state {
     size_t nfiles;
     struct pending_plugin *pending;
     size_t npending;
+    unsigned long load; /* this load's number, for the parsed files */
 };
 
 static int json_file_filter(const struct dirent *d)
@@ -58,19 +62,194 @@ static int name_order(const struct dirent **a, const struct dirent **b)
     return strcmp((*a)->d_name, (*b)->d_name);
 }
 
+/* The parsed files, by path and content.  A reload reads every file of
+ * conf.d again, in the supervisor and in each worker, but a file is parsed
+ * only when its bytes changed: parsing the creator plugin's manifest was
+ * most of a reload's CPU, taken from the requests being served.  The bytes
+ * themselves are compared, not a size and mtime, which a quick edit can
+ * leave unchanged.  The trees are shared read-only (jansson's counts are
+ * atomic); a worker forked from the supervisor starts with its entries. */
+struct parsed_file {
+    char *dir; /* as the load was given it */
+    char *path;
+    char *bytes;
+    size_t len;
+    json_t *root;
+    unsigned long used; /* the load that last asked for it */
+    struct parsed_file *next;
+};
+
+static pthread_mutex_t parsed_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct parsed_file *parsed;
+static unsigned long parsed_loads;
+static unsigned long parses;
+
+/* Larger than any conf.d file has reason to be. */
+#define KEEL__CONF_MAX_FILE (64u << 20)
+
+static int read_whole(const char *path, char **out, size_t *outlen, char *err, size_t errlen)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return keel__conf_fail(err, errlen, "%s: cannot open: %s", path, strerror(errno));
+    struct stat sb;
+    size_t cap = fstat(fd, &sb) == 0 && sb.st_size > 0 ? (size_t)sb.st_size + 1 : 4096;
+    size_t len = 0;
+    char *buf = NULL;
+    int rc = 0;
+    for (;;) {
+        if (len == cap || buf == NULL) {
+            if (len == cap)
+                cap *= 2;
+            char *grown = cap <= 2 * (size_t)KEEL__CONF_MAX_FILE ? realloc(buf, cap) : NULL;
+            if (grown == NULL) {
+                rc = keel__conf_nomem(err, errlen);
+                break;
+            }
+            buf = grown;
+        }
+        ssize_t n = read(fd, buf + len, cap - len);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0) {
+            rc = keel__conf_fail(err, errlen, "%s: cannot read: %s", path, strerror(errno));
+            break;
+        }
+        if (n == 0)
+            break;
+        len += (size_t)n;
+        if (len > KEEL__CONF_MAX_FILE) {
+            rc = keel__conf_fail(err, errlen, "%s: larger than %u MiB", path,
+                                 KEEL__CONF_MAX_FILE >> 20);
+            break;
+        }
+    }
+    close(fd);
+    if (rc < 0) {
+        free(buf);
+        return rc;
+    }
+    *out = buf;
+    *outlen = len;
+    return 0;
+}
+
+/* The file's tree, parsed now or earlier from the same bytes: a reference
+ * the caller drops. */
+static int parse_file(const struct load_state *st, const char *path, json_t **out, char *err,
+                      size_t errlen)
+{
+    char *bytes = NULL;
+    size_t len = 0;
+    int rc = read_whole(path, &bytes, &len, err, errlen);
+    if (rc < 0)
+        return rc;
+    pthread_mutex_lock(&parsed_lock);
+    struct parsed_file *e = parsed;
+    while (e != NULL && strcmp(e->path, path) != 0)
+        e = e->next;
+    if (e != NULL && e->len == len && memcmp(e->bytes, bytes, len) == 0) {
+        e->used = st->load;
+        *out = json_incref(e->root);
+        pthread_mutex_unlock(&parsed_lock);
+        free(bytes);
+        return 0;
+    }
+    pthread_mutex_unlock(&parsed_lock);
+
+    json_error_t je;
+    json_t *root = json_loadb(bytes, len, JSON_REJECT_DUPLICATES, &je);
+    __atomic_add_fetch(&parses, 1, __ATOMIC_RELAXED);
+    if (root == NULL) {
+        free(bytes);
+        return keel__conf_fail(err, errlen, "%s: line %d, column %d: %s", path, je.line, je.column,
+                               je.text);
+    }
+    *out = root;
+    struct parsed_file *fresh = calloc(1, sizeof *fresh);
+    if (fresh == NULL || (fresh->dir = strdup(st->conf->dir)) == NULL ||
+        (fresh->path = strdup(path)) == NULL) {
+        /* Parsed all the same: only the next reload pays again. */
+        if (fresh != NULL) {
+            free(fresh->dir);
+            free(fresh);
+        }
+        free(bytes);
+        return 0;
+    }
+    fresh->bytes = bytes;
+    fresh->len = len;
+    fresh->root = json_incref(root);
+    fresh->used = st->load;
+    pthread_mutex_lock(&parsed_lock);
+    fresh->next = parsed;
+    parsed = fresh;
+    pthread_mutex_unlock(&parsed_lock);
+    return 0;
+}
+
+static void parsed_free(struct parsed_file *e)
+{
+    free(e->dir);
+    free(e->path);
+    free(e->bytes);
+    json_decref(e->root);
+    free(e);
+}
+
+/* After a load of dir: forget its files that this load did not ask for
+ * (removed, or replaced by a newer parse), so that the cache holds one
+ * tree per file. */
+static void parsed_forget(const char *dir, unsigned long load)
+{
+    struct parsed_file *gone = NULL;
+    pthread_mutex_lock(&parsed_lock);
+    for (struct parsed_file **pp = &parsed; *pp != NULL;) {
+        struct parsed_file *e = *pp;
+        if (e->used != load && strcmp(e->dir, dir) == 0) {
+            *pp = e->next;
+            e->next = gone;
+            gone = e;
+        } else {
+            pp = &e->next;
+        }
+    }
+    pthread_mutex_unlock(&parsed_lock);
+    while (gone != NULL) {
+        struct parsed_file *next = gone->next;
+        parsed_free(gone);
+        gone = next;
+    }
+}
+
+unsigned long keel__conf_files_parsed(void)
+{
+    return __atomic_load_n(&parses, __ATOMIC_RELAXED);
+}
+
+void keel__conf_forget_parsed(void)
+{
+    pthread_mutex_lock(&parsed_lock);
+    struct parsed_file *e = parsed;
+    parsed = NULL;
+    pthread_mutex_unlock(&parsed_lock);
+    while (e != NULL) {
+        struct parsed_file *next = e->next;
+        parsed_free(e);
+        e = next;
+    }
+}
+
 static int load_file(struct load_state *st, const char *path, char *err, size_t errlen)
 {
-    json_error_t je;
     const char *key;
     json_t *value;
     int rc = 0;
 
-    json_t *root = json_load_file(path, JSON_REJECT_DUPLICATES, &je);
-    if (root == NULL && je.line > 0)
-        return keel__conf_fail(err, errlen, "%s: line %d, column %d: %s", path, je.line, je.column,
-                               je.text);
-    if (root == NULL)
-        return keel__conf_fail(err, errlen, "%s: %s", path, je.text);
+    json_t *root = NULL;
+    rc = parse_file(st, path, &root, err, errlen);
+    if (rc < 0)
+        return rc;
     if (!json_is_object(root)) {
         json_decref(root);
         return keel__conf_fail(err, errlen, "%s: expected a JSON object of sections", path);
@@ -173,6 +352,9 @@ int keel__conf_load(const char *dir, struct keel__conf **out, char *err, size_t 
         goto out;
     }
 
+    pthread_mutex_lock(&parsed_lock);
+    st.load = ++parsed_loads;
+    pthread_mutex_unlock(&parsed_lock);
     n = scandir(dir, &names, json_file_filter, name_order);
     if (n < 0) {
         rc = keel__conf_fail(err, errlen, "%s: cannot read the configuration directory: %s", dir,
@@ -218,6 +400,7 @@ out:
         keel__conf_free(st.conf);
         return rc == KEEL_ENOMEM ? rc : KEEL_ECONFIG;
     }
+    parsed_forget(dir, st.load);
     *out = st.conf;
     return 0;
 }

@@ -221,6 +221,12 @@ struct keel__conf {
 int keel__conf_load(const char *dir, struct keel__conf **out, char *err,
                     size_t errlen) KEEL_WARN_UNUSED;
 
+/* keel__conf_load parses a file again only when its bytes changed since it
+ * last read it (a reload re-reads all of conf.d); this drops what it keeps. */
+void keel__conf_forget_parsed(void);
+/* How many times a file was parsed (not taken as kept), for the tests. */
+unsigned long keel__conf_files_parsed(void);
+
 /*
  * Applies KEEL_LISTEN, KEEL_ADMIN_LISTEN, KEEL_DATABASE_URL, KEEL_JWT_SECRET,
  * KEEL_PLUGIN_DIR, KEEL_LOG_LEVEL.  Unset or empty variables change nothing.

@@ -5,6 +5,7 @@
 #include <dirent.h>
 #include <stdbool.h>
 #include <errno.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -438,16 +439,112 @@ int keel__db_migrate_plugin(const char *conninfo, const char *plugin, const char
     return migrate_scope(conninfo, plugin, dir, applied, err, errlen);
 }
 
+/*
+ * The checks that found every file applied, one per scope (database, plugin,
+ * directory) with the file names it saw.  A worker checks a plugin's schema
+ * on every load, and so on every reload; asked again with the same files, the
+ * answer is the one it already had, without a new connection: each one cost
+ * PostgreSQL a backend's start-up, on the CPUs serving requests, and a reload
+ * most of its time.  New files are checked again.  (A row removed from the
+ * migrations table by hand is not seen until keeld restarts; nothing keel
+ * does removes one.)
+ */
+struct current {
+    char *scope;
+    char *files;
+    struct current *next;
+};
+
+static pthread_mutex_t current_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct current *currents;
+
+/* "conninfo\nplugin\ndir" and the files' names, one after the other; NULL
+ * when out of memory (then nothing is remembered). */
+static char *scope_key(const char *conninfo, const char *plugin, const char *dir)
+{
+    if (plugin == NULL)
+        plugin = "";
+    size_t len = strlen(conninfo) + strlen(plugin) + strlen(dir) + 3;
+    char *k = malloc(len);
+    if (k != NULL)
+        snprintf(k, len, "%s\n%s\n%s", conninfo, plugin, dir);
+    return k;
+}
+
+static char *files_key(const struct migration *list, int n)
+{
+    size_t len = 1;
+    for (int i = 0; i < n; i++)
+        len += strlen(list[i].file) + 1;
+    char *k = malloc(len), *p = k;
+    for (int i = 0; k != NULL && i < n; i++) {
+        size_t l = strlen(list[i].file);
+        memcpy(p, list[i].file, l);
+        p[l] = '\n';
+        p += l + 1;
+    }
+    if (k != NULL)
+        *p = '\0';
+    return k;
+}
+
+static bool known_current(const char *scope, const char *files)
+{
+    bool yes = false;
+    pthread_mutex_lock(&current_lock);
+    for (const struct current *c = currents; c != NULL && !yes; c = c->next)
+        yes = strcmp(c->scope, scope) == 0 && strcmp(c->files, files) == 0;
+    pthread_mutex_unlock(&current_lock);
+    return yes;
+}
+
+/* Takes scope and files. */
+static void remember_current(char *scope, char *files)
+{
+    pthread_mutex_lock(&current_lock);
+    struct current *c = currents;
+    while (c != NULL && strcmp(c->scope, scope) != 0)
+        c = c->next;
+    if (c == NULL && (c = calloc(1, sizeof *c)) != NULL) {
+        c->next = currents;
+        currents = c;
+    }
+    if (c != NULL) {
+        free(c->scope);
+        free(c->files);
+        c->scope = scope;
+        c->files = files;
+        scope = files = NULL;
+    }
+    pthread_mutex_unlock(&current_lock);
+    free(scope);
+    free(files);
+}
+
 static int behind_scope(const char *conninfo, const char *plugin, const char *dir, int *behind,
                         char *err, size_t errlen)
 {
     *behind = 0;
     struct migration *list;
     int n;
-    PGconn *pg;
-    int rc = open_migrations(conninfo, dir, &list, &n, &pg, err, errlen);
+    int rc = list_migrations(dir, &list, &n, err, errlen);
     if (rc != 0)
         return rc;
+    char *scope = scope_key(conninfo, plugin, dir);
+    char *files = files_key(list, n);
+    if (scope != NULL && files != NULL && known_current(scope, files)) {
+        free(scope);
+        free(files);
+        free(list);
+        return 0;
+    }
+    PGconn *pg = migrate_connect(conninfo, err, errlen);
+    if (pg == NULL) {
+        free(scope);
+        free(files);
+        free(list);
+        return KEEL_EDB_UNAVAILABLE;
+    }
     /* Asking first avoids an error (and a line in the server's log) when
      * the table does not exist yet: then every file is pending. */
     PGresult *res = PQexec(pg, plugin != NULL
@@ -479,8 +576,14 @@ static int behind_scope(const char *conninfo, const char *plugin, const char *di
             (*behind)++;
     }
     PQclear(res);
+    if (*behind == 0 && scope != NULL && files != NULL) {
+        remember_current(scope, files);
+        scope = files = NULL;
+    }
 out:
     PQfinish(pg);
+    free(scope);
+    free(files);
     free(list);
     return rc;
 }

@@ -3,7 +3,8 @@
  * struct keel__manifest (conf/conf.h).  The conf.d loader (conf/conf.c) hands
  * every manifest it reads to keel__manifest_parse(), through the ops that
  * keel__manifest_install() gives it, once plugin_dir is final; a reload reads
- * conf.d again and so parses the file's fresh contents.
+ * conf.d again and so parses the file's fresh contents (a file whose bytes
+ * did not change keeps its tree, and its manifest shares it).
  */
 #include "config.h"
 
@@ -109,6 +110,16 @@ char *keel__manifest_resolve_file(const char *spec, const char *plugin_dir)
     return p;
 }
 
+/* A manifest keeps references into the parsed conf.d tree, not copies: the
+ * loader keeps that tree for the next reload (conf/conf.c), and nothing
+ * modifies it or the manifest's JSON once parsed (a plugin's init gets its
+ * own copy of its config, loader.c).  A reload of an unchanged file then
+ * builds its manifest without copying its documentation. */
+static json_t *share(const json_t *v)
+{
+    return json_incref((json_t *)v);
+}
+
 static int parse_fallback(const json_t *fb, const char *source, size_t i,
                           struct keel__manifest_route *r, char *err, size_t errlen)
 {
@@ -159,12 +170,12 @@ static int parse_fallback(const json_t *fb, const char *source, size_t i,
                                        "a string without control characters",
                                        source, i, key);
         }
-        r->fallback_headers = json_deep_copy(headers);
+        r->fallback_headers = share(headers);
         if (r->fallback_headers == NULL)
             return keel__conf_nomem(err, errlen);
     }
     if (body != NULL) {
-        r->fallback = json_deep_copy(body);
+        r->fallback = share(body);
         if (r->fallback == NULL)
             return keel__conf_nomem(err, errlen);
     }
@@ -215,7 +226,7 @@ static int parse_doc(const json_t *obj, const char *source, size_t i,
                                    source, i);
         if (r->doc == NULL && (r->doc = json_object()) == NULL)
             return keel__conf_nomem(err, errlen);
-        if (json_object_set_new(r->doc, doc_keys[j], json_deep_copy(v)) != 0)
+        if (json_object_set_new(r->doc, doc_keys[j], share(v)) != 0)
             return keel__conf_nomem(err, errlen);
     }
     v = json_object_get(obj, "parameters");
@@ -445,8 +456,8 @@ static int manifest_parse(const json_t *obj, const char *source, const char *plu
     out->source = strdup(source);
     out->file_spec = strdup(json_string_value(file));
     out->enabled = enabled == NULL || json_is_true(enabled);
-    out->config = config ? json_deep_copy(config) : json_object();
-    out->schemas = schemas ? json_deep_copy(schemas) : NULL;
+    out->config = config ? share(config) : json_object();
+    out->schemas = schemas ? share(schemas) : NULL;
     if ((schemas != NULL && out->schemas == NULL) || out->name == NULL || out->source == NULL ||
         out->file_spec == NULL || out->config == NULL)
         return keel__conf_nomem(err, errlen);

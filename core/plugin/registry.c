@@ -65,8 +65,9 @@ void keel__slot_free(struct keel__slot *s)
     free(s);
 }
 
-/* Deep-copies a manifest by re-parsing nothing: the slot keeps its own copy
- * so the conf model it came from can be freed. */
+/* Copies a manifest by re-parsing nothing: the slot keeps its own copy so
+ * the conf model it came from can be freed (its JSON, never modified, is
+ * shared). */
 int keel__manifest_copy(struct keel__manifest *dst, const struct keel__manifest *src)
 {
     memset(dst, 0, sizeof *dst);
@@ -76,7 +77,8 @@ int keel__manifest_copy(struct keel__manifest *dst, const struct keel__manifest 
     dst->file_spec = src->file_spec ? strdup(src->file_spec) : NULL;
     dst->migrations = src->migrations ? strdup(src->migrations) : NULL;
     dst->enabled = src->enabled;
-    dst->config = json_deep_copy(src->config);
+    /* The JSON is never modified once parsed (manifest.c): shared. */
+    dst->config = json_incref(src->config);
     dst->schemas = src->schemas ? json_incref(src->schemas) : NULL;
     dst->routes = calloc(src->nroutes ? src->nroutes : 1, sizeof *dst->routes);
     if (dst->name == NULL || dst->file == NULL || dst->config == NULL || dst->routes == NULL) {
@@ -93,9 +95,8 @@ int keel__manifest_copy(struct keel__manifest *dst, const struct keel__manifest 
         b->listener = a->listener;
         b->stream_body = a->stream_body;
         b->fallback_status = a->fallback_status;
-        b->fallback = a->fallback ? json_deep_copy(a->fallback) : NULL;
-        b->fallback_headers = a->fallback_headers ? json_deep_copy(a->fallback_headers) : NULL;
-        /* Never modified after parsing, so the copies share it. */
+        b->fallback = a->fallback ? json_incref(a->fallback) : NULL;
+        b->fallback_headers = a->fallback_headers ? json_incref(a->fallback_headers) : NULL;
         b->doc = a->doc ? json_incref(a->doc) : NULL;
         if (b->method == NULL || b->path == NULL) {
             keel__manifest_clear(dst);
@@ -106,9 +107,9 @@ int keel__manifest_copy(struct keel__manifest *dst, const struct keel__manifest 
 }
 
 /* Replaces the JSON in dst with prev's references where the two are equal
- * and never modified after parsing.  Generations and snapshots sharing one
- * tree is safe because its count only changes under the registry lock
- * (snapshot.c). */
+ * and never modified after parsing, so that equal documentation is kept
+ * once however often it is reloaded.  Sharing across threads is safe:
+ * jansson's reference counts are atomic. */
 static void share_equal(json_t **dst, json_t *prev)
 {
     if (*dst != NULL && prev != NULL && *dst != prev && json_equal(*dst, prev)) {

@@ -96,10 +96,6 @@ int keel__plugins_stats(struct keel__plugin_stats **out, size_t *n) KEEL_WARN_UN
  * 0 (never).  New reference. */
 json_t *keel__json_time(int64_t t);
 
-/* Reserves the scratch memory reloads read conf.d into and routes jansson's
- * allocations through it: once per process, before any other thread. */
-void keel__reload_memory_init(void);
-
 /* ------------------------------------------------------------------
  * Shared by registry.c and reload.c only.
  */

@@ -19,7 +19,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -46,108 +45,6 @@ static void note_reload(struct keel__slot *s, bool ok, int stage, const char *er
     snprintf(s->last_error, sizeof s->last_error, "%s", ok ? "" : error);
     s->last_at = (int64_t)time(NULL);
     keel__metrics_reload(ok);
-}
-
-/*
- * Scratch memory for the JSON of the conf.d model a reload reads.  That
- * model is only read from, copied where something is kept, and freed whole
- * at the end of the reload; the JSON is most of it.  While the reader
- * thread parses, jansson takes its blocks from this mapping, one after the
- * other, and a free of one does nothing; at the end of the reload the pages
- * used go back to the system at once, whatever glibc would have kept.  The
- * mapping is reserved once, before any thread starts (its address never
- * changes, so any thread can tell a scratch block by it), and is
- * inaccessible between reloads: a block kept past its reload would fault
- * at once rather than read whatever came after.  A model larger than the
- * mapping goes on in ordinary memory.  Only the reader's parse runs with
- * scratch on, and it hands no jansson-allocated text (json_dumps) to
- * free(); everywhere else jansson's blocks are plain malloc ones.
- */
-#define SCRATCH_BYTES ((size_t)64 << 20)
-static char *scratch;
-static size_t scratch_used; /* the thread with scratch_on only */
-static _Thread_local bool scratch_on;
-
-static bool in_scratch(const void *p)
-{
-    return scratch != NULL && (const char *)p >= scratch &&
-           (const char *)p < scratch + SCRATCH_BYTES;
-}
-
-static void *json_alloc(size_t n)
-{
-    if (scratch_on) {
-        size_t need = (n + 15) & ~(size_t)15;
-        if (need >= n && need <= SCRATCH_BYTES - scratch_used) {
-            void *p = scratch + scratch_used;
-            scratch_used += need ? need : 16;
-            return p;
-        }
-    }
-    return malloc(n);
-}
-
-static void json_release(void *p)
-{
-    if (!in_scratch(p))
-        free(p);
-}
-
-void keel__reload_memory_init(void)
-{
-    void *m = mmap(NULL, SCRATCH_BYTES, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1,
-                   0);
-    if (m == MAP_FAILED)
-        return;
-    scratch = m;
-    json_set_alloc_funcs(json_alloc, json_release);
-}
-
-static void scratch_open(void)
-{
-    if (scratch != NULL && mprotect(scratch, SCRATCH_BYTES, PROT_READ | PROT_WRITE) == 0)
-        scratch_on = true;
-}
-
-static void scratch_close(void)
-{
-    scratch_on = false;
-}
-
-/* After the model is freed: its pages go back, the mapping closes. */
-static void scratch_reset(void)
-{
-    if (scratch == NULL)
-        return;
-    size_t page = (size_t)sysconf(_SC_PAGESIZE);
-    size_t used = (scratch_used + page - 1) / page * page;
-    if (used > 0)
-        madvise(scratch, used, MADV_DONTNEED);
-    mprotect(scratch, SCRATCH_BYTES, PROT_NONE);
-    scratch_used = 0;
-}
-
-/* Replaces *doc by its own copy when it is still in scratch memory;
- * KEEL_ENOMEM when the copy fails. */
-static int own_doc(json_t **doc)
-{
-    json_t *d = *doc;
-    if (d == NULL || !in_scratch(d))
-        return 0;
-    *doc = json_deep_copy(d);
-    json_decref(d);
-    return *doc != NULL ? 0 : KEEL_ENOMEM;
-}
-
-/* Gives m its own copies of the documentation still in scratch memory
- * (what keel__manifest_share found changed); KEEL_ENOMEM when one fails. */
-static int own_docs(struct keel__manifest *m)
-{
-    int rc = own_doc(&m->schemas);
-    for (size_t i = 0; i < m->nroutes; i++)
-        if (own_doc(&m->routes[i].doc) != 0)
-            rc = KEEL_ENOMEM;
-    return rc;
 }
 
 /* What a reload intends for one slot.  After the commit, manifest and gen
@@ -214,10 +111,6 @@ static int prepare(struct pending *p, const struct keel__manifest *m)
     }
     if (!p->is_new)
         keel__manifest_share(&p->manifest, &s->manifest);
-    if (own_docs(&p->manifest) != 0) {
-        pending_fail(p, KEEL__STAGE_MANIFEST, "out of memory");
-        return 0;
-    }
     if (keel__slot_routes_check(s, &p->manifest, p->error, sizeof p->error) != 0) {
         /* Whatever the plugin served before (generation or stubs) stays. */
         p->failed = true;
@@ -368,21 +261,21 @@ static int commit(struct pending *pend, size_t npend)
 }
 
 /*
- * conf.d is read on a thread that does nothing else.  The model is a
- * reload's largest allocation by far (the default plugins' manifests carry
- * their API documentation: about a megabyte of small JSON blocks) and lives
- * only for the reload, while what the reload keeps (the new manifests,
+ * conf.d is read on a thread that does nothing else.  The model lives only
+ * for the reload, while what the reload keeps (the new manifests,
  * generations and snapshot) is built from it block by block.  Built on one
  * thread, in one glibc arena, the two interleave: once the model is freed,
  * the kept blocks are scattered over its pages, which stay resident in
- * pieces too small to give back.  Its JSON goes to scratch memory (above);
- * the rest of it (strings, route tables, the files' text) is read on a
- * thread of its own, so into an arena of its own, which the reload's kept
- * blocks do not share.  The thread lives as long as the process: a fresh
- * one per reload would be given whichever arena glibc has free, or share a
- * busy one once there are as many arenas as glibc allows (8 per CPU, soon
- * reached with a worker's listener threads).  Reloads are serialised by
- * the registry lock, so there is one read at a time.
+ * pieces too small to give back.  The files' JSON trees are kept by the
+ * loader from one reload to the next and shared by the manifests (a file is
+ * parsed again only when it changed: conf/conf.c); the rest (strings, route
+ * tables, the files' text, the tree of a changed file) is read on a thread
+ * of its own, so into an arena of its own, which the reload's kept blocks
+ * do not share.  The thread lives as long as the process: a fresh one per
+ * reload would be given whichever arena glibc has free, or share a busy one
+ * once there are as many arenas as glibc allows (8 per CPU, soon reached
+ * with a worker's listener threads).  Reloads are serialised by the
+ * registry lock, so there is one read at a time.
  */
 struct conf_read {
     struct keel__conf *conf;
@@ -401,16 +294,13 @@ static struct {
 static void conf_read_run(struct conf_read *r)
 {
     r->conf = NULL;
-    scratch_open();
     r->rc = keel__conf_read(keel__reg.confdir, &r->conf, r->err, sizeof r->err);
-    scratch_close();
 }
 
 /* The end of the model read by conf_read. */
 static void conf_done(struct keel__conf *conf)
 {
     keel__conf_free(conf);
-    scratch_reset();
 }
 
 static void *reader_main(void *arg)

@@ -315,8 +315,6 @@ int main(int argc, char **argv)
 {
     /* Before any thread: large callocs go where they belong from here on. */
     keel__heap_init();
-    /* Before any thread: every one of them allocates JSON through it. */
-    keel__reload_memory_init();
     const char *confdir = KEEL_SYSCONFDIR "/conf.d";
     bool check = false, migrate = false;
     check_connect = false;

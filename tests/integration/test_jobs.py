@@ -10,9 +10,11 @@ one deliberately oversized answer.
 
 import json
 import os
+import pathlib
 import secrets
 import signal
 import subprocess
+import tempfile
 import threading
 import time
 import uuid
@@ -21,7 +23,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import keeltest
 from keeltest import Database, Keeld, user_token
 from test_creator import creator_config
-from test_reload import parse_prometheus, fams_samples, plugins_of
+from test_reload import parse_prometheus, fams_samples, plugins_of, reload
 
 TIMEOUT = 240
 
@@ -533,6 +535,56 @@ def test_plugin_with_its_own_migration_task_upstream_and_metrics():
             assert tls["rc"] == -21 and "TLS" in tls["error"], tls
             assert k.get("/health").status == 200
             k.stop()
+
+
+def test_reload_checks_a_plugin_schema_again_only_when_its_files_change():
+    """Each load checks the plugin's migrations against the database; a
+    reload with the same files reuses the answer instead of opening a new
+    connection (a backend start-up each, on the serving CPUs), and a new file
+    is checked, and refused until migrated."""
+    with tempfile.TemporaryDirectory() as tmp:
+        check_schema_again_on_new_files(pathlib.Path(tmp) / "notes_migrations")
+
+
+def check_schema_again_on_new_files(mig):
+    mig.mkdir()
+    src = os.path.join(keeltest.srcdir, "tests", "plugins", "notes_migrations", "0001_notes.sql")
+    (mig / "0001_notes.sql").write_text(open(src).read())
+
+    def conf(k):
+        m = notes_manifest(k)
+        m["plugin"]["migrations"] = str(mig)
+        k.write_conf("70-notes.json", m)
+    with Database() as db:
+        k = Keeld(conf, db=db, start=False)
+        assert k.run("--migrate").returncode == 0
+        k.start()
+        tok = user_token()
+        assert k.get("/api/v1/notes/count", token=tok).header("X-Keel-Fallback") is None
+
+        def sessions():
+            return int(db.scalar("SELECT sessions FROM pg_stat_database "
+                                 "WHERE datname = current_database()"))
+        before = sessions()
+        for _ in range(8):
+            _, res = reload(k)
+            assert res["notes"]["ok"], res
+        # Each worker would have connected once per reload (16); the server
+        # counts a session when it ends, so give the last ones time.
+        time.sleep(1)
+        opened = sessions() - before
+        assert opened <= 3, "%d sessions over 8 reloads" % opened
+
+        (mig / "0002_more.sql").write_text("CREATE TABLE notes_more (x int);\n")
+        _, res = reload(k)
+        assert not res["notes"]["ok"], res
+        assert "1 migration(s) behind" in k.log_text(), k.log_text()[-2000:]
+        r = k.get("/api/v1/notes/count", token=tok)
+        assert r.status == 200 and r.header("X-Keel-Fallback") is None, r
+        assert k.run("--migrate").returncode == 0
+        _, res = reload(k)
+        assert res["notes"]["ok"], res
+        k.stop()
 
 
 def test_fresh_database_gets_the_creator_schema_from_the_plugin_migrations():

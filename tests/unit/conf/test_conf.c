@@ -402,6 +402,54 @@ static void test_malformed_json(void **state)
     assert_non_null(strstr(f->err, "nope: cannot read the configuration directory"));
 }
 
+/* A file is parsed again only when its bytes change; a change that keeps
+ * the size (and so, within the clock's tick, maybe the mtime) counts. */
+static void test_unchanged_files_not_parsed_again(void **state)
+{
+    struct fixture *f = *state;
+    write_file(f, "10-server.json", "{\"server\":{\"port\":9001}}");
+    write_file(f, "20-log.json", "{\"log\":{\"level\":\"debug\"}}");
+    unsigned long before = keel__conf_files_parsed();
+    load_ok(f);
+    assert_int_equal(f->conf->server.port, 9001);
+    assert_int_equal(keel__conf_files_parsed() - before, 2);
+
+    load_ok(f);
+    assert_int_equal(f->conf->server.port, 9001);
+    assert_int_equal(f->conf->log.level, KEEL_LOG_DEBUG);
+    assert_int_equal(keel__conf_files_parsed() - before, 2);
+
+    write_file(f, "10-server.json", "{\"server\":{\"port\":9002}}");
+    load_ok(f);
+    assert_int_equal(f->conf->server.port, 9002);
+    assert_int_equal(f->conf->log.level, KEEL_LOG_DEBUG);
+    assert_int_equal(keel__conf_files_parsed() - before, 3);
+
+    /* A broken edit is refused; putting the file back as it was needs no
+     * parse, and a removed file's settings are gone. */
+    write_file(f, "10-server.json", "{\"server\":{\"port\":9002,}}");
+    load_fails_containing(f, "10-server.json: line 1", NULL);
+    write_file(f, "10-server.json", "{\"server\":{\"port\":9002}}");
+    char path[PATH_MAX];
+    snprintf(path, sizeof path, "%s/20-log.json", f->dir);
+    assert_int_equal(unlink(path), 0);
+    unsigned long mid = keel__conf_files_parsed();
+    load_ok(f);
+    assert_int_equal(f->conf->server.port, 9002);
+    assert_int_equal(f->conf->log.level, KEEL_LOG_INFO);
+    assert_int_equal(keel__conf_files_parsed(), mid);
+
+    /* The removed file was forgotten: written again, it is parsed again. */
+    write_file(f, "20-log.json", "{\"log\":{\"level\":\"debug\"}}");
+    load_ok(f);
+    assert_int_equal(f->conf->log.level, KEEL_LOG_DEBUG);
+    assert_int_equal(keel__conf_files_parsed(), mid + 1);
+
+    keel__conf_forget_parsed();
+    load_ok(f);
+    assert_int_equal(keel__conf_files_parsed(), mid + 3);
+}
+
 static const char *good_manifest =
     "{\"plugin\":{\"name\":\"creator\",\"file\":\"creator.so\",\"config\":{\"unlock_cost\":25},"
     "\"routes\":["
@@ -922,6 +970,7 @@ int main(void)
         cmocka_unit_test(test_parse_listen),
         cmocka_unit_test_setup_teardown(test_env, setup, teardown),
         cmocka_unit_test_setup_teardown(test_admin_host_in_file, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_unchanged_files_not_parsed_again, setup, teardown),
         cmocka_unit_test_setup_teardown(test_pem_and_secret_files, setup, teardown),
         cmocka_unit_test(test_shipped_conf_d),
     };
