@@ -7,17 +7,16 @@
 
 #include <dirent.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <unistd.h>
 
 #include <keel/error.h>
 
 #include "conf/schema.h"
+#include "util/file.h"
 
 /* More than there are sections; checked against the schema at load. */
 #define KEEL__CONF_MAX_SECTIONS 16
@@ -85,54 +84,7 @@ static unsigned long parsed_loads;
 static unsigned long parses;
 
 /* Larger than any conf.d file has reason to be. */
-#define KEEL__CONF_MAX_FILE (64u << 20)
-
-static int read_whole(const char *path, char **out, size_t *outlen, char *err, size_t errlen)
-{
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return keel__conf_fail(err, errlen, "%s: cannot open: %s", path, strerror(errno));
-    struct stat sb;
-    size_t cap = fstat(fd, &sb) == 0 && sb.st_size > 0 ? (size_t)sb.st_size + 1 : 4096;
-    size_t len = 0;
-    char *buf = NULL;
-    int rc = 0;
-    for (;;) {
-        if (len == cap || buf == NULL) {
-            if (len == cap)
-                cap *= 2;
-            char *grown = cap <= 2 * (size_t)KEEL__CONF_MAX_FILE ? realloc(buf, cap) : NULL;
-            if (grown == NULL) {
-                rc = keel__conf_nomem(err, errlen);
-                break;
-            }
-            buf = grown;
-        }
-        ssize_t n = read(fd, buf + len, cap - len);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0) {
-            rc = keel__conf_fail(err, errlen, "%s: cannot read: %s", path, strerror(errno));
-            break;
-        }
-        if (n == 0)
-            break;
-        len += (size_t)n;
-        if (len > KEEL__CONF_MAX_FILE) {
-            rc = keel__conf_fail(err, errlen, "%s: larger than %u MiB", path,
-                                 KEEL__CONF_MAX_FILE >> 20);
-            break;
-        }
-    }
-    close(fd);
-    if (rc < 0) {
-        free(buf);
-        return rc;
-    }
-    *out = buf;
-    *outlen = len;
-    return 0;
-}
+#define KEEL__CONF_MAX_FILE ((size_t)64 << 20)
 
 /* The file's tree, parsed now or earlier from the same bytes: a reference
  * the caller drops. */
@@ -141,9 +93,9 @@ static int parse_file(const struct load_state *st, const char *path, json_t **ou
 {
     char *bytes = NULL;
     size_t len = 0;
-    int rc = read_whole(path, &bytes, &len, err, errlen);
+    int rc = keel__file_read(path, KEEL__CONF_MAX_FILE, &bytes, &len, err, errlen);
     if (rc < 0)
-        return rc;
+        return rc == KEEL_ENOMEM ? rc : KEEL_ECONFIG;
     pthread_mutex_lock(&parsed_lock);
     struct parsed_file *e = parsed;
     while (e != NULL && strcmp(e->path, path) != 0)

@@ -3,17 +3,13 @@
 
 #include "conf/schema.h"
 
-#include <errno.h>
-#include <fcntl.h>
-#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include <keel/error.h>
 
+#include "util/file.h"
 #include "util/text.h"
 
 /* Secret and key files are small; anything bigger is a mistake. */
@@ -27,59 +23,15 @@
  */
 static int read_small_file(const char *path, size_t cap, char **out, char *why, size_t whylen)
 {
-    struct stat st;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
-        snprintf(why, whylen, "cannot open %s: %s", path, strerror(errno));
-        return KEEL_EIO;
-    }
-    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
-        snprintf(why, whylen, "%s is not a regular file", path);
-        close(fd);
-        return KEEL_EIO;
-    }
-    if ((uintmax_t)st.st_size > cap) {
-        snprintf(why, whylen, "%s is larger than %zu bytes", path, cap);
-        close(fd);
-        return KEEL_ETOOBIG;
-    }
-    char *buf = malloc(cap + 1);
-    if (buf == NULL) {
-        close(fd);
-        snprintf(why, whylen, "out of memory");
-        return KEEL_ENOMEM;
-    }
-    /* Read up to one byte past the cap so a file that grew is still caught. */
-    size_t len = 0;
-    for (;;) {
-        ssize_t r = read(fd, buf + len, cap + 1 - len);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r < 0) {
-            snprintf(why, whylen, "cannot read %s: %s", path, strerror(errno));
-            free(buf);
-            close(fd);
-            return KEEL_EIO;
-        }
-        if (r == 0)
-            break;
-        len += (size_t)r;
-        if (len > cap) {
-            snprintf(why, whylen, "%s is larger than %zu bytes", path, cap);
-            free(buf);
-            close(fd);
-            return KEEL_ETOOBIG;
-        }
-    }
-    close(fd);
-    if (memchr(buf, '\0', len) != NULL) {
+    size_t len;
+    int rc = keel__file_read(path, cap, out, &len, why, whylen);
+    if (rc == 0 && memchr(*out, '\0', len) != NULL) {
         snprintf(why, whylen, "%s contains a NUL byte", path);
-        free(buf);
-        return KEEL_EINVAL;
+        free(*out);
+        *out = NULL;
+        rc = KEEL_EINVAL;
     }
-    buf[len] = '\0';
-    *out = buf;
-    return 0;
+    return rc;
 }
 
 /* Resolves a path written in conf.d: relative paths are relative to conf.d. */

@@ -16,6 +16,7 @@
 #include <keel/error.h>
 
 #include "data/db.h"
+#include "util/file.h"
 #include "util/log.h"
 #include "util/text.h"
 
@@ -134,34 +135,15 @@ static int read_file(const char *dir, const char *file, char **out, char *err, s
         keel__set_err(err, errlen, "path too long: %s/%s", dir, file);
         return KEEL_ETOOBIG;
     }
-    FILE *f = fopen(path, "rb");
-    if (f == NULL) {
-        keel__set_err(err, errlen, "cannot open %s: %s", path, strerror(errno));
-        return KEEL_EIO;
+    size_t len;
+    int rc = keel__file_read(path, MIGRATION_MAX_BYTES, out, &len, err, errlen);
+    if (rc == 0 && strlen(*out) != len) {
+        free(*out);
+        *out = NULL;
+        keel__set_err(err, errlen, "%s: NUL byte in the file", path);
+        rc = KEEL_EIO;
     }
-    struct stat st;
-    if (fstat(fileno(f), &st) != 0 || st.st_size > MIGRATION_MAX_BYTES) {
-        fclose(f);
-        keel__set_err(err, errlen, "%s: unreadable or larger than %d bytes", path,
-                      MIGRATION_MAX_BYTES);
-        return KEEL_ETOOBIG;
-    }
-    size_t size = (size_t)st.st_size;
-    char *text = malloc(size + 1);
-    if (text == NULL) {
-        fclose(f);
-        return KEEL_ENOMEM;
-    }
-    size_t got = fread(text, 1, size, f);
-    fclose(f);
-    text[got] = '\0';
-    if (got != size || strlen(text) != got) {
-        free(text);
-        keel__set_err(err, errlen, "%s: short read or NUL byte in the file", path);
-        return KEEL_EIO;
-    }
-    *out = text;
-    return 0;
+    return rc;
 }
 
 static void migrate_notice(void *arg, const PGresult *res)
