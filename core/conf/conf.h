@@ -102,7 +102,10 @@ struct keel__conf {
         int workers;              /* worker processes, default 2; 0 = one per usable CPU */
         int worker_max_rss_mb;    /* recycle a worker past this RSS; 0 = off (default) */
         long worker_max_requests; /* recycle a worker after this many requests; 0 = off */
-        char *plugin_dir;         /* default KEEL_PLUGINDIR (the install's lib/keel) */
+        /* "batch" (default): the workers' threads run SCHED_BATCH, so that
+         * a wakeup does not preempt another worker mid-batch; "normal". */
+        char *scheduling;
+        char *plugin_dir; /* default KEEL_PLUGINDIR (the install's lib/keel) */
         /* Peers whose X-Forwarded-For names the client (a load balancer);
          * CIDRs, default none. */
         struct keel__cidr *trusted_proxies;

@@ -202,6 +202,7 @@ static int parse_proxies(struct parse_ctx *c, const char *section, const char *k
 static int parse_admin_hosts(struct parse_ctx *c, const char *section, const char *key, json_t *v);
 
 static const char *const access_formats[] = {"text", "json", NULL};
+static const char *const schedulings[] = {"batch", "normal", NULL};
 const char *const keel__conf_poolers[] = {"none", "pgbouncer-session", "pgbouncer-transaction",
                                           NULL};
 
@@ -216,6 +217,7 @@ static const struct field server_fields[] = {
     INT(server, workers, 0, 256, 2),
     INT(server, worker_max_rss_mb, 0, 1048576, 0),
     LONG(server, worker_max_requests, 0, 1000000000000L, 0),
+    CHOICE(server, scheduling, schedulings, "batch"),
     STRING(server, plugin_dir, 0, KEEL_PLUGINDIR),
     CUSTOM("trusted_proxies", parse_proxies),
     STRING(server, runtime_dir, F_NULLABLE, NULL),

@@ -199,6 +199,37 @@ def test_crashing_plugins_are_reported_quarantined_and_contained():
         assert r.header("X-Keel-Fallback") == "crash_abort; reason=crashed", r.headers
 
 
+def test_workers_run_sched_batch_unless_told_otherwise():
+    """server.scheduling: every thread of every worker is SCHED_BATCH by
+    default (threads started later inherit it), the supervisor keeps the
+    normal policy, and "normal" leaves the workers at the default."""
+    def policies(pid):
+        return {os.sched_getscheduler(int(t)) for t in os.listdir("/proc/%d/task" % pid)}
+    with Keeld() as k:
+        assert k.get("/health").status == 200
+        workers = worker_pids(k)
+        assert len(workers) == 2, workers
+        for w in workers:
+            assert policies(w) == {os.SCHED_BATCH}, (w, policies(w))
+        assert policies(k.pid) == {os.SCHED_OTHER}, policies(k.pid)
+
+    def normal(k):
+        c = k.read_conf("10-server.json")
+        c["server"]["scheduling"] = "normal"
+        k.write_conf("10-server.json", c)
+    with Keeld(normal) as k:
+        for w in worker_pids(k):
+            assert policies(w) == {os.SCHED_OTHER}, (w, policies(w))
+
+    def wrong(k):
+        c = k.read_conf("10-server.json")
+        c["server"]["scheduling"] = "fifo"
+        k.write_conf("10-server.json", c)
+    k = Keeld(wrong, start=False)
+    r = k.run("--check")
+    assert r.returncode != 0 and "server.scheduling" in r.stdout, r.stdout
+
+
 def test_sigkill_of_a_worker_under_load_is_replaced():
     with Keeld(setup()) as k:
         with Load(k) as load:
