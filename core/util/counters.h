@@ -37,13 +37,15 @@ struct keel__route_metrics {
     char *method;
     char *path;
     char *plugin;
-    atomic_ullong status[KEEL__METRICS_NSTATUS];
-    atomic_ullong buckets[KEEL__METRICS_NBUCKETS];
+    /* What every request touches, together in the record's first cache
+     * line, ahead of the arrays of which it touches one element each. */
     atomic_ullong count;
     atomic_ullong sum_ns;
-    atomic_ullong degraded[KEEL__DEGRADED_NREASONS]; /* by enum keel__degraded_reason */
     /* Whether the route's handlers wait: keel__offload_score (core/http/offload.h). */
     atomic_uint wait_score;
+    atomic_ullong status[KEEL__METRICS_NSTATUS];
+    atomic_ullong buckets[KEEL__METRICS_NBUCKETS];
+    atomic_ullong degraded[KEEL__DEGRADED_NREASONS]; /* by enum keel__degraded_reason */
 };
 
 extern const char *const keel__degraded_reason_names[KEEL__DEGRADED_NREASONS];
