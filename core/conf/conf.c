@@ -8,6 +8,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -81,7 +82,7 @@ struct parsed_file {
 static pthread_mutex_t parsed_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct parsed_file *parsed;
 static unsigned long parsed_loads;
-static unsigned long parses;
+static atomic_ulong parses; /* for the tests */
 
 /* Larger than any conf.d file has reason to be. */
 #define KEEL__CONF_MAX_FILE ((size_t)64 << 20)
@@ -111,7 +112,7 @@ static int parse_file(const struct load_state *st, const char *path, json_t **ou
 
     json_error_t je;
     json_t *root = json_loadb(bytes, len, JSON_REJECT_DUPLICATES, &je);
-    __atomic_add_fetch(&parses, 1, __ATOMIC_RELAXED);
+    atomic_fetch_add_explicit(&parses, 1, memory_order_relaxed);
     if (root == NULL) {
         free(bytes);
         return keel__conf_fail(err, errlen, "%s: line %d, column %d: %s", path, je.line, je.column,
@@ -176,7 +177,7 @@ static void parsed_forget(const char *dir, unsigned long load)
 
 unsigned long keel__conf_files_parsed(void)
 {
-    return __atomic_load_n(&parses, __ATOMIC_RELAXED);
+    return atomic_load_explicit(&parses, memory_order_relaxed);
 }
 
 void keel__conf_forget_parsed(void)
