@@ -219,14 +219,9 @@ int keel__slot_routes_check(const struct keel__slot *s, const struct keel__manif
     views[n++] = (struct keel__slot_view){
         .name = s->name, .manifest = m, .reason = KEEL__REASON_NONE, .candidate = true};
     long bad;
-    struct keel__snapshot *t = keel__snapshot_build(keel__reg.core, keel__reg.ncore, views, n, 0,
-                                                    &bad, err, errlen);
+    int rc = keel__snapshot_conflicts(keel__reg.core, keel__reg.ncore, views, n, &bad, err, errlen);
     free(views);
-    if (t != NULL) {
-        keel__snapshot_discard(t);
-        return 0;
-    }
-    return bad == (long)n - 1 ? KEEL_EROUTES : 0;
+    return rc == KEEL_EROUTES && bad == (long)n - 1 ? KEEL_EROUTES : 0;
 }
 
 static void print_summary(void)

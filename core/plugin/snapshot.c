@@ -3,6 +3,7 @@
 #include "plugin/snapshot.h"
 
 #include <pthread.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -167,49 +168,60 @@ static int fill_stub(struct keel__route *r, const struct keel__manifest_route *m
     return 0;
 }
 
-/* Adds the routes of view v to s; conflicts set *conflict to index. */
+/* Everything of route r but its place in the routers: what a request on
+ * it needs. */
+static int fill_route(struct keel__route *r, const struct keel__slot_view *v,
+                      const struct keel__manifest_route *mr)
+{
+    r->listener = mr->listener;
+    r->auth = mr->auth;
+    r->stream_body = mr->stream_body;
+    /* The table owns its strings: a reload may free the manifest while
+     * requests on this snapshot are still running. */
+    r->owned_method = strdup(mr->method);
+    r->owned_path = strdup(mr->path);
+    if (r->owned_method == NULL || r->owned_path == NULL)
+        return KEEL_ENOMEM;
+    r->method = r->owned_method;
+    r->path_template = r->owned_path;
+    r->owner_slot = v->owner;
+    r->plugin_requests = v->requests;
+    r->metrics = keel__metrics_route(mr->listener, mr->method, mr->path, r->plugin);
+    r->doc = mr->doc ? json_incref(mr->doc) : NULL;
+    r->schemas = v->manifest->schemas ? json_incref(v->manifest->schemas) : NULL;
+    if (v->gen != NULL) {
+        r->owner_gen = v->gen;
+        r->generation = v->gen->number;
+        r->state = v->gen->state;
+        r->gen_in_flight = &v->gen->in_flight;
+        r->gen_requests = &v->gen->requests;
+        r->handler = keel__generation_handler(v->gen, mr->method, mr->path);
+        keel__sb_text_make(&r->sb_text, r->plugin, r->method, r->path_template);
+        return 0;
+    }
+    r->reason = v->reason;
+    if (fill_stub(r, mr, r->plugin, v->reason) != 0)
+        return KEEL_ENOMEM;
+    if (v->reason == KEEL__REASON_STARTING)
+        r->stub_headers = json_pack("{s:s}", "Retry-After", "1");
+    else if (mr->fallback_headers != NULL)
+        r->stub_headers = json_incref(mr->fallback_headers);
+    return 0;
+}
+
+/* Adds the routes of view v to s; conflicts set *conflict to index.  With
+ * routes_only, only the routers are filled (keel__snapshot_conflicts). */
 static int add_view_routes(struct keel__snapshot *s, const struct keel__slot_view *v, long index,
-                           long *conflict, char *err, size_t errlen)
+                           bool routes_only, long *conflict, char *err, size_t errlen)
 {
     struct keel__table *t = &s->table;
     const struct keel__manifest *m = v->manifest;
     for (size_t i = 0; i < m->nroutes; i++) {
         const struct keel__manifest_route *mr = &m->routes[i];
         struct keel__route *r = &t->routes[t->nroutes++];
-        r->listener = mr->listener;
-        r->auth = mr->auth;
-        r->stream_body = mr->stream_body;
-        /* The table owns its strings: a reload may free the manifest while
-         * requests on this snapshot are still running. */
-        r->owned_method = strdup(mr->method);
-        r->owned_path = strdup(mr->path);
-        if (r->owned_method == NULL || r->owned_path == NULL)
-            return KEEL_ENOMEM;
-        r->method = r->owned_method;
-        r->path_template = r->owned_path;
         r->plugin = v->name;
-        r->owner_slot = v->owner;
-        r->plugin_requests = v->requests;
-        r->metrics = keel__metrics_route(mr->listener, mr->method, mr->path, r->plugin);
-        r->doc = mr->doc ? json_incref(mr->doc) : NULL;
-        r->schemas = m->schemas ? json_incref(m->schemas) : NULL;
-        if (v->gen != NULL) {
-            r->owner_gen = v->gen;
-            r->generation = v->gen->number;
-            r->state = v->gen->state;
-            r->gen_in_flight = &v->gen->in_flight;
-            r->gen_requests = &v->gen->requests;
-            r->handler = keel__generation_handler(v->gen, mr->method, mr->path);
-            keel__sb_text_make(&r->sb_text, r->plugin, r->method, r->path_template);
-        } else {
-            r->reason = v->reason;
-            if (fill_stub(r, mr, r->plugin, v->reason) != 0)
-                return KEEL_ENOMEM;
-            if (v->reason == KEEL__REASON_STARTING)
-                r->stub_headers = json_pack("{s:s}", "Retry-After", "1");
-            else if (mr->fallback_headers != NULL)
-                r->stub_headers = json_incref(mr->fallback_headers);
-        }
+        if (!routes_only && fill_route(r, v, mr) != 0)
+            return KEEL_ENOMEM;
         int rc = keel__router_add(t->routers[mr->listener], mr->method, mr->path, r->plugin, r, err,
                                   errlen);
         if (rc != 0) {
@@ -221,10 +233,9 @@ static int add_view_routes(struct keel__snapshot *s, const struct keel__slot_vie
     return 0;
 }
 
-struct keel__snapshot *keel__snapshot_build(const struct keel__core_route *core, size_t ncore,
-                                            const struct keel__slot_view *views, size_t nviews,
-                                            uint64_t serial, long *conflict, char *err,
-                                            size_t errlen)
+static struct keel__snapshot *build(const struct keel__core_route *core, size_t ncore,
+                                    const struct keel__slot_view *views, size_t nviews,
+                                    bool routes_only, long *conflict, char *err, size_t errlen)
 {
     *conflict = -1;
     if (errlen > 0)
@@ -253,7 +264,8 @@ struct keel__snapshot *keel__snapshot_build(const struct keel__core_route *core,
         r->method = c->method;
         r->path_template = c->path;
         r->core_handler = c->handler;
-        r->metrics = keel__metrics_route(c->listener, c->method, c->path, NULL);
+        if (!routes_only)
+            r->metrics = keel__metrics_route(c->listener, c->method, c->path, NULL);
         if (keel__router_add(t->routers[c->listener], c->method, c->path, "core", r, err, errlen) !=
             0)
             goto fail;
@@ -261,8 +273,10 @@ struct keel__snapshot *keel__snapshot_build(const struct keel__core_route *core,
     for (int pass = 0; pass < 2; pass++)
         for (size_t v = 0; v < nviews; v++)
             if (views[v].manifest != NULL && views[v].candidate == (pass == 1) &&
-                add_view_routes(s, &views[v], (long)v, conflict, err, errlen) != 0)
+                add_view_routes(s, &views[v], (long)v, routes_only, conflict, err, errlen) != 0)
                 goto fail;
+    if (routes_only)
+        return s;
     for (size_t v = 0; v < nviews; v++) {
         if (views[v].manifest != NULL && views[v].gen != NULL) {
             keel__generation_ref(views[v].gen);
@@ -292,9 +306,30 @@ struct keel__snapshot *keel__snapshot_build(const struct keel__core_route *core,
             goto fail;
     }
     atomic_store(&t->refs, 1);
-    t->serial = serial;
     return s;
 fail:
     snapshot_free(s);
     return NULL;
+}
+
+struct keel__snapshot *keel__snapshot_build(const struct keel__core_route *core, size_t ncore,
+                                            const struct keel__slot_view *views, size_t nviews,
+                                            uint64_t serial, long *conflict, char *err,
+                                            size_t errlen)
+{
+    struct keel__snapshot *s = build(core, ncore, views, nviews, false, conflict, err, errlen);
+    if (s != NULL)
+        s->table.serial = serial;
+    return s;
+}
+
+int keel__snapshot_conflicts(const struct keel__core_route *core, size_t ncore,
+                             const struct keel__slot_view *views, size_t nviews, long *conflict,
+                             char *err, size_t errlen)
+{
+    struct keel__snapshot *s = build(core, ncore, views, nviews, true, conflict, err, errlen);
+    if (s == NULL)
+        return *conflict >= 0 ? KEEL_EROUTES : KEEL_ENOMEM;
+    snapshot_free(s);
+    return 0;
 }

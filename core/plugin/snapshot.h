@@ -55,6 +55,17 @@ struct keel__snapshot *keel__snapshot_build(const struct keel__core_route *core,
                                             const struct keel__slot_view *views, size_t nviews,
                                             uint64_t serial, long *conflict, char *err,
                                             size_t errlen);
+
+/*
+ * Whether those views' routes could all be served together: the routers of
+ * keel__snapshot_build alone, none of the rest (stub bodies, metrics
+ * records, documentation, generations), for a check before anything is
+ * loaded.  0, or KEEL_EROUTES with *conflict and err as keel__snapshot_build
+ * sets them, or KEEL_ENOMEM.
+ */
+int keel__snapshot_conflicts(const struct keel__core_route *core, size_t ncore,
+                             const struct keel__slot_view *views, size_t nviews, long *conflict,
+                             char *err, size_t errlen);
 /* Frees a snapshot that was never published. */
 void keel__snapshot_discard(struct keel__snapshot *s);
 

@@ -19,6 +19,8 @@
 #include <stdatomic.h>
 #include <string.h>
 
+#include <keel/error.h>
+
 #include "http/routes.h"
 #include "plugin/loader.h"
 #include "plugin/manifest.h"
@@ -149,11 +151,70 @@ static void test_a_table_never_published_is_freed_at_once(void **state)
     assert_counts(counts_now(), 1, 1, 1);
 }
 
+static void count_record(void *ctx, const struct keel__route_metrics *m)
+{
+    (void)m;
+    ++*(size_t *)ctx;
+}
+
+/* The check before a load: the routers alone, the same verdict as a build,
+ * and nothing of the manifest referenced or the metrics touched. */
+static void test_conflicts_checks_the_routes_alone(void **state)
+{
+    (void)state;
+    struct keel__slot_view v[2] = {
+        {.name = "docs",
+         .manifest = &manifest,
+         .reason = KEEL__REASON_LOAD_FAILED,
+         .requests = &requests},
+        {.name = "other",
+         .manifest = &manifest,
+         .reason = KEEL__REASON_LOAD_FAILED,
+         .requests = &requests,
+         .candidate = true},
+    };
+    long conflict = 7;
+    char err[256] = "";
+    assert_int_equal(keel__snapshot_conflicts(NULL, 0, v, 1, &conflict, err, sizeof err), 0);
+    assert_int_equal(conflict, -1);
+    assert_counts(counts_now(), 1, 1, 1);
+
+    /* A route checked, never served, gets no metrics record (it would show
+     * in /metrics). */
+    struct keel__manifest fresh;
+    json_t *obj = json_loads("{\"name\": \"fresh\", \"file\": \"/nonexistent/f.so\","
+                             " \"routes\": [{\"method\": \"GET\", \"path\": \"/fresh\","
+                             " \"auth\": \"public\"}]}",
+                             0, NULL);
+    assert_int_equal(keel__manifest_parse(obj, "f.json", "/nonexistent", &fresh, err, sizeof err),
+                     0);
+    json_decref(obj);
+    struct keel__slot_view f = {.name = "fresh", .manifest = &fresh, .requests = &requests};
+    size_t before = 0, after = 0;
+    keel__metrics_each(count_record, &before);
+    assert_int_equal(keel__snapshot_conflicts(NULL, 0, &f, 1, &conflict, err, sizeof err), 0);
+    keel__metrics_each(count_record, &after);
+    assert_int_equal(after, before);
+    keel__manifest_clear(&fresh);
+
+    assert_int_equal(keel__snapshot_conflicts(NULL, 0, v, 2, &conflict, err, sizeof err),
+                     KEEL_EROUTES);
+    assert_int_equal(conflict, 1);
+    if (strstr(err, "docs") == NULL || strstr(err, "other") == NULL)
+        fail_msg("the conflict does not name both plugins: %s", err);
+    assert_counts(counts_now(), 1, 1, 1);
+
+    /* keel__snapshot_build says the same. */
+    assert_null(keel__snapshot_build(NULL, 0, v, 2, 1, &conflict, err, sizeof err));
+    assert_int_equal(conflict, 1);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_last_reference_on_a_lane_leaves_json_counts_to_the_next_publish),
         cmocka_unit_test(test_a_table_never_published_is_freed_at_once),
+        cmocka_unit_test(test_conflicts_checks_the_routes_alone),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
