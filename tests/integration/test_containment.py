@@ -213,19 +213,17 @@ def test_workers_run_sched_batch_unless_told_otherwise():
             assert policies(w) == {os.SCHED_BATCH}, (w, policies(w))
         assert policies(k.pid) == {os.SCHED_OTHER}, policies(k.pid)
 
-    def normal(k):
-        c = k.read_conf("10-server.json")
-        c["server"]["scheduling"] = "normal"
-        k.write_conf("10-server.json", c)
-    with Keeld(normal) as k:
+    def scheduling(value):
+        def mut(k):
+            c = k.read_conf("10-server.json")
+            c["server"]["scheduling"] = value
+            k.write_conf("10-server.json", c)
+        return mut
+    with Keeld(scheduling("normal")) as k:
         for w in worker_pids(k):
             assert policies(w) == {os.SCHED_OTHER}, (w, policies(w))
 
-    def wrong(k):
-        c = k.read_conf("10-server.json")
-        c["server"]["scheduling"] = "fifo"
-        k.write_conf("10-server.json", c)
-    k = Keeld(wrong, start=False)
+    k = Keeld(scheduling("fifo"), start=False)
     r = k.run("--check")
     assert r.returncode != 0 and "server.scheduling" in r.stdout, r.stdout
 
