@@ -607,7 +607,10 @@ def test_upgrade_waits_for_the_new_keelds_slow_inits():
     with Keeld(mut) as k:
         new_pid = None
         try:
-            wait_until(lambda: k.get(slow).status == 200, "the slow init to finish", timeout=30)
+            # In both workers: a 200 from one says nothing of the other's.
+            wait_until(lambda: k.log_text().count("loaded init_hang 0.0.1 generation 1") >= 2,
+                       "the slow init to finish in every worker", timeout=30)
+            assert k.get(slow).status == 200
             with Load(k, paths=(HEALTH, slow)) as load:
                 time.sleep(0.3)
                 c = k.keelctl("--json", "upgrade", timeout=90)
