@@ -87,6 +87,20 @@ static atomic_ulong parses; /* for the tests */
 /* Larger than any conf.d file has reason to be. */
 #define KEEL__CONF_MAX_FILE ((size_t)64 << 20)
 
+/* Frees a list of entries already out of the cache. */
+static void parsed_free(struct parsed_file *e)
+{
+    while (e != NULL) {
+        struct parsed_file *next = e->next;
+        free(e->dir);
+        free(e->path);
+        free(e->bytes);
+        json_decref(e->root);
+        free(e);
+        e = next;
+    }
+}
+
 /* The file's tree, parsed now or earlier from the same bytes: a reference
  * the caller drops. */
 static int parse_file(const struct load_state *st, const char *path, json_t **out, char *err,
@@ -123,10 +137,7 @@ static int parse_file(const struct load_state *st, const char *path, json_t **ou
     if (fresh == NULL || (fresh->dir = strdup(st->conf->dir)) == NULL ||
         (fresh->path = strdup(path)) == NULL) {
         /* Parsed all the same: only the next reload pays again. */
-        if (fresh != NULL) {
-            free(fresh->dir);
-            free(fresh);
-        }
+        parsed_free(fresh);
         free(bytes);
         return 0;
     }
@@ -139,15 +150,6 @@ static int parse_file(const struct load_state *st, const char *path, json_t **ou
     parsed = fresh;
     pthread_mutex_unlock(&parsed_lock);
     return 0;
-}
-
-static void parsed_free(struct parsed_file *e)
-{
-    free(e->dir);
-    free(e->path);
-    free(e->bytes);
-    json_decref(e->root);
-    free(e);
 }
 
 /* After a load of dir: forget its files that this load did not ask for
@@ -168,11 +170,7 @@ static void parsed_forget(const char *dir, unsigned long load)
         }
     }
     pthread_mutex_unlock(&parsed_lock);
-    while (gone != NULL) {
-        struct parsed_file *next = gone->next;
-        parsed_free(gone);
-        gone = next;
-    }
+    parsed_free(gone);
 }
 
 unsigned long keel__conf_files_parsed(void)
@@ -183,14 +181,10 @@ unsigned long keel__conf_files_parsed(void)
 void keel__conf_forget_parsed(void)
 {
     pthread_mutex_lock(&parsed_lock);
-    struct parsed_file *e = parsed;
+    struct parsed_file *all = parsed;
     parsed = NULL;
     pthread_mutex_unlock(&parsed_lock);
-    while (e != NULL) {
-        struct parsed_file *next = e->next;
-        parsed_free(e);
-        e = next;
-    }
+    parsed_free(all);
 }
 
 static int load_file(struct load_state *st, const char *path, char *err, size_t errlen)

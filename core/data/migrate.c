@@ -503,30 +503,14 @@ static void remember_current(char *scope, char *files)
     free(files);
 }
 
-static int behind_scope(const char *conninfo, const char *plugin, const char *dir, int *behind,
-                        char *err, size_t errlen)
+/* Counts into *behind the files of list the database has not recorded. */
+static int count_behind(const char *conninfo, const char *plugin, const struct migration *list,
+                        int n, int *behind, char *err, size_t errlen)
 {
-    *behind = 0;
-    struct migration *list;
-    int n;
-    int rc = list_migrations(dir, &list, &n, err, errlen);
-    if (rc != 0)
-        return rc;
-    char *scope = scope_key(conninfo, plugin, dir);
-    char *files = files_key(list, n);
-    if (scope != NULL && files != NULL && known_current(scope, files)) {
-        free(scope);
-        free(files);
-        free(list);
-        return 0;
-    }
     PGconn *pg = migrate_connect(conninfo, err, errlen);
-    if (pg == NULL) {
-        free(scope);
-        free(files);
-        free(list);
+    if (pg == NULL)
         return KEEL_EDB_UNAVAILABLE;
-    }
+    int rc = 0;
     /* Asking first avoids an error (and a line in the server's log) when
      * the table does not exist yet: then every file is pending. */
     PGresult *res = PQexec(pg, plugin != NULL
@@ -558,12 +542,30 @@ static int behind_scope(const char *conninfo, const char *plugin, const char *di
             (*behind)++;
     }
     PQclear(res);
-    if (*behind == 0 && scope != NULL && files != NULL) {
-        remember_current(scope, files);
-        scope = files = NULL;
-    }
 out:
     PQfinish(pg);
+    return rc;
+}
+
+static int behind_scope(const char *conninfo, const char *plugin, const char *dir, int *behind,
+                        char *err, size_t errlen)
+{
+    *behind = 0;
+    struct migration *list;
+    int n;
+    int rc = list_migrations(dir, &list, &n, err, errlen);
+    if (rc != 0)
+        return rc;
+    char *scope = scope_key(conninfo, plugin, dir);
+    char *files = files_key(list, n);
+    bool keys = scope != NULL && files != NULL;
+    if (!keys || !known_current(scope, files)) {
+        rc = count_behind(conninfo, plugin, list, n, behind, err, errlen);
+        if (rc == 0 && *behind == 0 && keys) {
+            remember_current(scope, files);
+            scope = files = NULL;
+        }
+    }
     free(scope);
     free(files);
     free(list);

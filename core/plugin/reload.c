@@ -297,12 +297,6 @@ static void conf_read_run(struct conf_read *r)
     r->rc = keel__conf_read(keel__reg.confdir, &r->conf, r->err, sizeof r->err);
 }
 
-/* The end of the model read by conf_read. */
-static void conf_done(struct keel__conf *conf)
-{
-    keel__conf_free(conf);
-}
-
 static void *reader_main(void *arg)
 {
     (void)arg;
@@ -358,7 +352,7 @@ json_t *keel__plugins_reload(const char *only, bool *unknown)
     int rc = conf_read(&conf, err, sizeof err);
     if (rc != 0) {
         json_t *r = refuse_conf(only, err, unknown);
-        conf_done(conf);
+        keel__conf_free(conf);
         pthread_mutex_unlock(&keel__reg.lock);
         return r;
     }
@@ -368,7 +362,7 @@ json_t *keel__plugins_reload(const char *only, bool *unknown)
         for (size_t i = 0; i < conf->nplugins && !found; i++)
             found = strcmp(conf->plugins[i].name, only) == 0;
         if (!found) {
-            conf_done(conf);
+            keel__conf_free(conf);
             pthread_mutex_unlock(&keel__reg.lock);
             *unknown = true;
             return NULL;
@@ -381,7 +375,7 @@ json_t *keel__plugins_reload(const char *only, bool *unknown)
         /* Nothing was loaded yet: report the reload as failed, change nothing. */
         free(pend);
         json_decref(results);
-        conf_done(conf);
+        keel__conf_free(conf);
         pthread_mutex_unlock(&keel__reg.lock);
         keel__log(KEEL_LOG_ERROR, "core", "reload refused: out of memory");
         return json_pack("{s:b, s:[]}", "ok", 0, "results");
@@ -440,7 +434,7 @@ json_t *keel__plugins_reload(const char *only, bool *unknown)
         keel__manifest_clear(&p->manifest);
     }
     free(pend);
-    conf_done(conf);
+    keel__conf_free(conf);
     keel__plugins_remember();
     pthread_mutex_unlock(&keel__reg.lock);
     json_t *answer = json_pack("{s:b, s:o}", "ok", all_ok, "results", results);
