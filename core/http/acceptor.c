@@ -25,13 +25,14 @@
  * one.  A lane clears within microseconds of reading a new connection's
  * first request, so a burst of connections (a client opening its pool)
  * settles on the lanes there are; only lanes held by slow or stuck
- * handlers outlast it.  While some lane goes on finishing requests without
- * waiting on I/O the wait stretches to BUSY_WAIT_NS: on a CPU shared with
- * other work a lane running quick requests may not clear within
- * CLEAR_WAIT_NS only because it waits for the CPU, and another thread
- * would not get more of it (bench: lanes grew from 2 to 17 per worker over
- * six bursts of 50 connections on a loaded machine; and to 19 when only
- * the first request of a burst waited on the database, for its user).  A
+ * handlers outlast it.  On a CPU shared with other work a lane running
+ * quick requests may not be seen clear only because it waits for the CPU,
+ * and another thread would not get more of it (bench: lanes grew from 2 to
+ * 17 per worker over six bursts of 50 connections on a loaded machine; and
+ * to 19 when only the first request of a burst waited on the database, for
+ * its user): a lane that finishes a request during the wait without
+ * waiting on I/O takes the connection, and while some lane might still
+ * (not waiting on I/O, not stuck) the wait stretches to BUSY_WAIT_NS.  A
  * lane held by a handler that has not returned for STUCK_NS, and one
  * waiting on the database, would be overlapped by another thread: when
  * every lane is one of these the lane starts after CLEAR_WAIT_NS. */
@@ -48,6 +49,7 @@ struct keel__acceptor {
     /* Appended by the acceptor thread only; readers load nlanes first. */
     struct keel__lane **lanes;
     atomic_uint nlanes;
+    unsigned in_use; /* the first in_use lanes get new connections: acceptor thread only */
     atomic_long open;
     int wake[2];
     pthread_t thread;
@@ -100,7 +102,7 @@ static int conn_fd(struct MHD_Connection *conn)
 
 /* ------------------------------------------------------------ the choice */
 
-int keel__lane_pick(const struct keel__lane_load *loads, unsigned n, bool fallback)
+int keel__lane_pick(const struct keel__lane_load *loads, unsigned n, enum keel__lane_pick_mode mode)
 {
     int best = -1;
     for (unsigned i = 0; i < n; i++) {
@@ -110,10 +112,12 @@ int keel__lane_pick(const struct keel__lane_load *loads, unsigned n, bool fallba
         if (best < 0 || l->conns < loads[best].conns)
             best = (int)i;
     }
-    if (best >= 0 || !fallback)
+    if (best >= 0 || mode == KEEL__PICK_CLEAR)
         return best;
     for (unsigned i = 0; i < n; i++) {
         const struct keel__lane_load *l = &loads[i];
+        if (mode == KEEL__PICK_PROGRESS && !l->progress)
+            continue;
         int work = l->fresh + l->active,
             best_work = best < 0 ? 0 : loads[best].fresh + loads[best].active;
         if (best < 0 || work < best_work || (work == best_work && l->conns < loads[best].conns))
@@ -122,16 +126,34 @@ int keel__lane_pick(const struct keel__lane_load *loads, unsigned n, bool fallba
     return best;
 }
 
-static int pick(keel__acceptor *a, bool fallback)
+unsigned keel__lanes_in_use(const struct keel__lane_load *loads, unsigned in_use, unsigned base)
 {
-    unsigned n = atomic_load(&a->nlanes);
-    struct keel__lane_load loads[n > 0 ? n : 1];
+    while (in_use > base && loads[in_use - 1].conns == 0)
+        in_use--;
+    return in_use;
+}
+
+/* What a lane had done when the wait for a clear lane began. */
+struct lane_mark {
+    unsigned done, waits;
+};
+
+/* The counters of the first n lanes; with marks, which of them have
+ * finished a request since the marks were taken without waiting on I/O. */
+static void load_lanes(keel__acceptor *a, struct keel__lane_load *loads, unsigned n,
+                       const struct lane_mark *m)
+{
     for (unsigned i = 0; i < n; i++) {
-        loads[i].conns = atomic_load_explicit(&a->lanes[i]->conns, memory_order_relaxed);
-        loads[i].fresh = atomic_load_explicit(&a->lanes[i]->fresh, memory_order_relaxed);
-        loads[i].active = atomic_load_explicit(&a->lanes[i]->active, memory_order_relaxed);
+        struct keel__lane *l = a->lanes[i];
+        loads[i].conns = atomic_load_explicit(&l->conns, memory_order_relaxed);
+        loads[i].fresh = atomic_load_explicit(&l->fresh, memory_order_relaxed);
+        loads[i].active = atomic_load_explicit(&l->active, memory_order_relaxed);
+        loads[i].progress = m != NULL &&
+                            atomic_load_explicit(&l->blocked.now, memory_order_relaxed) == 0 &&
+                            atomic_load_explicit(&l->blocked.waits, memory_order_relaxed) ==
+                                m[i].waits &&
+                            atomic_load_explicit(&l->done, memory_order_relaxed) != m[i].done;
     }
-    return keel__lane_pick(loads, n, fallback);
 }
 
 static struct keel__lane *add_lane(keel__acceptor *a)
@@ -153,11 +175,6 @@ static struct keel__lane *add_lane(keel__acceptor *a)
     atomic_store(&a->nlanes, n + 1);
     return lane;
 }
-
-/* What a lane had done when the wait for a clear lane began. */
-struct lane_mark {
-    unsigned done, waits;
-};
 
 static void mark_lanes(keel__acceptor *a, struct lane_mark *m, unsigned n)
 {
@@ -188,34 +205,48 @@ static bool some_lane_runs(keel__acceptor *a, const struct lane_mark *m, unsigne
     return false;
 }
 
+/*
+ * The lane for a new connection, among the lanes in use (the first
+ * a->in_use of those started): a clear one; else the first to clear or to
+ * finish a request without waiting on I/O while the acceptor waits (it is
+ * only short of CPU, which another thread would share); else one more lane,
+ * taken back into use or started.
+ */
 static struct keel__lane *choose(keel__acceptor *a)
 {
-    int i = pick(a, false);
+    unsigned n = atomic_load(&a->nlanes);
+    struct keel__lane_load loads[n];
+    load_lanes(a, loads, n, NULL);
+    a->in_use = keel__lanes_in_use(loads, a->in_use, a->conf.lanes);
+    unsigned m = a->in_use;
+    int i = keel__lane_pick(loads, m, KEEL__PICK_CLEAR);
     if (i >= 0)
         return a->lanes[i];
-    unsigned n = atomic_load(&a->nlanes);
-    if (n < a->conf.max_lanes) {
-        struct lane_mark marks[n];
-        mark_lanes(a, marks, n);
+    if (m < a->conf.max_lanes) {
+        struct lane_mark marks[m];
+        mark_lanes(a, marks, m);
         int64_t start = keel__monotonic_ns(), now = start;
-        while (now - start < (some_lane_runs(a, marks, n, now) ? BUSY_WAIT_NS : CLEAR_WAIT_NS)) {
+        while (now - start < (some_lane_runs(a, marks, m, now) ? BUSY_WAIT_NS : CLEAR_WAIT_NS)) {
             struct timespec ts = {0, CLEAR_POLL_NS};
             nanosleep(&ts, NULL);
-            i = pick(a, false);
+            load_lanes(a, loads, m, marks);
+            i = keel__lane_pick(loads, m, KEEL__PICK_PROGRESS);
             if (i >= 0)
                 return a->lanes[i];
             now = keel__monotonic_ns();
         }
-        struct keel__lane *lane = add_lane(a);
+        struct keel__lane *lane = m < n ? a->lanes[m] : add_lane(a);
         if (lane != NULL) {
-            keel__log(KEEL_LOG_INFO, "core",
-                      "%s listener: every thread busy for %lld ms; started thread %u of at most %u",
-                      a->conf.name, (long long)((now - start) / 1000000), atomic_load(&a->nlanes),
-                      a->conf.max_lanes);
+            a->in_use = m + 1;
+            keel__log(m < n ? KEEL_LOG_DEBUG : KEEL_LOG_INFO, "core",
+                      "%s listener: every thread busy for %lld ms; %s thread %u of at most %u",
+                      a->conf.name, (long long)((now - start) / 1000000),
+                      m < n ? "took back" : "started", m + 1, a->conf.max_lanes);
             return lane;
         }
     }
-    return a->lanes[pick(a, true)];
+    load_lanes(a, loads, a->in_use, NULL);
+    return a->lanes[keel__lane_pick(loads, a->in_use, KEEL__PICK_ANY)];
 }
 
 /* ------------------------------------------------------------ accepting */
@@ -399,6 +430,7 @@ int keel__acceptor_start(const struct keel__acceptor_conf *conf, keel__acceptor 
     for (unsigned i = 0; rc == 0 && i < a->conf.lanes; i++)
         if (add_lane(a) == NULL)
             rc = KEEL_EIO;
+    a->in_use = atomic_load(&a->nlanes);
     if (rc == 0 && pthread_create(&a->thread, NULL, accept_main, a) != 0)
         rc = KEEL_ENOMEM;
     if (rc != 0) {

@@ -7,14 +7,17 @@
  * handler that never returns holds every connection of its lane; the
  * acceptor therefore gives a new connection only to a lane that is clear
  * (no request in progress, no connection waiting for its first request),
- * the one with the fewest connections, waits a moment for one when none
- * is, and then starts another lane, up to a cap.  The wait is longer while
- * the lanes are finishing requests and none waits on the database or an
- * upstream (they only run short of CPU, and one will clear) than when none
- * finishes any (they are held) or some wait (another thread would overlap
- * the wait): busy lanes on a crowded CPU get no more threads, which would
- * only add switching.  A connection stays on its
- * lane for its whole life (keep-alive included).
+ * the one with the fewest connections.  When none is, it waits a moment
+ * for one to clear, or to finish a request without waiting on the database
+ * or an upstream (a lane only short of CPU, which another thread would
+ * share: it takes the connection), and then starts another lane, up to a
+ * cap; sooner when every lane waits on I/O or is held by a handler that
+ * does not return (another thread would overlap those).  A connection
+ * stays on its lane for its whole life (keep-alive included).  Lanes
+ * started for such a stretch stay started, but the last ones go out of use
+ * while they hold no connection, and come back into use, as a new one
+ * would start, when the others are held again: connections arriving later
+ * are not split over more threads than the CPU needs.
  *
  * Connection limits are the acceptor's, over all lanes: the total
  * (limits.max_connections) and, when asked, per peer address.
@@ -99,11 +102,22 @@ void keel__lane_notify(void *cls, struct MHD_Connection *conn, void **socket_con
  * The choice itself, for n lanes described by their counters: the index of
  * the clear lane with the fewest connections, or -1 when no lane is clear.
  * With fallback, never -1 (n > 0): the lane with the least work in hand,
- * then the fewest connections.
+ * then the fewest connections; with progress, the same among the lanes
+ * that finish requests (-1 when none does).
  */
+enum keel__lane_pick_mode { KEEL__PICK_CLEAR, KEEL__PICK_PROGRESS, KEEL__PICK_ANY };
 struct keel__lane_load {
     int conns, fresh, active;
+    bool progress; /* finished a request lately and waits on no I/O */
 };
-int keel__lane_pick(const struct keel__lane_load *loads, unsigned n, bool fallback);
+int keel__lane_pick(const struct keel__lane_load *loads, unsigned n,
+                    enum keel__lane_pick_mode mode);
+/*
+ * How many of the lanes stay in use, of in_use now (at least base): the
+ * last ones go out of use while they hold no connection at all, so that
+ * lanes started for a burst of waiting handlers do not go on splitting the
+ * connections that come after it into more threads than the CPU needs.
+ */
+unsigned keel__lanes_in_use(const struct keel__lane_load *loads, unsigned in_use, unsigned base);
 
 #endif
