@@ -28,6 +28,8 @@
 #include "util/log.h"
 #include "util/time.h"
 
+#include "../loopback.h"
+
 #define ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
 
 /* ------------------------------------------------------------ the choice */
@@ -97,12 +99,6 @@ static int lane_index(const struct keel__lane *lane)
         if (srv.lanes[i] == lane)
             return i;
     return -1;
-}
-
-static void nap_ms(long ms)
-{
-    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
 }
 
 static void *on_uri(void *cls, const char *uri, struct MHD_Connection *conn)
@@ -197,16 +193,6 @@ static int teardown(void **state)
     return 0;
 }
 
-static int dial(void)
-{
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    assert_true(fd >= 0);
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(srv.port)};
-    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    assert_int_equal(connect(fd, (struct sockaddr *)&sa, sizeof sa), 0);
-    return fd;
-}
-
 static void send_get(int fd, const char *path)
 {
     char req[128];
@@ -240,7 +226,7 @@ static void test_lanes_started_for_held_handlers_go_out_of_use_once_empty(void *
     assert_int_equal(start(), 0);
     int held[3];
     for (int i = 0; i < 3; i++) {
-        held[i] = dial();
+        held[i] = loopback_dial(srv.port);
         send_get(held[i], "/hold");
         for (int k = 0; k < 1000 && atomic_load(&srv.holding) < i + 1; k++)
             nap_ms(5);
@@ -261,7 +247,7 @@ static void test_lanes_started_for_held_handlers_go_out_of_use_once_empty(void *
      * (before, each went to the clear lane with the fewest connections). */
     int fds[4];
     for (int i = 0; i < 4; i++) {
-        fds[i] = dial();
+        fds[i] = loopback_dial(srv.port);
         send_get(fds[i], "/quick");
         read_answer(fds[i]);
         assert_int_equal(atomic_load(&srv.last_lane), 0);

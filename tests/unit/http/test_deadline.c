@@ -29,6 +29,8 @@
 #include "util/log.h"
 #include "util/time.h"
 
+#include "../loopback.h"
+
 struct server {
     struct MHD_Daemon *daemon;
     keel__deadlines *deadlines;
@@ -101,28 +103,6 @@ static int teardown(void **state)
     return 0;
 }
 
-static int dial(void)
-{
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    assert_true(fd >= 0);
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(srv.port)};
-    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    assert_int_equal(connect(fd, (struct sockaddr *)&sa, sizeof sa), 0);
-    return fd;
-}
-
-static void send_all(int fd, const char *s)
-{
-    size_t n = strlen(s);
-    assert_int_equal(send(fd, s, n, MSG_NOSIGNAL), (ssize_t)n);
-}
-
-static void nap_ms(long ms)
-{
-    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-}
-
 /* True once the server has closed fd (EOF or reset), within attempts x 100 ms. */
 static bool closed_by_server(int fd, int attempts)
 {
@@ -152,8 +132,8 @@ static void test_slow_drip_is_closed_at_the_bound(void **state)
 {
     (void)state;
     assert_int_equal(start(1), 0);
-    int fd = dial();
-    send_all(fd, "GET / HTTP/1.1\r\nHost: x\r\nX-Drip: ");
+    int fd = loopback_dial(srv.port);
+    loopback_send(fd, "GET / HTTP/1.1\r\nHost: x\r\nX-Drip: ");
     /* A byte every 200 ms keeps libmicrohttpd's inactivity timer happy;
      * only the deadline can end this. */
     bool closed = false;
@@ -177,10 +157,10 @@ static void test_complete_requests_are_served_and_idle_keepalive_is_bounded(void
 {
     (void)state;
     assert_int_equal(start(1), 0);
-    int fd = dial();
+    int fd = loopback_dial(srv.port);
     char buf[512];
     for (int i = 0; i < 3; i++) {
-        send_all(fd, "GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+        loopback_send(fd, "GET / HTTP/1.1\r\nHost: x\r\n\r\n");
         ssize_t n = recv(fd, buf, sizeof buf - 1, 0);
         assert_true(n > 0);
         buf[n] = '\0';
@@ -199,8 +179,9 @@ static void test_client_gone_mid_body_is_noticed(void **state)
     /* A bound far away: only the peer-gone check can end these. */
     assert_int_equal(start(600), 0);
     for (int i = 0; i < 10; i++) {
-        int fd = dial();
-        send_all(fd, "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{\"partial\":");
+        int fd = loopback_dial(srv.port);
+        loopback_send(fd,
+                      "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{\"partial\":");
         close(fd);
     }
     int open = -1;
