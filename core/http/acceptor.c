@@ -138,6 +138,21 @@ struct lane_mark {
     unsigned done, waits;
 };
 
+static void mark_lanes(keel__acceptor *a, struct lane_mark *m, unsigned n)
+{
+    for (unsigned i = 0; i < n; i++) {
+        m[i].done = atomic_load_explicit(&a->lanes[i]->done, memory_order_relaxed);
+        m[i].waits = atomic_load_explicit(&a->lanes[i]->blocked.waits, memory_order_relaxed);
+    }
+}
+
+/* Whether l waits on the database or an upstream now, or has since m. */
+static bool waited_on_io(struct keel__lane *l, const struct lane_mark *m)
+{
+    return atomic_load_explicit(&l->blocked.now, memory_order_relaxed) > 0 ||
+           atomic_load_explicit(&l->blocked.waits, memory_order_relaxed) != m->waits;
+}
+
 /* The counters of the first n lanes; with marks, which of them have
  * finished a request since the marks were taken without waiting on I/O. */
 static void load_lanes(keel__acceptor *a, struct keel__lane_load *loads, unsigned n,
@@ -148,10 +163,7 @@ static void load_lanes(keel__acceptor *a, struct keel__lane_load *loads, unsigne
         loads[i].conns = atomic_load_explicit(&l->conns, memory_order_relaxed);
         loads[i].fresh = atomic_load_explicit(&l->fresh, memory_order_relaxed);
         loads[i].active = atomic_load_explicit(&l->active, memory_order_relaxed);
-        loads[i].progress = m != NULL &&
-                            atomic_load_explicit(&l->blocked.now, memory_order_relaxed) == 0 &&
-                            atomic_load_explicit(&l->blocked.waits, memory_order_relaxed) ==
-                                m[i].waits &&
+        loads[i].progress = m != NULL && !waited_on_io(l, &m[i]) &&
                             atomic_load_explicit(&l->done, memory_order_relaxed) != m[i].done;
     }
 }
@@ -176,14 +188,6 @@ static struct keel__lane *add_lane(keel__acceptor *a)
     return lane;
 }
 
-static void mark_lanes(keel__acceptor *a, struct lane_mark *m, unsigned n)
-{
-    for (unsigned i = 0; i < n; i++) {
-        m[i].done = atomic_load_explicit(&a->lanes[i]->done, memory_order_relaxed);
-        m[i].waits = atomic_load_explicit(&a->lanes[i]->blocked.waits, memory_order_relaxed);
-    }
-}
-
 /* Whether some lane will clear by itself once it gets the CPU: one that
  * neither waits on the database or an upstream (now, or since m was taken)
  * nor is stuck (a request in progress for STUCK_NS with nothing finished
@@ -193,8 +197,7 @@ static bool some_lane_runs(keel__acceptor *a, const struct lane_mark *m, unsigne
 {
     for (unsigned i = 0; i < n; i++) {
         struct keel__lane *l = a->lanes[i];
-        if (atomic_load_explicit(&l->blocked.now, memory_order_relaxed) > 0 ||
-            atomic_load_explicit(&l->blocked.waits, memory_order_relaxed) != m[i].waits)
+        if (waited_on_io(l, &m[i]))
             continue;
         if (atomic_load_explicit(&l->active, memory_order_relaxed) > 0 &&
             atomic_load_explicit(&l->done, memory_order_relaxed) == m[i].done &&

@@ -573,6 +573,13 @@ class Keeld:
         with open(self.conf_path(name)) as f:
             return json.load(f)
 
+    def update_conf(self, name, section, **values):
+        """Sets keys of one section of conf.d/name (which must exist),
+        leaving the rest of the file as it is."""
+        c = self.read_conf(name)
+        c.setdefault(section, {}).update(values)
+        self.write_conf(name, c)
+
     def remove_conf(self, name):
         try:
             os.unlink(self.conf_path(name))

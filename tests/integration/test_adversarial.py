@@ -362,11 +362,8 @@ def test_hostile_import_lines_are_each_reported():
 
 
 def test_oversized_chunked_body_past_the_drain_limit_is_cut_off():
-    def mut(k):
-        c = k.read_conf("10-server.json")
-        c["limits"].update({"max_body_bytes": 65536, "max_drain_bytes": 1 * MB})
-        k.write_conf("10-server.json", c)
-    with Keeld(mut) as k:
+    with Keeld(lambda k: k.update_conf("10-server.json", "limits", max_body_bytes=65536,
+                                       max_drain_bytes=1 * MB)) as k:
         tok = user_token()
         head = request_head("POST", UNLOCK_BY_BODY,
                             [("Content-Type", "application/json"),
@@ -503,11 +500,8 @@ def test_object_level_authorization():
 # ---------------------------------------------------------------- rate limiting
 
 def test_rate_limit_per_user():
-    def mut(k):
-        c = k.read_conf("10-server.json")
-        c["limits"].update({"rate_per_user": 1, "rate_burst": 3})
-        k.write_conf("10-server.json", c)
-    with Keeld(mut) as k:
+    with Keeld(lambda k: k.update_conf("10-server.json", "limits", rate_per_user=1,
+                                       rate_burst=3)) as k:
         alice, bob = user_token(), user_token()
         statuses = [k.get("/api/v1/auth/me", token=alice) for _ in range(6)]
         assert [r.status for r in statuses[:3]] == [200, 200, 200], statuses

@@ -42,9 +42,7 @@ def faulty_manifest(name):
 
 def setup(plugins=(), server=None, containment=None):
     def mut(k):
-        c = k.read_conf("10-server.json")
-        c["server"].update(server or {})
-        k.write_conf("10-server.json", c)
+        k.update_conf("10-server.json", "server", **(server or {}))
         conf = {"crash_limit": 1, "crash_window_s": 300, "handler_timeout_ms": 1000,
                 "init_timeout_ms": 1000}
         conf.update(containment or {})
@@ -214,11 +212,7 @@ def test_workers_run_sched_batch_unless_told_otherwise():
         assert policies(k.pid) == {os.SCHED_OTHER}, policies(k.pid)
 
     def scheduling(value):
-        def mut(k):
-            c = k.read_conf("10-server.json")
-            c["server"]["scheduling"] = value
-            k.write_conf("10-server.json", c)
-        return mut
+        return lambda k: k.update_conf("10-server.json", "server", scheduling=value)
     with Keeld(scheduling("normal")) as k:
         for w in worker_pids(k):
             assert policies(w) == {os.SCHED_OTHER}, (w, policies(w))

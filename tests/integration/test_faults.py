@@ -111,11 +111,7 @@ def pool_settles(k):
 
 
 def db_conf(**values):
-    def mut(k):
-        c = k.read_conf("20-database.json")
-        c["database"].update(values)
-        k.write_conf("20-database.json", c)
-    return mut
+    return lambda k: k.update_conf("20-database.json", "database", **values)
 
 
 def server_conf(**values):

@@ -24,11 +24,7 @@ def tok(sub, email, **over):
 
 
 def with_ttl(ttl):
-    def mut(k):
-        a = k.read_conf("30-auth.json")
-        a["usersync"]["ttl_s"] = ttl
-        k.write_conf("30-auth.json", a)
-    return mut
+    return lambda k: k.update_conf("30-auth.json", "usersync", ttl_s=ttl)
 
 
 def one_worker(k):
