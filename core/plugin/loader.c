@@ -399,6 +399,7 @@ static void generation_destroy(struct keel__generation *g)
         lt_dlclose(g->handle);
         pthread_mutex_unlock(&load_lock);
     }
+    keel__let_serve();
     if (g->copy_path != NULL && unlink(g->copy_path) != 0 && errno != ENOENT)
         log_warn("cannot remove plugin copy %s: %s", g->copy_path, strerror(errno));
     free(g->name);
@@ -671,6 +672,9 @@ int keel__generation_load_start(const struct keel__manifest *m, uint64_t number,
              strerror(-crc));
         return KEEL_ELOAD;
     }
+    /* Copying, mapping and the init are each a burst of system calls and
+     * page faults: serving threads go first between them. */
+    keel__let_serve();
 
     pthread_mutex_lock(&load_lock);
     now_error[0] = '\0';
@@ -688,6 +692,7 @@ int keel__generation_load_start(const struct keel__manifest *m, uint64_t number,
         fail(err, KEEL__STAGE_DLOPEN, KEEL__REASON_LOAD_FAILED, "%s", msg);
         return KEEL_ELOAD;
     }
+    keel__let_serve();
 
     const keel_plugin *(*entry)(void) = NULL;
     void *sym = lt_dlsym(g->handle, KEEL_PLUGIN_ENTRY_SYMBOL);
@@ -774,6 +779,7 @@ static void generation_finalise(void *arg)
         keel__plugin_call_leave();
     }
     atomic_fetch_sub(&live_generations, 1);
+    keel__let_serve();
     generation_destroy(g);
 }
 

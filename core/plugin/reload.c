@@ -16,7 +16,6 @@
 #include "plugin/registry.h"
 
 #include <pthread.h>
-#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -301,6 +300,8 @@ static void conf_read_run(struct conf_read *r)
 static void *reader_main(void *arg)
 {
     (void)arg;
+    /* Part of the reload: as low a priority as the reload. */
+    keel__thread_background("keel-confread");
     pthread_mutex_lock(&reader.lock);
     for (;;) {
         while (reader.req == NULL || reader.req->done)
@@ -339,22 +340,6 @@ static int conf_read(struct keel__conf **out, char *err, size_t errlen)
     if (r.rc != 0)
         keel__copy_text(err, errlen, r.err);
     return r.rc;
-}
-
-/*
- * Between the steps of a reload: a serving thread of this worker that
- * woke meanwhile gets the CPU now.  The workers' threads run SCHED_BATCH
- * (server.scheduling), so a waking one does not preempt the reload; without
- * this, requests arriving during a reload waited for the scheduler's next
- * tick to take the CPU from it, and the p99 under load doubled during
- * reloads (docs/performance.md, round 14).  SCHED_IDLE for the
- * reload would let them preempt it, but a thread without CAP_SYS_NICE
- * cannot come back from it, and its threads (a plugin's init and tasks)
- * would inherit it.
- */
-static void let_serve(void)
-{
-    sched_yield();
 }
 
 json_t *keel__plugins_reload(const char *only, bool *unknown)
@@ -403,14 +388,14 @@ json_t *keel__plugins_reload(const char *only, bool *unknown)
         const struct keel__manifest *m = &conf->plugins[i];
         if (only != NULL && strcmp(only, m->name) != 0)
             continue;
-        let_serve();
+        keel__let_serve();
         if (prepare(&pend[npend], m) != 0) {
             out_of_memory = true;
             break;
         }
         npend++;
     }
-    let_serve();
+    keel__let_serve();
 
     /* A reload in which every plugin failed before the commit changes
      * nothing, not even the table's serial. */
@@ -454,10 +439,10 @@ json_t *keel__plugins_reload(const char *only, bool *unknown)
     }
     free(pend);
     keel__conf_free(conf);
-    let_serve();
+    keel__let_serve();
     keel__plugins_remember();
     pthread_mutex_unlock(&keel__reg.lock);
-    let_serve();
+    keel__let_serve();
     json_t *answer = json_pack("{s:b, s:o}", "ok", all_ok, "results", results);
     /* Much of what a reload allocates is transient (the conf.d model's text
      * and tables, the previous manifests, generations and snapshot, what

@@ -9,6 +9,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "util/thread.h"
 #include "util/time.h"
 #include "http/request.h"
 #include "net/upstream.h"
@@ -298,7 +299,7 @@ void keel__gen_start(struct keel__gen_res *res)
         return;
     res->started = true;
     for (struct keel_task *t = res->tasks; t != NULL; t = t->next) {
-        if (pthread_create(&t->thread, NULL, task_main, t) != 0) {
+        if (keel__thread_start(&t->thread, task_main, t) != 0) {
             keel__log(KEEL_LOG_ERROR, res->plugin, "task %s: cannot start a thread", t->name);
             continue;
         }

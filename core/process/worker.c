@@ -145,12 +145,16 @@ static void reply_json(unsigned long long id, json_t *j)
 
 /* Reloads and quarantines take the registry lock and may wait on a
  * plugin's init: they run off the control loop so that it keeps answering
- * (describe, metrics) meanwhile.  They run one after another on one thread
- * that lives as long as the worker: they would wait for each other on the
- * registry lock anyway, and a fresh thread per reload would get a malloc
- * arena of its own from glibc, so the parsed conf.d, the snapshot and the
- * new generations would land in a different arena each time and every
- * arena so visited would keep its pages. */
+ * (describe, metrics) meanwhile.  Reloads (and the start-up load before
+ * them, and the unloading of retired generations) run one after another on
+ * one thread that lives as long as the worker: they would wait for each
+ * other on the registry lock anyway, and a fresh thread per reload would
+ * get a malloc arena of its own from glibc, so the parsed conf.d, the
+ * snapshot and the new generations would land in a different arena each
+ * time and every arena so visited would keep its pages.  That thread runs
+ * at background priority from the first reload on (go_background), so
+ * quarantines, which contain a crashing or hung plugin and must not wait
+ * for idle CPU, have a thread of their own at the worker's priority. */
 struct slow_job {
     struct slow_job *next;
     unsigned long long id;
@@ -166,12 +170,17 @@ struct slow_job {
     bool done;
 };
 
-static struct {
+struct job_queue {
     pthread_mutex_t lock;
     pthread_cond_t cond;
     struct slow_job *head, **tail;
     bool running;
-} jobs = {.lock = PTHREAD_MUTEX_INITIALIZER, .cond = PTHREAD_COND_INITIALIZER};
+};
+
+static struct job_queue jobs = {.lock = PTHREAD_MUTEX_INITIALIZER,
+                                .cond = PTHREAD_COND_INITIALIZER},
+                        quarantines = {.lock = PTHREAD_MUTEX_INITIALIZER,
+                                       .cond = PTHREAD_COND_INITIALIZER};
 
 static void slow_job_run(struct slow_job *job)
 {
@@ -188,53 +197,73 @@ static void slow_job_run(struct slow_job *job)
     }
 }
 
+/*
+ * A reload (the copies, the dynamic loader, the checks, the unloading of
+ * what it retires) is work beside serving: from the first one on, the
+ * reload thread runs at background priority and takes the CPU as far as
+ * no request wants it.  The start-up load of the plugins, which runs on it
+ * first, keeps the worker's priority: nothing serves until it is done.
+ */
+static void go_background(void)
+{
+    static bool tried;
+    if (tried)
+        return;
+    tried = true;
+    if (!keel__thread_background("keel-reload"))
+        keel__log(KEEL_LOG_WARN, "core",
+                  "worker %d: reloads cannot run at background priority; they share the CPU "
+                  "with requests",
+                  (int)getpid());
+}
+
 static void *slow_jobs_main(void *arg)
 {
-    (void)arg;
+    struct job_queue *q = arg;
     for (;;) {
-        pthread_mutex_lock(&jobs.lock);
-        while (jobs.head == NULL)
-            pthread_cond_wait(&jobs.cond, &jobs.lock);
-        struct slow_job *job = jobs.head;
-        jobs.head = job->next;
-        if (jobs.head == NULL)
-            jobs.tail = &jobs.head;
-        pthread_mutex_unlock(&jobs.lock);
-        if (job->post != NULL) {
-            job->post(job->fn_arg);
-            free(job);
-            continue;
-        }
+        pthread_mutex_lock(&q->lock);
+        while (q->head == NULL)
+            pthread_cond_wait(&q->cond, &q->lock);
+        struct slow_job *job = q->head;
+        q->head = job->next;
+        if (q->head == NULL)
+            q->tail = &q->head;
+        pthread_mutex_unlock(&q->lock);
         if (job->fn != NULL) {
             int rc = job->fn(job->fn_arg);
-            pthread_mutex_lock(&jobs.lock);
+            pthread_mutex_lock(&q->lock);
             job->rc = rc;
             job->done = true;
-            pthread_cond_broadcast(&jobs.cond);
-            pthread_mutex_unlock(&jobs.lock);
+            pthread_cond_broadcast(&q->cond);
+            pthread_mutex_unlock(&q->lock);
             continue;
         }
-        slow_job_run(job);
+        if (q == &jobs)
+            go_background();
+        if (job->post != NULL)
+            job->post(job->fn_arg);
+        else
+            slow_job_run(job);
         free(job);
     }
     return NULL;
 }
 
-/* Queues job, starting the thread if need be; false when the thread
- * cannot start (nothing queued).  Called with jobs.lock held. */
-static bool jobs_push(struct slow_job *job)
+/* Queues job on q, starting its thread if need be; false when the thread
+ * cannot start (nothing queued).  Called with q->lock held. */
+static bool jobs_push(struct job_queue *q, struct slow_job *job)
 {
-    if (!jobs.running) {
-        jobs.running = keel__thread_detached(slow_jobs_main, NULL);
-        jobs.head = NULL;
-        jobs.tail = &jobs.head;
+    if (!q->running) {
+        q->running = keel__thread_detached(slow_jobs_main, q);
+        q->head = NULL;
+        q->tail = &q->head;
     }
-    if (!jobs.running)
+    if (!q->running)
         return false;
     job->next = NULL;
-    *jobs.tail = job;
-    jobs.tail = &job->next;
-    pthread_cond_broadcast(&jobs.cond);
+    *q->tail = job;
+    q->tail = &job->next;
+    pthread_cond_broadcast(&q->cond);
     return true;
 }
 
@@ -249,7 +278,7 @@ static int post_finalise(void (*fn)(void *), void *arg)
     job->post = fn;
     job->fn_arg = arg;
     pthread_mutex_lock(&jobs.lock);
-    bool queued = jobs_push(job);
+    bool queued = jobs_push(&jobs, job);
     pthread_mutex_unlock(&jobs.lock);
     if (!queued)
         free(job);
@@ -289,7 +318,7 @@ int keel__worker_run_on_reload_thread(int (*fn)(void *), void *arg)
 {
     struct slow_job job = {.fn = fn, .fn_arg = arg};
     pthread_mutex_lock(&jobs.lock);
-    if (!jobs_push(&job)) {
+    if (!jobs_push(&jobs, &job)) {
         pthread_mutex_unlock(&jobs.lock);
         return fn(arg);
     }
@@ -310,9 +339,10 @@ static void start_slow_job(unsigned long long id, const char *verb, const char *
     snprintf(job->verb, sizeof job->verb, "%s", verb);
     if (args != NULL)
         sscanf(args, "%255s %31s", job->arg, job->arg2);
-    pthread_mutex_lock(&jobs.lock);
-    bool queued = jobs_push(job);
-    pthread_mutex_unlock(&jobs.lock);
+    struct job_queue *q = strcmp(verb, "quarantine") == 0 ? &quarantines : &jobs;
+    pthread_mutex_lock(&q->lock);
+    bool queued = jobs_push(q, job);
+    pthread_mutex_unlock(&q->lock);
     if (!queued) {
         free(job);
         send_frame('R', id, "null");

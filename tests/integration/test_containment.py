@@ -197,25 +197,66 @@ def test_crashing_plugins_are_reported_quarantined_and_contained():
         assert r.header("X-Keel-Fallback") == "crash_abort; reason=crashed", r.headers
 
 
+BACKGROUND = {"keel-reload", "keel-confread"}
+
+
+def threads(pid):
+    """{tid: (name, scheduling policy, nice)} of every thread of pid."""
+    out = {}
+    for t in os.listdir("/proc/%d/task" % pid):
+        try:
+            with open("/proc/%d/task/%s/comm" % (pid, t)) as f:
+                out[int(t)] = (f.read().strip(), os.sched_getscheduler(int(t)),
+                               os.getpriority(os.PRIO_PROCESS, int(t)))
+        except OSError:
+            pass  # gone meanwhile
+    return out
+
+
 def test_workers_run_sched_batch_unless_told_otherwise():
     """server.scheduling: every thread of every worker is SCHED_BATCH by
     default (threads started later inherit it), the supervisor keeps the
-    normal policy, and "normal" leaves the workers at the default."""
+    normal policy, and "normal" leaves the workers at the default.  From
+    the first reload on, a worker's reload thread and its conf.d reader run
+    at nice 19, so that a reload takes the CPU only as far as requests leave
+    it; the threads a reload starts (a plugin's init, its tasks) do not
+    inherit that."""
     def policies(pid):
-        return {os.sched_getscheduler(int(t)) for t in os.listdir("/proc/%d/task" % pid)}
+        return {p for n, p, nice in threads(pid).values()}
+
+    def nice(pid, background):
+        return {v for n, p, v in threads(pid).values() if (n in BACKGROUND) == background}
     with Keeld() as k:
         assert k.get("/health").status == 200
         workers = worker_pids(k)
         assert len(workers) == 2, workers
         for w in workers:
-            assert policies(w) == {os.SCHED_BATCH}, (w, policies(w))
+            assert policies(w) == {os.SCHED_BATCH}, (w, threads(w))
+            # The start-up load ran on the reload thread at the worker's
+            # priority, and it is still there.
+            assert nice(w, True) | nice(w, False) == {0}, threads(w)
+        before = {w: threads(w) for w in workers}
+        r = k.admin_post("/admin/reload", timeout=60)
+        assert r.status == 200 and r.json()["ok"] is True, r
+        for w in workers:
+            assert policies(w) == {os.SCHED_BATCH}, (w, threads(w))
+            named = sorted(n for n, p, v in threads(w).values() if n in BACKGROUND)
+            assert named == ["keel-confread", "keel-reload"], threads(w)
+            assert nice(w, True) == {19} and nice(w, False) == {0}, threads(w)
+            # The reload started threads (the creator's sweep task of its new
+            # generation), and they run as the others do.
+            started = [v for t, v in threads(w).items() if t not in before[w]]
+            assert any(v[0] not in BACKGROUND for v in started), started
         assert policies(k.pid) == {os.SCHED_OTHER}, policies(k.pid)
 
     def scheduling(value):
         return lambda k: k.update_conf("10-server.json", "server", scheduling=value)
     with Keeld(scheduling("normal")) as k:
+        r = k.admin_post("/admin/reload", timeout=60)
+        assert r.status == 200 and r.json()["ok"] is True, r
         for w in worker_pids(k):
-            assert policies(w) == {os.SCHED_OTHER}, (w, policies(w))
+            assert policies(w) == {os.SCHED_OTHER}, (w, threads(w))
+            assert nice(w, True) == {19} and nice(w, False) == {0}, threads(w)
 
     k = Keeld(scheduling("fifo"), start=False)
     r = k.run("--check")
