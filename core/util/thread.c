@@ -1,4 +1,5 @@
-/* pthread_setname_np and gettid are GNU extensions. */
+/* pthread_setname_np, gettid and program_invocation_short_name are GNU
+ * extensions. */
 #define _GNU_SOURCE
 #include "config.h"
 
@@ -7,6 +8,7 @@
 #include <errno.h>
 #include <sched.h>
 #include <stddef.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <sys/resource.h>
 #include <unistd.h>
@@ -51,7 +53,7 @@ static struct {
 } spawner = {.lock = PTHREAD_MUTEX_INITIALIZER, .cond = PTHREAD_COND_INITIALIZER};
 
 /* A thread the spawner starts would inherit its name: it takes the
- * process's instead. */
+ * program's instead (what every other thread of the process shows). */
 struct call {
     void *(*fn)(void *);
     void *arg;
@@ -61,7 +63,9 @@ static void *renamed(void *arg)
 {
     struct call c = *(struct call *)arg;
     free(arg);
-    pthread_setname_np(pthread_self(), "keeld");
+    char name[16];
+    snprintf(name, sizeof name, "%s", program_invocation_short_name);
+    pthread_setname_np(pthread_self(), name);
     return c.fn(c.arg);
 }
 
