@@ -14,9 +14,10 @@ bool keel__thread_detached(void *(*fn)(void *), void *arg);
 int keel__thread_start(pthread_t *thread, void *(*fn)(void *), void *arg);
 
 /*
- * Turns the calling thread into a background thread: nice 19, so that the
- * scheduler gives it the CPU only as far as no other thread of the machine
- * wants it.  For a worker's reloads: with it, requests sent during reloads
+ * Turns the calling thread into a background thread: nice 19, so that
+ * while other threads want the CPU the scheduler gives it a small share
+ * (weight 15 against 1024 for each thread at nice 0), and all of it when
+ * they do not.  For a worker's reloads: with it, requests sent during reloads
  * keep the p99 of requests sent between them (docs/performance.md, round
  * 15).  A thread without CAP_SYS_NICE cannot lower its nice value again,
  * and a new thread inherits its creator's; so the threads a background
